@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine: `make serve` runs the studio, `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 5006
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test install browser bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch first, from the pinned CPU build: a bare torch requirement would pull a multi-GB CUDA build
+$(STAMP): $(PY) pyproject.toml
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# a browser that works offline: Debian's chromium (playwright drives it through executable_path)
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium could not be installed: browser tests will be skipped"
+
+serve: $(STAMP)
+	$(VENV)/bin/tnstudio serve --port $(PORT)
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/cost_latency.py
+	$(PY) benchmarks/layer_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
