@@ -7,11 +7,10 @@ and the cost model counts: each contraction becomes one straight-line ``torch.ei
 (and ``math``).
 
 Schedules. The engine picks, for every batch size, the schedule with fewer FLOPs (``compile_program(...,
-schedule="auto")``). A linear design's exported module carries both programs, ``materialise`` and ``stream``, and
-the FLOPs of each as ``a + b * batch`` (exact: a step's FLOPs are either independent of the batch or proportional
-to it), so it applies the same rule without the cost model. The stream program's contraction path is the one found
-for the export's reference batch (``batch``, default 64); the engine may re-plan the path at other batch sizes,
-which changes speed, never results.
+schedule="auto")``). A linear design's exported module carries the ``materialise`` program and every distinct ``stream``
+program the engine plans at batch sizes 1 to 4096 (its stream path can change with the batch), with the FLOPs of
+each as ``a + b * batch`` (exact: a step's FLOPs are either independent of the batch or proportional to it), and
+runs the cheapest: the engine's rule, without the cost model.
 """
 from __future__ import annotations
 
@@ -40,11 +39,20 @@ def class_name(design: Design) -> str:
     return name if not keyword.iskeyword(name) else name + "Layer"
 
 
-def _var(operand: str) -> str:
-    """Python expression for a program operand inside the generated module."""
-    if operand.startswith("core:"):
-        return f"self.cores[{operand[5:]!r}]"
-    return operand  # x, xs, t<n>, Wt, W, ys, y are valid identifiers
+def delta_buffer_name(tid: str) -> str:
+    """The buffer name TNLinear gives copy tensor ``tid`` (``delta_<key>``; buffers have no reserved names)."""
+    from .modules import id_to_key
+
+    return "delta_" + id_to_key(tid, reserved=frozenset())
+
+
+def operand_names(design: Design) -> dict[str, str]:
+    """Program operand ``core:<id>`` -> its Python expression in the generated module, named as in TNLinear:
+    trainable cores are ``self.cores[<key>]``, copy (``delta``) tensors the fixed buffers ``self.delta_<key>``."""
+    from .modules import id_to_key
+
+    return {f"core:{t.id}": (f"self.{delta_buffer_name(t.id)}" if t.kind == "delta"
+                             else f"self.cores[{id_to_key(t.id)!r}]") for t in design.tensors}
 
 
 # --------------------------------------------------------------------- cost as a function of batch
@@ -62,12 +70,29 @@ def flops_by_batch(prog: Program) -> tuple[int, int]:
     return fixed, per_row
 
 
+def stream_variants(design: Design, batch: int = 64,
+                    batches: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096)) -> dict[str, Program]:
+    """The distinct stream programs the engine plans at these batch sizes (and ``batch``), named by batch.
+
+    One variant is named ``stream``; several are ``stream_b<first batch that chose it>``.
+    """
+    found: dict[tuple, Program] = {}
+    for b in sorted(set(batches) | {batch}):
+        prog = compile_program(design, b, "stream")
+        sig = tuple((s.op, s.inputs, s.in_indices, s.out_indices) for s in prog.steps)
+        found.setdefault(sig, prog)
+    progs = list(found.values())
+    if len(progs) == 1:
+        return {"stream": progs[0]}
+    return {f"stream_b{p.batch}": p for p in progs}
+
+
 # --------------------------------------------------------------------- code lines
-def _step_lines(prog: Program, steps: list[Step]) -> list[str]:
+def _step_lines(prog: Program, steps: list[Step], names: dict[str, str]) -> list[str]:
     """One line per step: ``out = torch.einsum("eq", a, b)`` (plus activation) or ``out = a.reshape(...)``."""
     lines = []
     for s in steps:
-        args = [_var(i) for i in s.inputs]
+        args = [names.get(i, i) for i in s.inputs]  # x, xs, t<n>, Wt, W, ys, y are valid identifiers
         if s.op == "reshape":
             shape = ", ".join("-1" if i == BATCH else str(prog.dims[i]) for i in s.out_indices)
             expr = f"{args[0]}.reshape({shape})"
@@ -75,10 +100,16 @@ def _step_lines(prog: Program, steps: list[Step]) -> list[str]:
             expr = args[0]
         else:
             expr = f'torch.einsum("{s.equation}", {", ".join(args)})'
-        if s.activation is not None:
-            expr = f"{ACTIVATION_SOURCE[s.activation]}({expr})"
         note = f"  # {s.flops:,} FLOPs at batch {prog.batch}" if s.flops and s.phase == "apply" else (
             f"  # {s.flops:,} FLOPs" if s.flops else "")
+        act = ACTIVATION_SOURCE[s.activation] if s.activation is not None else None
+        if act is not None and s.activation == "gelu" and len(s.out_indices) > 12:
+            # torch's gelu kernel rejects tensors of 13+ dimensions: apply it to the flat view (elementwise)
+            lines.append(f"{s.output} = {expr}{note}")
+            lines.append(f"{s.output} = {act}({s.output}.reshape(-1)).reshape({s.output}.shape)")
+            continue
+        if act is not None:
+            expr = f"{act}({expr})"
         lines.append(f"{s.output} = {expr}{note}")
     return lines
 
@@ -87,22 +118,33 @@ def _indent(lines: list[str], n: int = 8) -> str:
     return "\n".join(" " * n + ln for ln in lines)
 
 
+_STD_CACHE: dict[str, dict[str, float]] = {}
+
+
 def _init_stds(design: Design) -> dict[str, float]:
-    """Per-core init std so that a linear design's W has variance ``1 / in_features`` (as ``nn.Linear``'s scale).
+    """Per-core init std (cached by design fingerprint: nonlinear designs are calibrated, which builds W)."""
+    key = design.fingerprint()
+    if key not in _STD_CACHE:
+        if len(_STD_CACHE) > 256:
+            _STD_CACHE.clear()
+        _STD_CACHE[key] = _compute_init_stds(design)
+    return dict(_STD_CACHE[key])
 
-    An entry of W sums ``prod(bond dims)`` products of one entry per core; with independent zero-mean cores of
-    equal std ``s`` its variance is ``prod(bond dims) * s ** (2 * n_cores)``.
+
+def _compute_init_stds(design: Design) -> dict[str, float]:
+    """Per-core std of the exported module's Gaussian initialisation, from :mod:`engine.init`.
+
+    Linear designs: the closed form of :func:`engine.init.linear_core_stds`, which gives W ``nn.Linear``'s
+    variance in expectation. Nonlinear designs: the std of each core after the engine's calibrated
+    initialisation (seed 0), so activations see inputs of the calibrated scale.
     """
-    try:  # the torch engine's rule, when it exposes one, keeps both initialisations identical
-        from .modules import init_stds  # type: ignore[attr-defined]
+    from .init import init_cores, linear_core_stds, target_std
 
-        return dict(init_stds(design))
-    except (ImportError, AttributeError):
-        pass
-    bonds = math.prod(ix.dim for ix in design.indices.values() if ix.role == "bond")
-    n = max(len(design.tensors), 1)
-    s = (1.0 / (design.in_features * bonds)) ** (1.0 / (2 * n))
-    return {t.id: s for t in design.tensors}
+    if design.is_linear:
+        return linear_core_stds(design, target_std(design.in_features))
+    cores = init_cores(design, seed=0)
+    return {t.id: float(cores[t.id].std()) if cores[t.id].numel() > 1 else float(cores[t.id].abs().mean())
+            for t in design.tensors if t.kind != "delta"}
 
 
 # --------------------------------------------------------------------- the torch module
@@ -111,11 +153,15 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     design.check()
     cls = class_name_ or class_name(design)
     mat = compile_program(design, batch, "materialise")
-    stream = compile_program(design, batch, "stream") if design.is_linear else None
+    streams = stream_variants(design, batch) if design.is_linear else {}
     gen_steps = [s for s in mat.steps if s.phase == "generate"]
     app_steps = [s for s in mat.steps if s.phase == "apply"]
-    shapes = {t.id: design.shape(t.id) for t in design.tensors}
-    stds = _init_stds(design)
+    from .modules import id_to_key
+
+    names = operand_names(design)
+    shapes = {id_to_key(t.id): design.shape(t.id) for t in design.tensors if t.kind != "delta"}
+    deltas = {delta_buffer_name(t.id): design.shape(t.id) for t in design.tensors if t.kind == "delta"}
+    stds = {id_to_key(k): v for k, v in _init_stds(design).items()}
     kinds = ", ".join(f"{t.id} ({t.kind}{', ' + t.activation if t.activation else ''})" for t in design.tensors)
     mat_a, mat_b = flops_by_batch(mat)
 
@@ -130,8 +176,8 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
               "is one step of that program,\nthe same steps TN Studio runs and costs. Parameter names (cores.<id>, "
               "bias) equal those of\nengine.modules.TNLinear, so state dicts load either way. Depends on torch "
               'only.\n"""\n')
-    core_lines = [f"{tid!r}: {tuple(shape)!r},  # {', '.join(design.tensor(tid).indices)}"
-                  for tid, shape in shapes.items()]
+    indices = {id_to_key(t.id): t.indices for t in design.tensors}
+    core_lines = [f"{key!r}: {tuple(shape)!r},  # {', '.join(indices[key])}" for key, shape in shapes.items()]
     std_lines = [f"{tid!r}: {stds[tid]!r}," for tid in shapes]
 
     parts = [header, "from __future__ import annotations\n\nimport math\n\nimport torch\nimport torch.nn as nn\n"
@@ -142,20 +188,32 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     parts.append(f"    in_features = {design.in_features}\n    out_features = {design.out_features}\n")
     parts.append("    # core id -> shape (the core's indices in the comment)\n    CORE_SHAPES = {\n"
                  + _indent(core_lines) + "\n    }\n")
-    parts.append("    # per-core init std: a linear design's W then has variance 1 / in_features\n    INIT_STD = {\n"
+    if deltas:
+        parts.append("    # copy tensors (1 where all indices are equal): fixed buffers, named as in TNLinear\n"
+                     f"    DELTA_SHAPES = {{{', '.join(f'{k!r}: {tuple(v)!r}' for k, v in deltas.items())}}}\n")
+    parts.append("    # per-core init std (engine.init): W gets nn.Linear's scale, 1 / sqrt(3 in_features)\n"
+                 "    INIT_STD = {\n"
                  + _indent(std_lines) + "\n    }\n")
-    if stream is not None:
-        st_a, st_b = flops_by_batch(stream)
-        parts.append(textwrap.indent(textwrap.dedent(f"""\
-            # FLOPs of each schedule at batch B as (a, b): a + b * B, counted from the contraction programs.
-            # forward() picks the cheaper one, the rule the TN Studio engine applies (compile_program, "auto").
-            SCHEDULE_FLOPS = {{"materialise": ({mat_a}, {mat_b}), "stream": ({st_a}, {st_b})}}
-            """), "    "))
+    if streams:
+        flops = {"materialise": (mat_a, mat_b)} | {k: flops_by_batch(p) for k, p in streams.items()}
+        rows = _indent([f"{k!r}: {v!r}," for k, v in flops.items()])
+        parts.append(textwrap.indent(textwrap.dedent("""\
+            # FLOPs of each contraction program at batch B as (a, b), i.e. a + b * B, counted from its steps.
+            # forward() runs the cheapest one: the rule of the TN Studio engine (compile_program, schedule "auto"),
+            # which re-plans the stream path per batch size; the stream variants below are the distinct paths it
+            # found at batch sizes 1 to 4096, so the choice matches the engine's without the cost model.
+            SCHEDULE_FLOPS = {
+            """), "    ") + rows + "\n    }\n")
     parts.append("\n" + textwrap.indent(textwrap.dedent("""\
         def __init__(self, bias: bool = True, device=None, dtype=None) -> None:
             super().__init__()
             kw = {"device": device, "dtype": dtype}
             self.cores = nn.ParameterDict({k: nn.Parameter(torch.empty(s, **kw)) for k, s in self.CORE_SHAPES.items()})
+            for k, s in getattr(self, "DELTA_SHAPES", {}).items():
+                delta = torch.zeros(s, **kw)
+                i = torch.arange(min(s), device=device)
+                delta[(i,) * len(s)] = 1.0
+                self.register_buffer(k, delta)
             if bias:
                 self.bias = nn.Parameter(torch.empty(self.out_features, **kw))
             else:
@@ -172,23 +230,42 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
         """), "    "))
     parts.append("\n    def weight(self) -> torch.Tensor:\n"
                  f'        """The dense weight W ({design.in_features} x {design.out_features}) generated from the '
-                 f'cores."""\n' + _indent(_step_lines(mat, gen_steps)) + "\n        return W\n")
+                 f'cores."""\n' + _indent(_step_lines(mat, gen_steps, names)) + "\n        return W\n")
     parts.append("\n    def forward_materialise(self, x: torch.Tensor) -> torch.Tensor:\n"
                  '        """y = x @ W for x of shape (B, in_features): generate W, then one matmul."""\n'
-                 "        W = self.weight()\n" + _indent(_step_lines(mat, app_steps)) + "\n        return y\n")
-    if stream is not None:
-        parts.append("\n    def forward_stream(self, x: torch.Tensor) -> torch.Tensor:\n"
-                     '        """y = x @ W for x of shape (B, in_features), contracting x through the cores '
-                     '(W is never formed)."""\n' + _indent(_step_lines(stream, stream.steps)) + "\n        return y\n")
+                 "        W = self.weight()\n" + _indent(_step_lines(mat, app_steps, names)) + "\n        return y\n")
+    if streams:
+        for key, prog in streams.items():
+            parts.append(f"\n    def forward_{key}(self, x: torch.Tensor) -> torch.Tensor:\n"
+                         '        """y = x @ W for x of shape (B, in_features), contracting x through the cores.\n\n'
+                         f'        W is never formed; the path is the one planned at batch {prog.batch}.\n        """\n'
+                         + _indent(_step_lines(prog, prog.steps, names)) + "\n        return y\n")
+        if "stream" not in streams:
+            parts.append("\n" + textwrap.indent(textwrap.dedent('''\
+                def forward_stream(self, x: torch.Tensor) -> torch.Tensor:
+                    """y = x @ W with the cheapest stream path for this batch size."""
+                    streams = [k for k in self.SCHEDULE_FLOPS if k != "materialise"]
+                    plan = min(streams, key=lambda k: self.flops(k, x.shape[0]))
+                    return getattr(self, "forward_" + plan)(x)
+                '''), "    "))
         parts.append("\n" + textwrap.indent(textwrap.dedent('''\
             @classmethod
+            def flops(cls, program: str, batch: int) -> int:
+                """Forward FLOPs (2 x multiply-adds) of one program at this batch size."""
+                a, b = cls.SCHEDULE_FLOPS[program]
+                return a + b * batch
+
+            @classmethod
+            def plan(cls, batch: int) -> str:
+                """The program with the fewest FLOPs at this batch size (materialise on a tie)."""
+                return min(cls.SCHEDULE_FLOPS, key=lambda k: cls.flops(k, batch))
+
+            @classmethod
             def schedule(cls, batch: int) -> str:
-                """The schedule with fewer FLOPs at this batch size (materialise on a tie)."""
-                cost = {k: a + b * batch for k, (a, b) in cls.SCHEDULE_FLOPS.items()}
-                return "stream" if cost["stream"] < cost["materialise"] else "materialise"
+                """The schedule forward() uses at this batch size: "materialise" or "stream"."""
+                return "materialise" if cls.plan(batch) == "materialise" else "stream"
             '''), "    "))
-        pick = ('y = self.forward_stream(x) if self.schedule(x.shape[0]) == "stream" '
-                'else self.forward_materialise(x)')
+        pick = 'y = getattr(self, "forward_" + self.plan(x.shape[0]))(x)'
     else:
         pick = "y = self.forward_materialise(x)  # nonlinear design: W must be generated"
     parts.append("\n" + textwrap.indent(textwrap.dedent(f'''\
@@ -201,7 +278,8 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
             return y if self.bias is None else y + self.bias
 
         def extra_repr(self) -> str:
-            return f"in_features={{self.in_features}}, out_features={{self.out_features}}, bias={{self.bias is not None}}"
+            bias = self.bias is not None
+            return f"in_features={{self.in_features}}, out_features={{self.out_features}}, bias={{bias}}"
         '''), "    "))
     parts.append(f"\n\nLayer = {cls}  # a fixed name for loaders\n" if cls != "Layer" else "")
     return "".join(parts)
@@ -241,7 +319,12 @@ def layer_state_dict(state: dict[str, Any], design: Design, prefix: str | None =
     ``prefix`` names the layer (e.g. ``"fc1."``); without it, the one prefix under which every core of ``design``
     appears with the right shape is found, and an unclear or missing match is an error naming what was found.
     """
-    want = {f"cores.{t.id}": tuple(design.shape(t.id)) for t in design.tensors}
+    from .init import delta_tensor
+    from .modules import id_to_key
+
+    want = {f"cores.{id_to_key(t.id)}": tuple(design.shape(t.id)) for t in design.tensors if t.kind != "delta"}
+    if prefix:
+        prefix = prefix if prefix.endswith(".") else prefix + "."
     if prefix is None:
         prefixes = set()
         for key in state:
@@ -250,6 +333,8 @@ def layer_state_dict(state: dict[str, Any], design: Design, prefix: str | None =
                     prefixes.add(key[: -len(w)])
         fits = [p for p in sorted(prefixes)
                 if all(p + k in state and tuple(state[p + k].shape) == s for k, s in want.items())]
+        if len(fits) > 1 and all(_same(state, fits[0], p, list(want)) for p in fits[1:]):
+            fits = fits[:1]  # one layer registered under two names (e.g. model.tn_layer and model.net.0)
         if len(fits) != 1:
             what = "no layer" if not fits else f"{len(fits)} layers ({', '.join(repr(p) for p in fits)})"
             raise ValueError(f"the weights hold {what} with the cores of design {design.name!r} "
@@ -259,9 +344,25 @@ def layer_state_dict(state: dict[str, Any], design: Design, prefix: str | None =
     missing = [k for k in want if k not in out]
     if missing:
         raise ValueError(f"the weights lack {', '.join(prefix + k for k in missing)}")
+    for t in design.tensors:  # fixed copy tensors: taken along, or rebuilt when a state dict left them out
+        if t.kind == "delta":
+            k = delta_buffer_name(t.id)
+            out[k] = state.get(prefix + k, delta_tensor(design.shape(t.id)))
     if prefix + "bias" in state:
         out["bias"] = state[prefix + "bias"]
     return out
+
+
+def _same(state: dict[str, Any], a: str, b: str, keys: list[str]) -> bool:
+    """Whether prefixes ``a`` and ``b`` hold equal tensors under every key (and the same optional ones)."""
+    import torch
+
+    for k in keys + ["bias"]:
+        if (a + k in state) != (b + k in state):
+            return False
+        if a + k in state and not torch.equal(state[a + k], state[b + k]):
+            return False
+    return True
 
 
 def save_weights(state: dict[str, Any], path: str | Path) -> Path:

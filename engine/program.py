@@ -13,12 +13,19 @@ Two schedules:
 
 Operand names: ``x`` is the input (``B x in``), ``core:<id>`` a core, ``t<n>`` an intermediate, ``W`` the weight
 and ``y`` the output (``B x out``). The batch index is ``_b``; flat features are ``_in`` and ``_out``.
+
+FLOPs follow what ``torch.einsum`` really runs (and ``torch.utils.flop_counter`` counts): a pairwise step is one
+batched matmul costing ``2 x`` the product of its index dimensions, except that an index summed in only one operand
+is summed out beforehand (free), and a step with no summed index of size > 1 is an elementwise product (free).
+Intermediates list their indices as ``torch.einsum`` lays them out (shared, then first-only, then second-only), so
+every intermediate is a contiguous tensor.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import string
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,6 +36,25 @@ from .design import Design, DesignError
 LETTERS = string.ascii_letters  # torch.einsum accepts a-z and A-Z
 BATCH, FLAT_IN, FLAT_OUT = "_b", "_in", "_out"
 SCHEDULES = ("materialise", "stream")
+GREEDY_WORK = 64  # the fast search runs GREEDY_WORK // n greedy trials on an n-tensor network (1 to 12; 1 when
+# the exact optimum was searched, up to 7 tensors)
+# (costmod, temperature) of the greedy trials: the plain greedy first, then randomised variants
+GREEDY_TRIALS = ((1.0, 0.0), (0.5, 0.0), (2.0, 0.0), (1.0, 0.05), (0.3, 0.1), (1.5, 0.1), (0.8, 0.2), (3.0, 0.05),
+                 (1.0, 0.3), (0.5, 0.1), (2.0, 0.1), (0.2, 0.05))
+
+
+def einsum_flops(in_indices: Sequence[Sequence[str]], out_indices: Sequence[str], dims: dict[str, int]) -> int:
+    """FLOPs of one ``torch.einsum`` step with one or two operands, as torch runs it (see the module docstring)."""
+    if len(in_indices) < 2:
+        return 0
+    if len(in_indices) > 2:
+        raise ValueError("program steps contract at most two operands")
+    a, b = set(in_indices[0]), set(in_indices[1])
+    out = set(out_indices)
+    if not any(dims[i] > 1 for i in (a & b) - out):
+        return 0
+    one_sided = (a ^ b) - out
+    return 2 * math.prod(dims[i] for i in a | b if i not in one_sided)
 
 
 @dataclass(frozen=True)
@@ -44,6 +70,10 @@ class Step:
     phase: str = "generate"  # "generate" (builds W, batch independent) or "apply" (touches x)
     flops: int = 0
     size: int = 0  # elements of the output
+
+    @property
+    def n_indices(self) -> int:
+        return len({i for ix in self.in_indices for i in ix} | set(self.out_indices))
 
     @property
     def equation(self) -> str:
@@ -81,6 +111,7 @@ class Program:
     linear: bool
     method: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    fixed_cores: frozenset[str] = frozenset()  # cores that are not trained (delta tensors)
 
     # ----------------------------------------------------------------- counts
     @property
@@ -101,6 +132,11 @@ class Program:
         """Elements of the largest tensor a step produces (inputs excluded)."""
         return max((s.size for s in self.steps), default=0)
 
+    @property
+    def executable(self) -> bool:
+        """Whether torch.einsum can run every step (at most 52 distinct indices per step)."""
+        return all(s.op != "einsum" or s.n_indices <= len(LETTERS) for s in self.steps)
+
     def last_use(self) -> dict[str, int]:
         """Operand name -> index of the last step that reads it."""
         out: dict[str, int] = {}
@@ -113,9 +149,9 @@ class Program:
         """The steps as plain dicts (for JSON, tables and the CLI)."""
         rows = []
         for n, s in enumerate(self.steps):
+            eq = s.equation if s.op == "einsum" and s.n_indices <= len(LETTERS) else None
             rows.append({"step": n, "op": s.op, "inputs": list(s.inputs), "output": s.output,
-                         "einsum": s.equation if s.op == "einsum" else None,
-                         "indices": [list(ix) for ix in s.in_indices] + [list(s.out_indices)],
+                         "einsum": eq, "indices": [list(ix) for ix in s.in_indices] + [list(s.out_indices)],
                          "activation": s.activation, "phase": s.phase, "flops": s.flops,
                          "shape": [self.dims[i] for i in s.out_indices], "size": s.size})
         return rows
@@ -131,29 +167,36 @@ class Program:
 
         from .activations import ACTIVATION_FNS
 
+        if until_weight and self.schedule != "materialise":
+            raise ValueError("until_weight needs a materialise program: a stream program never forms W")
         acts = activations or ACTIVATION_FNS
         es = einsum or torch.einsum
+        plan = self.__dict__.get("_plan")
+        if plan is None:  # equations, shapes and frees are fixed per program: derive them once
+            last, plan = self.last_use(), []
+            for n, s in enumerate(self.steps):
+                frees = tuple(i for i in s.inputs if last.get(i) == n and not i.startswith("core:") and i != "x")
+                arg = (tuple(-1 if i == BATCH else self.dims[i] for i in s.out_indices) if s.op == "reshape"
+                       else None if s.is_identity else s.equation)
+                plan.append((s.op, s.inputs, s.output, arg, s.activation, s.phase, frees))
+            self.__dict__["_plan"] = plan
         env: dict[str, Any] = {f"core:{k}": v for k, v in cores.items()}
         if x is not None:
             env["x"] = x
-        last = self.last_use()
-        for n, s in enumerate(self.steps):
-            if until_weight and s.phase == "apply":
+        for op, inputs, output, arg, activation, phase, frees in plan:
+            if until_weight and phase == "apply":
                 break
-            args = [env[i] for i in s.inputs]
-            if s.op == "reshape":
-                shape = [(-1 if i == BATCH else self.dims[i]) for i in s.out_indices]
-                val = args[0].reshape(shape)
-            elif s.is_identity:
-                val = args[0]
+            if op == "reshape":
+                val = env[inputs[0]].reshape(arg)
+            elif arg is None:
+                val = env[inputs[0]]
             else:
-                val = es(s.equation, *args)
-            if s.activation is not None:
-                val = acts[s.activation](val)
-            env[s.output] = val
-            for i in s.inputs:  # free intermediates early
-                if last.get(i) == n and not i.startswith("core:") and i != "x":
-                    env.pop(i, None)
+                val = es(arg, *[env[i] for i in inputs])
+            if activation is not None:
+                val = acts[activation](val)
+            env[output] = val
+            for i in frees:  # free intermediates early
+                env.pop(i, None)
         return env["W"] if until_weight else env[self.steps[-1].output]
 
 
@@ -174,17 +217,11 @@ class _StepBuilder:
 
     def einsum(self, inputs: Sequence[tuple[str, tuple[str, ...]]], out_idx: Sequence[str], out_name: str | None = None,
                activation: str | None = None, phase: str = "generate") -> tuple[str, tuple[str, ...]]:
-        union: list[str] = []
-        for _, ix in inputs:
-            union += [i for i in ix if i not in union]
-        macs = self.size(union)
-        summed = set(union) - set(out_idx)
-        # torch lowers a contraction to a batched matmul (2 FLOPs per multiply-add); a product with nothing
-        # summed is an elementwise multiply, which the FLOP counters (and we) leave out.
-        flops = 2 * macs if len(inputs) > 1 and summed else 0
+        in_idx = tuple(ix for _, ix in inputs)
+        flops = einsum_flops(in_idx, out_idx, self.dims)
         name = out_name or self.fresh()
-        self.steps.append(Step("einsum", tuple(i for i, _ in inputs), name, tuple(ix for _, ix in inputs),
-                               tuple(out_idx), activation, phase, flops, self.size(out_idx)))
+        self.steps.append(Step("einsum", tuple(i for i, _ in inputs), name, in_idx, tuple(out_idx), activation, phase,
+                               flops, self.size(out_idx)))
         return name, tuple(out_idx)
 
     def reshape(self, inp: tuple[str, tuple[str, ...]], out_idx: Sequence[str], out_name: str,
@@ -198,8 +235,9 @@ class _StepBuilder:
                  phase: str = "generate", final_name: str | None = None) -> tuple[str, tuple[str, ...]]:
         """Contract ``operands`` pairwise along ``path`` (opt_einsum's linear format).
 
-        An intermediate keeps the indices still needed by a remaining operand or listed in ``keep``; the last
-        step emits ``final_idx`` (if given) and carries ``activation``.
+        An intermediate keeps the indices still needed by a remaining operand or listed in ``keep``, in the order
+        torch.einsum lays them out (shared, first-only, second-only: a contiguous result); the last step emits
+        ``final_idx`` (if given) and carries ``activation``.
         """
         ops = list(operands)
         if len(ops) == 1:
@@ -208,33 +246,70 @@ class _StepBuilder:
             if activation is None and out == idx and final_name is None:
                 return ops[0]
             return self.einsum([ops[0]], out, final_name, activation, phase)
+        holders = Counter(i for _, ix in ops for i in set(ix))
         for k, pair in enumerate(path):
             pair = sorted(pair, reverse=True)
             picked = [ops.pop(p) for p in pair][::-1]
+            for _, ix in picked:
+                holders.subtract(set(ix))
             is_last = k == len(path) - 1
-            rest = {i for _, ix in ops for i in ix}
             if is_last and final_idx is not None:
                 out_idx = tuple(final_idx)
             else:
-                seen: list[str] = []
-                for _, ix in picked:
-                    seen += [i for i in ix if i not in seen and (i in rest or i in keep)]
-                out_idx = tuple(seen)
+                out_idx = _natural_order(picked[0][1], picked[1][1], lambda i: holders[i] > 0 or i in keep)
+            holders.update(out_idx)
             ops.append(self.einsum(picked, out_idx, final_name if is_last else None,
                                    activation if is_last else None, phase))
         assert len(ops) == 1, "path did not contract every operand"
         return ops[0]
 
 
-def _symbols(operands: list[tuple[str, tuple[str, ...]]], out_idx: Sequence[str]) -> tuple[str, dict[str, int]]:
-    sym: dict[str, str] = {}
-    for _, ix in operands:
-        for i in ix:
-            sym.setdefault(i, oe.get_symbol(len(sym)))
-    for i in out_idx:
-        sym.setdefault(i, oe.get_symbol(len(sym)))
-    eq = ",".join("".join(sym[i] for i in ix) for _, ix in operands) + "->" + "".join(sym[i] for i in out_idx)
-    return eq, sym
+def _natural_order(a: Sequence[str], b: Sequence[str], needed: Callable[[str], bool]) -> tuple[str, ...]:
+    """The indices of ``a`` and ``b`` still needed, in torch.einsum's own layout: shared, a-only, b-only."""
+    bs = set(b)
+    shared = [i for i in a if i in bs and needed(i)]
+    a_only = [i for i in a if i not in bs and needed(i)]
+    aset = set(a)
+    b_only = [i for i in b if i not in aset and needed(i)]
+    return tuple(shared + a_only + b_only)
+
+
+# --------------------------------------------------------------------- path search
+def path_cost(index_sets: Sequence[Sequence[str]], path: Sequence[Sequence[int]], keep: set[str] | frozenset[str],
+              dims: dict[str, int]) -> tuple[int, int]:
+    """(FLOPs, largest intermediate) of a pairwise path, counted exactly as the program's steps are."""
+    ops = [frozenset(ix) for ix in index_sets]
+    holders: dict[str, int] = {}
+    for ix in ops:
+        for x in ix:
+            holders[x] = holders.get(x, 0) + 1
+    flops = peak = 0
+    for pair in path:
+        i, j = sorted(pair, reverse=True)
+        a, b = ops.pop(i), ops.pop(j)
+        for x in a:
+            holders[x] -= 1
+        for x in b:
+            holders[x] -= 1
+        u = a | b
+        out = frozenset(x for x in u if holders[x] or x in keep)
+        size = 1
+        for x in out:
+            holders[x] += 1
+            size *= dims[x]
+        ops.append(out)
+        for x in a & b:
+            if dims[x] > 1 and x not in out:  # a summed index: one batched matmul
+                one_sided = (a ^ b) - out
+                f = 2
+                for y in u:
+                    if y not in one_sided:
+                        f *= dims[y]
+                flops += f
+                break
+        if size > peak:
+            peak = size
+    return flops, peak
 
 
 def _sequential_path(n: int) -> list[tuple[int, int]]:
@@ -246,59 +321,182 @@ def _sequential_path(n: int) -> list[tuple[int, int]]:
     return [(0, 1)] + [(0, n - 1 - k) for k in range(1, n - 1)] if n > 1 else []
 
 
-def _simulate_cost(operands: list[tuple[str, tuple[str, ...]]], path: Sequence[Sequence[int]],
-                   out_idx: Sequence[str], dims: dict[str, int]) -> tuple[int, int]:
-    """(FLOPs, largest intermediate) of a path, counted exactly as :class:`_StepBuilder` would."""
-    b = _StepBuilder(dims)
-    b.contract(operands, path, set(out_idx), out_idx)
-    return sum(s.flops for s in b.steps), max((s.size for s in b.steps), default=0)
+def absorption_path(index_sets: Sequence[Sequence[str]], order: Sequence[int]) -> list[tuple[int, int]]:
+    """The path that absorbs operands in ``order``, each merging (smallest first) with every fragment it touches.
+
+    This is the nonlinear evaluation order of :mod:`engine.design`; for trees it contracts each subtree before its
+    parent, the natural order for TTN and MERA.
+    """
+    ssa: list[tuple[int, int]] = []
+    frags: list[tuple[int, frozenset[str]]] = []  # (ssa id, indices)
+    nxt = len(index_sets)
+    for v in order:
+        cur_id, cur = v, frozenset(index_sets[v])
+        touching = sorted((f for f in frags if f[1] & cur), key=lambda f: len(f[1]))
+        frags = [f for f in frags if not (f[1] & cur)]
+        for fid, fix in touching:
+            ssa.append((fid, cur_id))
+            cur_id, cur = nxt, cur | fix
+            nxt += 1
+        frags.append((cur_id, cur))
+    while len(frags) > 1:  # disconnected pieces (outer products) at the end
+        (a, ia), (b, ib) = frags.pop(0), frags.pop(0)
+        ssa.append((a, b))
+        frags.append((nxt, ia | ib))
+        nxt += 1
+    return [tuple(p) for p in oe.paths.ssa_to_linear(ssa)]
+
+
+def _symbols(operands: list[tuple[str, tuple[str, ...]]], out_idx: Sequence[str]) -> tuple[str, dict[str, str]]:
+    sym: dict[str, str] = {}
+    for _, ix in operands:
+        for i in ix:
+            sym.setdefault(i, oe.get_symbol(len(sym)))
+    for i in out_idx:
+        sym.setdefault(i, oe.get_symbol(len(sym)))
+    eq = ",".join("".join(sym[i] for i in ix) for _, ix in operands) + "->" + "".join(sym[i] for i in out_idx)
+    return eq, sym
+
+
+def cotengra_path(operands: list[tuple[str, tuple[str, ...]]], out_idx: Sequence[str], dims: dict[str, int],
+                  time_budget: float, seed: int = 0) -> list[tuple[int, ...]]:
+    """cotengra's HyperOptimizer (FLOPs objective) under ``time_budget`` seconds, as a linear path."""
+    import warnings
+
+    with warnings.catch_warnings():  # cotengra warns when the optional kahypar is missing; it works without it
+        warnings.simplefilter("ignore")
+        import cotengra as ctg
+
+        opt = ctg.HyperOptimizer(max_time=time_budget, max_repeats=1_000_000, minimize="flops", progbar=False,
+                                 parallel=False, seed=seed)
+    inputs = [tuple(ix) for _, ix in operands]
+    size_dict = {k: dims[k] for _, ix in operands for k in ix}
+    tree = opt.search(inputs, tuple(out_idx), size_dict)
+    return [tuple(p) for p in tree.get_path()]
 
 
 def search_path(operands: list[tuple[str, tuple[str, ...]]], out_idx: Sequence[str], dims: dict[str, int],
-                search: str = "fast", time_budget: float = 2.0) -> tuple[list[tuple[int, ...]], str]:
+                search: str = "fast", time_budget: float = 2.0,
+                hints: dict[str, list] | None = None) -> tuple[list[tuple[int, ...]], str]:
     """The cheapest pairwise path (FLOPs, then largest intermediate) among several optimisers.
 
-    ``fast`` tries the given order, opt_einsum's greedy and (for small networks) its exact dynamic programme;
-    ``thorough`` adds cotengra's hyper-optimiser under ``time_budget`` seconds.
+    ``fast`` (the live default) scores the given order, the structural ``hints`` (e.g. the tree order), the exact
+    optimum for small networks (opt_einsum's optimal/dp up to 7 tensors), opt_einsum's greedy (up to 24) and
+    cotengra's greedy, a fixed number of seeded randomised greedy trials (fewer on larger networks), and the best
+    paths remembered for the same network structure at other bond dimensions. ``thorough`` adds cotengra's hyper-optimiser under ``time_budget`` seconds.
+    Every candidate is scored by :func:`path_cost`, the program's own count.
     """
     n = len(operands)
     if n <= 1:
         return [], "trivial"
     if n == 2:
         return [(0, 1)], "pair"
+    sets = [ix for _, ix in operands]
+    keep = frozenset(out_idx)
+    best: tuple[tuple[int, int], list, str] | None = None
+
+    def consider(name: str, path) -> None:
+        nonlocal best
+        path = [tuple(p) for p in path]
+        if len(path) != n - 1 or any(len(p) != 2 for p in path):
+            return  # not a complete pairwise path
+        score = path_cost(sets, path, keep, dims)
+        if best is None or score < best[0]:
+            best = (score, path, name)
+
+    consider("sequential", _sequential_path(n))
+    for name, path in (hints or {}).items():
+        consider(name, path)
+    skey = (tuple(tuple(ix) for ix in sets), tuple(out_idx))
+    for path in _PATHS.get(skey, ()):  # the best paths found before for this structure (other bond dimensions)
+        consider("remembered", path)
     eq, sym = _symbols(operands, out_idx)
-    shapes = [tuple(dims[i] for i in ix) for _, ix in operands]
-    candidates: dict[str, list] = {"sequential": _sequential_path(n)}
-    methods = ["greedy"] + (["optimal"] if n <= 4 else []) + (["dp"] if n <= 12 else [])
+    shapes = [tuple(dims[i] for i in ix) for ix in sets]
+    methods = (["optimal"] if n <= 4 else ["dp"] if n <= 7 else []) + (["greedy"] if n <= 24 else [])
+    try:  # cotengra's greedy, then seeded randomised variants (a fixed number: the result is reproducible)
+        from cotengra.pathfinders.path_basic import ContractionProcessor, ssa_to_linear
+    except ImportError:  # pragma: no cover - cotengra is a dependency; opt_einsum's greedy is the fallback
+        ContractionProcessor = None
     for m in methods:
         try:
             path, _ = oe.contract_path(eq, *shapes, shapes=True, optimize=m)
-            candidates[m] = [tuple(p) for p in path]
+            consider(m, path)
         except Exception:  # an optimiser that cannot handle this network: the others still can
             pass
+    if ContractionProcessor is not None:
+        inputs = [tuple(ix) for ix in sets]
+        size_dict = {k: dims[k] for ix in sets for k in ix}
+        trials = 1 if n <= 7 else max(1, min(len(GREEDY_TRIALS), GREEDY_WORK // n))
+        for seed, (costmod, temp) in enumerate(GREEDY_TRIALS[:trials]):
+            cp = ContractionProcessor(inputs, tuple(out_idx), size_dict)
+            cp.optimize_greedy(costmod=costmod, temperature=temp, seed=seed)
+            cp.optimize_remaining_by_size()  # pieces the greedy left apart (e.g. a hyperedge on many tensors)
+            consider("random-greedy" if temp else "greedy", ssa_to_linear(cp.ssa_path, n))
     if search == "thorough" and n > 3:
         try:
-            import cotengra as ctg
-
-            opt = ctg.HyperOptimizer(max_time=time_budget, max_repeats=10_000, minimize="flops", progbar=False,
-                                     parallel=False)
-            inputs = [tuple(sym[i] for i in ix) for _, ix in operands]
-            size_dict = {sym[k]: v for k, v in dims.items() if k in sym}
-            tree = opt.search(inputs, tuple(sym[i] for i in out_idx), size_dict)
-            candidates["cotengra"] = [tuple(p) for p in tree.get_path()]
+            consider("cotengra", cotengra_path(operands, out_idx, dims, time_budget))
         except Exception:
             pass
-    best = min(candidates.items(), key=lambda kv: _simulate_cost(operands, kv[1], out_idx, dims))
-    return best[1], best[0]
+    assert best is not None
+    _remember(skey, best[1])
+    return best[1], best[2]
+
+
+# best paths per network structure (index names, not dimensions): a bond change re-scores them in microseconds,
+# so what a slow search once found (e.g. a background "thorough" refinement) serves every later live report
+_PATHS: dict[tuple, list[list[tuple[int, ...]]]] = {}
+_PATHS_MAX, _PATHS_PER_KEY = 256, 4
+
+
+def _remember(key: tuple, path: list[tuple[int, ...]]) -> None:
+    paths = _PATHS.pop(key, [])
+    if path in paths:
+        paths.remove(path)
+    _PATHS[key] = ([path] + paths)[:_PATHS_PER_KEY]
+    if len(_PATHS) > _PATHS_MAX:
+        _PATHS.pop(next(iter(_PATHS)))
 
 
 # --------------------------------------------------------------------- compiling designs
 _CACHE: dict[tuple, Program] = {}
 _CACHE_MAX = 512
+_VALID: set[str] = set()  # fingerprints of designs that passed Design.check()
 
 
 def _core_operands(design: Design) -> list[tuple[str, tuple[str, ...]]]:
     return [(f"core:{t.id}", tuple(t.indices)) for t in design.tensors]
+
+
+def _structure_hints(design: Design, with_x: bool) -> dict[str, list]:
+    """Structural paths for tree-like designs (those with an evaluation order or root).
+
+    ``tree``: the evaluation order (subtrees before parents). With x (the stream schedule) also ``sweep``: x absorbs
+    the tensors in depth-first post-order from the root, so it carries only the bonds of the current branch
+    (O(log n) of them for a binary tree) instead of one per leaf; and ``tree, x last``.
+    """
+    if design.order is None and design.root is None:
+        return {}
+    pos = {t.id: k for k, t in enumerate(design.tensors)}
+    order = [pos[t] for t in design.evaluation_order()]
+    sets = [tuple(t.indices) for t in design.tensors]
+    try:
+        import networkx as nx
+
+        root = design.root or design.evaluation_order()[-1]
+        post = [pos[t] for t in nx.dfs_postorder_nodes(nx.Graph(design.graph()), source=root)]
+    except Exception:  # a structural hint is optional: the general optimisers still run
+        post = []
+    if not with_x:
+        hints = {"tree": absorption_path(sets, order)}
+        if len(post) == len(sets):
+            hints["sweep"] = absorption_path(sets, post)
+        return hints
+    sets = [tuple(design.in_legs)] + sets  # x's legs; batch left out (it is carried everywhere x goes)
+    hints = {"tree": absorption_path(sets, [0] + [k + 1 for k in order]),
+             "tree, x last": absorption_path(sets, [k + 1 for k in order] + [0])}
+    if len(post) == len(sets) - 1:
+        hints["sweep"] = absorption_path(sets, [0] + [k + 1 for k in post])
+    return hints
 
 
 def _generate(b: _StepBuilder, design: Design, search: str, time_budget: float) -> tuple[tuple[str, ...], str]:
@@ -306,7 +504,7 @@ def _generate(b: _StepBuilder, design: Design, search: str, time_budget: float) 
     final = tuple(design.in_legs + design.out_legs)
     ops = _core_operands(design)
     if design.is_linear:
-        path, method = search_path(ops, final, b.dims, search, time_budget)
+        path, method = search_path(ops, final, b.dims, search, time_budget, _structure_hints(design, False))
         b.contract(ops, path, set(final), final, final_name="Wt")
         return final, method
     # nonlinear: absorb tensors in the evaluation order, merging every fragment they touch
@@ -324,12 +522,9 @@ def _generate(b: _StepBuilder, design: Design, search: str, time_budget: float) 
         is_last = k == len(order) - 1
         keep = {i for i in set().union(*(set(ix) for _, ix in group)) if remaining_users.get(i)} | set(final)
         if len(group) > 1:
-            out_idx: list[str] = []
-            for _, ix in group:
-                out_idx += [i for i in ix if i in keep and i not in out_idx]
-            eq_ops = group
-            path, _ = search_path(eq_ops, out_idx, b.dims, "fast")
-            frag = b.contract(eq_ops, path, keep, final if is_last else tuple(out_idx), t.activation,
+            out_idx = [i for i in dict.fromkeys(i for _, ix in group for i in ix) if i in keep]
+            path, _ = search_path(group, out_idx, b.dims, "fast")
+            frag = b.contract(group, path, keep, final if is_last else None, t.activation,
                               final_name="Wt" if is_last else None)
         else:
             frag = b.contract(group, [], keep, final if is_last else None, t.activation,
@@ -344,33 +539,47 @@ def compile_program(design: Design, batch: int = 1, schedule: str = "auto", sear
                     time_budget: float = 2.0) -> Program:
     """Compile ``design`` for a batch of ``batch`` rows under ``schedule`` (``auto`` picks the fewer FLOPs).
 
-    Results are cached by design fingerprint, batch, schedule and search effort.
+    Results are cached by design fingerprint, batch, schedule and search effort; a ``fast`` request is answered
+    with the ``thorough`` program when one was compiled (e.g. by a background refinement), and every search starts
+    from the best paths found for the same network at other bond dimensions. Compiling allocates no tensor, so
+    designs whose W would not fit in memory are costed as quickly as small ones.
     """
     if schedule not in ("auto",) + SCHEDULES:
         raise ValueError(f"schedule must be auto, materialise or stream, got {schedule!r}")
-    if not isinstance(batch, int) or batch < 1:
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
-    key = (design.fingerprint(), batch, schedule, search)
+    if search not in ("fast", "thorough"):
+        raise ValueError(f"search must be fast or thorough, got {search!r}")
+    return _compile_cached(design, design.fingerprint(), batch, schedule, search, time_budget)
+
+
+def _compile_cached(design: Design, fp: str, batch: int, schedule: str, search: str, time_budget: float) -> Program:
+    key = (fp, batch, schedule, search)
     if key in _CACHE:
         return _CACHE[key]
-    design.check()
+    refined = _CACHE.get((fp, batch, schedule, "thorough"))
+    if search == "fast" and refined is not None:  # a background refinement already ran: serve its result
+        return refined
+    if fp not in _VALID:
+        design.check()
+        _VALID.add(fp)
     if schedule == "auto":
-        cands = [compile_program(design, batch, "materialise", search, time_budget)]
+        cands = [_compile_cached(design, fp, batch, "materialise", search, time_budget)]
         if design.is_linear:
-            cands.append(compile_program(design, batch, "stream", search, time_budget))
+            cands.append(_compile_cached(design, fp, batch, "stream", search, time_budget))
         prog = min(cands, key=lambda p: (p.flops, p.largest_intermediate))
     elif schedule == "stream" and not design.is_linear:
         raise ValueError("the stream schedule needs a linear design: activations make W a nonlinear function of "
                          "the cores, so it must be materialised")
     else:
-        prog = _compile(design, batch, schedule, search, time_budget)
+        prog = _compile(design, fp, batch, schedule, search, time_budget)
     if len(_CACHE) >= _CACHE_MAX:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[key] = prog
     return prog
 
 
-def _compile(design: Design, batch: int, schedule: str, search: str, time_budget: float) -> Program:
+def _compile(design: Design, fp: str, batch: int, schedule: str, search: str, time_budget: float) -> Program:
     dims = {k: v.dim for k, v in design.indices.items()}
     for reserved in (BATCH, FLAT_IN, FLAT_OUT):
         if reserved in dims:
@@ -387,7 +596,7 @@ def _compile(design: Design, batch: int, schedule: str, search: str, time_budget
         xs = b.reshape(x, (BATCH,) + in_legs, "xs", "apply")
         ops = [xs] + _core_operands(design)
         out = (BATCH,) + out_legs
-        path, method = search_path(ops, out, dims, search, time_budget)
+        path, method = search_path(ops, out, dims, search, time_budget, _structure_hints(design, True))
         b.contract(ops, path, set(out), out, phase="apply", final_name="ys")
         b.reshape(("ys", out), (BATCH, FLAT_OUT), "y", "apply")
     # a step is "apply" when it depends on x, wherever the path put it; core-only merges are batch independent
@@ -397,11 +606,16 @@ def _compile(design: Design, batch: int, schedule: str, search: str, time_budget
             on_x.add(s.output)
         elif s.phase != "generate":
             b.steps[n] = dataclasses.replace(s, phase="generate")
-    return Program(design_name=design.name, fingerprint=design.fingerprint(), schedule=schedule, batch=batch,
+    return Program(design_name=design.name, fingerprint=fp, schedule=schedule, batch=batch,
                    dims=dims, steps=b.steps, cores={t.id: tuple(t.indices) for t in design.tensors},
                    in_legs=in_legs, out_legs=out_legs, in_features=design.in_features,
-                   out_features=design.out_features, linear=design.is_linear, method=method)
+                   out_features=design.out_features, linear=design.is_linear, method=method,
+                   fixed_cores=frozenset(t.id for t in design.tensors if t.kind == "delta"))
 
 
-def clear_cache() -> None:
+def clear_cache(paths: bool = False) -> None:
+    """Forget compiled programs (and, with ``paths``, the remembered best paths per network structure)."""
     _CACHE.clear()
+    _VALID.clear()
+    if paths:
+        _PATHS.clear()

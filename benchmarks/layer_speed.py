@@ -1,0 +1,148 @@
+"""Forward+backward step time of dense, tensorly-torch and TN Studio layers, printed as a table.
+
+    .venv/bin/python benchmarks/layer_speed.py                  # CPU, 2 threads, all three sizes
+    .venv/bin/python benchmarks/layer_speed.py --device cuda    # on a GPU
+    .venv/bin/python benchmarks/layer_speed.py --sizes 1024x1024x128 --reps 20
+
+One step = forward, a dense upstream gradient, backward into every parameter and the input (as for a hidden layer).
+Reported: median (and min) over ``--reps`` rounds after ``--warmup`` rounds; each round steps every layer once
+(interleaved), so load from other processes on a shared machine hits every layer alike. The TNLinear MPO and
+tensorly-torch's block-TT and CP use the same leg factorisation (balanced, smallest legs at the ends) and the MPO
+the block-TT's rank, so the two have exactly the same number of parameters. Nonlinear generators whose largest
+intermediate exceeds ``--max-intermediate`` times W are skipped (listed with the size).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.design import Design  # noqa: E402
+from engine.factorize import balanced_factors  # noqa: E402
+from engine.modules import TNLinear, count_parameters  # noqa: E402
+from engine.program import compile_program  # noqa: E402
+from engine.templates import make_template  # noqa: E402
+
+SIZES = [(1024, 1024, 128), (4096, 4096, 64), (25088, 4096, 16)]
+
+
+def tt_shapes(features: int, legs: int) -> tuple[int, ...]:
+    """Balanced leg factors with the smallest at the ends (``1024 -> (4, 8, 8, 4)``), as TT layers usually use."""
+    f = sorted(balanced_factors(features, legs))
+    left, right = f[0::2], f[1::2]
+    return tuple(left + right[::-1])
+
+
+def layers(in_f: int, out_f: int, args) -> list[tuple[str, Callable[[], nn.Module], Design | None]]:
+    """(label, factory, TN design or None) of every layer compared at this size."""
+    out: list[tuple[str, Callable[[], nn.Module], Design | None]] = [
+        ("nn.Linear", lambda: nn.Linear(in_f, out_f), None)]
+    a, b = tt_shapes(in_f, args.legs), tt_shapes(out_f, args.legs)
+    try:
+        import tltorch
+
+        for fact, rank in (("blocktt", args.tt_rank), ("cp", args.cp_rank)):
+            out.append((f"tltorch {fact} r{rank}", lambda f=fact, r=rank: tltorch.FactorizedLinear(
+                a, b, factorization=f, rank=r, implementation="factorized"), None))
+    except ImportError:
+        print("tensorly-torch is not installed: its rows are skipped", file=sys.stderr)
+    designs = [(f"TN mpo chi={args.tt_rank}", make_template("mpo", in_f, out_f, args.tt_rank, in_factors=list(a),
+                                                             out_factors=list(b)))]
+    for kind, bond in (("ttn", args.ttn_bond), ("mera", args.mera_bond)):
+        designs.append((f"TN {kind} chi={bond} {args.activation}",
+                        make_template(kind, in_f, out_f, bond, activation=args.activation)))
+    for label, d in designs:
+        out.append((label, lambda d=d: TNLinear(d, seed=0), d))
+    return out
+
+
+def stepper(layer: nn.Module, batch: int, in_f: int, out_f: int, device: str) -> Callable[[], float]:
+    """A function running one forward + backward (parameters and input) and returning its wall time in ms."""
+    x = torch.randn(batch, in_f, device=device, requires_grad=True)
+    g = torch.randn(batch, out_f, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def step() -> float:
+        for p in layer.parameters():
+            p.grad = None
+        x.grad = None
+        sync()
+        t0 = time.perf_counter()
+        layer(x).backward(g)
+        sync()
+        return (time.perf_counter() - t0) * 1e3
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--sizes", default=None, help="comma list of INxOUTxBATCH (default: the three standard sizes)")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--legs", type=int, default=4, help="legs per side of the MPO / block-TT shapes")
+    p.add_argument("--tt-rank", type=int, default=8)
+    p.add_argument("--cp-rank", type=int, default=64)
+    p.add_argument("--ttn-bond", type=int, default=4)
+    p.add_argument("--mera-bond", type=int, default=2)
+    p.add_argument("--max-intermediate", type=float, default=4.0,
+                   help="skip TN layers whose largest intermediate exceeds this many times W's size")
+    p.add_argument("--activation", default="gelu")
+    p.add_argument("--only", default=None, help="run only layers whose label contains this text")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sizes = SIZES if not args.sizes else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    dev = args.device
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# layer_speed: forward+backward step in ms, median (and min) of {args.reps} interleaved rounds "
+          f"(torch {torch.__version__}, {name})")
+    for in_f, out_f, batch in sizes:
+        print(f"\n## {in_f}x{out_f}, batch {batch}\n")
+        print(f"| {'layer':<24} | {'params':>10} | {'schedule':<11} | {'ms/step':>9} | {'min':>8} | {'vs Linear':>9} "
+              f"| {'vs blocktt':>10} |")
+        print(f"|{'-' * 26}|{'-' * 11}:|{'-' * 13}|{'-' * 10}:|{'-' * 9}:|{'-' * 10}:|{'-' * 11}:|")
+        runs, notes = [], []
+        for label, make, design in layers(in_f, out_f, args):
+            if args.only and args.only not in label and label != "nn.Linear":
+                continue
+            if design is not None:
+                big = compile_program(design, batch).largest_intermediate
+                if big > args.max_intermediate * in_f * out_f:
+                    notes.append(f"| {label:<24} | {design.params + out_f:>10,} | skipped: an intermediate of "
+                                 f"{big:,} entries ({big / (in_f * out_f):.0f}x W) |")
+                    continue
+            torch.manual_seed(0)
+            layer = make().to(dev)
+            runs.append((label, layer, stepper(layer, batch, in_f, out_f, dev), []))
+        for _ in range(args.warmup):
+            for _, _, step, _ in runs:
+                step()
+        for _ in range(args.reps):  # interleaved, so load spikes from other processes hit every layer alike
+            for _, _, step, times in runs:
+                times.append(step())
+        med = {label: statistics.median(times) for label, _, _, times in runs}
+        base, tt = med.get("nn.Linear"), next((v for k, v in med.items() if "blocktt" in k), None)
+        for label, layer, _, times in runs:
+            ms = med[label]
+            sched = layer.program(batch).schedule if isinstance(layer, TNLinear) else "-"
+            vs_tt = f"{ms / tt:.2f}x" if tt and "blocktt" not in label else "-"
+            print(f"| {label:<24} | {count_parameters(layer):>10,} | {sched:<11} | {ms:>9.2f} | {min(times):>8.2f} | "
+                  f"{ms / base:>8.2f}x | {vs_tt:>10} |", flush=True)
+        for line in notes:
+            print(line)
+        del runs
+    print("\nparams include the bias; ratios use the medians; vs blocktt compares with tensorly-torch block-TT")
+
+
+if __name__ == "__main__":
+    main()

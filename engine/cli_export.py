@@ -1,0 +1,111 @@
+"""``tnstudio export``: write a design as a standalone PyTorch module, design JSON or engine snippet.
+
+Examples::
+
+    tnstudio export layer.json --to torch -o layer.py              # torch-only nn.Module
+    tnstudio export layer.json --to torch -o layer.py --run 3      # ... plus layer.pt with run 3's trained weights
+    tnstudio export layer.json --to snippet -o use_layer.py        # TNLinear(load_design(...)) + the design JSON
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from .cli import UserError, _load
+from .export import FORMATS, write_export, export_source, layer_state_dict
+
+
+def _load_state(path: str) -> dict[str, Any]:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such weights file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that is not a plain state dict, a truncated file, ...
+        raise UserError(f"{path}: not a state dict torch can load with weights_only=True ({e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
+    return state
+
+
+def run_weights(run_id: str, runs_dir: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model state dict of a run's checkpoint, and the run (with its design)."""
+    from .runs import RunNotFound, RunStore
+
+    store = RunStore(runs_dir)
+    try:
+        run = store.get_run(run_id)
+    except RunNotFound as e:
+        raise UserError(f"{e}: `tnstudio runs` lists the runs") from None
+    path = run.get("checkpoint")
+    if not path or not Path(path).is_file():
+        raise UserError(f"run {run['id']} ({run['status']}) has no checkpoint yet: its weights are saved at each "
+                        f"evaluation and at the end")
+    state = _load_state(path)
+    model = state.get("model", state)
+    if not isinstance(model, dict):
+        raise UserError(f"{path}: the checkpoint holds no model state dict")
+    return model, run
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .design import Design, DesignError
+
+    if args.run and args.weights:
+        raise UserError("give either --run or --weights, not both")
+    if not args.file and not args.run:
+        raise UserError("give a design file (or --run ID to export the design a run trained)")
+    if (args.run or args.weights) and not args.output:
+        raise UserError("exporting weights needs -o OUT: the state dict is written beside it as OUT.pt")
+    weights, source, run = None, "", None
+    if args.run:
+        state, run = run_weights(args.run, args.runs_dir)
+        source = f"run {run['id']} ({run['name']}, {run['status']})"
+    elif args.weights:
+        state, source = _load_state(args.weights), Path(args.weights).name
+    if args.file:
+        design = _load(args.file)
+    elif run.get("design"):
+        try:
+            design = Design.from_dict(run["design"])
+        except DesignError as e:
+            raise UserError(f"run {run['id']}: its design is invalid: {e}") from None
+    else:
+        raise UserError(f"run {run['id']} trained a dense model (no design): nothing to export")
+    if args.run or args.weights:
+        try:
+            weights = layer_state_dict(state, design, args.layer)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    try:
+        if args.output:
+            written = write_export(design, args.to, args.output, weights, batch=args.batch, source=source)
+            for p in written:
+                print(f"wrote {p}")
+        else:
+            print(export_source(design, args.to, batch=args.batch), end="")
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
+def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+    e = subparsers.add_parser("export", help="export a design as a torch module, design JSON or engine snippet")
+    e.add_argument("file", nargs="?", default=None, help="design JSON file (default with --run: the run's design)")
+    e.add_argument("--to", default="torch", choices=FORMATS,
+                   help="torch: standalone nn.Module (torch only); json: the design; snippet: code using engine")
+    e.add_argument("-o", "--output", default=None, help="output file (default: print)")
+    e.add_argument("--run", default=None, help="also write this run's trained layer weights (OUT.pt); "
+                   "an id prefix is enough")
+    e.add_argument("--weights", default=None, help="also write the layer weights from this state dict file")
+    e.add_argument("--layer", default=None,
+                   help="prefix of the layer inside the weights (e.g. 'fc1.'; default: found by core names)")
+    e.add_argument("--runs-dir", default=None, help="runs folder (default: <TNSTUDIO_HOME>/runs)")
+    e.add_argument("--batch", type=int, default=64,
+                   help="reference batch size for the stream contraction path (default 64)")
+    commands["export"] = cmd_export

@@ -1,0 +1,249 @@
+"""Initialising the cores of a design so the generated W looks like ``nn.Linear``'s default weight.
+
+``nn.Linear`` draws ``W ~ U(-1/sqrt(in), 1/sqrt(in))``, so ``Var(W_ij) = 1 / (3 in)``; :func:`target_std` is its
+square root, and the bias gets the same uniform law.
+
+Linear designs (closed form, then exact). With independent zero-mean cores, ``W_ij`` is a sum of ``prod(bond dims)`` products
+that are pairwise uncorrelated (two bond assignments differ in at least one core entry), each with variance
+``prod_t s_t^2``. We split every bond's sum between the tensors it joins: core ``t`` gets
+``s_t^2 = c * prod_{b in t} dim_b^(-1/n_b)`` (``n_b`` = tensors on bond ``b``, 2 except for hyperedges) and
+``c = target_var^(1/K)`` over the ``K`` trainable cores, so ``Var(W_ij) = target_var`` exactly in expectation and no
+core is much larger than another. Copy (``delta``) tensors merge the bonds they join into one summed index. The
+closed form holds in expectation; for small cores one draw can be off by 30%, so :func:`normalise_linear` then
+rescales all cores equally to the exact ``||W||_F`` (computed from the doubled network, W is never formed).
+
+Nonlinear designs (calibrated, deterministic under a seed). Leaves start with the balanced Gaussian above,
+isometries orthogonal (QR of a Gaussian) and disentanglers near the identity. Then, in the evaluation order, each
+activated tensor is rescaled so that its pre-activation has unit RMS (W is linear in the tensor being absorbed
+before its activation); finally the last tensor (when it has no activation, as in every template) is projected so
+that ``mean(W) = 0`` and rescaled so that ``std(W)`` hits the target.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from .design import Design
+
+PRE_ACTIVATION_RMS = 1.0  # where the calibration puts every activation's input
+DISENTANGLER_NOISE = 0.05
+
+
+def target_std(in_features: int) -> float:
+    """The std of ``nn.Linear``'s default weight: ``1 / sqrt(3 in_features)``."""
+    return 1.0 / math.sqrt(3.0 * in_features)
+
+
+def _generator(seed: int | torch.Generator | None) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    g.manual_seed(int(torch.randint(0, 1 << 62, (1,)).item() if seed is None else seed) % (1 << 63))
+    return g
+
+
+def delta_tensor(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A copy tensor: 1 where every index takes the same value, 0 elsewhere."""
+    t = torch.zeros(shape, dtype=dtype)
+    idx = torch.arange(min(shape))
+    t[tuple(idx for _ in shape)] = 1.0
+    return t
+
+
+def _bond_classes(design: Design) -> tuple[dict[str, str], dict[str, int]]:
+    """Union the bonds that meet in a delta tensor; returns bond -> class, class -> summed dim."""
+    parent = {k: k for k, v in design.indices.items() if v.role == "bond"}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for t in design.tensors:
+        if t.kind == "delta":
+            bonds = [i for i in t.indices if i in parent]
+            for b in bonds[1:]:
+                parent[find(b)] = find(bonds[0])
+    cls = {b: find(b) for b in parent}
+    dim: dict[str, int] = {}
+    for b, c in cls.items():
+        dim[c] = min(dim.get(c, design.indices[b].dim), design.indices[b].dim)
+    return cls, dim
+
+
+def linear_core_stds(design: Design, std: float) -> dict[str, float]:
+    """Per-core std of i.i.d. Gaussian cores giving ``Var(W_ij) = std**2`` for a linear design (closed form)."""
+    cls, cdim = _bond_classes(design)
+    users: dict[str, int] = {c: 0 for c in cdim}
+    trainable = [t for t in design.tensors if t.kind != "delta"]
+    for t in trainable:
+        for c in {cls[i] for i in t.indices if i in cls}:
+            users[c] += 1
+    log_c = math.log(std ** 2) / max(len(trainable), 1)
+    out = {}
+    for t in trainable:
+        log_var = log_c - sum(math.log(cdim[c]) / max(users[c], 1) for c in {cls[i] for i in t.indices if i in cls})
+        out[t.id] = math.exp(0.5 * log_var)
+    return out
+
+
+def _orthogonal(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """A tensor whose matricisation (all legs but the last) x (last leg) has orthonormal columns (or rows)."""
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    a = torch.randn(max(rows, cols), min(rows, cols), generator=g, dtype=torch.float64)
+    q, r = torch.linalg.qr(a)
+    q = q * torch.sign(torch.diagonal(r))  # a uniformly random orthogonal matrix (Haar)
+    m = q if rows >= cols else q.T
+    return m.reshape(shape).float()
+
+
+def _near_identity(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """Half the legs -> the other half as a (rectangular) identity, plus a little noise."""
+    h = len(shape) // 2
+    rows, cols = math.prod(shape[:h]), math.prod(shape[h:])
+    m = torch.eye(rows, cols) + DISENTANGLER_NOISE * torch.randn(rows, cols, generator=g) / math.sqrt(max(rows, 1))
+    return m.reshape(shape)
+
+
+def raw_cores(design: Design, std: float, seed: int | torch.Generator | None = None,
+              structured: bool | None = None) -> dict[str, torch.Tensor]:
+    """Uncalibrated float32 CPU cores: balanced Gaussians (closed form for linear designs), and with
+    ``structured`` (default: nonlinear designs) orthogonal isometries and near-identity disentanglers."""
+    g = _generator(seed)
+    structured = (not design.is_linear) if structured is None else structured
+    stds = linear_core_stds(design, std)
+    out: dict[str, torch.Tensor] = {}
+    for t in design.tensors:
+        shape = design.shape(t.id)
+        if t.kind == "delta":
+            out[t.id] = delta_tensor(shape)
+        elif structured and t.kind == "disentangler" and len(shape) >= 2:
+            out[t.id] = _near_identity(shape, g)
+        elif structured and t.kind == "isometry" and len(shape) >= 2:
+            out[t.id] = _orthogonal(shape, g)
+        else:
+            out[t.id] = torch.randn(shape, generator=g) * stds[t.id]
+    return out
+
+
+def frobenius_norm_sq(design: Design, cores: dict[str, torch.Tensor]) -> float:
+    """``||W||_F^2`` of a linear design without forming W: the network contracted with its copy (bonds renamed,
+    open legs shared), by opt_einsum in float64. An initialisation helper, not an execution path."""
+    import opt_einsum as oe
+
+    sym: dict[str, str] = {}
+
+    def letter(name: str) -> str:
+        return sym.setdefault(name, oe.get_symbol(len(sym)))
+
+    terms, ops = [], []
+    for copy in ("", "'"):
+        for t in design.tensors:
+            terms.append("".join(letter(i if design.indices[i].role != "bond" else i + copy) for i in t.indices))
+            ops.append(cores[t.id].detach().double().cpu().numpy())
+    return float(oe.contract(",".join(terms) + "->", *ops, optimize="auto"))
+
+
+def normalise_linear(design: Design, cores: dict[str, torch.Tensor], std: float) -> float:
+    """Rescale the trainable cores of a linear design (equally) so that ``sqrt(mean(W^2)) = std`` exactly."""
+    trainable = [t.id for t in design.tensors if t.kind != "delta"]
+    norm2 = frobenius_norm_sq(design, cores)
+    if not (norm2 > 0 and math.isfinite(norm2)) or not trainable:
+        return 1.0
+    factor = (std ** 2 * design.in_features * design.out_features / norm2) ** (0.5 / len(trainable))
+    for tid in trainable:
+        cores[tid].mul_(factor)
+    return factor
+
+
+class _Stop(Exception):
+    pass
+
+
+def _recording(record: list[float], stop_after: int | None) -> dict[str, Callable]:
+    from .activations import ACTIVATION_FNS
+
+    def wrap(fn: Callable) -> Callable:
+        def rec(v: torch.Tensor) -> torch.Tensor:
+            record.append(float(v.detach().float().pow(2).mean().sqrt()))
+            if stop_after is not None and len(record) > stop_after:
+                raise _Stop
+            return fn(v)
+        return rec
+
+    return {k: wrap(f) for k, f in ACTIVATION_FNS.items()}
+
+
+@torch.no_grad()
+def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterations: int = 8) -> dict[str, float]:
+    """Rescale ``cores`` in place: unit-RMS pre-activations in evaluation order, then ``std(W) = std``.
+
+    Returns ``{"std": achieved std of W, "target": std}``. Deterministic: no random numbers are drawn.
+    """
+    from .program import compile_program
+
+    prog = compile_program(design, 1, "materialise")
+    order = design.evaluation_order()
+    activated = [tid for tid in order if design.tensor(tid).activation is not None]
+    if sum(s.activation is not None for s in prog.steps) != len(activated):
+        activated = []  # the k-th activation step is no longer the k-th activated tensor: only rescale W
+    for k, tid in enumerate(activated):
+        rec: list[float] = []
+        try:
+            prog.execute(cores, activations=_recording(rec, k), until_weight=True)
+        except _Stop:
+            pass
+        if len(rec) > k and rec[k] > 0 and math.isfinite(rec[k]):
+            cores[tid].mul_(PRE_ACTIVATION_RMS / rec[k])
+    last = order[-1]
+    if design.tensor(last).activation is None:
+        _remove_mean(prog, cores, last)
+    achieved = float("nan")
+    for _ in range(iterations if design.tensor(last).activation else 1):
+        w = prog.execute(cores, until_weight=True)
+        achieved = float(w.detach().float().std())
+        if not (achieved > 0 and math.isfinite(achieved)):
+            break
+        cores[last].mul_(std / achieved)
+        if abs(achieved / std - 1) < 1e-3:
+            break
+    w = prog.execute(cores, until_weight=True)
+    return {"std": float(w.detach().float().std()), "target": std}
+
+
+def _remove_mean(prog: Any, cores: dict[str, torch.Tensor], last: str) -> None:
+    """Project the last core so that ``mean(W) = 0``: W is linear in it, so ``mean(W) = <g, core>`` with ``g`` the
+    gradient of ``mean(W)``, and removing the component along ``g`` zeroes it (positive activations such as relu
+    and gelu otherwise leave a common offset in every entry, unlike ``nn.Linear``)."""
+    with torch.enable_grad():
+        leaf = cores[last].detach().clone().requires_grad_(True)
+        mean = prog.execute({**cores, last: leaf}, until_weight=True).mean()
+        (g,) = torch.autograd.grad(mean, leaf)
+    gg = float(g.double().pow(2).sum())
+    if gg > 0:
+        cores[last].sub_(g * (float(mean.detach()) / gg))
+
+
+def init_cores(design: Design, seed: int | torch.Generator | None = None, std: float | None = None,
+               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Cores for ``design`` whose W has ``nn.Linear``'s default variance (or std ``std``).
+
+    Linear designs use the closed form plus exact normalisation (no W is built); nonlinear ones are calibrated on
+    CPU in float32 (W is built a few times).
+    """
+    std = target_std(design.in_features) if std is None else float(std)
+    cores = raw_cores(design, std, seed)
+    if design.is_linear:
+        normalise_linear(design, cores, std)
+    else:
+        calibrate(design, cores, std)
+    return {k: v.to(device=device, dtype=dtype) for k, v in cores.items()}
+
+
+def init_bias(out_features: int, in_features: int, seed: int | torch.Generator | None = None) -> torch.Tensor:
+    """``nn.Linear``'s default bias: ``U(-1/sqrt(in), 1/sqrt(in))``."""
+    bound = 1.0 / math.sqrt(in_features)
+    return (torch.rand(out_features, generator=_generator(seed)) * 2 - 1) * bound

@@ -1,0 +1,113 @@
+"""Starting, stopping and resuming training runs, each in its own process.
+
+API (stable; the CLI and the studio use it)::
+
+    run_id = launch(config, design=None, runs_dir=None, name=None, parent=None)
+    stop(run_id, runs_dir=None, timeout=None) -> bool      # SIGTERM -> checkpoint -> status "stopped"
+    resume(run_id, runs_dir=None) -> run_id                 # a stopped/failed run continues from its checkpoint
+    wait(run_id, runs_dir=None, timeout=None) -> run dict   # until the run ends
+
+``launch`` checks the config (:func:`engine.train.make_config`) and that the design fits the model
+(:func:`engine.models.check_fit`), records the run (status ``queued``), then starts
+``python -m engine.train --run ID --runs-dir DIR`` detached: a new session (its own process group), so closing
+the terminal or restarting the studio does not end it; its stdout/stderr go to ``<run dir>/log.txt``. The
+launching process reaps the child in a daemon thread, so a finished run leaves no zombie behind.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .design import Design
+from .runs import ACTIVE, RunStore
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+
+
+def start_process(run_id: str, store: RunStore, resume: bool = False) -> subprocess.Popen:
+    """Start the training process of a recorded run (detached, logging to ``log.txt``) and record its pid."""
+    from .runs import process_start_time
+
+    cmd = [sys.executable, "-m", "engine.train", "--run", run_id, "--runs-dir", str(store.root)]
+    if resume:
+        cmd.append("--resume")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    log = open(store.run_dir(run_id) / "log.txt", "ab")
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=str(store.run_dir(run_id)), start_new_session=True)
+    finally:
+        log.close()
+    store.update(run_id, pid=proc.pid, pid_start=process_start_time(proc.pid))
+    _reap(proc)
+    return proc
+
+
+def launch(config: dict[str, Any], design: Design | dict | None = None, runs_dir: str | os.PathLike | None = None,
+           name: str | None = None, parent: str | None = None) -> str:
+    """Record a run and start it in its own process; returns the run id. Bad configs or a design that does not
+    fit the model raise ``ValueError`` (ConfigError, ModelError, DesignError, DataError) before anything is recorded."""
+    from .data import check_dataset
+    from .models import check_fit
+    from .train import make_config
+
+    cfg = make_config(config)
+    check_dataset(cfg["dataset"], cfg["data_dir"])
+    if isinstance(design, dict):
+        design = Design.from_dict(design)
+    if design is not None:
+        design.check()
+    check_fit(cfg, design)
+    store = RunStore(runs_dir)
+    run_id = store.create_run(cfg, design, name=name, parent=parent)
+    start_process(run_id, store)
+    return run_id
+
+
+def resume(run_id: str, runs_dir: str | os.PathLike | None = None) -> str:
+    """Continue a stopped or failed run from its checkpoint, in a new process; returns the run id."""
+    store = RunStore(runs_dir)
+    run = store.get_run(run_id, with_design=False)
+    if run["status"] in ACTIVE:
+        raise ValueError(f"run {run['id']} is {run['status']}: nothing to resume")
+    if run["status"] == "completed":
+        raise ValueError(f"run {run['id']} has completed: start a new run to train longer")
+    if not (store.run_dir(run["id"]) / "checkpoint.pt").exists():
+        raise ValueError(f"run {run['id']} has no checkpoint to resume from (it ended before its first "
+                         f"evaluation): start it again instead")
+    store.set_status(run["id"], "queued", None, stop_requested=0, finished=None)
+    start_process(run["id"], store, resume=True)
+    return run["id"]
+
+
+def wait(run_id: str, runs_dir: str | os.PathLike | None = None, timeout: float | None = None,
+         poll: float = 0.2) -> dict[str, Any]:
+    """Block until the run has ended (or ``timeout`` seconds passed); returns the run dict."""
+    store = RunStore(runs_dir)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        run = store.get_run(run_id, with_design=False)
+        if run["status"] not in ACTIVE or (deadline is not None and time.monotonic() > deadline):
+            return run
+        time.sleep(poll)
+
+
+def stop(run_id: str, runs_dir: str | os.PathLike | None = None, timeout: float | None = None) -> bool:
+    """Ask a run to stop (it checkpoints, then records ``stopped``); with ``timeout``, wait that long for it.
+    Returns whether the run was active."""
+    store = RunStore(runs_dir)
+    active = store.stop_run(run_id)
+    if active and timeout:
+        wait(run_id, runs_dir, timeout)
+    return active

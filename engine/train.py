@@ -1,0 +1,501 @@
+"""The training loop of a run: ``python -m engine.train --run ID [--runs-dir D] [--resume]``.
+
+A run is recorded in the :class:`~engine.runs.RunStore` first (config + design, see :mod:`engine.launcher`); this
+module trains it and writes everything back there: status, metric rows, checkpoints, results.
+
+Training: AdamW, linear warm-up then cosine decay to zero (per step), gradient-norm clipping, seeded (data order,
+initialisation), CUDA when available (``device="auto"``), optional AMP (bfloat16 autocast; float16 with a grad
+scaler on GPUs without bfloat16). Train rows are logged every ``log_every`` steps, a test evaluation (and a
+checkpoint) every ``eval_every`` steps (0: at every epoch end) and at the end.
+
+Endings: ``completed`` (results recorded); ``failed`` with the reason when the loss or the gradient norm stops
+being finite, or on any error (traceback in the run's log.txt); ``stopped`` on SIGTERM / SIGINT or the store's
+stop flag: the run finishes its step, saves a checkpoint and records where it stopped. ``--resume`` continues
+from the checkpoint (``torch.load(weights_only=True)``) at the same step and data order, dropping metric rows
+logged after it.
+
+Data parallel: ``nproc > 1`` runs that many processes with torch.distributed (gloo on CPU, nccl on GPU): the
+launched process is rank 0 and starts the others; ``batch_size`` is the global batch, split across ranks; each
+rank sees its own shard of every epoch's permutation; gradients are averaged by DDP, metrics summed over ranks.
+Only rank 0 writes to the store and the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from contextlib import nullcontext
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .data import Dataset, dataset_name, load_dataset
+from .design import Design
+from .models import MODELS, build_model
+from .runs import RunStore, process_start_time
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "dataset": "digits", "data_dir": None, "model": "mlp", "hidden": None, "layer": None,
+    "hidden_activation": "relu", "epochs": 10, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4,
+    "warmup": 0.05, "grad_clip": 1.0, "device": "auto", "amp": False, "seed": 0, "baseline": False, "nproc": 1,
+    "eval_every": 0, "log_every": 10, "max_steps": None, "threads": None,
+}
+SMALL_STEP_FLOPS = 2e8  # below this (MLP forward + backward per step), one CPU thread beats several
+CHECKPOINT = "checkpoint.pt"
+
+
+class ConfigError(ValueError):
+    """A run config with a bad value; the message names the key and what is allowed."""
+
+
+def make_config(overrides: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """A complete, checked, JSON-able run config: :data:`DEFAULT_CONFIG` updated with the values given.
+
+    Keys: dataset, data_dir, model (mlp|cnn), hidden (MLP hidden sizes or None: built around the design), layer
+    (MLP layer the design replaces, None: the first that fits), hidden_activation, epochs, batch_size, lr,
+    weight_decay, warmup (fraction of the steps), grad_clip (0: off), device (auto|cpu|cuda|cuda:N), amp, seed,
+    baseline (nn.Linear in place of the design), nproc (data-parallel processes), eval_every (steps, 0: each
+    epoch), log_every (steps), max_steps (stop early, None: all epochs), threads (CPU threads per process;
+    None: one thread for small MLPs, whose steps are too short to gain from more, else torch's default).
+    """
+    cfg = dict(DEFAULT_CONFIG)
+    given = {**(overrides or {}), **kwargs}
+    unknown = set(given) - set(cfg)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(sorted(unknown))}; known: {', '.join(cfg)}")
+    cfg.update({k: v for k, v in given.items()})
+
+    def need(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key} must be {what}, got {cfg[key]!r}")
+
+    try:
+        cfg["dataset"] = dataset_name(str(cfg["dataset"]))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    need("model", cfg["model"] in MODELS, f"one of {', '.join(MODELS)}")
+    for key in ("epochs", "batch_size", "nproc", "log_every"):
+        need(key, isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= 1,
+             "an integer >= 1")
+    need("eval_every", isinstance(cfg["eval_every"], int) and cfg["eval_every"] >= 0, "an integer >= 0")
+    need("seed", isinstance(cfg["seed"], int), "an integer")
+    for key in ("lr", "weight_decay", "grad_clip", "warmup"):
+        need(key, isinstance(cfg[key], (int, float)) and not isinstance(cfg[key], bool) and cfg[key] >= 0
+             and math.isfinite(cfg[key]), "a number >= 0")
+        cfg[key] = float(cfg[key])
+    need("lr", cfg["lr"] > 0, "a number > 0")
+    need("warmup", cfg["warmup"] < 1, "a fraction in [0, 1)")
+    need("max_steps", cfg["max_steps"] is None or (isinstance(cfg["max_steps"], int) and cfg["max_steps"] >= 1),
+         "None or an integer >= 1")
+    need("hidden", cfg["hidden"] is None or (isinstance(cfg["hidden"], (list, tuple)) and all(
+        isinstance(h, int) and h >= 1 for h in cfg["hidden"])), "None or a list of integers >= 1")
+    if cfg["hidden"] is not None:
+        cfg["hidden"] = list(cfg["hidden"])
+    need("threads", cfg["threads"] is None or (isinstance(cfg["threads"], int) and cfg["threads"] >= 1),
+         "None or an integer >= 1")
+    need("layer", cfg["layer"] is None or (isinstance(cfg["layer"], int) and cfg["layer"] >= 0),
+         "None or an integer >= 0")
+    dev = str(cfg["device"])
+    need("device", dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+         "auto, cpu, cuda or cuda:N")
+    cfg["baseline"], cfg["amp"] = bool(cfg["baseline"]), bool(cfg["amp"])
+    if cfg["data_dir"] is not None:
+        cfg["data_dir"] = str(cfg["data_dir"])
+    return cfg
+
+
+def resolve_device(name: str, rank: int = 0, world: int = 1) -> torch.device:
+    """``auto`` -> CUDA when available; with several processes on CUDA, rank r uses GPU r."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda asked for but torch sees no GPU: use --device cpu or auto")
+        if world > 1:
+            if torch.cuda.device_count() < world:
+                raise ConfigError(f"nproc={world} on CUDA needs {world} GPUs, torch sees "
+                                  f"{torch.cuda.device_count()}")
+            return torch.device(f"cuda:{rank}")
+    return torch.device(name)
+
+
+def lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
+    warm = int(round(total_steps * warmup_fraction))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1
+                  ) -> list[torch.Tensor]:
+    """Index batches of one epoch for one rank: a seeded permutation, cut into global batches, each split
+    across ranks (the last, smaller batch included)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    batches = []
+    for start in range(0, n, batch_size):
+        chunk = perm[start:start + batch_size]
+        batches.append(chunk[rank::world])
+    return batches
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def install(self) -> dict[int, Any]:
+        """Install the handlers (main thread only); returns the previous ones for :meth:`restore`."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def restore(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+class Trainer:
+    """Trains one run on one rank (see the module docstring)."""
+
+    def __init__(self, store: RunStore, run_id: str, rank: int = 0, world: int = 1, resume: bool = False):
+        self.store, self.run_id, self.rank, self.world, self.resume = store, run_id, rank, world, resume
+        run = store.get_run(run_id)
+        self.run = run
+        self.config = make_config(run["config"])
+        self.design = Design.from_dict(run["design"]) if run.get("design") else None
+        self.dir = Path(run["dir"])
+        self.ckpt_path = self.dir / CHECKPOINT
+        self.stop = _StopFlag()
+        self.is_main = rank == 0
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        cfg = self.config
+        self.device = resolve_device(str(cfg["device"]), self.rank, self.world)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(cfg["seed"])
+        self.data: Dataset = load_dataset(cfg["dataset"], cfg["data_dir"])
+        self.model = build_model(cfg, self.data, self.design).to(self.device)
+        self.summary = dict(self.model.summary, dataset=self.data.name, train_examples=len(self.data.x_train),
+                            test_examples=len(self.data.x_test), device=str(self.device), nproc=self.world)
+        if self.device.type == "cpu":
+            threads = cfg["threads"]
+            if threads is None and cfg["model"] == "mlp":
+                step_flops = 6 * self.summary["params"] * cfg["batch_size"] / self.world
+                threads = 1 if step_flops < SMALL_STEP_FLOPS else None
+            if threads is not None:
+                torch.set_num_threads(threads)
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                               if self.device.type == "cuda" else None)
+        self.x_train = self.data.x_train.to(self.device)
+        self.y_train = self.data.y_train.to(self.device)
+        self.x_test = self.data.x_test.to(self.device)
+        self.y_test = self.data.y_test.to(self.device)
+        self.classify = self.data.task == "classification"
+        self.loss_fn = nn.CrossEntropyLoss() if self.classify else nn.MSELoss()
+        self.steps_per_epoch = math.ceil(len(self.x_train) / cfg["batch_size"])
+        self.total_steps = cfg["epochs"] * self.steps_per_epoch
+        if cfg["max_steps"]:
+            self.total_steps = min(self.total_steps, cfg["max_steps"])
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg["warmup"]))
+        self.amp_dtype = None
+        if cfg["amp"]:
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            self.amp_dtype = torch.bfloat16 if (self.device.type == "cpu" or cuda_bf16) else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step, self.elapsed, self.best = 0, 0.0, None
+        self.last_eval: tuple[float, float | None] | None = None
+        if self.resume:
+            self._load_checkpoint()
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ----------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
+                 "elapsed": self.elapsed, "best": self.best, "total_steps": self.total_steps,
+                 "rng": torch.get_rng_state()}
+        tmp = self.ckpt_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt_path)
+        self.store.update(self.run_id, checkpoint=str(self.ckpt_path))
+
+    def _load_checkpoint(self) -> None:
+        if not self.ckpt_path.exists():
+            raise FileNotFoundError(f"run {self.run_id} has no checkpoint to resume from ({self.ckpt_path})")
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), state["best"]
+        torch.set_rng_state(state["rng"].cpu())
+        if self.is_main:
+            self.store.delete_metrics_after(self.run_id, self.step)
+
+    # ----------------------------------------------------------------- distributed helpers
+    def _sum(self, values: list[float]) -> list[float]:
+        """Sum numbers over ranks (identity on one process)."""
+        if self.world == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, batch: int = 1024) -> tuple[float, float | None]:
+        """Test loss and accuracy (None for regression) over the whole test set, summed across ranks."""
+        self.model.eval()
+        loss_sum, correct, count = 0.0, 0.0, 0.0
+        idx = torch.arange(self.rank, len(self.x_test), self.world, device=self.device)
+        for start in range(0, len(idx), batch):
+            b = idx[start:start + batch]
+            with self._autocast():
+                out = self.model(self.x_test[b]).float()
+            y = self.y_test[b]
+            loss_sum += float(self.loss_fn(out, y)) * len(b)
+            if self.classify:
+                correct += float((out.argmax(1) == y).sum())
+            count += len(b)
+        self.model.train()
+        loss_sum, correct, count = self._sum([loss_sum, correct, count])
+        return loss_sum / max(count, 1), (correct / max(count, 1) if self.classify else None)
+
+    # ----------------------------------------------------------------- the loop
+    def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        cfg, store = self.config, self.store
+        if self.is_main:
+            pid = os.getpid()
+            store.set_status(self.run_id, "running", None, pid=pid, pid_start=process_start_time(pid),
+                             host=socket.gethostname(), total_steps=self.total_steps, summary=self.summary,
+                             finished=None)
+        log_every = cfg["log_every"]
+        eval_every = cfg["eval_every"] or self.steps_per_epoch
+        acc_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        acc_correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        acc_norm = torch.zeros((), device=self.device, dtype=torch.float64)
+        acc_count, window_start, last_time = 0, self.step, time.perf_counter()
+        self.model.train()
+        epoch = self.step // self.steps_per_epoch
+        while self.step < self.total_steps:
+            batches = epoch_batches(len(self.x_train), cfg["batch_size"], cfg["seed"], epoch, self.rank, self.world)
+            for b in batches[self.step - epoch * self.steps_per_epoch:]:
+                b = b.to(self.device)
+                x, y = self.x_train[b], self.y_train[b]
+                with self._autocast():
+                    out = self.net(x)
+                    loss = self.loss_fn(out.float(), y)
+                self.opt.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.opt)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"] or math.inf)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.sched.step()
+                self.step += 1
+                acc_loss += loss.detach().double() * len(b)
+                acc_norm += norm.detach().double()
+                if self.classify:
+                    acc_correct += (out.detach().argmax(1) == y).sum()
+                acc_count += len(b)
+                end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+                if self.step % log_every and not end_of_epoch:
+                    continue
+                # ---- a logging point: reduce over ranks, check health and the stop flag
+                now = time.perf_counter()
+                self.elapsed += now - last_time
+                stop_local = float(self.stop.signal is not None
+                                   or (self.is_main and store.stop_requested(self.run_id)))
+                loss_sum, correct, count, norm_sum, stop_any = self._sum(
+                    [acc_loss.item(), acc_correct.item(), float(acc_count), acc_norm.item(), stop_local])
+                # with a float16 grad scaler, inf gradients are expected now and then: the scaler skips the step
+                if not (math.isfinite(loss_sum) and (math.isfinite(norm_sum) or self.scaler.is_enabled())):
+                    what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
+                    raise _NonFinite(f"{what} became {'nan' if math.isnan(loss_sum + norm_sum) else 'inf'} "
+                                     f"by step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): "
+                                     f"lower the learning rate (lr={cfg['lr']:g}), turn on gradient clipping or "
+                                     f"check the design's bond dimensions and activations")
+                row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "split": "train",
+                       "loss": loss_sum / count, "accuracy": correct / count if self.classify else None,
+                       "lr": self.sched.get_last_lr()[0],
+                       "throughput": count / max(now - last_time, 1e-9) if self.step > window_start else None,
+                       "elapsed": self.elapsed}
+                rows = [row]
+                if self.step % eval_every == 0 or self.step == self.total_steps:
+                    test_loss, test_acc = self.evaluate()
+                    metric = test_acc if test_acc is not None else -test_loss
+                    self.best = metric if self.best is None else max(self.best, metric)
+                    rows.append({"step": self.step, "epoch": row["epoch"], "split": "test", "loss": test_loss,
+                                 "accuracy": test_acc, "lr": row["lr"], "elapsed": self.elapsed})
+                    self.last_eval = (test_loss, test_acc)
+                if self.is_main:
+                    store.log_metrics(self.run_id, rows)
+                    if len(rows) > 1:
+                        self.save_checkpoint()
+                if progress is not None:
+                    for r in rows:
+                        progress(r)
+                acc_loss.zero_(), acc_correct.zero_(), acc_norm.zero_()
+                acc_count, window_start, last_time = 0, self.step, time.perf_counter()
+                if self.step >= self.total_steps:
+                    break
+                if stop_any:
+                    raise _Stopped(self.stop.signal or "stop requested")
+            epoch += 1
+        test_loss, test_acc = self.last_eval or self.evaluate()
+        return self._results(test_loss, test_acc)
+
+    def _results(self, test_loss: float, test_acc: float | None) -> dict[str, Any]:
+        res = {"test_loss": test_loss, "test_accuracy": test_acc, "steps": self.step,
+               "epochs": self.step / self.steps_per_epoch, "train_seconds": self.elapsed}
+        if test_acc is not None:
+            res["best_test_accuracy"] = self.best
+        else:
+            yv = self.y_test.float()
+            res["test_r2"] = 1.0 - test_loss / float(((yv - yv.mean(0)) ** 2).mean())
+        res.update({k: self.summary[k] for k in ("params", "layer_params", "layer_dense_params",
+                                                 "layer_compression", "design_compression")})
+        return res
+
+
+class _NonFinite(RuntimeError):
+    pass
+
+
+class _Stopped(Exception):
+    pass
+
+
+# --------------------------------------------------------------------- processes
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init_distributed(rank: int, world: int, port: int, device_name: str) -> None:
+    import torch.distributed as dist
+
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    dist.init_process_group("nccl" if cuda else "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=120))
+    if not cuda:  # share the cores between the ranks (setup() may lower it further for small models)
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))
+
+
+def _worker(rank: int, world: int, port: int, run_id: str, root: str, resume: bool) -> None:
+    """A rank > 0: trains in step with rank 0 and writes nothing."""
+    import torch.distributed as dist
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when to stop
+    store = RunStore(root)
+    trainer = Trainer(store, run_id, rank, world, resume)
+    _init_distributed(rank, world, port, str(trainer.config["device"]))
+    try:
+        trainer.setup()
+        trainer.train()
+    except (_Stopped, _NonFinite):
+        pass
+    finally:
+        dist.destroy_process_group()
+
+
+def run_training(run_id: str, runs_dir: str | None = None, resume: bool = False,
+                 progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train a recorded run in this process (rank 0; starts ranks 1..nproc-1); returns the final run dict."""
+    store = RunStore(runs_dir)
+    run_id = store.resolve(run_id)
+    trainer = Trainer(store, run_id, 0, 1, resume)
+    previous_handlers, previous_threads = trainer.stop.install(), torch.get_num_threads()
+    world = trainer.config["nproc"]
+    procs = []
+    try:
+        if world > 1:
+            import torch.multiprocessing as mp
+
+            trainer.world = world
+            port = _free_port()
+            ctx = mp.get_context("spawn")
+            for r in range(1, world):
+                p = ctx.Process(target=_worker, args=(r, world, port, run_id, str(store.root), resume), daemon=True)
+                p.start()
+                procs.append(p)
+            _init_distributed(0, world, port, str(trainer.config["device"]))
+        trainer.setup()
+        results = trainer.train(progress)
+        store.set_status(run_id, "completed", None, results=results, step=trainer.step)
+    except _Stopped as e:
+        trainer.save_checkpoint()
+        store.set_status(run_id, "stopped", f"stopped at step {trainer.step} of {trainer.total_steps} ({e}); "
+                         f"resume with: tnstudio runs resume {run_id}", step=trainer.step)
+    except _NonFinite as e:
+        store.set_status(run_id, "failed", str(e))
+    except BaseException as e:  # noqa: BLE001 - every ending is recorded
+        traceback.print_exc()
+        store.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
+        if not isinstance(e, Exception):
+            raise
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.terminate()
+        _StopFlag.restore(previous_handlers)
+        torch.set_num_threads(previous_threads)
+        sys.stdout.flush()
+    return store.get_run(run_id, with_design=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.train", description="Train a run recorded in the run store.")
+    p.add_argument("--run", required=True, help="run id (see tnstudio runs list)")
+    p.add_argument("--runs-dir", default=None, help="runs folder (default: $TNSTUDIO_HOME/runs)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    args = p.parse_args(argv)
+    run = run_training(args.run, args.runs_dir, args.resume)
+    print(f"run {run['id']}: {run['status']}" + (f" ({run['reason']})" if run.get("reason") else ""), flush=True)
+    return 0 if run["status"] in ("completed", "stopped") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The Export tab: the current design as a standalone PyTorch module, its JSON, or a snippet using the engine.
+
+The code is produced by :mod:`engine.export` (straight-line einsum steps from the contraction program); this view
+only previews it and offers downloads. A run's trained weights (from its checkpoint) can be exported with it: the
+code is then for the design that run trained, and ``<name>.pt`` holds the layer's state dict.
+"""
+from __future__ import annotations
+
+import html
+import io
+import threading
+from pathlib import Path
+from typing import Any
+
+import panel as pn
+
+from engine.design import Design, DesignError
+from engine.export import export_source, layer_state_dict, to_snippet
+
+from .fmt import ratio
+from .state import StudioState
+from .widgets import ERROR_CSS, section
+
+FORMAT_LABELS = {"PyTorch module": "torch", "Design JSON": "json", "Engine snippet": "snippet"}
+SUFFIX = {"torch": ".py", "json": ".json", "snippet": "_snippet.py"}
+NO_WEIGHTS = "none (fresh initialisation)"
+RUNS_POLL_MS = 3000
+# FileDownload does not pass its colour on to the button (Panel 1.9), so the buttons are styled here
+DOWNLOAD_CSS = (".bk-btn{background:#2563eb;border-color:#2563eb;color:#fff;font-weight:600}"
+                ".bk-btn:hover{background:#1d4ed8;border-color:#1d4ed8;color:#fff}")
+WEIGHTS_CSS = (".bk-btn{background:#16a34a;border-color:#16a34a;color:#fff;font-weight:600}"
+               ".bk-btn:hover{background:#15803d;border-color:#15803d;color:#fff}")
+
+CODE_CSS = """
+:host{background:#0f172a;border-radius:10px}
+.tn-code{margin:0;padding:12px 14px;font:12.5px/1.5 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+  color:#e2e8f0;white-space:pre;tab-size:4}
+.tn-code .ln{color:#475569;user-select:none;display:inline-block;width:3.2em}
+"""
+INFO_CSS = """
+.tn-exp{font:13px/1.45 Inter,system-ui,sans-serif;color:#334155}
+.tn-exp b{color:#0f172a}
+.tn-exp .file{font:12px ui-monospace,Menlo,monospace;background:#f1f5f9;border-radius:4px;padding:1px 5px}
+.tn-exp .note{margin-top:6px;color:#92400e;background:#fffbeb;border:1px solid #fde68a;border-radius:6px;
+  padding:5px 8px;font-size:12px}
+.tn-exp .cli{margin-top:8px;font:11.5px ui-monospace,Menlo,monospace;color:#475569;background:#f8fafc;
+  border:1px solid #e2e8f0;border-radius:6px;padding:6px 8px;white-space:pre-wrap;word-break:break-all}
+.tn-exp .muted{color:#64748b;font-size:12px}
+"""
+
+
+def highlight(code: str, language: str) -> str:
+    """Code as HTML with inline colours (pygments when installed, plain escaped text otherwise)."""
+    try:
+        from pygments import highlight as _hl
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import JsonLexer, PythonLexer
+
+        lexer = JsonLexer() if language == "json" else PythonLexer()
+        body = _hl(code, lexer, HtmlFormatter(nowrap=True, noclasses=True, style="monokai"))
+    except ImportError:  # pragma: no cover - pygments ships with the UI stack
+        body = html.escape(code)
+    return f"<pre class='tn-code'>{body}</pre>"
+
+
+def file_stem(design: Design) -> str:
+    """A file name stem from the design name (``"mera 256x256 chi=4"`` -> ``mera_256x256_chi4``)."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", design.name or "").strip("_").lower()
+    return stem[:60] or "tn_layer"
+
+
+class ExportView:
+    """Preview and download the export of ``state.valid_design`` (or of a run's design, with its weights)."""
+
+    def __init__(self, state: StudioState, runs_root: str | Path | None = None, background: bool = True):
+        self.state = state
+        self.background = background  # generate in a worker thread (False: synchronously, for tests)
+        self.runs_root = Path(runs_root) if runs_root else Path(state.home) / "runs"
+        self.format = pn.widgets.RadioButtonGroup(options=FORMAT_LABELS, value="torch", color="primary",
+                                                  variant="outline", sizing_mode="stretch_width",
+                                                  css_classes=["tn-export-format"])
+        self.weights = pn.widgets.Select(label="Trained weights", options=[NO_WEIGHTS], value=NO_WEIGHTS,
+                                         sizing_mode="stretch_width", css_classes=["tn-export-weights"])
+        self.info = pn.pane.HTML(stylesheets=[INFO_CSS, ERROR_CSS], sizing_mode="stretch_width", margin=(0, 10))
+        self.code = pn.pane.HTML(stylesheets=[CODE_CSS], sizing_mode="stretch_both", min_height=600,
+                                 styles={"overflow": "auto"}, css_classes=["tn-export-code"])
+        self.download = pn.widgets.FileDownload(callback=self._code_file, filename="layer.py", label="Download",
+                                                stylesheets=[DOWNLOAD_CSS], sizing_mode="stretch_width",
+                                                css_classes=["tn-download-code"], embed=False, height=38)
+        self.download_weights = pn.widgets.FileDownload(callback=self._weights_file, filename="layer.pt",
+                                                        label="Download weights", stylesheets=[WEIGHTS_CSS],
+                                                        sizing_mode="stretch_width", visible=False, embed=False,
+                                                        height=38,
+                                                        css_classes=["tn-download-weights"])
+        self._runs: dict[str, dict[str, Any]] = {}  # option label -> run dict
+        self._text, self._design, self._state_dict = "", None, None
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.format.param.watch(lambda *_: self.refresh(), "value")
+        self.weights.param.watch(lambda *_: self.refresh(), "value")
+        state.param.watch(lambda *_: self.refresh(), ["version"])
+        self.refresh_runs()
+        self.refresh()
+
+    # ------------------------------------------------------------------ runs with weights
+    def refresh_runs(self) -> None:
+        """The runs with a checkpoint and a design (their weights can be exported)."""
+        if not (self.runs_root / "runs.db").exists():
+            return
+        from engine.runs import RunStore
+
+        try:
+            runs = RunStore(self.runs_root).list_runs()
+        except Exception:  # a locked or half-written store: keep the options we have, try again later
+            return
+        found: dict[str, dict[str, Any]] = {}
+        for r in runs:
+            if r.get("checkpoint") and r.get("design_name") and not (r.get("config") or {}).get("baseline"):
+                acc = (r.get("results") or {}).get("best_test_accuracy")
+                label = f"{r['id']} · {r['name']} · {r['status']}" + (f" · {acc:.1%}" if acc is not None else "")
+                found[label] = r
+        if list(found) != list(self._runs):
+            self._runs = found
+            keep = self.weights.value if self.weights.value in found else NO_WEIGHTS
+            self.weights.options = [NO_WEIGHTS] + list(found)
+            self.weights.value = keep
+
+    # ------------------------------------------------------------------ generation
+    def refresh(self) -> None:
+        """Regenerate the export (in a worker thread: compiling a large design's programs can take a second)."""
+        self._generation += 1
+        gen = self._generation
+        if self.background:
+            self.code.loading = True
+            threading.Thread(target=self._generate, args=(gen,), daemon=True, name="tn-export").start()
+        else:
+            self._generate(gen)
+
+    def _selected_run(self) -> dict[str, Any] | None:
+        return self._runs.get(self.weights.value) if self.weights.value != NO_WEIGHTS else None
+
+    def _generate(self, gen: int) -> None:
+        fmt, run = self.format.value, self._selected_run()
+        design, state_dict, note, error = self.state.valid_design, None, "", ""
+        try:
+            if run is not None:
+                design, state_dict = self._run_weights(run)
+                if self.state.valid_design is None or design.fingerprint() != self.state.valid_design.fingerprint():
+                    note = (f"Exporting the design run {run['id']} trained (<b>{html.escape(design.name)}</b>), "
+                            f"which differs from the design on the canvas.")
+            if design is None:
+                raise DesignError("the design has problems: fix them on the Design tab to export it")
+            if self.state.problems and run is None:
+                note = "The draft has problems: this is the last valid design."
+            stem = file_stem(design)
+            if fmt == "snippet":
+                text = to_snippet(design, f"{stem}.json", f"{stem}.pt" if state_dict is not None else None)
+            else:
+                source = f"run {run['id']} ({run['name']})" if run is not None else ""
+                text = export_source(design, fmt, source=source)
+        except Exception as e:  # a clear message in the panel, never a traceback
+            text, error = "", str(e)
+        with self._lock:
+            if gen != self._generation:
+                return  # a newer request superseded this one
+            self._text, self._design, self._state_dict = text, design, state_dict
+        self._show(fmt, design, run, note, error)
+
+    def _run_weights(self, run: dict[str, Any]) -> tuple[Design, dict[str, Any]]:
+        import torch
+
+        from engine.runs import RunStore
+
+        full = RunStore(self.runs_root).get_run(run["id"])
+        design = Design.from_dict(full["design"])
+        ckpt = torch.load(full["checkpoint"], map_location="cpu", weights_only=True)
+        return design, layer_state_dict(ckpt.get("model", ckpt), design)
+
+    def _show(self, fmt: str, design: Design | None, run: dict[str, Any] | None, note: str, error: str) -> None:
+        if error or design is None:
+            self.info.object = f"<div class='tn-error'>{html.escape(error or 'nothing to export')}</div>"
+            self.code.object = ""
+            self.download.disabled = True
+            self.download_weights.visible = False
+            self.code.loading = False
+            return
+        stem = file_stem(design)
+        fname = stem + SUFFIX[fmt]
+        what = {"torch": "a standalone <code>nn.Module</code> (imports torch only), straight-line einsum steps from "
+                         "the contraction program; state-dict keys as <code>TNLinear</code>",
+                "json": "the design file (load with <code>engine.design.load_design</code> or open in the studio)",
+                "snippet": f"a script using the engine: <code>TNLinear(load_design('{stem}.json'))</code>; "
+                           f"save the design JSON beside it"}[fmt]
+        cli = f"tnstudio export {stem}.json --to {fmt} -o {fname}" + (f" --run {run['id']}" if run else "")
+        weights = (f"<div>Weights: <span class='file'>{stem}.pt</span> from run <b>{run['id']}</b> "
+                   f"(<code>torch.load(..., weights_only=True)</code>)</div>" if run else
+                   "<div class='muted'>Train this design on the Train tab to export its weights too.</div>")
+        self.info.object = (
+            f"<div class='tn-exp'><div><b>{html.escape(design.name)}</b> · {design.in_features:,} → "
+            f"{design.out_features:,} · {design.params:,} params · {ratio(design.compression)} compression</div>"
+            f"<div>File: <span class='file'>{html.escape(fname)}</span> — {what}.</div>{weights}"
+            + (f"<div class='note'>{note}</div>" if note else "")
+            + f"<div class='cli'>$ {html.escape(cli)}</div></div>")
+        self.code.object = highlight(self._text, "json" if fmt == "json" else "python")
+        self.download.filename = fname
+        self.download.label = f"Download {fname}"
+        self.download.disabled = False
+        self.download_weights.filename = f"{stem}.pt"
+        self.download_weights.label = f"Download {stem}.pt (weights)"
+        self.download_weights.visible = run is not None
+        self.code.loading = False
+
+    # ------------------------------------------------------------------ downloads
+    def _code_file(self) -> io.BytesIO:
+        with self._lock:
+            return io.BytesIO(self._text.encode())
+
+    def _weights_file(self) -> io.BytesIO:
+        import torch
+
+        buf = io.BytesIO()
+        with self._lock:
+            state = self._state_dict or {}
+        torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, buf)
+        buf.seek(0)
+        return buf
+
+    # ------------------------------------------------------------------ layout
+    def view(self) -> pn.viewable.Viewable:
+        controls = section("Export", pn.Column(
+            pn.pane.HTML("<div class='tn-exp muted'>Format</div>", stylesheets=[INFO_CSS], margin=(4, 10, 0, 10)),
+            self.format, self.weights, self.info, self.download, self.download_weights,
+            sizing_mode="stretch_width", margin=(0, 0, 8, 0)))
+        left = pn.Column(controls, width=400, margin=(10, 8, 10, 10))
+        right = pn.Column(self.code, sizing_mode="stretch_both", margin=(10, 10, 10, 4))
+        row = pn.Row(left, right, sizing_mode="stretch_both", min_height=720)
+        row._export_view = self  # for tests
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            pn.state.add_periodic_callback(self.refresh_runs, period=RUNS_POLL_MS)
+        return row
+
+
+def view(state: StudioState) -> pn.viewable.Viewable:
+    """The Export tab for one studio session."""
+    return ExportView(state).view()

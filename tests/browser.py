@@ -1,0 +1,110 @@
+"""Shared helper for end-to-end tests: serve a Panel app on loopback and drive it with playwright + chromium.
+
+Usage::
+
+    from tests.browser import browser_page, serve_app
+
+    @pytest.mark.browser
+    def test_something():
+        with serve_app(lambda: create_app()) as url, browser_page() as page:
+            page.goto(url)
+            ...
+
+Browser tests skip (with the reason) when playwright or a chromium binary is missing; ``make browser`` installs
+Debian's chromium. The browser gets no network beyond loopback, like a user's offline machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage"]
+SCREENSHOT_DIR = Path(os.environ.get("TNSTUDIO_SCREENSHOTS", "/tmp/tnstudio_screenshots"))
+
+
+def chromium_path() -> str | None:
+    """The chromium binary: ``$TNSTUDIO_CHROMIUM``, else ``chromium`` on PATH, else /usr/bin/chromium."""
+    for cand in (os.environ.get("TNSTUDIO_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
+                 "/usr/bin/chromium"):
+        if cand and Path(cand).is_file():
+            return cand
+    return None
+
+
+def require_browser() -> str:
+    """Skip the calling test with a clear reason when playwright or chromium is unavailable."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no chromium binary found: run `make browser` (apt-get install chromium) or set "
+                    "TNSTUDIO_CHROMIUM")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_app(factory: Callable[[], object], timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``factory`` (called once per browser session) on 127.0.0.1; yields the URL, stops the server after."""
+    import panel as pn
+
+    port = free_port()
+    server = pn.serve({"/": factory}, port=port, address="127.0.0.1", threaded=True, show=False,
+                      websocket_origin="*", title="test")
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "favicon.ico", timeout=2).close()
+            break
+        except Exception:  # not up yet (any HTTP answer, even an error page, means it is)
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"the test server on {url} did not start within {timeout:.0f} s")
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1600, height: int = 1000, downloads: bool = True) -> Iterator[object]:
+    """A fresh chromium page (playwright); skips the test when no browser is available."""
+    path = require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=downloads)
+            page = context.new_page()
+            page.set_default_timeout(30000)  # the shared test machine can be slow
+            page.set_default_navigation_timeout(90000)
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page, name: str) -> Path:
+    """Save a full-page PNG under ``$TNSTUDIO_SCREENSHOTS`` (default /tmp/tnstudio_screenshots)."""
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOT_DIR / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    return path

@@ -1,0 +1,116 @@
+"""`tnstudio train` and `tnstudio runs`: the headline TTN-on-digits result with its dense baseline side by side,
+clear errors before anything starts, and the runs commands reading the store."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from engine.cli import main
+from engine.design import save_design
+from engine.runs import RunStore
+from engine.templates import make_template
+
+
+@pytest.fixture
+def ttn_file(tmp_path):
+    path = tmp_path / "ttn.json"
+    save_design(make_template("ttn", 256, 256, 4, activation="gelu"), path)
+    return path
+
+
+@pytest.mark.slow
+def test_ttn_with_activation_reaches_90_percent_on_digits_next_to_its_baseline(tmp_path, ttn_file, capsys):
+    runs = tmp_path / "runs"
+    rc = main(["train", str(ttn_file), "--dataset", "digits", "--epochs", "10", "--baseline", "--device", "cpu",
+               "--runs-dir", str(runs)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    store = RunStore(runs)
+    base, tn = store.list_runs()  # newest first
+    assert tn["config"]["baseline"] is False and base["config"]["baseline"] is True and base["parent"] == tn["id"]
+    acc_tn, acc_base = tn["results"]["test_accuracy"], base["results"]["test_accuracy"]
+    assert acc_tn >= 0.9
+    d = make_template("ttn", 256, 256, 4, activation="gelu")  # 656 parameters for 65,536: 99.9x
+    table = out[out.index("TN layer"):]
+    row = lambda label: re.search(rf"^{label}\s+(\S+)\s+(\S+)", table, re.M).groups()  # noqa: E731
+    assert row(r"compression \(W\)") == (f"{d.compression:.1f}x", "1.0x")
+    assert row("test accuracy") == (f"{100 * acc_tn:.2f}%", f"{100 * acc_base:.2f}%")
+    assert row("layer params") == (f"{d.params + 256:,}", f"{256 * 256 + 256:,}")
+    # `runs show` of the TN run repeats the comparison
+    assert main(["runs", "--runs-dir", str(runs), "show", tn["id"][:6]]) == 0
+    assert "dense baseline" in capsys.readouterr().out
+
+
+def test_errors_are_clear_and_start_nothing(tmp_path, ttn_file, capsys):
+    runs = str(tmp_path / "runs")
+    cases = [
+        (["--hidden", "128,128"], "no layer of the MLP 64 -> 128 -> 128 -> 10 has the design's shape 256 -> 256"),
+        (["--hidden", "256,256", "--layer", "0"], "layer 0 of the MLP expects in_features=64, out_features=256"),
+        (["--model", "cnn"], "make a design with in_features=1024"),
+        (["--dataset", "mnist", "--data-dir", str(tmp_path)], "train-images-idx3-ubyte"),
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+    ]
+    for extra, message in cases:
+        assert main(["train", str(ttn_file), "--runs-dir", runs] + extra) == 2
+        assert message in capsys.readouterr().err
+    assert main(["train", "--baseline", "--runs-dir", runs]) == 2
+    assert "give a design file" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope.json"), "--runs-dir", runs]) == 2
+    assert RunStore(runs).list_runs() == []
+
+
+def _fake_finished_pair(runs):
+    """A completed TN run and its baseline, written straight into the store (no training)."""
+    store = RunStore(runs)
+    d = make_template("ttn", 256, 256, 4, activation="gelu")
+    ids = []
+    for baseline, acc in ((False, 0.93), (True, 0.96)):
+        cfg = {"dataset": "digits", "epochs": 1, "baseline": baseline}
+        rid = store.create_run(cfg, d, parent=ids[0] if ids else None)
+        store.set_status(rid, "running", total_steps=23, summary={"baseline": baseline, "params": 1000,
+                                                                  "layer_params": 900, "design_compression": 99.9})
+        store.log_metrics(rid, [{"step": 10, "epoch": 0.43, "split": "train", "loss": 0.9, "accuracy": 0.7,
+                                 "lr": 1e-3, "throughput": 5000.0, "elapsed": 0.5},
+                                {"step": 23, "epoch": 1.0, "split": "test", "loss": 0.3, "accuracy": acc}])
+        store.set_status(rid, "completed", results={"test_accuracy": acc, "test_loss": 0.3, "train_seconds": 1.5})
+        ids.append(rid)
+    return store, ids
+
+
+def test_runs_commands(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    store, (tn, base) = _fake_finished_pair(runs)
+    assert main(["runs", "--runs-dir", runs, "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(store.list_runs()))
+    assert main(["runs", "list", "--runs-dir", runs]) == 0
+    out = capsys.readouterr().out
+    assert tn in out and base in out and "93.00%" in out and "completed" in out
+    assert main(["runs", "--runs-dir", runs, "metrics", tn, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == store.metrics(tn)
+    assert main(["runs", "--runs-dir", runs, "metrics", tn, "--split", "test"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "93.00%" in lines[1]
+    assert main(["runs", "--runs-dir", runs, "show", tn, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["design"]["name"] == store.get_run(tn)["design"]["name"]
+    assert main(["runs", "--runs-dir", runs, "show", tn]) == 0
+    out = capsys.readouterr().out
+    assert "99.9x" in out and "96.00%" in out  # compression and the baseline's accuracy side by side
+    assert main(["runs", "--runs-dir", runs, "stop", tn]) == 0
+    assert "not running" in capsys.readouterr().out
+    assert main(["runs", "--runs-dir", runs, "show", "nope"]) == 2
+    assert "no run with id 'nope'" in capsys.readouterr().err
+    assert main(["runs", "--runs-dir", runs, "delete", base]) == 0
+    assert [r["id"] for r in store.list_runs()] == [tn]
+
+
+def test_detached_run_can_be_stopped(tmp_path, ttn_file, capsys):
+    runs = str(tmp_path / "runs")
+    assert main(["train", str(ttn_file), "--epochs", "50", "--detach", "--json", "--runs-dir", runs]) == 0
+    (rid,) = json.loads(capsys.readouterr().out)["runs"]
+    assert RunStore(runs).get_run(rid)["status"] in ("queued", "running")
+    assert main(["runs", "--runs-dir", runs, "stop", rid, "--wait", "60"]) == 0
+    assert "stopped" in capsys.readouterr().out
+    assert RunStore(runs).get_run(rid)["status"] == "stopped"

@@ -1,0 +1,180 @@
+"""The cost report: closed-form counts, memory against measured allocator peaks, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from engine.cli import main
+from engine.cost import backward_flops, cost_report, dtype_bytes, format_report, memory, replay
+from engine.design import save_design
+from engine.program import compile_program
+from engine.templates import TEMPLATE_KINDS, make_template
+
+TRAIN_TOLERANCE = (0.70, 1.25)  # model / measured peak of a training step; see the README's cost section
+
+
+def measured_peak_bytes(fn) -> int:
+    """Peak of bytes allocated on the CPU while ``fn`` runs, from the profiler's allocator events
+    (c10's ProfiledCPUMemoryReporter reports every allocation and free made while profiling)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    cur = peak = 0
+    for e in events:
+        cur += e.nbytes()
+        peak = max(peak, cur)
+    return peak
+
+
+def _setup(d, batch, sched, grad):
+    prog = compile_program(d, batch, sched)
+    g = torch.Generator().manual_seed(0)
+    cores = {cid: torch.nn.Parameter(torch.randn(*[prog.dims[i] for i in idx], generator=g) * 0.3,
+                                     requires_grad=grad) for cid, idx in prog.cores.items()}
+    x = torch.randn(batch, d.in_features, generator=g)
+    return prog, cores, x
+
+
+CASES = [(k, None, s) for k in TEMPLATE_KINDS for s in ("materialise", "stream")] + [
+    ("mpo", "gelu", "materialise"), ("ttn", "relu", "materialise"), ("mera", "tanh", "materialise")]
+
+
+@pytest.mark.parametrize("kind,act,sched", CASES)
+def test_forward_memory_equals_measured_peak(kind, act, sched):
+    """The replay (operand copies inside einsum, view-or-copy reshapes, activation buffers) is exact, for inference
+    and for a forward pass under autograd (which keeps the saved tensors)."""
+    d = make_template(kind, 128, 192, 4, activation=act)
+    for batch in (1, 24):
+        prog, cores, x = _setup(d, batch, sched, grad=False)
+        with torch.no_grad():
+            measured = measured_peak_bytes(lambda: prog.execute(cores, x))
+        assert replay(prog).peak * 4 == measured
+        peak_fwd = memory(prog, 4, d.params)["peak_forward_bytes"]
+        assert peak_fwd == measured + (d.params + batch * d.in_features) * 4
+        prog, cores, x = _setup(d, batch, sched, grad=True)
+        keep = []
+        assert replay(prog, training=True).peak * 4 == measured_peak_bytes(lambda: keep.append(prog.execute(cores, x)))
+
+
+@pytest.mark.parametrize("kind,act,sched", CASES)
+def test_training_memory_within_documented_tolerance(kind, act, sched):
+    """Params + grads + Adam + x + the replayed forward/backward peak, against a measured steady-state Adam step
+    (dL/dy passed in as one B x out tensor, so no loss function's temporaries are counted)."""
+    d = make_template(kind, 128, 192, 4, activation=act)
+    for batch in ((1, 32) if kind in ("mpo", "cp") else (16,)):
+        prog, cores, x = _setup(d, batch, sched, grad=True)
+        opt = torch.optim.Adam(list(cores.values()), lr=1e-3)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            y = prog.execute(cores, x)
+            y.backward(torch.ones_like(y))
+            opt.step()
+
+        step()  # Adam's state exists from the first step on
+        resident = sum(p.numel() * 4 for p in cores.values()) + x.numel() * 4 + sum(
+            t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
+        measured = resident + measured_peak_bytes(step)
+        model = memory(prog, 4, d.params, training=True)["train_bytes"]
+        lo, hi = TRAIN_TOLERANCE
+        assert lo <= model / measured <= hi, (model, measured)
+
+
+def test_params_and_compression_closed_form():
+    d = make_template("mpo", 512, 256, 5, in_factors=[8, 8, 8], out_factors=[4, 8, 8])
+    rep = cost_report(d, batch=8)
+    expect = 8 * 4 * 5 + 5 * 8 * 8 * 5 + 5 * 8 * 8
+    assert rep["params"] == expect
+    assert rep["dense_params"] == 512 * 256
+    assert rep["compression"] == pytest.approx(512 * 256 / expect)
+    assert rep["param_bytes"] == 4 * expect
+
+
+def test_report_picks_the_cheaper_schedule_and_sums_steps():
+    d = make_template("tensor_ring", 1024, 1024, 6)
+    for batch in (1, 4096):
+        rep = cost_report(d, batch=batch)
+        scheds = rep["schedules"]
+        assert rep["schedule"] == min(scheds, key=lambda s: (scheds[s]["forward_flops"],
+                                                             scheds[s]["peak_memory_bytes"]))
+        prog = compile_program(d, batch, rep["schedule"])
+        assert rep["forward_flops"] == sum(s["flops"] for s in rep["path"]) == prog.flops
+        assert rep["backward_flops"] == backward_flops(prog)
+        assert rep["generate_flops"] == compile_program(d, batch, "materialise").generate_flops
+    # at batch 1 streaming x avoids building W; at a huge batch building W once is cheaper
+    assert cost_report(d, batch=1)["schedule"] == "stream"
+    assert cost_report(d, batch=4096)["schedule"] == "materialise"
+
+
+def test_materialise_flops_closed_form():
+    """x @ W costs 2 B in out; generating W of an MPO with 2 cores costs 2 x (i0 o0 chi i1 o1)."""
+    d = make_template("mpo", 64, 32, 7, in_factors=[8, 8], out_factors=[4, 8])
+    prog = compile_program(d, 10, "materialise")
+    assert prog.generate_flops == 2 * 8 * 4 * 7 * 8 * 8
+    assert prog.apply_flops == 2 * 10 * 64 * 32
+
+
+def test_scaling_terms_reproduce_the_flops():
+    for kind in TEMPLATE_KINDS:
+        chi = 5
+        d = make_template(kind, 4096, 4096, chi, in_factors=[8] * 4, out_factors=[8] * 4)
+        rep = cost_report(d, batch=16)
+        terms = rep["scaling_detail"]["terms"]
+        assert sum(c * chi ** e for c, e in terms) == rep["forward_flops"]
+        assert rep["scaling"] == (f"O(chi^{terms[0][1]})" if terms[0][1] > 1 else "O(chi)")
+    assert cost_report(make_template("mpo", 4096, 4096, 4), batch=1)["scaling"] == "O(chi^2)"
+
+
+def test_dtype_scales_bytes():
+    d = make_template("ttn", 256, 256, 4)
+    a, b = cost_report(d, dtype="float32"), cost_report(d, dtype="float64")
+    for k in ("peak_memory_bytes", "train_memory_bytes", "param_bytes", "largest_intermediate_bytes"):
+        assert b[k] == 2 * a[k]
+    assert dtype_bytes("bf16") == 2
+    with pytest.raises(ValueError, match="dtype"):
+        dtype_bytes("int3")
+
+
+def test_format_report_mentions_the_numbers():
+    rep = cost_report(make_template("mera", 256, 256, 3, activation="relu"), batch=32)
+    text = format_report(rep)
+    assert "materialise" in text and rep["scaling"] in text and "relu" in text
+
+
+def test_cli_cost_json(tmp_path, capsys):
+    path = tmp_path / "d.json"
+    save_design(make_template("mpo", 256, 256, 4), path)
+    assert main(["cost", str(path), "--batch", "32", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    for key in ("params", "dense_params", "compression", "generate_flops", "forward_flops", "backward_flops",
+                "schedule", "peak_memory_bytes", "train_memory_bytes", "path", "scaling"):
+        assert key in rep
+    assert rep["batch"] == 32 and isinstance(rep["path"], list) and rep["path"][0]["op"] in ("einsum", "reshape")
+    assert main(["cost", str(path), "--batch", "32"]) == 0
+    assert "FLOPs" in capsys.readouterr().out
+
+
+def test_cli_cost_errors(tmp_path, capsys):
+    path = tmp_path / "d.json"
+    save_design(make_template("ttn", 256, 256, 4, activation="relu"), path)
+    assert main(["cost", str(path), "--schedule", "stream"]) == 2
+    assert "linear design" in capsys.readouterr().err
+    assert main(["cost", str(path), "--dtype", "int3"]) == 2
+    assert "dtype" in capsys.readouterr().err
+    assert main(["cost", str(path), "--batch", "0"]) == 2
+    assert "batch" in capsys.readouterr().err
+    assert main(["cost", str(tmp_path / "missing.json")]) == 2
+
+
+def test_huge_design_report_is_consistent():
+    d = make_template("mpo", 2 ** 20, 2 ** 20, 8)
+    rep = cost_report(d, batch=64)
+    mat = rep["schedules"]["materialise"]
+    assert mat["forward_flops"] > rep["forward_flops"]  # 2^40 weights: streaming is far cheaper
+    assert mat["peak_memory_bytes"] >= 2 ** 40 * 4
+    assert math.isfinite(rep["compression"]) and rep["compression"] > 1e5

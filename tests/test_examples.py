@@ -1,0 +1,167 @@
+"""Smoke tests of examples/: each script runs as a user would run it (quick options, output to a tmp folder)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.cost import cost_report
+from engine.design import load_design
+from engine.runs import RunStore
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+PRESETS = ROOT / "assets" / "designs"
+
+
+def run_example(name: str, *args: str, home: Path, timeout: float = 120) -> str:
+    """Run ``examples/<name>`` in a subprocess; assert it exits 0 and return its stdout."""
+    env = dict(os.environ, TNSTUDIO_HOME=str(home), OMP_NUM_THREADS="1")  # 1 thread: tiny layers, shared cores
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=str(ROOT), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
+def import_example(name: str):
+    """Import ``examples/<name>.py`` as a module (registered first: its dataclasses need it)."""
+    key = f"example_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, EXAMPLES / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
+
+
+# ----------------------------------------------------------------------------- paper table
+def test_paper_table_writes_every_preset(tmp_path):
+    out = tmp_path / "designs"
+    text = run_example("paper_table.py", "--out", str(out), home=tmp_path)
+    assert "compression" in text.splitlines()[0] and "train mem @64" in text.splitlines()[0]
+    pt = import_example("paper_table")
+    files = sorted(out.glob("*.json"))
+    assert len(files) == len(pt.LAYERS) * len(pt.KINDS) == 28
+    for f in files:
+        d = load_design(f)  # validates
+        key, kind = f.stem.rsplit("_", 1)
+        n_in, n_out = pt.LAYERS[key][2:]
+        assert (d.in_features, d.out_features) == (n_in, n_out)
+        assert d.is_linear == (kind == "mpo")  # the ADNTN kinds carry gelu
+        # the brief: compression roughly 2,000x .. 77,000x for every design
+        assert 1_900 <= d.compression <= 77_000, (f.name, d.compression)
+
+
+def test_committed_presets_match_the_script(tmp_path):
+    """assets/designs must be what paper_table.py produces now (re-run it after changing a spec)."""
+    pt = import_example("paper_table")
+    for key in pt.LAYERS:
+        for kind in pt.KINDS:
+            path = PRESETS / f"{key}_{kind}.json"
+            assert path.exists(), f"missing preset {path.name}: run examples/paper_table.py"
+            preset, fresh = load_design(path), pt.build(key, kind)
+            assert preset.fingerprint() == fresh.fingerprint() and preset.name == fresh.name, path.name
+
+
+def test_paper_table_numbers_are_cost_report_numbers():
+    pt = import_example("paper_table")
+    table = pt.rows(["vgg16_fc6", "vgg16_fc7"], batch=64)
+    assert len(table) == 2 * (1 + len(pt.KINDS))  # a dense row, then one per kind, per layer
+    mpo_row = next(r for r in table if r[2] == "MPO" and r[3] == "4x4x8x8x4 -> 4x4x8x8x4")
+    rep = cost_report(load_design(PRESETS / "vgg16_fc7_mpo.json"), batch=64)
+    assert mpo_row[5] == f"{rep['params']:,}" and mpo_row[8] == pt.human(rep["forward_flops"])
+    # MPO-Net (Gao et al. 2020): VGG-16 fc7 as [4,4,8,8,4] x [4,4,8,8,4] with ranks 4 has 2,432 parameters
+    assert rep["params"] == 2_432
+    # and the same count in closed form: sum over cores of r_left * i_n * o_n * r_right
+    ranks = [1, 4, 4, 4, 4, 1]
+    assert rep["params"] == sum(ranks[n] * f * f * ranks[n + 1] for n, f in enumerate([4, 4, 8, 8, 4]))
+    dense = table[0]
+    assert dense[2] == "dense" and dense[5] == f"{25088 * 4096:,}"
+
+
+def test_leaf_bond_widens_only_leaf_bonds():
+    pt = import_example("paper_table")
+    from engine.templates import make_template
+
+    base = make_template("mera", 4096, 4096, 2, "gelu", [8, 8, 4, 4, 4], [8, 8, 4, 4, 4])
+    wide = pt.with_leaf_bond(base, 6)
+    leaves = [t for t in base.tensors if any(base.indices[i].role != "bond" for i in t.indices)]
+    leaf_bonds = {i for t in leaves for i in t.indices if base.indices[i].role == "bond"}
+    assert len(leaves) == 5 and len(leaf_bonds) == 5
+    for name, ix in wide.indices.items():
+        assert ix.dim == (6 if name in leaf_bonds else base.indices[name].dim)
+    # the largest generation intermediate does not grow: it holds W times the *upper* bonds only
+    assert cost_report(wide)["largest_intermediate_bytes"] == cost_report(base)["largest_intermediate_bytes"]
+    assert wide.params > base.params
+
+
+def test_paper_table_markdown_and_no_output(tmp_path):
+    text = run_example("paper_table.py", "--markdown", "--quick", "--out", "", home=tmp_path)
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| layer |") and set(lines[1]) <= set("|-: ")
+    assert len(lines) == 2 + 2 * 5  # header, separator, two layers x (dense + 4 kinds)
+    assert "wrote" not in text
+
+
+# ----------------------------------------------------------------------------- design, tensorize, export
+def test_design_and_cost_example(tmp_path):
+    text = run_example("design_and_cost.py", "--out", str(tmp_path / "out"), home=tmp_path)
+    assert "same design = True" in text and "invalid design rejected" in text
+    saved = load_design(tmp_path / "out" / "mpo_1024.json")
+    assert saved.params == 4 * 4 * 8 + 8 * 4 * 4 * 8 + 8 * 8 * 8 * 8 + 8 * 8 * 8  # closed form, chi = 8
+    assert f"{saved.params:,} parameters" in text
+
+
+def test_tensorize_model_example(tmp_path):
+    text = run_example("tensorize_model.py", "--quick", home=tmp_path)
+    assert "tt-svd" in text and " fit " in text  # the MPO by TT-SVD, the TTN by fitting
+    dense = (64 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
+    ttn = 4 * 4 * 8 + 2 * (4 * 8 * 8) + 8 * 8 * 8 + 8 * 8  # leaves (i, o, chi), one inner node, the top
+    mpo = 2 * (4 * 4 * 8) + 2 * (8 * 4 * 4 * 8)  # chain cores (r, i, o, r) with chi = 8
+    assert f"dense model: {dense:,} parameters" in text
+    assert f"tensorized model: {(ttn + 256) + (mpo + 256) + (256 * 10 + 10):,} parameters" in text
+
+
+def test_export_design_example(tmp_path):
+    out = tmp_path / "export"
+    text = run_example("export_design.py", "--quick", "--out", str(out), home=tmp_path)
+    assert {p.name for p in out.iterdir()} >= {"tn_layer.py", "tn_layer.pt", "use_layer.py",
+                                               "use_layer.design.json"}
+    diff = float(text.split("max relative difference to the engine")[1].split()[0])
+    assert diff <= 1e-4
+
+
+# ----------------------------------------------------------------------------- training
+def test_train_digits_example(tmp_path):
+    text = run_example("train_digits.py", "--quick", home=tmp_path)
+    runs = RunStore(tmp_path / "runs").list_runs()
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"completed"}
+    accs = [r["results"]["test_accuracy"] for r in runs]
+    assert all(0.0 <= a <= 1.0 for a in accs)
+    assert "TN ttn" in text and "dense" in text and f"{accs[0]:.3f}" in text
+
+
+def test_digits_sweep_example(tmp_path):
+    out = tmp_path / "sweep"
+    text = run_example("digits_sweep.py", "--quick", "--out", str(out), home=tmp_path)
+    rows = json.loads((out / "digits_sweep.json").read_text())
+    assert [r["kind"] for r in rows] == ["ttn", "attn", "mera", "mpo", "dense"]
+    for r in rows:
+        assert 0.0 <= r["accuracy"] <= 1.0
+        assert math.isclose(r["compression"], 256 * 256 / r["params"])
+    html = (out / "digits_sweep.html").read_text()
+    assert "Bokeh" in html and "<script src=" not in html  # JavaScript inlined: opens offline
+    assert "test accuracy" in text and "wrote" in text
+    assert len(RunStore(tmp_path / "runs").list_runs()) == len(rows)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.py")))
+def test_every_example_has_a_docstring_and_main(script):
+    src = (EXAMPLES / script).read_text()
+    assert src.startswith('"""') and 'if __name__ == "__main__":' in src

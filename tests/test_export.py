@@ -1,0 +1,284 @@
+"""Export: the standalone torch module matches TNLinear, runs with torch only, and the CLI writes every format."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.cli import main as cli_main
+from engine.design import Design, save_design
+from engine.export import (flops_by_batch, layer_state_dict, to_snippet, to_torch_source, write_export)
+from engine.modules import TNLinear
+from engine.program import compile_program
+from engine.templates import make_template
+
+IN, OUT = 64, 12
+FACTORS = {"in_factors": [4, 4, 4], "out_factors": [2, 2, 3]}
+CASES = [(k, None) for k in ("mpo", "tensor_ring", "tucker", "cp", "ttn", "attn", "mera", "delta_cp")] + [
+    ("mpo", "tanh"), ("tensor_ring", "relu"), ("ttn", "gelu"), ("attn", "sigmoid"), ("mera", "silu"),
+    ("delta_cp", "tanh"), ("mpo_13_legs", "gelu")]
+BATCHES = (1, 5, 300)
+
+# Runs in a fresh interpreter (-I: no PYTHONPATH, no user site, cwd a temp folder) with the project's packages
+# blocked, so the exported files can only use torch.
+FRESH_SCRIPT = textwrap.dedent("""\
+    import importlib.util, json, sys
+    for name in ("engine", "studio", "numpy", "opt_einsum", "cotengra"):
+        sys.modules[name] = None  # importing any of these now raises ImportError
+    import torch
+    jobs = json.load(open(sys.argv[1]))
+    for job in jobs:
+        spec = importlib.util.spec_from_file_location(job["name"], job["module"])
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        layer = mod.Layer()
+        layer.load_state_dict(torch.load(job["state"], weights_only=True))
+        xs = torch.load(job["inputs"], weights_only=True)
+        out = {"keys": sorted(layer.state_dict())}
+        with torch.no_grad():
+            for k, x in xs.items():
+                out["forward", k] = layer(x)
+                if x.dim() == 2:
+                    out["materialise", k] = layer.forward_materialise(x) + layer.bias
+                    if hasattr(layer, "forward_stream"):
+                        out["stream", k] = layer.forward_stream(x) + layer.bias
+                        out["schedule", k] = layer.schedule(x.shape[0])
+        torch.save(out, job["outputs"])
+    print("ok", len(jobs))
+""")
+
+
+def _delta_cp(act):
+    """CP written with a copy tensor joining four rank bonds (a ``delta`` tensor: a fixed buffer in TNLinear)."""
+    legs = {"i0": ("in", 0, 4), "i1": ("in", 1, 16), "o0": ("out", 0, 3), "o1": ("out", 1, 4)}
+    indices = {k: {"dim": d, "role": r, "axis": a} for k, (r, a, d) in legs.items()}
+    indices |= {f"r{k}": {"dim": 3, "role": "bond"} for k in range(4)}
+    tensors = [{"id": f"A.{leg}", "indices": [leg, f"r{k}"], "activation": act if k == 0 else None}
+               for k, leg in enumerate(legs)]
+    tensors.append({"id": "copy", "indices": ["r0", "r1", "r2", "r3"], "kind": "delta"})
+    return Design.from_dict({"format": "tnstudio-design", "version": 1, "name": "delta cp",
+                             "target": {"kind": "linear", "in_features": IN, "out_features": OUT},
+                             "indices": indices, "tensors": tensors})
+
+
+def _design(kind, act):
+    if kind == "delta_cp":
+        return _delta_cp(act)
+    if kind == "mpo_13_legs":  # W's tensor has 13 legs: torch's gelu kernel needs the exported flat-view workaround
+        return make_template("mpo", 128, 64, 2, activation=act, in_factors=[2] * 7, out_factors=[2] * 6)
+    return make_template(kind, IN, OUT, 3, activation=act, **FACTORS)
+
+
+def _random_layer(design, seed):
+    torch.manual_seed(seed)
+    layer = TNLinear(design)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return layer
+
+
+def _numpy_dense_weight(design, cores):
+    """W contracted in one numpy einsum over the whole network (linear designs): independent of the program."""
+    letters = {name: chr(ord("a") + n) for n, name in enumerate(design.indices)}
+    ins = ",".join("".join(letters[i] for i in t.indices) for t in design.tensors)
+    out = "".join(letters[i] for i in design.in_legs + design.out_legs)
+    arrays = [cores[t.id].detach().double().numpy() for t in design.tensors]
+    return np.einsum(f"{ins}->{out}", *arrays, optimize=True).reshape(design.in_features, design.out_features)
+
+
+@pytest.fixture(scope="module")
+def fresh_results(tmp_path_factory):
+    """Export every case, run them all in one fresh torch-only interpreter, return (cases, results)."""
+    tmp = tmp_path_factory.mktemp("export")
+    jobs, cases = [], []
+    for n, (kind, act) in enumerate(CASES):
+        d = _design(kind, act)
+        layer = _random_layer(d, n)
+        mod, state, inp, outp = (tmp / f"m{n}.py", tmp / f"m{n}.pt", tmp / f"x{n}.pt", tmp / f"y{n}.pt")
+        mod.write_text(to_torch_source(d))
+        torch.save(layer.state_dict(), state)
+        g = torch.Generator().manual_seed(100 + n)
+        xs = {b: torch.randn(b, d.in_features, generator=g) for b in BATCHES}
+        xs["lead"] = torch.randn(2, 3, d.in_features, generator=g)
+        torch.save(xs, inp)
+        jobs.append({"name": f"m{n}", "module": str(mod), "state": str(state), "inputs": str(inp),
+                     "outputs": str(outp)})
+        cases.append((kind, act, d, layer, xs, outp))
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    (tmp / "run.py").write_text(FRESH_SCRIPT)
+    proc = subprocess.run([sys.executable, "-I", str(tmp / "run.py"), str(tmp / "jobs.json")], cwd=tmp,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [(c, torch.load(c[-1], weights_only=False)) for c in cases]
+
+
+@pytest.mark.parametrize("n", range(len(CASES)), ids=[f"{k}-{a or 'linear'}" for k, a in CASES])
+def test_exported_module_matches_tnlinear_in_fresh_interpreter(fresh_results, n):
+    (kind, act, d, layer, xs, _), res = fresh_results[n]
+    assert res["keys"] == sorted(layer.state_dict())  # same parameter names as TNLinear
+    with torch.no_grad():
+        for k, x in xs.items():
+            want = layer(x)
+            torch.testing.assert_close(res["forward", k], want, rtol=1e-4, atol=1e-5)
+            if x.dim() == 2:
+                torch.testing.assert_close(res["materialise", k], want, rtol=1e-4, atol=1e-5)
+                if d.is_linear:
+                    torch.testing.assert_close(res["stream", k], want, rtol=1e-4, atol=1e-5)
+    if d.is_linear:  # and both agree with a plain numpy contraction of the whole network
+        w = _numpy_dense_weight(d, layer.core_tensors())
+        x = xs[5].double().numpy()
+        np.testing.assert_allclose(res["forward", 5].double().numpy(), x @ w + layer.bias.detach().double().numpy(),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_every_schedule_is_exercised(fresh_results):
+    picked = {res["schedule", b] for (c, res) in fresh_results if c[2].is_linear for b in BATCHES}
+    assert picked == {"stream", "materialise"}
+
+
+def test_exported_file_imports_only_torch():
+    for kind, act in CASES:
+        tree = ast.parse(to_torch_source(_design(kind, act)))
+        mods = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        mods |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert mods <= {"torch", "math", "typing", "__future__"}, (kind, mods)
+
+
+def test_export_has_one_einsum_per_program_step_and_a_header():
+    d = _design("mera", "relu")
+    src = to_torch_source(d)
+    prog = compile_program(d, 64, "materialise")
+    n_einsum = sum(1 for s in prog.steps if s.op == "einsum" and not s.is_identity)
+    assert src.count("torch.einsum(") == n_einsum
+    for s in prog.steps:
+        if s.op == "einsum" and not s.is_identity:
+            assert f'torch.einsum("{s.equation}"' in src
+    assert d.name in src and f"{d.params:,} parameters" in src and "compression" in src
+    assert "forward_stream" not in src  # a nonlinear design has to materialise W
+
+
+@pytest.mark.parametrize("kind", ["mpo", "tensor_ring", "tucker", "cp", "mera"])
+@pytest.mark.parametrize("size", [(IN, OUT, 3), (1024, 1024, 8)])
+def test_exported_schedule_follows_the_engine(kind, size):
+    d = make_template(kind, *size)
+    ns: dict = {}
+    exec(compile(to_torch_source(d), "<export>", "exec"), ns)
+    layer = ns["Layer"]
+    for batch in (1, 3, 16, 100, 1024):
+        engine_prog = compile_program(d, batch, "auto")
+        ours = layer.flops(layer.plan(batch), batch)
+        # never more FLOPs than the engine; a path the engine planned at another batch size can be cheaper here
+        # than the one its heuristic search finds at this one, else the choice is the engine's
+        assert ours <= engine_prog.flops
+        if ours == engine_prog.flops:
+            assert layer.schedule(batch) == engine_prog.schedule
+    a, b = flops_by_batch(compile_program(d, 64, "materialise"))
+    assert layer.SCHEDULE_FLOPS["materialise"] == (a, b)
+    assert all(a + b * n == compile_program(d, n, "materialise").flops for n in (1, 7, 300))
+
+
+def test_layer_state_dict_finds_the_layer_in_a_model():
+    d = _design("mpo", None)
+    model = torch.nn.Sequential(torch.nn.Linear(10, IN), TNLinear(d), torch.nn.ReLU())
+    got = layer_state_dict(model.state_dict(), d)
+    assert sorted(got) == sorted(model[1].state_dict())
+    assert all(torch.equal(got[k], v) for k, v in model[1].state_dict().items())
+    with pytest.raises(ValueError, match="no layer with the cores"):
+        layer_state_dict(torch.nn.Linear(3, 4).state_dict(), d)
+    model.tn_layer = model[1]  # the same layer under a second name (as engine.models registers it): one layer
+    assert sorted(layer_state_dict(model.state_dict(), d)) == sorted(model[1].state_dict())
+    two = torch.nn.Sequential(_random_layer(d, 1), _random_layer(d, 2))
+    with pytest.raises(ValueError, match="2 layers"):
+        layer_state_dict(two.state_dict(), d)
+    assert torch.equal(layer_state_dict(two.state_dict(), d, prefix="1")["bias"], two[1].bias)
+
+
+def test_snippet_runs_with_the_engine(tmp_path):
+    d = _design("tucker", None)
+    layer = _random_layer(d, 7)
+    paths = write_export(d, "snippet", tmp_path / "use.py", weights=layer.state_dict())
+    assert [p.name for p in paths] == ["use.py", "use.design.json", "use.pt"]
+    ns: dict = {}
+    code = (tmp_path / "use.py").read_text()
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(code, "use.py", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    x = torch.randn(4, IN)
+    with torch.no_grad():
+        torch.testing.assert_close(ns["layer"](x), layer(x))
+    assert "TNLinear(load_design(" in to_snippet(d)
+
+
+def test_cli_export_all_formats_with_weights(tmp_path, capsys):
+    d = _design("mpo", "tanh")
+    save_design(d, tmp_path / "d.json")
+    layer = _random_layer(d, 3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), layer)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    rc = cli_main(["export", str(tmp_path / "d.json"), "--to", "torch", "-o", str(tmp_path / "out" / "layer.py"),
+                   "--weights", str(tmp_path / "model.pt")])
+    assert rc == 0
+    ns: dict = {}
+    exec(compile((tmp_path / "out" / "layer.py").read_text(), "layer.py", "exec"), ns)
+    m = ns["Layer"]()
+    m.load_state_dict(torch.load(tmp_path / "out" / "layer.pt", weights_only=True))
+    x = torch.randn(3, IN)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5)
+    assert cli_main(["export", str(tmp_path / "d.json"), "--to", "json", "-o", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text()) == d.to_dict()
+    capsys.readouterr()
+    assert cli_main(["export", str(tmp_path / "d.json"), "--to", "snippet"]) == 0
+    assert "TNLinear(load_design('design.json'))" in capsys.readouterr().out
+
+
+def test_cli_export_errors_are_clear(tmp_path, capsys):
+    d = _design("cp", None)
+    save_design(d, tmp_path / "d.json")
+    assert cli_main(["export", str(tmp_path / "missing.json")]) == 2
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "w.pt")
+    assert cli_main(["export", str(tmp_path / "d.json"), "-o", str(tmp_path / "o.py"), "--weights",
+                     str(tmp_path / "w.pt")]) == 2
+    assert "no layer with the cores" in capsys.readouterr().err
+    assert cli_main(["export", str(tmp_path / "d.json"), "--weights", str(tmp_path / "w.pt")]) == 2
+    assert "needs -o" in capsys.readouterr().err
+    assert cli_main(["export", str(tmp_path / "d.json"), "-o", str(tmp_path / "o.py"), "--run", "99"]) == 2
+    assert "no run" in capsys.readouterr().err
+
+
+def test_cli_export_run_weights_from_the_run_store(tmp_path, capsys):
+    from engine.runs import RunStore
+
+    d = _design("ttn", "gelu")
+    layer = _random_layer(d, 11)
+    model = torch.nn.Sequential(torch.nn.Linear(8, IN), torch.nn.ReLU(), layer)
+    store = RunStore()  # the test's own TNSTUDIO_HOME
+    run_id = store.create_run({"dataset": "digits", "model": "mlp"}, d)
+    ckpt = store.run_dir(run_id) / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "step": 5}, ckpt)
+    assert cli_main(["export", "-o", str(tmp_path / "trained.py"), "--run", run_id[:4]]) == 2  # no checkpoint yet
+    assert "no checkpoint" in capsys.readouterr().err
+    store.update(run_id, checkpoint=str(ckpt))
+    assert cli_main(["export", "-o", str(tmp_path / "trained.py"), "--run", run_id[:4]]) == 0  # run's own design
+    src = (tmp_path / "trained.py").read_text()
+    assert f"run {run_id}" in src
+    ns: dict = {}
+    exec(compile(src, "trained.py", "exec"), ns)
+    m = ns["Layer"]()
+    m.load_state_dict(torch.load(tmp_path / "trained.pt", weights_only=True))
+    x = torch.randn(6, IN)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), layer(x), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,311 @@
+"""Contraction programs: results against numpy, FLOPs against torch's counter and opt_einsum, path search."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import opt_einsum as oe
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.design import Design, Index, Tensor
+from engine.program import (BATCH, LETTERS, absorption_path, clear_cache, compile_program, einsum_flops, path_cost,
+                            search_path)
+from engine.templates import TEMPLATE_KINDS, make_template
+
+LINEAR = [(k, None) for k in TEMPLATE_KINDS]
+NONLINEAR = [(k, a) for k in ("mpo", "tensor_ring", "ttn", "attn", "mera") for a in ("relu", "tanh")]
+
+
+def _design(kind: str, act: str | None, in_f: int = 64, out_f: int = 96, bond: int = 3) -> Design:
+    return make_template(kind, in_f, out_f, bond, activation=act)
+
+
+def _cores(prog, seed: int = 0, grad: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {cid: (torch.randn(*[prog.dims[i] for i in idx], generator=g, dtype=torch.float64) * 0.5)
+            .requires_grad_(grad) for cid, idx in prog.cores.items()}
+
+
+def _dense_w(prog, cores) -> np.ndarray:
+    """W from one numpy einsum over every core (independent of the program's order)."""
+    names = {}
+    for idx in prog.cores.values():
+        for i in idx:
+            names.setdefault(i, oe.get_symbol(len(names)))
+    ops = [cores[c].detach().numpy() for c in prog.cores]
+    eq = ",".join("".join(names[i] for i in idx) for idx in prog.cores.values()) + "->" + "".join(
+        names[i] for i in prog.in_legs + prog.out_legs)
+    return np.einsum(eq, *ops, optimize=True).reshape(prog.in_features, prog.out_features)
+
+
+@pytest.mark.parametrize("kind,act", LINEAR)
+def test_linear_programs_compute_x_at_w(kind, act):
+    d = _design(kind, act)
+    for sched in ("materialise", "stream"):
+        prog = compile_program(d, 5, sched)
+        cores = _cores(prog)
+        x = torch.randn(5, d.in_features, dtype=torch.float64)
+        w = _dense_w(prog, cores)
+        y = prog.execute(cores, x).numpy()
+        np.testing.assert_allclose(y, x.numpy() @ w, rtol=1e-9, atol=1e-9)
+        if sched == "materialise":
+            np.testing.assert_allclose(prog.execute(cores, until_weight=True).numpy(), w, rtol=1e-9, atol=1e-12)
+
+
+def _reference_nonlinear_w(d: Design, cores) -> np.ndarray:
+    """The design's nonlinear semantics, written independently: absorb tensors in order with numpy."""
+    acts = {"relu": lambda a: np.maximum(a, 0), "tanh": np.tanh}
+    frags: list[tuple[np.ndarray, list[str]]] = []
+    for tid in d.evaluation_order():
+        t = d.tensor(tid)
+        touching = [f for f in frags if set(f[1]) & set(t.indices)]
+        frags = [f for f in frags if not any(f is g for g in touching)]
+        group = [(cores[tid].detach().numpy(), list(t.indices))] + touching
+        later = {i for u in d.tensors if u.id not in {*d.evaluation_order()[:d.evaluation_order().index(tid) + 1]}
+                 for i in u.indices}
+        allidx = list(dict.fromkeys(i for _, ix in group for i in ix))
+        out = [i for i in allidx if i in later or d.indices[i].role != "bond"]
+        names = {i: oe.get_symbol(k) for k, i in enumerate(allidx)}
+        eq = ",".join("".join(names[i] for i in ix) for _, ix in group) + "->" + "".join(names[i] for i in out)
+        arr = np.einsum(eq, *[a for a, _ in group])
+        if t.activation:
+            arr = acts[t.activation](arr)
+        frags.append((arr, out))
+    (arr, idx), = frags
+    order = d.in_legs + d.out_legs
+    return np.transpose(arr, [idx.index(i) for i in order]).reshape(d.in_features, d.out_features)
+
+
+@pytest.mark.parametrize("kind,act", NONLINEAR)
+def test_nonlinear_programs_follow_the_evaluation_semantics(kind, act):
+    d = _design(kind, act)
+    prog = compile_program(d, 4, "materialise")
+    cores = _cores(prog, seed=1)
+    np.testing.assert_allclose(prog.execute(cores, until_weight=True).numpy(), _reference_nonlinear_w(d, cores),
+                               rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="linear design"):
+        compile_program(d, 4, "stream")
+
+
+def _torch_flops(prog, input_grad: bool) -> tuple[int, int]:
+    """(forward, forward + backward) FLOPs that FlopCounterMode counts while the program runs and trains."""
+    cores = _cores(prog, grad=True)
+    x = torch.randn(prog.batch, prog.in_features, dtype=torch.float64, requires_grad=input_grad)
+    with FlopCounterMode(display=False) as fc:
+        y = prog.execute(cores, x)
+        forward = fc.get_total_flops()
+        y.sum().backward()  # sum and its backward (an expand) are not FLOPs for the counter
+    return forward, fc.get_total_flops()
+
+
+@pytest.mark.parametrize("kind,act", LINEAR + NONLINEAR)
+def test_step_flops_equal_torch_flop_counter(kind, act):
+    """Forward and forward+backward FLOPs of every program equal what FlopCounterMode counts running it."""
+    from engine.cost import backward_flops
+
+    d = _design(kind, act)
+    for sched in (("materialise", "stream") if d.is_linear else ("materialise",)):
+        for batch, input_grad in ((1, False), (5, True)):
+            prog = compile_program(d, batch, sched)
+            forward, total = _torch_flops(prog, input_grad)
+            assert forward == prog.flops
+            assert total == prog.flops + backward_flops(prog, input_grad)
+
+
+def test_flop_rule_matches_torch_on_random_pairs():
+    """The per-step rule (outer products free, one-sided sums free, size-1 sums free) on random equations."""
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        labels = list("abcdefg")[: rng.integers(2, 7)]
+        dims = {i: int(rng.choice([1, 2, 3])) for i in labels}
+        a = list(rng.choice(labels, rng.integers(1, len(labels) + 1), replace=False))
+        b = list(rng.choice(labels, rng.integers(1, len(labels) + 1), replace=False))
+        union = list(dict.fromkeys(a + b))
+        out = [i for i in union if rng.random() < 0.4]
+        ta = torch.randn(*[dims[i] for i in a], requires_grad=True)
+        tb = torch.randn(*[dims[i] for i in b], requires_grad=True)
+        with FlopCounterMode(display=False) as fc:
+            torch.einsum(f"{''.join(a)},{''.join(b)}->{''.join(out)}", ta, tb).sum().backward()
+        assert fc.get_total_flops() == 3 * einsum_flops([a, b], out, dims), (a, b, out, dims)
+
+
+@pytest.mark.parametrize("kind", TEMPLATE_KINDS)
+def test_flops_agree_with_opt_einsum(kind):
+    """opt_einsum's opt_cost for the same path counts 2 x size per summed pair, like us, but also counts a product
+    with nothing summed (an outer product or Hadamard product: ``num_terms - 1`` = 1 FLOP per output element),
+    which torch runs as an elementwise ``mul`` that FLOP counters (and we) leave out. So
+    ``opt_cost == program FLOPs + sum(output size of the steps with 0 FLOPs)``."""
+    d = _design(kind, None, 128, 256, 4)
+    for sched in ("materialise", "stream"):
+        prog = compile_program(d, 8, sched)
+        steps = [s for s in prog.steps if s.op == "einsum" and len(s.inputs) == 2]
+        # the program's pairwise steps as one einsum over its leaves, with the program's path
+        leaves = [(s.inputs[k], s.in_indices[k]) for s in steps for k in range(2)
+                  if not s.inputs[k].startswith("t") and s.inputs[k] not in ("Wt", "ys")]
+        if sched == "materialise":
+            leaves = [lf for lf in leaves if lf[0] != "x" and lf[0] != "W"]
+            steps = [s for s in steps if s.output != "y"]
+        syms = {}
+        for _, ix in leaves:
+            for i in ix:
+                syms.setdefault(i, oe.get_symbol(len(syms)))
+        final = steps[-1].out_indices
+        eq = ",".join("".join(syms[i] for i in ix) for _, ix in leaves) + "->" + "".join(syms[i] for i in final)
+        # rebuild the linear path from the steps
+        pos = [name for name, _ in leaves]
+        path = []
+        for s in steps:
+            i, j = pos.index(s.inputs[0]), pos.index(s.inputs[1])
+            path.append((i, j))
+            pos = [p for k, p in enumerate(pos) if k not in (i, j)] + [s.output]
+        _, info = oe.contract_path(eq, *[tuple(prog.dims[i] for i in ix) for _, ix in leaves], shapes=True,
+                                   optimize=path)
+        ours = sum(s.flops for s in steps)
+        products = sum(s.size for s in steps if s.flops == 0)
+        assert int(info.opt_cost) == ours + products
+
+
+def test_path_cost_matches_the_compiled_steps():
+    for kind in TEMPLATE_KINDS:
+        d = _design(kind, None, 256, 256, 5)
+        prog = compile_program(d, 1, "materialise")
+        ops = [tuple(t.indices) for t in d.tensors]
+        path, _ = search_path([(f"core:{t.id}", tuple(t.indices)) for t in d.tensors], d.in_legs + d.out_legs,
+                              prog.dims)
+        flops, peak = path_cost(ops, path, frozenset(d.in_legs + d.out_legs), prog.dims)
+        assert flops == prog.generate_flops
+        assert peak == max(s.size for s in prog.steps if s.phase == "generate" and s.op == "einsum")
+
+
+def test_search_never_worse_than_greedy_or_the_given_order():
+    for kind in ("mera", "attn", "ttn", "tensor_ring", "tucker"):
+        d = make_template(kind, 2 ** 12, 2 ** 12, 4, in_factors=[2] * 12, out_factors=[2] * 12)
+        dims = {k: v.dim for k, v in d.indices.items()}
+        ops = [(t.id, tuple(t.indices)) for t in d.tensors]
+        out = d.in_legs + d.out_legs
+        path, _ = search_path(ops, out, dims)
+        best = path_cost([ix for _, ix in ops], path, frozenset(out), dims)
+        eq = ",".join("".join(oe.get_symbol(list(dims).index(i)) for i in ix) for _, ix in ops) + "->" + "".join(
+            oe.get_symbol(list(dims).index(i)) for i in out)
+        greedy, _ = oe.contract_path(eq, *[tuple(dims[i] for i in ix) for _, ix in ops], shapes=True,
+                                     optimize="greedy")
+        assert best <= path_cost([ix for _, ix in ops], greedy, frozenset(out), dims)
+
+
+def test_absorption_path_contracts_subtrees_first():
+    d = make_template("ttn", 256, 256, 4, in_factors=[4] * 4, out_factors=[4] * 4)
+    sets = [tuple(t.indices) for t in d.tensors]
+    ids = [t.id for t in d.tensors]
+    path = absorption_path(sets, [ids.index(t) for t in d.evaluation_order()])
+    assert len(path) == len(sets) - 1
+    flops, peak = path_cost(sets, path, frozenset(d.in_legs + d.out_legs), {k: v.dim for k, v in d.indices.items()})
+    assert peak == 256 * 256  # the largest tensor is W itself: every subtree is merged before its parent
+
+
+def test_cache_by_fingerprint_and_bond_change():
+    clear_cache()
+    d = make_template("mpo", 256, 256, 4)
+    p1 = compile_program(d, 8)
+    assert compile_program(d.copy(), 8) is p1  # same maths, same program
+    d2 = make_template("mpo", 256, 256, 5)
+    assert compile_program(d2, 8) is not p1
+    assert compile_program(d2, 8).flops != p1.flops
+
+
+def test_thorough_refinement_serves_later_fast_reports():
+    """After a thorough (cotengra) search, a fast request for the same design returns it, and after a bond change
+    the fast search also scores the refined path (remembered per structure), so it is never worse than either."""
+    def mera(bond):
+        return make_template("mera", 2 ** 8, 2 ** 8, bond, in_factors=[2] * 8, out_factors=[2] * 8)
+
+    clear_cache(paths=True)
+    cold = compile_program(mera(4), 4, "materialise")
+    clear_cache(paths=True)
+    refined = compile_program(mera(3), 4, "materialise", "thorough", time_budget=0.3)
+    assert compile_program(mera(3), 4, "materialise") is refined
+    warm = compile_program(mera(4), 4, "materialise")
+    d = mera(4)
+    dims = {k: v.dim for k, v in d.indices.items()}
+    sets = [tuple(t.indices) for t in d.tensors]
+    steps = [s for s in refined.steps if s.op == "einsum" and len(s.inputs) == 2 and s.phase == "generate"]
+    pos = [f"core:{t.id}" for t in d.tensors]
+    path = []
+    for s in steps:  # the refined program's path, replayed on the new bond dimension
+        i, j = pos.index(s.inputs[0]), pos.index(s.inputs[1])
+        path.append((i, j))
+        pos = [p for k, p in enumerate(pos) if k not in (i, j)] + [s.output]
+    replayed = path_cost(sets, path, frozenset(d.in_legs + d.out_legs), dims)[0]
+    assert warm.generate_flops == min(cold.generate_flops, replayed)
+
+
+def test_intermediates_are_contiguous_in_torch():
+    """Intermediate index order is torch.einsum's own layout, so every intermediate comes out contiguous."""
+    d = make_template("mera", 2 ** 8, 2 ** 8, 3, in_factors=[2] * 8, out_factors=[2] * 8)
+    prog = compile_program(d, 2, "materialise")
+    cores = _cores(prog)
+    env = {f"core:{k}": v for k, v in cores.items()}
+    for s in prog.steps:
+        if s.op != "einsum":
+            break
+        env[s.output] = torch.einsum(s.equation, *[env[i] for i in s.inputs])
+        if s.output.startswith("t"):
+            assert env[s.output].is_contiguous(), s
+
+
+def test_huge_designs_are_costed_without_tensors():
+    """A 2^20 x 2^20 MPO (W would be 4 TiB) compiles and costs from integers alone: no torch op runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from engine.cost import cost_report
+
+    class NoTensors(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            raise AssertionError(f"cost model ran a torch op: {func}")
+
+    d = make_template("mpo", 2 ** 20, 2 ** 20, 8)
+    clear_cache()
+    with NoTensors():
+        rep = cost_report(d, batch=256)
+    assert rep["dense_params"] == 2 ** 40
+    assert rep["schedule"] == "stream"
+    assert rep["schedules"]["materialise"]["peak_memory_bytes"] >= 2 ** 40 * 4  # W itself is counted
+
+
+def test_more_indices_than_letters_still_costs():
+    d = make_template("mpo", 2 ** 30, 2 ** 30, 2, in_factors=[2] * 30, out_factors=[2] * 30)
+    prog = compile_program(d, 1, "materialise")
+    assert not prog.executable
+    rows = prog.describe()
+    assert any(r["einsum"] is None for r in rows)
+    assert len(LETTERS) == 52
+
+
+def test_bad_arguments():
+    d = make_template("mpo", 64, 64, 2)
+    with pytest.raises(ValueError, match="batch"):
+        compile_program(d, 0)
+    with pytest.raises(ValueError, match="schedule"):
+        compile_program(d, 1, "sideways")
+    with pytest.raises(ValueError, match="search"):
+        compile_program(d, 1, search="slow")
+
+
+def test_reserved_index_name_is_rejected():
+    d = Design("bad", 4, 4, {BATCH: Index(4, "in", 0), "o": Index(4, "out", 0)}, [Tensor("A", [BATCH, "o"])])
+    with pytest.raises(Exception, match="reserved"):
+        compile_program(d, 1, "materialise")
+
+
+def test_delta_cores_need_no_gradient():
+    from engine.cost import backward_flops
+
+    d = make_template("cp", 64, 64, 4)
+    prog = compile_program(d, 4, "stream")
+    d2 = d.copy()
+    d2.tensors[0].kind = "delta"
+    prog2 = compile_program(d2, 4, "stream")
+    assert prog2.fixed_cores == {d.tensors[0].id}
+    assert backward_flops(prog2, False) < backward_flops(prog, False)
+    assert math.isclose(prog2.flops, prog.flops)

@@ -1,0 +1,201 @@
+"""The run store: records, metrics, concurrent reading while another process writes, dead-process detection,
+and the launcher's guarantees (SIGKILL loses no logged metrics; SIGTERM checkpoints and records 'stopped')."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import launcher
+from engine.design import save_design
+from engine.paths import runs_dir, tnstudio_home
+from engine.runs import RunNotFound, RunStore, pid_alive, process_start_time
+from engine.templates import make_template
+
+
+def test_paths_follow_tnstudio_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "h"))
+    assert tnstudio_home() == tmp_path / "h"
+    assert runs_dir() == (tmp_path / "h" / "runs").resolve() and runs_dir().is_dir()
+    assert runs_dir(tmp_path / "other") == (tmp_path / "other").resolve()
+    monkeypatch.delenv("TNSTUDIO_HOME")
+    assert tnstudio_home() == Path.home() / ".tnstudio"
+
+
+def test_create_get_list_and_prefixes(tmp_path):
+    store = RunStore(tmp_path)
+    d = make_template("mpo", 64, 64, 4)
+    a = store.create_run({"dataset": "digits", "epochs": 1}, d)
+    b = store.create_run({"dataset": "digits", "baseline": True}, None, name="dense", parent=a)
+    run = store.get_run(a)
+    assert run["status"] == "queued" and run["design"] == d.to_dict() and run["design_name"] == d.name
+    assert run["config"] == {"dataset": "digits", "epochs": 1} and run["name"] == f"{d.name} on digits"
+    assert (tmp_path / a / "design.json").exists()
+    assert [r["id"] for r in store.list_runs()] == [b, a]  # newest first
+    assert store.get_run(b)["parent"] == a and store.get_run(b)["design"] is None
+    assert store.get_run(a[:5])["id"] == a
+    with pytest.raises(RunNotFound, match="no run"):
+        store.get_run("zzzz")
+    with pytest.raises(RunNotFound, match="matches 2 runs"):
+        store.get_run("")
+    con = sqlite3.connect(tmp_path / "runs.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+def test_status_and_metrics(tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"})
+    store.set_status(rid, "running", pid=os.getpid(), pid_start=process_start_time(os.getpid()))
+    rows = [{"step": s, "split": "train", "loss": 1.0 / s, "accuracy": 0.5, "lr": 0.1, "elapsed": s * 0.1}
+            for s in (10, 20, 30)]
+    store.log_metrics(rid, rows[:2])
+    store.log_metrics(rid, rows[2])
+    store.log_metrics(rid, {"step": 30, "split": "test", "loss": 0.2, "accuracy": 0.9})
+    got = store.metrics(rid)
+    assert [m["step"] for m in got] == [10, 20, 30, 30] and got[0]["loss"] == pytest.approx(0.1)
+    assert store.get_run(rid)["step"] == 30
+    assert [m["split"] for m in store.metrics(rid, since_step=20)] == ["train", "test"]
+    assert [m["step"] for m in store.metrics(rid, after_seq=got[1]["seq"])] == [30, 30]
+    assert [m["loss"] for m in store.metrics(rid, split="test")] == [0.2]
+    with pytest.raises(ValueError, match="unknown metric"):
+        store.log_metrics(rid, {"step": 1, "split": "train", "los": 1.0})
+    with pytest.raises(ValueError, match="unknown status"):
+        store.set_status(rid, "done")
+    store.set_status(rid, "completed", results={"test_accuracy": 0.9})
+    run = store.get_run(rid)
+    assert run["finished"] >= run["started"] and run["results"] == {"test_accuracy": 0.9}
+    assert store.delete_metrics_after(rid, 10) == 3 and len(store.metrics(rid)) == 1
+    store.delete_run(rid)
+    assert store.list_runs() == [] and not (tmp_path / rid).exists()
+
+
+def test_dead_processes_are_reported_failed(tmp_path):
+    store = RunStore(tmp_path)
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits but is not reaped: a zombie
+    time.sleep(0.5)
+    ids = []
+    for pid in (done.pid, zombie.pid, os.getpid()):
+        rid = store.create_run({"dataset": "digits"})
+        store.set_status(rid, "running", pid=pid)
+        ids.append(rid)
+    status = {r["id"]: r for r in store.list_runs()}
+    assert status[ids[0]]["status"] == "failed" and "process died" in status[ids[0]]["reason"]
+    assert status[ids[1]]["status"] == "failed"
+    assert status[ids[2]]["status"] == "running"  # this process is alive
+    assert store.get_run(ids[0])["status"] == "failed"  # recorded, not just reported
+    assert not pid_alive(os.getpid(), start=(process_start_time(os.getpid()) or 0) + 1)  # a reused pid
+    zombie.wait()
+
+
+def test_stop_and_delete_rules(tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"})
+    with pytest.raises(ValueError, match="stop it before deleting"):
+        store.delete_run(rid)
+    assert store.stop_run(rid) is True  # queued without a process: stopped at once
+    assert store.get_run(rid)["status"] == "stopped"
+    assert store.stop_run(rid) is False
+
+
+WRITER = """
+import sys
+from engine.runs import RunStore
+store = RunStore(sys.argv[1])
+for s in range(1, 301):
+    store.log_metrics(sys.argv[2], {"step": s, "split": "train", "loss": 1.0 / s})
+"""
+
+
+def test_reading_while_another_process_writes(tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"})
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), rid])
+    seen = []
+    while proc.poll() is None:
+        rows = store.metrics(rid)
+        assert [m["step"] for m in rows] == list(range(1, len(rows) + 1))  # always a consistent prefix
+        seen.append(len(rows))
+    assert proc.returncode == 0
+    assert [m["loss"] for m in store.metrics(rid)] == pytest.approx([1.0 / s for s in range(1, 301)])
+    assert len(seen) > 1
+
+
+# ----------------------------------------------------------------------------- real training processes
+def _wait_for(cond, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+LONG = {"dataset": "digits", "epochs": 200, "log_every": 2, "batch_size": 32}
+
+
+def test_sigkill_loses_no_logged_metrics(tmp_path):
+    rid = launcher.launch(LONG, make_template("ttn", 256, 256, 4, activation="gelu"), tmp_path)
+    store = RunStore(tmp_path)
+    _wait_for(lambda: len(store.metrics(rid)) >= 4, what="metric rows")
+    pid = store.get_run(rid)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    _wait_for(lambda: not pid_alive(pid), what="the process to die")
+    snapshot = store.metrics(rid)
+    reopened = RunStore(tmp_path)
+    rows = reopened.metrics(rid)
+    assert rows == snapshot and len(rows) >= 4
+    assert [m["step"] for m in rows] == sorted(m["step"] for m in rows)
+    assert all(m["loss"] is not None and m["loss"] > 0 for m in rows)
+    run = reopened.get_run(rid)
+    assert run["status"] == "failed" and "process died" in run["reason"]
+
+
+def test_sigterm_checkpoints_stops_and_resumes(tmp_path):
+    cfg = dict(LONG, eval_every=10)
+    rid = launcher.launch(cfg, None, tmp_path)
+    store = RunStore(tmp_path)
+    _wait_for(lambda: store.metrics(rid, split="test"), what="a first evaluation")
+    assert launcher.stop(rid, tmp_path, timeout=60)
+    run = store.get_run(rid)
+    assert run["status"] == "stopped", run
+    stopped_at = run["step"]
+    assert "resume" in run["reason"] and stopped_at >= 10
+    state = torch.load(tmp_path / rid / "checkpoint.pt", weights_only=True)
+    assert state["step"] == stopped_at and set(state) >= {"model", "optimizer", "scheduler"}
+    before = store.metrics(rid)
+    launcher.resume(rid, tmp_path)
+    _wait_for(lambda: store.get_run(rid)["step"] > stopped_at + 4, what="the resumed run to log")
+    rows = store.metrics(rid)
+    assert rows[:len(before)] == before  # nothing logged up to the checkpoint is lost
+    assert rows[len(before)]["step"] == stopped_at + 2  # continues where it stopped (log_every=2)
+    assert launcher.stop(rid, tmp_path, timeout=60)
+    assert store.get_run(rid)["status"] == "stopped"
+
+
+@pytest.mark.slow
+def test_killing_the_attached_cli_leaves_the_run_training(tmp_path):
+    """`tnstudio train` only follows the run: SIGKILL it and the run (its own session) completes regardless."""
+    design = tmp_path / "ttn.json"
+    save_design(make_template("ttn", 256, 256, 4, activation="gelu"), design)
+    cli = subprocess.Popen([sys.executable, "-m", "engine.cli", "train", str(design), "--epochs", "3",
+                            "--runs-dir", str(tmp_path / "runs")], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    store = RunStore(tmp_path / "runs")
+    (run,) = _wait_for(lambda: [r for r in store.list_runs() if r["status"] == "running"], what="a running run")
+    cli.kill()
+    cli.wait()
+    end = launcher.wait(run["id"], tmp_path / "runs", timeout=120)
+    assert end["status"] == "completed" and end["results"]["test_accuracy"] > 0.5
+    steps = [m["step"] for m in store.metrics(run["id"], split="train")]
+    assert steps == sorted(steps) and steps[-1] == end["total_steps"]

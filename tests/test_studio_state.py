@@ -1,0 +1,221 @@
+"""StudioState: strict field edits, drafts while drawing, undo/redo, live cost and the design library."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from engine.cost import cost_report
+from engine.design import Design
+from engine.templates import make_template
+from studio import library
+from studio.fmt import nbytes, ratio, si
+from studio.state import StudioState, merge_designs, with_bond
+
+
+def independent_params(design_dict: dict) -> int:
+    """Parameter count straight from the JSON: product of each non-delta tensor's index dims."""
+    dims = {k: v["dim"] for k, v in design_dict["indices"].items()}
+    return sum(int(np.prod([dims[i] for i in t["indices"]])) for t in design_dict["tensors"] if t["kind"] != "delta")
+
+
+@pytest.fixture
+def state(tmp_path):
+    return StudioState(make_template("mera", 256, 256, 4), home=str(tmp_path))
+
+
+def test_initial_report_matches_independent_count(state):
+    assert state.problems == []
+    assert state.report["params"] == independent_params(state.design.to_dict())
+    assert state.report["dense_params"] == 256 * 256
+    assert state.valid_design is not None and state.sweep["current"] == 4
+
+
+def test_bond_dim_edit_updates_cost(state):
+    assert state.set_dim("s0", 7)
+    expect = independent_params(state.design.to_dict())
+    assert state.design.indices["s0"].dim == 7
+    assert state.report["params"] == expect
+    # closed form for the changed leaf L0 (8, 8, s0) and its parent W0_0 (s0, d0_1, u0_0)
+    base = independent_params(make_template("mera", 256, 256, 4).to_dict())
+    assert expect - base == 8 * 8 * (7 - 4) + 4 * 4 * (7 - 4)
+
+
+def test_invalid_field_edits_are_refused_with_message(state):
+    before = state.to_json()
+    steps = state.history_labels
+    assert not state.set_dim("i0", 16)  # 16 x 8 x 4 != 256
+    assert "multiply to 512" in state.field_errors["dim:i0"]
+    assert not state.set_dim("s0", "abc")
+    assert "whole number" in state.field_errors["dim:s0"]
+    assert not state.set_dim("s0", 0)
+    assert "dim must be an integer >= 1" in state.field_errors["dim:s0"]
+    assert state.to_json() == before and state.history_labels == steps
+    assert state.set_dim("s0", 5) and "dim:s0" not in state.field_errors
+
+
+def test_drawing_keeps_a_draft_and_numbers_stay_at_last_valid(state):
+    valid_params = state.report["params"]
+    tid = state.add_tensor("core")
+    assert any("has no indices" in p for p in state.problems)
+    assert state.report["params"] == valid_params  # numbers stay at the last valid design
+    assert state.design.tensor(tid)  # nothing lost
+    bond = state.connect(tid, "top", dim=3)
+    assert state.problems == []
+    assert state.design.indices[bond].dim == 3
+    assert state.report["params"] == independent_params(state.design.to_dict())
+    assert state.report["params"] == valid_params - 16 + 16 * 3 + 3  # top (4,4) -> (4,4,3); new vector (3,)
+
+
+def test_undo_redo_restore_exact_designs(state):
+    j0 = state.to_json()
+    state.set_dim("s0", 6)
+    j1 = state.to_json()
+    state.add_tensor()
+    assert state.undo() and state.to_json() == j1
+    assert state.undo() and state.to_json() == j0
+    assert not state.can_undo
+    assert state.redo() and state.to_json() == j1
+    assert state.report["params"] == independent_params(json.loads(j1))
+
+
+def test_delete_tensor_removes_its_bonds_and_undo_brings_them_back(state):
+    j0 = state.to_json()
+    state.delete(tensors=["D0_0"])
+    d = state.design
+    assert "D0_0" not in [t.id for t in d.tensors]
+    for bond in ("s1", "s2", "d0_1", "d0_2"):
+        assert bond not in d.indices and all(bond not in t.indices for t in d.tensors)
+    assert any("not connected" in p for p in state.problems)
+    state.undo()
+    assert state.to_json() == j0 and state.problems == []
+
+
+def test_open_leg_then_fit_layer(state):
+    leg = state.add_open_leg("L2", "in", 2)
+    assert state.design.indices[leg].axis == 3
+    assert any("multiply to 512" in p for p in state.problems)
+    assert state.fit_features()
+    assert state.design.in_features == 512 and state.problems == []
+    assert state.report["dense_params"] == 512 * 256
+
+
+def test_set_factors(state):
+    assert state.set_factors("in", [4, 16, 4])
+    assert [state.design.indices[k].dim for k in state.design.in_legs] == [4, 16, 4]
+    assert not state.set_factors("out", [16, 16])
+    assert "3 out legs" in state.field_errors["factors:out"]
+    assert state.set_factors("out", [8, 8, 8]) and state.design.out_features == 512
+
+
+def test_activation_and_schedule_errors(state):
+    assert state.set_tensor("W0_0", activation="relu")
+    assert state.report["linear"] is False and state.report["schedule"] == "materialise"
+    assert not state.set_tensor("W0_0", activation="swishy")
+    assert "unknown activation" in state.field_errors["activation:W0_0"]
+    params = state.report["params"]
+    state.schedule = "stream"
+    assert "stream" in state.field_errors["schedule"]
+    assert state.report["params"] == params  # the last report stays
+    state.schedule = "auto"
+    assert "schedule" not in state.field_errors
+
+
+def test_batch_and_dtype_recompute(state):
+    r32 = state.report
+    state.dtype = "float64"
+    assert state.report["param_bytes"] == 2 * r32["param_bytes"]
+    state.batch = 128
+    ref = cost_report(state.design, batch=128, dtype="float64")
+    assert state.report["forward_flops"] == ref["forward_flops"]
+    # the apply phase is linear in the batch
+    half = cost_report(state.design, batch=64, dtype="float64", schedule=state.report["schedule"])
+    assert state.report["forward_flops"] - state.report["generate_flops"] >= \
+        2 * (half["forward_flops"] - half["generate_flops"]) * 0.99
+
+
+def test_sweep_matches_closed_form_for_mpo(tmp_path):
+    d = make_template("mpo", 64, 64, 4, in_factors=[4, 4, 4], out_factors=[4, 4, 4])
+    s = StudioState(d, home=str(tmp_path))
+    for chi, p in zip(s.sweep["chi"], s.sweep["params"]):
+        assert p == 16 * chi + 16 * chi * chi + 16 * chi  # (i,o,r) + (r,i,o,r) + (r,i,o)
+    assert s.sweep["chi"] == sorted(s.sweep["chi"]) and len(s.sweep["chi"]) >= 5
+    assert with_bond(d, 9).indices["r0"].dim == 9 and with_bond(d, 9).indices["i0"].dim == 4
+
+
+def test_generate_replace_and_add(state):
+    v = state.layout_version
+    assert state.generate("cp", 64, 32, 5)
+    assert state.design.indices["R"].hyperedge and state.layout_version == v + 1
+    n = len(state.design.tensors)
+    assert state.generate("mpo", 64, 32, 3, mode="add")
+    assert len(state.design.tensors) == n + len(make_template("mpo", 64, 32, 3).tensors)
+    assert len({t.id for t in state.design.tensors}) == len(state.design.tensors)
+    assert any("axes" in p or "multiply" in p for p in state.problems)
+    assert not state.generate("cp", 64, 32, 4, activation="relu")
+    assert "activations apply to" in state.field_errors["template"]
+
+
+def test_merge_designs_renames_clashes():
+    a, b = make_template("mpo", 16, 16, 2), make_template("mpo", 16, 16, 3)
+    m = merge_designs(a, b)
+    assert len(m.tensors) == len(a.tensors) + len(b.tensors)
+    assert len(m.in_legs) == len(a.in_legs) + len(b.in_legs)
+    assert sorted(m.indices[k].axis for k in m.in_legs) == list(range(len(m.in_legs)))
+
+
+def test_load_json_refuses_bad_files(state):
+    before = state.to_json()
+    assert not state.load_json("{not json")
+    assert "not valid JSON" in state.field_errors["open"]
+    bad = json.loads(before)
+    bad["indices"]["s0"]["dim"] = 0
+    assert not state.load_json(json.dumps(bad), source="bad.json")
+    assert "bad.json" in state.field_errors["open"] and "dim must be" in state.field_errors["open"]
+    assert not state.load_json(b"\xff\xfe")
+    assert state.to_json() == before
+    tt = make_template("ttn", 64, 64, 3)
+    assert state.load_json(tt.to_json()) and "open" not in state.field_errors
+    assert state.design.fingerprint() == tt.fingerprint()
+
+
+def test_library_round_trip(state, tmp_path):
+    path = library.save_to_library(state.design, "my mera!", home=state.home)
+    assert path.parent == tmp_path / "designs" and path.name == "my_mera.json"
+    assert library.library(state.home) == {"my_mera": path}
+    d = library.open_design(path)
+    assert d.name == "my mera!" and d.fingerprint() == state.design.fingerprint()
+    (tmp_path / "designs" / "broken.json").write_text("{}")
+    with pytest.raises(Exception) as e:
+        library.open_design(tmp_path / "designs" / "broken.json")
+    assert "not a TN Studio design" in str(e.value)
+    with pytest.raises(ValueError):
+        library.safe_name("  ...  ")
+    for name, p in library.presets().items():  # whatever presets the tree ships must load
+        assert isinstance(library.open_design(p), Design), name
+
+
+def test_home_defaults_to_tnstudio_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "h"))
+    s = StudioState(make_template("mpo", 16, 16, 2))
+    assert s.home == str(tmp_path / "h")
+    assert library.designs_dir() == tmp_path / "h" / "designs"
+
+
+def test_number_formatting():
+    assert si(912) == "912" and si(1234) == "1.23k" and si(3.4e9, "FLOP") == "3.4 GFLOP"
+    assert nbytes(1536) == "1.5 KiB" and nbytes(3 * 2 ** 20) == "3 MiB" and nbytes(10) == "10 B"
+    assert ratio(71.9) == "71.9x" and ratio(12345) == "12,345x"
+    assert math.isclose(float(si(2.5e6)[:-1]), 2.5)
+
+
+def test_new_tensor_lands_inside_the_drawing_without_overlap(state):
+    old = [t.position for t in state.design.tensors]
+    tid = state.add_tensor("isometry")
+    x, y = state.design.tensor(tid).position
+    xs, ys = [p[0] for p in old], [p[1] for p in old]
+    assert min(xs) - 200 <= x <= max(xs) + 200 and min(ys) - 200 <= y <= max(ys) + 200
+    assert all(abs(x - px) > 120 or abs(y - py) > 72 for px, py in old)
+    assert state.design.tensor(tid).kind == "isometry"

@@ -1,0 +1,181 @@
+"""Train and Export tabs without a browser: the form, the run table and curves fed by the run store, Stop, export."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine.export import layer_state_dict, to_torch_source
+from engine.modules import TNLinear
+from engine.runs import RunStore, process_start_time
+from studio.export_view import NO_WEIGHTS, ExportView
+from studio.state import StudioState
+from studio.train_view import TrainView, elapsed_text, parse_hidden
+
+
+@pytest.fixture
+def state(tmp_path):
+    s = StudioState(home=str(tmp_path))
+    s.generate("mpo", 64, 32, 4)
+    return s
+
+
+def _run(store: RunStore, design, status="running", total=100, **cfg) -> str:
+    rid = store.create_run({"dataset": "digits", "model": "mlp", **cfg}, design)
+    store.set_status(rid, status)
+    store.update(rid, total_steps=total)
+    return rid
+
+
+def _rows(step0: int, n: int, split="train"):
+    return [{"step": step0 + 10 * k, "split": split, "loss": 2.0 / (1 + step0 + k), "accuracy": 0.1 * k,
+             "epoch": (step0 + 10 * k) / 100} for k in range(n)]
+
+
+def test_form_describes_the_model_and_refuses_what_does_not_fit(state):
+    view = TrainView(state)
+    assert "TN 64×32 · Linear 32×10" in view.plan.object and not view.launch_button.disabled
+    view.hidden.value = "128"  # 64 -> 128 -> 10: no layer has the design's shape
+    assert "no layer of the MLP 64 -&gt; 128 -&gt; 10" in view.plan.object and view.launch_button.disabled
+    assert view.layer.options == ["auto", "0", "1"]
+    view.hidden.value = "32, 16"
+    view.layer.value = "0"
+    assert "TN 64×32 · Linear 32×16 · Linear 16×10" in view.plan.object
+    view.layer.value = "1"
+    assert "layer 1 of the MLP expects in_features=32" in view.plan.object
+    view.model.value = "cnn"
+    assert "in_features=1024" in view.plan.object and view.hidden.disabled
+    view.model.value = "mlp"
+    view.hidden.value = "a, b"
+    assert "hidden sizes must be integers" in view.plan.object
+    assert parse_hidden(" 256 128 ") == [256, 128] and parse_hidden("") is None
+    assert elapsed_text(5) == "5 s" and elapsed_text(125) == "2 min 05 s" and elapsed_text(3700) == "1 h 01 min"
+
+
+def test_launch_records_the_run_and_its_dense_baseline(state, monkeypatch):
+    started = []
+    monkeypatch.setattr("engine.launcher.start_process", lambda rid, store, resume=False: started.append(rid))
+    view = TrainView(state)
+    view.epochs.value, view.batch_size.value, view.lr.value = 2, 32, 0.01
+    view.baseline.value = True
+    ids = view.launch()
+    assert len(ids) == 2 and started == ids
+    store = RunStore(view.root)
+    tn, dense = store.get_run(ids[0]), store.get_run(ids[1])
+    assert tn["config"]["epochs"] == 2 and tn["config"]["batch_size"] == 32 and tn["config"]["lr"] == 0.01
+    assert tn["design"] == state.valid_design.to_dict() and not tn["config"]["baseline"]
+    assert dense["config"]["baseline"] and dense["parent"] == ids[0]
+    assert set(view.selected) == set(ids) and len(view.table.value) == 2
+    view.dataset.value = "teacher"  # regression, 64 -> 8: the MLP is rebuilt around the design and fits
+    view.lr.value = -1.0
+    assert view.launch() == [] and "learning rate" in view.feedback.object
+    assert len(store.list_runs()) == 2  # nothing recorded for the refused launch
+
+
+def test_poll_streams_new_rows_once_and_overlays_selected_runs(state):
+    view = TrainView(state)
+    store = RunStore(view.root)
+    a = _run(store, state.valid_design)
+    store.log_metrics(a, _rows(10, 3))
+    view.poll()
+    assert view.selected == [a]  # a run appearing while active is shown
+    curves = view.curves[a]
+    assert curves.train.data["step"] == [10, 20, 30] and curves.test.data["step"] == []
+    store.log_metrics(a, _rows(40, 2) + [{"step": 50, "split": "test", "loss": 0.5, "accuracy": 0.8}])
+    view.poll()
+    view.poll()  # nothing new: nothing appended twice
+    assert curves.train.data["step"] == [10, 20, 30, 40, 50]
+    assert curves.train.data["loss"] == [r["loss"] for r in store.metrics(a, split="train")]
+    assert curves.test.data["accuracy"] == [0.8]
+    row = view.table.value.iloc[0]
+    assert row["id"] == a and row["progress"] == 50 and row["best"] == "80.0%" and "running" in row["status"]
+    # a second, finished run: listed first (newest), overlaid once selected, with its own colour and legend entry
+    b = _run(store, state.valid_design, status="completed", total=10)
+    store.log_metrics(b, _rows(10, 1, "test"))
+    view.poll()
+    assert list(view.table.value["id"]) == [b, a] and view.selected == [a]
+    view.table.selection = [0, 1]
+    assert sorted(view.selected) == sorted([a, b])
+    assert [i.label.value for i in view.loss_fig.legend[0].items] == [view.curves[i].label for i in view.selected]
+    assert view.curves[a].color != view.curves[b].color and all(r.visible for r in view.curves[b].renderers)
+    view.table.selection = [0]  # deselect a: its lines are hidden, its data kept
+    assert view.selected == [b] and not any(r.visible for r in view.curves[a].renderers)
+    assert "completed" in view.table.value.iloc[0]["status"] and view.table.value.iloc[0]["progress"] == 100
+
+
+def test_a_restarted_studio_shows_the_same_runs_and_curves(state):
+    first = TrainView(state)
+    store = RunStore(first.root)
+    rid = _run(store, state.valid_design, status="completed")
+    store.log_metrics(rid, _rows(10, 4) + _rows(40, 1, "test"))
+    again = TrainView(StudioState(home=state.home))  # a new session over the same home
+    assert again.selected == [rid]
+    assert again.curves[rid].train.data["step"] == [10, 20, 30, 40]
+    assert again.curves[rid].test.data["step"] == [40]
+
+
+def test_stop_button_stops_the_selected_active_run(state):
+    view = TrainView(state)
+    store = RunStore(view.root)
+    rid = _run(store, state.valid_design)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.update(rid, pid=proc.pid, pid_start=process_start_time(proc.pid))
+        view.poll()
+        assert view.selected == [rid] and not view.stop_button.disabled
+        view.stop_button.clicks += 1
+        assert proc.wait(timeout=10) == -15  # SIGTERM reached the run's process
+        assert store.get_run(rid)["stop_requested"]
+        assert "Asked" in view.feedback.object
+    finally:
+        proc.kill()
+
+
+def test_export_view_previews_and_downloads_with_a_runs_weights(state):
+    view = ExportView(state, background=False)
+    design = state.valid_design
+    assert view._text == to_torch_source(design)
+    assert view.download.filename == "mpo_64x32_chi_4.py" and "einsum" in view.code.object
+    view.format.value = "json"
+    assert view._code_file().read().decode() == design.to_json() + "\n"
+    view.format.value = "snippet"
+    assert "TNLinear(load_design('mpo_64x32_chi_4.json'))" in view._text
+    # a trained run of this design: its weights come with the export
+    store = RunStore(view.runs_root)
+    rid = _run(store, design, status="completed")
+    layer = TNLinear(design, seed=3)
+    model = torch.nn.Sequential(layer, torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    ckpt = store.run_dir(rid) / "checkpoint.pt"
+    torch.save({"model": model.state_dict(), "step": 7}, ckpt)
+    store.update(rid, checkpoint=str(ckpt))
+    view.refresh_runs()
+    label = next(o for o in view.weights.options if o.startswith(rid))
+    view.format.value = "torch"
+    view.weights.value = label
+    assert view.download_weights.visible and f"run {rid}" in view._text
+    weights = torch.load(io.BytesIO(view._weights_file().read()), weights_only=True)
+    want = layer_state_dict(model.state_dict(), design)
+    assert sorted(weights) == sorted(want) and all(torch.equal(weights[k], want[k]) for k in want)
+    ns: dict = {}
+    exec(compile(view._code_file().read().decode(), "layer.py", "exec"), ns)
+    exported = ns["Layer"]()
+    exported.load_state_dict(weights)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), layer(x), rtol=1e-4, atol=1e-5)
+    view.weights.value = NO_WEIGHTS
+    assert not view.download_weights.visible
+
+
+def test_export_view_explains_an_invalid_design(tmp_path):
+    s = StudioState(home=str(tmp_path))
+    s.generate("mpo", 64, 32, 4)
+    view = ExportView(s, background=False)
+    s.set_dim("i0", 3)  # the legs no longer multiply to in_features: the draft has a problem
+    if s.problems:  # the edit is refused or accepted as a draft with problems: either way, export stays valid
+        assert "last valid design" in view.info.object
+    assert "torch.einsum" in view._text and not view.download.disabled

@@ -1,0 +1,200 @@
+"""Models, configs, the schedule, the training loop in-process (metrics, checkpoint, NaN detection, exact resume)
+and data-parallel training with 2 CPU processes matching 1 process."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from engine.data import load_dataset
+from engine.models import CNN_FEATURES, ModelError, build_model, check_fit, mlp_plan
+from engine.modules import TNLinear
+from engine.runs import RunStore
+from engine.templates import make_template
+from engine.train import ConfigError, epoch_batches, lr_lambda, make_config, run_training
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+# ----------------------------------------------------------------------------- models
+def test_mlp_plan_builds_around_the_design_or_checks_the_layer():
+    d = make_template("ttn", 256, 256, 4)
+    assert mlp_plan(64, 10, d) == ([256, 256], 1)
+    assert mlp_plan(64, 10, make_template("mpo", 64, 128, 4)) == ([128], 0)
+    assert mlp_plan(64, 10, make_template("mpo", 128, 10, 4)) == ([128], 1)
+    assert mlp_plan(64, 10, d, hidden=[256, 256, 256]) == ([256, 256, 256], 1)
+    assert mlp_plan(64, 10, d, hidden=[256, 256, 256], layer=2) == ([256, 256, 256], 2)
+    with pytest.raises(ModelError, match="expects in_features=64, out_features=256 but the design .* has "
+                                         "in_features=256, out_features=256"):
+        mlp_plan(64, 10, d, hidden=[256, 256], layer=0)
+    with pytest.raises(ModelError, match="no layer of the MLP 64 -> 128 -> 10 has the design's shape 256 -> 256"):
+        mlp_plan(64, 10, d, hidden=[128])
+    with pytest.raises(ModelError, match="layer 5 does not exist"):
+        mlp_plan(64, 10, d, hidden=[256, 256], layer=5)
+
+
+def test_models_put_the_design_where_asked(digits):
+    d = make_template("ttn", 256, 256, 4, activation="gelu")
+    tn = build_model(make_config(), digits, d)
+    base = build_model(make_config(baseline=True), digits, d)
+    assert isinstance(tn.tn_layer, TNLinear) and tn.tn_layer is tn.net[2]
+    assert type(base.tn_layer) is nn.Linear and base.tn_layer.weight.shape == (256, 256)
+    x = digits.x_train[:5]
+    assert tn(x).shape == base(x).shape == (5, 10)
+    s = tn.summary
+    assert s["layer_params"] == d.params + 256 and s["layer_dense_params"] == 256 * 256 + 256
+    assert s["params"] == sum(p.numel() for p in tn.parameters())
+    assert s["params"] == (64 * 256 + 256) + (d.params + 256) + (256 * 10 + 10)
+    assert base.summary["params"] - s["params"] == 256 * 256 - d.params
+
+    cnn_design = make_template("mpo", CNN_FEATURES, 64, 4)
+    cnn = build_model(make_config(model="cnn"), digits, cnn_design)
+    assert isinstance(cnn.tn_layer, TNLinear) and cnn(x).shape == (5, 10)
+    with pytest.raises(ModelError, match=f"classifier takes {CNN_FEATURES} features .* in_features=256: make a "
+                                         f"design with in_features={CNN_FEATURES}"):
+        build_model(make_config(model="cnn"), digits, d)
+    with pytest.raises(ModelError, match=f"in_features={CNN_FEATURES}"):
+        check_fit(make_config(model="cnn", dataset="cifar10"), d)
+    with pytest.raises(ModelError, match="needs an image data set"):
+        check_fit(make_config(model="cnn", dataset="teacher"), cnn_design)
+    check_fit(make_config(dataset="mnist"), make_template("mpo", 784, 256, 4))
+
+
+# ----------------------------------------------------------------------------- config, schedule, batches
+def test_config_checks_and_fills_defaults():
+    cfg = make_config(epochs=3, dataset="Fashion-MNIST")
+    assert cfg["epochs"] == 3 and cfg["dataset"] == "fashion_mnist" and cfg["model"] == "mlp"
+    for bad, match in (({"epoch": 3}, "unknown config key"), ({"epochs": 0}, "epochs must be an integer >= 1"),
+                       ({"lr": -1}, "lr must be"), ({"device": "tpu"}, "device must be"),
+                       ({"dataset": "imagenet"}, "unknown data set"), ({"hidden": [64, 0]}, "hidden must be")):
+        with pytest.raises(ConfigError, match=match):
+            make_config(bad)
+
+
+def test_warmup_then_cosine():
+    f = lr_lambda(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    for s in (10, 40, 70, 99):
+        assert f(s) == pytest.approx(0.5 * (1 + math.cos(math.pi * (s - 10) / 90)))
+    assert f(100) == pytest.approx(0.0)
+
+
+def test_epoch_batches_partition_the_data_across_ranks():
+    one = epoch_batches(103, 16, seed=1, epoch=2)
+    assert len(one) == 7 and sorted(torch.cat(one).tolist()) == list(range(103))
+    assert torch.equal(torch.cat(one), torch.cat(epoch_batches(103, 16, seed=1, epoch=2)))
+    assert not torch.equal(torch.cat(one), torch.cat(epoch_batches(103, 16, seed=1, epoch=3)))
+    r0, r1 = (epoch_batches(103, 16, 1, 2, rank=r, world=2) for r in (0, 1))
+    for a, b, whole in zip(r0, r1, one):
+        assert sorted(torch.cat([a, b]).tolist()) == sorted(whole.tolist())
+        assert abs(len(a) - len(b)) <= 1
+
+
+# ----------------------------------------------------------------------------- the loop, in-process
+def _record(tmp_path, design=None, **cfg):
+    store = RunStore(tmp_path)
+    return store, store.create_run(make_config(cfg), design)
+
+
+def test_training_logs_evaluates_checkpoints_and_completes(tmp_path):
+    d = make_template("mpo", 256, 256, 4)
+    store, rid = _record(tmp_path, d, epochs=1, log_every=5, eval_every=10, batch_size=128)
+    run = run_training(rid, tmp_path)
+    assert run["status"] == "completed" and run["reason"] is None
+    steps = math.ceil(1438 / 128)
+    train = store.metrics(rid, split="train")
+    test = store.metrics(rid, split="test")
+    assert [m["step"] for m in train] == [5, 10, steps] and [m["step"] for m in test] == [10, steps]
+    assert all(m["throughput"] > 0 and 0 <= m["accuracy"] <= 1 for m in train)
+    assert train[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine reached zero at the last step
+    res = run["results"]
+    assert res["test_accuracy"] == test[-1]["accuracy"] and res["steps"] == steps
+    assert res["layer_params"] == d.params + 256
+    state = torch.load(tmp_path / rid / "checkpoint.pt", weights_only=True)
+    assert state["step"] == steps
+    model = build_model(run["config"], load_dataset("digits"), d)
+    model.load_state_dict(state["model"])
+    data = load_dataset("digits")
+    with torch.no_grad():
+        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    assert acc == pytest.approx(res["test_accuracy"])  # the checkpoint is the model that was evaluated
+
+
+def test_nonfinite_loss_fails_the_run_with_the_reason(tmp_path):
+    store, rid = _record(tmp_path, None, epochs=1, lr=1e30, grad_clip=0.0, log_every=2, max_steps=20)
+    run = run_training(rid, tmp_path)
+    assert run["status"] == "failed"
+    assert ("became nan" in run["reason"] or "became inf" in run["reason"]) and "lower the learning rate" in \
+        run["reason"]
+    assert run["finished"] is not None
+
+
+def test_resume_continues_exactly(tmp_path):
+    d = make_template("ttn", 64, 64, 4, activation="tanh")  # MLP 64 -> [TN 64x64] -> 64 -> 10
+    cfg = dict(epochs=2, batch_size=128, log_every=4, eval_every=8)
+    store, full = _record(tmp_path, d, **cfg)
+    run_training(full, tmp_path)
+    _, part = _record(tmp_path, d, **cfg)
+
+    def stop_after_first_eval(row):
+        if row["split"] == "test":
+            store.update(part, stop_requested=1)
+
+    first = run_training(part, tmp_path, progress=stop_after_first_eval)
+    assert first["status"] == "stopped" and first["step"] == 12  # the next logging point after step 8
+    store.update(part, stop_requested=0)
+    second = run_training(part, tmp_path, resume=True)
+    assert second["status"] == "completed"
+    a, b = store.metrics(full), store.metrics(part)
+    assert [(m["step"], m["split"]) for m in a] == [(m["step"], m["split"]) for m in b]
+    for ma, mb in zip(a, b):
+        assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5, abs=1e-7)
+    assert store.get_run(part)["results"]["test_accuracy"] == store.get_run(full)["results"]["test_accuracy"]
+
+
+# ----------------------------------------------------------------------------- data parallel
+def test_two_process_ddp_matches_one_process(tmp_path):
+    """Gloo, 2 CPU ranks, global batch split in two: the averaged gradients equal one process's, so the weights
+    after 8 steps agree with a single-process run (the last, uneven batch is avoided with max_steps)."""
+    d = make_template("ttn", 256, 256, 4, activation="gelu")
+    cfg = make_config(epochs=1, batch_size=64, max_steps=8, log_every=4, eval_every=8, lr=1e-3)
+    store, rid1 = _record(tmp_path, d, **cfg)
+    one = run_training(rid1, tmp_path)
+    _, rid2 = _record(tmp_path, d, **dict(cfg, nproc=2))
+    two = run_training(rid2, tmp_path)  # this process is rank 0 and spawns rank 1
+    assert one["status"] == "completed"
+    assert two["status"] == "completed", (two["reason"], (tmp_path / rid2 / "log.txt").read_text()[-2000:])
+    assert two["summary"]["nproc"] == 2
+    s1 = torch.load(tmp_path / rid1 / "checkpoint.pt", weights_only=True)["model"]
+    s2 = torch.load(tmp_path / rid2 / "checkpoint.pt", weights_only=True)["model"]
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        torch.testing.assert_close(s2[k], s1[k], rtol=1e-4, atol=1e-5)
+    m1, m2 = store.metrics(rid1), store.metrics(rid2)
+    assert [(m["step"], m["split"]) for m in m1] == [(m["step"], m["split"]) for m in m2]
+    for a, b in zip(m1, m2):  # metrics are summed over ranks: the same numbers as one process
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["accuracy"] == pytest.approx(a["accuracy"])
+
+
+def test_regression_cnn_and_amp_runs(tmp_path):
+    store, rid = _record(tmp_path, make_template("ttn", 64, 64, 4, activation="gelu"), dataset="teacher",
+                         epochs=1, max_steps=20, log_every=10)
+    run = run_training(rid, tmp_path)
+    assert run["status"] == "completed" and run["summary"]["architecture"].startswith("64 -> 64 -> 8")
+    res = run["results"]
+    assert res["test_accuracy"] is None and all(m["accuracy"] is None for m in store.metrics(rid))
+    y = load_dataset("teacher").y_test
+    assert res["test_r2"] == pytest.approx(1 - res["test_loss"] / ((y - y.mean(0)) ** 2).mean().item())
+    _, rid = _record(tmp_path, make_template("mpo", CNN_FEATURES, 32, 4), model="cnn", max_steps=3, log_every=3,
+                     threads=1)
+    run = run_training(rid, tmp_path)
+    assert run["status"] == "completed" and run["results"]["steps"] == 3
+    _, rid = _record(tmp_path, make_template("ttn", 256, 256, 4, activation="gelu"), amp=True, max_steps=20,
+                     log_every=10)
+    run = run_training(rid, tmp_path)  # bfloat16 autocast on CPU
+    assert run["status"] == "completed" and math.isfinite(run["results"]["test_loss"])
