@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .design import Design
-from .program import SCHEDULES, Program, compile_program
+from .program import SCHEDULES, Program, can_stream, compile_program
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "fp32": 4, "float16": 2, "half": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
                "float64": 8, "double": 8, "fp64": 8}
@@ -419,13 +419,14 @@ def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedul
     if schedule not in ("auto",) + SCHEDULES:
         raise ValueError(f"schedule must be auto, materialise or stream, got {schedule!r}")
     compile_program(design, batch, "materialise", search, time_budget)  # validates the design (once per fingerprint)
-    scheds = [s for s in SCHEDULES if design.is_linear or s == "materialise"]
+    scheds = [s for s in SCHEDULES if s == "materialise" or can_stream(design)]
     params = design.params
     per = {s: _schedule_costs(design, batch, s, itemsize, search, time_budget, params) for s in scheds}
     chosen = schedule if schedule != "auto" else min(per, key=lambda s: (per[s]["forward_flops"],
                                                                           per[s]["peak_memory_bytes"]))
     if chosen not in per:
-        raise ValueError("the stream schedule needs a linear design (this one has activations)")
+        raise ValueError("the stream schedule needs W to be linear after the last activation; here the last tensor "
+                         "absorbed has one, so W must be materialised")
     c = per[chosen]
     prog: Program = c["program"]
     dense_fwd = 2 * batch * design.in_features * design.out_features

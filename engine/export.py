@@ -7,10 +7,12 @@ and the cost model counts: each contraction becomes one straight-line ``torch.ei
 (and ``math``).
 
 Schedules. The engine picks, for every batch size, the schedule with fewer FLOPs (``compile_program(...,
-schedule="auto")``). A linear design's exported module carries the ``materialise`` program and every distinct ``stream``
-program the engine plans at batch sizes 1 to 4096 (its stream path can change with the batch), with the FLOPs of
-each as ``a + b * batch`` (exact: a step's FLOPs are either independent of the batch or proportional to it), and
-runs the cheapest: the engine's rule, without the cost model.
+schedule="auto")``). When the design can stream (linear designs, and nonlinear ones whose W is linear in what
+follows the last activation, :func:`engine.program.can_stream`), the exported module carries the ``materialise``
+program and every distinct ``stream`` program the engine plans at batch sizes 1 to 4096 (its stream path can
+change with the batch), with the FLOPs of each as ``a + b * batch`` (exact: a step's FLOPs are either independent
+of the batch or proportional to it), and runs the cheapest: the engine's rule, without the cost model. Otherwise
+it materialises W.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 
 from .activations import ACTIVATION_SOURCE
 from .design import Design
-from .program import BATCH, Program, Step, compile_program
+from .program import BATCH, Program, Step, can_stream, compile_program
 
 FORMATS = ("torch", "json", "snippet")
 DEFAULT_SUFFIX = {"torch": ".py", "json": ".json", "snippet": ".py"}
@@ -153,7 +155,7 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     design.check()
     cls = class_name_ or class_name(design)
     mat = compile_program(design, batch, "materialise")
-    streams = stream_variants(design, batch) if design.is_linear else {}
+    streams = stream_variants(design, batch) if can_stream(design) else {}
     gen_steps = [s for s in mat.steps if s.phase == "generate"]
     app_steps = [s for s in mat.steps if s.phase == "apply"]
     from .modules import id_to_key
@@ -267,7 +269,7 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
             '''), "    "))
         pick = 'y = getattr(self, "forward_" + self.plan(x.shape[0]))(x)'
     else:
-        pick = "y = self.forward_materialise(x)  # nonlinear design: W must be generated"
+        pick = "y = self.forward_materialise(x)  # the last tensor absorbed is activated: W must be generated"
     parts.append("\n" + textwrap.indent(textwrap.dedent(f'''\
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             """x: (..., {design.in_features}) -> (..., {design.out_features})."""

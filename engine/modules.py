@@ -21,7 +21,7 @@ from torch import nn
 
 from .design import Design, load_design
 from .init import delta_tensor, init_bias, init_cores
-from .program import SCHEDULES, Program, compile_program
+from .program import SCHEDULES, Program, can_stream, compile_program
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = set(dir(nn.ParameterDict())) | {"cores", "bias"}
@@ -105,9 +105,9 @@ class TNLinear(nn.Module):
     def schedule(self, value: str) -> None:
         if value not in ("auto",) + SCHEDULES:
             raise ValueError(f"schedule must be auto, materialise or stream, got {value!r}")
-        if value == "stream" and not self.design.is_linear:
-            raise ValueError(f"design {self.design.name!r} has activations, so it cannot stream: W must be "
-                             f"materialised (use schedule 'auto' or 'materialise')")
+        if value == "stream" and not can_stream(self.design):
+            raise ValueError(f"design {self.design.name!r} cannot stream: its last tensor applies an activation, "
+                             f"so W must be materialised (use schedule 'auto' or 'materialise')")
         self._schedule = value
 
     @property

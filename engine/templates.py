@@ -170,25 +170,59 @@ def _leaves(b: _Builder, sites: list[list[str]], bond: int) -> tuple[list[str], 
     return ids, ups, xs
 
 
+def balanced_tree(n: int) -> int | tuple:
+    """A binary tree over sites ``0..n-1`` as nested pairs: the first ceil(n/2) sites left, the rest right.
+
+    Balanced splits keep every subtree's fragment small, which is what makes a nonlinear tree cheap to stream
+    (pairing level by level and carrying odd sites up would join a fragment of nearly all of W to one leaf).
+    """
+    def split(lo: int, hi: int) -> int | tuple:
+        if hi - lo == 1:
+            return lo
+        mid = lo + (hi - lo + 1) // 2
+        return (split(lo, mid), split(mid, hi))
+
+    return split(0, n)
+
+
+def _height(t: int | tuple) -> int:
+    return 0 if isinstance(t, int) else 1 + max(_height(t[0]), _height(t[1]))
+
+
+def sibling_pairs(tree: int | tuple) -> set[tuple[int, int]]:
+    """Pairs of sites that share a parent in ``tree``."""
+    if isinstance(tree, int):
+        return set()
+    a, c = tree
+    own = {(a, c)} if isinstance(a, int) and isinstance(c, int) else set()
+    return own | sibling_pairs(a) | sibling_pairs(c)
+
+
 def _tree_up(b: _Builder, ups: list[str], xs: list[float], bond: int, activation: str | None, order: list[str],
-             level: int, y: float, prefix: str = "N") -> str:
-    """Merge the bonds ``ups`` pairwise, level by level, up to a root; returns the root id."""
-    while len(ups) > 2:
-        new_ups, new_xs = [], []
-        for j in range(0, len(ups) - 1, 2):
-            up = b.bond(f"u{level}_{j // 2}", bond)
-            x = (xs[j] + xs[j + 1]) / 2
-            order.append(b.tensor(f"{prefix}{level}_{j // 2}", [ups[j], ups[j + 1], up], kind="isometry",
-                                  activation=activation, pos=(x, y)))
-            new_ups.append(up)
-            new_xs.append(x)
-        if len(ups) % 2:
-            new_ups.append(ups[-1])
-            new_xs.append(xs[-1])
-        ups, xs, level, y = new_ups, new_xs, level + 1, y - DY
-    root = b.tensor("top", list(ups), kind="core", pos=(sum(xs) / len(xs), y))
-    order.append(root)
-    return root
+             y: float, prefix: str = "N") -> str:
+    """Join the bonds ``ups`` by a balanced binary tree of ``(chi, chi, chi)`` nodes; returns the root id.
+
+    Nodes are named ``N<height>_<j>`` and appended to ``order`` children first; the root ``top`` is ``(chi, chi)``.
+    """
+    tree = balanced_tree(len(ups))
+    count: dict[int, int] = {}
+
+    def build(t: int | tuple) -> tuple[str, float]:
+        if isinstance(t, int):
+            return ups[t], xs[t]
+        (left, xl), (right, xr) = build(t[0]), build(t[1])
+        h, x = _height(t), (xl + xr) / 2
+        if t is tree:
+            order.append(b.tensor("top", [left, right], kind="core", pos=(x, y - (h - 1) * DY)))
+            return "", x
+        j = count[h] = count.get(h, -1) + 1
+        up = b.bond(f"u{h}_{j}", bond)
+        order.append(b.tensor(f"{prefix}{h}_{j}", [left, right, up], kind="isometry", activation=activation,
+                              pos=(x, y - (h - 1) * DY)))
+        return up, x
+
+    build(tree)
+    return "top"
 
 
 def ttn(in_features: int, out_features: int, bond: int = 4, activation: str | None = None,
@@ -202,17 +236,20 @@ def ttn(in_features: int, out_features: int, bond: int = 4, activation: str | No
         return b.design("ttn", meta={"template": "ttn"})
     order, (leaf_ids, ups, xs) = [], _leaves(b, sites, bond)
     order += leaf_ids
-    root = _tree_up(b, ups, xs, bond, activation, order, 1, -DY)
+    root = _tree_up(b, ups, xs, bond, activation, order, -DY)
     return b.design("ttn", order=order, root=root, meta={"template": "ttn"})
 
 
 def _disentangle(b: _Builder, ups: list[str], xs: list[float], bond: int, activation: str | None,
-                 order: list[str], layer: int, y: float) -> list[str]:
-    """Disentanglers ``(chi, chi, chi, chi)`` on neighbouring sites across pair boundaries: (1,2), (3,4), ..."""
+                 order: list[str], layer: int, y: float, pairs: list[int] | None = None) -> list[str]:
+    """Disentanglers ``(chi, chi, chi, chi)`` on the neighbouring sites ``(j, j+1)`` for ``j`` in ``pairs``.
+
+    By default the pairs across pair boundaries, (1,2), (3,4), ..., as in a binary MERA layer.
+    """
     ups = list(ups)
-    for j in range(1, len(ups) - 1, 2):
+    for n, j in enumerate(range(1, len(ups) - 1, 2) if pairs is None else pairs):
         a, c = b.bond(f"d{layer}_{j}", bond), b.bond(f"d{layer}_{j + 1}", bond)
-        order.append(b.tensor(f"D{layer}_{j // 2}", [ups[j], ups[j + 1], a, c], kind="disentangler",
+        order.append(b.tensor(f"D{layer}_{n}", [ups[j], ups[j + 1], a, c], kind="disentangler",
                               activation=activation, pos=((xs[j] + xs[j + 1]) / 2, y)))
         ups[j], ups[j + 1] = a, c
     return ups
@@ -228,8 +265,12 @@ def attn(in_features: int, out_features: int, bond: int = 4, activation: str | N
         raise ValueError("attn needs at least 2 sites")
     order, (leaf_ids, ups, xs) = [], _leaves(b, sites, bond)
     order += leaf_ids
-    ups = _disentangle(b, ups, xs, bond, activation, order, 0, -DY * 0.6)
-    root = _tree_up(b, ups, xs, bond, activation, order, 1, -DY * 1.6)
+    siblings, pairs = sibling_pairs(balanced_tree(len(ups))), []
+    for j in range(len(ups) - 1):  # neighbours with different parents, left to right, not overlapping
+        if (j, j + 1) not in siblings and (not pairs or pairs[-1] < j - 1):
+            pairs.append(j)
+    ups = _disentangle(b, ups, xs, bond, activation, order, 0, -DY * 0.6, pairs)
+    root = _tree_up(b, ups, xs, bond, activation, order, -DY * 1.6)
     return b.design("attn", order=order, root=root, meta={"template": "attn"})
 
 

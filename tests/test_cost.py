@@ -161,9 +161,11 @@ def test_cli_cost_json(tmp_path, capsys):
 
 def test_cli_cost_errors(tmp_path, capsys):
     path = tmp_path / "d.json"
-    save_design(make_template("ttn", 256, 256, 4, activation="relu"), path)
+    d = make_template("ttn", 256, 256, 4, activation="relu")
+    d.tensor(d.evaluation_order()[-1]).activation = "relu"  # W itself activated: it can only be materialised
+    save_design(d, path)
     assert main(["cost", str(path), "--schedule", "stream"]) == 2
-    assert "linear design" in capsys.readouterr().err
+    assert "must be materialised" in capsys.readouterr().err
     assert main(["cost", str(path), "--dtype", "int3"]) == 2
     assert "dtype" in capsys.readouterr().err
     assert main(["cost", str(path), "--batch", "0"]) == 2

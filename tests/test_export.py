@@ -14,16 +14,17 @@ import torch
 
 from engine.cli import main as cli_main
 from engine.design import Design, save_design
-from engine.export import (flops_by_batch, layer_state_dict, to_snippet, to_torch_source, write_export)
+from engine.export import (flops_by_batch, layer_state_dict, stream_variants, to_snippet, to_torch_source,
+                           write_export)
 from engine.modules import TNLinear
-from engine.program import compile_program
+from engine.program import can_stream, compile_program
 from engine.templates import make_template
 
 IN, OUT = 64, 12
 FACTORS = {"in_factors": [4, 4, 4], "out_factors": [2, 2, 3]}
 CASES = [(k, None) for k in ("mpo", "tensor_ring", "tucker", "cp", "ttn", "attn", "mera", "delta_cp")] + [
     ("mpo", "tanh"), ("tensor_ring", "relu"), ("ttn", "gelu"), ("attn", "sigmoid"), ("mera", "silu"),
-    ("delta_cp", "tanh"), ("mpo_13_legs", "gelu")]
+    ("delta_cp", "tanh"), ("mpo_13_legs", "gelu"), ("mpo_last_act", "tanh")]
 BATCHES = (1, 5, 300)
 
 # Runs in a fresh interpreter (-I: no PYTHONPATH, no user site, cwd a temp folder) with the project's packages
@@ -71,6 +72,10 @@ def _delta_cp(act):
 def _design(kind, act):
     if kind == "delta_cp":
         return _delta_cp(act)
+    if kind == "mpo_last_act":  # the last tensor absorbed is activated: W must be materialised
+        d = make_template("mpo", IN, OUT, 3, activation=act, **FACTORS)
+        d.tensor(d.evaluation_order()[-1]).activation = act
+        return d
     if kind == "mpo_13_legs":  # W's tensor has 13 legs: torch's gelu kernel needs the exported flat-view workaround
         return make_template("mpo", 128, 64, 2, activation=act, in_factors=[2] * 7, out_factors=[2] * 6)
     return make_template(kind, IN, OUT, 3, activation=act, **FACTORS)
@@ -130,8 +135,10 @@ def test_exported_module_matches_tnlinear_in_fresh_interpreter(fresh_results, n)
             torch.testing.assert_close(res["forward", k], want, rtol=1e-4, atol=1e-5)
             if x.dim() == 2:
                 torch.testing.assert_close(res["materialise", k], want, rtol=1e-4, atol=1e-5)
-                if d.is_linear:
+                if can_stream(d):
                     torch.testing.assert_close(res["stream", k], want, rtol=1e-4, atol=1e-5)
+                else:
+                    assert ("stream", k) not in res
     if d.is_linear:  # and both agree with a plain numpy contraction of the whole network
         w = _numpy_dense_weight(d, layer.core_tensors())
         x = xs[5].double().numpy()
@@ -140,7 +147,7 @@ def test_exported_module_matches_tnlinear_in_fresh_interpreter(fresh_results, n)
 
 
 def test_every_schedule_is_exercised(fresh_results):
-    picked = {res["schedule", b] for (c, res) in fresh_results if c[2].is_linear for b in BATCHES}
+    picked = {res["schedule", b] for (c, res) in fresh_results if can_stream(c[2]) for b in BATCHES}
     assert picked == {"stream", "materialise"}
 
 
@@ -152,17 +159,19 @@ def test_exported_file_imports_only_torch():
         assert mods <= {"torch", "math", "typing", "__future__"}, (kind, mods)
 
 
-def test_export_has_one_einsum_per_program_step_and_a_header():
-    d = _design("mera", "relu")
+@pytest.mark.parametrize("kind, act, streams", [("mpo_last_act", "tanh", False), ("mera", "relu", True),
+                                                   ("tucker", None, True)])
+def test_export_has_one_einsum_per_program_step_and_a_header(kind, act, streams):
+    d = _design(kind, act)
+    assert can_stream(d) == streams  # mera relu: W is linear in what follows the last activation, so x streams
     src = to_torch_source(d)
-    prog = compile_program(d, 64, "materialise")
-    n_einsum = sum(1 for s in prog.steps if s.op == "einsum" and not s.is_identity)
-    assert src.count("torch.einsum(") == n_einsum
-    for s in prog.steps:
-        if s.op == "einsum" and not s.is_identity:
-            assert f'torch.einsum("{s.equation}"' in src
+    progs = [compile_program(d, 64, "materialise")] + (list(stream_variants(d, 64).values()) if streams else [])
+    steps = [s for prog in progs for s in prog.steps if s.op == "einsum" and not s.is_identity]
+    assert src.count("torch.einsum(") == len(steps)
+    for s in steps:
+        assert f'torch.einsum("{s.equation}"' in src
     assert d.name in src and f"{d.params:,} parameters" in src and "compression" in src
-    assert "forward_stream" not in src  # a nonlinear design has to materialise W
+    assert ("forward_stream" in src) == streams
 
 
 @pytest.mark.parametrize("kind", ["mpo", "tensor_ring", "tucker", "cp", "mera"])

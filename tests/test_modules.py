@@ -115,9 +115,11 @@ def test_delta_tensors_are_fixed_buffers():
            "target": {"kind": "linear", "in_features": 12, "out_features": 10},
            "indices": {"i0": {"dim": 3, "role": "in", "axis": 0}, "i1": {"dim": 4, "role": "in", "axis": 1},
                        "o0": {"dim": 10, "role": "out", "axis": 0},
-                       "a": {"dim": 5, "role": "bond"}, "b": {"dim": 5, "role": "bond"}, "c": {"dim": 5, "role": "bond"}},
+                       "a": {"dim": 5, "role": "bond"}, "b": {"dim": 5, "role": "bond"},
+                       "c": {"dim": 5, "role": "bond"}},
            "tensors": [{"id": "A", "indices": ["i0", "a"]}, {"id": "B", "indices": ["i1", "b"]},
-                       {"id": "C", "indices": ["o0", "c"]}, {"id": "copy", "indices": ["a", "b", "c"], "kind": "delta"}]}
+                       {"id": "C", "indices": ["o0", "c"]},
+                       {"id": "copy", "indices": ["a", "b", "c"], "kind": "delta"}]}
     m = TNLinear(Design.from_dict(raw), seed=0).double()
     assert "delta_copy" in dict(m.named_buffers()) and "cores.copy" not in m.state_dict()
     c = np_cores(m)
@@ -184,8 +186,10 @@ def test_auto_schedule_follows_the_cost_model_and_can_be_forced():
     m(torch.randn(3, 256))
     assert m.program(3).schedule == "materialise"
     assert TNLinear(d, schedule="stream").program(5).schedule == "stream"
+    top_activated = make_template("ttn", 256, 256, 2, activation="gelu")
+    top_activated.tensor(top_activated.evaluation_order()[-1]).activation = "gelu"
     with pytest.raises(ValueError, match="cannot stream"):
-        TNLinear(make_template("ttn", 256, 256, 2, activation="gelu"), schedule="stream")
+        TNLinear(top_activated, schedule="stream")
     with pytest.raises(ValueError, match="schedule must be"):
         m.schedule = "fast"
     with pytest.raises(ValueError, match="last dimension 256"):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.design import Design, Index, Tensor
-from engine.program import (BATCH, LETTERS, absorption_path, clear_cache, compile_program, einsum_flops, path_cost,
+from engine.program import (BATCH, LETTERS, absorption_path, can_stream, clear_cache, compile_program, einsum_flops, path_cost,
                             search_path)
 from engine.templates import TEMPLATE_KINDS, make_template
 
@@ -85,8 +85,22 @@ def test_nonlinear_programs_follow_the_evaluation_semantics(kind, act):
     cores = _cores(prog, seed=1)
     np.testing.assert_allclose(prog.execute(cores, until_weight=True).numpy(), _reference_nonlinear_w(d, cores),
                                rtol=1e-9, atol=1e-12)
-    with pytest.raises(ValueError, match="linear design"):
+    # the templates leave the last tensor unactivated, so x can stream through the activated fragments
+    assert can_stream(d)
+    stream = compile_program(d, 4, "stream")
+    x = torch.randn(4, d.in_features, dtype=torch.float64)
+    W = torch.from_numpy(_reference_nonlinear_w(d, cores))
+    np.testing.assert_allclose(stream.execute(cores, x).numpy(), (x @ W).numpy(), rtol=1e-9, atol=1e-12)
+    assert [s.activation for s in stream.steps if s.activation] == [s.activation for s in prog.steps if s.activation]
+
+
+def test_stream_is_refused_when_the_last_tensor_is_activated():
+    d = _design("ttn", "tanh")
+    d.tensor(d.evaluation_order()[-1]).activation = "tanh"  # now W itself is squashed: only materialise is valid
+    assert not can_stream(d)
+    with pytest.raises(ValueError, match="must be materialised"):
         compile_program(d, 4, "stream")
+    assert compile_program(d, 4).schedule == "materialise"
 
 
 def _torch_flops(prog, input_grad: bool) -> tuple[int, int]:
@@ -309,3 +323,65 @@ def test_delta_cores_need_no_gradient():
     assert prog2.fixed_cores == {d.tensors[0].id}
     assert backward_flops(prog2, False) < backward_flops(prog, False)
     assert math.isclose(prog2.flops, prog.flops)
+
+
+def _networks(kind: str, sites: int, bond: int = 4, batch: int = 64):
+    """The two linear networks of a template on 2-dim legs: cores -> W, and x + cores -> y."""
+    d = make_template(kind, 2 ** sites, 2 ** sites, bond, in_factors=[2] * sites, out_factors=[2] * sites)
+    dims = {k: v.dim for k, v in d.indices.items()}
+    dims[BATCH] = batch
+    cores = [(t.id, tuple(t.indices)) for t in d.tensors]
+    yield cores, tuple(d.in_legs + d.out_legs), dims
+    yield [("x", (BATCH,) + tuple(d.in_legs))] + cores, (BATCH,) + tuple(d.out_legs), dims
+
+
+@pytest.mark.parametrize("kind,sites", [("ttn", 8), ("mera", 8), ("cp", 8), ("tensor_ring", 16), ("attn", 8)])
+def test_reconfiguration_is_deterministic_and_never_worse(kind, sites, monkeypatch):
+    import engine.program as program
+
+    for ops, out, dims in _networks(kind, sites):
+        sets = [ix for _, ix in ops]
+        clear_cache(paths=True)
+        path, _ = search_path(ops, out, dims)
+        clear_cache(paths=True)
+        assert search_path(ops, out, dims)[0] == path  # same network, same path
+        cost = path_cost(sets, path, frozenset(out), dims)
+        with monkeypatch.context() as m:  # the same search without the local reconfiguration
+            m.setattr(program, "REFINE_MIN_TENSORS", 10 ** 9)
+            clear_cache(paths=True)
+            plain, _ = search_path(ops, out, dims)
+        assert cost <= path_cost(sets, plain, frozenset(out), dims)
+        for cand in program.refine_path(sets, out, dims, plain):  # every proposal is a complete pairwise path
+            assert len(cand) == len(sets) - 1 and all(len(p) == 2 for p in cand)
+            assert cost <= path_cost(sets, cand, frozenset(out), dims)
+        clear_cache(paths=True)
+
+
+def test_reconfiguration_fixes_a_bad_tree():
+    """From a poor order (materialise W top-down, then apply x), the reconfiguration reaches at least the cost of
+    opt_einsum's exact search on this small network."""
+    from engine.program import refine_path
+
+    ops, out, dims = list(_networks("ttn", 4, bond=3))[1]
+    sets = [ix for _, ix in ops]
+    n = len(sets)
+    # the cores from the top down (W is built first), x absorbed at the very end
+    bad = [tuple(p) for p in oe.paths.ssa_to_linear([(n - 1, n - 2)] + [(n - 3 - k, n + k) for k in range(n - 2)])]
+    exact, _ = oe.contract_path(
+        ",".join("".join(oe.get_symbol(sorted(dims).index(i)) for i in ix) for ix in sets) + "->"
+        + "".join(oe.get_symbol(sorted(dims).index(i)) for i in out),
+        *[tuple(dims[i] for i in ix) for ix in sets], shapes=True, optimize="optimal")
+    start = path_cost(sets, bad, frozenset(out), dims)[0]
+    best = min(path_cost(sets, p, frozenset(out), dims)[0] for p in refine_path(sets, out, dims, bad))
+    assert best < start
+    assert best <= path_cost(sets, exact, frozenset(out), dims)[0]
+
+
+def test_thorough_result_replaces_an_earlier_fast_compile():
+    """A fast compile cached first is superseded once a thorough one exists (the studio's background refinement)."""
+    clear_cache(paths=True)
+    d = make_template("ttn", 2 ** 8, 2 ** 8, 3, in_factors=[2] * 8, out_factors=[2] * 8)
+    fast = compile_program(d, 16, "stream")
+    thorough = compile_program(d, 16, "stream", "thorough", time_budget=0.2)
+    assert compile_program(d, 16, "stream") is thorough
+    assert thorough.flops <= fast.flops

@@ -36,7 +36,7 @@ def closed_form(kind: str, nin: list[int], nout: list[int], chi: int) -> int:
     if kind == "ttn":
         return ttn
     if kind == "attn":
-        return ttn + ((k - 1) // 2) * chi ** 4
+        return ttn + attn_disentanglers(k) * chi ** 4
     if kind == "mera":
         n_d, n = 0, k  # disentanglers on (1,2),(3,4),... then isometries halve the sites, down to two
         while n > 2:
@@ -44,6 +44,45 @@ def closed_form(kind: str, nin: list[int], nout: list[int], chi: int) -> int:
             n = (n + 1) // 2
         return sum(phys) * chi + n_d * chi ** 4 + (k - 2) * chi ** 3 + chi ** 2
     raise KeyError(kind)
+
+
+def attn_disentanglers(k: int) -> int:
+    """Disentanglers of the aTTN template: neighbouring leaves with different parents in the balanced tree
+    (sites split into the first ceil(n/2) and the rest, recursively), taken left to right without overlap."""
+    parent: dict[int, tuple[int, int]] = {}
+
+    def split(lo: int, hi: int, up: tuple[int, int]) -> None:
+        if hi - lo == 1:
+            parent[lo] = up
+            return
+        mid = lo + (hi - lo + 1) // 2
+        split(lo, mid, (lo, hi))
+        split(mid, hi, (lo, hi))
+
+    split(0, k, (0, k))
+    count, last = 0, -2
+    for j in range(k - 1):
+        if parent[j] != parent[j + 1] and last < j - 1:
+            count, last = count + 1, j
+    return count
+
+
+def test_attn_disentangler_counts():
+    # 4 sites: one across the middle; 8 sites: (1,2), (3,4), (5,6); 5 sites split 3+2: only (1,2) is free
+    assert [attn_disentanglers(k) for k in (2, 3, 4, 5, 8)] == [0, 1, 1, 1, 3]
+
+
+def test_trees_are_balanced():
+    d = make_template("ttn", 25088, 4096, 2, in_factors=[8, 8, 8, 7, 7], out_factors=[8, 8, 4, 4, 4])
+    g = d.graph()
+    top = d.tensor("top")
+    # the top joins a 3-site subtree and a 2-site subtree, not a 4-site one and a lone leaf
+    import networkx as nx
+
+    h = nx.Graph(g)
+    h.remove_node("top")
+    sizes = sorted(sum(1 for n in comp if n.startswith("L")) for comp in nx.connected_components(h))
+    assert len(top.indices) == 2 and sizes == [2, 3]
 
 
 @pytest.mark.parametrize("kind", TEMPLATE_KINDS)
