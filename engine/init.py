@@ -3,9 +3,9 @@
 ``nn.Linear`` draws ``W ~ U(-1/sqrt(in), 1/sqrt(in))``, so ``Var(W_ij) = 1 / (3 in)``; :func:`target_std` is its
 square root, and the bias gets the same uniform law.
 
-Linear designs (closed form, then exact). With independent zero-mean cores, ``W_ij`` is a sum of ``prod(bond dims)`` products
-that are pairwise uncorrelated (two bond assignments differ in at least one core entry), each with variance
-``prod_t s_t^2``. We split every bond's sum between the tensors it joins: core ``t`` gets
+Linear designs (closed form, then exact). With independent zero-mean cores, ``W_ij`` is a sum of
+``prod(bond dims)`` products that are pairwise uncorrelated (two bond assignments differ in at least one core
+entry), each with variance ``prod_t s_t^2``. We split every bond's sum between the tensors it joins: core ``t`` gets
 ``s_t^2 = c * prod_{b in t} dim_b^(-1/n_b)`` (``n_b`` = tensors on bond ``b``, 2 except for hyperedges) and
 ``c = target_var^(1/K)`` over the ``K`` trainable cores, so ``Var(W_ij) = target_var`` exactly in expectation and no
 core is much larger than another. Copy (``delta``) tensors merge the bonds they join into one summed index. The

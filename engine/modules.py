@@ -39,6 +39,12 @@ def key_to_id(key: str) -> str:
     return bytes.fromhex(key[2:]).decode() if key.startswith("x_") else key
 
 
+def _outside_graphs(fn):
+    """``fn`` excluded from ``torch.compile`` graphs. Only called while compiling, so dynamo is loaded already:
+    decorating at import time would load it (about 2 s) in every process that never compiles."""
+    return torch.compiler.disable(fn)
+
+
 def as_design(design: Design | dict | str | Path) -> Design:
     """Accept a :class:`Design`, its dict / JSON text, or a path to a design file; always validated."""
     if isinstance(design, Design):
@@ -122,7 +128,6 @@ class TNLinear(nn.Module):
             out[tid] = getattr(self, name)
         return out
 
-    @torch.compiler.disable
     def _compile(self, batch: int, schedule: str) -> Program:
         prog = compile_program(self.design, batch, schedule, self.search)
         self._programs[(batch, schedule)] = prog
@@ -132,7 +137,11 @@ class TNLinear(nn.Module):
         """The program this module runs for ``batch`` rows (cached per batch size and schedule)."""
         schedule = schedule or self._schedule
         prog = self._programs.get((batch, schedule))
-        return prog if prog is not None else self._compile(batch, schedule)
+        if prog is not None:
+            return prog
+        if torch.compiler.is_compiling():  # plan (pure-Python path search) outside the traced graph
+            return _outside_graphs(self._compile)(batch, schedule)
+        return self._compile(batch, schedule)
 
     # ----------------------------------------------------------------- computation
     def weight(self) -> torch.Tensor:

@@ -198,6 +198,18 @@ def sibling_pairs(tree: int | tuple) -> set[tuple[int, int]]:
     return own | sibling_pairs(a) | sibling_pairs(c)
 
 
+def _leaf_layer(kind: str, in_features: int, out_features: int, bond: int, in_factors,
+                out_factors) -> tuple[_Builder, list[str], list[str], list[float]]:
+    """Sites and their leaf cores for a layered template (at least 2 sites): builder, order, up-bonds, x positions."""
+    in_f, out_f = leg_factors(in_features, out_features, in_factors, out_factors)
+    b = _Builder(in_features, out_features)
+    sites = b.site_legs(in_f, out_f)
+    if len(sites) < 2:
+        raise ValueError(f"{kind} needs at least 2 sites")
+    leaf_ids, ups, xs = _leaves(b, sites, bond)
+    return b, list(leaf_ids), ups, xs
+
+
 def _tree_up(b: _Builder, ups: list[str], xs: list[float], bond: int, activation: str | None, order: list[str],
              y: float, prefix: str = "N") -> str:
     """Join the bonds ``ups`` by a balanced binary tree of ``(chi, chi, chi)`` nodes; returns the root id.
@@ -258,13 +270,7 @@ def _disentangle(b: _Builder, ups: list[str], xs: list[float], bond: int, activa
 def attn(in_features: int, out_features: int, bond: int = 4, activation: str | None = None,
          in_factors=None, out_factors=None) -> Design:
     """Augmented TTN: a TTN with disentanglers on neighbouring leaves that belong to different parents."""
-    in_f, out_f = leg_factors(in_features, out_features, in_factors, out_factors)
-    b = _Builder(in_features, out_features)
-    sites = b.site_legs(in_f, out_f)
-    if len(sites) < 2:
-        raise ValueError("attn needs at least 2 sites")
-    order, (leaf_ids, ups, xs) = [], _leaves(b, sites, bond)
-    order += leaf_ids
+    b, order, ups, xs = _leaf_layer("attn", in_features, out_features, bond, in_factors, out_factors)
     siblings, pairs = sibling_pairs(balanced_tree(len(ups))), []
     for j in range(len(ups) - 1):  # neighbours with different parents, left to right, not overlapping
         if (j, j + 1) not in siblings and (not pairs or pairs[-1] < j - 1):
@@ -277,13 +283,7 @@ def attn(in_features: int, out_features: int, bond: int = 4, activation: str | N
 def mera(in_features: int, out_features: int, bond: int = 4, activation: str | None = None,
          in_factors=None, out_factors=None) -> Design:
     """Binary MERA: leaves, then alternating disentangler and isometry layers down to two sites and a top tensor."""
-    in_f, out_f = leg_factors(in_features, out_features, in_factors, out_factors)
-    b = _Builder(in_features, out_features)
-    sites = b.site_legs(in_f, out_f)
-    if len(sites) < 2:
-        raise ValueError("mera needs at least 2 sites")
-    order, (leaf_ids, ups, xs) = [], _leaves(b, sites, bond)
-    order += leaf_ids
+    b, order, ups, xs = _leaf_layer("mera", in_features, out_features, bond, in_factors, out_factors)
     layer, y = 0, -DY * 0.6
     while len(ups) > 2:
         ups = _disentangle(b, ups, xs, bond, activation, order, layer, y)

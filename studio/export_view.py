@@ -26,10 +26,10 @@ SUFFIX = {"torch": ".py", "json": ".json", "snippet": "_snippet.py"}
 NO_WEIGHTS = "none (fresh initialisation)"
 RUNS_POLL_MS = 3000
 # FileDownload does not pass its colour on to the button (Panel 1.9), so the buttons are styled here
-DOWNLOAD_CSS = (".bk-btn{background:#2563eb;border-color:#2563eb;color:#fff;font-weight:600}"
-                ".bk-btn:hover{background:#1d4ed8;border-color:#1d4ed8;color:#fff}")
-WEIGHTS_CSS = (".bk-btn{background:#16a34a;border-color:#16a34a;color:#fff;font-weight:600}"
-               ".bk-btn:hover{background:#15803d;border-color:#15803d;color:#fff}")
+DOWNLOAD_CSS = (".bk-btn.bk-btn-default{background:#2563eb !important;border-color:#2563eb !important;color:#fff "
+                "!important;font-weight:600}.bk-btn.bk-btn-default:hover{background:#1d4ed8 !important}")
+WEIGHTS_CSS = (".bk-btn.bk-btn-default{background:#16a34a !important;border-color:#16a34a !important;color:#fff "
+               "!important;font-weight:600}.bk-btn.bk-btn-default:hover{background:#15803d !important}")
 
 CODE_CSS = """
 :host{background:#0f172a;border-radius:10px}

@@ -15,3 +15,14 @@ def _tnstudio_home(tmp_path_factory, monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny layers run faster on one torch thread: OpenMP spin-waits dominate on a shared 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,14 +19,7 @@ NP_ACT = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0),
 NONLINEAR = ("mpo", "ttn", "attn", "mera")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These layers are tiny: one thread avoids OpenMP spin-waits on the shared 2-core machine (10x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def numpy_weight(design: Design, cores: dict[str, np.ndarray]) -> np.ndarray:
     """W by the design's semantics, written independently of engine.program: one np.einsum per absorbed tensor."""

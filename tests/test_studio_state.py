@@ -115,9 +115,14 @@ def test_activation_and_schedule_errors(state):
     assert state.report["linear"] is False and state.report["schedule"] == "materialise"
     assert not state.set_tensor("W0_0", activation="swishy")
     assert "unknown activation" in state.field_errors["activation:W0_0"]
+    # the top tensor is linear, so x can still stream through the activated fragments
+    state.schedule = "stream"
+    assert "schedule" not in state.field_errors and state.report["schedule"] == "stream"
+    state.schedule = "auto"
+    assert state.set_tensor("top", activation="relu")  # now W itself is activated: only materialise is valid
     params = state.report["params"]
     state.schedule = "stream"
-    assert "stream" in state.field_errors["schedule"]
+    assert "materialised" in state.field_errors["schedule"]
     assert state.report["params"] == params  # the last report stays
     state.schedule = "auto"
     assert "schedule" not in state.field_errors

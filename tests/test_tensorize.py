@@ -11,14 +11,7 @@ from engine.templates import make_template
 from engine.tensorize import chain_order, fit_cores, tensorize, tt_svd
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These layers are tiny: one thread avoids OpenMP spin-waits on the shared 2-core machine (10x faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def dense(in_f: int, out_f: int, seed: int = 0) -> nn.Linear:
     torch.manual_seed(seed)
