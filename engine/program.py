@@ -37,8 +37,8 @@ from .design import Design, DesignError
 LETTERS = string.ascii_letters  # torch.einsum accepts a-z and A-Z
 BATCH, FLAT_IN, FLAT_OUT = "_b", "_in", "_out"
 SCHEDULES = ("materialise", "stream")
-GREEDY_WORK = 64  # the fast search runs GREEDY_WORK // n greedy trials on an n-tensor network (1 to 12; 1 when
-# the exact optimum was searched, up to 7 tensors)
+GREEDY_WORK = 16  # the fast search runs GREEDY_WORK // n greedy trials on an n-tensor network (at least 1; 1 when
+# the exact optimum was searched, up to 7 tensors); more trials found nothing the reconfiguration below does not
 # (costmod, temperature) of the greedy trials: the plain greedy first, then randomised variants
 GREEDY_TRIALS = ((1.0, 0.0), (0.5, 0.0), (2.0, 0.0), (1.0, 0.05), (0.3, 0.1), (1.5, 0.1), (0.8, 0.2), (3.0, 0.05),
                  (1.0, 0.3), (0.5, 0.1), (2.0, 0.1), (0.2, 0.05))
@@ -406,14 +406,16 @@ def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dim
 
 def search_path(operands: list[tuple[str, tuple[str, ...]]], out_idx: Sequence[str], dims: dict[str, int],
                 search: str = "fast", time_budget: float = 2.0,
-                hints: dict[str, list] | None = None) -> tuple[list[tuple[int, ...]], str]:
+                hints: dict[str, list] | None = None,
+                refine_hints: Sequence[str] = ()) -> tuple[list[tuple[int, ...]], str]:
     """The cheapest pairwise path (FLOPs, then largest intermediate) among several optimisers.
 
     ``fast`` (the live default) scores the given order, the structural ``hints`` (e.g. the tree order), the exact
     optimum for small networks (opt_einsum's optimal/dp up to 7 tensors), opt_einsum's greedy (up to 24) and
     cotengra's greedy, a fixed number of seeded randomised greedy trials (fewer on larger networks), and the best
     paths remembered for the same network structure at other bond dimensions; the best of these is then re-optimised
-    locally (:func:`refine_path`, from 5 tensors). ``thorough`` adds cotengra's hyper-optimiser under
+    locally (:func:`refine_path`, from 5 tensors), and so are the hints named in ``refine_hints`` (a structural
+    order can be a poor path yet refine to the best one, e.g. the MERA sweep for W). ``thorough`` adds cotengra's hyper-optimiser under
     ``time_budget`` seconds. Every candidate is scored by :func:`path_cost`, the program's own count, and the
     search is deterministic (fixed seeds, no time limits) except for ``thorough``.
     """
@@ -465,8 +467,10 @@ def search_path(operands: list[tuple[str, tuple[str, ...]]], out_idx: Sequence[s
             consider("random-greedy" if temp else "greedy", ssa_to_linear(cp.ssa_path, n))
     if n >= REFINE_MIN_TENSORS and best[2] != "remembered":  # local re-optimisation of the best tree so far (a
         # remembered winner was refined when found: a bond change, e.g. the studio's sweep, skips this cost)
-        for path in refine_path(sets, out_idx, dims, best[1]):
-            consider("reconfigured", path)
+        starts = [best[1]] + [hints[h] for h in refine_hints if hints and h in hints]
+        for start in starts:
+            for path in refine_path(sets, out_idx, dims, start):
+                consider("reconfigured", path)
     if search == "thorough" and n > 3:
         try:
             consider("cotengra", cotengra_path(operands, out_idx, dims, time_budget))
@@ -582,7 +586,8 @@ def _generate(b: _StepBuilder, design: Design, search: str, time_budget: float) 
     final = tuple(design.in_legs + design.out_legs)
     if design.is_linear:
         ops = _core_operands(design)
-        path, method = search_path(ops, final, b.dims, search, time_budget, _structure_hints(design, False))
+        path, method = search_path(ops, final, b.dims, search, time_budget, _structure_hints(design, False),
+                                   refine_hints=("sweep",))
         b.contract(ops, path, set(final), final, final_name="Wt")
         return final, method
     ops = _absorb(b, design, final)

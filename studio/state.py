@@ -29,6 +29,10 @@ Public parameters (watch them with ``state.param.watch(fn, [...])``)
     new_bond_dim     dimension given to bonds drawn on the canvas
     home             the studio home folder (``<home>/designs`` is the library)
     version          bumps on every change of ``design`` (edits, undo/redo, open)
+    refine_s         seconds of background path search (cotengra's hyper-optimiser) after each change; 0: off.
+                     The live report is instant; when the search ends and the design is unchanged, ``report`` is
+                     recomputed from its (never worse) paths, which later bond changes reuse. ``refining`` tells
+                     whether a search is running; ``wait_refined(timeout)`` waits for it (tests, scripts).
     layout_version   bumps when the whole design is replaced (template, open): canvases re-fit the view
 
 Methods (all return quickly; cost is cached by fingerprint in the engine)
@@ -42,6 +46,7 @@ Methods (all return quickly; cost is cached by fingerprint in the engine)
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -50,6 +55,7 @@ from typing import Any, Iterable, Sequence
 import param
 
 from engine.cost import cost_report
+from engine.program import can_stream, compile_program
 from engine.design import ACTIVATIONS, KINDS, Design, DesignError, Index, Tensor
 from engine.templates import make_template
 
@@ -58,6 +64,7 @@ from .library import tnstudio_home
 SWEEP_CHI = (2, 3, 4, 6, 8, 12, 16)
 HISTORY_MAX = 200
 MERGE_WINDOW_S = 0.8
+REFINE_QUIET_S = 0.3  # the background path search starts once the design has not changed for this long
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 SCHEDULE_CHOICES = ("auto", "materialise", "stream")
 
@@ -124,6 +131,7 @@ class StudioState(param.Parameterized):
     home = param.String(default="")
     version = param.Integer(default=0)
     layout_version = param.Integer(default=0)
+    refine_s = param.Number(default=2.0, bounds=(0, None), doc="Background path-search seconds (0: off).")
 
     def __init__(self, design: Design | None = None, home: str | Path | None = None, **params: Any):
         params.setdefault("home", str(Path(home).expanduser() if home else tnstudio_home()))
@@ -133,6 +141,10 @@ class StudioState(param.Parameterized):
         self._labels: list[str] = ["start"]
         self._pos = 0
         self._last_merge: tuple[str, float] | None = None
+        self._refine_lock = threading.RLock()  # guards the refinement queue and report updates across threads
+        self._refine_job: tuple | None = None  # the newest design waiting for a background search
+        self._refine_thread: threading.Thread | None = None
+        self._refine_stamp = 0.0  # when the newest job was queued
         self._set_draft(self._history[0].copy())
         self.param.watch(lambda *_: self._update_cost(force=True), ["batch", "dtype", "schedule"])
 
@@ -231,7 +243,74 @@ class StudioState(param.Parameterized):
                 self.field_errors = {**self.field_errors, "schedule": str(e)}
             return
         self._clear_error("schedule")
-        self.param.update(valid_design=d, report=rep, cost_error="", sweep=self._sweep(d))
+        sweep = self._sweep(d)
+        with self._refine_lock:
+            self.param.update(valid_design=d, report=rep, cost_error="", sweep=sweep)
+        self._request_refinement(d)
+
+    # ------------------------------------------------------------------ background refinement
+    @property
+    def refining(self) -> bool:
+        """Whether a background path search is running or queued."""
+        t = self._refine_thread
+        return t is not None and t.is_alive()
+
+    def wait_refined(self, timeout: float | None = None) -> bool:
+        """Wait until no background search runs (``timeout`` seconds at most); True when idle."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            t = self._refine_thread
+            if t is None or not t.is_alive():
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            t.join(left if left is None else min(left, 0.5))
+
+    def _request_refinement(self, design: Design) -> None:
+        """Queue a thorough search for ``design`` (newest wins; one worker thread at a time)."""
+        if self.refine_s <= 0 or len(design.tensors) < 4:
+            return  # tiny networks were searched exactly
+        with self._refine_lock:
+            self._refine_job = (design, self.batch, self.dtype, self.schedule, float(self.refine_s))
+            self._refine_stamp = time.monotonic()
+            if self._refine_thread is None or not self._refine_thread.is_alive():
+                self._refine_thread = threading.Thread(target=self._refine_worker, daemon=True, name="tn-refine")
+                self._refine_thread.start()
+
+    def _refine_worker(self) -> None:
+        while True:
+            with self._refine_lock:  # wait until the design has been still for REFINE_QUIET_S: the search shares
+                wait = self._refine_stamp + REFINE_QUIET_S - time.monotonic()  # the interpreter (GIL) with edits
+                if wait <= 0:
+                    job, self._refine_job = self._refine_job, None
+                    if job is None:
+                        self._refine_thread = None
+                        return
+            if wait > 0:
+                time.sleep(wait)
+                continue
+            design, batch, dtype, schedule, budget = job
+            scheds = [schedule] if schedule != "auto" else ["materialise", "stream"][:1 + can_stream(design)]
+            try:
+                for s in scheds:
+                    compile_program(design, batch, s, "thorough", budget / len(scheds))
+                rep = cost_report(design, batch=batch, dtype=dtype, schedule=schedule)
+            except Exception:  # noqa: BLE001  (a refinement is optional: the live report stands)
+                continue
+            self._apply_refinement(design, (batch, dtype, schedule), rep)
+
+    def _apply_refinement(self, design: Design, settings: tuple, rep: dict[str, Any]) -> None:
+        """Show ``rep`` if ``design`` and the cost settings are still current and it is not worse."""
+        with self._refine_lock:
+            if self.valid_design is not design or self.problems or settings != (self.batch, self.dtype,
+                                                                                  self.schedule):
+                return  # the design changed meanwhile: its own refinement is queued
+            old = self.report or {}
+            keys = ("forward_flops", "generate_flops")
+            if any(rep[k] > old.get(k, math.inf) for k in keys) or all(rep[k] == old.get(k) for k in keys):
+                return  # nothing better found: leave the report (and the views) alone
+            self.param.update(report=rep, sweep=self._sweep(design))
 
     def _sweep(self, design: Design) -> dict[str, Any]:
         chis, params, fwd, gen = [], [], [], []

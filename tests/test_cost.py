@@ -1,6 +1,7 @@
 """The cost report: closed-form counts, memory against measured allocator peaks, the CLI."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 
@@ -19,9 +20,16 @@ TRAIN_TOLERANCE = (0.70, 1.25)  # model / measured peak of a training step; see 
 
 def measured_peak_bytes(fn) -> int:
     """Peak of bytes allocated on the CPU while ``fn`` runs, from the profiler's allocator events
-    (c10's ProfiledCPUMemoryReporter reports every allocation and free made while profiling)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    (c10's ProfiledCPUMemoryReporter reports every allocation and free made while profiling). The garbage collector
+    is run before and paused during the measurement: a collection inside it would free tensors of earlier tests and
+    lower the count (seen as rare failures that depended on which modules the session had imported)."""
+    gc.collect()
+    gc.disable()
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    finally:
+        gc.enable()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     cur = peak = 0
