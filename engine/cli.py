@@ -141,19 +141,21 @@ _EXTRA: list[Callable] = []
 
 
 def _register_extras() -> None:
-    for mod in ("engine.cli_train", "engine.cli_export"):
-        try:
-            m = __import__(mod, fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
+    from . import cli_export, cli_train  # imported here: they import from this module
+
+    for m in (cli_train, cli_export):
         if m.register not in _EXTRA:  # main() may run several times in one process (tests)
             _EXTRA.append(m.register)
 
 
+# Commands that never touch torch: they skip registering train/runs/export, whose option lists import torch.
+LIGHT_COMMANDS = ("template", "validate", "cost", "serve")
+
+
 def main(argv: list[str] | None = None) -> int:
-    _register_extras()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in LIGHT_COMMANDS:
+        _register_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -31,7 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 FORMAT = "tnstudio-design"
 VERSION = 1
@@ -413,12 +413,3 @@ def save_design(design: Design, path: str | Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(design.to_json() + "\n")
     return p
-
-
-def iter_designs(folder: str | Path) -> Iterable[tuple[Path, Design | DesignError]]:
-    """Every ``*.json`` design below ``folder`` with its parsed design or the error it raised."""
-    for p in sorted(Path(folder).glob("**/*.json")):
-        try:
-            yield p, load_design(p)
-        except (DesignError, OSError) as e:
-            yield p, DesignError(str(e)) if not isinstance(e, DesignError) else e

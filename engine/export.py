@@ -23,7 +23,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .activations import ACTIVATION_SOURCE
 from .design import Design
 from .program import BATCH, Program, Step, can_stream, compile_program
 
@@ -89,6 +88,13 @@ def stream_variants(design: Design, batch: int = 64,
     return {f"stream_b{p.batch}": p for p in progs}
 
 
+def _activation_source(name: str) -> str:
+    """How exported code spells an activation (imported on use: engine.activations loads torch)."""
+    from .activations import ACTIVATION_SOURCE
+
+    return ACTIVATION_SOURCE[name]
+
+
 # --------------------------------------------------------------------- code lines
 def _step_lines(prog: Program, steps: list[Step], names: dict[str, str]) -> list[str]:
     """One line per step: ``out = torch.einsum("eq", a, b)`` (plus activation) or ``out = a.reshape(...)``."""
@@ -104,7 +110,7 @@ def _step_lines(prog: Program, steps: list[Step], names: dict[str, str]) -> list
             expr = f'torch.einsum("{s.equation}", {", ".join(args)})'
         note = f"  # {s.flops:,} FLOPs at batch {prog.batch}" if s.flops and s.phase == "apply" else (
             f"  # {s.flops:,} FLOPs" if s.flops else "")
-        act = ACTIVATION_SOURCE[s.activation] if s.activation is not None else None
+        act = _activation_source(s.activation) if s.activation is not None else None
         if act is not None and s.activation == "gelu" and len(s.out_indices) > 12:
             # torch's gelu kernel rejects tensors of 13+ dimensions: apply it to the flat view (elementwise)
             lines.append(f"{s.output} = {expr}{note}")

@@ -7,11 +7,11 @@ loaded from the internet: plain Panel layouts, the bundled React Flow build and 
 from __future__ import annotations
 
 import html
-import importlib
 from typing import Any
 
 import panel as pn
 
+from . import export_view, train_view
 from .canvas import Canvas
 from .cost_view import CostPanel
 from .files_view import Files
@@ -32,18 +32,6 @@ HEADER_CSS = """
 .tn-msg{font-size:12px;color:#94a3b8;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:520px}
 """
 HEADER_BOX_CSS = ":host{background:linear-gradient(90deg,#0f172a,#1e293b);border-radius:0;padding:4px 14px}"
-
-
-def _tab(module: str, state: StudioState) -> Any | None:
-    """``module.view(state)`` when that module exists (Train/Export tabs are built by another part of the team)."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name == module:
-            return None
-        raise
-    view = getattr(mod, "view", None)
-    return view(state) if callable(view) else None
 
 
 class Header:
@@ -89,14 +77,11 @@ def design_tab(state: StudioState) -> pn.viewable.Viewable:
 
 
 def create_app(home: str | None = None, state: StudioState | None = None) -> pn.viewable.Viewable:
-    """One session's studio: header + tabs (Design, then Train and Export when those modules provide a view)."""
+    """One session's studio: header + tabs (Design, Train, Export)."""
     pn.extension("tabulator", notifications=False)  # the Train tab uses Tabulator (bundled, served locally)
     state = state or StudioState(home=home)
-    tabs = pn.Tabs(("Design", design_tab(state)), sizing_mode="stretch_both", dynamic=False)
-    for title, module in (("Train", "studio.train_view"), ("Export", "studio.export_view")):
-        view = _tab(module, state)
-        if view is not None:
-            tabs.append((title, view))
+    tabs = pn.Tabs(("Design", design_tab(state)), ("Train", train_view.view(state)),
+                   ("Export", export_view.view(state)), sizing_mode="stretch_both", dynamic=False)
     app = pn.Column(Header(state).view(), tabs, sizing_mode="stretch_both", stylesheets=[PAGE_CSS], margin=0,
                     min_height=800)
     app._studio_state = state  # for tests and other tabs

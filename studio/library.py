@@ -6,14 +6,7 @@ from pathlib import Path
 
 from engine.design import Design, DesignError, load_design, save_design
 
-try:  # the shared home-folder rule (TNSTUDIO_HOME or ~/.tnstudio)
-    from engine.paths import tnstudio_home
-except ImportError:  # pragma: no cover - older trees
-    import os
-
-    def tnstudio_home() -> Path:
-        env = os.environ.get("TNSTUDIO_HOME")
-        return Path(env).expanduser() if env else Path.home() / ".tnstudio"
+from engine.paths import tnstudio_home
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "designs"
 

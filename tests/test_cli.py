@@ -78,3 +78,19 @@ def test_console_script_help_and_must_show_command(tmp_path):
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout[r.stdout.index("{"):])
     assert {"params", "dense_params", "compression"} <= set(rep)
+
+
+def test_design_commands_do_not_import_torch(tmp_path):
+    """template/validate/cost are pure Python (design, program, cost): they stay instant without torch."""
+    m = tmp_path / "m.json"
+    code = (
+        "import sys, contextlib, io\n"
+        "from engine.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert main(['template', 'ttn', '--in', '256', '--out', '256', '--activation', 'gelu', '-o', r'{m}']) == 0\n"
+        f"    assert main(['validate', r'{m}']) == 0\n"
+        f"    assert main(['cost', r'{m}', '--json']) == 0\n"
+        "assert 'torch' not in sys.modules, 'a design command imported torch'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
