@@ -11,9 +11,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# torch first, from the pinned CPU build: a bare torch requirement would pull a multi-GB CUDA build
+# torch and torchvision first, as the pinned pair: PyPI's torchvision wheels need torch's CUDA build (on this machine's
+# disk for torch 2.14.1 / torchvision 0.29.1; it runs on the CPU too), and a bare requirement could pull another one
 $(STAMP): $(PY) pyproject.toml
-	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 

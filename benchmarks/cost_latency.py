@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.cost import cost_report  # noqa: E402
-from engine.program import BATCH, clear_cache, compile_program, cotengra_path, path_cost  # noqa: E402
-from engine.templates import make_template  # noqa: E402
+from engine.contract.cost import cost_report  # noqa: E402
+from engine.contract.program import BATCH, clear_cache, compile_program, cotengra_path, path_cost  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
 
 KINDS = ("mpo", "tensor_ring", "tucker", "cp", "ttn", "attn", "mera")
 SITES = (4, 8, 16, 32, 64, 128)

@@ -25,11 +25,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.design import Design  # noqa: E402
-from engine.factorize import balanced_factors  # noqa: E402
-from engine.modules import TNLinear, count_parameters  # noqa: E402
-from engine.program import compile_program  # noqa: E402
-from engine.templates import make_template  # noqa: E402
+from engine.design.model import Design  # noqa: E402
+from engine.design.factorize import balanced_factors  # noqa: E402
+from engine.nn.linear import TNLinear, count_parameters  # noqa: E402
+from engine.contract.program import compile_program  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
 
 SIZES = [(1024, 1024, 128), (4096, 4096, 64), (25088, 4096, 16)]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from engine.cost import cost_report, format_report  # noqa: E402
-from engine.design import Design, DesignError, load_design, save_design  # noqa: E402
-from engine.templates import make_template  # noqa: E402
+from engine.contract.cost import cost_report, format_report  # noqa: E402
+from engine.design.model import Design, DesignError, load_design, save_design  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from engine.runs import RunStore  # noqa: E402
-from engine.templates import make_template  # noqa: E402
-from engine.train import make_config, run_training  # noqa: E402
+from engine.train.store import RunStore  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
+from engine.train.loop import make_config, run_training  # noqa: E402
 
 FACTORS = [4, 4, 4, 2, 2]  # 256 = 4*4*4*2*2
 # aTTN and MERA generators cost far more per bond dimension (see examples/paper_table.py), so they stop earlier.

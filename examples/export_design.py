@@ -20,12 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from engine.design import load_design  # noqa: E402
-from engine.export import class_name, write_export  # noqa: E402
-from engine.modules import TNLinear  # noqa: E402
-from engine.templates import make_template  # noqa: E402
+from engine.design.model import load_design  # noqa: E402
+from engine.nn.export import class_name, write_export  # noqa: E402
+from engine.nn.linear import TNLinear  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
 
-PRESET = Path(__file__).resolve().parents[1] / "assets" / "designs" / "vgg16_fc7_mpo.json"
+PRESET = Path(__file__).resolve().parents[1] / "engine" / "assets" / "designs" / "vgg16_fc7_mpo.json"
 
 
 def import_file(path: Path):

@@ -3,7 +3,7 @@
 For the fully connected layers of AlexNet (9216x4096, 4096x4096, 4096x1000), of VGG-16 (25088x4096, 4096x4096,
 4096x1000) and one convolution (VGG-16 conv5: a 3x3 kernel from 512 to 512 channels, read as the im2col matrix
 (512*3*3) x 512 = 4608 x 512), this script builds one design per kind, prints what each costs and saves every
-design under ``assets/designs/`` so the studio lists them as presets.
+design under ``engine/assets/designs/`` so the studio lists them as presets.
 
 Every number comes from ``engine.cost.cost_report``: parameters, compression, generation FLOPs (building W from
 the cores), forward FLOPs at batch 64 and the memory of one training step (float32, Adam) at batch 64. For the
@@ -11,7 +11,7 @@ convolution, "batch 64" means 64 im2col rows (patches), not 64 images.
 
 Run it::
 
-    .venv/bin/python examples/paper_table.py                 # aligned table, writes assets/designs/*.json
+    .venv/bin/python examples/paper_table.py                 # aligned table, writes engine/assets/designs/*.json
     .venv/bin/python examples/paper_table.py --markdown      # the same table as markdown (README)
     .venv/bin/python examples/paper_table.py --out /tmp/x    # write the presets elsewhere (--out '' : nowhere)
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from engine.cost import cost_report  # noqa: E402
-from engine.design import Design, save_design  # noqa: E402
-from engine.templates import make_template  # noqa: E402
+from engine.contract.cost import cost_report  # noqa: E402
+from engine.design.model import Design, save_design  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,8 +205,8 @@ def markdown(table: list[tuple[str, ...]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(REPO / "assets" / "designs"),
-                   help="folder for the preset JSON files (default assets/designs; '' writes none)")
+    p.add_argument("--out", default=str(REPO / "engine" / "assets" / "designs"),
+                   help="folder for the preset JSON files (default engine/assets/designs; '' writes none)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--batch", type=int, default=64, help="batch size for forward FLOPs and memory (default 64)")
     p.add_argument("--layers", nargs="*", choices=list(LAYERS), default=list(LAYERS),

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from engine.data import load_dataset  # noqa: E402
-from engine.templates import make_template  # noqa: E402
-from engine.tensorize import tensorize  # noqa: E402
+from engine.train.data import load_dataset  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
+from engine.nn.tensorize import tensorize  # noqa: E402
 
 
 def train(model: nn.Module, data, epochs: int, lr: float = 3e-3, seed: int = 0) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from engine.runs import RunStore  # noqa: E402
-from engine.templates import make_template  # noqa: E402
-from engine.train import make_config, run_training  # noqa: E402
+from engine.train.store import RunStore  # noqa: E402
+from engine.design.templates import make_template  # noqa: E402
+from engine.train.loop import make_config, run_training  # noqa: E402
 
 
 def train(store: RunStore, config: dict, design, name: str) -> dict:

@@ -11,7 +11,7 @@ from typing import Any
 import panel as pn
 from panel_reactflow import NodeType, ReactFlow
 
-from engine.design import ACTIVATIONS
+from engine.design.model import ACTIVATIONS
 
 from .graph import canvas_graph, design_position, parse_edge, parse_node, selection_from_canvas
 from .state import StudioState

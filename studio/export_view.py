@@ -14,8 +14,8 @@ from typing import Any
 
 import panel as pn
 
-from engine.design import Design, DesignError
-from engine.export import export_source, layer_state_dict, to_snippet
+from engine.design.model import Design, DesignError
+from engine.nn.export import export_source, layer_state_dict, to_snippet
 
 from .fmt import ratio
 from .state import StudioState
@@ -109,7 +109,7 @@ class ExportView:
         """The runs with a checkpoint and a design (their weights can be exported)."""
         if not (self.runs_root / "runs.db").exists():
             return
-        from engine.runs import RunStore
+        from engine.train.store import RunStore
 
         try:
             runs = RunStore(self.runs_root).list_runs()
@@ -171,7 +171,7 @@ class ExportView:
     def _run_weights(self, run: dict[str, Any]) -> tuple[Design, dict[str, Any]]:
         import torch
 
-        from engine.runs import RunStore
+        from engine.train.store import RunStore
 
         full = RunStore(self.runs_root).get_run(run["id"])
         design = Design.from_dict(full["design"])

@@ -6,9 +6,9 @@ import re
 
 import panel as pn
 
-from engine.design import DesignError
+from engine.design.model import DesignError
 
-from .library import designs_dir, library, open_design, presets, safe_name, save_to_library
+from engine.design.library import designs_dir, library, open_design, presets, safe_name, save_to_library
 from .state import StudioState
 from .widgets import error_note, section
 

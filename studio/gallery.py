@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import panel as pn
 
-from engine.design import ACTIVATIONS, KINDS
-from engine.factorize import parse_factors
-from engine.templates import NONLINEAR_CAPABLE, TEMPLATE_KINDS
+from engine.design.model import ACTIVATIONS, KINDS
+from engine.design.factorize import parse_factors
+from engine.design.templates import NONLINEAR_CAPABLE, TEMPLATE_KINDS
 
 from .state import StudioState
 from .widgets import error_note, section

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.design import Design
+from engine.design.model import Design
 
 from .fmt import si
 

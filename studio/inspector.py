@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import panel as pn
 
-from engine.design import ACTIVATIONS, KINDS
-from engine.factorize import parse_factors
+from engine.design.model import ACTIVATIONS, KINDS
+from engine.design.factorize import parse_factors
 
 from .fmt import si
 from .state import StudioState

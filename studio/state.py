@@ -54,12 +54,12 @@ from typing import Any, Iterable, Sequence
 
 import param
 
-from engine.cost import cost_report
-from engine.program import can_stream, compile_program
-from engine.design import ACTIVATIONS, KINDS, Design, DesignError, Index, Tensor
-from engine.templates import make_template
+from engine.contract.cost import cost_report
+from engine.contract.program import can_stream, compile_program
+from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, Index, Tensor
+from engine.design.templates import make_template
 
-from .library import tnstudio_home
+from engine.home import tnstudio_home
 
 SWEEP_CHI = (2, 3, 4, 6, 8, 12, 16)
 HISTORY_MAX = 200

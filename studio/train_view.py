@@ -22,10 +22,10 @@ from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, Numera
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from engine.data import DATASET_SHAPES, DATASETS
-from engine.design import Design
-from engine.models import CNN_FEATURES, MODELS, ModelError, check_fit, mlp_plan
-from engine.runs import ACTIVE, RunStore
+from engine.train.data import DATASET_SHAPES, DATASETS
+from engine.design.model import Design
+from engine.train.models import CNN_FEATURES, MODELS, ModelError, check_fit, mlp_plan
+from engine.train.store import ACTIVE, RunStore
 
 from .fmt import ratio, si
 from .state import StudioState
@@ -278,7 +278,7 @@ class TrainView:
 
     def launch(self) -> list[str]:
         """Launch a run of the current design (and its dense baseline); returns the new run ids."""
-        from engine.launcher import launch
+        from engine.train.launcher import launch
 
         design = self.state.valid_design
         try:
@@ -298,7 +298,7 @@ class TrainView:
         return ids
 
     def stop_selected(self) -> list[str]:
-        from engine.launcher import stop
+        from engine.train.launcher import stop
 
         stopped = []
         for rid in self.selected:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.design import load_design
-from engine.templates import make_template
+from engine.design.model import load_design
+from engine.design.templates import make_template
 
 TNSTUDIO = Path(sys.executable).with_name("tnstudio")
 

@@ -8,9 +8,9 @@ import re
 import pytest
 
 from engine.cli import main
-from engine.design import save_design
-from engine.runs import RunStore
-from engine.templates import make_template
+from engine.design.model import save_design
+from engine.train.store import RunStore
+from engine.design.templates import make_template
 
 
 @pytest.fixture

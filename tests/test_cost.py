@@ -10,10 +10,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from engine.cli import main
-from engine.cost import backward_flops, cost_report, dtype_bytes, format_report, memory, replay
-from engine.design import save_design
-from engine.program import compile_program
-from engine.templates import TEMPLATE_KINDS, make_template
+from engine.contract.cost import backward_flops, cost_report, dtype_bytes, format_report, memory, replay
+from engine.design.model import save_design
+from engine.contract.program import compile_program
+from engine.design.templates import TEMPLATE_KINDS, make_template
 
 TRAIN_TOLERANCE = (0.70, 1.25)  # model / measured peak of a training step; see the README's cost section
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import (CIFAR_FILES, DATASET_SHAPES, IDX_FILES, DataError, check_dataset, load_dataset,
+from engine.train.data import (CIFAR_FILES, DATASET_SHAPES, IDX_FILES, DataError, check_dataset, load_dataset,
                          read_idx)
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.design import Design, DesignError, load_design, save_design
-from engine.templates import TEMPLATE_KINDS, make_template
+from engine.design.model import Design, DesignError, load_design, save_design
+from engine.design.templates import TEMPLATE_KINDS, make_template
 
-SCHEMA = Path(__file__).resolve().parents[1] / "assets" / "design.schema.json"
+SCHEMA = Path(__file__).resolve().parents[1] / "engine" / "assets" / "design.schema.json"
 
 
 def mpo_dict() -> dict:

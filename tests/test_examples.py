@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.cost import cost_report
-from engine.design import load_design
-from engine.runs import RunStore
+from engine.contract.cost import cost_report
+from engine.design.model import load_design
+from engine.train.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-PRESETS = ROOT / "assets" / "designs"
+PRESETS = ROOT / "engine" / "assets" / "designs"
 
 
 def run_example(name: str, *args: str, home: Path, timeout: float = 120) -> str:
@@ -59,7 +59,7 @@ def test_paper_table_writes_every_preset(tmp_path):
 
 
 def test_committed_presets_match_the_script(tmp_path):
-    """assets/designs must be what paper_table.py produces now (re-run it after changing a spec)."""
+    """engine/assets/designs must be what paper_table.py produces now (re-run it after changing a spec)."""
     pt = import_example("paper_table")
     for key in pt.LAYERS:
         for kind in pt.KINDS:
@@ -87,7 +87,7 @@ def test_paper_table_numbers_are_cost_report_numbers():
 
 def test_leaf_bond_widens_only_leaf_bonds():
     pt = import_example("paper_table")
-    from engine.templates import make_template
+    from engine.design.templates import make_template
 
     base = make_template("mera", 4096, 4096, 2, "gelu", [8, 8, 4, 4, 4], [8, 8, 4, 4, 4])
     wide = pt.with_leaf_bond(base, 6)

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from engine.cli import main as cli_main
-from engine.design import Design, save_design
-from engine.export import (flops_by_batch, layer_state_dict, stream_variants, to_snippet, to_torch_source,
+from engine.design.model import Design, save_design
+from engine.nn.export import (flops_by_batch, layer_state_dict, stream_variants, to_snippet, to_torch_source,
                            write_export)
-from engine.modules import TNLinear
-from engine.program import can_stream, compile_program
-from engine.templates import make_template
+from engine.nn.linear import TNLinear
+from engine.contract.program import can_stream, compile_program
+from engine.design.templates import make_template
 
 IN, OUT = 64, 12
 FACTORS = {"in_factors": [4, 4, 4], "out_factors": [2, 2, 3]}
@@ -269,7 +269,7 @@ def test_cli_export_errors_are_clear(tmp_path, capsys):
 
 
 def test_cli_export_run_weights_from_the_run_store(tmp_path, capsys):
-    from engine.runs import RunStore
+    from engine.train.store import RunStore
 
     d = _design("ttn", "gelu")
     layer = _random_layer(d, 11)

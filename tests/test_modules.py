@@ -9,10 +9,10 @@ import torch
 from scipy.special import erf
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.design import Design
-from engine.init import init_cores, linear_core_stds, raw_cores, target_std
-from engine.modules import TNLinear, id_to_key, key_to_id
-from engine.templates import TEMPLATE_KINDS, make_template
+from engine.design.model import Design
+from engine.nn.init import init_cores, linear_core_stds, raw_cores, target_std
+from engine.nn.linear import TNLinear, id_to_key, key_to_id
+from engine.design.templates import TEMPLATE_KINDS, make_template
 
 NP_ACT = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0),
           "gelu": lambda v: 0.5 * v * (1.0 + erf(v / math.sqrt(2.0)))}
@@ -171,7 +171,7 @@ def test_forward_flops_equal_the_cost_model(kind, act, batch):
 def test_auto_schedule_follows_the_cost_model_and_can_be_forced():
     d = make_template("mpo", 256, 256, 8)
     m = TNLinear(d)
-    from engine.program import compile_program
+    from engine.contract.program import compile_program
 
     for b in (1, 4096):
         assert m.program(b).schedule == compile_program(d, b).schedule

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.design import Design, Index, Tensor
-from engine.program import (BATCH, LETTERS, absorption_path, can_stream, clear_cache, compile_program, einsum_flops, path_cost,
+from engine.design.model import Design, Index, Tensor
+from engine.contract.program import (BATCH, LETTERS, absorption_path, can_stream, clear_cache, compile_program, einsum_flops, path_cost,
                             search_path)
-from engine.templates import TEMPLATE_KINDS, make_template
+from engine.design.templates import TEMPLATE_KINDS, make_template
 
 LINEAR = [(k, None) for k in TEMPLATE_KINDS]
 NONLINEAR = [(k, a) for k in ("mpo", "tensor_ring", "ttn", "attn", "mera") for a in ("relu", "tanh")]
@@ -117,7 +117,7 @@ def _torch_flops(prog, input_grad: bool) -> tuple[int, int]:
 @pytest.mark.parametrize("kind,act", LINEAR + NONLINEAR)
 def test_step_flops_equal_torch_flop_counter(kind, act):
     """Forward and forward+backward FLOPs of every program equal what FlopCounterMode counts running it."""
-    from engine.cost import backward_flops
+    from engine.contract.cost import backward_flops
 
     d = _design(kind, act)
     for sched in (("materialise", "stream") if d.is_linear else ("materialise",)):
@@ -272,7 +272,7 @@ def test_huge_designs_are_costed_without_tensors():
     """A 2^20 x 2^20 MPO (W would be 4 TiB) compiles and costs from integers alone: no torch op runs."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from engine.cost import cost_report
+    from engine.contract.cost import cost_report
 
     class NoTensors(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -313,7 +313,7 @@ def test_reserved_index_name_is_rejected():
 
 
 def test_delta_cores_need_no_gradient():
-    from engine.cost import backward_flops
+    from engine.contract.cost import backward_flops
 
     d = make_template("cp", 64, 64, 4)
     prog = compile_program(d, 4, "stream")
@@ -337,7 +337,7 @@ def _networks(kind: str, sites: int, bond: int = 4, batch: int = 64):
 
 @pytest.mark.parametrize("kind,sites", [("ttn", 8), ("mera", 8), ("cp", 8), ("tensor_ring", 16), ("attn", 8)])
 def test_reconfiguration_is_deterministic_and_never_worse(kind, sites, monkeypatch):
-    import engine.program as program
+    import engine.contract.program as program
 
     for ops, out, dims in _networks(kind, sites):
         sets = [ix for _, ix in ops]
@@ -360,7 +360,7 @@ def test_reconfiguration_is_deterministic_and_never_worse(kind, sites, monkeypat
 def test_reconfiguration_fixes_a_bad_tree():
     """From a poor order (materialise W top-down, then apply x), the reconfiguration reaches at least the cost of
     opt_einsum's exact search on this small network."""
-    from engine.program import refine_path
+    from engine.contract.program import refine_path
 
     ops, out, dims = list(_networks("ttn", 4, bond=3))[1]
     sets = [ix for _, ix in ops]

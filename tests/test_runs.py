@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import launcher
-from engine.design import save_design
-from engine.paths import runs_dir, tnstudio_home
-from engine.runs import RunNotFound, RunStore, pid_alive, process_start_time
-from engine.templates import make_template
+from engine.train import launcher
+from engine.design.model import save_design
+from engine.home import runs_dir, tnstudio_home
+from engine.train.store import RunNotFound, RunStore, pid_alive, process_start_time
+from engine.design.templates import make_template
 
 
 def test_paths_follow_tnstudio_home(tmp_path, monkeypatch):
@@ -109,7 +109,7 @@ def test_stop_and_delete_rules(tmp_path):
 
 WRITER = """
 import sys
-from engine.runs import RunStore
+from engine.train.store import RunStore
 store = RunStore(sys.argv[1])
 for s in range(1, 301):
     store.log_metrics(sys.argv[2], {"step": s, "split": "train", "loss": 1.0 / s})

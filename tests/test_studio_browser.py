@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from engine.design import Design
-from engine.templates import make_template
+from engine.design.model import Design
+from engine.design.templates import make_template
 from studio.app import create_app
 from studio.state import StudioState
 

@@ -2,9 +2,9 @@
 thread (newest design wins), and its result replaces the report only for the same design and only when better."""
 from __future__ import annotations
 
-from engine.cost import cost_report
-from engine.program import clear_cache, compile_program
-from engine.templates import make_template
+from engine.contract.cost import cost_report
+from engine.contract.program import clear_cache, compile_program
+from engine.design.templates import make_template
 from studio.state import StudioState
 
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from engine.cost import cost_report
-from engine.design import Design
-from engine.templates import make_template
-from studio import library
+from engine.contract.cost import cost_report
+from engine.design.model import Design
+from engine.design.templates import make_template
+from engine.design import library
 from studio.fmt import nbytes, ratio, si
 from studio.state import StudioState, merge_designs, with_bond
 

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from engine.export import layer_state_dict, to_torch_source
-from engine.modules import TNLinear
-from engine.runs import RunStore, process_start_time
+from engine.nn.export import layer_state_dict, to_torch_source
+from engine.nn.linear import TNLinear
+from engine.train.store import RunStore, process_start_time
 from studio.export_view import NO_WEIGHTS, ExportView
 from studio.state import StudioState
 from studio.train_view import TrainView, elapsed_text, parse_hidden
@@ -58,7 +58,7 @@ def test_form_describes_the_model_and_refuses_what_does_not_fit(state):
 
 def test_launch_records_the_run_and_its_dense_baseline(state, monkeypatch):
     started = []
-    monkeypatch.setattr("engine.launcher.start_process", lambda rid, store, resume=False: started.append(rid))
+    monkeypatch.setattr("engine.train.launcher.start_process", lambda rid, store, resume=False: started.append(rid))
     view = TrainView(state)
     view.epochs.value, view.batch_size.value, view.lr.value = 2, 32, 0.01
     view.baseline.value = True

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from engine.export import layer_state_dict
-from engine.modules import TNLinear
-from engine.runs import RunStore
+from engine.nn.export import layer_state_dict
+from engine.nn.linear import TNLinear
+from engine.train.store import RunStore
 from studio.app import create_app
 from studio.state import StudioState
 

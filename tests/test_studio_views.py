@@ -8,8 +8,8 @@ import types
 import panel as pn
 import pytest
 
-from engine.cost import cost_report
-from engine.templates import make_template
+from engine.contract.cost import cost_report
+from engine.design.templates import make_template
 from studio.app import create_app
 from studio.canvas import Canvas
 from studio.cost_view import CostPanel, cards_html, steps_html

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from engine.design import Design
-from engine.factorize import balanced_factors, default_legs, parse_factors, prime_factors
-from engine.templates import TEMPLATE_KINDS, make_template
+from engine.design.model import Design
+from engine.design.factorize import balanced_factors, default_legs, parse_factors, prime_factors
+from engine.design.templates import TEMPLATE_KINDS, make_template
 
 SHAPES = [  # (in, out, in_factors, out_factors)
     (64, 48, [4, 4, 4], [4, 4, 3]),
@@ -124,7 +124,7 @@ def test_template_weight_equals_independent_einsum(kind):
     i0, i1, i2, o0, o1, o2 = 1, 2, 3, 2, 1, 0
     row, col = (i0 * 3 + i1) * 4 + i2, (o0 * 2 + o1) * 2 + o2
     assert W[row, col] == pytest.approx(full[i0, i1, i2, o0, o1, o2])
-    from engine.program import compile_program
+    from engine.contract.program import compile_program
     import torch
 
     prog = compile_program(d, 5, "materialise")

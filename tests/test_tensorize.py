@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine.modules import TNLinear
-from engine.templates import make_template
-from engine.tensorize import chain_order, fit_cores, tensorize, tt_svd
+from engine.nn.linear import TNLinear
+from engine.design.templates import make_template
+from engine.nn.tensorize import chain_order, fit_cores, tensorize, tt_svd
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

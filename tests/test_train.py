@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from engine.data import load_dataset
-from engine.models import CNN_FEATURES, ModelError, build_model, check_fit, mlp_plan
-from engine.modules import TNLinear
-from engine.runs import RunStore
-from engine.templates import make_template
-from engine.train import ConfigError, epoch_batches, lr_lambda, make_config, run_training
+from engine.train.data import load_dataset
+from engine.train.models import CNN_FEATURES, ModelError, build_model, check_fit, mlp_plan
+from engine.nn.linear import TNLinear
+from engine.train.store import RunStore
+from engine.design.templates import make_template
+from engine.train.loop import ConfigError, epoch_batches, lr_lambda, make_config, run_training
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .design import Design, load_design
-from .init import delta_tensor, init_bias, init_cores
-from .program import SCHEDULES, Program, can_stream, compile_program
+from engine.design.model import Design, load_design
+from engine.nn.init import delta_tensor, init_bias, init_cores
+from engine.contract.program import SCHEDULES, Program, can_stream, compile_program
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = set(dir(nn.ParameterDict())) | {"cores", "bias"}
@@ -176,7 +176,7 @@ class TNLinear(nn.Module):
         ``"fit"`` (any design: Adam on the relative Frobenius error for ``steps`` steps) or ``"auto"``
         (TT-SVD when the design is a chain, else fit). ``fit_report`` holds method, relative_error, steps, seconds.
         """
-        from .tensorize import approximate
+        from engine.nn.tensorize import approximate
 
         design = as_design(design)
         if (design.in_features, design.out_features) != (linear.in_features, linear.out_features):

@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import opt_einsum as oe
 
-from .design import Design, DesignError
+from engine.design.model import Design, DesignError
 
 LETTERS = string.ascii_letters  # torch.einsum accepts a-z and A-Z
 BATCH, FLAT_IN, FLAT_OUT = "_b", "_in", "_out"
@@ -168,7 +168,7 @@ class Program:
         """
         import torch
 
-        from .activations import ACTIVATION_FNS
+        from engine.nn.activations import ACTIVATION_FNS
 
         if until_weight and self.schedule != "materialise":
             raise ValueError("until_weight needs a materialise program: a stream program never forms W")

@@ -27,11 +27,14 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .paths import tnstudio_home
+from engine.home import tnstudio_home
+
+if TYPE_CHECKING:
+    import torch
 
 DATASETS = ("digits", "teacher", "mnist", "fashion_mnist", "cifar10")
 _ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10",
@@ -115,6 +118,8 @@ def check_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
 # ----------------------------------------------------------------------------- helpers
 def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel standardisation (axis 1) with training statistics; returns float32 tensors."""
+    import torch
+
     axes = (0,) + tuple(range(2, x_train.ndim))
     mean = x_train.mean(axis=axes, keepdims=True, dtype=np.float64)
     std = x_train.std(axis=axes, keepdims=True, dtype=np.float64) + 1e-8
@@ -154,6 +159,8 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def load_digits(test_fraction: float = 0.2) -> Dataset:
     """scikit-learn's digits as ``(N, 1, 8, 8)`` images with a fixed stratified split."""
+    import torch
+
     x, y = _digits_arrays()
     tr, te = _stratified_split(y, test_fraction, seed=0)
     x = x.reshape(-1, 1, 8, 8) / 16.0
@@ -166,6 +173,8 @@ def load_digits(test_fraction: float = 0.2) -> Dataset:
 def teacher_student(n_train: int = 4096, n_test: int = 1024, in_features: int = 64, hidden: int = 32,
                     out_features: int = 8, noise: float = 0.05, seed: int = 1234) -> Dataset:
     """Regression on the outputs of a fixed random teacher network (targets standardised)."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     w1 = torch.randn(in_features, hidden, generator=g) / math.sqrt(in_features)
     w2 = torch.randn(hidden, out_features, generator=g) / math.sqrt(hidden)
@@ -227,6 +236,8 @@ def _mnist_folders(name: str) -> list[str]:
 
 def load_mnist(root: str | os.PathLike, name: str = "mnist") -> Dataset:
     """MNIST or Fashion-MNIST from the four idx files, as ``(N, 1, 28, 28)`` images."""
+    import torch
+
     root = Path(root)
     label = _MNIST_LABELS[name]
     files = _find(root, _mnist_folders(name), IDX_FILES, label, gz=True)
@@ -272,6 +283,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_cifar10(root: str | os.PathLike) -> Dataset:
     """CIFAR-10 from the python batches, as ``(N, 3, 32, 32)`` images."""
+    import torch
+
     root = Path(root)
     files = _find(root, _CIFAR_FOLDERS, CIFAR_FILES, "CIFAR-10", gz=False)
     parts = [_read_cifar_batch(files[n]) for n in CIFAR_FILES[:5]]

@@ -48,7 +48,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .paths import runs_dir
+from engine.home import runs_dir
 
 STATUSES = ("queued", "running", "completed", "failed", "stopped")
 ACTIVE = ("queued", "running")

@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable
 
-from .cli import UserError, _load
-from .export import FORMATS, write_export, export_source, layer_state_dict
+from engine.cli.common import UserError, read_design
+from engine.nn.export import FORMATS, write_export, export_source, layer_state_dict
 
 
 def _load_state(path: str) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def _load_state(path: str) -> dict[str, Any]:
 
 def run_weights(run_id: str, runs_dir: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model state dict of a run's checkpoint, and the run (with its design)."""
-    from .runs import RunNotFound, RunStore
+    from engine.train.store import RunNotFound, RunStore
 
     store = RunStore(runs_dir)
     try:
@@ -54,7 +54,7 @@ def run_weights(run_id: str, runs_dir: str | None = None) -> tuple[dict[str, Any
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .design import Design, DesignError
+    from engine.design.model import Design, DesignError
 
     if args.run and args.weights:
         raise UserError("give either --run or --weights, not both")
@@ -69,7 +69,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif args.weights:
         state, source = _load_state(args.weights), Path(args.weights).name
     if args.file:
-        design = _load(args.file)
+        design = read_design(args.file)
     elif run.get("design"):
         try:
             design = Design.from_dict(run["design"])
@@ -94,7 +94,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("export", help="export a design as a torch module, design JSON or engine snippet")
     e.add_argument("file", nargs="?", default=None, help="design JSON file (default with --run: the run's design)")
     e.add_argument("--to", default="torch", choices=FORMATS,
@@ -108,4 +108,4 @@ def register(subparsers: Any, commands: dict[str, Callable[[argparse.Namespace],
     e.add_argument("--runs-dir", default=None, help="runs folder (default: <TNSTUDIO_HOME>/runs)")
     e.add_argument("--batch", type=int, default=64,
                    help="reference batch size for the stream contraction path (default 64)")
-    commands["export"] = cmd_export
+    e.set_defaults(handler=cmd_export)

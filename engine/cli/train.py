@@ -13,20 +13,19 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
-from .cli import UserError, _load, _factors
+from engine.cli.common import UserError, read_design, read_factors
 
 
 def _store(args: argparse.Namespace):
-    from .runs import RunStore
+    from engine.train.store import RunStore
 
     return RunStore(args.runs_dir)
 
 
 def _get(store, run_id: str, with_design: bool = False) -> dict[str, Any]:
-    from .runs import RunNotFound
+    from engine.train.store import RunNotFound
 
     try:
         return store.get_run(run_id, with_design=with_design)
@@ -47,7 +46,7 @@ def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.2
     """Show a run's progress (tqdm bar; test results as lines) until it ends; Ctrl-C stops the run."""
     from tqdm import tqdm
 
-    from .runs import ACTIVE, RunStore
+    from engine.train.store import ACTIVE, RunStore
 
     store = RunStore(runs_dir)
     bar = tqdm(total=None, desc=label or run_id, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
@@ -80,7 +79,7 @@ def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.2
     except KeyboardInterrupt:
         bar.write(f"stopping run {run_id} (it saves a checkpoint first) ...")
         store.stop_run(run_id)
-        from .launcher import wait
+        from engine.train.launcher import wait
 
         return wait(run_id, runs_dir, timeout=60)
     finally:
@@ -89,9 +88,9 @@ def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.2
 
 # ----------------------------------------------------------------------------- train
 def _config(args: argparse.Namespace, design) -> dict[str, Any]:
-    from .train import ConfigError, make_config
+    from engine.train.loop import ConfigError, make_config
 
-    hidden = _factors(args.hidden) if args.hidden else None
+    hidden = read_factors(args.hidden) if args.hidden else None
     try:
         return make_config(dataset=args.dataset, data_dir=args.data_dir, model=args.model, hidden=hidden,
                            layer=args.layer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -102,7 +101,7 @@ def _config(args: argparse.Namespace, design) -> dict[str, Any]:
 
 
 def _launch(cfg: dict[str, Any], design, args, name=None, parent=None) -> str:
-    from .launcher import launch
+    from engine.train.launcher import launch
 
     try:
         return launch(cfg, design, args.runs_dir, name=name, parent=parent)
@@ -133,7 +132,7 @@ def comparison_table(tn: dict[str, Any], base: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _finish_line(run: dict[str, Any]) -> str:
+def finish_line(run: dict[str, Any]) -> str:
     r = run.get("results") or {}
     if run["status"] == "completed":
         acc = r.get("test_accuracy")
@@ -144,7 +143,7 @@ def _finish_line(run: dict[str, Any]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    design = _load(args.design) if args.design else None
+    design = read_design(args.design) if args.design else None
     if args.baseline and design is None:
         raise UserError("--baseline compares a design with nn.Linear: give a design file")
     args.baseline_only = False
@@ -164,12 +163,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     runs = [follow(tn_id, args.runs_dir, label=tn_id)]
     if not args.json:
-        print(_finish_line(runs[0]))
+        print(finish_line(runs[0]))
     if args.baseline and runs[0]["status"] == "completed":
         base_id = _launch(base_cfg, design, args, parent=tn_id)
         runs.append(follow(base_id, args.runs_dir, label=f"{base_id} (dense baseline)"))
         if not args.json:
-            print(_finish_line(runs[1]))
+            print(finish_line(runs[1]))
             print()
             print(comparison_table(runs[0], runs[1]))
     if args.json:
@@ -177,131 +176,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] in ("completed", "stopped") for r in runs) else 1
 
 
-# ----------------------------------------------------------------------------- runs
-def _when(t: float | None) -> str:
-    return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else "-"
-
-
-def cmd_runs_list(args: argparse.Namespace) -> int:
-    runs = _store(args).list_runs(status=args.status)
-    if args.json:
-        print(json.dumps(runs, indent=2))
-        return 0
-    if not runs:
-        print(f"no runs in {_store(args).root}")
-        return 0
-    print(f"{'id':<8}  {'status':<9}  {'created':<16}  {'step':>11}  {'test acc':>8}  name")
-    for r in runs:
-        res = r.get("results") or {}
-        steps = f"{r.get('step') or 0}/{r.get('total_steps') or '?'}"
-        print(f"{r['id']:<8}  {r['status']:<9}  {_when(r['created']):<16}  {steps:>11}  "
-              f"{_pct(res.get('test_accuracy')):>8}  {r['name']}")
-    return 0
-
-
-def cmd_runs_show(args: argparse.Namespace) -> int:
-    store = _store(args)
-    run = _get(store, args.id, with_design=args.json)
-    if args.json:
-        print(json.dumps(run, indent=2))
-        return 0
-    print(f"run {run['id']}: {run['name']}")
-    print(f"  status   {run['status']}" + (f" ({run['reason']})" if run.get("reason") else ""))
-    print(f"  created  {_when(run['created'])}   started {_when(run['started'])}   finished {_when(run['finished'])}")
-    print(f"  progress step {run.get('step') or 0} of {run.get('total_steps') or '?'}")
-    cfg = run["config"]
-    print("  config   " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
-    if run.get("summary"):
-        s = run["summary"]
-        print(f"  model    {s.get('architecture')}; {s.get('params', 0):,} params; layer "
-              f"{s.get('layer_params', 0):,} params (dense {s.get('layer_dense_params', 0):,})")
-    for k, v in (run.get("results") or {}).items():
-        print(f"  {k:<20} {v:.6g}" if isinstance(v, float) else f"  {k:<20} {v}")
-    tests = store.metrics(run["id"], split="test")
-    if tests:
-        print("  last evaluations:")
-        for m in tests[-5:]:
-            print(f"    step {m['step']:>6}  epoch {m['epoch']:.2f}  loss {m['loss']:.4f}  "
-                  f"accuracy {_pct(m['accuracy'])}")
-    print(f"  folder   {run['dir']}")
-    pairs = [r for r in store.list_runs() if r.get("parent") == run["id"] and r["config"].get("baseline")]
-    if pairs and pairs[0]["status"] == "completed" and run["status"] == "completed":
-        print()
-        print(comparison_table(run, pairs[0]))
-    return 0
-
-
-def cmd_runs_stop(args: argparse.Namespace) -> int:
-    from .launcher import stop
-
-    store = _store(args)
-    run = _get(store, args.id)
-    if not stop(run["id"], args.runs_dir, timeout=args.wait):
-        print(f"run {run['id']} is not running ({run['status']})")
-        return 0
-    after = store.get_run(run["id"], with_design=False)
-    print(f"run {run['id']}: {after['status']}" + (f" ({after['reason']})" if after.get("reason") else "")
-          if after["status"] != "running" else f"asked run {run['id']} to stop")
-    return 0
-
-
-def cmd_runs_resume(args: argparse.Namespace) -> int:
-    from .launcher import resume
-
-    run = _get(_store(args), args.id)
-    try:
-        resume(run["id"], args.runs_dir)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if args.detach:
-        print(f"resumed run {run['id']}")
-        return 0
-    end = follow(run["id"], args.runs_dir)
-    print(_finish_line(end))
-    return 0 if end["status"] in ("completed", "stopped") else 1
-
-
-def cmd_runs_metrics(args: argparse.Namespace) -> int:
-    store = _store(args)
-    run = _get(store, args.id)
-    rows = store.metrics(run["id"], since_step=args.since, split=args.split)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'step':>6}  {'epoch':>6}  {'split':<5}  {'loss':>9}  {'accuracy':>8}  {'lr':>9}  {'ex/s':>8}  "
-          f"{'elapsed':>7}")
-    for m in rows:
-        print(f"{m['step']:>6}  {m['epoch']:>6.2f}  {m['split']:<5}  {_num(m['loss'], '9.4f')}  "
-              f"{_pct(m['accuracy']):>8}  {_num(m['lr'], '9.2e')}  {_num(m['throughput'], '8.0f')}  "
-              f"{_num(m['elapsed'], '7.1f')}")
-    return 0
-
-
-def cmd_runs_delete(args: argparse.Namespace) -> int:
-    store = _store(args)
-    run = _get(store, args.id)
-    try:
-        store.delete_run(run["id"])
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    print(f"deleted run {run['id']}")
-    return 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    return RUNS_ACTIONS[args.action](args)
-
-
-RUNS_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "list": cmd_runs_list, "show": cmd_runs_show, "stop": cmd_runs_stop, "resume": cmd_runs_resume,
-    "metrics": cmd_runs_metrics, "delete": cmd_runs_delete,
-}
-
-
 # ----------------------------------------------------------------------------- registration
-def register(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argparse.Namespace], int]]) -> None:
-    from .data import DATASETS
-    from .models import MODELS
+def register(sub: argparse._SubParsersAction) -> None:
+    from engine.train.data import DATASETS
+    from engine.train.config import MODELS
 
     t = sub.add_parser("train", help="train a model whose layer is a design (runs in its own process)")
     t.add_argument("design", nargs="?", default=None, help="design JSON file (omit for an all-dense model)")
@@ -326,25 +204,4 @@ def register(sub: argparse._SubParsersAction, commands: dict[str, Callable[[argp
     t.add_argument("--name", default=None, help="run name")
     t.add_argument("--runs-dir", default=None, help="runs folder (default: $TNSTUDIO_HOME/runs)")
     t.add_argument("--json", action="store_true", help="print the final run record(s) as JSON")
-    commands["train"] = cmd_train
-
-    r = sub.add_parser("runs", help="list, show, stop, resume and read the metrics of training runs")
-    r.add_argument("--runs-dir", default=None, help="runs folder (default: $TNSTUDIO_HOME/runs)")
-    acts = r.add_subparsers(dest="action", metavar="ACTION", required=True)
-    lst = acts.add_parser("list", help="all runs, newest first")
-    lst.add_argument("--status", default=None, help="only runs with this status")
-    show = acts.add_parser("show", help="one run: status, config, model, results, last evaluations")
-    stop = acts.add_parser("stop", help="stop a run (it checkpoints and records 'stopped')")
-    stop.add_argument("--wait", type=float, default=30.0, help="seconds to wait for it to stop (default 30)")
-    res = acts.add_parser("resume", help="continue a stopped or failed run from its checkpoint")
-    res.add_argument("--detach", action="store_true")
-    met = acts.add_parser("metrics", help="the metric rows of a run")
-    met.add_argument("--split", default=None, choices=["train", "test"])
-    met.add_argument("--since", type=int, default=None, help="only rows after this step")
-    dele = acts.add_parser("delete", help="remove a run and its files")
-    for a in (lst, show, stop, res, met, dele):
-        if a is not lst:
-            a.add_argument("id", help="run id (a unique prefix is enough)")
-        a.add_argument("--json", action="store_true", help="print JSON")
-        a.add_argument("--runs-dir", default=argparse.SUPPRESS, help="runs folder")
-    commands["runs"] = cmd_runs
+    t.set_defaults(handler=cmd_train)

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import Dataset
-from .design import Design
+from engine.train.config import MODELS
+from engine.train.data import Dataset
+from engine.design.model import Design
 
-MODELS = ("mlp", "cnn")
 CNN_CHANNELS = (32, 64)
 CNN_POOL = 4
 CNN_FEATURES = CNN_CHANNELS[-1] * CNN_POOL * CNN_POOL
@@ -41,7 +41,7 @@ class ModelError(ValueError):
 def _design_layer(design: Design, baseline: bool) -> nn.Module:
     if baseline:
         return nn.Linear(design.in_features, design.out_features)
-    from .modules import TNLinear
+    from engine.nn.linear import TNLinear
 
     return TNLinear(design, bias=True)
 
@@ -187,7 +187,7 @@ def build_model(config: dict[str, Any], dataset: Dataset, design: Design | None 
 def check_fit(config: dict[str, Any], design: Design | None) -> None:
     """Raise :class:`ModelError` when the design does not fit the model and data set a config asks for,
     without loading any data."""
-    from .data import DATASET_SHAPES, dataset_name
+    from engine.train.data import DATASET_SHAPES, dataset_name
 
     shape, outputs, _task = DATASET_SHAPES[dataset_name(config.get("dataset", "digits"))]
     kind = config.get("model", "mlp")

@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .design import Design
-from .program import SCHEDULES, Program, can_stream, compile_program
+from engine.design.model import Design
+from engine.contract.program import SCHEDULES, Program, can_stream, compile_program
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "fp32": 4, "float16": 2, "half": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
                "float64": 8, "double": 8, "fp64": 8}

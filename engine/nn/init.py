@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from .design import Design
+from engine.design.model import Design
 
 PRE_ACTIVATION_RMS = 1.0  # where the calibration puts every activation's input
 DISENTANGLER_NOISE = 0.05
@@ -164,7 +164,7 @@ class _Stop(Exception):
 
 
 def _recording(record: list[float], stop_after: int | None) -> dict[str, Callable]:
-    from .activations import ACTIVATION_FNS
+    from engine.nn.activations import ACTIVATION_FNS
 
     def wrap(fn: Callable) -> Callable:
         def rec(v: torch.Tensor) -> torch.Tensor:
@@ -183,7 +183,7 @@ def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterat
 
     Returns ``{"std": achieved std of W, "target": std}``. Deterministic: no random numbers are drawn.
     """
-    from .program import compile_program
+    from engine.contract.program import compile_program
 
     prog = compile_program(design, 1, "materialise")
     order = design.evaluation_order()

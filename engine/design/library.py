@@ -1,14 +1,12 @@
-"""The studio's design library: named designs under ``<home>/designs`` and the presets in ``assets/designs``."""
+"""The design library: named designs under ``<home>/designs``, and the presets shipped in :mod:`engine.assets`."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from engine.design import Design, DesignError, load_design, save_design
-
-from engine.paths import tnstudio_home
-
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "designs"
+from engine.assets import preset_paths
+from engine.design.model import Design, DesignError, load_design, save_design
+from engine.home import tnstudio_home
 
 
 def designs_dir(home: str | Path | None = None) -> Path:
@@ -43,7 +41,8 @@ def library(home: str | Path | None = None) -> dict[str, Path]:
 
 
 def presets() -> dict[str, Path]:
-    return list_designs(PRESETS_DIR)
+    """Preset name -> path of the designs shipped with TN Studio."""
+    return preset_paths()
 
 
 def open_design(path: str | Path) -> Design:

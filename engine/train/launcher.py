@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .design import Design
-from .runs import ACTIVE, RunStore
+from engine.design.model import Design
+from engine.train.store import ACTIVE, RunStore
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -35,7 +35,7 @@ def _reap(proc: subprocess.Popen) -> None:
 
 def start_process(run_id: str, store: RunStore, resume: bool = False) -> subprocess.Popen:
     """Start the training process of a recorded run (detached, logging to ``log.txt``) and record its pid."""
-    from .runs import process_start_time
+    from engine.train.store import process_start_time
 
     cmd = [sys.executable, "-m", "engine.train", "--run", run_id, "--runs-dir", str(store.root)]
     if resume:
@@ -58,9 +58,9 @@ def launch(config: dict[str, Any], design: Design | dict | None = None, runs_dir
            name: str | None = None, parent: str | None = None) -> str:
     """Record a run and start it in its own process; returns the run id. Bad configs or a design that does not
     fit the model raise ``ValueError`` (ConfigError, ModelError, DesignError, DataError) before anything is recorded."""
-    from .data import check_dataset
-    from .models import check_fit
-    from .train import make_config
+    from engine.train.data import check_dataset
+    from engine.train.models import check_fit
+    from engine.train.loop import make_config
 
     cfg = make_config(config)
     check_dataset(cfg["dataset"], cfg["data_dir"])

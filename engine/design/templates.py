@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-from .design import ACTIVATIONS, Design, DesignError, Index, Tensor
-from .factorize import balanced_factors, check_factors, default_legs
+from engine.design.model import ACTIVATIONS, Design, DesignError, Index, Tensor
+from engine.design.factorize import balanced_factors, check_factors, default_legs
 
 TEMPLATE_KINDS = ("mpo", "tensor_ring", "tucker", "cp", "ttn", "attn", "mera")
 NONLINEAR_CAPABLE = ("mpo", "tensor_ring", "ttn", "attn", "mera")

@@ -2,7 +2,7 @@
 
 - :func:`tt_svd`: cores of a chain design (MPO / tensor train) from a matrix by sequential truncated SVDs.
 - :func:`fit_cores`: any design (ring, Tucker, CP, trees, nonlinear generators) fitted to a matrix with Adam.
-- :func:`approximate`: picks one of the two for a :class:`~engine.modules.TNLinear` and reports the error.
+- :func:`approximate`: picks one of the two for a :class:`~engine.nn.TNLinear` and reports the error.
 - :func:`tensorize`: swaps ``nn.Linear`` sub-modules of a model for ``TNLinear`` layers.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .design import Design
+from engine.design.model import Design
 
 FULL_W_LIMIT = 1 << 22  # above this many entries, fitting compares layer outputs on random probes instead of W
 PROBE_BATCH = 256
@@ -173,7 +173,7 @@ def approximate(module: Any, w: torch.Tensor, method: str = "auto", steps: int =
         method = "tt-svd" if chain_order(module.design) is not None else "fit"
     report: dict[str, Any] = {"method": method}
     if method == "tt-svd":
-        from .modules import id_to_key
+        from engine.nn.linear import id_to_key
 
         cores = tt_svd(module.design, w, seed)
         with torch.no_grad():
@@ -200,7 +200,7 @@ def tensorize(model: nn.Module, designs: dict[str, Design | dict | str | Path], 
     ``fit``: method, steps, lr, seed); otherwise it gets a fresh ``nn.Linear``-like initialisation. Returns, per
     module name, the parameter counts before/after and the fit report (relative error) when fitted.
     """
-    from .modules import TNLinear, as_design
+    from engine.nn.linear import TNLinear, as_design
 
     missing = [n for n in designs if n not in dict(model.named_modules())]
     if missing:
