@@ -2,7 +2,7 @@
 
 For every template at sizes up to 128 tensors (legs of dimension 2, bond dimension ``--bond``):
 
-- latency: time to a full :func:`engine.cost.cost_report` right after one bond-dimension change (a new fingerprint:
+- latency: time to a full :func:`engine.contract.cost.cost_report` right after one bond-dimension change (a new fingerprint:
   nothing cached), median over ``--changes`` changes; goal: median under 50 ms for <= 64 tensors;
 - quality: FLOPs of the program's contraction (generating W, and streaming x at batch ``--batch``) against
   cotengra's HyperOptimizer given ``--budget`` seconds (10 s by default, as in the issue) on the same network,
@@ -23,8 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.contract.cache import clear_cache  # noqa: E402
 from engine.contract.cost import cost_report  # noqa: E402
-from engine.contract.program import BATCH, clear_cache, compile_program, cotengra_path, path_cost  # noqa: E402
+from engine.contract.paths import cotengra_path, path_cost  # noqa: E402
+from engine.contract.program import BATCH, compile_program  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
 
 KINDS = ("mpo", "tensor_ring", "tucker", "cp", "ttn", "attn", "mera")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from engine.contract.cost import cost_report, format_report  # noqa: E402
+from engine.contract.cost import cost_report  # noqa: E402
 from engine.design.model import Design, DesignError, load_design, save_design  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
 
@@ -40,17 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     # 2. What it costs at batch 64. A linear design can be contracted into W first ("materialise") or applied to
     #    x core by core ("stream"); the cost model counts both and picks the one with fewer FLOPs.
     rep = cost_report(mpo, batch=64)
-    print("\n" + format_report(rep))
-    for name, s in rep["schedules"].items():
-        print(f"  {name:<12} forward {s['forward_flops']:>13,} FLOPs   training memory "
-              f"{s['train_memory_bytes'] / 2**20:7.2f} MiB")
+    print("\n" + rep.format())
+    for name, s in rep.schedules.items():
+        print(f"  {name:<12} forward {s.forward_flops:>13,} FLOPs   training memory "
+              f"{s.train_memory_bytes / 2**20:7.2f} MiB")
 
     # A nonlinear TTN (gelu after each contraction) is a weight *generator*: it must build W, then x @ W.
     ttn = make_template("ttn", 1024, 1024, bond=8, activation="gelu", in_factors=[4, 4, 8, 8],
                         out_factors=[4, 4, 8, 8])
     rep_ttn = cost_report(ttn, batch=64)
-    print(f"\n{ttn.name}: {rep_ttn['params']:,} params, schedule {rep_ttn['schedule']}, "
-          f"generate {rep_ttn['generate_flops']:,} + apply x@W = forward {rep_ttn['forward_flops']:,} FLOPs")
+    print(f"\n{ttn.name}: {rep_ttn.params:,} params, schedule {rep_ttn.schedule}, "
+          f"generate {rep_ttn.generate_flops:,} + apply x@W = forward {rep_ttn.forward_flops:,} FLOPs")
 
     # 3. Cost against the bond dimension: parameters grow as chi^2 (MPO) and chi^3 (TTN internal nodes).
     print(f"\n{'kind':<5} {'chi':>4} {'params':>9} {'compression':>12} {'forward FLOPs':>15} {'train MiB':>10}")
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             d = make_template(kind, 1024, 1024, bond=chi, activation=act, in_factors=[4, 4, 8, 8],
                               out_factors=[4, 4, 8, 8])
             r = cost_report(d, batch=64)
-            print(f"{kind:<5} {chi:>4} {r['params']:>9,} {r['compression']:>11,.0f}x {r['forward_flops']:>15,} "
-                  f"{r['train_memory_bytes'] / 2**20:>10.2f}")
+            print(f"{kind:<5} {chi:>4} {r.params:>9,} {r.compression:>11,.0f}x {r.forward_flops:>15,} "
+                  f"{r.train_memory_bytes / 2**20:>10.2f}")
 
     # 4. Designs are JSON files: save, load, and get the same design (same fingerprint) back.
     path = save_design(mpo, out / "mpo_1024.json")

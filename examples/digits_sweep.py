@@ -2,8 +2,10 @@
 
 Each design replaces the 256 x 256 hidden layer of the MLP 64 -> 256 -> [256 x 256] -> 10 (legs 4x4x4x2x2 on
 both sides, five sites, so the MERA has two disentangler layers); the dense baseline trains the same MLP with an
-``nn.Linear``. The nonlinear kinds (ttn, attn, mera) carry gelu. Every run goes through the training engine
-(``engine.train``) on the CPU with the same settings and seed, and is recorded in the run store.
+``nn.Linear``. The nonlinear kinds (ttn, attn, mera) carry gelu, and each also runs with lateral mixing tensors on
+every level that has places (``lateral="all"``: two for the TTN, three for the aTTN and the MERA). Every run goes
+through the training engine (``engine.train``) on the CPU with the same settings and seed, and is recorded in the
+run store.
 
 Writes ``digits_sweep.html`` (a Bokeh plot with its JavaScript inlined, so it opens offline) and
 ``digits_sweep.json`` (the table) to ``--out``, and prints the table.
@@ -16,22 +18,31 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from engine.train.store import RunStore  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
-from engine.train.loop import make_config, run_training  # noqa: E402
+from engine.train.config import RunConfig  # noqa: E402
+from engine.train.loop import run_training  # noqa: E402
 
 FACTORS = [4, 4, 4, 2, 2]  # 256 = 4*4*4*2*2
-# aTTN and MERA generators cost far more per bond dimension (see examples/paper_table.py), so they stop earlier.
-BONDS = {"ttn": (2, 4, 8), "attn": (2, 3, 4), "mera": (2, 3, 4), "mpo": (2, 4, 8)}
-LABEL = {"ttn": "TTN", "attn": "aTTN", "mera": "MERA", "mpo": "MPO", "dense": "dense"}
+# The lateral variants: the kind and its ``lateral`` option.
+VARIANTS = {"ttn-lateral": ("ttn", "all"), "attn-lateral": ("attn", "all"), "mera-lateral": ("mera", "all")}
+# aTTN and MERA generators cost far more per bond dimension (see examples/paper_table.py), so they stop earlier; so
+# do the lateral variants, whose laterals join subtrees into W x chi^3 (TTN, aTTN) and W x chi^5 (MERA) while
+# generating (at chi = 4 the MERA's would be 256 MiB per forward pass).
+BONDS = {"ttn": (2, 4, 8), "ttn-lateral": (2, 3, 4), "attn": (2, 3, 4), "attn-lateral": (2, 3, 4),
+         "mera": (2, 3, 4), "mera-lateral": (2, 3), "mpo": (2, 4, 8)}
+LABEL = {"ttn": "TTN", "ttn-lateral": "TTN + lateral", "attn": "aTTN", "attn-lateral": "aTTN + lateral",
+         "mera": "MERA", "mera-lateral": "MERA + lateral", "mpo": "MPO", "dense": "dense"}
 COLOR = {"ttn": "#1f77b4", "attn": "#ff7f0e", "mera": "#2ca02c", "mpo": "#d62728", "dense": "#555555"}
+COLOR.update({v: COLOR[base] for v, (base, _) in VARIANTS.items()})  # a variant: its kind's colour, dashed
 
 
-def run_one(store: RunStore, config: dict, design, name: str) -> dict:
+def run_one(store: RunStore, config: RunConfig, design, name: str) -> dict:
     """Train one recorded run in this process and return its results."""
     run = run_training(store.create_run(config, design, name=name), str(store.root))
     if run["status"] != "completed":
@@ -40,35 +51,37 @@ def run_one(store: RunStore, config: dict, design, name: str) -> dict:
 
 
 def sweep(bonds: dict[str, tuple[int, ...]], epochs: int, store: RunStore, seed: int = 0) -> list[dict]:
-    config = make_config(dataset="digits", model="mlp", epochs=epochs, device="cpu", seed=seed)
+    config = RunConfig(dataset="digits", model="mlp", epochs=epochs, device="cpu", seed=seed)
     rows = []
     for kind, chis in bonds.items():
+        base, lateral = VARIANTS.get(kind, (kind, None))
         for chi in chis:
-            design = make_template(kind, 256, 256, bond=chi, activation=None if kind == "mpo" else "gelu",
-                                   in_factors=FACTORS, out_factors=FACTORS)
+            design = make_template(base, 256, 256, bond=chi, activation=None if kind == "mpo" else "gelu",
+                                   in_factors=FACTORS, out_factors=FACTORS, lateral=lateral)
             res = run_one(store, config, design, f"sweep {kind} chi={chi}")
             rows.append({"kind": kind, "chi": chi, "params": design.params, "compression": design.compression,
                          "accuracy": res["test_accuracy"], "seconds": res["train_seconds"]})
-            print(f"  {LABEL[kind]:<5} chi={chi}: {design.params:>6,} params, accuracy {res['test_accuracy']:.3f}",
+            print(f"  {LABEL[kind]:<14} chi={chi}: {design.params:>6,} params, accuracy {res['test_accuracy']:.3f}",
                   flush=True)
     # the dense baseline: the same MLP with nn.Linear(256, 256)
-    res = run_one(store, make_config(config, baseline=True), design, "sweep dense baseline")
+    res = run_one(store, replace(config, baseline=True), design, "sweep dense baseline")
     rows.append({"kind": "dense", "chi": None, "params": 256 * 256, "compression": 1.0,
                  "accuracy": res["test_accuracy"], "seconds": res["train_seconds"]})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'kind':<6} {'chi':>4} {'params':>8} {'compression':>12} {'test accuracy':>14} {'seconds':>8}"
+    head = f"{'kind':<14} {'chi':>4} {'params':>8} {'compression':>12} {'test accuracy':>14} {'seconds':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{LABEL[r['kind']]:<6} {r['chi'] if r['chi'] else '-':>4} {r['params']:>8,} "
+        lines.append(f"{LABEL[r['kind']]:<14} {r['chi'] if r['chi'] else '-':>4} {r['params']:>8,} "
                      f"{r['compression']:>11,.0f}x {r['accuracy']:>14.3f} {r['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path, epochs: int) -> Path:
-    """Accuracy vs compression (log x), one line per kind, the dense baseline as a dashed line."""
+    """Accuracy vs compression (log x), one line per kind (lateral variants dashed in their kind's colour), the
+    dense baseline as a dashed grey line."""
     from bokeh.io import save
     from bokeh.models import ColumnDataSource, HoverTool, Span
     from bokeh.plotting import figure
@@ -82,8 +95,11 @@ def plot(rows: list[dict], path: Path, epochs: int) -> Path:
         if not sel:
             continue
         src = ColumnDataSource({k: [r[k] for r in sel] for k in ("compression", "accuracy", "chi", "params")})
-        fig.line("compression", "accuracy", source=src, color=COLOR[kind], line_width=2, legend_label=LABEL[kind])
-        fig.scatter("compression", "accuracy", source=src, color=COLOR[kind], size=9, legend_label=LABEL[kind])
+        dash, marker = ("dashed", "triangle") if kind in VARIANTS else ("solid", "circle")
+        fig.line("compression", "accuracy", source=src, color=COLOR[kind], line_width=2, line_dash=dash,
+                 legend_label=LABEL[kind])
+        fig.scatter("compression", "accuracy", source=src, color=COLOR[kind], size=9, marker=marker,
+                    legend_label=LABEL[kind])
     dense = [r for r in rows if r["kind"] == "dense"]
     if dense:
         fig.add_layout(Span(location=dense[0]["accuracy"], dimension="width", line_dash="dashed",
@@ -97,7 +113,8 @@ def plot(rows: list[dict], path: Path, epochs: int) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="accuracy vs compression for ttn/attn/mera/mpo on digits")
+    p = argparse.ArgumentParser(description="accuracy vs compression for ttn/attn/mera (with and without lateral "
+                                            "tensors) and mpo on digits")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--out", default=None, help="folder for the plot and table (default: a temporary folder)")
     p.add_argument("--runs-dir", default=None, help="run store folder (default: the studio's, $TNSTUDIO_HOME/runs)")

@@ -2,10 +2,11 @@
 
 For the fully connected layers of AlexNet (9216x4096, 4096x4096, 4096x1000), of VGG-16 (25088x4096, 4096x4096,
 4096x1000) and one convolution (VGG-16 conv5: a 3x3 kernel from 512 to 512 channels, read as the im2col matrix
-(512*3*3) x 512 = 4608 x 512), this script builds one design per kind, prints what each costs and saves every
-design under ``engine/assets/designs/`` so the studio lists them as presets.
+(512*3*3) x 512 = 4608 x 512), this script builds one design per kind (TTN, aTTN, MERA, MPO, and lateral variants
+of TTN and MERA where they fit the compression range), prints what each costs and saves every design under
+``engine/assets/designs/`` so the studio lists them as presets.
 
-Every number comes from ``engine.cost.cost_report``: parameters, compression, generation FLOPs (building W from
+Every number comes from ``engine.contract.cost.cost_report``: parameters, compression, generation FLOPs (building W from
 the cores), forward FLOPs at batch 64 and the memory of one training step (float32, Adam) at batch 64. For the
 convolution, "batch 64" means 64 im2col rows (patches), not 64 images.
 
@@ -108,8 +109,34 @@ SPECS: dict[str, dict[str, Spec]] = {
     },
 }
 KINDS = ("ttn", "attn", "mera", "mpo")
-KIND_LABEL = {"ttn": "TTN", "attn": "aTTN", "mera": "MERA", "mpo": "MPO"}
+KIND_LABEL = {"ttn": "TTN", "attn": "aTTN", "mera": "MERA", "mpo": "MPO",
+              "ttn-lateral": "TTN + lateral 0", "mera-lateral": "MERA + lateral all"}
 ACTIVATION = "gelu"  # the nonlinear kinds (ADNTN generators) carry gelu; the MPO stays linear
+
+# Lateral variants (ADNTN's lateral mixing tensors, the templates' ``lateral`` option): the plain kind's spec plus
+# lateral tensors, listed after it wherever the compression stays in the published range. The TTN gets them on
+# level 0 only (with five sites: one lateral joining leaves inside one half of the root's split, so W still streams
+# through the two halves); the MERA on every level (between its disentanglers: a brick wall of two-site tensors
+# under each isometry layer; its generator holds W times more open bonds: about 3x the training memory).
+LATERAL_VARIANTS: dict[str, tuple[str, str | list[int]]] = {"ttn-lateral": ("ttn", [0]),
+                                                              "mera-lateral": ("mera", "all")}
+COMPRESSION_RANGE = (1_900, 77_000)  # ADNTN's 2,000x-77,000x per layer
+
+
+def base_kind(kind: str) -> str:
+    """The template kind of a design kind (``"mera-lateral"`` -> ``"mera"``)."""
+    return LATERAL_VARIANTS[kind][0] if kind in LATERAL_VARIANTS else kind
+
+
+def kinds_for(key: str) -> list[str]:
+    """The design kinds of one layer: the four kinds, each followed by its lateral variants that fit the range."""
+    out = []
+    for kind in KINDS:
+        out.append(kind)
+        for variant, (base, _) in LATERAL_VARIANTS.items():
+            if base == kind and COMPRESSION_RANGE[0] <= build(key, variant).compression <= COMPRESSION_RANGE[1]:
+                out.append(variant)
+    return out
 
 
 def with_leaf_bond(design: Design, dim: int) -> Design:
@@ -128,10 +155,11 @@ def with_leaf_bond(design: Design, dim: int) -> Design:
 def build(key: str, kind: str) -> Design:
     """The design for one layer and kind, with a readable name and meta data for the studio's preset list."""
     net, layer, n_in, n_out = LAYERS[key]
-    spec = SPECS[key][kind]
+    spec = SPECS[key][base_kind(kind)]
     act = None if kind == "mpo" else ACTIVATION
-    d = make_template(kind, n_in, n_out, bond=spec.chi, activation=act,
-                      in_factors=spec.in_factors, out_factors=spec.out_factors)
+    d = make_template(base_kind(kind), n_in, n_out, bond=spec.chi, activation=act,
+                      in_factors=spec.in_factors, out_factors=spec.out_factors,
+                      lateral=LATERAL_VARIANTS[kind][1] if kind in LATERAL_VARIANTS else None)
     if spec.leaf is not None:
         d = with_leaf_bond(d, spec.leaf)
     bonds = f"chi={spec.chi}" + (f", leaf {spec.leaf}" if spec.leaf else "")
@@ -174,17 +202,17 @@ def rows(keys: list[str], batch: int) -> list[tuple[str, ...]]:
         net, layer, n_in, n_out = LAYERS[key]
         name, shape = f"{net} {layer}", f"{n_in}x{n_out}"
         dense = None
-        for kind in KINDS:
-            spec = SPECS[key][kind]
+        for kind in kinds_for(key):
+            spec = SPECS[key][base_kind(kind)]
             rep = cost_report(build(key, kind), batch=batch)
             if dense is None:
-                dense = (name, shape, "dense", "-", "-", f"{rep['dense_params']:,}", "1x", "-",
-                         human(rep["dense_forward_flops"]), human_bytes(rep["dense_train_memory_bytes"]))
+                dense = (name, shape, "dense", "-", "-", f"{rep.dense_params:,}", "1x", "-",
+                         human(rep.dense_forward_flops), human_bytes(rep.dense_train_memory_bytes))
                 out.append(dense)
             bonds = f"{spec.chi}" + (f" (leaf {spec.leaf})" if spec.leaf else "")
-            out.append(("", "", KIND_LABEL[kind], legs(spec), bonds, f"{rep['params']:,}",
-                        f"{rep['compression']:,.0f}x", human(rep["generate_flops"]), human(rep["forward_flops"]),
-                        human_bytes(rep["train_memory_bytes"])))
+            out.append(("", "", KIND_LABEL[kind], legs(spec), bonds, f"{rep.params:,}",
+                        f"{rep.compression:,.0f}x", human(rep.generate_flops), human(rep.forward_flops),
+                        human_bytes(rep.train_memory_bytes)))
     return out
 
 
@@ -221,10 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        for key in keys:
-            for kind in KINDS:
-                save_design(build(key, kind), out / f"{key}_{kind}.json")
-        print(f"\nwrote {len(keys) * len(KINDS)} designs to {out}")
+        written = [save_design(build(key, kind), out / f"{key}_{kind}.json") for key in keys for kind in kinds_for(key)]
+        print(f"\nwrote {len(written)} designs to {out}")
     return 0
 
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from engine.train.store import RunStore  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
-from engine.train.loop import make_config, run_training  # noqa: E402
+from engine.train.config import RunConfig  # noqa: E402
+from engine.train.loop import run_training  # noqa: E402
 
 
-def train(store: RunStore, config: dict, design, name: str) -> dict:
+def train(store: RunStore, config: RunConfig, design, name: str) -> dict:
     """Record a run in the store, train it in this process and return the finished run."""
     run_id = store.create_run(config, design, name=name)
 
@@ -53,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"design: {design.name}, {design.params:,} parameters ({design.compression:,.0f}x fewer than dense)")
 
     # One config for both runs; baseline=True swaps the TN layer for an nn.Linear of the same shape.
-    config = make_config(dataset="digits", model="mlp", epochs=epochs, batch_size=64, lr=3e-3, device="cpu", seed=0)
+    config = RunConfig(dataset="digits", model="mlp", epochs=epochs, batch_size=64, lr=3e-3, device="cpu", seed=0)
     store = RunStore(args.runs_dir)
     tn = train(store, config, design, f"{args.kind} chi={args.bond}")
-    dense = train(store, make_config(config, baseline=True), design, "dense baseline")
+    dense = train(store, replace(config, baseline=True), design, "dense baseline")
 
     print(f"\n{'model':<16} {'layer params':>12} {'model params':>12} {'test accuracy':>13} {'seconds':>8}")
     for label, run in (("TN " + args.kind, tn), ("dense", dense)):

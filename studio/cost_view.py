@@ -9,7 +9,9 @@ from bokeh.models import (ColumnDataSource, FixedTicker, HoverTool, LogAxis, Log
                           Span)
 from bokeh.plotting import figure
 
-from .fmt import nbytes, ratio, si
+from engine.contract.cost import CostReport
+from engine.format import nbytes, ratio, si
+
 from .state import DTYPES, SCHEDULE_CHOICES, StudioState
 from .widgets import section
 
@@ -42,24 +44,22 @@ def _card(key: str, value: str, sub: str = "", cls: str = "", raw: Any = None) -
             f"<div class='s'>{sub}</div></div>")
 
 
-def cards_html(rep: dict[str, Any] | None) -> str:
+def cards_html(rep: CostReport | None) -> str:
     if not rep:
         return "<div class='tn-cards'></div>"
     return "<div class='tn-cards'>" + "".join([
-        _card("Params", f"{rep['params']:,}", f"dense {si(rep['dense_params'])} · "
-              f"<b>{ratio(rep['compression'])}</b> smaller", raw=rep["params"]),
-        _card("Forward", si(rep["forward_flops"], "FLOP"),
-              f"dense {si(rep['dense_forward_flops'], 'FLOP')} · batch {rep['batch']}", raw=rep["forward_flops"]),
-        _card("Generate W", si(rep["generate_flops"], "FLOP"), "materialise cores → W", raw=rep["generate_flops"]),
-        _card("Backward", si(rep["backward_flops"], "FLOP"), "gradients of cores and x", raw=rep["backward_flops"]),
-        _card("Peak memory", nbytes(rep["peak_memory_bytes"]), f"forward, {rep['dtype']}",
-              raw=rep["peak_memory_bytes"]),
-        _card("Training memory", nbytes(rep["train_memory_bytes"]),
-              f"with Adam · dense {nbytes(rep['dense_train_memory_bytes'])}", raw=rep["train_memory_bytes"]),
-        _card("Schedule", html.escape(rep["schedule"]), html.escape(rep.get("method", "")), cls="",
-              raw=rep["schedule"]),
-        _card("Scaling", html.escape(rep["scaling"]),
-              html.escape(rep.get("scaling_detail", {}).get("leading", "")) + " FLOPs", raw=rep["scaling"]),
+        _card("Params", f"{rep.params:,}", f"dense {si(rep.dense_params)} · "
+              f"<b>{ratio(rep.compression)}</b> smaller", raw=rep.params),
+        _card("Forward", si(rep.forward_flops, "FLOP"),
+              f"dense {si(rep.dense_forward_flops, 'FLOP')} · batch {rep.batch}", raw=rep.forward_flops),
+        _card("Generate W", si(rep.generate_flops, "FLOP"), "materialise cores → W", raw=rep.generate_flops),
+        _card("Backward", si(rep.backward_flops, "FLOP"), "gradients of cores and x", raw=rep.backward_flops),
+        _card("Peak memory", nbytes(rep.peak_memory_bytes), f"forward, {rep.dtype}", raw=rep.peak_memory_bytes),
+        _card("Training memory", nbytes(rep.train_memory_bytes),
+              f"with Adam · dense {nbytes(rep.dense_train_memory_bytes)}", raw=rep.train_memory_bytes),
+        _card("Schedule", html.escape(rep.schedule), html.escape(rep.method), cls="", raw=rep.schedule),
+        _card("Scaling", html.escape(rep.scaling), html.escape(rep.scaling_detail.leading) + " FLOPs",
+              raw=rep.scaling),
     ]) + "</div>"
 
 
@@ -74,18 +74,18 @@ def problems_html(problems: list[str], cost_error: str, has_report: bool) -> str
     return f"<div class='tn-problems'><b>{n} problem{'s' if n != 1 else ''}</b>.{keep}<ul>{items}</ul></div>"
 
 
-def steps_html(rep: dict[str, Any] | None) -> str:
+def steps_html(rep: CostReport | None) -> str:
     if not rep:
         return ""
     rows = []
-    for s in rep["path"]:
-        if s["op"] != "einsum" or not s["flops"]:
+    for s in rep.path:
+        if s.op != "einsum" or not s.flops:
             continue
-        act = f" → {s['activation']}" if s["activation"] else ""
-        ins = ", ".join(x.replace("core:", "") for x in s["inputs"])
-        rows.append(f"<tr class='{s['phase']}'><td>{s['step']}</td><td>{html.escape(ins)} → "
-                    f"{html.escape(s['output'])}</td><td>{html.escape(s['einsum'] or '')}{html.escape(act)}</td>"
-                    f"<td class='n'>{si(s['flops'])}</td><td class='n'>{'×'.join(map(str, s['shape']))}</td></tr>")
+        act = f" → {s.activation}" if s.activation else ""
+        ins = ", ".join(x.replace("core:", "") for x in s.inputs)
+        rows.append(f"<tr class='{s.phase}'><td>{s.step}</td><td>{html.escape(ins)} → "
+                    f"{html.escape(s.output)}</td><td>{html.escape(s.einsum or '')}{html.escape(act)}</td>"
+                    f"<td class='n'>{si(s.flops)}</td><td class='n'>{'×'.join(map(str, s.shape))}</td></tr>")
     return ("<table class='tn-steps'><thead><tr><th>#</th><th>contract</th><th>einsum</th><th>FLOPs</th>"
             "<th>result</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 

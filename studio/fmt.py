@@ -1,25 +1,4 @@
-"""Readable numbers for the UI: 1.2k, 3.4 GFLOP, 12 MiB."""
-from __future__ import annotations
+"""Readable numbers for the UI (``1.2k``, ``3.4 GFLOP``, ``12 MiB``, ``71.9x``): :mod:`engine.format`."""
+from engine.format import nbytes, ratio, si
 
-
-def si(n: float, unit: str = "") -> str:
-    """``1234 -> '1.23k'``; with ``unit``: ``3.4e9, 'FLOP' -> '3.4 GFLOP'``."""
-    for prefix, div in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            text = f"{n / div:.3g}"
-            return f"{text} {prefix}{unit}" if unit else f"{text}{prefix}"
-    text = f"{n:.4g}" if isinstance(n, float) and not float(n).is_integer() else f"{int(n)}"
-    return f"{text} {unit}" if unit else text
-
-
-def nbytes(n: float) -> str:
-    """``1536 -> '1.5 KiB'``."""
-    for unit, div in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= div:
-            return f"{n / div:.3g} {unit}"
-    return f"{int(n)} B"
-
-
-def ratio(x: float) -> str:
-    """Compression factor: ``12.345 -> '12.3x'``, ``0.5 -> '0.5x'``."""
-    return f"{x:,.3g}x" if x < 1000 else f"{x:,.0f}x"
+__all__ = ["nbytes", "ratio", "si"]

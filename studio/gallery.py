@@ -5,13 +5,11 @@ import panel as pn
 
 from engine.design.model import ACTIVATIONS, KINDS
 from engine.design.factorize import parse_factors
-from engine.design.templates import NONLINEAR_CAPABLE, TEMPLATE_KINDS
+from engine.design.templates import NONLINEAR_CAPABLE, TEMPLATES
 
 from .state import StudioState
 from .widgets import error_note, section
 
-TEMPLATE_LABELS = {"mpo": "MPO (tensor train)", "tensor_ring": "Tensor ring", "tucker": "Tucker", "cp": "CP",
-                   "ttn": "TTN (tree)", "attn": "aTTN (augmented tree)", "mera": "MERA"}
 
 
 class Gallery:
@@ -19,7 +17,7 @@ class Gallery:
 
     def __init__(self, state: StudioState):
         self.state = state
-        self.kind = pn.widgets.Select(label="Template", options={TEMPLATE_LABELS[k]: k for k in TEMPLATE_KINDS},
+        self.kind = pn.widgets.Select(label="Template", options={s.label: k for k, s in TEMPLATES.items()},
                                       value="mera", sizing_mode="stretch_width", css_classes=["tn-g-kind"])
         self.in_features = pn.widgets.IntInput(label="in features", value=256, start=1, width=110,
                                               css_classes=["tn-g-in"])

@@ -19,7 +19,7 @@ Public parameters (watch them with ``state.param.watch(fn, [...])``)
     design           engine ``Design``: the current draft (treat as read-only; edit through methods)
     valid_design     last ``Design`` without problems, or None
     problems         list[str]: the draft's problems (empty when valid)
-    report           ``engine.cost.cost_report`` dict of ``valid_design`` at ``batch``/``dtype``/``schedule``
+    report           ``CostReport`` (engine.contract.cost) of ``valid_design`` at ``batch``/``dtype``/``schedule``
     cost_error       str: why the cost model refused the current valid design ('' when fine)
     sweep            {"chi": [...], "params": [...], "forward_flops": [...], "generate_flops": [...], "current": chi}
     batch, dtype, schedule   cost settings (schedule: auto, materialise or stream)
@@ -45,18 +45,21 @@ Methods (all return quickly; cost is cached by fingerprint in the engine)
 """
 from __future__ import annotations
 
-import math
+import operator
 import threading
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import param
+from param.parameterized import Comparator
 
-from engine.contract.cost import cost_report
-from engine.contract.program import can_stream, compile_program
-from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, Index, Tensor
+from engine.contract.cost import CostReport, cost_report
+from engine.contract.program import compile_program
+from engine.contract.schedule import SCHEDULE_CHOICES, can_stream
+from engine.design import edit
+from engine.design.edit import EditError, typical_bond, with_bond
+from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError
 from engine.design.templates import make_template
 
 from engine.home import tnstudio_home
@@ -66,50 +69,8 @@ HISTORY_MAX = 200
 MERGE_WINDOW_S = 0.8
 REFINE_QUIET_S = 0.3  # the background path search starts once the design has not changed for this long
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-SCHEDULE_CHOICES = ("auto", "materialise", "stream")
-
-
-def with_bond(design: Design, chi: int) -> Design:
-    """The same topology with every bond set to ``chi`` (open legs unchanged)."""
-    d = design.copy()
-    for ix in d.indices.values():
-        if ix.role == "bond":
-            ix.dim = chi
-    return d
-
-
-def typical_bond(design: Design) -> int | None:
-    """The most common bond dimension (the chart marks it), or None without bonds."""
-    dims = Counter(ix.dim for ix in design.indices.values() if ix.role == "bond")
-    return dims.most_common(1)[0][0] if dims else None
-
-
-def _fresh(prefix: str, taken: Iterable[str]) -> str:
-    used = set(taken)
-    n = 0
-    while f"{prefix}{n}" in used:
-        n += 1
-    return f"{prefix}{n}"
-
-
-def free_spot(taken: Sequence[tuple[float, float]], gap: float = 120.0) -> tuple[float, float]:
-    """A free place near the middle of ``taken`` (so a new tensor shows up inside the fitted view)."""
-    if not taken:
-        return (0.0, 0.0)
-    cx = (min(p[0] for p in taken) + max(p[0] for p in taken)) / 2
-    cy = (min(p[1] for p in taken) + max(p[1] for p in taken)) / 2
-    for ring in range(0, 12):
-        for k in range(max(1, 8 * ring)):
-            ang = 2 * math.pi * k / max(1, 8 * ring)
-            x, y = cx + ring * 70.0 * math.cos(ang), cy + ring * 55.0 * math.sin(ang)
-            if all(abs(x - px) > gap or abs(y - py) > gap * 0.6 for px, py in taken):
-                return (round(x, 1), round(y, 1))
-    return (max(p[0] for p in taken) + gap * 1.4, cy)
-
-
-def _renumber_axes(design: Design, role: str) -> None:
-    for axis, name in enumerate(design.in_legs if role == "in" else design.out_legs):
-        design.indices[name].axis = axis
+# param compares reports by value (as it compared the report dicts): watchers fire only when a number changes
+Comparator.equalities.setdefault(CostReport, operator.eq)
 
 
 class StudioState(param.Parameterized):
@@ -118,7 +79,7 @@ class StudioState(param.Parameterized):
     design = param.ClassSelector(class_=Design, doc="The draft shown on the canvas.")
     valid_design = param.ClassSelector(class_=Design, allow_None=True, doc="Last draft without problems.")
     problems = param.List(default=[], doc="The draft's problems, in words.")
-    report = param.Dict(default=None, allow_None=True, doc="cost_report of valid_design.")
+    report = param.ClassSelector(class_=CostReport, allow_None=True, doc="cost_report of valid_design.")
     cost_error = param.String(default="", doc="Why the cost model refused valid_design.")
     sweep = param.Dict(default={}, doc="params and FLOPs against bond dimension for valid_design.")
     batch = param.Integer(default=64, bounds=(1, None))
@@ -300,16 +261,17 @@ class StudioState(param.Parameterized):
                 continue
             self._apply_refinement(design, (batch, dtype, schedule), rep)
 
-    def _apply_refinement(self, design: Design, settings: tuple, rep: dict[str, Any]) -> None:
+    def _apply_refinement(self, design: Design, settings: tuple, rep: CostReport) -> None:
         """Show ``rep`` if ``design`` and the cost settings are still current and it is not worse."""
         with self._refine_lock:
             if self.valid_design is not design or self.problems or settings != (self.batch, self.dtype,
                                                                                   self.schedule):
                 return  # the design changed meanwhile: its own refinement is queued
-            old = self.report or {}
-            keys = ("forward_flops", "generate_flops")
-            if any(rep[k] > old.get(k, math.inf) for k in keys) or all(rep[k] == old.get(k) for k in keys):
-                return  # nothing better found: leave the report (and the views) alone
+            old = self.report
+            if old is not None:
+                new, was = (rep.forward_flops, rep.generate_flops), (old.forward_flops, old.generate_flops)
+                if any(n > w for n, w in zip(new, was)) or new == was:
+                    return  # nothing better found: leave the report (and the views) alone
             self.param.update(report=rep, sweep=self._sweep(design))
 
     def _sweep(self, design: Design) -> dict[str, Any]:
@@ -322,9 +284,9 @@ class StudioState(param.Parameterized):
             except (DesignError, ValueError):
                 continue
             chis.append(chi)
-            params.append(r["params"])
-            fwd.append(r["forward_flops"])
-            gen.append(r["generate_flops"])
+            params.append(r.params)
+            fwd.append(r.forward_flops)
+            gen.append(r.generate_flops)
         return {"chi": chis, "params": params, "forward_flops": fwd, "generate_flops": gen,
                 "current": typical_bond(design)}
 
@@ -347,7 +309,7 @@ class StudioState(param.Parameterized):
             return False
         self._clear_error("template")
         if mode == "add":
-            merged = merge_designs(self.design, d)
+            merged = edit.merge_designs(self.design, d)
             return self._commit(merged, f"add {d.name}", layout=True)
         self.replace(d, "template")
         return True
@@ -373,100 +335,52 @@ class StudioState(param.Parameterized):
         return self.design.to_json()
 
     # ------------------------------------------------------------------ structural edits (draft)
+    def _edit(self, field: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a pure edit of :mod:`engine.design.edit` on the draft; a refused edit is shown at ``field``."""
+        try:
+            result = fn(self.design, *args, **kwargs)
+        except EditError as e:
+            self._refuse(field, str(e))
+            return None
+        self._clear_error(field)
+        return result
+
     def add_tensor(self, kind: str = "core", position: tuple[float, float] | None = None) -> str:
-        d = self.design.copy()
-        tid = _fresh("T", (t.id for t in d.tensors))
-        if position is None:
-            position = free_spot([t.position for t in d.tensors if t.position])
-        d.tensors.append(Tensor(id=tid, indices=[], kind=kind if kind in KINDS else "core", position=position))
-        if d.order is not None:
-            d.order.append(tid)
+        d, tid = edit.add_tensor(self.design, kind, position)
         self._commit(d, f"add tensor {tid}")
         self.selection = {"tensors": [tid], "indices": []}
         return tid
 
     def connect(self, a: str, b: str, dim: int | None = None) -> str | None:
         """Join tensors ``a`` and ``b`` with a new bond (dimension ``dim`` or ``new_bond_dim``)."""
-        d = self.design.copy()
-        ids = {t.id for t in d.tensors}
-        if a not in ids or b not in ids or a == b:
-            self._refuse("connect", f"cannot connect {a!r} to {b!r}: pick two different tensors")
+        out = self._edit("connect", edit.connect, a, b, int(dim or self.new_bond_dim))
+        if out is None:
             return None
-        name = _fresh("b", d.indices)
-        d.indices[name] = Index(dim=int(dim or self.new_bond_dim), role="bond")
-        d.tensor(a).indices.append(name)
-        d.tensor(b).indices.append(name)
-        self._clear_error("connect")
+        d, name = out
         self._commit(d, f"connect {a}-{b}")
         return name
 
     def attach(self, tensor: str, index: str) -> bool:
         """Add an existing hyperedge (or an unattached leg) to ``tensor``."""
-        d = self.design.copy()
-        if index not in d.indices or not any(t.id == tensor for t in d.tensors):
-            self._refuse("connect", f"no index {index!r} or tensor {tensor!r}")
-            return False
-        ix, users = d.indices[index], d.users().get(index, [])
-        if tensor in users:
-            self._refuse("connect", f"{tensor} already carries {index}")
-            return False
-        if ix.role in ("in", "out") and users:
-            self._refuse("connect", f"open leg {index} already belongs to {users[0]}: an open leg has one tensor")
-            return False
-        if ix.role == "bond" and len(users) >= 2 and not ix.hyperedge:
-            self._refuse("connect", f"bond {index} already joins {users[0]} and {users[1]}")
-            return False
-        d.tensor(tensor).indices.append(index)
-        self._clear_error("connect")
-        return self._commit(d, f"attach {index} to {tensor}")
+        d = self._edit("connect", edit.attach, tensor, index)
+        return d is not None and self._commit(d, f"attach {index} to {tensor}")
 
     def add_open_leg(self, tensor: str, role: str, dim: int) -> str | None:
         """Give ``tensor`` a new open leg (role ``in``/``out``, next axis); the layer shape is not changed."""
-        if role not in ("in", "out"):
-            self._refuse("open_leg", f"role must be in or out, got {role!r}")
+        out = self._edit("open_leg", edit.add_open_leg, tensor, role, dim)
+        if out is None:
             return None
-        if not isinstance(dim, int) or dim < 1:
-            self._refuse("open_leg", f"dim must be an integer >= 1, got {dim!r}")
-            return None
-        d = self.design.copy()
-        name = _fresh("i" if role == "in" else "o", d.indices)
-        axis = len(d.in_legs if role == "in" else d.out_legs)
-        d.indices[name] = Index(dim=dim, role=role, axis=axis)
-        d.tensor(tensor).indices.append(name)
-        self._clear_error("open_leg")
+        d, name = out
         self._commit(d, f"add {role} leg {name} to {tensor}")
         return name
 
     def delete(self, tensors: Iterable[str] = (), indices: Iterable[str] = (),
                detach: Iterable[tuple[str, str]] = (), merge: str | None = None) -> bool:
         """Delete tensors (with their open legs and bonds), indices (from every tensor) and single attachments."""
-        d = self.design.copy()
         tensors, indices, detach = set(tensors), set(indices), list(detach)
-        gone = [t for t in d.tensors if t.id in tensors]
-        if not gone and not indices and not detach:
+        if not any(t.id in tensors for t in self.design.tensors) and not indices and not detach:
             return False
-        for t in gone:
-            for i in t.indices:
-                ix = d.indices.get(i)
-                if ix is not None and (ix.role != "bond" or not ix.hyperedge):
-                    indices.add(i)  # open legs and plain bonds go with the tensor; hyperedges stay
-        d.tensors = [t for t in d.tensors if t.id not in tensors]
-        for tid, i in detach:
-            if any(t.id == tid for t in d.tensors) and i in d.tensor(tid).indices:
-                d.tensor(tid).indices.remove(i)
-        for t in d.tensors:
-            t.indices = [i for i in t.indices if i not in indices]
-        roles = {d.indices[i].role for i in indices if i in d.indices}
-        for i in indices:
-            d.indices.pop(i, None)
-        for name in [k for k, v in d.indices.items() if v.hyperedge and not d.users().get(k)]:
-            d.indices.pop(name)  # a hub nobody uses any more
-        for role in roles & {"in", "out"}:
-            _renumber_axes(d, role)
-        if d.order is not None:
-            d.order = [t for t in d.order if t not in tensors]
-        if d.root in tensors:
-            d.root = None
+        d = edit.delete(self.design, tensors, indices, detach)
         what = ", ".join(sorted(tensors | indices)) or ", ".join(f"{i} from {t}" for t, i in detach)
         self._commit(d, f"delete {what}", merge=merge)
         return True
@@ -483,97 +397,35 @@ class StudioState(param.Parameterized):
     # ------------------------------------------------------------------ field edits (strict)
     def set_dim(self, index: str, dim: Any) -> bool:
         field = f"dim:{index}"
-        if index not in self.design.indices:
-            self._refuse(field, f"no index {index!r}")
-            return False
-        try:
-            value = int(dim)
-            if value != dim and not (isinstance(dim, str) and str(value) == dim.strip()):
-                raise ValueError
-        except (TypeError, ValueError):
-            self._refuse(field, f"dimension of {index} must be a whole number, got {dim!r}")
-            return False
-        d = self.design.copy()
-        d.indices[index].dim = value
-        return self._commit(d, f"{index} = {value}", strict=True, field=field)
+        d = self._edit(field, edit.set_dim, index, dim)
+        return d is not None and self._commit(d, f"{index} = {d.indices[index].dim}", strict=True, field=field)
 
     def set_tensor(self, tensor: str, **changes: Any) -> bool:
         """Change a tensor's ``kind`` and/or ``activation`` (``None`` or ``"none"`` removes it)."""
-        d = self.design.copy()
-        t = d.tensor(tensor)
-        field = "edit"
-        for key, value in changes.items():
-            field = f"{key}:{tensor}"
-            if key == "kind":
-                t.kind = value
-            elif key == "activation":
-                t.activation = None if value in (None, "", "none", "None") else value
-            else:
-                raise TypeError(f"set_tensor cannot change {key!r}")
+        field = f"{list(changes)[-1]}:{tensor}" if changes else "edit"
+        d = edit.set_tensor(self.design, tensor, **changes)
         return self._commit(d, f"{tensor}: " + ", ".join(f"{k}={v}" for k, v in changes.items()), strict=True,
                             field=field)
 
     def set_factors(self, role: str, dims: Sequence[int]) -> bool:
         """Set the dims of the ``role`` legs (in axis order) and the layer size to their product."""
         field = f"factors:{role}"
-        d = self.design.copy()
-        legs = d.in_legs if role == "in" else d.out_legs
-        dims = list(dims)
-        if len(dims) != len(legs):
-            self._refuse(field, f"the design has {len(legs)} {role} legs ({', '.join(legs) or 'none'}): give "
-                                f"{len(legs)} factors, or add/delete legs on the canvas")
-            return False
-        for leg, dim in zip(legs, dims):
-            d.indices[leg].dim = dim
-        setattr(d, f"{role}_features", math.prod(dims))
-        return self._commit(d, f"{role} legs {' x '.join(map(str, dims))}", strict=True, field=field)
+        d = self._edit(field, edit.set_factors, role, dims)
+        return d is not None and self._commit(d, f"{role} legs {' x '.join(map(str, dims))}", strict=True,
+                                              field=field)
 
     def fit_features(self) -> bool:
         """Set in/out features to the products of the current leg dims (after adding or deleting open legs)."""
-        d = self.design.copy()
-        for role, legs in (("in", d.in_legs), ("out", d.out_legs)):
-            if legs:
-                setattr(d, f"{role}_features", math.prod(d.indices[k].dim for k in legs))
+        d = edit.fit_features(self.design)
         return self._commit(d, f"layer {d.in_features} -> {d.out_features}")
 
     def set_name(self, name: str) -> bool:
-        if not name.strip():
-            self._refuse("name", "the name cannot be empty")
-            return False
-        d = self.design.copy()
-        d.name = name.strip()
-        return self._commit(d, f"rename to {d.name}", field="name")
+        d = self._edit("name", edit.rename, name)
+        return d is not None and self._commit(d, f"rename to {d.name}", field="name")
 
     def select(self, tensors: Iterable[str] = (), indices: Iterable[str] = ()) -> None:
         self.selection = {"tensors": list(dict.fromkeys(tensors)), "indices": list(dict.fromkeys(indices))}
 
 
-def merge_designs(base: Design, extra: Design) -> Design:
-    """``base`` plus ``extra`` side by side (clashing names get a suffix, open-leg axes continue)."""
-    out = base.copy()
-    extra = extra.copy()
-    suffix = 1
-    taken = set(out.indices) | {t.id for t in out.tensors}
-    while any(f"{n}_{suffix}" in taken for n in list(extra.indices) + [t.id for t in extra.tensors]):
-        suffix += 1
-    rename = {n: (f"{n}_{suffix}" if n in taken else n) for n in list(extra.indices) + [t.id for t in extra.tensors]}
-    base_x = max((t.position[0] for t in out.tensors if t.position), default=0.0)
-    min_x = min((t.position[0] for t in extra.tensors if t.position), default=0.0)
-    axes = {"in": len(out.in_legs), "out": len(out.out_legs)}
-    for name in [*extra.in_legs, *extra.out_legs]:
-        ix = extra.indices[name]
-        ix.axis = axes[ix.role]
-        axes[ix.role] += 1
-    for name, ix in extra.indices.items():
-        out.indices[rename[name]] = ix
-    for t in extra.tensors:
-        pos = (t.position[0] - min_x + base_x + 260.0, t.position[1]) if t.position else None
-        out.tensors.append(Tensor(id=rename[t.id], indices=[rename[i] for i in t.indices], kind=t.kind,
-                                  activation=t.activation, position=pos))
-    if out.order is not None or extra.order is not None:
-        out.order = out.evaluation_order() + [rename[t] for t in extra.evaluation_order()]
-    return out
-
-
-__all__ = ["StudioState", "merge_designs", "with_bond", "typical_bond", "ACTIVATIONS", "KINDS", "DTYPES",
+__all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES",
            "SCHEDULE_CHOICES", "SWEEP_CHI"]

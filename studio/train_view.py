@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,10 @@ from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, Numera
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from engine.train.data import DATASET_SHAPES, DATASETS
 from engine.design.model import Design
-from engine.train.models import CNN_FEATURES, MODELS, ModelError, check_fit, mlp_plan
+from engine.train.config import ConfigError, RunConfig
+from engine.train.data import dataset_names, dataset_spec
+from engine.train.models import CNN_FEATURES, check_fit, mlp_plan, model_kinds
 from engine.train.store import ACTIVE, RunStore
 
 from .fmt import ratio, si
@@ -76,17 +77,25 @@ def parse_hidden(text: str) -> list[int] | None:
         sizes = [int(t) for t in text.replace("x", ",").replace(" ", ",").split(",") if t]
     except ValueError:
         raise ValueError(f"hidden sizes must be integers separated by commas, got {text!r}") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise ValueError(f"hidden sizes must be integers >= 1, got {text!r}")
-    return sizes
+    if not sizes:
+        raise ValueError(f"hidden sizes must be integers separated by commas, got {text!r}")
+    return sizes  # the run config checks that they are >= 1
 
 
-def model_plan(config: dict[str, Any], design: Design | None) -> str:
+def form_error(e: Exception) -> str:
+    """An error of the form in words: a config error is prefixed with the field's name."""
+    if isinstance(e, ConfigError) and e.key and RunConfig.label(e.key) != e.key:
+        return f"{RunConfig.label(e.key)}: {e}"
+    return str(e)
+
+
+def model_plan(config: RunConfig, design: Design | None) -> str:
     """The model a config builds around a design, layer by layer (raises ModelError when it does not fit)."""
     check_fit(config, design)
-    shape, outputs, task = DATASET_SHAPES[config["dataset"]]
-    tn = "TN" if not config.get("baseline") else "Linear"
-    if config["model"] == "cnn":
+    spec = dataset_spec(config.dataset)
+    outputs = spec.num_outputs
+    tn = "TN" if not config.baseline else "Linear"
+    if config.model == "cnn":
         head = f"{tn} {CNN_FEATURES}×{design.out_features}" if design else f"Linear {CNN_FEATURES}×256"
         tail = ""
         if design is None:
@@ -94,8 +103,9 @@ def model_plan(config: dict[str, Any], design: Design | None) -> str:
         elif design.out_features != outputs:
             tail = f" · Linear {design.out_features}×{outputs}"
         return f"Conv 32 · Conv 64 · Pool 4×4 · {head}{tail}"
-    n_in = math.prod(shape)
-    hidden, layer = mlp_plan(n_in, outputs, design, config.get("hidden"), config.get("layer"))
+    n_in = spec.in_features
+    hidden, layer = mlp_plan(n_in, outputs, design, list(config.hidden) if config.hidden is not None else None,
+                             config.layer)
     sizes = [n_in] + hidden + [outputs]
     return " · ".join(f"{tn if k == layer else 'Linear'} {sizes[k]}×{sizes[k + 1]}" for k in range(len(sizes) - 1))
 
@@ -175,8 +185,9 @@ class TrainView:
         self.store = RunStore(runs_root or Path(state.home) / "runs")
         self.root = self.store.root
         w = {"sizing_mode": "stretch_width"}
-        self.dataset = pn.widgets.Select(label="Data set", options=list(DATASETS), value="digits", **w)
-        self.model = pn.widgets.Select(label="Model", options={"MLP": "mlp", "CNN": "cnn"}, value="mlp", **w)
+        self.dataset = pn.widgets.Select(label="Data set", options=list(dataset_names()), value="digits", **w)
+        self.model = pn.widgets.Select(label="Model", options={k.name.upper(): k.name for k in model_kinds()},
+                                       value="mlp", **w)
         self.hidden = pn.widgets.TextInput(label="MLP hidden sizes", placeholder="empty: built around the design",
                                            **w)
         self.layer = pn.widgets.Select(label="Layer the design replaces", options=["auto"], value="auto", **w)
@@ -229,18 +240,15 @@ class TrainView:
         self.poll()
 
     # ------------------------------------------------------------------ the form
-    def config(self) -> dict[str, Any]:
-        """The run config the form describes (raises ValueError with a message on bad values)."""
-        hidden = parse_hidden(self.hidden.value) if self.model.value == "mlp" else None
-        layer = None if self.layer.value in ("auto", None) or self.model.value != "mlp" else int(self.layer.value)
-        for name, value in (("epochs", self.epochs.value), ("batch size", self.batch_size.value)):
-            if value is None or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1")
-        if self.lr.value is None or not self.lr.value > 0:
-            raise ValueError("the learning rate must be a number > 0")
-        return {"dataset": self.dataset.value, "model": self.model.value, "hidden": hidden, "layer": layer,
-                "epochs": int(self.epochs.value), "batch_size": int(self.batch_size.value),
-                "lr": float(self.lr.value), "device": self.device.value}
+    def config(self) -> RunConfig:
+        """The run config the form describes; its checks raise ConfigError naming the field (ValueError for
+        hidden sizes that are not numbers)."""
+        is_mlp = self.model.value == "mlp"
+        hidden = parse_hidden(self.hidden.value) if is_mlp else None
+        layer = None if self.layer.value in ("auto", None) or not is_mlp else int(self.layer.value)
+        return RunConfig(dataset=self.dataset.value, model=self.model.value, hidden=hidden, layer=layer,
+                         epochs=self.epochs.value, batch_size=self.batch_size.value, lr=self.lr.value,
+                         device=self.device.value)
 
     def _layer_options(self) -> None:
         is_mlp = self.model.value == "mlp"
@@ -264,10 +272,9 @@ class TrainView:
             self.launch_button.disabled = True
             return
         try:
-            cfg = self.config()
-            arch = model_plan(cfg, design)
-        except (ValueError, ModelError) as e:
-            self.plan.object = f"<div class='tn-error'>{html.escape(str(e))}</div>"
+            arch = model_plan(self.config(), design)
+        except ValueError as e:  # ConfigError, ModelError, DataError, bad hidden sizes
+            self.plan.object = f"<div class='tn-error'>{html.escape(form_error(e))}</div>"
             self.launch_button.disabled = True
             return
         self.launch_button.disabled = False
@@ -284,11 +291,15 @@ class TrainView:
         try:
             if design is None:
                 raise ValueError("the design has problems: fix them on the Design tab first")
-            cfg = self.config()
-            ids = [launch(cfg, design, runs_dir=self.root)]
+            config = self.config()
+            ids = [launch(config, design, runs_dir=self.root)]
             if self.baseline.value:
-                ids.append(launch({**cfg, "baseline": True}, design, runs_dir=self.root, parent=ids[0]))
-        except Exception as e:  # config, fit, data or process errors: one clear message
+                ids.append(launch(replace(config, baseline=True), design, runs_dir=self.root, parent=ids[0]))
+        except ValueError as e:  # config, device, data or fit: the user's to fix, said in one line
+            self.feedback.object = f"<div class='tn-error'>Not launched: {html.escape(form_error(e))}</div>"
+            return []
+        except Exception as e:  # noqa: BLE001 - the store or the process failed: say so, keep the traceback
+            log.exception("launching a run failed")
             self.feedback.object = f"<div class='tn-error'>Not launched: {html.escape(str(e))}</div>"
             return []
         self.feedback.object = (f"<div class='tn-launched'>Launched {', '.join(ids)} — "

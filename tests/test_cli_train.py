@@ -61,6 +61,42 @@ def test_errors_are_clear_and_start_nothing(tmp_path, ttn_file, capsys):
     assert RunStore(runs).list_runs() == []
 
 
+def test_json_output_is_json_alone(tmp_path, ttn_file, capsys):
+    """With --json the progress lines go to stderr: stdout parses as the run record."""
+    runs = str(tmp_path / "runs")
+    assert main(["train", str(ttn_file), "--epochs", "1", "--device", "cpu", "--json", "--runs-dir", runs]) == 0
+    out, err = capsys.readouterr()
+    run = json.loads(out)
+    assert run["status"] == "completed" and run["summary"]["device"] == "cpu" and "test loss" in err
+
+
+def test_cuda_without_a_gpu_exits_2_with_one_line_and_records_nothing(tmp_path, ttn_file, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on this machine; also where there is one
+    runs = str(tmp_path / "runs")
+    assert main(["train", str(ttn_file), "--device", "cuda", "--runs-dir", runs]) == 2
+    assert capsys.readouterr().err == "error: device cuda asked for but torch sees no GPU: use --device cpu or auto\n"
+    assert RunStore(runs).list_runs() == []
+
+
+def test_dataset_and_model_options_come_from_the_registries(capsys):
+    from engine.cli import build_parser
+    from engine.train.data import dataset_specs
+    from engine.train.models import model_kinds
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert e.value.code == 0
+    for entry in list(dataset_specs()) + list(model_kinds()):
+        assert re.search(rf"^  {entry.name}\s+{re.escape(entry.description)}", help_text, re.M), entry.name
+    assert build_parser().parse_args(["train", "--dataset", "Fashion-MNIST"]).dataset == "fashion_mnist"
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["train", "--dataset", "imagenet"])
+    assert e.value.code == 2 and "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
 def _fake_finished_pair(runs):
     """A completed TN run and its baseline, written straight into the store (no training)."""
     store = RunStore(runs)

@@ -10,9 +10,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from engine.cli import main
-from engine.contract.cost import backward_flops, cost_report, dtype_bytes, format_report, memory, replay
-from engine.design.model import save_design
+from engine.contract.cost import cost_report
+from engine.contract.flops import backward_flops
+from engine.contract.memory import dtype_bytes, memory, replay
 from engine.contract.program import compile_program
+from engine.design.model import save_design
+from engine.nn.execute import run_program
 from engine.design.templates import TEMPLATE_KINDS, make_template
 
 TRAIN_TOLERANCE = (0.70, 1.25)  # model / measured peak of a training step; see the README's cost section
@@ -60,13 +63,13 @@ def test_forward_memory_equals_measured_peak(kind, act, sched):
     for batch in (1, 24):
         prog, cores, x = _setup(d, batch, sched, grad=False)
         with torch.no_grad():
-            measured = measured_peak_bytes(lambda: prog.execute(cores, x))
+            measured = measured_peak_bytes(lambda: run_program(prog, cores, x))
         assert replay(prog).peak * 4 == measured
-        peak_fwd = memory(prog, 4, d.params)["peak_forward_bytes"]
+        peak_fwd = memory(prog, 4, d.params).peak_forward_bytes
         assert peak_fwd == measured + (d.params + batch * d.in_features) * 4
         prog, cores, x = _setup(d, batch, sched, grad=True)
         keep = []
-        assert replay(prog, training=True).peak * 4 == measured_peak_bytes(lambda: keep.append(prog.execute(cores, x)))
+        assert replay(prog, training=True).peak * 4 == measured_peak_bytes(lambda: keep.append(run_program(prog, cores, x)))
 
 
 @pytest.mark.parametrize("kind,act,sched", CASES)
@@ -80,7 +83,7 @@ def test_training_memory_within_documented_tolerance(kind, act, sched):
 
         def step():
             opt.zero_grad(set_to_none=True)
-            y = prog.execute(cores, x)
+            y = run_program(prog, cores, x)
             y.backward(torch.ones_like(y))
             opt.step()
 
@@ -88,7 +91,7 @@ def test_training_memory_within_documented_tolerance(kind, act, sched):
         resident = sum(p.numel() * 4 for p in cores.values()) + x.numel() * 4 + sum(
             t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
         measured = resident + measured_peak_bytes(step)
-        model = memory(prog, 4, d.params, training=True)["train_bytes"]
+        model = memory(prog, 4, d.params, training=True).train_bytes
         lo, hi = TRAIN_TOLERANCE
         assert lo <= model / measured <= hi, (model, measured)
 
@@ -97,26 +100,25 @@ def test_params_and_compression_closed_form():
     d = make_template("mpo", 512, 256, 5, in_factors=[8, 8, 8], out_factors=[4, 8, 8])
     rep = cost_report(d, batch=8)
     expect = 8 * 4 * 5 + 5 * 8 * 8 * 5 + 5 * 8 * 8
-    assert rep["params"] == expect
-    assert rep["dense_params"] == 512 * 256
-    assert rep["compression"] == pytest.approx(512 * 256 / expect)
-    assert rep["param_bytes"] == 4 * expect
+    assert rep.params == expect
+    assert rep.dense_params == 512 * 256
+    assert rep.compression == pytest.approx(512 * 256 / expect)
+    assert rep.param_bytes == 4 * expect
 
 
 def test_report_picks_the_cheaper_schedule_and_sums_steps():
     d = make_template("tensor_ring", 1024, 1024, 6)
     for batch in (1, 4096):
         rep = cost_report(d, batch=batch)
-        scheds = rep["schedules"]
-        assert rep["schedule"] == min(scheds, key=lambda s: (scheds[s]["forward_flops"],
-                                                             scheds[s]["peak_memory_bytes"]))
-        prog = compile_program(d, batch, rep["schedule"])
-        assert rep["forward_flops"] == sum(s["flops"] for s in rep["path"]) == prog.flops
-        assert rep["backward_flops"] == backward_flops(prog)
-        assert rep["generate_flops"] == compile_program(d, batch, "materialise").generate_flops
+        scheds = rep.schedules
+        assert rep.schedule == min(scheds, key=lambda s: (scheds[s].forward_flops, scheds[s].peak_memory_bytes))
+        prog = compile_program(d, batch, rep.schedule)
+        assert rep.forward_flops == sum(s.flops for s in rep.path) == prog.flops
+        assert rep.backward_flops == backward_flops(prog)
+        assert rep.generate_flops == compile_program(d, batch, "materialise").generate_flops
     # at batch 1 streaming x avoids building W; at a huge batch building W once is cheaper
-    assert cost_report(d, batch=1)["schedule"] == "stream"
-    assert cost_report(d, batch=4096)["schedule"] == "materialise"
+    assert cost_report(d, batch=1).schedule == "stream"
+    assert cost_report(d, batch=4096).schedule == "materialise"
 
 
 def test_materialise_flops_closed_form():
@@ -132,17 +134,17 @@ def test_scaling_terms_reproduce_the_flops():
         chi = 5
         d = make_template(kind, 4096, 4096, chi, in_factors=[8] * 4, out_factors=[8] * 4)
         rep = cost_report(d, batch=16)
-        terms = rep["scaling_detail"]["terms"]
-        assert sum(c * chi ** e for c, e in terms) == rep["forward_flops"]
-        assert rep["scaling"] == (f"O(chi^{terms[0][1]})" if terms[0][1] > 1 else "O(chi)")
-    assert cost_report(make_template("mpo", 4096, 4096, 4), batch=1)["scaling"] == "O(chi^2)"
+        terms = rep.scaling_detail.terms
+        assert sum(c * chi ** e for c, e in terms) == rep.forward_flops
+        assert rep.scaling == (f"O(chi^{terms[0][1]})" if terms[0][1] > 1 else "O(chi)")
+    assert cost_report(make_template("mpo", 4096, 4096, 4), batch=1).scaling == "O(chi^2)"
 
 
 def test_dtype_scales_bytes():
     d = make_template("ttn", 256, 256, 4)
     a, b = cost_report(d, dtype="float32"), cost_report(d, dtype="float64")
     for k in ("peak_memory_bytes", "train_memory_bytes", "param_bytes", "largest_intermediate_bytes"):
-        assert b[k] == 2 * a[k]
+        assert getattr(b, k) == 2 * getattr(a, k)
     assert dtype_bytes("bf16") == 2
     with pytest.raises(ValueError, match="dtype"):
         dtype_bytes("int3")
@@ -150,8 +152,8 @@ def test_dtype_scales_bytes():
 
 def test_format_report_mentions_the_numbers():
     rep = cost_report(make_template("mera", 256, 256, 3, activation="relu"), batch=32)
-    text = format_report(rep)
-    assert "materialise" in text and rep["scaling"] in text and "relu" in text
+    text = rep.format()
+    assert "materialise" in text and rep.scaling in text and "relu" in text and str(rep) == text
 
 
 def test_cli_cost_json(tmp_path, capsys):
@@ -184,7 +186,33 @@ def test_cli_cost_errors(tmp_path, capsys):
 def test_huge_design_report_is_consistent():
     d = make_template("mpo", 2 ** 20, 2 ** 20, 8)
     rep = cost_report(d, batch=64)
-    mat = rep["schedules"]["materialise"]
-    assert mat["forward_flops"] > rep["forward_flops"]  # 2^40 weights: streaming is far cheaper
-    assert mat["peak_memory_bytes"] >= 2 ** 40 * 4
-    assert math.isfinite(rep["compression"]) and rep["compression"] > 1e5
+    mat = rep.schedules["materialise"]
+    assert mat.forward_flops > rep.forward_flops  # 2^40 weights: streaming is far cheaper
+    assert mat.peak_memory_bytes >= 2 ** 40 * 4
+    assert math.isfinite(rep.compression) and rep.compression > 1e5
+
+
+def test_report_is_typed_and_its_dict_is_the_cli_json(tmp_path, capsys):
+    import dataclasses
+
+    from engine.contract.cost import ScheduleCost
+    from engine.contract.program import StepRow
+
+    d = make_template("mera", 256, 256, 3, activation="relu")
+    rep = cost_report(d, batch=32)
+    assert isinstance(rep.path[0], StepRow) and isinstance(rep.schedules["materialise"], ScheduleCost)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rep.params = 1  # type: ignore[misc]
+    path = tmp_path / "d.json"
+    save_design(d, path)
+    assert main(["cost", str(path), "--batch", "32", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out == json.dumps(rep.to_dict(), indent=2) + "\n" and json.loads(out) == rep.to_dict()
+
+
+def test_number_formats():
+    from engine.format import nbytes, ratio, si
+
+    assert si(2.5e6) == "2.5M" and si(1.5e15) == "1.5P" and si(3.4e9, "FLOP") == "3.4 GFLOP" and si(912) == "912"
+    assert nbytes(3 * 2 ** 40) == "3 TiB" and nbytes(1536) == "1.5 KiB" and nbytes(10) == "10 B"
+    assert ratio(71.9) == "71.9x" and ratio(12345) == "12,345x"

@@ -199,3 +199,17 @@ def test_schema_rejects_what_loading_rejects():
             jsonschema.validate(d, schema)
         with pytest.raises(DesignError):
             Design.from_dict(d)
+
+
+def test_committed_schema_is_generated_from_the_registries():
+    """engine/assets/design.schema.json equals engine.design.schema (regenerate with python -m engine.design.schema),
+    and its enums are exactly the registries' names."""
+    from engine.design.model import ACTIVATIONS, KINDS, ROLES
+    from engine.design.schema import schema_json
+
+    assert SCHEMA.read_text() == schema_json()
+    schema = json.loads(SCHEMA.read_text())
+    tensor = schema["properties"]["tensors"]["items"]["properties"]
+    assert tensor["activation"]["enum"] == [None, *ACTIVATIONS]
+    assert tensor["kind"]["enum"] == list(KINDS)
+    assert schema["properties"]["indices"]["additionalProperties"]["properties"]["role"]["enum"] == list(ROLES)

@@ -47,13 +47,16 @@ def test_paper_table_writes_every_preset(tmp_path):
     assert "compression" in text.splitlines()[0] and "train mem @64" in text.splitlines()[0]
     pt = import_example("paper_table")
     files = sorted(out.glob("*.json"))
-    assert len(files) == len(pt.LAYERS) * len(pt.KINDS) == 28
+    # 4 kinds per layer, plus the lateral variants inside the range: TTN + lateral on the five layers whose TTN has
+    # room (not VGG-16 fc8 and conv5, already near 2,000x), MERA + lateral on all seven
+    assert sum(len(pt.kinds_for(key)) for key in pt.LAYERS) == len(files) == 7 * 4 + 5 + 7
     for f in files:
         d = load_design(f)  # validates
         key, kind = f.stem.rsplit("_", 1)
         n_in, n_out = pt.LAYERS[key][2:]
         assert (d.in_features, d.out_features) == (n_in, n_out)
         assert d.is_linear == (kind == "mpo")  # the ADNTN kinds carry gelu
+        assert kind.endswith("-lateral") == any(t.kind == "lateral" for t in d.tensors)
         # the brief: compression roughly 2,000x .. 77,000x for every design
         assert 1_900 <= d.compression <= 77_000, (f.name, d.compression)
 
@@ -61,26 +64,32 @@ def test_paper_table_writes_every_preset(tmp_path):
 def test_committed_presets_match_the_script(tmp_path):
     """engine/assets/designs must be what paper_table.py produces now (re-run it after changing a spec)."""
     pt = import_example("paper_table")
+    expected = set()
     for key in pt.LAYERS:
-        for kind in pt.KINDS:
+        for kind in pt.kinds_for(key):
             path = PRESETS / f"{key}_{kind}.json"
+            expected.add(path.name)
             assert path.exists(), f"missing preset {path.name}: run examples/paper_table.py"
             preset, fresh = load_design(path), pt.build(key, kind)
             assert preset.fingerprint() == fresh.fingerprint() and preset.name == fresh.name, path.name
+    assert {p.name for p in PRESETS.glob("*.json")} == expected, "stale presets: run examples/paper_table.py"
 
 
 def test_paper_table_numbers_are_cost_report_numbers():
     pt = import_example("paper_table")
     table = pt.rows(["vgg16_fc6", "vgg16_fc7"], batch=64)
-    assert len(table) == 2 * (1 + len(pt.KINDS))  # a dense row, then one per kind, per layer
+    assert len(table) == 2 * (1 + len(pt.KINDS) + 2)  # a dense row, then one per kind and lateral variant, per layer
+    # VGG-16 fc6's TTN (5 sites, chi 5) with a lateral on level 0: one more chi^4 tensor, on leaves (1, 2)
+    ttn, ttn_lat = (next(r for r in table[:7] if r[2] == label) for label in ("TTN", "TTN + lateral 0"))
+    assert int(ttn_lat[5].replace(",", "")) == int(ttn[5].replace(",", "")) + 5 ** 4
     mpo_row = next(r for r in table if r[2] == "MPO" and r[3] == "4x4x8x8x4 -> 4x4x8x8x4")
     rep = cost_report(load_design(PRESETS / "vgg16_fc7_mpo.json"), batch=64)
-    assert mpo_row[5] == f"{rep['params']:,}" and mpo_row[8] == pt.human(rep["forward_flops"])
+    assert mpo_row[5] == f"{rep.params:,}" and mpo_row[8] == pt.human(rep.forward_flops)
     # MPO-Net (Gao et al. 2020): VGG-16 fc7 as [4,4,8,8,4] x [4,4,8,8,4] with ranks 4 has 2,432 parameters
-    assert rep["params"] == 2_432
+    assert rep.params == 2_432
     # and the same count in closed form: sum over cores of r_left * i_n * o_n * r_right
     ranks = [1, 4, 4, 4, 4, 1]
-    assert rep["params"] == sum(ranks[n] * f * f * ranks[n + 1] for n, f in enumerate([4, 4, 8, 8, 4]))
+    assert rep.params == sum(ranks[n] * f * f * ranks[n + 1] for n, f in enumerate([4, 4, 8, 8, 4]))
     dense = table[0]
     assert dense[2] == "dense" and dense[5] == f"{25088 * 4096:,}"
 
@@ -97,7 +106,7 @@ def test_leaf_bond_widens_only_leaf_bonds():
     for name, ix in wide.indices.items():
         assert ix.dim == (6 if name in leaf_bonds else base.indices[name].dim)
     # the largest generation intermediate does not grow: it holds W times the *upper* bonds only
-    assert cost_report(wide)["largest_intermediate_bytes"] == cost_report(base)["largest_intermediate_bytes"]
+    assert cost_report(wide).largest_intermediate_bytes == cost_report(base).largest_intermediate_bytes
     assert wide.params > base.params
 
 
@@ -105,7 +114,8 @@ def test_paper_table_markdown_and_no_output(tmp_path):
     text = run_example("paper_table.py", "--markdown", "--quick", "--out", "", home=tmp_path)
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     assert lines[0].startswith("| layer |") and set(lines[1]) <= set("|-: ")
-    assert len(lines) == 2 + 2 * 5  # header, separator, two layers x (dense + 4 kinds)
+    # header, separator, AlexNet fc6 (dense, 4 kinds, 2 lateral variants), VGG-16 conv5 (dense, 4 kinds, MERA + lateral)
+    assert len(lines) == 2 + 7 + 6
     assert "wrote" not in text
 
 
@@ -151,7 +161,10 @@ def test_digits_sweep_example(tmp_path):
     out = tmp_path / "sweep"
     text = run_example("digits_sweep.py", "--quick", "--out", str(out), home=tmp_path)
     rows = json.loads((out / "digits_sweep.json").read_text())
-    assert [r["kind"] for r in rows] == ["ttn", "attn", "mera", "mpo", "dense"]
+    assert [r["kind"] for r in rows] == ["ttn", "ttn-lateral", "attn", "attn-lateral", "mera", "mera-lateral",
+                                         "mpo", "dense"]
+    plain, lateral = rows[0], rows[1]  # TTN at chi 2, with the two laterals of its five sites: 2 x 2^4 more
+    assert lateral["params"] == plain["params"] + 2 * 2 ** 4
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0
         assert math.isclose(r["compression"], 256 * 256 / r["params"])

@@ -17,7 +17,8 @@ from engine.design.model import Design, save_design
 from engine.nn.export import (flops_by_batch, layer_state_dict, stream_variants, to_snippet, to_torch_source,
                            write_export)
 from engine.nn.linear import TNLinear
-from engine.contract.program import can_stream, compile_program
+from engine.contract.program import compile_program
+from engine.contract.schedule import can_stream
 from engine.design.templates import make_template
 
 IN, OUT = 64, 12

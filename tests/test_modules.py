@@ -10,6 +10,7 @@ from scipy.special import erf
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.design.model import Design
+from engine.nn.execute import run_program
 from engine.nn.init import init_cores, linear_core_stds, raw_cores, target_std
 from engine.nn.linear import TNLinear, id_to_key, key_to_id
 from engine.design.templates import TEMPLATE_KINDS, make_template
@@ -150,7 +151,7 @@ def test_gradcheck_float64(kind, act):
         prog = m.program(3, sched)
 
         def f(x, *cores):
-            return prog.execute(dict(zip(ids, cores)), x)
+            return run_program(prog, dict(zip(ids, cores)), x)
 
         cores = [c.detach().clone().requires_grad_(True) for c in m.core_tensors().values()]
         assert torch.autograd.gradcheck(f, (x, *cores))
@@ -216,7 +217,7 @@ def test_closed_form_core_stds_give_the_target_variance_on_average(kind):
     ms = []
     with torch.no_grad():
         for cores in draws:
-            ms.append(float(m.program(1, "materialise").execute(cores, until_weight=True).pow(2).mean()))
+            ms.append(float(run_program(m.program(1, "materialise"), cores, until_weight=True).pow(2).mean()))
     assert abs(np.mean(ms) / target ** 2 - 1) < 0.15
     stds = linear_core_stds(d, target)
     assert set(stds) == {t.id for t in d.tensors}
@@ -279,6 +280,21 @@ def test_torch_compile_traces_and_matches():
             torch.testing.assert_close(y, m(x))
         y.sum().backward()
         assert all(p.grad is not None for p in m.cores.values())
+
+
+def test_run_program_traces_in_one_graph_on_a_fresh_program():
+    """A program never run before (its execution plan not derived yet) still traces as one graph."""
+    from engine.contract.cache import clear_cache
+    from engine.contract.program import compile_program
+
+    torch._dynamo.reset()
+    d = make_template("ttn", 32, 16, 2, activation="tanh")
+    cores = init_cores(d, seed=0)
+    clear_cache()
+    prog = compile_program(d, 4, "stream")
+    x = torch.randn(4, 32)
+    cf = torch.compile(lambda x: run_program(prog, cores, x), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(cf(x), run_program(prog, cores, x))
 
 
 @pytest.mark.slow

@@ -10,8 +10,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.design.model import Design, Index, Tensor
-from engine.contract.program import (BATCH, LETTERS, absorption_path, can_stream, clear_cache, compile_program, einsum_flops, path_cost,
-                            search_path)
+from engine.contract.cache import clear_cache
+from engine.contract.flops import einsum_flops
+from engine.contract.paths import absorption_path, path_cost, search_path
+from engine.contract.program import BATCH, LETTERS, compile_program
+from engine.contract.schedule import can_stream
+from engine.nn.execute import run_program
 from engine.design.templates import TEMPLATE_KINDS, make_template
 
 LINEAR = [(k, None) for k in TEMPLATE_KINDS]
@@ -48,10 +52,10 @@ def test_linear_programs_compute_x_at_w(kind, act):
         cores = _cores(prog)
         x = torch.randn(5, d.in_features, dtype=torch.float64)
         w = _dense_w(prog, cores)
-        y = prog.execute(cores, x).numpy()
+        y = run_program(prog, cores, x).numpy()
         np.testing.assert_allclose(y, x.numpy() @ w, rtol=1e-9, atol=1e-9)
         if sched == "materialise":
-            np.testing.assert_allclose(prog.execute(cores, until_weight=True).numpy(), w, rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(run_program(prog, cores, until_weight=True).numpy(), w, rtol=1e-9, atol=1e-12)
 
 
 def _reference_nonlinear_w(d: Design, cores) -> np.ndarray:
@@ -83,14 +87,14 @@ def test_nonlinear_programs_follow_the_evaluation_semantics(kind, act):
     d = _design(kind, act)
     prog = compile_program(d, 4, "materialise")
     cores = _cores(prog, seed=1)
-    np.testing.assert_allclose(prog.execute(cores, until_weight=True).numpy(), _reference_nonlinear_w(d, cores),
+    np.testing.assert_allclose(run_program(prog, cores, until_weight=True).numpy(), _reference_nonlinear_w(d, cores),
                                rtol=1e-9, atol=1e-12)
     # the templates leave the last tensor unactivated, so x can stream through the activated fragments
     assert can_stream(d)
     stream = compile_program(d, 4, "stream")
     x = torch.randn(4, d.in_features, dtype=torch.float64)
     W = torch.from_numpy(_reference_nonlinear_w(d, cores))
-    np.testing.assert_allclose(stream.execute(cores, x).numpy(), (x @ W).numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(run_program(stream, cores, x).numpy(), (x @ W).numpy(), rtol=1e-9, atol=1e-12)
     assert [s.activation for s in stream.steps if s.activation] == [s.activation for s in prog.steps if s.activation]
 
 
@@ -108,7 +112,7 @@ def _torch_flops(prog, input_grad: bool) -> tuple[int, int]:
     cores = _cores(prog, grad=True)
     x = torch.randn(prog.batch, prog.in_features, dtype=torch.float64, requires_grad=input_grad)
     with FlopCounterMode(display=False) as fc:
-        y = prog.execute(cores, x)
+        y = run_program(prog, cores, x)
         forward = fc.get_total_flops()
         y.sum().backward()  # sum and its backward (an expand) are not FLOPs for the counter
     return forward, fc.get_total_flops()
@@ -117,7 +121,7 @@ def _torch_flops(prog, input_grad: bool) -> tuple[int, int]:
 @pytest.mark.parametrize("kind,act", LINEAR + NONLINEAR)
 def test_step_flops_equal_torch_flop_counter(kind, act):
     """Forward and forward+backward FLOPs of every program equal what FlopCounterMode counts running it."""
-    from engine.contract.cost import backward_flops
+    from engine.contract.flops import backward_flops
 
     d = _design(kind, act)
     for sched in (("materialise", "stream") if d.is_linear else ("materialise",)):
@@ -282,9 +286,9 @@ def test_huge_designs_are_costed_without_tensors():
     clear_cache()
     with NoTensors():
         rep = cost_report(d, batch=256)
-    assert rep["dense_params"] == 2 ** 40
-    assert rep["schedule"] == "stream"
-    assert rep["schedules"]["materialise"]["peak_memory_bytes"] >= 2 ** 40 * 4  # W itself is counted
+    assert rep.dense_params == 2 ** 40
+    assert rep.schedule == "stream"
+    assert rep.schedules["materialise"].peak_memory_bytes >= 2 ** 40 * 4  # W itself is counted
 
 
 def test_more_indices_than_letters_still_costs():
@@ -292,7 +296,7 @@ def test_more_indices_than_letters_still_costs():
     prog = compile_program(d, 1, "materialise")
     assert not prog.executable
     rows = prog.describe()
-    assert any(r["einsum"] is None for r in rows)
+    assert any(r.einsum is None for r in rows)
     assert len(LETTERS) == 52
 
 
@@ -313,7 +317,7 @@ def test_reserved_index_name_is_rejected():
 
 
 def test_delta_cores_need_no_gradient():
-    from engine.contract.cost import backward_flops
+    from engine.contract.flops import backward_flops
 
     d = make_template("cp", 64, 64, 4)
     prog = compile_program(d, 4, "stream")
@@ -337,7 +341,7 @@ def _networks(kind: str, sites: int, bond: int = 4, batch: int = 64):
 
 @pytest.mark.parametrize("kind,sites", [("ttn", 8), ("mera", 8), ("cp", 8), ("tensor_ring", 16), ("attn", 8)])
 def test_reconfiguration_is_deterministic_and_never_worse(kind, sites, monkeypatch):
-    import engine.contract.program as program
+    import engine.contract.paths as path_search
 
     for ops, out, dims in _networks(kind, sites):
         sets = [ix for _, ix in ops]
@@ -347,11 +351,11 @@ def test_reconfiguration_is_deterministic_and_never_worse(kind, sites, monkeypat
         assert search_path(ops, out, dims)[0] == path  # same network, same path
         cost = path_cost(sets, path, frozenset(out), dims)
         with monkeypatch.context() as m:  # the same search without the local reconfiguration
-            m.setattr(program, "REFINE_MIN_TENSORS", 10 ** 9)
+            m.setattr(path_search, "REFINE_MIN_TENSORS", 10 ** 9)
             clear_cache(paths=True)
             plain, _ = search_path(ops, out, dims)
         assert cost <= path_cost(sets, plain, frozenset(out), dims)
-        for cand in program.refine_path(sets, out, dims, plain):  # every proposal is a complete pairwise path
+        for cand in path_search.refine_path(sets, out, dims, plain):  # every proposal is a complete pairwise path
             assert len(cand) == len(sets) - 1 and all(len(p) == 2 for p in cand)
             assert cost <= path_cost(sets, cand, frozenset(out), dims)
         clear_cache(paths=True)
@@ -360,7 +364,7 @@ def test_reconfiguration_is_deterministic_and_never_worse(kind, sites, monkeypat
 def test_reconfiguration_fixes_a_bad_tree():
     """From a poor order (materialise W top-down, then apply x), the reconfiguration reaches at least the cost of
     opt_einsum's exact search on this small network."""
-    from engine.contract.program import refine_path
+    from engine.contract.paths import refine_path
 
     ops, out, dims = list(_networks("ttn", 4, bond=3))[1]
     sets = [ix for _, ix in ops]
@@ -386,3 +390,31 @@ def test_thorough_result_replaces_an_earlier_fast_compile():
     assert compile_program(d, 16, "stream") is thorough
     assert thorough.flops <= fast.flops
     clear_cache(paths=True)  # leave no time-dependent path behind for later tests
+
+
+def test_one_schedule_rule_everywhere():
+    """compile_program, cost_report and TNLinear refuse a schedule with the same words (check_schedule)."""
+    from engine.contract.cost import cost_report
+    from engine.contract.schedule import SCHEDULE_CHOICES, check_schedule
+    from engine.nn.linear import TNLinear
+
+    d = _design("ttn", "tanh")
+    d.tensor(d.evaluation_order()[-1]).activation = "tanh"
+    messages = set()
+    for refuse in (lambda: compile_program(d, 4, "stream"), lambda: cost_report(d, schedule="stream"),
+                   lambda: TNLinear(d, schedule="stream"), lambda: check_schedule(d, "stream")):
+        with pytest.raises(ValueError, match="cannot stream") as e:
+            refuse()
+        messages.add(str(e.value))
+    assert len(messages) == 1
+    with pytest.raises(ValueError, match="schedule must be auto, materialise or stream"):
+        check_schedule(None, "bogus")
+    assert SCHEDULE_CHOICES == ("auto", "materialise", "stream")
+
+
+def test_execution_plan_is_derived_once_and_weight_needs_materialise():
+    d = _design("mpo", None)
+    prog = compile_program(d, 2, "stream")
+    assert prog.plan is prog.plan and len(prog.plan) == len(prog.steps)
+    with pytest.raises(ValueError, match="materialise"):
+        run_program(prog, _cores(prog), until_weight=True)

@@ -144,6 +144,13 @@ def _wait_for(cond, timeout=90.0, what="condition"):
 LONG = {"dataset": "digits", "epochs": 200, "log_every": 2, "batch_size": 32}
 
 
+def test_training_processes_import_the_engine_from_the_checkout():
+    """The run process's PYTHONPATH is the folder holding the engine package (not the package itself, whose
+    modules would shadow the standard library's: engine/types.py for ``types``)."""
+    root = Path(launcher._PACKAGE_ROOT)
+    assert (root / "engine" / "__init__.py").is_file() and (root / "engine" / "train" / "launcher.py").is_file()
+
+
 def test_sigkill_loses_no_logged_metrics(tmp_path):
     rid = launcher.launch(LONG, make_template("ttn", 256, 256, 4, activation="gelu"), tmp_path)
     store = RunStore(tmp_path)

@@ -68,7 +68,7 @@ def test_generate_mera_and_change_bond_on_canvas(studio):
     field.press("Enter")
     expected.indices["s0"].dim = 7
     wait_params(page, expected.params)
-    assert params_shown(page) == states[-1].report["params"] == expected.params
+    assert params_shown(page) == states[-1].report.params == expected.params
     page.get_by_test_id("rf__edge-B:s0").get_by_text("s0 · 7").wait_for()  # the edge shows the new dimension
     screenshot(page, "studio_mera")
 

@@ -2,8 +2,11 @@
 thread (newest design wins), and its result replaces the report only for the same design and only when better."""
 from __future__ import annotations
 
+import dataclasses
+
+from engine.contract.cache import clear_cache
 from engine.contract.cost import cost_report
-from engine.contract.program import clear_cache, compile_program
+from engine.contract.program import compile_program
 from engine.design.templates import make_template
 from studio.state import StudioState
 
@@ -23,8 +26,8 @@ def test_refinement_runs_in_background_and_serves_the_thorough_programs(tmp_path
         thorough = compile_program(d, s.batch, sched, "thorough")
         assert compile_program(d, s.batch, sched) is thorough  # ... which later fast requests are served
     ref = cost_report(d, batch=s.batch, dtype=s.dtype, schedule=s.schedule)
-    assert s.report["forward_flops"] == ref["forward_flops"] <= live["forward_flops"]
-    assert s.report["generate_flops"] == ref["generate_flops"] <= live["generate_flops"]
+    assert s.report.forward_flops == ref.forward_flops <= live.forward_flops
+    assert s.report.generate_flops == ref.generate_flops <= live.generate_flops
 
 
 def test_newest_design_wins_and_stale_results_are_dropped(tmp_path):
@@ -34,20 +37,20 @@ def test_newest_design_wins_and_stale_results_are_dropped(tmp_path):
         assert s.set_dim("s0", dim)
     assert s.wait_refined(timeout=60)
     assert s.valid_design.indices["s0"].dim == 7
-    assert s.report["params"] == s.valid_design.params
+    assert s.report.params == s.valid_design.params
     # a result for an older design never replaces the report, even a (fake) cheaper one
     shown = s.report
-    better = {**shown, "forward_flops": 1, "generate_flops": 1}
+    better = dataclasses.replace(shown, forward_flops=1, generate_flops=1)
     s._apply_refinement(first, (s.batch, s.dtype, s.schedule), better)
     assert s.report is shown
     # nor one computed under other settings, nor a worse one for the current design
     s._apply_refinement(s.valid_design, (s.batch + 1, s.dtype, s.schedule), better)
     assert s.report is shown
-    worse = {**shown, "forward_flops": shown["forward_flops"] + 1}
+    worse = dataclasses.replace(shown, forward_flops=shown.forward_flops + 1)
     s._apply_refinement(s.valid_design, (s.batch, s.dtype, s.schedule), worse)
     assert s.report is shown
     s._apply_refinement(s.valid_design, (s.batch, s.dtype, s.schedule), better)
-    assert s.report["forward_flops"] == 1  # the same design, cheaper: shown
+    assert s.report.forward_flops == 1  # the same design, cheaper: shown
 
 
 def test_refinement_can_be_switched_off(tmp_path):

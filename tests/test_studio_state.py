@@ -12,7 +12,8 @@ from engine.design.model import Design
 from engine.design.templates import make_template
 from engine.design import library
 from studio.fmt import nbytes, ratio, si
-from studio.state import StudioState, merge_designs, with_bond
+from engine.design.edit import merge_designs, with_bond
+from studio.state import StudioState
 
 
 def independent_params(design_dict: dict) -> int:
@@ -28,8 +29,8 @@ def state(tmp_path):
 
 def test_initial_report_matches_independent_count(state):
     assert state.problems == []
-    assert state.report["params"] == independent_params(state.design.to_dict())
-    assert state.report["dense_params"] == 256 * 256
+    assert state.report.params == independent_params(state.design.to_dict())
+    assert state.report.dense_params == 256 * 256
     assert state.valid_design is not None and state.sweep["current"] == 4
 
 
@@ -37,7 +38,7 @@ def test_bond_dim_edit_updates_cost(state):
     assert state.set_dim("s0", 7)
     expect = independent_params(state.design.to_dict())
     assert state.design.indices["s0"].dim == 7
-    assert state.report["params"] == expect
+    assert state.report.params == expect
     # closed form for the changed leaf L0 (8, 8, s0) and its parent W0_0 (s0, d0_1, u0_0)
     base = independent_params(make_template("mera", 256, 256, 4).to_dict())
     assert expect - base == 8 * 8 * (7 - 4) + 4 * 4 * (7 - 4)
@@ -57,16 +58,16 @@ def test_invalid_field_edits_are_refused_with_message(state):
 
 
 def test_drawing_keeps_a_draft_and_numbers_stay_at_last_valid(state):
-    valid_params = state.report["params"]
+    valid_params = state.report.params
     tid = state.add_tensor("core")
     assert any("has no indices" in p for p in state.problems)
-    assert state.report["params"] == valid_params  # numbers stay at the last valid design
+    assert state.report.params == valid_params  # numbers stay at the last valid design
     assert state.design.tensor(tid)  # nothing lost
     bond = state.connect(tid, "top", dim=3)
     assert state.problems == []
     assert state.design.indices[bond].dim == 3
-    assert state.report["params"] == independent_params(state.design.to_dict())
-    assert state.report["params"] == valid_params - 16 + 16 * 3 + 3  # top (4,4) -> (4,4,3); new vector (3,)
+    assert state.report.params == independent_params(state.design.to_dict())
+    assert state.report.params == valid_params - 16 + 16 * 3 + 3  # top (4,4) -> (4,4,3); new vector (3,)
 
 
 def test_undo_redo_restore_exact_designs(state):
@@ -78,7 +79,7 @@ def test_undo_redo_restore_exact_designs(state):
     assert state.undo() and state.to_json() == j0
     assert not state.can_undo
     assert state.redo() and state.to_json() == j1
-    assert state.report["params"] == independent_params(json.loads(j1))
+    assert state.report.params == independent_params(json.loads(j1))
 
 
 def test_delete_tensor_removes_its_bonds_and_undo_brings_them_back(state):
@@ -99,7 +100,7 @@ def test_open_leg_then_fit_layer(state):
     assert any("multiply to 512" in p for p in state.problems)
     assert state.fit_features()
     assert state.design.in_features == 512 and state.problems == []
-    assert state.report["dense_params"] == 512 * 256
+    assert state.report.dense_params == 512 * 256
 
 
 def test_set_factors(state):
@@ -112,18 +113,18 @@ def test_set_factors(state):
 
 def test_activation_and_schedule_errors(state):
     assert state.set_tensor("W0_0", activation="relu")
-    assert state.report["linear"] is False and state.report["schedule"] == "materialise"
+    assert state.report.linear is False and state.report.schedule == "materialise"
     assert not state.set_tensor("W0_0", activation="swishy")
     assert "unknown activation" in state.field_errors["activation:W0_0"]
     # the top tensor is linear, so x can still stream through the activated fragments
     state.schedule = "stream"
-    assert "schedule" not in state.field_errors and state.report["schedule"] == "stream"
+    assert "schedule" not in state.field_errors and state.report.schedule == "stream"
     state.schedule = "auto"
     assert state.set_tensor("top", activation="relu")  # now W itself is activated: only materialise is valid
-    params = state.report["params"]
+    params = state.report.params
     state.schedule = "stream"
     assert "materialised" in state.field_errors["schedule"]
-    assert state.report["params"] == params  # the last report stays
+    assert state.report.params == params  # the last report stays
     state.schedule = "auto"
     assert "schedule" not in state.field_errors
 
@@ -131,14 +132,14 @@ def test_activation_and_schedule_errors(state):
 def test_batch_and_dtype_recompute(state):
     r32 = state.report
     state.dtype = "float64"
-    assert state.report["param_bytes"] == 2 * r32["param_bytes"]
+    assert state.report.param_bytes == 2 * r32.param_bytes
     state.batch = 128
     ref = cost_report(state.design, batch=128, dtype="float64")
-    assert state.report["forward_flops"] == ref["forward_flops"]
+    assert state.report.forward_flops == ref.forward_flops
     # the apply phase is linear in the batch
-    half = cost_report(state.design, batch=64, dtype="float64", schedule=state.report["schedule"])
-    assert state.report["forward_flops"] - state.report["generate_flops"] >= \
-        2 * (half["forward_flops"] - half["generate_flops"]) * 0.99
+    half = cost_report(state.design, batch=64, dtype="float64", schedule=state.report.schedule)
+    assert state.report.forward_flops - state.report.generate_flops >= \
+        2 * (half.forward_flops - half.generate_flops) * 0.99
 
 
 def test_sweep_matches_closed_form_for_mpo(tmp_path):

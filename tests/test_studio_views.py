@@ -90,7 +90,7 @@ def test_inspector_edits_and_shows_refusals(state):
     assert {"kind:L0", "activation:L0", "dim:i0", "dim:s0"} <= set(insp.widgets)
     insp.widgets["dim:s0"].value = 6
     assert state.design.indices["s0"].dim == 6
-    assert state.report["params"] == cost_report(state.design)["params"]
+    assert state.report.params == cost_report(state.design).params
     state.select([], ["s0"])
     insp.widgets["dim:s0"].value = 9
     assert state.design.indices["s0"].dim == 9
@@ -107,14 +107,14 @@ def test_inspector_edits_and_shows_refusals(state):
 
 def test_cost_panel_shows_problems_and_keeps_numbers(state):
     panel = CostPanel(state)
-    params = state.report["params"]
+    params = state.report.params
     assert f"data-value='{params}'" in panel.cards.object and "valid design" in panel.status.object
     state.add_tensor()
     assert "has no indices" in panel.status.object and f"data-value='{params}'" in panel.cards.object
     assert list(panel.source.data["chi"]) == state.sweep["chi"]
     assert panel.span.location == 4
     rows = steps_html(state.report).count("<tr class=")
-    assert rows == sum(1 for s in state.report["path"] if s["op"] == "einsum" and s["flops"])
+    assert rows == sum(1 for s in state.report.path if s.op == "einsum" and s.flops)
     assert cards_html(None) == "<div class='tn-cards'></div>"
 
 
@@ -156,7 +156,7 @@ def test_hub_connections_attach_and_detach(tmp_path):
     canvas.flow._process_msg({"type": "edge_added", "edge": {"id": "z", "source": "H:R", "target": f"T:{tid}"}})
     assert "R" in s.design.tensor(tid).indices and len(s.design.users()["R"]) == n_users + 1
     assert f"HE:R:{tid}" in _ids(canvas.flow.edges)
-    assert s.report["params"] == cost_report(s.design)["params"]  # a (5,) vector on the rank: +5
+    assert s.report.params == cost_report(s.design).params  # a (5,) vector on the rank: +5
     canvas.flow._process_msg({"type": "edge_deleted", "edge_ids": [f"HE:R:{tid}"]})
     assert "R" not in s.design.tensor(tid).indices and "R" in s.design.indices
     assert s.undo() and "R" in s.design.tensor(tid).indices

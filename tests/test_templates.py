@@ -124,11 +124,13 @@ def test_template_weight_equals_independent_einsum(kind):
     i0, i1, i2, o0, o1, o2 = 1, 2, 3, 2, 1, 0
     row, col = (i0 * 3 + i1) * 4 + i2, (o0 * 2 + o1) * 2 + o2
     assert W[row, col] == pytest.approx(full[i0, i1, i2, o0, o1, o2])
-    from engine.contract.program import compile_program
     import torch
 
+    from engine.contract.program import compile_program
+    from engine.nn.execute import run_program
+
     prog = compile_program(d, 5, "materialise")
-    Wp = prog.execute({k: torch.from_numpy(v) for k, v in cores.items()}, until_weight=True)
+    Wp = run_program(prog, {k: torch.from_numpy(v) for k, v in cores.items()}, until_weight=True)
     np.testing.assert_allclose(Wp.numpy(), W, rtol=1e-10, atol=1e-10)
 
 

@@ -3,6 +3,8 @@ and data-parallel training with 2 CPU processes matching 1 process."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ from engine.train.models import CNN_FEATURES, ModelError, build_model, check_fit
 from engine.nn.linear import TNLinear
 from engine.train.store import RunStore
 from engine.design.templates import make_template
-from engine.train.loop import ConfigError, epoch_batches, lr_lambda, make_config, run_training
+from engine.train.config import ConfigError, RunConfig
+from engine.train.loop import epoch_batches, lr_lambda, resolve_device, run_training
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +43,8 @@ def test_mlp_plan_builds_around_the_design_or_checks_the_layer():
 
 def test_models_put_the_design_where_asked(digits):
     d = make_template("ttn", 256, 256, 4, activation="gelu")
-    tn = build_model(make_config(), digits, d)
-    base = build_model(make_config(baseline=True), digits, d)
+    tn = build_model(RunConfig(), digits, d)
+    base = build_model(RunConfig(baseline=True), digits, d)
     assert isinstance(tn.tn_layer, TNLinear) and tn.tn_layer is tn.net[2]
     assert type(base.tn_layer) is nn.Linear and base.tn_layer.weight.shape == (256, 256)
     x = digits.x_train[:5]
@@ -53,27 +56,114 @@ def test_models_put_the_design_where_asked(digits):
     assert base.summary["params"] - s["params"] == 256 * 256 - d.params
 
     cnn_design = make_template("mpo", CNN_FEATURES, 64, 4)
-    cnn = build_model(make_config(model="cnn"), digits, cnn_design)
+    cnn = build_model(RunConfig(model="cnn"), digits, cnn_design)
     assert isinstance(cnn.tn_layer, TNLinear) and cnn(x).shape == (5, 10)
     with pytest.raises(ModelError, match=f"classifier takes {CNN_FEATURES} features .* in_features=256: make a "
                                          f"design with in_features={CNN_FEATURES}"):
-        build_model(make_config(model="cnn"), digits, d)
+        build_model(RunConfig(model="cnn"), digits, d)
     with pytest.raises(ModelError, match=f"in_features={CNN_FEATURES}"):
-        check_fit(make_config(model="cnn", dataset="cifar10"), d)
+        check_fit(RunConfig(model="cnn", dataset="cifar10"), d)
     with pytest.raises(ModelError, match="needs an image data set"):
-        check_fit(make_config(model="cnn", dataset="teacher"), cnn_design)
-    check_fit(make_config(dataset="mnist"), make_template("mpo", 784, 256, 4))
+        check_fit(RunConfig(model="cnn", dataset="teacher"), cnn_design)
+    check_fit(RunConfig(dataset="mnist"), make_template("mpo", 784, 256, 4))
 
 
 # ----------------------------------------------------------------------------- config, schedule, batches
 def test_config_checks_and_fills_defaults():
-    cfg = make_config(epochs=3, dataset="Fashion-MNIST")
-    assert cfg["epochs"] == 3 and cfg["dataset"] == "fashion_mnist" and cfg["model"] == "mlp"
+    config = RunConfig(epochs=3, dataset="Fashion-MNIST")
+    assert config.epochs == 3 and config.dataset == "fashion_mnist" and config.model == "mlp"
     for bad, match in (({"epoch": 3}, "unknown config key"), ({"epochs": 0}, "epochs must be an integer >= 1"),
                        ({"lr": -1}, "lr must be"), ({"device": "tpu"}, "device must be"),
                        ({"dataset": "imagenet"}, "unknown data set"), ({"hidden": [64, 0]}, "hidden must be")):
         with pytest.raises(ConfigError, match=match):
-            make_config(bad)
+            RunConfig.from_dict(bad)
+
+
+def test_run_config_is_typed_frozen_and_round_trips_through_json():
+    import dataclasses
+    import json
+
+    config = RunConfig(hidden=[256, 128], lr=1, dataset="cifar-100", data_dir=Path("/data"))
+    assert config.hidden == (256, 128) and isinstance(config.lr, float) and config.dataset == "cifar100"
+    assert config.data_dir == "/data"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+    d = config.to_dict()
+    assert list(d) == list(RunConfig.keys()) and d["hidden"] == [256, 128]
+    assert RunConfig.from_dict(json.loads(json.dumps(d))) == config
+    # a config as the run store has kept it since before RunConfig: same keys, so it loads
+    old = {"dataset": "digits", "data_dir": None, "model": "mlp", "hidden": None, "layer": None,
+           "hidden_activation": "relu", "epochs": 10, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0001,
+           "warmup": 0.05, "grad_clip": 1.0, "device": "auto", "amp": False, "seed": 0, "baseline": False,
+           "nproc": 1, "eval_every": 0, "log_every": 10, "max_steps": None, "threads": None}
+    assert RunConfig.from_dict(old).to_dict() == old == RunConfig().to_dict()
+    base = replace(config, baseline=True)
+    assert base.baseline and base.hidden == config.hidden and not config.baseline
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
+        replace(config, epochs=0)  # variants are checked too
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("epochs", True, "epochs must be an integer >= 1, got True"),
+    ("seed", True, "seed must be an integer"), ("seed", 1.5, "seed must be an integer"),
+    ("layer", False, "layer must be None or an integer >= 0"), ("layer", -1, "layer must be None"),
+    ("max_steps", True, "max_steps must be None or an integer >= 1"), ("max_steps", 0, "max_steps must be"),
+    ("threads", True, "threads must be"), ("eval_every", -1, "eval_every must be an integer >= 0"),
+    ("hidden", [64, True], "hidden must be None or a list of integers >= 1"), ("hidden", "256", "hidden must be"),
+    ("lr", float("nan"), "lr must be a number >= 0"), ("lr", 0, "lr must be a number > 0"),
+    ("weight_decay", float("inf"), "weight_decay must be a number >= 0"), ("grad_clip", True, "grad_clip must be"),
+    ("warmup", 1.0, r"warmup must be a fraction in \[0, 1\)"), ("device", "cuda:x", "device must be auto, cpu"),
+    ("model", "rnn", "model must be one of mlp, cnn"), ("hidden_activation", "zap", "must be one of relu, gelu"),
+    ("baseline", "yes", "baseline must be True or False"), ("amp", 2, "amp must be True or False"),
+    ("data_dir", 3, "data_dir must be None or a folder"),
+])
+def test_run_config_rejects_each_bad_value_naming_the_key(key, value, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        RunConfig(**{key: value})
+    assert e.value.key == key and isinstance(e.value, ValueError)
+
+
+def test_unknown_keys_are_named_with_the_known_ones():
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"epoch": 3, "lr": 1e-3, "colour": 1})
+    assert str(e.value).startswith("unknown config key(s) colour, epoch; known: dataset, data_dir, model")
+
+
+def test_cuda_without_a_gpu_is_refused_before_launch(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cpu", "auto"):
+        RunConfig(device=device).check_device()
+    RunConfig(device="auto", nproc=2).check_device()  # auto falls back to the CPU
+    with pytest.raises(ConfigError) as e:
+        RunConfig(device="cuda").check_device()
+    assert str(e.value) == "device cuda asked for but torch sees no GPU: use --device cpu or auto"
+    assert e.value.key == "device"
+    with pytest.raises(ConfigError, match="device cuda:1 asked for but torch sees no GPU"):
+        RunConfig(device="cuda:1").check_device()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="nproc=2 on CUDA needs 2 GPUs, torch sees 1"):
+        RunConfig(device="cuda", nproc=2).check_device()
+    with pytest.raises(ConfigError, match="device cuda:1 asked for but torch sees 1 GPU$"):
+        RunConfig(device="cuda:1").check_device()
+    RunConfig(device="cuda:0").check_device()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    # the trainer's device has an index: torch.cuda.set_device refuses a bare "cuda" (seen on an H200)
+    assert resolve_device("cuda") == resolve_device("auto") == torch.device("cuda", 0)
+
+
+def test_model_registry_drives_the_fit_check():
+    from engine.train.data import dataset_spec
+    from engine.train.models import model_kind, model_names
+
+    assert model_names() == ("mlp", "cnn") and model_kind("cnn").images_only
+    with pytest.raises(ModelError, match="unknown model 'rnn': choose one of mlp, cnn"):
+        model_kind("rnn")
+    with pytest.raises(ModelError, match=r"the CNN needs an image data set \(digits, mnist, .*synthetic_images\), "
+                                         r"not mnist1d"):
+        check_fit(RunConfig(model="cnn", dataset="mnist1d"), None)
+    spec = dataset_spec("mnist1d")
+    check_fit(RunConfig(dataset="mnist1d"), make_template("mpo", spec.in_features, 64, 4))
 
 
 def test_warmup_then_cosine():
@@ -96,9 +186,9 @@ def test_epoch_batches_partition_the_data_across_ranks():
 
 
 # ----------------------------------------------------------------------------- the loop, in-process
-def _record(tmp_path, design=None, **cfg):
+def _record(tmp_path, design=None, **config):
     store = RunStore(tmp_path)
-    return store, store.create_run(make_config(cfg), design)
+    return store, store.create_run(RunConfig(**config), design)
 
 
 def test_training_logs_evaluates_checkpoints_and_completes(tmp_path):
@@ -117,7 +207,7 @@ def test_training_logs_evaluates_checkpoints_and_completes(tmp_path):
     assert res["layer_params"] == d.params + 256
     state = torch.load(tmp_path / rid / "checkpoint.pt", weights_only=True)
     assert state["step"] == steps
-    model = build_model(run["config"], load_dataset("digits"), d)
+    model = build_model(RunConfig.from_dict(run["config"]), load_dataset("digits"), d)
     model.load_state_dict(state["model"])
     data = load_dataset("digits")
     with torch.no_grad():
@@ -136,10 +226,10 @@ def test_nonfinite_loss_fails_the_run_with_the_reason(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     d = make_template("ttn", 64, 64, 4, activation="tanh")  # MLP 64 -> [TN 64x64] -> 64 -> 10
-    cfg = dict(epochs=2, batch_size=128, log_every=4, eval_every=8)
-    store, full = _record(tmp_path, d, **cfg)
+    config = dict(epochs=2, batch_size=128, log_every=4, eval_every=8)
+    store, full = _record(tmp_path, d, **config)
     run_training(full, tmp_path)
-    _, part = _record(tmp_path, d, **cfg)
+    _, part = _record(tmp_path, d, **config)
 
     def stop_after_first_eval(row):
         if row["split"] == "test":
@@ -162,10 +252,10 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     """Gloo, 2 CPU ranks, global batch split in two: the averaged gradients equal one process's, so the weights
     after 8 steps agree with a single-process run (the last, uneven batch is avoided with max_steps)."""
     d = make_template("ttn", 256, 256, 4, activation="gelu")
-    cfg = make_config(epochs=1, batch_size=64, max_steps=8, log_every=4, eval_every=8, lr=1e-3)
-    store, rid1 = _record(tmp_path, d, **cfg)
+    config = RunConfig(epochs=1, batch_size=64, max_steps=8, log_every=4, eval_every=8, lr=1e-3)
+    store, rid1 = _record(tmp_path, d, **config.to_dict())
     one = run_training(rid1, tmp_path)
-    _, rid2 = _record(tmp_path, d, **dict(cfg, nproc=2))
+    _, rid2 = _record(tmp_path, d, **replace(config, nproc=2).to_dict())
     two = run_training(rid2, tmp_path)  # this process is rank 0 and spawns rank 1
     assert one["status"] == "completed"
     assert two["status"] == "completed", (two["reason"], (tmp_path / rid2 / "log.txt").read_text()[-2000:])
@@ -198,3 +288,12 @@ def test_regression_cnn_and_amp_runs(tmp_path):
                      log_every=10)
     run = run_training(rid, tmp_path)  # bfloat16 autocast on CPU
     assert run["status"] == "completed" and math.isfinite(run["results"]["test_loss"])
+
+
+def test_cnn_learns_the_synthetic_images_quickly(tmp_path):
+    store, rid = _record(tmp_path, make_template("mpo", CNN_FEATURES, 32, 4), dataset="synthetic_images",
+                         model="cnn", epochs=5, log_every=8, threads=1)
+    run = run_training(rid, tmp_path)
+    assert run["status"] == "completed", run["reason"]
+    assert run["summary"]["architecture"] == f"conv(32, 64) -> {CNN_FEATURES} -> 32 -> 10"
+    assert run["results"]["test_accuracy"] > 0.4  # chance is 0.1

@@ -14,7 +14,8 @@ from importlib.metadata import entry_points
 
 from engine.cli.common import UserError
 
-COMMAND_MODULES = ("engine.cli.design", "engine.cli.train", "engine.cli.runs", "engine.cli.export")
+COMMAND_MODULES = ("engine.cli.design", "engine.cli.train", "engine.cli.runs", "engine.cli.export",
+                   "engine.cli.analysis")
 ENTRY_POINT_GROUP = "tnstudio.commands"
 
 

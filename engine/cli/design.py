@@ -9,13 +9,14 @@ from engine.design.model import save_design
 
 
 def cmd_template(args: argparse.Namespace) -> int:
-    from engine.design.templates import make_template
+    from engine.design.templates import TEMPLATE_OPTIONS, make_template
 
     vals = read_factors(args.bond) or [4]
     bond: int | list[int] = vals[0] if len(vals) == 1 else vals
+    options = {o.name: getattr(args, o.name) for o in TEMPLATE_OPTIONS if getattr(args, o.name) is not None}
     try:
         d = make_template(args.kind, args.in_features, args.out_features, bond, args.activation,
-                          read_factors(args.in_factors), read_factors(args.out_factors), name=args.name)
+                          read_factors(args.in_factors), read_factors(args.out_factors), name=args.name, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.output:
@@ -34,7 +35,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from engine.contract.cost import cost_report, format_report
+    from engine.contract.cost import cost_report
 
     d = read_design(args.file)
     try:
@@ -42,13 +43,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
                           time_budget=args.budget)
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    print(json.dumps(rep.to_dict(), indent=2) if args.json else rep.format())
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engine.contract.program import SCHEDULES
-    from engine.design.templates import TEMPLATE_KINDS
+    from engine.contract.paths import SEARCHES
+    from engine.contract.schedule import SCHEDULE_CHOICES
+    from engine.design.templates import TEMPLATE_KINDS, TEMPLATE_OPTIONS, option_kinds
 
     t = sub.add_parser("template", help=f"write a template design ({', '.join(TEMPLATE_KINDS)})")
     t.add_argument("kind", help=f"one of {', '.join(TEMPLATE_KINDS)}")
@@ -58,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--activation", default=None, help="activation for nonlinear designs (ttn, attn, mera, mpo)")
     t.add_argument("--in-factors", default=None, help="factorisation of in_features, e.g. 8,8,8,8")
     t.add_argument("--out-factors", default=None, help="factorisation of out_features")
+    for o in TEMPLATE_OPTIONS:  # options declared with the registered templates (e.g. --lateral)
+        t.add_argument(f"--{o.name}", default=None, metavar="|".join(o.choices) + ("|LEVELS" if o.levels else ""),
+                       help=f"{', '.join(option_kinds(o))}: {o.help}")
     t.add_argument("--name", default=None, help="design name")
     t.add_argument("-o", "--output", default=None, help="output JSON file (default: print)")
     t.set_defaults(handler=cmd_template)
@@ -70,8 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("file")
     c.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     c.add_argument("--dtype", default="float32", help="float32, float16, bfloat16 or float64")
-    c.add_argument("--schedule", default="auto", choices=("auto",) + SCHEDULES)
-    c.add_argument("--search", default="fast", choices=["fast", "thorough"],
+    c.add_argument("--schedule", default="auto", choices=SCHEDULE_CHOICES)
+    c.add_argument("--search", default="fast", choices=SEARCHES,
                    help="path search effort (thorough adds cotengra's hyper-optimiser)")
     c.add_argument("--budget", type=float, default=2.0,
                    help="seconds per network for cotengra with --search thorough (default 2)")

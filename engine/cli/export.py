@@ -9,11 +9,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.cli.common import UserError, read_design
-from engine.nn.export import FORMATS, write_export, export_source, layer_state_dict
+from engine.nn.export import FORMATS, export_source, layer_state_dict, write_export
+
+log = logging.getLogger(__name__)
 
 
 def _load_state(path: str) -> dict[str, Any]:
@@ -24,7 +27,8 @@ def _load_state(path: str) -> dict[str, Any]:
         raise UserError(f"{path}: no such weights file")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that is not a plain state dict, a truncated file, ...
+    except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, zip errors):
+        log.debug("torch.load(%s) failed", p, exc_info=True)  # the user gets the one-line reason below
         raise UserError(f"{path}: not a state dict torch can load with weights_only=True ({e})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

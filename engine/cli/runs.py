@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import datetime
-from typing import Any, Callable
+from typing import Callable
 
 from engine.cli.common import UserError
 from engine.cli.train import _get, _num, _pct, _store, comparison_table, finish_line, follow
@@ -41,8 +41,8 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     print(f"  status   {run['status']}" + (f" ({run['reason']})" if run.get("reason") else ""))
     print(f"  created  {_when(run['created'])}   started {_when(run['started'])}   finished {_when(run['finished'])}")
     print(f"  progress step {run.get('step') or 0} of {run.get('total_steps') or '?'}")
-    cfg = run["config"]
-    print("  config   " + ", ".join(f"{k}={v}" for k, v in cfg.items() if v is not None))
+    config = run["config"] or {}
+    print("  config   " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
     if run.get("summary"):
         s = run["summary"]
         print(f"  model    {s.get('architecture')}; {s.get('params', 0):,} params; layer "
@@ -56,7 +56,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             print(f"    step {m['step']:>6}  epoch {m['epoch']:.2f}  loss {m['loss']:.4f}  "
                   f"accuracy {_pct(m['accuracy'])}")
     print(f"  folder   {run['dir']}")
-    pairs = [r for r in store.list_runs() if r.get("parent") == run["id"] and r["config"].get("baseline")]
+    pairs = [r for r in store.list_runs() if r.get("parent") == run["id"] and (r["config"] or {}).get("baseline")]
     if pairs and pairs[0]["status"] == "completed" and run["status"] == "completed":
         print()
         print(comparison_table(run, pairs[0]))

@@ -1,11 +1,13 @@
-"""The ``train`` and ``runs`` commands of the ``tnstudio`` CLI.
+"""The ``train`` command of the ``tnstudio`` CLI, and the run-following helpers ``runs`` shares.
 
 ``tnstudio train [DESIGN.json] --dataset digits --epochs E [--baseline] [--device auto] [--nproc N] [--detach]``
-launches a run in its own process (see :mod:`engine.launcher`) and, unless ``--detach``, follows it with a
+launches a run in its own process (see :mod:`engine.train.launcher`) and, unless ``--detach``, follows it with a
 progress bar read from the run store; Ctrl-C then stops the run (checkpoint, status ``stopped``). ``--baseline``
 also trains the same model with ``nn.Linear`` in place of the design and prints both side by side.
 
-``tnstudio runs list|show ID|stop ID|resume ID|metrics ID|delete ID [--json]`` inspects and controls runs.
+The options build a :class:`~engine.train.config.RunConfig`, which checks them; ``--dataset`` and ``--model`` choices
+and the defaults come from the data-set and model registries and the config itself. ``tnstudio runs`` (inspecting and
+controlling runs) lives in :mod:`engine.cli.runs`.
 """
 from __future__ import annotations
 
@@ -13,9 +15,14 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.cli.common import UserError, read_design, read_factors
+
+if TYPE_CHECKING:
+    from engine.design.model import Design
+    from engine.train.config import RunConfig
 
 
 def _store(args: argparse.Namespace):
@@ -42,14 +49,17 @@ def _num(v: float | None, fmt: str = ".4g") -> str:
 
 
 # ----------------------------------------------------------------------------- following a run
-def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.25) -> dict[str, Any]:
-    """Show a run's progress (tqdm bar; test results as lines) until it ends; Ctrl-C stops the run."""
+def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.25, out: TextIO | None = None
+           ) -> dict[str, Any]:
+    """Show a run's progress (tqdm bar on stderr; test results as lines on ``out``, default stdout) until it ends;
+    Ctrl-C stops the run."""
     from tqdm import tqdm
 
     from engine.train.store import ACTIVE, RunStore
 
     store = RunStore(runs_dir)
     bar = tqdm(total=None, desc=label or run_id, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
+    out = out or sys.stdout
     after, last_train = 0, None
     try:
         while True:
@@ -64,8 +74,8 @@ def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.2
                 else:
                     acc = f"  accuracy {_pct(row['accuracy'])}" if row["accuracy"] is not None else ""
                     bar.write(f"{label or run_id}  epoch {row['epoch']:.2f}  step {row['step']}  "
-                              f"test loss {row['loss']:.4f}{acc}", file=sys.stdout)
-                    sys.stdout.flush()
+                              f"test loss {row['loss']:.4f}{acc}", file=out)
+                    out.flush()
             if last_train is not None:
                 post = {"loss": f"{last_train['loss']:.4f}"}
                 if last_train["accuracy"] is not None:
@@ -87,24 +97,27 @@ def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.2
 
 
 # ----------------------------------------------------------------------------- train
-def _config(args: argparse.Namespace, design) -> dict[str, Any]:
-    from engine.train.loop import ConfigError, make_config
+def _config(args: argparse.Namespace) -> RunConfig:
+    """The run config the options describe (the TN run; its baseline is a ``replace`` of it)."""
+    from engine.train.config import ConfigError, RunConfig
 
     hidden = read_factors(args.hidden) if args.hidden else None
     try:
-        return make_config(dataset=args.dataset, data_dir=args.data_dir, model=args.model, hidden=hidden,
-                           layer=args.layer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           weight_decay=args.weight_decay, device=args.device, amp=args.amp, seed=args.seed,
-                           nproc=args.nproc, eval_every=args.eval_every, baseline=args.baseline_only)
+        return RunConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, hidden=hidden,
+                         layer=args.layer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, device=args.device, amp=args.amp, seed=args.seed,
+                         nproc=args.nproc, eval_every=args.eval_every)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
 
-def _launch(cfg: dict[str, Any], design, args, name=None, parent=None) -> str:
+def _launch(config: RunConfig, design: Design | None, args: argparse.Namespace, name: str | None = None,
+            parent: str | None = None) -> str:
+    """Launch a run; a bad config, a missing GPU or data set, a design that does not fit: one line, exit 2."""
     from engine.train.launcher import launch
 
     try:
-        return launch(cfg, design, args.runs_dir, name=name, parent=parent)
+        return launch(config, design, args.runs_dir, name=name, parent=parent)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -146,14 +159,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     design = read_design(args.design) if args.design else None
     if args.baseline and design is None:
         raise UserError("--baseline compares a design with nn.Linear: give a design file")
-    args.baseline_only = False
-    cfg = _config(args, design)
-    tn_id = _launch(cfg, design, args, name=args.name)
-    base_cfg = dict(cfg, baseline=True)
+    config = _config(args)
+    tn_id = _launch(config, design, args, name=args.name)
+    baseline = replace(config, baseline=True)
     if args.detach:
         ids = [tn_id]
         if args.baseline:
-            ids.append(_launch(base_cfg, design, args, parent=tn_id))
+            ids.append(_launch(baseline, design, args, parent=tn_id))
         if args.json:
             print(json.dumps({"runs": ids}))
         else:
@@ -161,12 +173,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"started run {rid}")
             print("follow with: tnstudio runs show ID; stop with: tnstudio runs stop ID")
         return 0
-    runs = [follow(tn_id, args.runs_dir, label=tn_id)]
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON alone
+    runs = [follow(tn_id, args.runs_dir, label=tn_id, out=out)]
     if not args.json:
         print(finish_line(runs[0]))
     if args.baseline and runs[0]["status"] == "completed":
-        base_id = _launch(base_cfg, design, args, parent=tn_id)
-        runs.append(follow(base_id, args.runs_dir, label=f"{base_id} (dense baseline)"))
+        base_id = _launch(baseline, design, args, parent=tn_id)
+        runs.append(follow(base_id, args.runs_dir, label=f"{base_id} (dense baseline)", out=out))
         if not args.json:
             print(finish_line(runs[1]))
             print()
@@ -177,28 +190,58 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- registration
-def register(sub: argparse._SubParsersAction) -> None:
-    from engine.train.data import DATASETS
-    from engine.train.config import MODELS
+def _registry_epilog() -> str:
+    from engine.train.data import dataset_specs
+    from engine.train.models import model_kinds
 
-    t = sub.add_parser("train", help="train a model whose layer is a design (runs in its own process)")
+    lines = ["data sets (--dataset; aliases in brackets):"]
+    for s in dataset_specs():
+        alias = f" [{', '.join(s.aliases)}]" if s.aliases else ""
+        lines.append(f"  {s.name:<17} {s.description}{alias}")
+    lines.append("models (--model):")
+    lines += [f"  {k.name:<17} {k.description}" for k in model_kinds()]
+    return "\n".join(lines)
+
+
+def _canonical_dataset(text: str) -> str:
+    """``--dataset`` values: aliases and case folded to the registered name (unknown ones left for argparse)."""
+    from engine.train.data import DataError, dataset_name
+
+    try:
+        return dataset_name(text)
+    except DataError:
+        return text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from engine.train.config import RunConfig
+    from engine.train.data import dataset_names, dataset_specs
+    from engine.train.models import model_names
+
+    d = RunConfig()  # the defaults
+    files = "/".join(s.name for s in dataset_specs() if s.needs_files)
+    t = sub.add_parser("train", help="train a model whose layer is a design (runs in its own process)",
+                       epilog=_registry_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("design", nargs="?", default=None, help="design JSON file (omit for an all-dense model)")
-    t.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASETS)} (default digits)")
-    t.add_argument("--data-dir", default=None, help="folder with the mnist/fashion_mnist/cifar10 files")
-    t.add_argument("--model", default="mlp", choices=MODELS, help="mlp (default) or cnn")
+    t.add_argument("--dataset", default=d.dataset, type=_canonical_dataset, choices=dataset_names(), metavar="NAME",
+                   help=f"one of {', '.join(dataset_names())} (default {d.dataset}; listed below)")
+    t.add_argument("--data-dir", default=d.data_dir, help=f"folder with the {files} files in torchvision's layout "
+                   f"(default: $TNSTUDIO_HOME/data)")
+    t.add_argument("--model", default=d.model, choices=model_names(), help=f"default {d.model}; listed below")
     t.add_argument("--hidden", default=None, help="MLP hidden sizes, e.g. 256,256 (default: built around "
                    "the design)")
-    t.add_argument("--layer", type=int, default=None, help="which MLP layer the design replaces (default: the "
+    t.add_argument("--layer", type=int, default=d.layer, help="which MLP layer the design replaces (default: the "
                    "first that fits)")
-    t.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
-    t.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
-    t.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate (default 3e-3; cosine decay)")
-    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
-    t.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default 0)")
-    t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    t.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"global batch size (default {d.batch_size})")
+    t.add_argument("--lr", type=float, default=d.lr, help=f"AdamW peak learning rate (default {d.lr:g}; cosine decay)")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW weight decay (default {d.weight_decay:g})")
+    t.add_argument("--seed", type=int, default=d.seed, help=f"seed of initialisation and data order (default {d.seed})")
+    t.add_argument("--device", default=d.device, help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
     t.add_argument("--amp", action="store_true", help="mixed precision (bfloat16 autocast)")
-    t.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torch.distributed)")
-    t.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: each epoch)")
+    t.add_argument("--nproc", type=int, default=d.nproc, help="data-parallel processes (torch.distributed)")
+    t.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (default: each epoch)")
     t.add_argument("--baseline", action="store_true", help="also train the dense baseline and compare")
     t.add_argument("--detach", action="store_true", help="start the run(s) and return at once")
     t.add_argument("--name", default=None, help="run name")

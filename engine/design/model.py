@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.design.activations import ACTIVATIONS as ACTIVATION_REGISTRY
+
 FORMAT = "tnstudio-design"
 VERSION = 1
 ROLES = ("in", "out", "bond")
 KINDS = ("core", "isometry", "disentangler", "lateral", "delta")
-ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid", "silu", "elu", "softplus", "leaky_relu", "sin")
+ACTIVATIONS = tuple(ACTIVATION_REGISTRY)  # the names designs may use (engine.design.activations defines them)
 
 
 class DesignError(ValueError):
@@ -237,10 +239,8 @@ class Design:
         if g.number_of_nodes() == 1:
             pos = {self.tensors[0].id: (0.0, 0.0)}
         else:
-            try:
-                pos = nx.kamada_kawai_layout(g)
-            except Exception:  # disconnected or degenerate graphs
-                pos = nx.spring_layout(g, seed=0)
+            # kamada-kawai reads well for connected graphs; a draft with separate parts gets a spring layout
+            pos = nx.kamada_kawai_layout(g) if nx.is_connected(g) else nx.spring_layout(g, seed=0)
         scale = 110.0 * max(2.0, math.sqrt(len(self.tensors)))
         for t in self.tensors:
             if force or t.position is None:
@@ -299,8 +299,8 @@ def _parse(d: Any) -> Design:
         indices[name] = Index(dim=spec.get("dim"), role=spec.get("role", "bond"), axis=spec.get("axis"),
                               hyperedge=bool(spec.get("hyperedge", False)))
     raw_t = d.get("tensors")
-    if not isinstance(raw_t, list) or not raw_t:
-        probs.append("'tensors' must be a non-empty list")
+    if not isinstance(raw_t, list):
+        probs.append("'tensors' must be a list of tensors")
         raw_t = []
     tensors = []
     for n, t in enumerate(raw_t):
@@ -326,6 +326,8 @@ def _parse(d: Any) -> Design:
 def _problems(design: Design) -> list[str]:
     probs: list[str] = []
     idx = design.indices
+    if not design.tensors:
+        probs.append("the design has no tensors: add one, or generate a template")
     for name, ix in idx.items():
         if not isinstance(name, str) or not name:
             probs.append(f"index name {name!r} must be a non-empty string")

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _PUBLIC = {"TNLinear": "engine.nn.linear", "count_parameters": "engine.nn.linear",
-           "tensorize": "engine.nn.tensorize"}
+           "run_program": "engine.nn.execute", "tensorize": "engine.nn.tensorize"}
 __all__ = sorted(_PUBLIC)
 
 

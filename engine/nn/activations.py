@@ -1,4 +1,8 @@
-"""Elementwise activations by name: torch functions for execution, source text for exported code."""
+"""Elementwise activations as torch functions, resolved from the registry (:mod:`engine.design.activations`).
+
+Each activation's ``source`` (``"F.gelu"``, ``"torch.sin"``) names the function exported code calls; it is looked
+up attribute by attribute in the same namespaces (``torch``, ``F`` = ``torch.nn.functional``), never evaluated.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,8 +10,26 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from engine.design.activations import ACTIVATIONS
 
-def _flat(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+TensorFn = Callable[[torch.Tensor], torch.Tensor]
+_NAMESPACES = {"torch": torch, "F": F}
+
+
+def resolve_source(source: str) -> TensorFn:
+    """The torch function ``source`` names, e.g. ``"F.gelu"`` -> ``torch.nn.functional.gelu``."""
+    head, *attrs = source.split(".")
+    if head not in _NAMESPACES or not attrs:
+        raise ValueError(f"activation source {source!r}: spell it as torch.<name> or F.<name>")
+    fn = _NAMESPACES[head]
+    for attr in attrs:
+        fn = getattr(fn, attr)
+    if not callable(fn):
+        raise ValueError(f"activation source {source!r} is not a function")
+    return fn
+
+
+def _flat(fn: TensorFn) -> TensorFn:
     """``fn`` applied to the flattened tensor (elementwise, so the same values).
 
     Generator intermediates have many legs: torch's gelu kernel rejects 13 or more dimensions, and an elementwise
@@ -22,14 +44,5 @@ def _flat(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor]
     return flat
 
 
-_BASE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": F.silu,
-    "elu": F.elu, "softplus": F.softplus, "leaky_relu": F.leaky_relu, "sin": torch.sin,
-}
-ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {k: _flat(f) for k, f in _BASE.items()}
-
-# how exported code spells each activation (module-level names available there: torch, F)
-ACTIVATION_SOURCE: dict[str, str] = {
-    "relu": "F.relu", "gelu": "F.gelu", "tanh": "torch.tanh", "sigmoid": "torch.sigmoid", "silu": "F.silu",
-    "elu": "F.elu", "softplus": "F.softplus", "leaky_relu": "F.leaky_relu", "sin": "torch.sin",
-}
+# activation name -> the function programs run (registered activations, when this module is imported)
+ACTIVATION_FNS: dict[str, TensorFn] = {name: _flat(resolve_source(a.source)) for name, a in ACTIVATIONS.items()}

@@ -1,6 +1,6 @@
 """Export a design to code: a standalone PyTorch module, the design JSON, or a snippet using ``engine``.
 
-The standalone module is printed from :func:`engine.program.compile_program` steps, the same steps the engine runs
+The standalone module is printed from :func:`engine.contract.program.compile_program` steps, the same steps the engine runs
 and the cost model counts: each contraction becomes one straight-line ``torch.einsum`` line. Its parameters are
 ``self.cores[<id>]`` (an ``nn.ParameterDict``) and ``self.bias``, so its ``state_dict`` keys equal those of
 :class:`engine.nn.TNLinear` and weights load either way. The generated file imports only ``torch``
@@ -8,7 +8,7 @@ and the cost model counts: each contraction becomes one straight-line ``torch.ei
 
 Schedules. The engine picks, for every batch size, the schedule with fewer FLOPs (``compile_program(...,
 schedule="auto")``). When the design can stream (linear designs, and nonlinear ones whose W is linear in what
-follows the last activation, :func:`engine.program.can_stream`), the exported module carries the ``materialise``
+follows the last activation, :func:`engine.contract.schedule.can_stream`), the exported module carries the ``materialise``
 program and every distinct ``stream`` program the engine plans at batch sizes 1 to 4096 (its stream path can
 change with the batch), with the FLOPs of each as ``a + b * batch`` (exact: a step's FLOPs are either independent
 of the batch or proportional to it), and runs the cheapest: the engine's rule, without the cost model. Otherwise
@@ -17,14 +17,15 @@ it materialises W.
 from __future__ import annotations
 
 import keyword
-import math
 import re
 import textwrap
 from pathlib import Path
 from typing import Any
 
+from engine.contract.program import BATCH, Program, Step, compile_program
+from engine.contract.schedule import can_stream
+from engine.design.activations import activation
 from engine.design.model import Design
-from engine.contract.program import BATCH, Program, Step, can_stream, compile_program
 
 FORMATS = ("torch", "json", "snippet")
 DEFAULT_SUFFIX = {"torch": ".py", "json": ".json", "snippet": ".py"}
@@ -88,13 +89,6 @@ def stream_variants(design: Design, batch: int = 64,
     return {f"stream_b{p.batch}": p for p in progs}
 
 
-def _activation_source(name: str) -> str:
-    """How exported code spells an activation (imported on use: engine.activations loads torch)."""
-    from engine.nn.activations import ACTIVATION_SOURCE
-
-    return ACTIVATION_SOURCE[name]
-
-
 # --------------------------------------------------------------------- code lines
 def _step_lines(prog: Program, steps: list[Step], names: dict[str, str]) -> list[str]:
     """One line per step: ``out = torch.einsum("eq", a, b)`` (plus activation) or ``out = a.reshape(...)``."""
@@ -110,7 +104,7 @@ def _step_lines(prog: Program, steps: list[Step], names: dict[str, str]) -> list
             expr = f'torch.einsum("{s.equation}", {", ".join(args)})'
         note = f"  # {s.flops:,} FLOPs at batch {prog.batch}" if s.flops and s.phase == "apply" else (
             f"  # {s.flops:,} FLOPs" if s.flops else "")
-        act = _activation_source(s.activation) if s.activation is not None else None
+        act = activation(s.activation).source if s.activation is not None else None
         if act is not None and s.activation == "gelu" and len(s.out_indices) > 12:
             # torch's gelu kernel rejects tensors of 13+ dimensions: apply it to the flat view (elementwise)
             lines.append(f"{s.output} = {expr}{note}")
@@ -140,9 +134,9 @@ def _init_stds(design: Design) -> dict[str, float]:
 
 
 def _compute_init_stds(design: Design) -> dict[str, float]:
-    """Per-core std of the exported module's Gaussian initialisation, from :mod:`engine.init`.
+    """Per-core std of the exported module's Gaussian initialisation, from :mod:`engine.nn.init`.
 
-    Linear designs: the closed form of :func:`engine.init.linear_core_stds`, which gives W ``nn.Linear``'s
+    Linear designs: the closed form of :func:`engine.nn.init.linear_core_stds`, which gives W ``nn.Linear``'s
     variance in expectation. Nonlinear designs: the std of each core after the engine's calibrated
     initialisation (seed 0), so activations see inputs of the calibrated scale.
     """

@@ -13,7 +13,9 @@ closed form holds in expectation; for small cores one draw can be off by 30%, so
 rescales all cores equally to the exact ``||W||_F`` (computed from the doubled network, W is never formed).
 
 Nonlinear designs (calibrated, deterministic under a seed). Leaves start with the balanced Gaussian above,
-isometries orthogonal (QR of a Gaussian) and disentanglers near the identity. Then, in the evaluation order, each
+isometries orthogonal (QR of a Gaussian), disentanglers near the identity and lateral tensors near the identity on
+each bond (``X[a, b, a', b'] ~ delta(a, a') delta(b, b')``: no mixing yet, also when a lateral narrows wide leaf bonds,
+see :func:`_pairwise_identity`). Then, in the evaluation order, each
 activated tensor is rescaled so that its pre-activation has unit RMS (W is linear in the tensor being absorbed
 before its activation); finally the last tensor (when it has no activation, as in every template) is projected so
 that ``mean(W) = 0`` and rescaled so that ``std(W)`` hits the target.
@@ -21,11 +23,15 @@ that ``mean(W) = 0`` and rescaled so that ``std(W)`` hits the target.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from engine.design.model import Design
+from engine.nn.execute import run_program
+
+if TYPE_CHECKING:
+    from engine.contract.program import Program
 
 PRE_ACTIVATION_RMS = 1.0  # where the calibration puts every activation's input
 DISENTANGLER_NOISE = 0.05
@@ -108,10 +114,26 @@ def _near_identity(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
     return m.reshape(shape)
 
 
+def _pairwise_identity(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """Leg ``n`` of the first half -> leg ``n`` of the second half, each by a (rectangular) identity, plus a little
+    noise: a lateral tensor that starts by passing each bond through unmixed. For square shapes this is
+    :func:`_near_identity`; for ``(6, 6, 2, 2)`` it keeps the first two values of *both* inputs rather than all
+    pairs of the first input's first value, as one flattened rectangular identity would."""
+    h = len(shape) // 2
+    if 2 * h != len(shape):
+        return _near_identity(shape, g)
+    m = torch.ones(1, 1)
+    for n in range(h):
+        m = torch.kron(m, torch.eye(shape[n], shape[h + n]))
+    rows, cols = m.shape
+    m = m + DISENTANGLER_NOISE * torch.randn(rows, cols, generator=g) / math.sqrt(max(rows, 1))
+    return m.reshape(shape)
+
+
 def raw_cores(design: Design, std: float, seed: int | torch.Generator | None = None,
               structured: bool | None = None) -> dict[str, torch.Tensor]:
     """Uncalibrated float32 CPU cores: balanced Gaussians (closed form for linear designs), and with
-    ``structured`` (default: nonlinear designs) orthogonal isometries and near-identity disentanglers."""
+    ``structured`` (default: nonlinear designs) orthogonal isometries, near-identity disentanglers and laterals."""
     g = _generator(seed)
     structured = (not design.is_linear) if structured is None else structured
     stds = linear_core_stds(design, std)
@@ -122,6 +144,8 @@ def raw_cores(design: Design, std: float, seed: int | torch.Generator | None = N
             out[t.id] = delta_tensor(shape)
         elif structured and t.kind == "disentangler" and len(shape) >= 2:
             out[t.id] = _near_identity(shape, g)
+        elif structured and t.kind == "lateral" and len(shape) >= 2:
+            out[t.id] = _pairwise_identity(shape, g)
         elif structured and t.kind == "isometry" and len(shape) >= 2:
             out[t.id] = _orthogonal(shape, g)
         else:
@@ -193,7 +217,7 @@ def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterat
     for k, tid in enumerate(activated):
         rec: list[float] = []
         try:
-            prog.execute(cores, activations=_recording(rec, k), until_weight=True)
+            run_program(prog, cores, activations=_recording(rec, k), until_weight=True)
         except _Stop:
             pass
         if len(rec) > k and rec[k] > 0 and math.isfinite(rec[k]):
@@ -203,24 +227,24 @@ def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterat
         _remove_mean(prog, cores, last)
     achieved = float("nan")
     for _ in range(iterations if design.tensor(last).activation else 1):
-        w = prog.execute(cores, until_weight=True)
+        w = run_program(prog, cores, until_weight=True)
         achieved = float(w.detach().float().std())
         if not (achieved > 0 and math.isfinite(achieved)):
             break
         cores[last].mul_(std / achieved)
         if abs(achieved / std - 1) < 1e-3:
             break
-    w = prog.execute(cores, until_weight=True)
+    w = run_program(prog, cores, until_weight=True)
     return {"std": float(w.detach().float().std()), "target": std}
 
 
-def _remove_mean(prog: Any, cores: dict[str, torch.Tensor], last: str) -> None:
+def _remove_mean(prog: Program, cores: dict[str, torch.Tensor], last: str) -> None:
     """Project the last core so that ``mean(W) = 0``: W is linear in it, so ``mean(W) = <g, core>`` with ``g`` the
     gradient of ``mean(W)``, and removing the component along ``g`` zeroes it (positive activations such as relu
     and gelu otherwise leave a common offset in every entry, unlike ``nn.Linear``)."""
     with torch.enable_grad():
         leaf = cores[last].detach().clone().requires_grad_(True)
-        mean = prog.execute({**cores, last: leaf}, until_weight=True).mean()
+        mean = run_program(prog, {**cores, last: leaf}, until_weight=True).mean()
         (g,) = torch.autograd.grad(mean, leaf)
     gg = float(g.double().pow(2).sum())
     if gg > 0:

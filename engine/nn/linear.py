@@ -4,24 +4,28 @@ The parameters are the design's cores, in an ``nn.ParameterDict`` named ``cores`
 ``cores.<key>``); copy (``delta``) tensors are fixed buffers ``delta_<key>``. ``key`` is the tensor id itself when
 it is a plain identifier (``G0``, ``N1_0``, ``top``, ``D0_0``, ...); any other id (one with a dot, a clash with a
 ``ParameterDict`` attribute, or one starting with ``x_``) is stored as ``x_`` + the hex of its UTF-8 bytes, which
-:func:`key_to_id` turns back. Every forward pass runs a :class:`~engine.program.Program` (the single source of
-truth shared with the cost model and the exporter), compiled once per (batch size, schedule) and cached.
+:func:`key_to_id` turns back. Every forward pass runs a :class:`~engine.contract.program.Program` (the single
+source of truth shared with the cost model and the exporter), compiled once per (batch size, schedule) and cached,
+with :func:`~engine.nn.execute.run_program`.
 
 Conventions follow the project: ``weight()`` is ``W`` of shape ``(in_features, out_features)`` and the layer
 computes ``y = x @ W + b`` (``nn.Linear.weight`` is ``W.T``).
 """
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from engine.contract.program import Program, compile_program
+from engine.contract.schedule import check_schedule
 from engine.design.model import Design, load_design
+from engine.nn.execute import run_program
 from engine.nn.init import delta_tensor, init_bias, init_cores
-from engine.contract.program import SCHEDULES, Program, can_stream, compile_program
+from engine.types import PathLike, ScheduleChoice, Search
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = set(dir(nn.ParameterDict())) | {"cores", "bias"}
@@ -45,7 +49,7 @@ def _outside_graphs(fn):
     return torch.compiler.disable(fn)
 
 
-def as_design(design: Design | dict | str | Path) -> Design:
+def as_design(design: Design | dict | PathLike) -> Design:
     """Accept a :class:`Design`, its dict / JSON text, or a path to a design file; always validated."""
     if isinstance(design, Design):
         return design.check()
@@ -53,7 +57,7 @@ def as_design(design: Design | dict | str | Path) -> Design:
         return Design.from_dict(design)
     if isinstance(design, str) and design.lstrip().startswith("{"):
         return Design.from_json(design)
-    if isinstance(design, (str, Path)):
+    if isinstance(design, (str, os.PathLike)):
         return load_design(design)
     raise TypeError(f"expected a Design, a design dict/JSON or a path, got {type(design).__name__}")
 
@@ -66,13 +70,13 @@ class TNLinear(nn.Module):
         bias: add a learnable bias (initialised like ``nn.Linear``'s).
         schedule: ``"auto"`` (the cost model picks the cheaper schedule for each batch size), ``"materialise"``
             or ``"stream"`` (linear designs only). May be changed later through the attribute.
-        search: contraction-path search effort passed to :func:`~engine.program.compile_program`.
+        search: contraction-path search effort passed to :func:`~engine.contract.program.compile_program`.
         seed: seed of the initialisation (``None``: drawn from torch's global generator).
-        init: initialise the cores (:func:`engine.init.init_cores`); ``False`` leaves them zero.
+        init: initialise the cores (:func:`engine.nn.init.init_cores`); ``False`` leaves them zero.
     """
 
-    def __init__(self, design: Design | dict | str | Path, bias: bool = True, schedule: str = "auto",
-                 search: str = "fast", seed: int | None = None, init: bool = True,
+    def __init__(self, design: Design | dict | PathLike, bias: bool = True, schedule: ScheduleChoice = "auto",
+                 search: Search = "fast", seed: int | None = None, init: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
         self.design = as_design(design)
@@ -104,17 +108,12 @@ class TNLinear(nn.Module):
 
     # ----------------------------------------------------------------- configuration
     @property
-    def schedule(self) -> str:
+    def schedule(self) -> ScheduleChoice:
         return self._schedule
 
     @schedule.setter
-    def schedule(self, value: str) -> None:
-        if value not in ("auto",) + SCHEDULES:
-            raise ValueError(f"schedule must be auto, materialise or stream, got {value!r}")
-        if value == "stream" and not can_stream(self.design):
-            raise ValueError(f"design {self.design.name!r} cannot stream: its last tensor applies an activation, "
-                             f"so W must be materialised (use schedule 'auto' or 'materialise')")
-        self._schedule = value
+    def schedule(self, value: ScheduleChoice) -> None:
+        self._schedule = check_schedule(self.design, value)
 
     @property
     def params(self) -> int:
@@ -122,18 +121,18 @@ class TNLinear(nn.Module):
         return self.design.params
 
     def core_tensors(self) -> dict[str, torch.Tensor]:
-        """Tensor id -> tensor (trainable cores and fixed delta buffers), as :meth:`Program.execute` takes them."""
+        """Tensor id -> tensor (trainable cores and fixed delta buffers), as :func:`run_program` takes them."""
         out = {key_to_id(k): v for k, v in self.cores.items()}
         for tid, name in self._delta_keys.items():
             out[tid] = getattr(self, name)
         return out
 
-    def _compile(self, batch: int, schedule: str) -> Program:
+    def _compile(self, batch: int, schedule: ScheduleChoice) -> Program:
         prog = compile_program(self.design, batch, schedule, self.search)
         self._programs[(batch, schedule)] = prog
         return prog
 
-    def program(self, batch: int, schedule: str | None = None) -> Program:
+    def program(self, batch: int, schedule: ScheduleChoice | None = None) -> Program:
         """The program this module runs for ``batch`` rows (cached per batch size and schedule)."""
         schedule = schedule or self._schedule
         prog = self._programs.get((batch, schedule))
@@ -146,7 +145,7 @@ class TNLinear(nn.Module):
     # ----------------------------------------------------------------- computation
     def weight(self) -> torch.Tensor:
         """W, ``(in_features, out_features)``, generated from the cores (differentiable)."""
-        return self.program(1, "materialise").execute(self.core_tensors(), until_weight=True)
+        return run_program(self.program(1, "materialise"), self.core_tensors(), until_weight=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -155,7 +154,7 @@ class TNLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         prog = self.program(max(int(x2.shape[0]), 1))
-        y = prog.execute(self.core_tensors(), x2)
+        y = run_program(prog, self.core_tensors(), x2)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*lead, self.out_features)
@@ -168,7 +167,7 @@ class TNLinear(nn.Module):
 
     # ----------------------------------------------------------------- from a dense layer
     @classmethod
-    def from_linear(cls, linear: nn.Linear, design: Design | dict | str | Path, method: str = "auto",
+    def from_linear(cls, linear: nn.Linear, design: Design | dict | PathLike, method: str = "auto",
                     steps: int = 300, lr: float = 0.02, seed: int = 0, **kwargs: Any) -> "TNLinear":
         """A TNLinear approximating ``linear`` (its weight and bias); the fit is in ``.fit_report``.
 

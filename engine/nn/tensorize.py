@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from engine.design.model import Design
+from engine.nn.execute import run_program
 
 FULL_W_LIMIT = 1 << 22  # above this many entries, fitting compares layer outputs on random probes instead of W
 PROBE_BATCH = 256
@@ -143,10 +144,10 @@ def fit_cores(module: Any, w: torch.Tensor, steps: int = 300, lr: float = 0.02, 
         cores = module.core_tensors()
         if probes:
             x = torch.randn(PROBE_BATCH, module.in_features, generator=g, device=w.device, dtype=w.dtype)
-            y = module.program(PROBE_BATCH).execute(cores, x)
+            y = run_program(module.program(PROBE_BATCH), cores, x)
             loss = (y - x @ w).pow(2).sum() / (PROBE_BATCH * wnorm2)
         else:
-            loss = (module.program(1, "materialise").execute(cores, until_weight=True) - w).pow(2).sum() / wnorm2
+            loss = (run_program(module.program(1, "materialise"), cores, until_weight=True) - w).pow(2).sum() / wnorm2
         if not probes:  # the loss belongs to the cores before this step
             err = float(loss.detach()) ** 0.5
             if err < best[0]:

@@ -1,76 +1,169 @@
-"""Run configs: every training setting with its default, checked in one place."""
+"""Run configs: every training setting with its type and default, checked in one place (:class:`RunConfig`)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
 
-from engine.train.data import dataset_name
-
-MODELS = ("mlp", "cnn")
-
-DEFAULT_CONFIG: dict[str, Any] = {
-    "dataset": "digits", "data_dir": None, "model": "mlp", "hidden": None, "layer": None,
-    "hidden_activation": "relu", "epochs": 10, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4,
-    "warmup": 0.05, "grad_clip": 1.0, "device": "auto", "amp": False, "seed": 0, "baseline": False, "nproc": 1,
-    "eval_every": 0, "log_every": 10, "max_steps": None, "threads": None,
-}
+from engine.train.data import DataError, dataset_name
+from engine.train.models import HIDDEN_ACTIVATIONS, model_names
 
 
 class ConfigError(ValueError):
-    """A run config with a bad value; the message names the key and what is allowed."""
+    """A run config with a bad value; the message names the key and what is allowed (``key``: that key)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
-def make_config(overrides: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-    """A complete, checked, JSON-able run config: :data:`DEFAULT_CONFIG` updated with the values given.
+def _label(text: str) -> dict[str, str]:
+    return {"label": text}
 
-    Keys: dataset, data_dir, model (mlp|cnn), hidden (MLP hidden sizes or None: built around the design), layer
-    (MLP layer the design replaces, None: the first that fits), hidden_activation, epochs, batch_size, lr,
-    weight_decay, warmup (fraction of the steps), grad_clip (0: off), device (auto|cpu|cuda|cuda:N), amp, seed,
-    baseline (nn.Linear in place of the design), nproc (data-parallel processes), eval_every (steps, 0: each
-    epoch), log_every (steps), max_steps (stop early, None: all epochs), threads (CPU threads per process;
-    None: one thread for small MLPs, whose steps are too short to gain from more, else torch's default).
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A complete, checked training config; build variants with ``dataclasses.replace``.
+
+    Fields: dataset (a registered name or alias, stored canonical), data_dir (folder of the file data sets;
+    None: ``<TNSTUDIO_HOME>/data``), model (a registered kind: mlp, cnn), hidden (MLP hidden sizes; None: built
+    around the design), layer (MLP layer the design replaces; None: the first that fits), hidden_activation,
+    epochs, batch_size (global), lr (AdamW peak), weight_decay, warmup (fraction of the steps), grad_clip (0: off),
+    device (auto|cpu|cuda|cuda:N), amp, seed, baseline (nn.Linear in place of the design), nproc (data-parallel
+    processes), eval_every (steps; 0: each epoch), log_every (steps), max_steps (stop early; None: all epochs),
+    threads (CPU threads per process; None: one thread for small MLPs, whose steps are too short to gain from
+    more, else torch's default).
+
+    Construction checks every field and raises :class:`ConfigError`; :meth:`from_dict` / :meth:`to_dict` convert
+    to and from the JSON the run store keeps (same keys as ever, so old run stores load).
     """
-    cfg = dict(DEFAULT_CONFIG)
-    given = {**(overrides or {}), **kwargs}
-    unknown = set(given) - set(cfg)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(sorted(unknown))}; known: {', '.join(cfg)}")
-    cfg.update({k: v for k, v in given.items()})
 
-    def need(key: str, ok: bool, what: str) -> None:
+    dataset: str = field(default="digits", metadata=_label("data set"))
+    data_dir: str | None = field(default=None, metadata=_label("data folder"))
+    model: str = field(default="mlp", metadata=_label("model"))
+    hidden: tuple[int, ...] | None = field(default=None, metadata=_label("MLP hidden sizes"))
+    layer: int | None = field(default=None, metadata=_label("layer the design replaces"))
+    hidden_activation: str = field(default="relu", metadata=_label("hidden activation"))
+    epochs: int = field(default=10, metadata=_label("epochs"))
+    batch_size: int = field(default=64, metadata=_label("batch size"))
+    lr: float = field(default=3e-3, metadata=_label("learning rate"))
+    weight_decay: float = field(default=1e-4, metadata=_label("weight decay"))
+    warmup: float = field(default=0.05, metadata=_label("warm-up"))
+    grad_clip: float = field(default=1.0, metadata=_label("gradient clipping"))
+    device: str = field(default="auto", metadata=_label("device"))
+    amp: bool = field(default=False, metadata=_label("mixed precision"))
+    seed: int = field(default=0, metadata=_label("seed"))
+    baseline: bool = field(default=False, metadata=_label("dense baseline"))
+    nproc: int = field(default=1, metadata=_label("processes"))
+    eval_every: int = field(default=0, metadata=_label("evaluation interval"))
+    log_every: int = field(default=10, metadata=_label("logging interval"))
+    max_steps: int | None = field(default=None, metadata=_label("maximum steps"))
+    threads: int | None = field(default=None, metadata=_label("CPU threads"))
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    # ----------------------------------------------------------------- checks
+    def _set(self, key: str, value: Any) -> None:
+        object.__setattr__(self, key, value)  # normalising a frozen instance while it is being built
+
+    def _need(self, key: str, ok: bool, what: str) -> None:
         if not ok:
-            raise ConfigError(f"{key} must be {what}, got {cfg[key]!r}")
+            raise ConfigError(f"{key} must be {what}, got {getattr(self, key)!r}", key)
 
-    try:
-        cfg["dataset"] = dataset_name(str(cfg["dataset"]))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    need("model", cfg["model"] in MODELS, f"one of {', '.join(MODELS)}")
-    for key in ("epochs", "batch_size", "nproc", "log_every"):
-        need(key, isinstance(cfg[key], int) and not isinstance(cfg[key], bool) and cfg[key] >= 1,
-             "an integer >= 1")
-    need("eval_every", isinstance(cfg["eval_every"], int) and cfg["eval_every"] >= 0, "an integer >= 0")
-    need("seed", isinstance(cfg["seed"], int), "an integer")
-    for key in ("lr", "weight_decay", "grad_clip", "warmup"):
-        need(key, isinstance(cfg[key], (int, float)) and not isinstance(cfg[key], bool) and cfg[key] >= 0
-             and math.isfinite(cfg[key]), "a number >= 0")
-        cfg[key] = float(cfg[key])
-    need("lr", cfg["lr"] > 0, "a number > 0")
-    need("warmup", cfg["warmup"] < 1, "a fraction in [0, 1)")
-    need("max_steps", cfg["max_steps"] is None or (isinstance(cfg["max_steps"], int) and cfg["max_steps"] >= 1),
-         "None or an integer >= 1")
-    need("hidden", cfg["hidden"] is None or (isinstance(cfg["hidden"], (list, tuple)) and all(
-        isinstance(h, int) and h >= 1 for h in cfg["hidden"])), "None or a list of integers >= 1")
-    if cfg["hidden"] is not None:
-        cfg["hidden"] = list(cfg["hidden"])
-    need("threads", cfg["threads"] is None or (isinstance(cfg["threads"], int) and cfg["threads"] >= 1),
-         "None or an integer >= 1")
-    need("layer", cfg["layer"] is None or (isinstance(cfg["layer"], int) and cfg["layer"] >= 0),
-         "None or an integer >= 0")
-    dev = str(cfg["device"])
-    need("device", dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-         "auto, cpu, cuda or cuda:N")
-    cfg["baseline"], cfg["amp"] = bool(cfg["baseline"]), bool(cfg["amp"])
-    if cfg["data_dir"] is not None:
-        cfg["data_dir"] = str(cfg["data_dir"])
-    return cfg
+    def _validate(self) -> None:
+        try:
+            self._set("dataset", dataset_name(str(self.dataset)))
+        except DataError as e:
+            raise ConfigError(str(e), "dataset") from None
+        self._need("model", self.model in model_names(), f"one of {', '.join(model_names())}")
+        for key in ("epochs", "batch_size", "nproc", "log_every"):
+            self._need(key, _is_int(getattr(self, key), 1), "an integer >= 1")
+        self._need("eval_every", _is_int(self.eval_every, 0), "an integer >= 0")
+        self._need("seed", _is_int(self.seed), "an integer")
+        for key in ("lr", "weight_decay", "grad_clip", "warmup"):
+            value = getattr(self, key)
+            self._need(key, _is_number(value) and value >= 0 and math.isfinite(value), "a number >= 0")
+            self._set(key, float(value))
+        self._need("lr", self.lr > 0, "a number > 0")
+        self._need("warmup", self.warmup < 1, "a fraction in [0, 1)")
+        self._need("max_steps", self.max_steps is None or _is_int(self.max_steps, 1), "None or an integer >= 1")
+        self._need("hidden", self.hidden is None or (isinstance(self.hidden, (list, tuple)) and all(
+            _is_int(h, 1) for h in self.hidden)), "None or a list of integers >= 1")
+        if self.hidden is not None:
+            self._set("hidden", tuple(self.hidden))
+        self._need("threads", self.threads is None or _is_int(self.threads, 1), "None or an integer >= 1")
+        self._need("layer", self.layer is None or _is_int(self.layer, 0), "None or an integer >= 0")
+        self._need("hidden_activation", self.hidden_activation in HIDDEN_ACTIVATIONS,
+                   f"one of {', '.join(HIDDEN_ACTIVATIONS)}")
+        dev = str(self.device)
+        self._need("device", dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+                   "auto, cpu, cuda or cuda:N")
+        self._set("device", dev)
+        for key in ("baseline", "amp"):
+            value = getattr(self, key)
+            self._need(key, isinstance(value, bool) or (_is_int(value) and value in (0, 1)), "True or False")
+            self._set(key, bool(value))
+        self._need("data_dir", self.data_dir is None or isinstance(self.data_dir, (str, os.PathLike)),
+                   "None or a folder")
+        if self.data_dir is not None:
+            self._set("data_dir", os.fspath(self.data_dir))
+
+    def check_device(self) -> None:
+        """Refuse, with a :class:`ConfigError`, a CUDA device this machine lacks (the launcher calls this before
+        recording a run; imports torch unless the device is cpu, or auto on one process)."""
+        problem = device_problem(self.device, self.nproc)
+        if problem:
+            raise ConfigError(problem, "device")
+
+    # ----------------------------------------------------------------- conversions
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def label(cls, key: str) -> str:
+        """A field's name in words (for forms and messages)."""
+        return next((f.metadata.get("label", key) for f in fields(cls) if f.name == key), key)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """A config from a dict such as the run store keeps (missing keys take their defaults)."""
+        unknown = set(data) - set(cls.keys())
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(sorted(unknown))}; known: {', '.join(cls.keys())}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict of every field (``hidden`` as a list), as the run store keeps it."""
+        out = {k: getattr(self, k) for k in self.keys()}
+        if self.hidden is not None:
+            out["hidden"] = list(self.hidden)
+        return out
+
+
+def _is_int(value: Any, minimum: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def device_problem(device: str, nproc: int = 1) -> str | None:
+    """Why this machine cannot train on ``device`` with ``nproc`` processes, or None when it can."""
+    if device == "cpu" or (device == "auto" and nproc == 1):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        if device == "auto":
+            return None
+        return f"device {device} asked for but torch sees no GPU: use --device cpu or auto"
+    count = torch.cuda.device_count()
+    if nproc > 1 and count < nproc:
+        return f"nproc={nproc} on CUDA needs {nproc} GPUs, torch sees {count}"
+    if device.startswith("cuda:") and int(device[5:]) >= count:
+        return f"device {device} asked for but torch sees {count} GPU{'s' if count != 1 else ''}"
+    return None

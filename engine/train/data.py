@@ -1,33 +1,43 @@
-"""Data sets for training runs, loaded whole into memory as torch tensors.
+"""Data sets for training runs, loaded whole into memory as torch tensors, from one registry.
 
-``load_dataset(name, data_dir=None) -> Dataset``. Names (:data:`DATASETS`):
+``load_dataset(name, data_dir=None) -> Dataset``. Every data set is registered once, with
+:func:`register_dataset` on its loader, as a :class:`DatasetSpec` (input shape per example, outputs, task, aliases,
+the files it needs, a one-line description). The CLI's ``--dataset`` choices, the studio's Train form and
+:func:`engine.train.models.check_fit` all read the registry (:func:`dataset_specs`, :func:`dataset_spec`), so a
+new data set is added here and nowhere else. This module imports torch only inside loaders.
 
-- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes; ships with scikit-learn, no
-  download). Fixed stratified split: 1,438 train / 359 test.
-- ``teacher``: synthetic teacher-student regression: x ~ N(0, I_64), y = teacher(x) + noise with a fixed random
-  two-layer tanh teacher (64 -> 32 -> 8). 4,096 train / 1,024 test rows.
-- ``mnist``, ``fashion_mnist``: the standard idx files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each optionally ``.gz``).
-- ``cifar10``: the python pickle batches ``cifar-10-batches-py/data_batch_1..5`` and ``test_batch``.
+Built in (``tnstudio train --help`` lists them with their descriptions):
 
-File data sets are read from ``data_dir`` (default ``<TNSTUDIO_HOME>/data``), looking in the folder itself, in
-``<data_dir>/<name>`` and in torchvision's layout (``MNIST/raw``, ``FashionMNIST/raw``); nothing is downloaded.
-Missing files raise :class:`DataError` naming the files expected and the folders searched.
+- ``digits``: scikit-learn's 8x8 handwritten digits, fixed stratified split 1,438 / 359.
+- ``teacher``: synthetic teacher-student regression (64 -> 8).
+- ``mnist1d``: the MNIST-1D benchmark regenerated locally by the ``mnist1d`` package with its published default
+  arguments (4,000 / 1,000 signals of length 40, 10 classes); cached in ``<TNSTUDIO_HOME>/data/mnist1d.npz``.
+- ``synthetic_images``: seeded class-dependent colour gratings, 3x16x16, 500 / 200, for fast CNN checks.
+- ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: read by torchvision's dataset classes with
+  ``download=False`` from ``data_dir`` (default ``<TNSTUDIO_HOME>/data``) in torchvision's layout
+  (``MNIST/raw``, ``FashionMNIST/raw``, ``cifar-10-batches-py``, ``cifar-100-python``). Nothing is downloaded; a
+  missing file raises :class:`DataError` naming the files expected and the folder. MNIST files may also be
+  gzipped (``.gz``): they are unpacked beside themselves first, as torchvision's own download does. torchvision
+  checks the CIFAR files against the published md5 checksums before unpickling them.
 
 Images are ``(N, C, H, W)`` float32, standardised with the training set's per-channel mean and std; labels are
-int64. MLPs flatten the images; CNNs use them as they are.
+int64. MLPs flatten the inputs; CNNs take the images as they are.
 """
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import math
 import os
-import pickle
-import struct
+import random
+import shutil
+import uuid
+import zipfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
@@ -36,18 +46,13 @@ from engine.home import tnstudio_home
 if TYPE_CHECKING:
     import torch
 
-DATASETS = ("digits", "teacher", "mnist", "fashion_mnist", "cifar10")
-_ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10",
-            "cifar": "cifar10", "teacher_student": "teacher", "teacher-student": "teacher"}
+log = logging.getLogger(__name__)
+
+Task = Literal["classification", "regression"]
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")
-CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-# name -> (input shape per example, outputs, task): known before loading, for checking a model against a design
-DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int, str]] = {
-    "digits": ((1, 8, 8), 10, "classification"), "teacher": ((64,), 8, "regression"),
-    "mnist": ((1, 28, 28), 10, "classification"), "fashion_mnist": ((1, 28, 28), 10, "classification"),
-    "cifar10": ((3, 32, 32), 10, "classification"),
-}
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+CIFAR100_FILES = ("train", "test", "meta")
 
 
 class DataError(ValueError):
@@ -80,39 +85,138 @@ class Dataset:
                 f"input={self.input_shape}, outputs={self.num_outputs})")
 
 
+# ----------------------------------------------------------------------------- the registry
+Loader = Callable[[Path], Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What is known about a data set before loading it, and how to load it."""
+
+    name: str
+    input_shape: tuple[int, ...]  # per example
+    num_outputs: int  # classes, or regression targets
+    task: Task
+    description: str  # one line, for help texts and the studio
+    loader: Loader  # data folder -> Dataset
+    title: str = ""  # the data set's usual name in messages ("CIFAR-10"); default: name
+    aliases: tuple[str, ...] = ()
+    folder: str = ""  # where the files lie under the data folder (torchvision's layout)
+    files: tuple[str, ...] = ()  # the files a loader needs in ``folder`` (empty: none)
+    gz_ok: bool = False  # each file may also be present gzipped (``name.gz``)
+
+    @property
+    def needs_files(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape) == 3
+
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower()
+
+
+def register_dataset(name: str, *, input_shape: tuple[int, ...], num_outputs: int, task: Task, description: str,
+                     title: str = "", aliases: tuple[str, ...] = (), folder: str = "", files: tuple[str, ...] = (),
+                     gz_ok: bool = False) -> Callable[[Loader], Loader]:
+    """Decorator registering ``loader(data_folder) -> Dataset`` as data set ``name`` (see :class:`DatasetSpec`)."""
+    key = _key(name)
+    taken = {key, *map(_key, aliases)} & (set(_REGISTRY) | set(_ALIASES))
+    if taken:
+        raise ValueError(f"data set name(s) already registered: {', '.join(sorted(taken))}")
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be classification or regression, got {task!r}")
+
+    def decorate(loader: Loader) -> Loader:
+        _REGISTRY[key] = DatasetSpec(key, tuple(input_shape), num_outputs, task, description, loader, title,
+                                     tuple(map(_key, aliases)), folder, tuple(files), gz_ok)
+        _ALIASES.update({_key(a): key for a in aliases})
+        return loader
+
+    return decorate
+
+
+def dataset_specs() -> tuple[DatasetSpec, ...]:
+    """Every registered data set, in registration order."""
+    return tuple(_REGISTRY.values())
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The canonical names of the registered data sets."""
+    return tuple(_REGISTRY)
+
+
 def dataset_name(name: str) -> str:
-    """Canonical data set name, or :class:`DataError` listing the known ones."""
-    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in DATASETS:
-        raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    """Canonical data set name (aliases and case folded), or :class:`DataError` listing the known ones."""
+    key = _key(name)
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise DataError(f"unknown data set {name!r}: choose one of {', '.join(_REGISTRY)}")
     return key
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of a data set by name or alias (:class:`DataError` when unknown)."""
+    return _REGISTRY[dataset_name(name)]
 
 
 def default_data_dir() -> Path:
     return tnstudio_home() / "data"
 
 
+def _root(data_dir: str | os.PathLike | None) -> Path:
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load a data set by name (see the module docstring)."""
-    key = dataset_name(name)
-    if key == "digits":
-        return load_digits()
-    if key == "teacher":
-        return teacher_student()
-    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if key in ("mnist", "fashion_mnist"):
-        return load_mnist(root, key)
-    return load_cifar10(root)
+    """Load a data set by name or alias; file data sets are read from ``data_dir`` (see the module docstring)."""
+    spec = dataset_spec(name)
+    ds = spec.loader(_root(data_dir))
+    if ds.input_shape != spec.input_shape or ds.num_outputs != spec.num_outputs:
+        raise DataError(f"{spec.label}: the loader gave inputs {ds.input_shape} and {ds.num_outputs} outputs, the "
+                        f"registry promises {spec.input_shape} and {spec.num_outputs}")
+    return ds
 
 
 def check_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
-    """Raise :class:`DataError` when a data set cannot be found, without reading it (cheap; for launchers)."""
-    key = dataset_name(name)
-    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    if key in ("mnist", "fashion_mnist"):
-        _find(root, _mnist_folders(key), IDX_FILES, _MNIST_LABELS[key], gz=True)
-    elif key == "cifar10":
-        _find(root, _CIFAR_FOLDERS, CIFAR_FILES, "CIFAR-10", gz=False)
+    """Raise :class:`DataError` when a data set's files cannot be found, without reading them (for launchers)."""
+    spec = dataset_spec(name)
+    if spec.needs_files:
+        find_files(spec, _root(data_dir))
+
+
+def find_files(spec: DatasetSpec, root: Path) -> dict[str, Path]:
+    """The path of each file a data set needs (``.gz`` ones where allowed); :class:`DataError` names the files
+    expected and the folder when one is missing."""
+    folder = root / spec.folder
+    found: dict[str, Path] = {}
+    for name in spec.files:
+        for suffix in ("", ".gz") if spec.gz_ok else ("",):
+            if (folder / (name + suffix)).is_file():
+                found[name] = folder / (name + suffix)
+                break
+    if len(found) == len(spec.files):
+        return found
+    missing = [n for n in spec.files if n not in found]
+    expected = ", ".join(n + ("[.gz]" if spec.gz_ok else "") for n in spec.files)
+    which = f" (missing: {', '.join(missing)})" if found else ""
+    raise DataError(f"{spec.label} not found: expected the files {expected} in {folder}{which}. TN Studio does not "
+                    f"download data: copy the standard files there, or point --data-dir at the folder holding "
+                    f"{spec.folder}/.")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -131,6 +235,16 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[torch.Tensor,
     return f(x_train), f(x_test)
 
 
+def _image_dataset(spec: DatasetSpec, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                   y_test: np.ndarray) -> Dataset:
+    """uint8 images (N, C, H, W) -> a standardised float32 :class:`Dataset`."""
+    import torch
+
+    xtr, xte = _standardise(x_train.astype(np.float32) / 255.0, x_test.astype(np.float32) / 255.0)
+    return Dataset(spec.name, spec.task, xtr, torch.from_numpy(np.asarray(y_train, dtype=np.int64)), xte,
+                   torch.from_numpy(np.asarray(y_test, dtype=np.int64)), tuple(xtr.shape[1:]), spec.num_outputs)
+
+
 def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -140,6 +254,19 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
         test.append(idx[:k])
         train.append(idx[k:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
+    """Write a file through ``write(fileobj)`` into a temporary file beside it, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # created with the umask's permissions, unlike mkstemp's 0600
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- digits
@@ -157,8 +284,10 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return b.data.astype(np.float64), b.target.astype(np.int64)
 
 
-def load_digits(test_fraction: float = 0.2) -> Dataset:
-    """scikit-learn's digits as ``(N, 1, 8, 8)`` images with a fixed stratified split."""
+@register_dataset("digits", input_shape=(1, 8, 8), num_outputs=10, task="classification",
+                  description="scikit-learn's 8x8 handwritten digits (1,438 train / 359 test), built in")
+def load_digits(root: Path | None = None, test_fraction: float = 0.2) -> Dataset:
+    """scikit-learn's digits as ``(N, 1, 8, 8)`` images with a fixed stratified split (``root`` is unused)."""
     import torch
 
     x, y = _digits_arrays()
@@ -186,111 +315,195 @@ def teacher_student(n_train: int = 4096, n_test: int = 1024, in_features: int = 
                    x[n_train:].contiguous(), y[n_train:].contiguous(), (in_features,), out_features)
 
 
-# ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+@register_dataset("teacher", input_shape=(64,), num_outputs=8, task="regression",
+                  aliases=("teacher_student", "teacher-student"),
+                  description="synthetic regression: a fixed random tanh teacher 64 -> 32 -> 8 (4,096 / 1,024)")
+def _load_teacher(root: Path) -> Dataset:
+    return teacher_student()
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one idx file (the MNIST format), gzipped or not."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise DataError(f"{path} is not an idx file (bad magic number)")
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    need = math.prod(shape) * dtype.itemsize
-    body = raw[4 + 4 * ndim:]
-    if len(body) < need:
-        raise DataError(f"{path} is truncated: header promises {shape} but holds {len(body)} of {need} bytes")
-    return np.frombuffer(body[:need], dtype=dtype).reshape(shape)
+# ----------------------------------------------------------------------------- torchvision's data sets
+def _gunzip_missing(files: dict[str, Path]) -> None:
+    """Unpack ``name.gz`` to ``name`` beside it (atomically) where only the gzipped file is there."""
+    for name, path in files.items():
+        if path.suffix == ".gz" and path.name == name + ".gz":
+            def write(f, src: Path = path) -> None:
+                with gzip.open(src, "rb") as g:
+                    shutil.copyfileobj(g, f)
+
+            try:
+                _atomic_write(path.with_name(name), write)
+            except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+                raise DataError(f"could not unpack {path} beside itself: {e}") from None
 
 
-def _find(root: Path, folders: list[str], files: tuple[str, ...], label: str, gz: bool) -> dict[str, Path]:
-    candidates = list(dict.fromkeys([root] + [root / f for f in folders]))
-    for folder in candidates:
-        found = {}
-        for name in files:
-            for suffix in ("", ".gz") if gz else ("",):
-                if (folder / (name + suffix)).is_file():
-                    found[name] = folder / (name + suffix)
-                    break
-        if len(found) == len(files):
-            return found
-    expected = ", ".join(n + ("[.gz]" if gz else "") for n in files)
-    raise DataError(f"{label} not found: expected the files {expected} in one of "
-                    f"{', '.join(str(c) for c in candidates)}. TN Studio does not download data: copy the "
-                    f"standard files there, or point --data-dir at the folder holding them.")
+def _load_torchvision_mnist(spec: DatasetSpec, root: Path, cls_name: str) -> Dataset:
+    """MNIST-format data through ``torchvision.datasets.<cls_name>(root, download=False)``."""
+    from torchvision import datasets
+
+    _gunzip_missing(find_files(spec, root))
+    cls = getattr(datasets, cls_name)
+    try:
+        train, test = (cls(str(root), train=t, download=False) for t in (True, False))
+    # torchvision parses idx files with asserts and tensor views: a foreign or truncated file raises one of these
+    except (AssertionError, RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise DataError(f"{spec.label}: the files in {root / spec.folder} are not valid idx files "
+                        f"({type(e).__name__}: {e or 'bad header'})") from None
+    xtr, xte = train.data.numpy()[:, None], test.data.numpy()[:, None]
+    return _image_dataset(spec, xtr, train.targets.numpy(), xte, test.targets.numpy())
 
 
-_MNIST_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
-_CIFAR_FOLDERS = ["cifar-10-batches-py", "cifar10/cifar-10-batches-py", "cifar10"]
+def _load_torchvision_cifar(spec: DatasetSpec, root: Path, cls_name: str) -> Dataset:
+    """CIFAR data through ``torchvision.datasets.<cls_name>(root, download=False)`` (md5-checked)."""
+    from torchvision import datasets
+
+    find_files(spec, root)
+    cls = getattr(datasets, cls_name)
+    try:
+        train, test = (cls(str(root), train=t, download=False) for t in (True, False))
+    except RuntimeError as e:  # torchvision: "not found or corrupted" - the checksums do not match
+        raise DataError(f"{spec.label}: the files in {root / spec.folder} do not match the published ones "
+                        f"(torchvision checks their md5 checksums before unpickling them): copy the original "
+                        f"files there ({e})") from None
+    to_nchw = lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.uint8).transpose(0, 3, 1, 2))  # noqa: E731
+    return _image_dataset(spec, to_nchw(train.data), np.asarray(train.targets), to_nchw(test.data),
+                          np.asarray(test.targets))
 
 
-def _mnist_folders(name: str) -> list[str]:
-    tv = "MNIST" if name == "mnist" else "FashionMNIST"
-    return list(dict.fromkeys([name, name.replace("_", "-"), f"{tv}/raw", tv]))
+@register_dataset("mnist", input_shape=(1, 28, 28), num_outputs=10, task="classification", title="MNIST",
+                  folder="MNIST/raw", files=IDX_FILES, gz_ok=True,
+                  description="MNIST handwritten digits, 60,000 / 10,000, from torchvision's MNIST/raw folder")
+def load_mnist(root: Path) -> Dataset:
+    """MNIST as ``(N, 1, 28, 28)`` images."""
+    return _load_torchvision_mnist(dataset_spec("mnist"), Path(root), "MNIST")
 
 
-def load_mnist(root: str | os.PathLike, name: str = "mnist") -> Dataset:
-    """MNIST or Fashion-MNIST from the four idx files, as ``(N, 1, 28, 28)`` images."""
+@register_dataset("fashion_mnist", input_shape=(1, 28, 28), num_outputs=10, task="classification",
+                  title="Fashion-MNIST", aliases=("fashion-mnist", "fashionmnist"), folder="FashionMNIST/raw",
+                  files=IDX_FILES, gz_ok=True,
+                  description="Fashion-MNIST clothing images, 60,000 / 10,000, from FashionMNIST/raw")
+def load_fashion_mnist(root: Path) -> Dataset:
+    """Fashion-MNIST as ``(N, 1, 28, 28)`` images."""
+    return _load_torchvision_mnist(dataset_spec("fashion_mnist"), Path(root), "FashionMNIST")
+
+
+@register_dataset("cifar10", input_shape=(3, 32, 32), num_outputs=10, task="classification", title="CIFAR-10",
+                  aliases=("cifar-10", "cifar"), folder="cifar-10-batches-py", files=CIFAR_FILES,
+                  description="CIFAR-10 colour images, 50,000 / 10,000, from cifar-10-batches-py")
+def load_cifar10(root: Path) -> Dataset:
+    """CIFAR-10 as ``(N, 3, 32, 32)`` images."""
+    return _load_torchvision_cifar(dataset_spec("cifar10"), Path(root), "CIFAR10")
+
+
+@register_dataset("cifar100", input_shape=(3, 32, 32), num_outputs=100, task="classification", title="CIFAR-100",
+                  aliases=("cifar-100",), folder="cifar-100-python", files=CIFAR100_FILES,
+                  description="CIFAR-100 colour images, 100 fine classes, 50,000 / 10,000, from cifar-100-python")
+def load_cifar100(root: Path) -> Dataset:
+    """CIFAR-100 (fine labels) as ``(N, 3, 32, 32)`` images."""
+    return _load_torchvision_cifar(dataset_spec("cifar100"), Path(root), "CIFAR100")
+
+
+# ----------------------------------------------------------------------------- MNIST-1D
+MNIST1D_CACHE = "mnist1d.npz"
+_MNIST1D_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _mnist1d_version() -> str:
+    try:
+        return metadata.version("mnist1d")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def generate_mnist1d() -> dict[str, np.ndarray]:
+    """MNIST-1D from the ``mnist1d`` package's generator with its published default arguments (no network).
+
+    The generator seeds Python's and numpy's global random state; both are restored afterwards."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    states = random.getstate(), np.random.get_state()
+    try:
+        d = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+    return {"x_train": d["x"].astype(np.float32), "y_train": d["y"].astype(np.int64),
+            "x_test": d["x_test"].astype(np.float32), "y_test": d["y_test"].astype(np.int64)}
+
+
+def _read_mnist1d_cache(path: Path, version: str) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the cache is absent, unreadable or made by another mnist1d version."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["version"]) != version:
+                return None
+            arrays = {k: z[k] for k in _MNIST1D_KEYS}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # a damaged cache: regenerate it
+        log.warning("ignoring the MNIST-1D cache %s (%s): regenerating it", path, e)
+        return None
+    if arrays["x_train"].shape != (4000, 40) or arrays["x_test"].shape != (1000, 40):
+        log.warning("ignoring the MNIST-1D cache %s: unexpected shapes", path)
+        return None
+    return arrays
+
+
+@register_dataset("mnist1d", input_shape=(1, 40), num_outputs=10, task="classification",
+                  title="MNIST-1D", aliases=("mnist-1d", "mnist_1d"),
+                  description="MNIST-1D: 1-D signals of length 40, 10 classes, 4,000 / 1,000, generated locally")
+def load_mnist1d(root: Path | None = None) -> Dataset:
+    """MNIST-1D as ``(N, 1, 40)`` signals (already centred and scaled by the generator).
+
+    Cached in ``<TNSTUDIO_HOME>/data/mnist1d.npz`` (written atomically; ``root`` is unused) so later runs load it
+    at once; a cache that cannot be written is only logged."""
     import torch
 
-    root = Path(root)
-    label = _MNIST_LABELS[name]
-    files = _find(root, _mnist_folders(name), IDX_FILES, label, gz=True)
-    xtr, ytr, xte, yte = (read_idx(files[n]) for n in IDX_FILES)
-    for x, y, split in ((xtr, ytr, "train"), (xte, yte, "test")):
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{label} {split} files disagree: images {x.shape}, labels {y.shape}")
-    xtr_t, xte_t = _standardise(xtr[:, None].astype(np.float32) / 255.0, xte[:, None].astype(np.float32) / 255.0)
-    return Dataset(name, "classification", xtr_t, torch.from_numpy(ytr.astype(np.int64)), xte_t,
-                   torch.from_numpy(yte.astype(np.int64)), tuple(xtr_t.shape[1:]), 10)
-
-
-# ----------------------------------------------------------------------------- CIFAR-10
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the CIFAR batches (dicts of numpy arrays and lists) and refuses any other object."""
-
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-        return super().find_class(module, name)
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
+    path = default_data_dir() / MNIST1D_CACHE
+    version = _mnist1d_version()
+    arrays = _read_mnist1d_cache(path, version)
+    if arrays is None:
+        arrays = generate_mnist1d()
         try:
-            d = _NumpyOnlyUnpickler(f, encoding="bytes").load()
-        except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from None
-    get = lambda k: d.get(k.encode(), d.get(k))  # noqa: E731
-    data, labels = get("data"), get("labels")
-    if data is None or labels is None:
-        raise DataError(f"{path} lacks the 'data' and 'labels' entries of a CIFAR-10 batch")
-    data = np.asarray(data, dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise DataError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} "
-                        f"and {len(labels)}")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+            _atomic_write(path, lambda f: np.savez(f, version=np.array(version), **arrays))
+        except OSError as e:  # a read-only home: train from the generated arrays anyway
+            log.warning("could not cache MNIST-1D in %s: %s", path, e)
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    return Dataset("mnist1d", "classification", t["x_train"][:, None], t["y_train"], t["x_test"][:, None],
+                   t["y_test"], (1, 40), 10)
 
 
-def load_cifar10(root: str | os.PathLike) -> Dataset:
-    """CIFAR-10 from the python batches, as ``(N, 3, 32, 32)`` images."""
+# ----------------------------------------------------------------------------- synthetic images
+def synthetic_images(n_train: int = 500, n_test: int = 200, classes: int = 10, size: int = 16, seed: int = 0,
+                     noise: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded colour gratings: class ``c`` has its own orientation, spatial frequency and colour (and a faint
+    colour cast, so even a linear model gets a start); each example a random phase and Gaussian noise.
+
+    Returns float32 images ``(N, 3, size, size)`` and int64 labels for train and test, balanced over classes."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = np.tile(np.arange(classes), -(-n // classes))[:n]
+    y = np.concatenate([rng.permutation(y[:n_train]), rng.permutation(y[n_train:])])
+    angle = np.pi * y / classes
+    freq = 2 * np.pi * (2 + (y % 3)) / size
+    colour = np.stack([np.cos(2 * np.pi * y / classes), np.sin(2 * np.pi * y / classes), (y % 2) * 2 - 1], 1) + 1.5
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    proj = np.cos(angle)[:, None, None] * xx + np.sin(angle)[:, None, None] * yy
+    phase = rng.uniform(0, 2 * np.pi, n)
+    wave = np.sin(freq[:, None, None] * proj + phase[:, None, None])
+    x = colour[:, :, None, None] * (wave[:, None] + 0.03) + noise * rng.standard_normal((n, 3, size, size))
+    x = x.astype(np.float32)
+    return x[:n_train], y[:n_train].astype(np.int64), x[n_train:], y[n_train:].astype(np.int64)
+
+
+@register_dataset("synthetic_images", input_shape=(3, 16, 16), num_outputs=10, task="classification",
+                  aliases=("synthetic", "synthetic-images"),
+                  description="seeded colour gratings, 3x16x16, 10 classes, 500 / 200 (fast CNN checks)")
+def load_synthetic_images(root: Path | None = None) -> Dataset:
+    """:func:`synthetic_images` standardised per channel, as a :class:`Dataset` (``root`` is unused)."""
     import torch
 
-    root = Path(root)
-    files = _find(root, _CIFAR_FOLDERS, CIFAR_FILES, "CIFAR-10", gz=False)
-    parts = [_read_cifar_batch(files[n]) for n in CIFAR_FILES[:5]]
-    xtr = np.concatenate([p[0] for p in parts])
-    ytr = np.concatenate([p[1] for p in parts])
-    xte, yte = _read_cifar_batch(files["test_batch"])
-    xtr_t, xte_t = _standardise(xtr.astype(np.float32) / 255.0, xte.astype(np.float32) / 255.0)
-    return Dataset("cifar10", "classification", xtr_t, torch.from_numpy(ytr), xte_t, torch.from_numpy(yte),
-                   (3, 32, 32), 10)
+    xtr, ytr, xte, yte = synthetic_images()
+    xtr_t, xte_t = _standardise(xtr, xte)
+    return Dataset("synthetic_images", "classification", xtr_t, torch.from_numpy(ytr), xte_t, torch.from_numpy(yte),
+                   (3, 16, 16), 10)

@@ -7,8 +7,10 @@ API (stable; the CLI and the studio use it)::
     resume(run_id, runs_dir=None) -> run_id                 # a stopped/failed run continues from its checkpoint
     wait(run_id, runs_dir=None, timeout=None) -> run dict   # until the run ends
 
-``launch`` checks the config (:func:`engine.train.make_config`) and that the design fits the model
-(:func:`engine.models.check_fit`), records the run (status ``queued``), then starts
+``launch`` takes a :class:`~engine.train.config.RunConfig` (or a dict of its fields, checked by building one),
+refuses a device this machine lacks (:meth:`~engine.train.config.RunConfig.check_device`), missing data files
+(:func:`~engine.train.data.check_dataset`) and a design that does not fit the model
+(:func:`~engine.train.models.check_fit`), records the run (status ``queued``), then starts
 ``python -m engine.train --run ID --runs-dir DIR`` detached: a new session (its own process group), so closing
 the terminal or restarting the studio does not end it; its stdout/stderr go to ``<run dir>/log.txt``. The
 launching process reaps the child in a daemon thread, so a finished run leaves no zombie behind.
@@ -21,12 +23,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from engine.design.model import Design
+from engine.train.config import RunConfig
+from engine.train.data import check_dataset
+from engine.train.models import check_fit
 from engine.train.store import ACTIVE, RunStore
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the engine package
 
 
 def _reap(proc: subprocess.Popen) -> None:
@@ -54,23 +59,22 @@ def start_process(run_id: str, store: RunStore, resume: bool = False) -> subproc
     return proc
 
 
-def launch(config: dict[str, Any], design: Design | dict | None = None, runs_dir: str | os.PathLike | None = None,
-           name: str | None = None, parent: str | None = None) -> str:
-    """Record a run and start it in its own process; returns the run id. Bad configs or a design that does not
-    fit the model raise ``ValueError`` (ConfigError, ModelError, DesignError, DataError) before anything is recorded."""
-    from engine.train.data import check_dataset
-    from engine.train.models import check_fit
-    from engine.train.loop import make_config
-
-    cfg = make_config(config)
-    check_dataset(cfg["dataset"], cfg["data_dir"])
+def launch(config: RunConfig | Mapping[str, Any], design: Design | dict | None = None,
+           runs_dir: str | os.PathLike | None = None, name: str | None = None, parent: str | None = None) -> str:
+    """Record a run and start it in its own process; returns the run id. A bad config, a device this machine
+    lacks, missing data or a design that does not fit the model raise ``ValueError`` (ConfigError, DataError,
+    DesignError, ModelError) before anything is recorded."""
+    if not isinstance(config, RunConfig):
+        config = RunConfig.from_dict(config)
+    config.check_device()
+    check_dataset(config.dataset, config.data_dir)
     if isinstance(design, dict):
         design = Design.from_dict(design)
     if design is not None:
         design.check()
-    check_fit(cfg, design)
+    check_fit(config, design)
     store = RunStore(runs_dir)
-    run_id = store.create_run(cfg, design, name=name, parent=parent)
+    run_id = store.create_run(config, design, name=name, parent=parent)
     start_process(run_id, store)
     return run_id
 
@@ -86,6 +90,7 @@ def resume(run_id: str, runs_dir: str | os.PathLike | None = None) -> str:
     if not (store.run_dir(run["id"]) / "checkpoint.pt").exists():
         raise ValueError(f"run {run['id']} has no checkpoint to resume from (it ended before its first "
                          f"evaluation): start it again instead")
+    RunConfig.from_dict(run["config"]).check_device()
     store.set_status(run["id"], "queued", None, stop_requested=0, finished=None)
     start_process(run["id"], store, resume=True)
     return run["id"]

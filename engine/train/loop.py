@@ -1,7 +1,8 @@
 """The training loop of a run: ``python -m engine.train --run ID [--runs-dir D] [--resume]``.
 
-A run is recorded in the :class:`~engine.runs.RunStore` first (config + design, see :mod:`engine.launcher`); this
-module trains it and writes everything back there: status, metric rows, checkpoints, results.
+A run is recorded in the :class:`~engine.train.store.RunStore` first (its :class:`~engine.train.config.RunConfig`
+and design, see :mod:`engine.train.launcher`); this module trains it and writes everything back there: status,
+metric rows, checkpoints, results.
 
 Training: AdamW, linear warm-up then cosine decay to zero (per step), gradient-norm clipping, seeded (data order,
 initialisation), CUDA when available (``device="auto"``), optional AMP (bfloat16 autocast; float16 with a grad
@@ -22,6 +23,7 @@ Only rank 0 writes to the store and the checkpoint.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import signal
@@ -29,7 +31,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -38,28 +39,29 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from engine.train.data import Dataset, dataset_name, load_dataset
 from engine.design.model import Design
-from engine.train.config import ConfigError, make_config
+from engine.train.config import ConfigError, RunConfig, device_problem
+from engine.train.data import Dataset, load_dataset
 from engine.train.models import build_model
 from engine.train.store import RunStore, process_start_time
 
+log = logging.getLogger(__name__)
 SMALL_STEP_FLOPS = 2e8  # below this (MLP forward + backward per step), one CPU thread beats several
 CHECKPOINT = "checkpoint.pt"
 
 
 def resolve_device(name: str, rank: int = 0, world: int = 1) -> torch.device:
-    """``auto`` -> CUDA when available; with several processes on CUDA, rank r uses GPU r."""
+    """``auto`` -> CUDA when available; with several processes on CUDA, rank r uses GPU r. A device this machine
+    lacks raises :class:`ConfigError` (:func:`~engine.train.config.device_problem`)."""
+    problem = device_problem(name, world)
+    if problem:
+        raise ConfigError(problem, "device")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda asked for but torch sees no GPU: use --device cpu or auto")
-        if world > 1:
-            if torch.cuda.device_count() < world:
-                raise ConfigError(f"nproc={world} on CUDA needs {world} GPUs, torch sees "
-                                  f"{torch.cuda.device_count()}")
-            return torch.device(f"cuda:{rank}")
+    if name.startswith("cuda") and world > 1:
+        return torch.device(f"cuda:{rank}")
+    if name == "cuda":  # an explicit index: torch.cuda.set_device refuses a bare "cuda"
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
@@ -113,35 +115,61 @@ class Trainer:
     """Trains one run on one rank (see the module docstring)."""
 
     def __init__(self, store: RunStore, run_id: str, rank: int = 0, world: int = 1, resume: bool = False):
-        self.store, self.run_id, self.rank, self.world, self.resume = store, run_id, rank, world, resume
-        run = store.get_run(run_id)
-        self.run = run
-        self.config = make_config(run["config"])
-        self.design = Design.from_dict(run["design"]) if run.get("design") else None
-        self.dir = Path(run["dir"])
-        self.ckpt_path = self.dir / CHECKPOINT
-        self.stop = _StopFlag()
-        self.is_main = rank == 0
+        self.store: RunStore = store
+        self.run_id: str = run_id
+        self.rank: int = rank
+        self.world: int = world
+        self.resume: bool = resume
+        self.run: dict[str, Any] = store.get_run(run_id)
+        self.config: RunConfig = RunConfig.from_dict(self.run["config"])
+        self.design: Design | None = Design.from_dict(self.run["design"]) if self.run.get("design") else None
+        self.dir: Path = Path(self.run["dir"])
+        self.ckpt_path: Path = self.dir / CHECKPOINT
+        self.stop: _StopFlag = _StopFlag()
+        self.is_main: bool = rank == 0
+        # set by setup(): device, data, model, optimisation
+        self.device: torch.device = torch.device("cpu")
+        self.data: Dataset | None = None
+        self.model: nn.Module | None = None
+        self.net: nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
+        self.summary: dict[str, Any] = {}
+        self.x_train: torch.Tensor = torch.empty(0)
+        self.y_train: torch.Tensor = torch.empty(0)
+        self.x_test: torch.Tensor = torch.empty(0)
+        self.y_test: torch.Tensor = torch.empty(0)
+        self.classify: bool = True
+        self.loss_fn: nn.Module = nn.CrossEntropyLoss()
+        self.steps_per_epoch: int = 0
+        self.total_steps: int = 0
+        self.opt: torch.optim.Optimizer | None = None
+        self.sched: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.amp_dtype: torch.dtype | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        # progress, restored from a checkpoint on resume
+        self.step: int = 0
+        self.elapsed: float = 0.0
+        self.best: float | None = None
+        self.last_eval: tuple[float, float | None] | None = None
 
     # ----------------------------------------------------------------- set-up
     def setup(self) -> None:
-        cfg = self.config
-        self.device = resolve_device(str(cfg["device"]), self.rank, self.world)
+        config = self.config
+        self.device = resolve_device(config.device, self.rank, self.world)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        torch.manual_seed(cfg["seed"])
-        self.data: Dataset = load_dataset(cfg["dataset"], cfg["data_dir"])
-        self.model = build_model(cfg, self.data, self.design).to(self.device)
+        torch.manual_seed(config.seed)
+        self.data = load_dataset(config.dataset, config.data_dir)
+        self.model = build_model(config, self.data, self.design).to(self.device)
         self.summary = dict(self.model.summary, dataset=self.data.name, train_examples=len(self.data.x_train),
                             test_examples=len(self.data.x_test), device=str(self.device), nproc=self.world)
         if self.device.type == "cpu":
-            threads = cfg["threads"]
-            if threads is None and cfg["model"] == "mlp":
-                step_flops = 6 * self.summary["params"] * cfg["batch_size"] / self.world
+            threads = config.threads
+            if threads is None and config.model == "mlp":
+                step_flops = 6 * self.summary["params"] * config.batch_size / self.world
                 threads = 1 if step_flops < SMALL_STEP_FLOPS else None
             if threads is not None:
                 torch.set_num_threads(threads)
-        self.net: nn.Module = self.model
+        self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -153,19 +181,18 @@ class Trainer:
         self.y_test = self.data.y_test.to(self.device)
         self.classify = self.data.task == "classification"
         self.loss_fn = nn.CrossEntropyLoss() if self.classify else nn.MSELoss()
-        self.steps_per_epoch = math.ceil(len(self.x_train) / cfg["batch_size"])
-        self.total_steps = cfg["epochs"] * self.steps_per_epoch
-        if cfg["max_steps"]:
-            self.total_steps = min(self.total_steps, cfg["max_steps"])
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg["warmup"]))
+        self.steps_per_epoch = math.ceil(len(self.x_train) / config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, config.warmup))
         self.amp_dtype = None
-        if cfg["amp"]:
+        if config.amp:
             cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
             self.amp_dtype = torch.bfloat16 if (self.device.type == "cpu" or cuda_bf16) else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.step, self.elapsed, self.best = 0, 0.0, None
-        self.last_eval: tuple[float, float | None] | None = None
+        self.step, self.elapsed, self.best, self.last_eval = 0, 0.0, None, None
         if self.resume:
             self._load_checkpoint()
 
@@ -233,14 +260,14 @@ class Trainer:
 
     # ----------------------------------------------------------------- the loop
     def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        cfg, store = self.config, self.store
+        config, store = self.config, self.store
         if self.is_main:
             pid = os.getpid()
             store.set_status(self.run_id, "running", None, pid=pid, pid_start=process_start_time(pid),
                              host=socket.gethostname(), total_steps=self.total_steps, summary=self.summary,
                              finished=None)
-        log_every = cfg["log_every"]
-        eval_every = cfg["eval_every"] or self.steps_per_epoch
+        log_every = config.log_every
+        eval_every = config.eval_every or self.steps_per_epoch
         acc_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         acc_correct = torch.zeros((), device=self.device, dtype=torch.float64)
         acc_norm = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -248,7 +275,7 @@ class Trainer:
         self.model.train()
         epoch = self.step // self.steps_per_epoch
         while self.step < self.total_steps:
-            batches = epoch_batches(len(self.x_train), cfg["batch_size"], cfg["seed"], epoch, self.rank, self.world)
+            batches = epoch_batches(len(self.x_train), config.batch_size, config.seed, epoch, self.rank, self.world)
             for b in batches[self.step - epoch * self.steps_per_epoch:]:
                 b = b.to(self.device)
                 x, y = self.x_train[b], self.y_train[b]
@@ -258,7 +285,7 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.opt)
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"] or math.inf)
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf)
                 self.scaler.step(self.opt)
                 self.scaler.update()
                 self.sched.step()
@@ -283,7 +310,7 @@ class Trainer:
                     what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
                     raise _NonFinite(f"{what} became {'nan' if math.isnan(loss_sum + norm_sum) else 'inf'} "
                                      f"by step {self.step} (epoch {self.step / self.steps_per_epoch:.2f}): "
-                                     f"lower the learning rate (lr={cfg['lr']:g}), turn on gradient clipping or "
+                                     f"lower the learning rate (lr={config.lr:g}), turn on gradient clipping or "
                                      f"check the design's bond dimensions and activations")
                 row = {"step": self.step, "epoch": self.step / self.steps_per_epoch, "split": "train",
                        "loss": loss_sum / count, "accuracy": correct / count if self.classify else None,
@@ -360,12 +387,12 @@ def _worker(rank: int, world: int, port: int, run_id: str, root: str, resume: bo
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when to stop
     store = RunStore(root)
     trainer = Trainer(store, run_id, rank, world, resume)
-    _init_distributed(rank, world, port, str(trainer.config["device"]))
+    _init_distributed(rank, world, port, trainer.config.device)
     try:
         trainer.setup()
         trainer.train()
     except (_Stopped, _NonFinite):
-        pass
+        pass  # expected endings, seen by every rank at the same step: rank 0 records them
     finally:
         dist.destroy_process_group()
 
@@ -377,7 +404,7 @@ def run_training(run_id: str, runs_dir: str | None = None, resume: bool = False,
     run_id = store.resolve(run_id)
     trainer = Trainer(store, run_id, 0, 1, resume)
     previous_handlers, previous_threads = trainer.stop.install(), torch.get_num_threads()
-    world = trainer.config["nproc"]
+    world = trainer.config.nproc
     procs = []
     try:
         if world > 1:
@@ -390,7 +417,7 @@ def run_training(run_id: str, runs_dir: str | None = None, resume: bool = False,
                 p = ctx.Process(target=_worker, args=(r, world, port, run_id, str(store.root), resume), daemon=True)
                 p.start()
                 procs.append(p)
-            _init_distributed(0, world, port, str(trainer.config["device"]))
+            _init_distributed(0, world, port, trainer.config.device)
         trainer.setup()
         results = trainer.train(progress)
         store.set_status(run_id, "completed", None, results=results, step=trainer.step)
@@ -400,8 +427,8 @@ def run_training(run_id: str, runs_dir: str | None = None, resume: bool = False,
                          f"resume with: tnstudio runs resume {run_id}", step=trainer.step)
     except _NonFinite as e:
         store.set_status(run_id, "failed", str(e))
-    except BaseException as e:  # noqa: BLE001 - every ending is recorded
-        traceback.print_exc()
+    except BaseException as e:  # noqa: BLE001 - every ending is recorded: the traceback goes to the run's log.txt
+        log.exception("run %s failed", run_id)
         store.set_status(run_id, "failed", f"{type(e).__name__}: {e}")
         if not isinstance(e, Exception):
             raise
@@ -427,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=None, help="runs folder (default: $TNSTUDIO_HOME/runs)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = run_training(args.run, args.runs_dir, args.resume)
     print(f"run {run['id']}: {run['status']}" + (f" ({run['reason']})" if run.get("reason") else ""), flush=True)
     return 0 if run["status"] in ("completed", "stopped") else 1

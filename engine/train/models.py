@@ -1,57 +1,105 @@
-"""Models for training runs: an MLP and a small CNN in which one layer is a tensor-network layer from a design.
+"""Model kinds for training runs, from one registry: a model in which one layer is the design's.
 
-``build_model(config, dataset, design) -> nn.Module``. With ``config["baseline"]`` the TN layer is replaced by
-an ``nn.Linear`` of the same shape (the dense baseline); without a design every layer is dense.
+``build_model(config, dataset, design) -> nn.Module``. With ``config.baseline`` the TN layer is replaced by an
+``nn.Linear`` of the same shape (the dense baseline); without a design every layer is dense.
 
-- ``mlp``: ``in -> hidden[0] -> ... -> outputs`` with ``config["hidden_activation"]`` (default relu) between
-  layers. Layer ``k`` maps ``sizes[k] -> sizes[k+1]`` where ``sizes = [in] + hidden + [outputs]``; the design
-  replaces layer ``config["layer"]`` and must match its shape. With ``hidden`` unset the sizes are built around
-  the design (e.g. a 256x256 design on digits gives ``64 -> 256 -> [TN 256x256] -> 10``); with ``layer`` unset
-  the first layer of the design's shape is used.
+Each kind is registered once with :func:`register_model` on its builder, as a :class:`ModelKind` (name,
+description, whether it needs images, a fit check that needs neither data nor torch). The CLI's ``--model``
+choices, the run config's check and :func:`check_fit` read the registry. This module does not import torch: the
+builders import the modules of :mod:`engine.train.nets` when they run.
+
+- ``mlp``: ``in -> hidden[0] -> ... -> outputs`` with ``config.hidden_activation`` between layers. Layer ``k``
+  maps ``sizes[k] -> sizes[k+1]`` where ``sizes = [in] + hidden + [outputs]``; the design replaces layer
+  ``config.layer`` and must match its shape. With ``hidden`` unset the sizes are built around the design (e.g. a
+  256x256 design on digits gives ``64 -> 256 -> [TN 256x256] -> 10``); with ``layer`` unset the first layer of
+  the design's shape is used.
 - ``cnn``: two 3x3 conv layers (32 and 64 channels, ReLU, max-pool) and an adaptive average pool to 4x4, so the
   classifier always sees :data:`CNN_FEATURES` = 1024 features whatever the image size. The design is the
-  classifier's first layer (``1024 -> design.out``), followed by ReLU and ``nn.Linear(design.out, classes)``
-  unless the design already outputs the classes.
+  classifier's first layer (``1024 -> design.out``), followed by the activation and
+  ``nn.Linear(design.out, classes)`` unless the design already outputs the classes.
 
 Every model has ``model.tn_layer`` (the design's layer, TN or its dense baseline; None without a design) and
 ``model.summary`` (a JSON-able description).
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
-from torch import nn
-
-from engine.train.config import MODELS
-from engine.train.data import Dataset
 from engine.design.model import Design
+from engine.train.data import Dataset, DatasetSpec, dataset_spec, dataset_specs
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from engine.train.config import RunConfig
 
 CNN_CHANNELS = (32, 64)
 CNN_POOL = 4
 CNN_FEATURES = CNN_CHANNELS[-1] * CNN_POOL * CNN_POOL
-HIDDEN_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+HIDDEN_ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "tanh": "Tanh", "silu": "SiLU"}  # name -> torch.nn class
 
 
 class ModelError(ValueError):
     """A model that cannot be built as asked (design does not fit, unknown model, ...)."""
 
 
-def _design_layer(design: Design, baseline: bool) -> nn.Module:
-    if baseline:
-        return nn.Linear(design.in_features, design.out_features)
-    from engine.nn.linear import TNLinear
+@dataclass(frozen=True)
+class Built:
+    """What a model kind's builder returns."""
 
-    return TNLinear(design, bias=True)
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in HIDDEN_ACTIVATIONS:
-        raise ModelError(f"unknown hidden activation {name!r}: choose one of {', '.join(HIDDEN_ACTIVATIONS)}")
-    return HIDDEN_ACTIVATIONS[name]()
+    module: nn.Module
+    layer: int | None  # index of the design's layer (MLP), None otherwise
+    architecture: str  # in words, for the summary
 
 
+Builder = Callable[["RunConfig", Dataset, "Design | None"], Built]
+FitCheck = Callable[["RunConfig", DatasetSpec, "Design | None"], None]
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """A registered model kind (see the module docstring)."""
+
+    name: str
+    description: str
+    images_only: bool
+    check: FitCheck  # raises ModelError when the design does not fit; needs neither data nor torch
+    build: Builder
+
+
+_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model(name: str, *, description: str, check: FitCheck, images_only: bool = False
+                   ) -> Callable[[Builder], Builder]:
+    """Decorator registering ``build(config, dataset, design) -> Built`` as model kind ``name``."""
+    if name in _KINDS:
+        raise ValueError(f"model kind {name!r} is already registered")
+
+    def decorate(build: Builder) -> Builder:
+        _KINDS[name] = ModelKind(name, description, images_only, check, build)
+        return build
+
+    return decorate
+
+
+def model_kinds() -> tuple[ModelKind, ...]:
+    return tuple(_KINDS.values())
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(_KINDS)
+
+
+def model_kind(name: str) -> ModelKind:
+    """The registered kind ``name``, or :class:`ModelError` listing the known ones."""
+    if name not in _KINDS:
+        raise ModelError(f"unknown model {name!r}: choose one of {', '.join(_KINDS)}")
+    return _KINDS[name]
+
+
+# ----------------------------------------------------------------------------- the MLP
 def mlp_plan(in_features: int, out_features: int, design: Design | None, hidden: list[int] | None = None,
              layer: int | None = None) -> tuple[list[int], int | None]:
     """Hidden sizes and the index of the design's layer; :class:`ModelError` names the sizes when it does not fit."""
@@ -91,31 +139,27 @@ def mlp_plan(in_features: int, out_features: int, design: Design | None, hidden:
     return list(hidden), layer
 
 
-class MLP(nn.Module):
-    """A multilayer perceptron; layer ``layer`` (if any) is the design's layer."""
-
-    def __init__(self, in_features: int, hidden: list[int], out_features: int, layer: int | None = None,
-                 design: Design | None = None, baseline: bool = False, activation: str = "relu"):
-        super().__init__()
-        sizes = [in_features] + list(hidden) + [out_features]
-        layers: list[nn.Module] = []
-        self.tn_layer: nn.Module | None = None
-        for k in range(len(sizes) - 1):
-            if k == layer and design is not None:
-                lin = _design_layer(design, baseline)
-                self.tn_layer = lin
-            else:
-                lin = nn.Linear(sizes[k], sizes[k + 1])
-            layers.append(lin)
-            if k < len(sizes) - 2:
-                layers.append(_activation(activation))
-        self.net = nn.Sequential(*layers)
-        self.sizes = sizes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
+def _hidden(config: RunConfig) -> list[int] | None:
+    return list(config.hidden) if config.hidden is not None else None
 
 
+def _check_mlp(config: RunConfig, spec: DatasetSpec, design: Design | None) -> None:
+    mlp_plan(spec.in_features, spec.num_outputs, design, _hidden(config), config.layer)
+
+
+@register_model("mlp", check=_check_mlp,
+                description="an MLP built around the design (or --hidden sizes; --layer picks the design's layer)")
+def build_mlp(config: RunConfig, dataset: Dataset, design: Design | None) -> Built:
+    from engine.train.nets import MLP
+
+    hidden, layer = mlp_plan(dataset.in_features, dataset.num_outputs, design, _hidden(config), config.layer)
+    model = MLP(dataset.in_features, hidden, dataset.num_outputs, layer, design, config.baseline,
+                config.hidden_activation)
+    arch = " -> ".join(map(str, model.sizes)) + (f" (layer {layer} is the design's)" if layer is not None else "")
+    return Built(model, layer, arch)
+
+
+# ----------------------------------------------------------------------------- the CNN
 def _check_cnn_design(design: Design) -> None:
     if design.in_features != CNN_FEATURES:
         raise ModelError(f"the CNN's classifier takes {CNN_FEATURES} features ({CNN_CHANNELS[-1]} channels x "
@@ -123,93 +167,57 @@ def _check_cnn_design(design: Design) -> None:
                          f"{design.in_features}: make a design with in_features={CNN_FEATURES}")
 
 
-class SmallCNN(nn.Module):
-    """Two conv blocks and a classifier whose first layer is the design's (``CNN_FEATURES -> design.out``)."""
-
-    def __init__(self, in_channels: int, num_outputs: int, design: Design | None = None, baseline: bool = False,
-                 hidden: int = 256, activation: str = "relu"):
-        super().__init__()
-        c1, c2 = CNN_CHANNELS
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(CNN_POOL))
-        self.tn_layer: nn.Module | None = None
-        if design is not None:
-            _check_cnn_design(design)
-            self.tn_layer = _design_layer(design, baseline)
-            head: list[nn.Module] = [self.tn_layer]
-            if design.out_features != num_outputs:
-                head += [_activation(activation), nn.Linear(design.out_features, num_outputs)]
-        else:
-            head = [nn.Linear(CNN_FEATURES, hidden), _activation(activation), nn.Linear(hidden, num_outputs)]
-        self.classifier = nn.Sequential(*head)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+def _check_cnn(config: RunConfig, spec: DatasetSpec, design: Design | None) -> None:
+    if design is not None:
+        _check_cnn_design(design)
 
 
-def count_params(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+@register_model("cnn", check=_check_cnn, images_only=True,
+                description=f"two conv blocks, then the design as the classifier's first layer "
+                            f"({CNN_FEATURES} -> design out); images only")
+def build_cnn(config: RunConfig, dataset: Dataset, design: Design | None) -> Built:
+    from engine.train.nets import SmallCNN
+
+    if design is not None:
+        _check_cnn_design(design)
+    model = SmallCNN(dataset.input_shape[0], dataset.num_outputs, design, config.baseline,
+                     activation_name=config.hidden_activation)
+    arch = f"conv{CNN_CHANNELS} -> {CNN_FEATURES} -> " + (
+        f"{design.out_features}" if design is not None else "256") + f" -> {dataset.num_outputs}"
+    return Built(model, None, arch)
 
 
-def build_model(config: dict[str, Any], dataset: Dataset, design: Design | None = None) -> nn.Module:
+# ----------------------------------------------------------------------------- building and checking
+def _check_input(kind: ModelKind, name: str, is_image: bool) -> None:
+    if kind.images_only and not is_image:
+        images = ", ".join(s.name for s in dataset_specs() if s.is_image)
+        raise ModelError(f"the {kind.name.upper()} needs an image data set ({images}), not {name}")
+
+
+def build_model(config: RunConfig, dataset: Dataset, design: Design | None = None) -> nn.Module:
     """The model a run config asks for (see the module docstring); ``ModelError`` when it cannot be built."""
-    kind = config.get("model", "mlp")
-    baseline = bool(config.get("baseline", False))
-    act = config.get("hidden_activation", "relu")
-    if kind == "mlp":
-        hidden, layer = mlp_plan(dataset.in_features, dataset.num_outputs, design, config.get("hidden"),
-                                 config.get("layer"))
-        model: nn.Module = MLP(dataset.in_features, hidden, dataset.num_outputs, layer, design, baseline, act)
-        arch = " -> ".join(map(str, model.sizes)) + (f" (layer {layer} is the design's)" if layer is not None
-                                                      else "")
-    elif kind == "cnn":
-        if not dataset.is_image:
-            raise ModelError(f"the CNN needs an image data set (digits, mnist, fashion_mnist, cifar10), "
-                             f"not {dataset.name}")
-        model = SmallCNN(dataset.input_shape[0], dataset.num_outputs, design, baseline, activation=act)
-        layer = None
-        arch = f"conv{CNN_CHANNELS} -> {CNN_FEATURES} -> " + (
-            f"{design.out_features}" if design is not None else "256") + f" -> {dataset.num_outputs}"
-    else:
-        raise ModelError(f"unknown model {kind!r}: choose one of {', '.join(MODELS)}")
+    from engine.train.nets import count_params
+
+    kind = model_kind(config.model)
+    _check_input(kind, dataset.name, dataset.is_image)
+    built = kind.build(config, dataset, design)
+    model = built.module
     layer_params = count_params(model.tn_layer)
     dense_layer = (design.in_features * design.out_features + design.out_features) if design is not None else 0
-    model.summary = {
-        "model": kind, "architecture": arch, "layer": layer, "baseline": baseline,
+    summary: dict[str, Any] = {
+        "model": kind.name, "architecture": built.architecture, "layer": built.layer, "baseline": config.baseline,
         "params": count_params(model), "layer_params": layer_params, "layer_dense_params": dense_layer,
         "layer_compression": (dense_layer / layer_params) if layer_params else None,
         "design_compression": design.compression if design is not None else None,
     }
+    model.summary = summary
     return model
 
 
-def check_fit(config: dict[str, Any], design: Design | None) -> None:
+def check_fit(config: RunConfig, design: Design | None) -> None:
     """Raise :class:`ModelError` when the design does not fit the model and data set a config asks for,
-    without loading any data."""
-    from engine.train.data import DATASET_SHAPES, dataset_name
-
-    shape, outputs, _task = DATASET_SHAPES[dataset_name(config.get("dataset", "digits"))]
-    kind = config.get("model", "mlp")
-    if kind == "mlp":
-        mlp_plan(math.prod(shape), outputs, design, config.get("hidden"), config.get("layer"))
-    elif kind == "cnn":
-        if len(shape) != 3:
-            raise ModelError(f"the CNN needs an image data set (digits, mnist, fashion_mnist, cifar10), "
-                             f"not {config.get('dataset')}")
-        if design is not None:
-            _check_cnn_design(design)
-    else:
-        raise ModelError(f"unknown model {kind!r}: choose one of {', '.join(MODELS)}")
-
-
-def layer_shape_hint(config: dict[str, Any], dataset: Dataset) -> str:
-    """Which design shapes fit the model a config asks for, in words (for error messages and the studio)."""
-    if config.get("model", "mlp") == "cnn":
-        return f"in_features={CNN_FEATURES}, any out_features"
-    hidden = config.get("hidden")
-    if hidden is None:
-        return f"any shape (the MLP is built around it: {dataset.in_features} in, {dataset.num_outputs} out)"
-    sizes = [dataset.in_features] + list(hidden) + [dataset.num_outputs]
-    return "; ".join(f"layer {k}: {sizes[k]}x{sizes[k + 1]}" for k in range(len(sizes) - 1))
-
+    without loading any data (or torch)."""
+    spec = dataset_spec(config.dataset)
+    kind = model_kind(config.model)
+    _check_input(kind, config.dataset, spec.is_image)
+    kind.check(config, spec, design)

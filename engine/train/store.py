@@ -1,6 +1,6 @@
 """The run store: every training run's config, design, status, metrics and results in one SQLite file.
 
-Layout under the runs folder (``engine.paths.runs_dir()``: ``<TNSTUDIO_HOME>/runs`` unless overridden)::
+Layout under the runs folder (``engine.home.runs_dir()``: ``<TNSTUDIO_HOME>/runs`` unless overridden)::
 
     runs.db              SQLite in WAL mode: tables ``runs`` and ``metrics``
     <run id>/design.json the design the run trains (absent for an all-dense run)
@@ -17,7 +17,7 @@ API (stable; the studio's Training tab builds on it)::
     store.set_status(run_id, status, reason=None, **fields)
     store.update(run_id, **fields)                # pid, step, total_steps, summary, results, checkpoint, ...
     store.log_metrics(run_id, row_or_rows)        # committed at once
-    store.stop_run(run_id) -> bool                # asks the run to stop (flag + SIGTERM); see engine.launcher
+    store.stop_run(run_id) -> bool                # asks the run to stop (flag + SIGTERM); see engine.train.launcher
     store.delete_run(run_id)                      # not while it runs
 
 A run dict has: ``id, name, status, reason, created, started, finished, updated, pid, host, step, total_steps,
@@ -46,9 +46,12 @@ import time
 import uuid
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from engine.home import runs_dir
+
+if TYPE_CHECKING:
+    from engine.train.config import RunConfig
 
 STATUSES = ("queued", "running", "completed", "failed", "stopped")
 ACTIVE = ("queued", "running")
@@ -150,9 +153,11 @@ class RunStore:
         return run
 
     # ----------------------------------------------------------------- runs
-    def create_run(self, config: dict[str, Any], design: Any = None, name: str | None = None,
+    def create_run(self, config: RunConfig | Mapping[str, Any], design: Any = None, name: str | None = None,
                    parent: str | None = None) -> str:
-        """Record a new run (status ``queued``) and make its folder; returns the run id."""
+        """Record a new run (status ``queued``) and make its folder; returns the run id. The config is stored as
+        JSON (a :class:`~engine.train.config.RunConfig` through ``to_dict``; a dict as it is)."""
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         design_dict = design.to_dict() if hasattr(design, "to_dict") else design
         run_id = uuid.uuid4().hex[:8]
         folder = self.run_dir(run_id)

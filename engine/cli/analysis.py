@@ -1,0 +1,227 @@
+"""``tnstudio spectra``, ``truncate`` and ``features``: bonds of a trained layer as latent spaces.
+
+Examples::
+
+    tnstudio spectra --run 3f2a                      # every bond's singular values of run 3f2a's layer
+    tnstudio spectra layer.json --weights layer.pt --json
+    tnstudio truncate --run 3f2a --max-bond 4 -o small.json     # writes small.json and small.pt
+    tnstudio truncate layer.json --weights layer.pt --tol 0.05 -o small.json
+    tnstudio features --run 3f2a --dataset digits    # per bond: variance, class means, linear probe
+
+The design file may be left out with ``--run`` (the run's own design is used). Weights files are state dicts
+(``tnstudio export --run``'s OUT.pt, a truncation's .pt, or a whole model's) holding the layer's ``cores.<id>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from engine.cli.common import UserError, read_design
+
+
+# --------------------------------------------------------------------- loading
+def _load_state(path: str) -> dict[str, Any]:
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such weights file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types; one line for the user
+        raise UserError(f"{path}: not a state dict torch can load with weights_only=True ({e})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
+    return state
+
+
+def _layer(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
+    """(design, the layer's state dict, where it came from) from FILE and --run / --weights."""
+    from engine.analysis.runs import RunError, load_run_layer
+    from engine.nn.export import layer_state_dict
+
+    if bool(args.run) == bool(args.weights):
+        raise UserError("give the weights with --run ID or --weights FILE (one of them)")
+    design = read_design(args.file) if args.file else None
+    if args.run:
+        try:
+            layer = load_run_layer(args.run, args.runs_dir, design, args.layer)
+        except RunError as e:
+            raise UserError(str(e)) from None
+        return layer.design, layer.state, f"run {layer.run_id} ({layer.name}, {layer.status})"
+    if design is None:
+        raise UserError("--weights needs the design file too: tnstudio COMMAND DESIGN.json --weights FILE")
+    try:
+        state = layer_state_dict(_load_state(args.weights), design, args.layer)
+    except ValueError as e:
+        raise UserError(f"{args.weights}: {e}") from None
+    return design, state, Path(args.weights).name
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if v else "0"
+
+
+# --------------------------------------------------------------------- spectra
+def cmd_spectra(args: argparse.Namespace) -> int:
+    from engine.analysis.spectra import bond_spectra
+
+    design, state, source = _layer(args)
+    try:
+        rep = bond_spectra(design, state)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(dict(rep.to_dict(args.tol), source=source), indent=2))
+        return 0
+    kind = "exact" if rep.exact else "approximate"
+    norm = f", ||W|| = {rep.norm:.4g}" if rep.norm is not None else ""
+    print(f"bond spectra of {design.name!r} from {source}: {kind}{norm} ({rep.seconds * 1e3:.0f} ms)")
+    for note in rep.notes:
+        print(f"  {note}")
+    if not len(rep):
+        print("  the design has no bonds")
+        return 0
+    print(f"{'bond':<10} {'dim':>5} {'rank':>5} {'used':>6} {'entropy':>8}  {'method':<12} values (largest first)")
+    for s in rep:
+        shown = " ".join(_fmt(v) for v in s.values[:args.show]) + (" ..." if len(s.values) > args.show else "")
+        print(f"{s.bond:<10} {s.dim:>5} {s.effective_rank(args.tol):>5} {100 * s.used_fraction(args.tol):>5.0f}% "
+              f"{s.entropy:>8.3f}  {s.method:<12} {shown}")
+    print(f"rank: values kept for a relative tail <= {args.tol:g}; used: rank / dim; entropy in nats (max ln dim)")
+    return 0
+
+
+# --------------------------------------------------------------------- truncate
+def _max_bond(text: str | None) -> int | dict[str, int] | None:
+    """``"4"`` -> 4; ``"r0=2,r1=3"`` -> {"r0": 2, "r1": 3}."""
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            return int(text)
+        out = {}
+        for part in text.split(","):
+            name, k = part.split("=")
+            out[name.strip()] = int(k)
+        return out
+    except ValueError:
+        raise UserError(f"--max-bond must be an integer or BOND=K,BOND=K (e.g. r0=2,r1=3), got {text!r}") from None
+
+
+def cmd_truncate(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.analysis.truncate import truncate
+    from engine.design.model import save_design
+
+    if args.max_bond is None and args.tol is None:
+        raise UserError("give --max-bond K (or BOND=K,...) or --tol T (a relative error budget for W)")
+    out = Path(args.output)
+    if out.suffix != ".json":
+        raise UserError(f"-o must name a .json design file (the weights go beside it as .pt), got {args.output}")
+    design, state, source = _layer(args)
+    try:
+        res = truncate(design, state, max_bond=_max_bond(args.max_bond), tol=args.tol)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    weights_path = out.with_suffix(".pt")
+    save_design(res.design, out)
+    torch.save(res.state_dict(bias=state.get("bias")), weights_path)
+    if args.json:
+        print(json.dumps(dict(res.to_dict(), source=source, design_file=str(out), weights_file=str(weights_path)),
+                         indent=2))
+        return 0
+    how = ("exact; equals the discarded tail" if res.method == "canonical"
+           else f"exact; gauge estimate {res.discarded_tail:.4g}")
+    print(f"truncated {design.name!r} from {source}: params {res.params_before:,} -> {res.params_after:,} "
+          f"({res.params_before / max(res.params_after, 1):.2f}x fewer), relative error ||W - W'|| / ||W|| = "
+          f"{res.relative_error:.4g} ({how})")
+    for b in res.bonds:
+        if b.before != b.after:
+            print(f"  {b.bond}: {b.before} -> {b.after}")
+    print(f"wrote {out}")
+    print(f"wrote {weights_path} (the layer's state dict{', with its bias' if 'bias' in state else ''})")
+    return 0
+
+
+# --------------------------------------------------------------------- features
+def cmd_features(args: argparse.Namespace) -> int:
+    from engine.analysis.features import bond_features
+    from engine.analysis.runs import RunError, load_run_layer, run_layer_inputs
+
+    if not args.run:
+        raise UserError("features streams a run's data: give --run ID")
+    design = read_design(args.file) if args.file else None
+    try:
+        layer = load_run_layer(args.run, args.runs_dir, design, args.layer)
+        inputs = run_layer_inputs(layer.run_id, args.runs_dir, args.dataset, ("test", "train"), args.samples)
+        ev, fit = inputs["test"], (inputs["train"] if inputs["test"].classification else None)
+    except RunError as e:
+        raise UserError(str(e)) from None
+    try:
+        rep = bond_features(layer.design, layer.state, ev.x, ev.labels if ev.classification else None,
+                            fit=(fit.x, fit.labels) if fit is not None else None, probe=ev.classification)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(dict(rep.to_dict(), run=layer.run_id, dataset=ev.dataset), indent=2))
+        return 0
+    chance = f", chance {100 * rep.chance_accuracy:.1f}%" if rep.chance_accuracy is not None else ""
+    print(f"bond features of {layer.design.name!r} (run {layer.run_id}) on {ev.dataset}: {rep.samples} test samples"
+          + (f", probe fitted on {rep.fit_samples} training samples" if rep.fit_samples else "") + chance)
+    print(f"{'bond':<10} {'dim':>5} {'units':>7} {'probe':>7}  variance share per component (largest first)")
+    for b in rep.bonds:
+        share = sorted(b.variance_share, reverse=True)
+        shown = " ".join(f"{100 * v:.0f}%" for v in share[:8]) + (" ..." if len(share) > 8 else "")
+        probe = "-" if b.probe_accuracy is None or math.isnan(b.probe_accuracy) else f"{100 * b.probe_accuracy:.1f}%"
+        print(f"{b.bond:<10} {b.dim:>5} {b.group * b.dim:>7} {probe:>7}  {shown}")
+    for bond, why in rep.not_carried.items():
+        print(f"{bond:<10} not carried: {why}")
+    print("units: entries of the stream state carrying the bond; --json adds per-class mean activations (heatmap)")
+    return 0
+
+
+# --------------------------------------------------------------------- parsers
+def _weights_args(p: argparse.ArgumentParser, weights: bool = True) -> None:
+    p.add_argument("file", nargs="?", default=None, help="design JSON file (default with --run: the run's design)")
+    p.add_argument("--run", default=None, help="a training run's id (a prefix is enough): its trained layer")
+    if weights:
+        p.add_argument("--weights", default=None, help="a state dict file holding the layer's cores")
+    p.add_argument("--layer", default=None,
+                   help="prefix of the layer inside the weights (e.g. 'net.2.'; default: found by core names)")
+    p.add_argument("--runs-dir", default=None, help="runs folder (default: <TNSTUDIO_HOME>/runs)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from engine.analysis.spectra import DEFAULT_TOL
+
+    s = sub.add_parser("spectra", help="singular values, entropy and effective rank of every bond of a trained layer")
+    _weights_args(s)
+    s.add_argument("--tol", type=float, default=DEFAULT_TOL,
+                   help=f"relative tail tolerance of the effective rank (default {DEFAULT_TOL:g})")
+    s.add_argument("--show", type=int, default=8, help="values shown per bond (default 8; --json has all)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(handler=cmd_spectra)
+
+    t = sub.add_parser("truncate", help="shrink the bonds of a trained linear layer; writes the design and weights")
+    _weights_args(t)
+    t.add_argument("--max-bond", default=None, help="the most values a bond keeps: K, or BOND=K,BOND=K for some bonds")
+    t.add_argument("--tol", type=float, default=None,
+                   help="relative error budget ||W - W'|| / ||W||, spread over the bonds")
+    t.add_argument("-o", "--output", required=True, help="the truncated design (.json); its weights go beside it (.pt)")
+    t.add_argument("--json", action="store_true", help="print JSON")
+    t.set_defaults(handler=cmd_truncate)
+
+    f = sub.add_parser("features", help="what a run's data carries through each bond: variance, class means, probe")
+    _weights_args(f, weights=False)
+    f.add_argument("--dataset", default=None, help="data set to stream (default: the run's)")
+    f.add_argument("--samples", type=int, default=1000,
+                   help="at most this many test samples (and training samples for the probe); default 1000")
+    f.add_argument("--json", action="store_true", help="print JSON")
+    f.set_defaults(handler=cmd_features)

@@ -1,0 +1,285 @@
+"""Path search: the cheapest pairwise contraction order of a network, scored exactly as the program counts it.
+
+Operands are ``(name, indices)`` pairs; paths are in opt_einsum's linear format (pairs of positions, the result of
+each pair appended last). Every candidate, whichever optimiser proposed it, is scored by :func:`path_cost`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import opt_einsum as oe
+
+from engine.contract.cache import CACHE
+from engine.contract.flops import flop_indices
+from engine.design.model import Design
+from engine.types import ContractionPath, Operand, Search
+
+log = logging.getLogger(__name__)
+
+SEARCHES: tuple[Search, ...] = ("fast", "thorough")
+GREEDY_WORK = 16  # the fast search runs GREEDY_WORK // n greedy trials on an n-tensor network (at least 1; 1 when
+# the exact optimum was searched, up to 7 tensors); more trials found nothing the reconfiguration below does not
+# (costmod, temperature) of the greedy trials: the plain greedy first, then randomised variants
+GREEDY_TRIALS = ((1.0, 0.0), (0.5, 0.0), (2.0, 0.0), (1.0, 0.05), (0.3, 0.1), (1.5, 0.1), (0.8, 0.2), (3.0, 0.05),
+                 (1.0, 0.3), (0.5, 0.1), (2.0, 0.1), (0.2, 0.05))
+REFINE_MIN_TENSORS = 5  # below this the exact optimum was searched: nothing to refine
+REFINE_DEEP_MAX = 72  # the second, wider reconfiguration (subtrees of 5) runs up to this many tensors
+
+
+def path_cost(index_sets: Sequence[Sequence[str]], path: Sequence[Sequence[int]], keep: frozenset[str] | set[str],
+              dims: Mapping[str, int]) -> tuple[int, int]:
+    """(FLOPs, largest intermediate) of a pairwise path, counted exactly as the program's steps are.
+
+    An intermediate keeps the indices another operand still holds or ``keep`` lists (the search's hot loop).
+    """
+    ops = [frozenset(ix) for ix in index_sets]
+    holders: dict[str, int] = {}
+    for ix in ops:
+        for x in ix:
+            holders[x] = holders.get(x, 0) + 1
+    flops = peak = 0
+    for pair in path:
+        i, j = sorted(pair, reverse=True)
+        a, b = ops.pop(i), ops.pop(j)
+        for x in a:
+            holders[x] -= 1
+        for x in b:
+            holders[x] -= 1
+        out = frozenset(x for x in a | b if holders[x] or x in keep)
+        size = 1
+        for x in out:
+            holders[x] += 1
+            size *= dims[x]
+        ops.append(out)
+        counted = flop_indices(a, b, out, dims)
+        if counted is not None:
+            f = 2
+            for x in counted:
+                f *= dims[x]
+            flops += f
+        if size > peak:
+            peak = size
+    return flops, peak
+
+
+def sequential_path(n: int) -> ContractionPath:
+    """Absorb operands in the given order (chains, trees listed bottom-up).
+
+    In opt_einsum's linear format the result of a pair is appended last, so the running result is always the
+    last operand and the next original operand sits at position 0.
+    """
+    return [(0, 1)] + [(0, n - 1 - k) for k in range(1, n - 1)] if n > 1 else []
+
+
+def absorption_path(index_sets: Sequence[Sequence[str]], order: Sequence[int]) -> ContractionPath:
+    """The path that absorbs operands in ``order``, each merging (smallest first) with every fragment it touches.
+
+    This is the nonlinear evaluation order of :mod:`engine.design`; for trees it contracts each subtree before its
+    parent, the natural order for TTN and MERA.
+    """
+    ssa: list[tuple[int, int]] = []
+    frags: list[tuple[int, frozenset[str]]] = []  # (ssa id, indices)
+    nxt = len(index_sets)
+    for v in order:
+        cur_id, cur = v, frozenset(index_sets[v])
+        touching = sorted((f for f in frags if f[1] & cur), key=lambda f: len(f[1]))
+        frags = [f for f in frags if not (f[1] & cur)]
+        for fid, fix in touching:
+            ssa.append((fid, cur_id))
+            cur_id, cur = nxt, cur | fix
+            nxt += 1
+        frags.append((cur_id, cur))
+    while len(frags) > 1:  # disconnected pieces (outer products) at the end
+        (a, ia), (b, ib) = frags.pop(0), frags.pop(0)
+        ssa.append((a, b))
+        frags.append((nxt, ia | ib))
+        nxt += 1
+    return [tuple(p) for p in oe.paths.ssa_to_linear(ssa)]
+
+
+def _postorder(design: Design, root: str) -> list[str]:
+    """Tensor ids in depth-first post-order from ``root`` ([] when the graph cannot be walked)."""
+    try:
+        import networkx as nx
+    except ImportError:  # pragma: no cover - networkx is a dependency; the general optimisers still run
+        return []
+    try:
+        return list(nx.dfs_postorder_nodes(nx.Graph(design.graph()), source=root))
+    except (nx.NetworkXException, KeyError) as e:  # a structural hint is optional: the general optimisers still run
+        log.debug("no depth-first sweep for design %r: %s", design.name, e)
+        return []
+
+
+def structure_hints(design: Design, with_x: bool) -> dict[str, ContractionPath]:
+    """Structural paths for tree-like designs (those with an evaluation order or root).
+
+    ``tree``: the evaluation order (subtrees before parents). With x (the stream schedule, x first) also ``sweep``:
+    x absorbs the tensors in depth-first post-order from the root, so it carries only the bonds of the current
+    branch (O(log n) of them for a binary tree) instead of one per leaf; and ``tree, x last``.
+    """
+    if design.order is None and design.root is None:
+        return {}
+    pos = {t.id: k for k, t in enumerate(design.tensors)}
+    evaluation = design.evaluation_order()
+    order = [pos[t] for t in evaluation]
+    sets = [tuple(t.indices) for t in design.tensors]
+    post = [pos[t] for t in _postorder(design, design.root or evaluation[-1])]
+    if not with_x:
+        hints = {"tree": absorption_path(sets, order)}
+        if len(post) == len(sets):
+            hints["sweep"] = absorption_path(sets, post)
+        return hints
+    sets = [tuple(design.in_legs)] + sets  # x's legs; batch left out (it is carried everywhere x goes)
+    hints = {"tree": absorption_path(sets, [0] + [k + 1 for k in order]),
+             "tree, x last": absorption_path(sets, [k + 1 for k in order] + [0])}
+    if len(post) == len(sets) - 1:
+        hints["sweep"] = absorption_path(sets, [0] + [k + 1 for k in post])
+    return hints
+
+
+def _equation(operands: Sequence[Operand], out_idx: Sequence[str]) -> str:
+    """The network as an opt_einsum equation (one symbol per index name)."""
+    sym: dict[str, str] = {}
+    for _, ix in operands:
+        for i in ix:
+            sym.setdefault(i, oe.get_symbol(len(sym)))
+    for i in out_idx:
+        sym.setdefault(i, oe.get_symbol(len(sym)))
+    return ",".join("".join(sym[i] for i in ix) for _, ix in operands) + "->" + "".join(sym[i] for i in out_idx)
+
+
+def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mapping[str, int],
+                  time_budget: float, seed: int = 0) -> ContractionPath:
+    """cotengra's HyperOptimizer (FLOPs objective) under ``time_budget`` seconds, as a linear path."""
+    import warnings
+
+    with warnings.catch_warnings():  # cotengra warns when the optional kahypar is missing; it works without it
+        warnings.simplefilter("ignore")
+        import cotengra as ctg
+
+        opt = ctg.HyperOptimizer(max_time=time_budget, max_repeats=1_000_000, minimize="flops", progbar=False,
+                                 parallel=False, seed=seed)
+    inputs = [tuple(ix) for _, ix in operands]
+    size_dict = {k: dims[k] for _, ix in operands for k in ix}
+    tree = opt.search(inputs, tuple(out_idx), size_dict)
+    return [tuple(p) for p in tree.get_path()]
+
+
+def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dims: Mapping[str, int],
+                path: Sequence[Sequence[int]]) -> list[ContractionPath]:
+    """Locally re-optimised versions of ``path`` (cotengra's subtree reconfiguration, deterministic).
+
+    Walking from the root down, every subtree of up to 4 leaves is replaced by its optimal contraction; on networks
+    of at most ``REFINE_DEEP_MAX`` tensors the result is refined again with subtrees of 5 leaves. (Measured on the
+    templates: this pair matches larger subtrees and cost-first selection in quality at about half their time.)
+    Returns the candidate paths (the caller scores them with :func:`path_cost`: cotengra counts FLOPs slightly
+    differently, so a reconfiguration is only a proposal).
+    """
+    try:
+        import cotengra as ctg
+    except ImportError:  # pragma: no cover - cotengra is a dependency; the unrefined path stays valid
+        return []
+    inputs = [tuple(ix) for ix in index_sets]
+    size_dict = {k: dims[k] for ix in inputs for k in ix}
+    try:
+        tree = ctg.ContractionTree.from_path(inputs, tuple(out_idx), size_dict, path=[tuple(p) for p in path])
+        tree = tree.subtree_reconfigure(subtree_size=4, select="descend", minimize="flops", seed=0)
+        out = [[tuple(p) for p in tree.get_path()]]
+        if len(inputs) <= REFINE_DEEP_MAX:
+            tree = tree.subtree_reconfigure(subtree_size=5, select="descend", minimize="flops", seed=0)
+            out.append([tuple(p) for p in tree.get_path()])
+        return out
+    except Exception as e:  # noqa: BLE001 - cotengra's failure modes are not documented; a refinement is an
+        # optional improvement (the unrefined path stays valid), so log why and go on without it
+        log.debug("path refinement failed on a %d-tensor network: %r", len(inputs), e)
+        return []
+
+
+def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mapping[str, int],
+                search: Search = "fast", time_budget: float = 2.0,
+                hints: Mapping[str, ContractionPath] | None = None,
+                refine_hints: Sequence[str] = ()) -> tuple[ContractionPath, str]:
+    """The cheapest pairwise path (FLOPs, then largest intermediate) among several optimisers, and its origin.
+
+    ``fast`` (the live default) scores the given order, the structural ``hints`` (e.g. the tree order), the exact
+    optimum for small networks (opt_einsum's optimal/dp up to 7 tensors), opt_einsum's greedy (up to 24) and
+    cotengra's greedy, a fixed number of seeded randomised greedy trials (fewer on larger networks), and the best
+    paths remembered for the same network structure at other bond dimensions; the best of these is then re-optimised
+    locally (:func:`refine_path`, from 5 tensors), and so are the hints named in ``refine_hints`` (a structural
+    order can be a poor path yet refine to the best one, e.g. the MERA sweep for W). ``thorough`` adds cotengra's
+    hyper-optimiser under ``time_budget`` seconds. Every candidate is scored by :func:`path_cost`, the program's own
+    count, and the search is deterministic (fixed seeds, no time limits) except for ``thorough``.
+    """
+    n = len(operands)
+    if n <= 1:
+        return [], "trivial"
+    if n == 2:
+        return [(0, 1)], "pair"
+    sets = [ix for _, ix in operands]
+    keep = frozenset(out_idx)
+    best: tuple[tuple[int, int], ContractionPath, str] | None = None
+
+    def consider(name: str, path: Sequence[Sequence[int]]) -> None:
+        nonlocal best
+        path = [tuple(p) for p in path]
+        if len(path) != n - 1 or any(len(p) != 2 for p in path):
+            return  # not a complete pairwise path
+        score = path_cost(sets, path, keep, dims)
+        if best is None or score < best[0]:
+            best = (score, path, name)
+
+    consider("sequential", sequential_path(n))
+    for name, path in (hints or {}).items():
+        consider(name, path)
+    structure = (tuple(tuple(ix) for ix in sets), tuple(out_idx))
+    for path in CACHE.paths(structure):  # the best paths found before for this structure (other bond dimensions)
+        consider("remembered", path)
+    eq = _equation(operands, out_idx)
+    shapes = [tuple(dims[i] for i in ix) for ix in sets]
+    methods = (["optimal"] if n <= 4 else ["dp"] if n <= 7 else []) + (["greedy"] if n <= 24 else [])
+    for m in methods:
+        try:
+            path, _ = oe.contract_path(eq, *shapes, shapes=True, optimize=m)
+        except Exception as e:  # noqa: BLE001 - an optimiser that cannot handle this network (its failure modes
+            # are opt_einsum's): the others still can, so log why and go on
+            log.debug("opt_einsum's %s path failed on a %d-tensor network: %r", m, n, e)
+            continue
+        consider(m, path)
+    for name, path in _greedy_paths(sets, out_idx, dims):
+        consider(name, path)
+    if n >= REFINE_MIN_TENSORS and best[2] != "remembered":  # local re-optimisation of the best tree so far (a
+        # remembered winner was refined when found: a bond change, e.g. the studio's sweep, skips this cost)
+        starts = [best[1]] + [hints[h] for h in refine_hints if hints and h in hints]
+        for start in starts:
+            for path in refine_path(sets, out_idx, dims, start):
+                consider("reconfigured", path)
+    if search == "thorough" and n > 3:
+        try:
+            consider("cotengra", cotengra_path(operands, out_idx, dims, time_budget))
+        except Exception as e:  # noqa: BLE001 - cotengra's failure modes are not documented; the fast search's
+            # path stays valid, so warn (the user asked for more) and keep it
+            log.warning("cotengra's hyper-optimiser failed on a %d-tensor network, keeping the fast path: %r", n, e)
+    assert best is not None
+    CACHE.remember_path(structure, best[1])
+    return best[1], best[2]
+
+
+def _greedy_paths(sets: Sequence[Sequence[str]], out_idx: Sequence[str],
+                  dims: Mapping[str, int]) -> list[tuple[str, ContractionPath]]:
+    """cotengra's greedy, then seeded randomised variants (a fixed number: the result is reproducible)."""
+    try:
+        from cotengra.pathfinders.path_basic import ContractionProcessor, ssa_to_linear
+    except ImportError:  # pragma: no cover - cotengra is a dependency; opt_einsum's greedy still ran
+        return []
+    n = len(sets)
+    inputs = [tuple(ix) for ix in sets]
+    size_dict = {k: dims[k] for ix in sets for k in ix}
+    trials = 1 if n <= 7 else max(1, min(len(GREEDY_TRIALS), GREEDY_WORK // n))
+    out = []
+    for seed, (costmod, temp) in enumerate(GREEDY_TRIALS[:trials]):
+        cp = ContractionProcessor(inputs, tuple(out_idx), size_dict)
+        cp.optimize_greedy(costmod=costmod, temperature=temp, seed=seed)
+        cp.optimize_remaining_by_size()  # pieces the greedy left apart (e.g. a hyperedge on many tensors)
+        out.append(("random-greedy" if temp else "greedy", ssa_to_linear(cp.ssa_path, n)))
+    return out

@@ -1,0 +1,113 @@
+"""Where a search's Optuna study lives.
+
+- **Embedded (default)**: one journal file per study, ``<TNSTUDIO_HOME>/search/<name>.journal``, through Optuna's
+  ``JournalStorage`` with its file backend, which Optuna recommends over SQLite for several processes on one
+  machine (appends under a file lock; no server). Journal storages have no heartbeats, so a worker that is killed
+  leaves its trial RUNNING: the next worker on the same machine fails it (its process is gone) and queues it
+  again (:func:`engine.search.worker.reap_dead_trials`).
+- **RDB URL** (``postgresql://user:pw@host/db``, also ``mysql://``, ``sqlite:///file.db``): Optuna's
+  ``RDBStorage``, for workers on several machines. It records heartbeats (``heartbeat_interval``), and a trial
+  whose worker stopped beating for ``grace_period`` seconds is failed and queued again
+  (``RetryHeartbeatStaleTrialCallback``) by whichever worker starts a trial next. PostgreSQL needs a driver:
+  ``pip install psycopg2-binary`` (in the project's ``test`` extra).
+- A path (no ``://``) is a journal file of its own.
+
+The URL may come from ``--storage`` or the environment variable ``TNSTUDIO_SEARCH_STORAGE`` (workers get it
+through the environment, so a password never shows in a process list). :func:`redact` hides passwords in
+anything printed or stored.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from engine.home import tnstudio_home
+
+if TYPE_CHECKING:
+    import optuna
+
+ENV_STORAGE = "TNSTUDIO_SEARCH_STORAGE"
+COMPANION_MARK = "/prune/"  # companion studies (per-size pruning, see engine.search.objective) hold this
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 40
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class StorageError(ValueError):
+    """A storage that cannot be opened or a study that is not in it, said in words."""
+
+
+def check_name(name: str) -> str:
+    """A study name: letters, digits, ``.``, ``_`` and ``-`` (it names a file of the embedded storage)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StorageError(f"study name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, starting "
+                           f"with a letter or digit)")
+    return name
+
+
+def search_dir(create: bool = True) -> Path:
+    """``<TNSTUDIO_HOME>/search``: the embedded journals and the workers' logs."""
+    path = tnstudio_home() / "search"
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def storage_url(name: str, url: str | None = None) -> str:
+    """The storage of study ``name``: ``url``, else ``$TNSTUDIO_SEARCH_STORAGE``, else the embedded journal
+    (returned as its file path)."""
+    url = url or os.environ.get(ENV_STORAGE) or None
+    if url:
+        return url if "://" in url else str(Path(url).expanduser().resolve())
+    return str(search_dir() / f"{check_name(name)}.journal")
+
+
+def is_rdb(url: str) -> bool:
+    return "://" in url
+
+
+def redact(url: str) -> str:
+    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db`` (paths unchanged)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
+                 grace_period: int | None = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (see the module docstring); RDB storages get heartbeats unless
+    ``heartbeat_interval`` is None."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages.journal import JournalFileBackend
+
+    if not is_rdb(url):
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    kwargs = {}
+    if heartbeat_interval:
+        kwargs = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
+                  "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+    except ImportError as e:
+        raise StorageError(f"cannot open {redact(url)}: {e} (PostgreSQL needs: pip install psycopg2-binary)") \
+            from None
+    except Exception as e:  # noqa: BLE001 - a server that is down, bad credentials: one line for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"cannot open {redact(url)}: {first}") from None
+
+
+def list_studies(url: str | None = None) -> list[str]:
+    """The searches in a storage (companion studies left out); without ``url``: every embedded journal."""
+    import optuna
+
+    if url is None and not os.environ.get(ENV_STORAGE):
+        return sorted(p.stem for p in search_dir(create=False).glob("*.journal")) \
+            if search_dir(create=False).exists() else []
+    storage = open_storage(storage_url("x", url), heartbeat_interval=None)
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+                  if COMPANION_MARK not in s.study_name)

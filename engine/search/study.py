@@ -1,0 +1,184 @@
+"""A search's life: create (or continue) its study, start workers, stop it.
+
+API::
+
+    study = create_search(spec, url=None)       # a new study, or the same search continued (its size may grow)
+    study, spec = open_search(name, url=None)   # StorageError when there is no such search
+    procs = start_workers(name, n, url=None, runs_dir=None)   # n worker processes on this machine
+    report = run_search(spec, url=None, workers=2, runs_dir=None, progress=None)   # all of it, waiting
+    stop_search(name, url=None)                 # workers stop at their next evaluation; the trial is queued again
+    resume_search(name, url=None)               # clear the stop flag (start_workers / join then continue)
+
+``url`` is an RDB URL or a journal path; None is ``$TNSTUDIO_SEARCH_STORAGE`` or the embedded journal of the study
+(:mod:`engine.search.storage`). Workers get the URL through their environment, never on their command line, and
+log to ``<TNSTUDIO_HOME>/search/<name>.worker<i>.log``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from engine.search.report import StudyReport, study_report
+from engine.search.spec import SPEC_ATTR, STOP_ATTR, SearchSpec, SpecError
+from engine.search.storage import ENV_STORAGE, StorageError, open_storage, redact, search_dir, storage_url
+from engine.search.worker import load_spec
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+DIRECTIONS = ("maximize", "minimize")  # validation accuracy, params (or FLOPs)
+
+
+def _differences(a: SearchSpec, b: SearchSpec) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for k in da:
+        if k in ("trials", "max_candidates"):
+            continue
+        if json.dumps(da[k], sort_keys=True) != json.dumps(db.get(k), sort_keys=True):
+            out.append(f"{k} {json.dumps(db.get(k))} (asked {json.dumps(da[k])})")
+    return out
+
+
+def create_search(spec: SearchSpec, url: str | None = None):
+    """The study of ``spec``: created with the spec stored in it, or, when a study of that name exists with the
+    same search, that study continued (its ``trials`` / ``max_candidates`` set to the new values and its stop
+    flag cleared). A study of that name with another search raises :class:`SpecError`."""
+    import optuna
+
+    url = storage_url(spec.name, url)
+    storage = open_storage(url)
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=list(DIRECTIONS))
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+        study.set_user_attr("tnstudio.created", {"time": time.time(), "host": socket.gethostname()})
+        return study
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    old = study.user_attrs.get(SPEC_ATTR)
+    if old is None:  # created a moment ago by another process that has not stored its spec yet
+        time.sleep(1.0)
+        old = study.user_attrs.get(SPEC_ATTR)
+    if old is None:
+        raise SpecError(f"study {spec.name!r} in {redact(url)} was not made by tnstudio search")
+    old_spec = SearchSpec.from_dict(old)
+    if not old_spec.same_search(spec):
+        raise SpecError(f"search {spec.name!r} exists with another search: " + "; ".join(
+            _differences(spec, old_spec)) + ". Choose another --name, or continue it with: tnstudio search join "
+            f"{spec.name}")
+    if (old_spec.trials, old_spec.max_candidates) != (spec.trials, spec.max_candidates):
+        study.set_user_attr(SPEC_ATTR, spec.to_dict())
+    if study.user_attrs.get(STOP_ATTR):
+        study.set_user_attr(STOP_ATTR, None)
+    return study
+
+
+def open_search(name: str, url: str | None = None):
+    """``(study, spec)`` of an existing search (:class:`StorageError` when there is none)."""
+    import optuna
+
+    url = storage_url(name, url)
+    if "://" not in url and not Path(url).exists():
+        raise StorageError(f"no search {name!r} (no {url}; searches here: "
+                           f"{', '.join(sorted(p.stem for p in search_dir().glob('*.journal'))) or 'none'})")
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
+    except KeyError:
+        raise StorageError(f"no search {name!r} in {redact(url)}") from None
+    return study, load_spec(study)
+
+
+def stop_search(name: str, url: str | None = None) -> bool:
+    """Ask every worker of the search to stop (returns False when it was asked already). Each stops at its
+    trial's next evaluation, records the run ``stopped`` and queues the trial again."""
+    study, _ = open_search(name, url)
+    if study.user_attrs.get(STOP_ATTR):
+        return False
+    study.set_user_attr(STOP_ATTR, {"time": time.time(), "host": socket.gethostname()})
+    return True
+
+
+def resume_search(name: str, url: str | None = None, trials: int | None = None):
+    """Clear the stop flag (and set a new size); returns the study."""
+    study, spec = open_search(name, url)
+    if study.user_attrs.get(STOP_ATTR):
+        study.set_user_attr(STOP_ATTR, None)
+    if trials is not None and trials != spec.trials:
+        study.set_user_attr(SPEC_ATTR, spec.resized(trials, None if spec.max_candidates is None
+                                                    or spec.max_candidates < trials else spec.max_candidates
+                                                    ).to_dict())
+    return study
+
+
+def worker_log(name: str, index: int) -> Path:
+    return search_dir() / f"{name}.worker{index}.log"
+
+
+def start_workers(name: str, n: int, url: str | None = None, runs_dir: str | None = None,
+                  first_index: int = 0) -> list[subprocess.Popen]:
+    """Start ``n`` worker processes for search ``name`` on this machine (each in its own session, so closing
+    the terminal does not end them); returns their ``Popen`` objects."""
+    url = storage_url(name, url)
+    env = dict(os.environ)
+    env[ENV_STORAGE] = url
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    procs = []
+    for i in range(first_index, first_index + n):
+        cmd = [sys.executable, "-m", "engine.search", "--study", name, "--index", str(i)]
+        if runs_dir:
+            cmd += ["--runs-dir", str(runs_dir)]
+        with open(worker_log(name, i), "ab") as log:
+            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          env=env, start_new_session=True))
+    return procs
+
+
+def wait_workers(procs: list[subprocess.Popen], name: str, url: str | None = None,
+                 progress: Callable[[StudyReport], None] | None = None, poll: float = 1.0,
+                 timeout: float | None = None) -> StudyReport:
+    """Wait for the workers to end, calling ``progress(report)`` whenever a trial finished; returns the final
+    report. On KeyboardInterrupt the search is stopped and the workers are waited for."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen = -1
+    try:
+        while any(p.poll() is None for p in procs):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"search {name!r} still running after {timeout:.0f} s")
+            time.sleep(poll)
+            if progress is not None:
+                rep = study_report(name, url)
+                done = sum(1 for t in rep.trials if t.status not in ("running", "waiting"))
+                if done != seen:
+                    seen = done
+                    progress(rep)
+    except KeyboardInterrupt:
+        stop_search(name, url)
+        for p in procs:
+            p.wait()
+        raise
+    return study_report(name, url)
+
+
+def run_search(spec: SearchSpec, url: str | None = None, workers: int = 2, runs_dir: str | None = None,
+               progress: Callable[[StudyReport], None] | None = None, timeout: float | None = None) -> StudyReport:
+    """Create (or continue) the search, run ``workers`` worker processes until it is done, return its report.
+    ``workers=0`` runs one worker in this process (no start-up cost; for scripts and tests)."""
+    create_search(spec, url)
+    if workers <= 0:
+        from engine.search.worker import run_worker
+
+        run_worker(spec.name, url, runs_dir)
+        return study_report(spec.name, url)
+    procs = start_workers(spec.name, workers, url, runs_dir)
+    return wait_workers(procs, spec.name, url, progress=progress, timeout=timeout)
+
+
+__all__ = ["DIRECTIONS", "create_search", "open_search", "resume_search", "run_search", "start_workers",
+           "stop_search", "wait_workers", "worker_log"]

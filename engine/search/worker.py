@@ -1,0 +1,209 @@
+"""A search worker: ``python -m engine.search --study NAME [--runs-dir D] [--index I]`` (storage URL from
+``$TNSTUDIO_SEARCH_STORAGE``, else the embedded journal of the study).
+
+Any number of workers, on one machine or many, run the same study: each opens it, fails and queues again the
+trials of workers that died (:func:`reap_dead_trials`), then runs ``study.optimize`` with the
+:class:`~engine.search.objective.SearchObjective` until the study has trained ``trials`` candidates (counted over
+all workers, so the study ends after at least that many and at most ``workers - 1`` more), proposed
+``max_candidates``, or was stopped (``tnstudio search stop``; SIGTERM / SIGINT stop this worker alone). A trial
+interrupted by a stop is queued again, so a restarted worker continues where the study was. Finished trials are
+in the storage the moment they finish: killing a worker loses only the trial it was training.
+
+Sampler: Optuna's multi-objective TPE (multivariate, grouped for the kind-dependent parameters, constant liar so
+parallel workers spread out), ``startup_trials`` random candidates first; each worker seeds its own.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from engine.search.spec import SPEC_ATTR, STOP_ATTR, SearchSpec
+from engine.search.storage import StorageError, open_storage, redact, storage_url
+
+log = logging.getLogger(__name__)
+UNCLAIMED_GRACE_S = 120  # a RUNNING trial without a worker record this old is taken as dead (journal storages)
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """What one worker did."""
+
+    study: str
+    trials_run: int
+    reaped: tuple[int, ...]
+    stopped_by: str  # "target", "candidates", "stop", "signal"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "trials_run": self.trials_run, "reaped": list(self.reaped),
+                "stopped_by": self.stopped_by}
+
+
+def make_sampler(spec: SearchSpec, index: int = 0):
+    """Multi-objective TPE (see the module docstring), seeded per worker process."""
+    import optuna
+
+    seed = (spec.seed * 1_000_003 + index * 7_919 + os.getpid()) % (2 ** 31)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=spec.startup_trials, seed=seed)
+
+
+def load_spec(study) -> SearchSpec:
+    data = study.user_attrs.get(SPEC_ATTR)
+    if not data:
+        raise StorageError(f"study {study.study_name!r} was not made by tnstudio search (no {SPEC_ATTR})")
+    return SearchSpec.from_dict(data)
+
+
+def counts(study) -> dict[str, int]:
+    """``trained``: finished trials that trained (complete or pruned on accuracy); ``proposed``: every trial
+    that finished or runs (the candidate limit counts them); ``running``; ``waiting`` (queued retries)."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    trained = proposed = running = waiting = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == S.WAITING:
+            waiting += 1
+            continue
+        if t.state == S.RUNNING:
+            running += 1
+        if t.state in (S.COMPLETE, S.PRUNED) and t.user_attrs.get("trained"):
+            trained += 1
+        if t.state != S.FAIL:
+            proposed += 1
+    return {"trained": trained, "proposed": proposed, "running": running, "waiting": waiting}
+
+
+def finished_reason(study, spec: SearchSpec) -> str | None:
+    """Why the study needs no more trials (``target``, ``candidates``, ``stop``), or None."""
+    if study.user_attrs.get(STOP_ATTR):
+        return "stop"
+    c = counts(study)
+    if c["trained"] >= spec.trials:
+        return "target"
+    if c["proposed"] >= spec.candidate_limit:
+        return "candidates"
+    return None
+
+
+def reap_dead_trials(study, max_retries: int = 2) -> list[int]:
+    """Fail the RUNNING trials whose worker process died on this machine (and, in a journal storage, trials that
+    never recorded a worker for :data:`UNCLAIMED_GRACE_S`), fail their companion trials and queue their candidates
+    again. Returns the trial numbers failed here. RDB storages also fail the stale trials of other machines
+    through heartbeats (see :mod:`engine.search.storage`)."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    from engine.search.objective import queue_retry
+    from engine.train.store import pid_alive
+
+    host, storage = socket.gethostname(), study._storage
+    rdb = isinstance(storage, optuna.storages.RDBStorage)
+    now = datetime.datetime.now()
+    reaped = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker")
+        if w:
+            if w.get("host") != host or pid_alive(w.get("pid"), w.get("pid_start")):
+                continue
+            reason = f"worker process died (pid {w.get('pid')} on {host}); queued again"
+        else:
+            if rdb or t.datetime_start is None or (now - t.datetime_start).total_seconds() < UNCLAIMED_GRACE_S:
+                continue
+            reason = "its worker never recorded itself and is gone; queued again"
+        try:
+            storage.set_trial_user_attr(t._trial_id, "reason", reason)
+            if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another worker was quicker
+        comp = t.user_attrs.get("companion")
+        if comp:
+            try:
+                storage.set_trial_state_values(comp["trial_id"], optuna.trial.TrialState.FAIL)
+            except (UpdateFinishedTrialError, KeyError):
+                pass
+        queue_retry(study, t.number, t.params, t.user_attrs, max_retries)
+        reaped.append(t.number)
+        log.warning("trial %d: %s", t.number, reason)
+    return reaped
+
+
+def run_worker(name: str, url: str | None = None, runs_dir: str | None = None, index: int = 0) -> WorkerResult:
+    """Work on study ``name`` until it is done (see the module docstring)."""
+    import optuna
+
+    from engine.search.objective import SearchObjective
+
+    url = storage_url(name, url)
+    storage = open_storage(url)
+    try:
+        probe = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise StorageError(f"no search {name!r} in {redact(url)}") from None
+    spec = load_spec(probe)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec, index))
+    reaped = reap_dead_trials(study)
+    flag = {"signal": None}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        flag["signal"] = signal.Signals(signum).name
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    objective = SearchObjective(study, spec, url, runs_dir, stop_check=lambda: flag["signal"] is not None)
+    ran = {"n": 0}
+    why: dict[str, str | None] = {"reason": finished_reason(study, spec)}
+
+    def after_trial(st, trial) -> None:
+        ran["n"] += 1
+        if flag["signal"]:
+            why["reason"] = "signal"
+        else:
+            why["reason"] = finished_reason(st, spec)
+        if why["reason"]:
+            st.stop()
+
+    try:
+        if why["reason"] is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.optimize(objective, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return WorkerResult(study=name, trials_run=ran["n"], reaped=tuple(reaped),
+                        stopped_by=why["reason"] or ("signal" if flag["signal"] else "stop"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.search", description="Run one worker of a design search "
+                                "(storage: $TNSTUDIO_SEARCH_STORAGE, else the study's embedded journal).")
+    p.add_argument("--study", required=True)
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--index", type=int, default=0, help="worker number (seeds the sampler)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        res = run_worker(args.study, None, args.runs_dir, args.index)
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(f"worker {args.index} (pid {os.getpid()}): {res.trials_run} trials, ended by {res.stopped_by}"
+          + (f", reaped {list(res.reaped)}" if res.reaped else ""), flush=True)
+    return 0

@@ -1,0 +1,177 @@
+"""Bond spectra (engine.analysis.spectra) against independent computations: numpy's SVD of the dense W reshaped
+across each bond's cut, direct contractions of fragments, and the textbook formulas."""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import opt_einsum as oe
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from engine.analysis.spectra import BondSpectrum, bond_spectra
+from engine.design import make_template
+from engine.nn import TNLinear
+
+TREES = [
+    ("mpo", [2, 3, 2], [3, 2, 2], 5),
+    ("mpo", [2, 2, 2, 2], [2, 2, 2, 2], [3, 4, 2]),
+    ("ttn", [2, 2, 3, 2], [2, 3, 2, 2], 3),
+    ("ttn", [2, 3, 2], [3, 2, 2], 4),
+    ("tucker", [2, 3], [3, 2], 2),
+    ("tucker", [3, 2, 2], [2, 4], 3),
+]
+
+
+def random_layer(kind, in_f, out_f, bond, activation=None, seed=0):
+    d = make_template(kind, math.prod(in_f), math.prod(out_f), bond, activation, in_factors=in_f, out_factors=out_f)
+    layer = TNLinear(d, seed=seed, bias=False, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.cores.values():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return d, layer
+
+
+def dense_w(layer) -> np.ndarray:
+    with torch.no_grad():
+        return layer.weight().numpy()
+
+
+def cut_matrix(design, w: np.ndarray, left: tuple[str, ...]) -> np.ndarray:
+    """W as a matrix (open legs in ``left``) x (the other open legs)."""
+    legs = design.open_legs
+    t = w.reshape([design.dim(i) for i in legs])
+    right = [i for i in legs if i not in left]
+    t = np.transpose(t, [legs.index(i) for i in left] + [legs.index(i) for i in right])
+    return t.reshape(math.prod(design.dim(i) for i in left), -1)
+
+
+@pytest.mark.parametrize("kind,in_f,out_f,bond", TREES)
+def test_tree_spectra_are_the_singular_values_of_w_across_each_cut(kind, in_f, out_f, bond):
+    d, layer = random_layer(kind, in_f, out_f, bond)
+    w = dense_w(layer)
+    rep = bond_spectra(d, layer)
+    assert rep.exact and rep.tree and rep.linear
+    assert {s.bond for s in rep} == {k for k, v in d.indices.items() if v.role == "bond"}
+    assert rep.norm == pytest.approx(np.linalg.norm(w), rel=1e-12)
+    for s in rep:
+        assert s.method == "canonical" and s.exact and len(s.values) == s.dim == d.dim(s.bond)
+        left, right = s.cut
+        assert set(left) | set(right) == set(d.open_legs) and not set(left) & set(right) and left and right
+        ref = np.linalg.svd(cut_matrix(d, w, left), compute_uv=False)
+        k = min(s.dim, ref.size)
+        np.testing.assert_allclose(s.values[:k], ref[:k], rtol=1e-9, atol=1e-9 * ref[0])
+        assert np.all(np.asarray(s.values[k:]) <= 1e-9 * ref[0])  # padding beyond what the cut allows
+        assert np.all(ref[s.dim:] <= 1e-9 * ref[0])  # the bond bounds W's rank across its cut
+        assert s.norm == pytest.approx(np.linalg.norm(w), rel=1e-9)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 3)), min_size=2, max_size=4), st.integers(1, 5),
+       st.integers(0, 10_000))
+def test_mpo_spectra_match_numpy_for_random_shapes(sites, bond, seed):
+    in_f, out_f = [a for a, _ in sites], [b for _, b in sites]
+    if math.prod(in_f) == 1 or math.prod(out_f) == 1:
+        return
+    d, layer = random_layer("mpo", in_f, out_f, bond, seed=seed)
+    w = dense_w(layer)
+    for s in bond_spectra(d, layer):
+        ref = np.linalg.svd(cut_matrix(d, w, s.cut[0]), compute_uv=False)
+        k = min(s.dim, ref.size)
+        np.testing.assert_allclose(s.values[:k], ref[:k], rtol=1e-8, atol=1e-9 * max(ref[0], 1e-300))
+
+
+def test_simple_gauge_on_a_tree_agrees_with_the_exact_spectra():
+    """The approximate method used for loops is exact on trees: a check of the gauge and its scaling."""
+    d, layer = random_layer("mpo", [2, 3, 2, 2], [2, 2, 3, 2], 4)
+    exact = bond_spectra(d, layer)
+    gauge = bond_spectra(d, layer, method="simple-gauge")
+    assert not gauge.exact and all(s.method == "simple-gauge" for s in gauge)
+    for s in exact:
+        np.testing.assert_allclose(gauge[s.bond].values, s.values, rtol=1e-6, atol=1e-8 * s.values[0])
+
+
+@pytest.mark.parametrize("kind,in_f,out_f,bond", [("tensor_ring", [2, 3, 2], [3, 2, 2], 3),
+                                                  ("mera", [2, 2, 2, 2], [2, 2, 2, 2], 2),
+                                                  ("attn", [2, 2, 2, 2], [2, 2, 2, 2], 2)])
+def test_loop_spectra_are_labelled_approximate_and_scaled_to_the_norm(kind, in_f, out_f, bond):
+    d, layer = random_layer(kind, in_f, out_f, bond)
+    w = dense_w(layer)
+    rep = bond_spectra(d, layer)
+    assert not rep.exact and not rep.tree and rep.notes
+    assert rep.norm == pytest.approx(np.linalg.norm(w), rel=1e-9)
+    for s in rep:
+        assert s.method == "simple-gauge" and not s.exact and len(s.values) == s.dim
+        assert list(s.values) == sorted(s.values, reverse=True)
+        assert s.norm == pytest.approx(np.linalg.norm(w), rel=1e-9)
+    with pytest.raises(ValueError, match="loops"):
+        bond_spectra(d, layer, method="canonical")
+
+
+def test_cp_weights_are_products_of_slice_norms():
+    d, layer = random_layer("cp", [2, 3], [3, 2], 4)
+    rep = bond_spectra(d, layer)
+    (s,) = rep.spectra
+    assert s.method == "cp-weights" and not s.exact
+    cores = {k: v.detach().numpy() for k, v in layer.core_tensors().items()}
+    ref = np.ones(4)
+    for tid, core in cores.items():  # factors (leg, R)
+        ref *= np.linalg.norm(core, axis=0)
+    np.testing.assert_allclose(s.values, np.sort(ref)[::-1], rtol=1e-12)
+
+
+def test_nonlinear_fragment_spectra_are_what_the_parent_receives():
+    d, layer = random_layer("ttn", [2, 2, 2, 2], [2, 2, 2, 2], 3, activation="gelu")
+    c = {k: v.detach() for k, v in layer.core_tensors().items()}
+    rep = bond_spectra(d, layer)
+    assert not rep.linear and rep.norm is None
+    assert all(s.method == "fragment" for s in rep) and len(rep) == 6
+
+    def svals(t: torch.Tensor, axis: int) -> np.ndarray:
+        return torch.linalg.svdvals(t.movedim(axis, 0).reshape(t.shape[axis], -1)).numpy()
+
+    # a leaf is absorbed raw: L0 (i0, o0, s0) across s0
+    np.testing.assert_allclose(rep["s0"].values, svals(c["L0"], 2), rtol=1e-10)
+    # the node N1_0 (s0, s1, u1_0) absorbs L0, L1, then gelu: the top receives that fragment across u1_0
+    node = d.tensor("N1_0")
+    assert node.indices == ["s0", "s1", "u1_0"]
+    frag = torch.nn.functional.gelu(torch.einsum("abx,cdy,xyu->abcdu", c["L0"], c["L1"], c["N1_0"]))
+    np.testing.assert_allclose(rep["u1_0"].values, svals(frag, 4), rtol=1e-10)
+    assert set(rep["u1_0"].fragment) == {"L0", "L1", "N1_0"}
+
+
+def test_entropy_rank_and_used_fraction_follow_their_definitions():
+    s = BondSpectrum("r", 4, ("A", "B"), (4.0, 2.0, 1.0, 0.0), True, "canonical")
+    p = np.array([16, 4, 1, 0]) / 21
+    assert s.entropy == pytest.approx(-(p[:3] * np.log(p[:3])).sum())
+    assert s.effective_rank(0.0) == 3  # the zero costs nothing
+    assert s.effective_rank(math.sqrt(1 / 21) + 1e-12) == 2
+    assert s.effective_rank(math.sqrt(5 / 21) + 1e-12) == 1
+    assert s.effective_rank(1.0) == 0
+    assert s.used_fraction(0.0) == 0.75
+    assert s.tail(1) == pytest.approx(math.sqrt(5 / 21))
+    assert BondSpectrum("z", 2, ("A", "B"), (0.0, 0.0), True, "canonical").effective_rank() == 0
+    json.dumps(s.to_dict())
+
+
+def test_spectra_of_a_4096_mpo_never_form_w():
+    """chi=16: every bond's squared spectrum sums to ||W||^2, computed here from the doubled network."""
+    d = make_template("mpo", 4096, 4096, 16)
+    layer = TNLinear(d, seed=0, bias=False)
+    bond_spectra(d, layer)  # warm-up (imports)
+    t0 = time.perf_counter()
+    rep = bond_spectra(d, layer)
+    assert time.perf_counter() - t0 < 2.0  # forming W (2^24 entries) and one SVD of it takes far longer
+    cores = {k: v.detach().double().numpy() for k, v in layer.core_tensors().items()}
+    ops = []
+    for t in d.tensors:  # <W, W>: each core with its copy, bonds renamed, open legs shared
+        ops += [cores[t.id], t.indices, cores[t.id], [i + "'" if d.indices[i].role == "bond" else i for i in t.indices]]
+    norm2 = float(oe.contract(*ops, []))
+    assert rep.exact and len(rep) == 3
+    for s in rep:
+        assert s.norm ** 2 == pytest.approx(norm2, rel=1e-9)
+    json.dumps(rep.to_dict())
