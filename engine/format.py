@@ -5,8 +5,21 @@ _SI = (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))  # uppercas
 _BINARY = (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
 
 
+_FLOAT_MAX = 2 ** 1000  # integers from here on are shown as powers of two (a float cannot hold them)
+
+
+def _huge(n: float) -> str | None:
+    """``'2^1234'`` for an integer too large for a float, else None."""
+    if isinstance(n, int) and abs(n) >= _FLOAT_MAX:
+        return f"{'-' if n < 0 else ''}2^{abs(n).bit_length() - 1}"
+    return None
+
+
 def si(n: float, unit: str = "") -> str:
     """``1234 -> '1.23k'``, ``912 -> '912'``; with ``unit``: ``3.4e9, 'FLOP' -> '3.4 GFLOP'``."""
+    huge = _huge(n)
+    if huge is not None:
+        return f"{huge} {unit}" if unit else huge
     for prefix, div in _SI:
         if abs(n) >= div:
             text = f"{n / div:.3g}"
@@ -17,6 +30,9 @@ def si(n: float, unit: str = "") -> str:
 
 def nbytes(n: float) -> str:
     """Binary units: ``1536 -> '1.5 KiB'``, ``10 -> '10 B'``."""
+    huge = _huge(n)
+    if huge is not None:
+        return f"{huge} B"
     for unit, div in _BINARY:
         if n >= div:
             return f"{n / div:.3g} {unit}"
@@ -25,4 +41,7 @@ def nbytes(n: float) -> str:
 
 def ratio(x: float) -> str:
     """A compression factor: ``12.345 -> '12.3x'``, ``0.5 -> '0.5x'``, ``12345 -> '12,345x'``."""
+    huge = _huge(x)
+    if huge is not None:
+        return huge + "x"
     return f"{x:,.3g}x" if x < 1000 else f"{x:,.0f}x"

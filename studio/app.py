@@ -1,96 +1,247 @@
-"""The TN Studio app: a header and the tabs Design (this module), Train and Export (when their modules exist).
+"""The TN Studio app: a header and the tabs listed in :data:`TABS` (Design, Train, Export, and the optional ones in
+:data:`OPTIONAL_TABS` whose modules exist).
 
-``create_app(home)`` builds one session's viewable around a fresh :class:`~studio.state.StudioState`;
-``serve(port, address, show)`` runs it with Panel's server (``tnstudio serve``, ``make serve``). Nothing is
-loaded from the internet: plain Panel layouts, the bundled React Flow build and Bokeh from the local server.
+:class:`StudioApp` builds one browser session's page around a :class:`~studio.state.StudioState`; ``serve(...)``
+runs it with Panel's server (``tnstudio serve``, ``make serve``). Nothing is loaded from the internet: plain Panel
+layouts, the bundled React Flow build, Bokeh and the studio's stylesheet from the local server.
+
+Adding a tab is one entry in :data:`TABS` (a component class taking ``state=``, e.g. a ``pn.viewable.Viewer``), or
+in :data:`OPTIONAL_TABS` (module, class) for a module that may not be there yet.
 """
 from __future__ import annotations
 
 import html
-from typing import Any
+import importlib
+import logging
+import warnings
+from typing import Any, Callable
 
 import panel as pn
+import param
+from bokeh.util.warnings import BokehUserWarning
+from panel.viewable import Viewer
 
-from . import export_view, train_view
 from .canvas import Canvas
 from .cost_view import CostPanel
+from .export_view import ExportView
 from .files_view import Files
 from .gallery import Gallery, Palette
 from .inspector import Inspector
+from .session import SessionDispatcher, on_session_end
 from .state import StudioState
+from .style import css
+from .train_view import TrainView
+from .widgets import button
 
-PAGE_CSS = """
-:host { background: #f4f6fa; font-family: Inter, system-ui, -apple-system, "Segoe UI", sans-serif; }
-"""
-HEADER_CSS = """
-.tn-header{display:flex;align-items:center;gap:14px;font-family:Inter,system-ui,sans-serif;color:#e2e8f0}
-.tn-logo{font-weight:800;font-size:18px;letter-spacing:-.01em;color:#fff}
-.tn-logo span{color:#7dd3fc}
-.tn-name{font-size:14px;font-weight:600;color:#f8fafc}
-.tn-shape{font-size:12px;color:#cbd5e1;background:rgba(255,255,255,.08);border-radius:999px;padding:2px 9px}
-.tn-badge-ok{font-size:12px;color:#bbf7d0}.tn-badge-bad{font-size:12px;color:#fecaca}
-.tn-msg{font-size:12px;color:#94a3b8;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:520px}
-"""
-HEADER_BOX_CSS = ":host{background:linear-gradient(90deg,#0f172a,#1e293b);border-radius:0;padding:4px 14px}"
+log = logging.getLogger(__name__)
+# Bokeh warns when a browser event names a model by its full definition instead of a bare reference, which it does
+# for a button replaced in its own click callback (the inspector rebuilds itself after an edit); Bokeh then uses the
+# model it knows, so the warning says nothing about the studio
+warnings.filterwarnings("ignore", message="reference already known", category=BokehUserWarning)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+AUTH_HELP = ("anyone who can reach it can read and write designs and start training processes on this machine: "
+             "serve on 127.0.0.1 (the default), or protect it with --basic-auth PASSWORD_OR_FILE (Panel's basic "
+             "authentication) or an OAuth provider (--oauth-provider with --oauth-key, --oauth-secret and "
+             "--cookie-secret, also --oauth-encryption-key), as `tnstudio serve --help` lists")
 
 
-class Header:
-    def __init__(self, state: StudioState):
-        self.state = state
-        self.info = pn.pane.HTML(sizing_mode="stretch_width", stylesheets=[HEADER_CSS], margin=(6, 0))
-        self.undo = pn.widgets.Button(label="↶ Undo", width=80, color="light", css_classes=["tn-undo"])
-        self.redo = pn.widgets.Button(label="↷ Redo", width=80, color="light", css_classes=["tn-redo"])
-        self.undo.on_click(lambda *_: state.undo())
-        self.redo.on_click(lambda *_: state.redo())
-        state.param.watch(lambda *_: self.update(), ["version", "message", "problems"])
+class Header(Viewer):
+    """The top bar: the design's name and size, valid or not, the last message, New / Undo / Redo."""
+
+    state = param.ClassSelector(class_=StudioState, doc="The studio state shown.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        s = self.state
+        self.info = pn.pane.HTML(sizing_mode="stretch_width", stylesheets=[css("header")], margin=(6, 0),
+                                 css_classes=["tn-header-info"])
+        self.new = button("+ New", s.new_design, width=80, color="light", css_classes=["tn-new"],
+                          key=lambda: s.version, description="start an empty design (undo brings this one back)")
+        self.undo = button("↶ Undo", s.undo, width=80, color="light", css_classes=["tn-undo"], dedupe=False)
+        self.redo = button("↷ Redo", s.redo, width=80, color="light", css_classes=["tn-redo"], dedupe=False)
         self.update()
 
+    @param.depends("state.version", "state.message", "state.problems", watch=True)
     def update(self) -> None:
         s, d = self.state, self.state.design
-        badge = ("<span class='tn-badge-ok'>● valid</span>" if not s.problems else
-                 f"<span class='tn-badge-bad'>● {len(s.problems)} problem{'s' if len(s.problems) > 1 else ''}</span>")
+        n = len(s.problems)
+        badge = ("<span class='tn-badge-ok'>● valid</span>" if not n else
+                 f"<span class='tn-badge-bad'>● {n} problem{'s' if n > 1 else ''}</span>")
+        refused = " refused" if s.message.startswith(("refused:", "confirm:")) else ""
         self.info.object = (
-            "<div class='tn-header'><div class='tn-logo'>TN<span>Studio</span></div>"
-            f"<div class='tn-name'>{html.escape(d.name)}</div>"
+            f"<div class='tn-header' data-version='{s.version}'><div class='tn-logo'>TN<span>Studio</span></div>"
+            f"<div class='tn-name' title='{html.escape(d.name, quote=True)}'>{html.escape(d.name)}</div>"
             f"<div class='tn-shape'>W {d.in_features:,} × {d.out_features:,} · {len(d.tensors)} tensors</div>"
-            f"{badge}<div class='tn-msg'>{html.escape(s.message)}</div></div>")
+            f"{badge}<div class='tn-msg{refused}'>{html.escape(s.message)}</div></div>")
         self.undo.disabled = not s.can_undo
         self.redo.disabled = not s.can_redo
 
-    def view(self) -> pn.viewable.Viewable:
-        return pn.Row(self.info, self.undo, self.redo, sizing_mode="stretch_width", stylesheets=[HEADER_BOX_CSS],
-                      margin=0, align="center")
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Row(self.info, self.new, self.undo, self.redo, sizing_mode="stretch_width",
+                      stylesheets=[css("header")], margin=0, align="center", css_classes=["tn-header-bar"])
 
 
-def design_tab(state: StudioState) -> pn.viewable.Viewable:
-    gallery, palette, files = Gallery(state), Palette(state), Files(state)
-    canvas, inspector, cost = Canvas(state), Inspector(state), CostPanel(state)
-    left = pn.Column(gallery.view(), palette.view(), files.view(), width=290, margin=(10, 8, 10, 10),
-                     scroll=True)
-    centre = pn.Column(canvas.panel, sizing_mode="stretch_both", margin=(10, 4),
-                       styles={"background": "#ffffff", "border": "1px solid #e2e8f0", "border-radius": "10px"})
-    right = pn.Column(inspector.view(), cost.view(), width=420, margin=(10, 10, 10, 8), scroll=True)
-    row = pn.Row(left, centre, right, sizing_mode="stretch_both", min_height=720)
-    row._studio = {"gallery": gallery, "palette": palette, "files": files, "canvas": canvas,  # for tests
-                   "inspector": inspector, "cost": cost}
-    return row
+class DesignTab(Viewer):
+    """Gallery, palette and files (left), the canvas (centre), inspector and live cost (right)."""
+
+    state = param.ClassSelector(class_=StudioState, doc="The studio state designed on.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        s = self.state
+        self.canvas = Canvas(state=s)
+        self.gallery = Gallery(state=s)
+        self.palette = Palette(state=s, place=self.canvas.add_tensor)
+        self.files = Files(state=s)
+        self.inspector = Inspector(state=s)
+        self.cost = CostPanel(state=s)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        # the side columns scroll on their own, so the canvas keeps the window's height (1280 x 800 included)
+        left = pn.Column(self.gallery, self.palette, self.files, width=272, margin=(10, 6, 10, 10), scroll=True,
+                         sizing_mode="stretch_height", min_height=200, css_classes=["tn-left"])
+        right = pn.Column(self.inspector, self.cost, width=384, margin=(10, 10, 10, 6), scroll=True,
+                          sizing_mode="stretch_height", min_height=200, css_classes=["tn-right"])
+        return pn.Row(left, self.canvas, right, sizing_mode="stretch_both", min_height=540,
+                      css_classes=["tn-design-row"])
 
 
-def create_app(home: str | None = None, state: StudioState | None = None) -> pn.viewable.Viewable:
-    """One session's studio: header + tabs (Design, Train, Export)."""
-    pn.extension("tabulator", notifications=False)  # the Train tab uses Tabulator (bundled, served locally)
-    state = state or StudioState(home=home)
-    tabs = pn.Tabs(("Design", design_tab(state)), ("Train", train_view.view(state)),
-                   ("Export", export_view.view(state)), sizing_mode="stretch_both", dynamic=False)
-    app = pn.Column(Header(state).view(), tabs, sizing_mode="stretch_both", stylesheets=[PAGE_CSS], margin=0,
-                    min_height=800)
-    app._studio_state = state  # for tests and other tabs
-    return app
+def _optional(module: str, attr: str) -> Callable[..., Any] | None:
+    """``module.attr`` when the module exists (None when it is not there yet); without ``attr``, the one
+    ``Viewer`` class the module defines."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return None
+        raise
+    if hasattr(mod, attr):
+        return getattr(mod, attr)
+    found = [v for v in vars(mod).values() if isinstance(v, type) and issubclass(v, Viewer)
+             and v.__module__ == mod.__name__]
+    if len(found) == 1:
+        return found[0]
+    log.warning("%s defines no %s (nor exactly one Viewer): its tab is left out", module, attr)
+    return None
 
 
-def serve(port: int = 5006, address: str = "127.0.0.1", show: bool = False, threaded: bool = False, **kw: Any):
-    """Serve the studio (one fresh state per browser session); returns Panel's server (a thread if threaded)."""
-    local = address in ("127.0.0.1", "localhost", "::1")
+TABS: list[tuple[str, Callable[..., Any]]] = [("Design", DesignTab), ("Train", TrainView), ("Export", ExportView)]
+OPTIONAL_TABS: list[tuple[str, str, str, str | None]] = [
+    # (title, module, component class, the tab it goes after): tabs whose modules are being written
+    ("Inspect", "studio.inspect_view", "InspectView", "Design"),
+    ("Network", "studio.network_view", "NetworkView", "Inspect"),
+    ("Search", "studio.search_view", "SearchView", "Train"),
+]
+
+
+def tab_list() -> list[tuple[str, Callable[..., Any]]]:
+    """The tabs of a session: :data:`TABS` with the optional ones whose modules exist."""
+    tabs = list(TABS)
+    for title, module, attr, after in OPTIONAL_TABS:
+        factory = _optional(module, attr)
+        if factory is None or any(t == title for t, _ in tabs):
+            continue
+        at = next((k + 1 for k, (t, _) in enumerate(tabs) if t == after), len(tabs))
+        tabs.insert(at, (title, factory))
+    return tabs
+
+
+class StudioApp(Viewer):
+    """One browser session's studio: the header and one component per tab, all over one :class:`StudioState`.
+
+    ``components`` maps tab titles to their components (``components["Design"].canvas`` is the canvas,
+    ``components["Train"]`` the Train tab, ...); ``header`` is the top bar, ``tabs`` the tab layout.
+    """
+
+    state = param.ClassSelector(class_=StudioState, doc="The session's studio state.")
+
+    def __init__(self, home: str | None = None, tabs: list[tuple[str, Callable[..., Any]]] | None = None,
+                 **params: Any):
+        params.setdefault("state", None)
+        if params["state"] is None:
+            params["state"] = StudioState(home=home)
+        super().__init__(**params)
+        pn.extension("tabulator", notifications=False)  # the Train tab's table (bundled, served locally)
+        self.dispatcher = SessionDispatcher.current()
+        self.state.dispatch = self.dispatcher
+        self.header = Header(state=self.state)
+        self.components: dict[str, Any] = {title: factory(state=self.state) for title, factory in (tabs or tab_list())}
+        # dynamic: a tab is rendered in the browser when it is shown, so the page loads (and updates) only the
+        # tab in front; components with an ``active`` parameter are told whether they are in front
+        # (each in a plain wrapper: a tab not shown is a placeholder with its wrapper's sizes, so no tab's minimum
+        # height makes the page taller than the window while another tab is in front)
+        self.tabs = pn.Tabs(*((t, pn.Column(c, sizing_mode="stretch_both", margin=0)) for t, c in self.components.items()),
+                            sizing_mode="stretch_both", dynamic=True, stylesheets=[css("page")], css_classes=["tn-tabs"])
+        self.tabs.param.watch(lambda *_: self._activate(), "active")
+        self._activate()
+        self._wire()
+        on_session_end(self.close)
+
+    @property
+    def design(self) -> DesignTab:
+        return self.components["Design"]
+
+    def close(self) -> None:
+        """The session ended: stop background work and polling."""
+        self.dispatcher.close()
+        self.state.close()
+        for comp in self.components.values():
+            if hasattr(comp, "close"):
+                comp.close()
+
+    def show(self, title: str) -> Any:
+        """Bring the tab titled ``title`` to the front; returns its component (None when there is none)."""
+        titles = list(self.components)
+        if title not in titles:
+            return None
+        self.tabs.active = titles.index(title)
+        return self.components[title]
+
+    def _activate(self) -> None:
+        front = list(self.components)[self.tabs.active] if self.components else None
+        for title, comp in self.components.items():
+            if "active" in getattr(comp, "param", {}):
+                comp.active = title == front
+
+    def _wire(self) -> None:
+        """Requests tabs make of each other: a component's ``opened_design`` bump shows the Design tab, its
+        ``open_run`` shows that run on the Train tab (the Search tab has both)."""
+        for comp in self.components.values():
+            params = getattr(comp, "param", None)
+            if params is None:
+                continue
+            if "opened_design" in params:
+                comp.param.watch(lambda _e: self.show("Design"), "opened_design")
+            if "open_run" in params:
+                def open_run(event: Any) -> None:
+                    train = self.show("Train") if event.new else None
+                    if train is not None and hasattr(train, "show_run"):
+                        train.show_run(event.new)
+                comp.param.watch(open_run, "open_run")
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self.header, self.tabs, sizing_mode="stretch_both", stylesheets=[css("page")], margin=0,
+                         min_height=640)
+
+
+def create_app(home: str | None = None, state: StudioState | None = None) -> StudioApp:
+    """One session's studio (a :class:`StudioApp`)."""
+    return StudioApp(home=home, state=state)
+
+
+def serve(port: int = 5006, address: str = "127.0.0.1", show: bool = False, threaded: bool = False,
+          basic_auth: str | None = None, oauth_provider: str | None = None, **kw: Any):
+    """Serve the studio (one fresh state per browser session); returns Panel's server (a thread if threaded).
+
+    Authentication options are Panel's (``basic_auth``, ``oauth_provider``, ``oauth_key``, ``oauth_secret``,
+    ``cookie_secret``, ``oauth_encryption_key``, ...). Binding to a non-loopback address without them warns.
+    """
+    local = address in LOOPBACK
+    if not local and not basic_auth and not oauth_provider:
+        message = f"TN Studio is served on {address}, not only this machine, without authentication: {AUTH_HELP}"
+        warnings.warn(message, stacklevel=2)
+        log.warning(message)
     origins = [f"{h}:{port}" for h in ("127.0.0.1", "localhost")] if local and port else "*"
-    return pn.serve({"/": lambda: create_app()}, port=port, address=address, show=show, threaded=threaded,
-                    title="TN Studio", websocket_origin=origins, **kw)
+    auth = {k: v for k, v in (("basic_auth", basic_auth), ("oauth_provider", oauth_provider)) if v}
+    return pn.serve({"/": create_app}, port=port, address=address, show=show, threaded=threaded,
+                    title="TN Studio", websocket_origin=origins, **auth, **kw)

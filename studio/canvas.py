@@ -3,115 +3,137 @@
 The canvas never changes the design itself: every gesture (connect, delete, move, select) becomes a
 :class:`~studio.state.StudioState` call, and the graph is then redrawn from the state, so a refused gesture
 (e.g. connecting to an open leg that already belongs to a tensor) simply disappears again and leaves a message.
+A whole new design (generate, open, add, new) re-fits the view: the viewport is computed from the drawing and the
+canvas size, which a tiny probe component reports from the browser.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import panel as pn
+import param
+from panel.custom import JSComponent
+from panel.viewable import Viewer
 from panel_reactflow import NodeType, ReactFlow
 
-from engine.design.model import ACTIVATIONS
-
-from .graph import canvas_graph, design_position, parse_edge, parse_node, selection_from_canvas
+from .graph import (SOURCE_HANDLES, TARGET_HANDLES, canvas_layout, design_position, parse_edge, parse_node,
+                    selection_from_canvas)
+from .layout import SCALE, TENSOR_H, bounds, fit_viewport, free_box, visible_centre
 from .state import StudioState
+from .style import css
 
-KIND_COLOURS = {"core": ("#2f6fdb", "#eef4ff"), "isometry": ("#15803d", "#ecfdf3"),
-                "disentangler": ("#c2410c", "#fff4ec"), "lateral": ("#7c3aed", "#f5f0ff"),
-                "delta": ("#334155", "#f1f5f9")}
+log = logging.getLogger(__name__)
 
-CANVAS_CSS = """
-:host { --tn-ink: #1f2937; }
-.react-flow__node.tn-tensor { width: auto !important; min-width: 84px; padding: 5px 11px 6px; border-radius: 10px;
-  border: 2px solid #2f6fdb; background: #fff; color: var(--tn-ink); font-family: Inter, system-ui, sans-serif;
-  box-shadow: 0 1px 3px rgba(15,23,42,.14); text-align: center; }
-.react-flow__node.tn-tensor .rf-node-label { white-space: pre-line; margin: 0 !important; font-weight: 400 !important;
-  font-size: 10.5px; line-height: 1.35; color: #475569; }
-.react-flow__node.tn-tensor .rf-node-label::first-line { font-weight: 700; font-size: 13.5px; color: #0f172a; }
-.react-flow__node.tn-leg { width: auto !important; padding: 1px 8px; border-radius: 999px; font-size: 10.5px;
-  font-family: Inter, system-ui, sans-serif; border: 1.5px solid #0e7490; background: #ecfeff; color: #0e7490; }
-.react-flow__node.tn-leg-out { border-color: #be185d; background: #fdf2f8; color: #be185d; }
-.react-flow__node.tn-leg-bond { border-style: dashed; border-color: #dc2626; background: #fef2f2; color: #b91c1c; }
-.react-flow__node.tn-leg .rf-node-label { margin: 0 !important; font-weight: 600 !important; }
-.react-flow__node.tn-hub { width: auto !important; min-width: 36px; padding: 4px 8px; border-radius: 999px; background: #0f172a;
-  color: #fff; border: 2px solid #0f172a; font-size: 11px; font-family: Inter, system-ui, sans-serif; }
-.react-flow__node.tn-hub .rf-node-label { margin: 0 !important; }
-.react-flow__node.selected { box-shadow: 0 0 0 3px rgba(47,111,219,.45) !important; }
-.react-flow__node.tn-problem { border-color: #dc2626 !important; box-shadow: 0 0 0 3px rgba(220,38,38,.22); }
-.react-flow__node.tn-tensor .rf-node-content, .react-flow__node.tn-leg .rf-node-content,
-.react-flow__node.tn-hub .rf-node-content { min-width: 0; padding: 0; }
-.react-flow__node.tn-leg, .react-flow__node.tn-hub { min-width: 0; }
-.react-flow__handle { width: 9px; height: 9px; background: #94a3b8; border: 2px solid #fff; }
-.react-flow__handle:hover { background: #2f6fdb; }
-.react-flow__edge.tn-edge-bond .react-flow__edge-path { stroke: #475569; stroke-width: 2.2; }
-.react-flow__edge.tn-edge-in .react-flow__edge-path { stroke: #0e7490; stroke-width: 1.6; }
-.react-flow__edge.tn-edge-out .react-flow__edge-path { stroke: #be185d; stroke-width: 1.6; }
-.react-flow__edge.tn-edge-hyper .react-flow__edge-path { stroke: #0f172a; stroke-width: 1.8; stroke-dasharray: 5 3; }
-.react-flow__edge.selected .react-flow__edge-path { stroke: #2f6fdb !important; stroke-width: 3.2; }
-.react-flow__edge-textbg { fill: #ffffff; stroke: #cbd5e1; stroke-width: .8; }
-.react-flow__edge-text { font-size: 11px; font-weight: 600; fill: #334155; font-family: Inter, system-ui, sans-serif; }
-.react-flow__edge.selected .react-flow__edge-text { fill: #2f6fdb; }
+NODE_TYPES = {name: NodeType(type=name, label=label, inputs=list(TARGET_HANDLES), outputs=list(SOURCE_HANDLES))
+              for name, label in (("tensor", "Tensor"), ("leg", "Leg"), ("hub", "Hyperedge"))}
+DEFAULT_SIZE = (900, 640)  # px, until the browser says
+
+
+def no_editor(data: Any, schema: Any, *, id: str, type: str, on_patch: Any) -> None:  # noqa: A002
+    """The inspector edits the design, so the graph's own editors (a JSON editor per node) are not made."""
+    return None
+
+
+class CanvasProbe(JSComponent):
+    """Reports the size of the layout it sits in (the canvas area) as ``size`` = [width, height] in px."""
+
+    size = param.List(default=[], doc="[width, height] of the enclosing layout, in px.")
+
+    _esm = """
+export function render({ model, el }) {
+  const target = () => {
+    const host = el.getRootNode().host;          // this component's element
+    const parent = host && host.parentNode;       // the enclosing layout's shadow root
+    return parent && parent.host ? parent.host : host;
+  };
+  const measure = () => {
+    const box = target();
+    if (!box) return;
+    const r = box.getBoundingClientRect();
+    const next = [Math.round(r.width), Math.round(r.height)];
+    if (next[0] > 0 && String(next) !== String(model.size)) model.size = next;
+  };
+  const observer = new ResizeObserver(measure);
+  requestAnimationFrame(() => { const box = target(); if (box) observer.observe(box); measure(); });
+}
 """
 
 
-def _kind_css() -> str:
-    rules = []
-    for kind, (line, fill) in KIND_COLOURS.items():
-        rules.append(f".react-flow__node.tn-kind-{kind} {{ border-color: {line}; background: {fill}; }}")
-    for act in ACTIVATIONS:
-        rules.append(f'.react-flow__node.tn-act-{act}::after {{ content: "{act}"; }}')
-    rules.append(".react-flow__node.tn-tensor[class*='tn-act-']::after { position: absolute; top: -10px; right: -10px;"
-                 " background: #f59e0b; color: #fff; font-size: 10px; font-weight: 700; padding: 1px 6px;"
-                 " border-radius: 8px; box-shadow: 0 1px 2px rgba(0,0,0,.2); }")
-    return "\n".join(rules)
+class Canvas(Viewer):
+    """The drawing surface bound to a :class:`StudioState`; ``flow`` is the graph, ``probe`` measures it."""
 
+    state = param.ClassSelector(class_=StudioState, doc="The studio state the canvas shows and edits.")
+    height = param.Integer(default=480, doc="Minimum height of the canvas in px.")
+    size = param.Tuple(default=DEFAULT_SIZE, length=2, doc="Canvas size in px as the browser reports it.")
 
-NODE_TYPES = {"tensor": NodeType(type="tensor", label="Tensor"), "leg": NodeType(type="leg", label="Leg"),
-              "hub": NodeType(type="hub", label="Hyperedge")}
-
-
-class Canvas:
-    """The drawing surface bound to a :class:`StudioState`; ``panel`` is the viewable, ``flow`` the graph."""
-
-    def __init__(self, state: StudioState, height: int = 640):
-        self.state = state
-        self.height = height
-        self.flow = self._make_flow()
-        self.panel = pn.Column(self.flow, sizing_mode="stretch_both", min_height=height, margin=0)
-        state.param.watch(self._on_version, ["version"])
-        state.param.watch(self._on_layout, ["layout_version"])
-
-    # ------------------------------------------------------------------ drawing
-    def _make_flow(self) -> ReactFlow:
-        nodes, edges = canvas_graph(self.state.design, self.state.problems)
-        flow = ReactFlow(nodes=nodes, edges=edges, node_types=NODE_TYPES, editor_mode="side",
-                         sizing_mode="stretch_both", min_height=self.height, show_minimap=False, min_zoom=0.2,
-                         max_zoom=2.5, stylesheets=[CANVAS_CSS + _kind_css()], css_classes=["tn-canvas"],
-                         default_edge_options={"type": "straight"})
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        nodes, edges, boxes = canvas_layout(self.state.design, self.state.problems, self.state.selection)
+        self._from_canvas: dict[str, list[str]] | None = None  # the selection the canvas itself reported last
+        self.flow = ReactFlow(
+            nodes=nodes, edges=edges, node_types=NODE_TYPES, editor_mode="side", default_node_editor=no_editor,
+            default_edge_editor=no_editor, sizing_mode="stretch_both", min_height=self.height, show_minimap=False,
+            min_zoom=0.15, max_zoom=2.0, stylesheets=[css("canvas")], css_classes=["tn-canvas"],
+            default_edge_options={"type": "straight"}, viewport=self._fit(boxes))
         for name, fn in (("edge_added", self._edge_added), ("node_deleted", self._node_deleted),
                          ("edge_deleted", self._edge_deleted), ("node_moved", self._node_moved),
                          ("selection_changed", self._selection_changed)):
-            flow.on(name, fn)
-        return flow
+            self.flow.on(name, fn)
+        self.probe = CanvasProbe(width=0, height=0, margin=0)
+        self.probe.param.watch(self._measured, "size")
 
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self.flow, self.probe, sizing_mode="stretch_both", min_height=self.height, margin=(10, 4),
+                         stylesheets=[css("canvas-box")], css_classes=["tn-canvas-box"])
+
+    # ------------------------------------------------------------------ drawing
+    @param.depends("state.version", watch=True)
     def redraw(self) -> None:
-        nodes, edges = canvas_graph(self.state.design, self.state.problems)
-        sel_t = set(self.state.selection.get("tensors", []))
-        sel_i = set(self.state.selection.get("indices", []))
-        for n in nodes:
-            kind, name = parse_node(n["id"])
-            n["selected"] = (kind == "T" and name in sel_t) or (kind in ("L", "H") and name in sel_i)
-        for e in edges:
-            e["selected"] = parse_edge(e["id"])[1] in sel_i and e["id"].startswith("B:")
+        """Show the state's design (and its selection)."""
+        s = self.state
+        nodes, edges, _ = canvas_layout(s.design, s.problems, s.selection)
+        self._from_canvas = None
         self.flow.param.update(nodes=nodes, edges=edges)
 
-    def _on_version(self, *_: Any) -> None:
-        self.redraw()
+    @param.depends("state.selection", watch=True)
+    def _selection_moved(self) -> None:
+        if self.state.selection != self._from_canvas:  # selected elsewhere (inspector, undo): show it here
+            self.redraw()
 
-    def _on_layout(self, *_: Any) -> None:
-        """A new design: a fresh graph component fits the view to it."""
-        self.flow = self._make_flow()
-        self.panel[:] = [self.flow]
+    @param.depends("state.layout_version", watch=True)
+    def fit(self) -> None:
+        """Fit the view to the whole drawing."""
+        self.flow.viewport = self._fit(canvas_layout(self.state.design)[2])
+
+    def _fit(self, boxes: dict) -> dict[str, float]:
+        return fit_viewport(bounds(boxes.values()), *self.size, min_zoom=0.15, max_zoom=1.25)
+
+    def _measured(self, event: Any) -> None:
+        if isinstance(event.new, list) and len(event.new) == 2 and min(event.new) > 0:
+            self.size = (int(event.new[0]), int(event.new[1]))
+
+    def visible_centre(self) -> tuple[float, float] | None:
+        """The centre of what the canvas shows now, in design units (None before the view is known)."""
+        return visible_centre(self.flow.viewport, *self.size)
+
+    def free_position(self) -> tuple[float, float]:
+        """Where a new tensor goes: the free spot nearest the centre of the visible area, clear of every box and
+        bond label (design units, top-left corner)."""
+        centre = self.visible_centre()
+        _, edges, boxes = canvas_layout(self.state.design)
+        if centre is None:
+            b = bounds(boxes.values())
+            centre = ((b[0] + b[2]) / 2 / SCALE, (b[1] + b[3]) / 2 / SCALE) if b else (0.0, 0.0)
+        labels = [((boxes[e["source"]][0] + boxes[e["source"]][2] / 2 + boxes[e["target"]][0]
+                    + boxes[e["target"]][2] / 2) / 2,
+                   (boxes[e["source"]][1] + boxes[e["source"]][3] / 2 + boxes[e["target"]][1]
+                    + boxes[e["target"]][3] / 2) / 2) for e in edges if e.get("label")]
+        x, y = free_box((centre[0] * SCALE, centre[1] * SCALE), (84.0, TENSOR_H), boxes.values(), labels)
+        return design_position(x, y)
+
+    def add_tensor(self, kind: str = "core") -> str | None:
+        return self.state.add_tensor(kind, self.free_position())
 
     # ------------------------------------------------------------------ gestures
     def _edge_added(self, payload: dict[str, Any]) -> None:
@@ -124,27 +146,30 @@ class Canvas:
             tensor, index = (a, b) if ka == "T" else (b, a)
             self.state.attach(tensor, index)
         else:
-            self.state._refuse("connect", "connect a tensor to a tensor, a hyperedge hub or a free leg")
+            self.state.refuse("connect", "connect a tensor to a tensor, a hyperedge hub or a free leg")
         if self.state.version == before:
-            self.redraw()  # refused: take the drawn edge away again
+            self.redraw()  # refused (or waiting for confirmation): take the drawn edge away again
 
     def _node_deleted(self, payload: dict[str, Any]) -> None:
-        kind, name = parse_node(payload.get("node_id", ""))
-        if kind == "T":
-            self.state.delete(tensors=[name], merge="delete")
-        elif kind in ("L", "H"):
-            self.state.delete(indices=[name], merge="delete")
+        ids = list(payload.get("node_ids") or []) or [payload.get("node_id", "")]
+        tensors = [n for k, n in map(parse_node, ids) if k == "T"]
+        indices = [n for k, n in map(parse_node, ids) if k in ("L", "H") and n in self.state.design.indices]
+        if tensors or indices:
+            self.state.delete(tensors=tensors, indices=indices, merge="delete")
 
     def _edge_deleted(self, payload: dict[str, Any]) -> None:
         ids = list(payload.get("edge_ids") or []) or [payload.get("edge_id")]
+        detach, indices = [], []
         for eid in ids:
             kind, index, tensor = parse_edge(eid or "")
             if index not in self.state.design.indices:
                 continue
             if kind == "HE" and tensor:
-                self.state.delete(detach=[(tensor, index)], merge="delete")
+                detach.append((tensor, index))
             elif kind in ("B", "LE"):
-                self.state.delete(indices=[index], merge="delete")
+                indices.append(index)
+        if detach or indices:
+            self.state.delete(indices=indices, detach=detach, merge="delete")
 
     def _node_moved(self, payload: dict[str, Any]) -> None:
         kind, name = parse_node(payload.get("node_id", ""))
@@ -154,5 +179,6 @@ class Canvas:
 
     def _selection_changed(self, payload: dict[str, Any]) -> None:
         sel = selection_from_canvas(payload.get("nodes") or [], payload.get("edges") or [])
+        self._from_canvas = sel
         if sel != self.state.selection:
             self.state.select(sel["tensors"], sel["indices"])

@@ -1,55 +1,54 @@
-"""Right column, bottom: the live cost panel (numbers, problems, contraction steps, params/FLOPs vs χ chart)."""
+"""Right column, bottom: the live cost panel (numbers, problems, the params/FLOPs-vs-χ chart, contraction steps).
+
+Everything here is HTML and SVG in Panel panes, drawn from ``state.report`` and ``state.sweep``: no raw Bokeh
+model is involved, so the panel can be redrawn from any callback (see :mod:`studio.session`).
+"""
 from __future__ import annotations
 
 import html
+import math
+import re
 from typing import Any
 
 import panel as pn
-from bokeh.models import (ColumnDataSource, FixedTicker, HoverTool, LogAxis, LogScale, NumeralTickFormatter, Range1d,
-                          Span)
-from bokeh.plotting import figure
+import param
+from panel.viewable import Viewer
 
 from engine.contract.cost import CostReport
 from engine.format import nbytes, ratio, si
 
 from .state import DTYPES, SCHEDULE_CHOICES, StudioState
-from .widgets import section
-
-CARDS_CSS = """
-.tn-cards{display:grid;grid-template-columns:1fr 1fr;gap:8px;font-family:Inter,system-ui,sans-serif}
-.tn-card{background:#f8fafc;border:1px solid #e2e8f0;border-radius:8px;padding:7px 9px}
-.tn-card .k{font-size:10.5px;text-transform:uppercase;letter-spacing:.05em;color:#64748b}
-.tn-card .v{font-size:19px;font-weight:700;color:#0f172a;line-height:1.25}
-.tn-card .s{font-size:11px;color:#475569}
-.tn-card.wide{grid-column:span 2}
-.tn-problems{font:12.5px Inter,system-ui,sans-serif;color:#7f1d1d;background:#fef2f2;border:1px solid #fecaca;
-  border-radius:8px;padding:7px 10px;margin-bottom:2px}
-.tn-problems ul{margin:4px 0 0 16px;padding:0}
-.tn-ok{font:12px Inter,system-ui,sans-serif;color:#166534;background:#f0fdf4;border:1px solid #bbf7d0;border-radius:8px;
-  padding:5px 10px}
-.tn-steps{border-collapse:collapse;width:100%;font:11.5px ui-monospace,SFMono-Regular,Menlo,monospace;color:#1e293b}
-.tn-steps th{font:600 10.5px Inter,system-ui,sans-serif;text-transform:uppercase;color:#64748b;text-align:left;
-  border-bottom:1px solid #e2e8f0;padding:3px 5px;position:sticky;top:0;background:#fff}
-.tn-steps td{border-bottom:1px solid #f1f5f9;padding:3px 5px;vertical-align:top}
-.tn-steps td.n{text-align:right}
-.tn-steps tr.apply td:first-child{border-left:3px solid #2f6fdb}
-.tn-steps tr.generate td:first-child{border-left:3px solid #16a34a}
-"""
+from .style import css, styled
+from .widgets import IntField, section
 
 
-def _card(key: str, value: str, sub: str = "", cls: str = "", raw: Any = None) -> str:
-    data = f" data-value='{raw}'" if raw is not None else ""
-    return (f"<div class='tn-card {cls}'><div class='k'>{key}</div>"
-            f"<div class='v tn-metric-{key.lower().replace(' ', '-')}'{data}>{value}</div>"
-            f"<div class='s'>{sub}</div></div>")
+def chi_text(formula: str) -> str:
+    """The cost model's ``O(chi^3)`` / ``2 * chi^4`` as the UI writes it: ``O(χ<sup>3</sup>)``, ``2·χ<sup>4</sup>``."""
+    text = html.escape(formula).replace(" * ", "·").replace("chi", "χ")
+    return re.sub(r"\^(\d+)", r"<sup>\1</sup>", text)
+
+
+def _card(key: str, value: str, sub: str = "", raw: Any = None, slug: str | None = None) -> str:
+    data = f" data-value='{html.escape(str(raw), quote=True)}'" if raw is not None else ""
+    slug = slug or key.lower().replace(" ", "-")
+    return (f"<div class='tn-card'><div class='k'>{key}</div>"
+            f"<div class='v tn-metric-{slug}'{data}>{value}</div><div class='s'>{sub}</div></div>")
+
+
+def compression_text(compression: float) -> str:
+    """``99.9x smaller`` or, for a layer larger than dense, a red ``12.3x larger``."""
+    if compression >= 1:
+        return f"<b>{ratio(compression)}</b> smaller"
+    return f"<span class='larger'>{ratio(1 / compression)} larger</span> than dense"
 
 
 def cards_html(rep: CostReport | None) -> str:
     if not rep:
-        return "<div class='tn-cards'></div>"
+        return ("<div class='tn-empty'>No valid design yet: the numbers appear as soon as the drawing is a "
+                "complete layer.</div>")
     return "<div class='tn-cards'>" + "".join([
-        _card("Params", f"{rep.params:,}", f"dense {si(rep.dense_params)} · "
-              f"<b>{ratio(rep.compression)}</b> smaller", raw=rep.params),
+        _card("Core params", f"{rep.params:,}", f"dense {si(rep.dense_params)} · {compression_text(rep.compression)}",
+              raw=rep.params, slug="params"),
         _card("Forward", si(rep.forward_flops, "FLOP"),
               f"dense {si(rep.dense_forward_flops, 'FLOP')} · batch {rep.batch}", raw=rep.forward_flops),
         _card("Generate W", si(rep.generate_flops, "FLOP"), "materialise cores → W", raw=rep.generate_flops),
@@ -57,9 +56,8 @@ def cards_html(rep: CostReport | None) -> str:
         _card("Peak memory", nbytes(rep.peak_memory_bytes), f"forward, {rep.dtype}", raw=rep.peak_memory_bytes),
         _card("Training memory", nbytes(rep.train_memory_bytes),
               f"with Adam · dense {nbytes(rep.dense_train_memory_bytes)}", raw=rep.train_memory_bytes),
-        _card("Schedule", html.escape(rep.schedule), html.escape(rep.method), cls="", raw=rep.schedule),
-        _card("Scaling", html.escape(rep.scaling), html.escape(rep.scaling_detail.leading) + " FLOPs",
-              raw=rep.scaling),
+        _card("Schedule", html.escape(rep.schedule), html.escape(rep.method), raw=rep.schedule),
+        _card("Scaling", chi_text(rep.scaling), chi_text(rep.scaling_detail.leading) + " FLOPs", raw=rep.scaling),
     ]) + "</div>"
 
 
@@ -92,77 +90,108 @@ def steps_html(rep: CostReport | None) -> str:
 
 def decade_ticks(lo: float, hi: float) -> list[float]:
     """Powers of ten inside [lo, hi]; with 2x and 5x added when the range spans less than two decades."""
-    import math
-
     exps = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
     ticks = [m * 10.0 ** e for e in exps for m in ((1,) if math.log10(hi / lo) >= 2 else (1, 2, 5))]
     return [t for t in ticks if lo <= t <= hi]
 
 
-def sweep_figure() -> tuple[Any, ColumnDataSource, Span]:
-    src = ColumnDataSource({"chi": [], "params": [], "flops": []})
-    fig = figure(height=210, sizing_mode="stretch_width", x_axis_type="log", y_axis_type="log",
-                 toolbar_location=None, x_axis_label="bond dimension χ (all bonds)", y_axis_label="parameters")
-    fig.extra_y_ranges = {"flops": Range1d(1, 10)}
-    fig.extra_y_scales = {"flops": LogScale()}
-    # explicit decade ticks: Bokeh's LogTicker falls back to crowded linear ticks over a few decades
-    fig.add_layout(LogAxis(y_range_name="flops", axis_label="forward FLOPs", ticker=FixedTicker(ticks=[]),
-                           formatter=NumeralTickFormatter(format="0.[0]a")), "right")
-    fig.yaxis[0].formatter = NumeralTickFormatter(format="0.[0]a")
-    fig.xaxis.formatter = NumeralTickFormatter(format="0")
-    fig.line("chi", "params", source=src, color="#2f6fdb", line_width=2.5, legend_label="params")
-    fig.scatter("chi", "params", source=src, color="#2f6fdb", size=6)
-    fig.line("chi", "flops", source=src, color="#ea580c", line_width=2.5, y_range_name="flops",
-             legend_label="forward FLOPs", line_dash="dashed")
-    fig.scatter("chi", "flops", source=src, color="#ea580c", size=6, y_range_name="flops")
-    span = Span(location=4, dimension="height", line_color="#94a3b8", line_dash="dotted", line_width=2)
-    fig.add_layout(span)
-    fig.add_tools(HoverTool(tooltips=[("χ", "@chi"), ("params", "@params{0,0}"), ("FLOPs", "@flops{0.00a}")]))
-    fig.legend.location = "top_left"
-    fig.legend.background_fill_alpha = 0.7
-    fig.legend.label_text_font_size = "10px"
-    fig.xaxis.axis_label_text_font_size = fig.yaxis.axis_label_text_font_size = "11px"
-    fig.outline_line_color = None
-    return fig, src, span
+def _log_range(values: list[float]) -> tuple[float, float]:
+    lo, hi = max(1.0, min(values)), max(1.0, max(values))
+    if hi / lo < 10:
+        mid = math.sqrt(lo * hi)
+        lo, hi = mid / 3.3, mid * 3.3
+    return lo / 1.4, hi * 1.4
 
 
-class CostPanel:
-    """Watches ``report``, ``problems`` and ``sweep`` and redraws the numbers, the table and the chart."""
+def sweep_svg(sweep: dict[str, Any], width: int = 380, height: int = 196) -> str:
+    """Params (left axis) and forward FLOPs (right axis) against the bond dimension, log-log, as inline SVG."""
+    chis = sweep.get("chi") or []
+    if len(chis) < 2:
+        return "<div class='tn-empty'>The chart needs bonds to vary: this design has none.</div>"
+    params, flops = sweep["params"], sweep["forward_flops"]
+    left, right, top, bottom = 46, 54, 10, 34
+    pw, ph = width - left - right, height - top - bottom
+    x0, x1 = math.log(min(chis) / 1.15), math.log(max(chis) * 1.15)
+    (pl, ph_), (fl, fh) = _log_range(params), _log_range(flops)
 
-    def __init__(self, state: StudioState):
-        self.state = state
-        self.batch = pn.widgets.IntInput.from_param(state.param.batch, label="batch", width=90, start=1)
-        self.dtype = pn.widgets.Select.from_param(state.param.dtype, label="dtype", options=list(DTYPES), width=100)
-        self.schedule = pn.widgets.Select.from_param(state.param.schedule, label="schedule",
-                                                     options=list(SCHEDULE_CHOICES), width=110)
-        self.status = pn.pane.HTML(stylesheets=[CARDS_CSS], sizing_mode="stretch_width", margin=(0, 5))
-        self.cards = pn.pane.HTML(stylesheets=[CARDS_CSS], sizing_mode="stretch_width", margin=(0, 5),
-                                  css_classes=["tn-cost-cards"])
-        self.steps = pn.pane.HTML(stylesheets=[CARDS_CSS], sizing_mode="stretch_width", max_height=260,
-                                  styles={"overflow-y": "auto"}, margin=(0, 5))
-        self.fig, self.source, self.span = sweep_figure()
-        self.chart = pn.pane.Bokeh(self.fig, sizing_mode="stretch_width", height=215, margin=(0, 5))
-        state.param.watch(lambda *_: self.update(), ["report", "problems", "sweep", "cost_error"])
+    def X(c: float) -> float:
+        return left + (math.log(c) - x0) / (x1 - x0) * pw
+
+    def Y(v: float, lo: float, hi: float) -> float:
+        return top + ph - (math.log(max(v, 1.0)) - math.log(lo)) / (math.log(hi) - math.log(lo)) * ph
+
+    out = [f"<svg viewBox='0 0 {width} {height}' role='img' aria-label='params and forward FLOPs against χ'>"]
+    for t in decade_ticks(pl, ph_):
+        y = Y(t, pl, ph_)
+        out.append(f"<line class='grid' x1='{left}' x2='{left + pw}' y1='{y:.1f}' y2='{y:.1f}'/>"
+                   f"<text x='{left - 5}' y='{y + 3.5:.1f}' text-anchor='end'>{si(t)}</text>")
+    for t in decade_ticks(fl, fh):
+        y = Y(t, fl, fh)
+        out.append(f"<text x='{left + pw + 5}' y='{y + 3.5:.1f}'>{si(t)}</text>")
+    for c in chis:
+        out.append(f"<text x='{X(c):.1f}' y='{top + ph + 14}' text-anchor='middle'>{c}</text>")
+    out.append(f"<line class='axis' x1='{left}' x2='{left + pw}' y1='{top + ph}' y2='{top + ph}'/>"
+               f"<line class='axis' x1='{left}' x2='{left}' y1='{top}' y2='{top + ph}'/>"
+               f"<line class='axis' x1='{left + pw}' x2='{left + pw}' y1='{top}' y2='{top + ph}'/>")
+    current = sweep.get("current")
+    if current and min(chis) / 1.15 <= current <= max(chis) * 1.15:
+        out.append(f"<line class='now' x1='{X(current):.1f}' x2='{X(current):.1f}' y1='{top}' y2='{top + ph}'>"
+                   f"<title>current χ = {current}</title></line>")
+    for cls, vals, lo, hi in (("params", params, pl, ph_), ("flops", flops, fl, fh)):
+        pts = " ".join(f"{X(c):.1f},{Y(v, lo, hi):.1f}" for c, v in zip(chis, vals))
+        out.append(f"<polyline class='{cls}' points='{pts}'/>")
+    for c, p, f in zip(chis, params, flops):
+        tip = f"χ = {c}: {p:,} core params, {si(f, 'FLOP')} forward"
+        out.append(f"<circle class='params' cx='{X(c):.1f}' cy='{Y(p, pl, ph_):.1f}' r='3.6'><title>{tip}</title>"
+                   f"</circle><circle class='flops' cx='{X(c):.1f}' cy='{Y(f, fl, fh):.1f}' r='3.6'>"
+                   f"<title>{tip}</title></circle>")
+    out.append(f"<text class='title' x='{left + pw / 2}' y='{height - 4}' text-anchor='middle'>bond dimension χ "
+               f"(all bonds)</text>")
+    out.append(f"<text class='title' transform='translate(11 {top + ph / 2}) rotate(-90)' text-anchor='middle'>"
+               f"core params</text>")
+    out.append(f"<text class='title' transform='translate({width - 6} {top + ph / 2}) rotate(90)' "
+               f"text-anchor='middle'>forward FLOPs</text></svg>")
+    legend = "<div class='legend'><span><i></i>core params</span><span><i class='f'></i>forward FLOPs</span></div>"
+    return f"<div class='tn-chart'>{''.join(out)}{legend}</div>"
+
+
+class CostPanel(Viewer):
+    """The live numbers of ``state.report``: cards, problems, the χ sweep chart and the contraction steps."""
+
+    state = param.ClassSelector(class_=StudioState, doc="The studio state whose cost is shown.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        s = self.state
+        self.batch = IntField(label="batch", value=s.batch, width=90, css_class="tn-batch")
+        self.batch.param.watch(lambda e: setattr(s, "batch", e.new), "value")
+        self.dtype = styled(pn.widgets.Select.from_param(s.param.dtype, label="dtype", options=list(DTYPES),
+                                                         width=100))
+        self.schedule = styled(pn.widgets.Select.from_param(s.param.schedule, label="schedule",
+                                                            options=list(SCHEDULE_CHOICES), width=110))
+        kw = {"sizing_mode": "stretch_width", "margin": (0, 5)}
+        self.status = pn.pane.HTML(stylesheets=[css("cards")], **kw, css_classes=["tn-cost-status"])
+        self.cards = pn.pane.HTML(stylesheets=[css("cards")], **kw, css_classes=["tn-cost-cards"])
+        self.chart = pn.pane.HTML(stylesheets=[css("cards", "chart")], **kw, css_classes=["tn-sweep"])
+        self.steps = pn.pane.HTML(stylesheets=[css("cards")], sizing_mode="stretch_width", max_height=260,
+                                  styles={"overflow-y": "auto"}, margin=(0, 5), css_classes=["tn-steps-pane"])
         self.update()
 
+    @param.depends("state.report", "state.problems", "state.sweep", "state.cost_error", watch=True)
     def update(self) -> None:
         s = self.state
         self.status.object = problems_html(s.problems, s.cost_error, s.report is not None)
         self.cards.object = cards_html(s.report)
+        self.chart.object = sweep_svg(s.sweep or {}) if s.report is not None else ""
         self.steps.object = steps_html(s.report)
-        sw = s.sweep or {}
-        if sw.get("chi"):
-            self.source.data = {"chi": sw["chi"], "params": sw["params"], "flops": sw["forward_flops"]}
-            lo, hi = max(1, min(sw["forward_flops"])), max(sw["forward_flops"])
-            self.fig.extra_y_ranges["flops"].start = lo / 1.5
-            self.fig.extra_y_ranges["flops"].end = hi * 1.5
-            self.fig.yaxis[1].ticker.ticks = decade_ticks(lo / 1.5, hi * 1.5)
-            self.span.location = sw.get("current") or sw["chi"][0]
 
-    def view(self) -> pn.viewable.Viewable:
+    @param.depends("state.batch", watch=True)
+    def _batch_shown(self) -> None:
+        self.batch.value = self.state.batch
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        title = pn.pane.HTML("<div class='tn-subtitle'>Contraction steps</div>", stylesheets=[css("cards")],
+                             margin=(4, 5, 0, 5))
         return section("Live cost", pn.Column(
             pn.Row(self.batch, self.dtype, self.schedule, margin=0),
-            self.status, self.cards, self.chart,
-            pn.pane.HTML("<div class='tn-title' style='font:600 11px Inter,system-ui;color:#64748b;"
-                         "text-transform:uppercase;letter-spacing:.06em'>Contraction steps</div>", margin=(4, 5, 0, 5)),
-            self.steps, margin=0, sizing_mode="stretch_width"))
+            self.status, self.cards, self.chart, title, self.steps, margin=0, sizing_mode="stretch_width"))

@@ -8,47 +8,32 @@ from __future__ import annotations
 
 import html
 import io
+import logging
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 import panel as pn
+import param
+from panel.viewable import Viewer
 
 from engine.design.model import Design, DesignError
 from engine.nn.export import export_source, layer_state_dict, to_snippet
+from engine.train.store import StoreError
 
 from .fmt import ratio
+from .session import SessionDispatcher
 from .state import StudioState
-from .widgets import ERROR_CSS, section
+from .style import css, styled
+from .widgets import section
+
+log = logging.getLogger(__name__)
 
 FORMAT_LABELS = {"PyTorch module": "torch", "Design JSON": "json", "Engine snippet": "snippet"}
 SUFFIX = {"torch": ".py", "json": ".json", "snippet": "_snippet.py"}
 NO_WEIGHTS = "none (fresh initialisation)"
 RUNS_POLL_MS = 3000
-# FileDownload does not pass its colour on to the button (Panel 1.9), so the buttons are styled here
-DOWNLOAD_CSS = (".bk-btn.bk-btn-default{background:#2563eb !important;border-color:#2563eb !important;color:#fff "
-                "!important;font-weight:600}.bk-btn.bk-btn-default:hover{background:#1d4ed8 !important}")
-WEIGHTS_CSS = (".bk-btn.bk-btn-default{background:#16a34a !important;border-color:#16a34a !important;color:#fff "
-               "!important;font-weight:600}.bk-btn.bk-btn-default:hover{background:#15803d !important}")
-
-CODE_CSS = """
-:host{background:#0f172a;border-radius:10px}
-.tn-code{margin:0;padding:12px 14px;font:12.5px/1.5 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
-  color:#e2e8f0;white-space:pre;tab-size:4}
-.tn-code .ln{color:#475569;user-select:none;display:inline-block;width:3.2em}
-"""
-INFO_CSS = """
-.tn-exp{font:13px/1.45 Inter,system-ui,sans-serif;color:#334155}
-.tn-exp b{color:#0f172a}
-.tn-exp .file{font:12px ui-monospace,Menlo,monospace;background:#f1f5f9;border-radius:4px;padding:1px 5px}
-.tn-exp .note{margin-top:6px;color:#92400e;background:#fffbeb;border:1px solid #fde68a;border-radius:6px;
-  padding:5px 8px;font-size:12px}
-.tn-exp .cli{margin-top:8px;font:11.5px ui-monospace,Menlo,monospace;color:#475569;background:#f8fafc;
-  border:1px solid #e2e8f0;border-radius:6px;padding:6px 8px;white-space:pre-wrap;word-break:break-all}
-.tn-exp .muted{color:#64748b;font-size:12px}
-"""
-
-
 def highlight(code: str, language: str) -> str:
     """Code as HTML with inline colours (pygments when installed, plain escaped text otherwise)."""
     try:
@@ -71,36 +56,46 @@ def file_stem(design: Design) -> str:
     return stem[:60] or "tn_layer"
 
 
-class ExportView:
-    """Preview and download the export of ``state.valid_design`` (or of a run's design, with its weights)."""
+class ExportView(Viewer):
+    """Preview and download the export of ``state.valid_design`` (or of a run's design, with its weights).
 
-    def __init__(self, state: StudioState, runs_root: str | Path | None = None, background: bool = True):
-        self.state = state
-        self.background = background  # generate in a worker thread (False: synchronously, for tests)
-        self.runs_root = Path(runs_root) if runs_root else Path(state.home) / "runs"
+    Parts (documented attributes): ``format``, ``weights`` (run choice), ``info``, ``code`` (the preview),
+    ``download``, ``download_weights``. The code is generated in a worker thread (``background``) whose result is
+    handed to the session's thread (:class:`~studio.session.SessionDispatcher`).
+    """
+
+    state = param.ClassSelector(class_=StudioState, doc="The studio state whose valid design is exported.")
+    background = param.Boolean(default=True, doc="Generate in a worker thread (False: at once, for tests).")
+    active = param.Boolean(default=True, doc="Whether the tab is in front: the export is generated only then "
+                                             "(compiling every schedule of a large design takes a while).")
+
+    def __init__(self, state: StudioState | None = None, runs_root: str | Path | None = None, **params: Any):
+        super().__init__(state=state, **params)
+        self.runs_root = Path(runs_root) if runs_root else Path(self.state.home) / "runs"
+        self.dispatcher = SessionDispatcher.current()
         self.format = pn.widgets.RadioButtonGroup(options=FORMAT_LABELS, value="torch", color="primary",
                                                   variant="outline", sizing_mode="stretch_width",
                                                   css_classes=["tn-export-format"])
-        self.weights = pn.widgets.Select(label="Trained weights", options=[NO_WEIGHTS], value=NO_WEIGHTS,
-                                         sizing_mode="stretch_width", css_classes=["tn-export-weights"])
-        self.info = pn.pane.HTML(stylesheets=[INFO_CSS, ERROR_CSS], sizing_mode="stretch_width", margin=(0, 10))
-        self.code = pn.pane.HTML(stylesheets=[CODE_CSS], sizing_mode="stretch_both", min_height=600,
+        self.weights = styled(pn.widgets.Select(label="Trained weights", options=[NO_WEIGHTS], value=NO_WEIGHTS,
+                                                sizing_mode="stretch_width", css_classes=["tn-export-weights"]))
+        self.info = pn.pane.HTML(stylesheets=[css("export", "notes")], sizing_mode="stretch_width", margin=(0, 10))
+        self.code = pn.pane.HTML(stylesheets=[css("export")], sizing_mode="stretch_both", min_height=400,
                                  styles={"overflow": "auto"}, css_classes=["tn-export-code"])
-        self.download = pn.widgets.FileDownload(callback=self._code_file, filename="layer.py", label="Download",
-                                                stylesheets=[DOWNLOAD_CSS], sizing_mode="stretch_width",
-                                                css_classes=["tn-download-code"], embed=False, height=38)
-        self.download_weights = pn.widgets.FileDownload(callback=self._weights_file, filename="layer.pt",
-                                                        label="Download weights", stylesheets=[WEIGHTS_CSS],
-                                                        sizing_mode="stretch_width", visible=False, embed=False,
-                                                        height=38,
-                                                        css_classes=["tn-download-weights"])
+        self.download = styled(pn.widgets.FileDownload(callback=self._code_file, filename="layer.py",
+                                                       label="Download", sizing_mode="stretch_width",
+                                                       css_classes=["tn-download-code"], embed=False, height=38),
+                               "primary-download")
+        self.download_weights = styled(pn.widgets.FileDownload(callback=self._weights_file, filename="layer.pt",
+                                                               label="Download weights", sizing_mode="stretch_width",
+                                                               visible=False, embed=False, height=38,
+                                                               css_classes=["tn-download-weights"]),
+                                       "weights-download")
         self._runs: dict[str, dict[str, Any]] = {}  # option label -> run dict
         self._text, self._design, self._state_dict = "", None, None
         self._lock = threading.Lock()
         self._generation = 0
         self.format.param.watch(lambda *_: self.refresh(), "value")
         self.weights.param.watch(lambda *_: self.refresh(), "value")
-        state.param.watch(lambda *_: self.refresh(), ["version"])
         self.refresh_runs()
         self.refresh()
 
@@ -113,7 +108,8 @@ class ExportView:
 
         try:
             runs = RunStore(self.runs_root).list_runs()
-        except Exception:  # a locked or half-written store: keep the options we have, try again later
+        except (StoreError, sqlite3.Error, OSError) as e:  # locked or half-written: keep the options, try later
+            log.debug("runs with weights not refreshed: %s", e)
             return
         found: dict[str, dict[str, Any]] = {}
         for r in runs:
@@ -128,8 +124,14 @@ class ExportView:
             self.weights.value = keep
 
     # ------------------------------------------------------------------ generation
+    @param.depends("state.version", "active", watch=True)
     def refresh(self) -> None:
-        """Regenerate the export (in a worker thread: compiling a large design's programs can take a second)."""
+        """Regenerate the export (in a worker thread: compiling a large design's programs can take a second);
+        while the tab is not in front, only note that it is out of date."""
+        if not self.active:
+            self._stale = True
+            return
+        self._stale = False
         self._generation += 1
         gen = self._generation
         if self.background:
@@ -160,13 +162,21 @@ class ExportView:
             else:
                 source = f"run {run['id']} ({run['name']})" if run is not None else ""
                 text = export_source(design, fmt, source=source)
-        except Exception as e:  # a clear message in the panel, never a traceback
+        except (DesignError, ValueError, OSError, KeyError) as e:  # no valid design, a bad or missing checkpoint
+            text, error = "", str(e)
+        except Exception as e:  # noqa: BLE001 - this may run in a worker thread, where an uncaught exception
+            # would vanish: whatever the exporter or torch.load raised becomes a message in the panel, and the
+            # traceback goes to the log
+            log.warning("export of %r failed", getattr(design, "name", None), exc_info=True)
             text, error = "", str(e)
         with self._lock:
             if gen != self._generation:
                 return  # a newer request superseded this one
             self._text, self._design, self._state_dict = text, design, state_dict
-        self._show(fmt, design, run, note, error)
+        if self.background:
+            self.dispatcher(lambda: self._show(fmt, design, run, note, error) if gen == self._generation else None)
+        else:
+            self._show(fmt, design, run, note, error)
 
     def _run_weights(self, run: dict[str, Any]) -> tuple[Design, dict[str, Any]]:
         import torch
@@ -199,7 +209,7 @@ class ExportView:
                    "<div class='muted'>Train this design on the Train tab to export its weights too.</div>")
         self.info.object = (
             f"<div class='tn-exp'><div><b>{html.escape(design.name)}</b> · {design.in_features:,} → "
-            f"{design.out_features:,} · {design.params:,} params · {ratio(design.compression)} compression</div>"
+            f"{design.out_features:,} · {design.params:,} core params · {ratio(design.compression)} compression</div>"
             f"<div>File: <span class='file'>{html.escape(fname)}</span> — {what}.</div>{weights}"
             + (f"<div class='note'>{note}</div>" if note else "")
             + f"<div class='cli'>$ {html.escape(cli)}</div></div>")
@@ -227,21 +237,18 @@ class ExportView:
         buf.seek(0)
         return buf
 
+    def close(self) -> None:
+        self.dispatcher.close()
+
     # ------------------------------------------------------------------ layout
-    def view(self) -> pn.viewable.Viewable:
+    def __panel__(self) -> pn.viewable.Viewable:
         controls = section("Export", pn.Column(
-            pn.pane.HTML("<div class='tn-exp muted'>Format</div>", stylesheets=[INFO_CSS], margin=(4, 10, 0, 10)),
+            pn.pane.HTML("<div class='tn-exp muted'>Format</div>", stylesheets=[css("export")],
+                         margin=(4, 10, 0, 10)),
             self.format, self.weights, self.info, self.download, self.download_weights,
             sizing_mode="stretch_width", margin=(0, 0, 8, 0)))
         left = pn.Column(controls, width=400, margin=(10, 8, 10, 10))
         right = pn.Column(self.code, sizing_mode="stretch_both", margin=(10, 10, 10, 4))
-        row = pn.Row(left, right, sizing_mode="stretch_both", min_height=720)
-        row._export_view = self  # for tests
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        if self.dispatcher.served:
             pn.state.add_periodic_callback(self.refresh_runs, period=RUNS_POLL_MS)
-        return row
-
-
-def view(state: StudioState) -> pn.viewable.Viewable:
-    """The Export tab for one studio session."""
-    return ExportView(state).view()
+        return pn.Row(left, right, sizing_mode="stretch_both", min_height=520)

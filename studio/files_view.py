@@ -1,16 +1,24 @@
-"""Save and open designs: JSON download/upload, the local library under ``<home>/designs`` and the presets."""
+"""Save and open designs: JSON download/upload, the local library under ``<home>/designs`` and the presets.
+
+An upload goes through the same path as every other way of opening a design: :meth:`StudioState.load_json` (size
+limit ``MAX_UPLOAD_BYTES``, then the engine's validation), and its refusal is shown under the upload field.
+"""
 from __future__ import annotations
 
 import io
-import re
+from pathlib import Path
+from typing import Any
 
 import panel as pn
-
-from engine.design.model import DesignError
+import param
+from panel.viewable import Viewer
 
 from engine.design.library import designs_dir, library, open_design, presets, safe_name, save_to_library
-from .state import StudioState
-from .widgets import error_note, section
+from engine.design.model import DesignError
+
+from .state import MAX_UPLOAD_BYTES, StudioState
+from .style import css, styled
+from .widgets import FieldNote, button, hint, section
 
 
 def download_name(name: str) -> str:
@@ -20,42 +28,47 @@ def download_name(name: str) -> str:
         return "design.json"
 
 
-class Files:
-    """Download / upload and the library; messages about files go to ``field_errors['open'|'library']``."""
+class Files(Viewer):
+    """Download / upload and the library; refusals go to ``field_errors['open'|'library']``."""
 
-    def __init__(self, state: StudioState):
-        self.state = state
-        self.download = pn.widgets.FileDownload(callback=self._payload, filename=download_name(state.design.name),
-                                                label="⬇ Download JSON", color="primary",
-                                                sizing_mode="stretch_width", css_classes=["tn-download"])
-        self.upload = pn.widgets.FileInput(accept=".json,application/json", sizing_mode="stretch_width",
-                                           css_classes=["tn-upload"])
+    state = param.ClassSelector(class_=StudioState, doc="The studio state whose design is saved and replaced.")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        s = self.state
+        self.download = styled(pn.widgets.FileDownload(
+            callback=self._payload, filename=download_name(s.design.name), label="⬇ Download JSON",
+            sizing_mode="stretch_width", css_classes=["tn-download"], embed=False), "primary-download")
+        self.upload = styled(pn.widgets.FileInput(accept=".json,application/json", sizing_mode="stretch_width",
+                                                  css_classes=["tn-upload"]))
         self.upload.param.watch(self._uploaded, "value")
-        self.name = pn.widgets.TextInput(label="save as", placeholder="name", value=state.design.name, width=150)
-        self.save_btn = pn.widgets.Button(label="Save", width=70, align="end", color="success")
-        self.save_btn.on_click(lambda *_: self.save())
-        self.choice = pn.widgets.Select(label="library and presets", options=self._options(),
-                                        sizing_mode="stretch_width")
-        self.open_btn = pn.widgets.Button(label="Open", width=70, align="end")
-        self.open_btn.on_click(lambda *_: self.open_selected())
-        self.note = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 5),
-                                 stylesheets=[".tn-note{font-size:11.5px;color:#166534}"])
-        self._seen_layout = state.layout_version
-        state.param.watch(self._design_changed, ["version"])
+        self.save_name = styled(pn.widgets.TextInput(label="save as", value=s.design.name, sizing_mode="stretch_width",
+                                                css_classes=["tn-save-name"]))
+        self.save_button = button("Save", self.save, once=True, color="success", width=70, align="end",
+                                  css_classes=["tn-save"], key=lambda: (self.save_name.value, s.version))
+        self.choice = styled(pn.widgets.Select(label="library and presets", options=self._options(),
+                                               sizing_mode="stretch_width", css_classes=["tn-library"]))
+        self.open_button = button("Open", self.open_selected, once=True, width=70, align="end",
+                                  css_classes=["tn-open"], key=lambda: (self.choice.value, s.version))
+        self.saved = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 5), stylesheets=[css("text")])
+        self.open_note = FieldNote(state=s, field="open")
+        self.library_note = FieldNote(state=s, field="library")
 
     def _payload(self) -> io.StringIO:
         return io.StringIO(self.state.to_json() + "\n")
 
-    def _design_changed(self, *_) -> None:
-        self.download.filename = download_name(self.state.design.name)
-        if self.state.layout_version != self._seen_layout:  # a newly opened design: suggest its name
-            self._seen_layout = self.state.layout_version
-            self.name.value = self.state.design.name
+    @param.depends("state.version", watch=True)
+    def _design_changed(self) -> None:
+        name = self.state.design.name
+        self.download.filename = download_name(name)
+        if self.save_name.value != name:
+            self.save_name.value = name
+        self.saved.object = ""
 
-    def _uploaded(self, event) -> None:
+    def _uploaded(self, event: Any) -> None:
         if event.new is None:
             return
-        self.state.load_json(event.new, source=self.upload.filename or "upload")
+        self.state.load_json(event.new, source=self.upload.filename or "the upload")
 
     def _options(self) -> dict[str, str]:
         opts = {f"library · {k}": str(p) for k, p in library(self.state.home).items()}
@@ -66,13 +79,24 @@ class Files:
         self.choice.options = self._options()
 
     def save(self) -> bool:
+        """Save the design under the name in the save-as field (which becomes the design's name)."""
+        name = (self.save_name.value or "").strip() or self.state.design.name
         try:
-            path = save_to_library(self.state.design, self.name.value or self.state.design.name, self.state.home)
+            safe_name(name)
+        except ValueError as e:
+            self.state.refuse("library", str(e))
+            return False
+        if name != self.state.design.name and not self.state.set_name(name):
+            self.state.refuse("library", self.state.field_errors.get("name", f"cannot name the design {name!r}"))
+            return False
+        try:
+            path = save_to_library(self.state.design, name, self.state.home)
         except (ValueError, OSError) as e:
-            self.state._refuse("library", str(e))
+            self.state.refuse("library", str(e))
             return False
         self.state._clear_error("library")
-        self.note.object = f"<div class='tn-note'>saved {path.name} in {designs_dir(self.state.home)}</div>"
+        self.state.note(f"saved {path.name}")
+        self.saved.object = f"<div class='tn-note'>saved {path.name} in {designs_dir(self.state.home)}</div>"
         self.refresh()
         self.choice.value = str(path)
         return True
@@ -83,19 +107,17 @@ class Files:
             return False
         try:
             d = open_design(path)
-        except DesignError as e:
-            self.state._refuse("library", f"{re.sub(r'.*/', '', path)}: " + "; ".join(e.problems))
+        except (DesignError, FileNotFoundError) as e:
+            problems = e.problems if isinstance(e, DesignError) else [str(e)]
+            self.state.refuse("library", f"{Path(path).name}: " + "; ".join(problems))
             return False
-        self.state._clear_error("library")
-        self.state.replace(d, "opened")
-        return True
+        return self.state.replace(d, "opened")
 
-    def view(self) -> pn.viewable.Viewable:
+    def __panel__(self) -> pn.viewable.Viewable:
         return section("Files", pn.Column(
             self.download,
-            pn.pane.HTML("<div style='font:11.5px Inter,system-ui;color:#64748b'>Open a design JSON:</div>",
-                         margin=(4, 5, 0, 5)),
-            self.upload, error_note(self.state, "open"),
-            pn.Row(self.name, self.save_btn, margin=0), error_note(self.state, "library"), self.note,
-            pn.Row(self.choice, self.open_btn, margin=0),
+            hint(f"Open a design JSON (at most {MAX_UPLOAD_BYTES // 2 ** 20} MiB):", margin=(4, 5, 0, 5)),
+            self.upload, self.open_note,
+            pn.Row(self.save_name, self.save_button, margin=0), self.library_note, self.saved,
+            pn.Row(self.choice, self.open_button, margin=0),
             margin=0, sizing_mode="stretch_width"))

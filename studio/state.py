@@ -1,52 +1,52 @@
 """StudioState: the one place the studio keeps its design, history, selection and cost.
 
-Every view reads this object and changes the design only through its methods; views never do maths.
+Every view reads this object and changes the design only through its methods; views never do maths. The state is
+changed on the browser session's thread only (widget callbacks, and hand-overs through ``dispatch``): background
+work (the path refinement, :mod:`studio.refine`) gives its results to ``dispatch``, which the app makes run on the
+session's event loop (:class:`studio.session.SessionDispatcher`); outside a server it runs them at once.
 
 Design and draft
     ``design`` is the *draft* shown on the canvas. Structural edits made while drawing (a new tensor that is not
     connected yet, an added open leg whose dim no longer multiplies to ``in_features``, a deleted tensor) are
     always accepted into the draft, so nothing is lost; ``problems`` lists, in words, what the draft still breaks.
     ``valid_design`` is the last draft without problems: ``report`` and ``sweep`` always describe it, so the numbers
-    stay at the last valid design while the draft is being fixed.
+    stay at the last valid design while the draft is being fixed (a new design or an opened one starts afresh).
 
-    Field edits (a dimension, a tensor's kind or activation, the leg factorisation) are *strict*: when the
-    candidate would add a problem the draft does not already have, the edit is refused, the draft is unchanged and
-    ``field_errors[field]`` holds the message to show next to that field (field keys: ``"dim:<index>"``,
+    Field edits (a dimension, a tensor's kind or activation, the leg factorisation, the name) are *strict*: when
+    the candidate would add a problem the draft does not already have, the edit is refused, the draft is
+    unchanged and ``field_errors[field]`` holds the message to show under that field (field keys: ``"dim:<index>"``,
     ``"kind:<tensor>"``, ``"activation:<tensor>"``, ``"factors:in"``, ``"factors:out"``, ``"name"``,
-    ``"schedule"``, ``"connect"``, ``"open"``, ``"template"``, ``"library"``).
+    ``"schedule"``, ``"connect"``, ``"open_leg"``, ``"open"``, ``"template"``, ``"library"``, ``"tensor"``).
+    Every successful edit clears the messages of earlier refusals.
 
-Public parameters (watch them with ``state.param.watch(fn, [...])``)
-    design           engine ``Design``: the current draft (treat as read-only; edit through methods)
-    valid_design     last ``Design`` without problems, or None
-    problems         list[str]: the draft's problems (empty when valid)
-    report           ``CostReport`` (engine.contract.cost) of ``valid_design`` at ``batch``/``dtype``/``schedule``
-    cost_error       str: why the cost model refused the current valid design ('' when fine)
-    sweep            {"chi": [...], "params": [...], "forward_flops": [...], "generate_flops": [...], "current": chi}
-    batch, dtype, schedule   cost settings (schedule: auto, materialise or stream)
-    selection        {"tensors": [ids], "indices": [names]}
-    field_errors     {field key: message} for refused edits
-    message          last status line (what happened, in words)
-    new_bond_dim     dimension given to bonds drawn on the canvas
-    home             the studio home folder (``<home>/designs`` is the library)
-    version          bumps on every change of ``design`` (edits, undo/redo, open)
-    refine_s         seconds of background path search (cotengra's hyper-optimiser) after each change; 0: off.
-                     The live report is instant; when the search ends and the design is unchanged, ``report`` is
-                     recomputed from its (never worse) paths, which later bond changes reuse. ``refining`` tells
-                     whether a search is running; ``wait_refined(timeout)`` waits for it (tests, scripts).
-    layout_version   bumps when the whole design is replaced (template, open): canvases re-fit the view
+    An edit that would make the layer much larger (more core parameters than the dense layer, more than
+    ``CONFIRM_PARAMS`` core parameters, or a W of more than ``CONFIRM_W_ENTRIES`` entries, when the design was
+    below that line before) is not applied at once: ``pending`` describes it (``{"field", "message"}``) until
+    ``confirm()`` applies it or ``cancel()`` (or any other edit) drops it.
+
+Public parameters (watch them with ``state.param.watch(fn, [...])`` or ``param.depends("state.<name>")``)
+    design, valid_design, problems, report (``CostReport`` of valid_design at batch/dtype/schedule), cost_error,
+    sweep (params and FLOPs against the bond dimension), batch, dtype, schedule, selection
+    (``{"tensors": [...], "indices": [...]}``), field_errors, pending, message (last status line), new_bond_dim,
+    home (``<home>/designs`` is the library, ``<home>/draft.json`` the autosaved draft), version (bumps on every
+    change of ``design``), layout_version (bumps when the whole design is replaced: canvases re-fit the view),
+    refine_s (background search seconds; 0: off), autosave.
 
 Methods (all return quickly; cost is cached by fingerprint in the engine)
     generate(kind, in_features, out_features, bond, activation=None, in_factors=None, out_factors=None,
-             mode="replace"|"add"), replace(design, label), load_json(text)
-    add_tensor(kind="core", position=None) -> id, connect(a, b, dim=None) -> bond name, attach(tensor, index),
-    add_open_leg(tensor, role, dim) -> leg name, delete(tensors=(), indices=(), detach=()), move(key, x, y)
+    mode="replace"|"add", options=None), replace(design, label), new_design(), load_json(text, source),
+    add_tensor(kind, position) -> id, connect(a, b, dim=None) -> bond name, attach(tensor, index),
+    add_open_leg(tensor, role, dim) -> leg name, delete(tensors=(), indices=(), detach=()), move(key, x, y),
     set_dim(index, dim), set_tensor(tensor, kind=..., activation=...), set_factors(role, dims), set_name(name),
-    fit_features(), select(tensors, indices), undo(), redo(), can_undo, can_redo, to_json()
+    fit_features(), select(tensors, indices), confirm(), cancel(), undo(), redo(), can_undo, can_redo, to_json(),
+    refuse(field, message), note(message), wait_refined(timeout), close()
 """
 from __future__ import annotations
 
+import json
+import logging
 import operator
-import threading
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -55,59 +55,96 @@ import param
 from param.parameterized import Comparator
 
 from engine.contract.cost import CostReport, cost_report
-from engine.contract.program import compile_program
-from engine.contract.schedule import SCHEDULE_CHOICES, can_stream
+from engine.contract.schedule import SCHEDULE_CHOICES
 from engine.design import edit
 from engine.design.edit import EditError, typical_bond, with_bond
 from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError
 from engine.design.templates import make_template
-
+from engine.format import nbytes, si
 from engine.home import tnstudio_home
+
+from .layout import arrange, overlapping
+from .refine import PathRefiner, RefineJob
+
+log = logging.getLogger(__name__)
 
 SWEEP_CHI = (2, 3, 4, 6, 8, 12, 16)
 HISTORY_MAX = 200
 MERGE_WINDOW_S = 0.8
-REFINE_QUIET_S = 0.3  # the background path search starts once the design has not changed for this long
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-# param compares reports by value (as it compared the report dicts): watchers fire only when a number changes
+MAX_UPLOAD_BYTES = 2 * 2 ** 20  # design files opened in the browser (the engine reads files up to 16 MiB)
+CONFIRM_PARAMS = 5_000_000  # crossing this many core parameters asks first
+CONFIRM_W_ENTRIES = 2 ** 28  # crossing this many entries of W (1 GiB in float32) asks first
+SMALL_LAYER = 4096  # layers with fewer core params than this are not asked about being larger than dense
+DRAFT_FILE = "draft.json"
+# param compares reports by value: watchers fire only when a number changes
 Comparator.equalities.setdefault(CostReport, operator.eq)
+
+
+def safe_params(design: Design) -> int:
+    """Core parameters of a draft (tensors naming an index that does not exist count 0)."""
+    return sum(design.tensor_params(t.id) for t in design.tensors if all(i in design.indices for i in t.indices))
+
+
+def oversize(before: Design | None, after: Design) -> str | None:
+    """Why ``after`` should be confirmed before it replaces ``before`` (None: no need)."""
+    p, dense = safe_params(after), after.dense_params
+    p0 = safe_params(before) if before is not None else 0
+    dense0 = before.dense_params if before is not None else 0
+    if p > dense and p >= SMALL_LAYER and (before is None or p0 <= dense0):
+        return (f"this makes the layer larger than dense: {p:,} core params, {p / max(dense, 1):,.3g}x the "
+                f"{dense:,} of a dense {after.in_features:,} × {after.out_features:,} layer")
+    if p > CONFIRM_PARAMS >= p0:
+        return f"this gives {p:,} core params ({si(p)}), more than {si(CONFIRM_PARAMS)}"
+    if dense > CONFIRM_W_ENTRIES >= dense0:
+        return (f"W becomes {after.in_features:,} × {after.out_features:,} = {si(dense)} entries "
+                f"({nbytes(4 * dense)} in float32)")
+    return None
+
+
+def draft_path(home: str | Path) -> Path:
+    return Path(home) / DRAFT_FILE
 
 
 class StudioState(param.Parameterized):
     """Current design, undo/redo history, selection and live cost of one studio session (see module doc)."""
 
-    design = param.ClassSelector(class_=Design, doc="The draft shown on the canvas.")
+    design = param.ClassSelector(class_=Design, doc="The draft shown on the canvas (read-only: edit through methods).")
     valid_design = param.ClassSelector(class_=Design, allow_None=True, doc="Last draft without problems.")
-    problems = param.List(default=[], doc="The draft's problems, in words.")
+    problems = param.List(default=[], doc="The draft's problems, in words (empty when valid).")
     report = param.ClassSelector(class_=CostReport, allow_None=True, doc="cost_report of valid_design.")
-    cost_error = param.String(default="", doc="Why the cost model refused valid_design.")
-    sweep = param.Dict(default={}, doc="params and FLOPs against bond dimension for valid_design.")
-    batch = param.Integer(default=64, bounds=(1, None))
-    dtype = param.Selector(default="float32", objects=list(DTYPES))
-    schedule = param.Selector(default="auto", objects=list(SCHEDULE_CHOICES))
-    selection = param.Dict(default={"tensors": [], "indices": []})
-    field_errors = param.Dict(default={})
-    message = param.String(default="")
-    new_bond_dim = param.Integer(default=4, bounds=(1, 4096))
-    home = param.String(default="")
-    version = param.Integer(default=0)
-    layout_version = param.Integer(default=0)
+    cost_error = param.String(default="", doc="Why the cost model refused valid_design ('' when fine).")
+    sweep = param.Dict(default={}, doc="params and FLOPs against the bond dimension for valid_design.")
+    batch = param.Integer(default=64, bounds=(1, None), doc="Batch size of the cost report.")
+    dtype = param.Selector(default="float32", objects=list(DTYPES), doc="Data type of the cost report.")
+    schedule = param.Selector(default="auto", objects=list(SCHEDULE_CHOICES), doc="Schedule of the cost report.")
+    selection = param.Dict(default={"tensors": [], "indices": []}, doc="Selected tensor ids and index names.")
+    field_errors = param.Dict(default={}, doc="Field key -> why the last edit of that field was refused.")
+    pending = param.Dict(default={}, doc="An edit waiting for confirmation: {'field', 'message'} (empty: none).")
+    message = param.String(default="", doc="The last status line: what happened, in words.")
+    new_bond_dim = param.Integer(default=4, bounds=(1, 4096), doc="Dimension of bonds drawn on the canvas.")
+    home = param.String(default="", doc="The studio home folder.")
+    version = param.Integer(default=0, doc="Bumps on every change of design.")
+    layout_version = param.Integer(default=0, doc="Bumps when the whole design is replaced.")
     refine_s = param.Number(default=2.0, bounds=(0, None), doc="Background path-search seconds (0: off).")
+    autosave = param.Boolean(default=True, doc="Keep the draft in <home>/draft.json and restore it on start.")
 
-    def __init__(self, design: Design | None = None, home: str | Path | None = None, **params: Any):
+    def __init__(self, design: Design | None = None, home: str | Path | None = None,
+                 dispatch: Callable[[Callable[[], Any]], None] | None = None, **params: Any):
         params.setdefault("home", str(Path(home).expanduser() if home else tnstudio_home()))
         super().__init__(**params)
-        first = design or make_template("mera", 256, 256, 4)
+        #: runs a callable on the thread that owns this state (the browser session's); default: at once
+        self.dispatch: Callable[[Callable[[], Any]], None] = dispatch or (lambda fn: fn())
+        self.refiner = PathRefiner(self._refined)
+        restored = None if design is not None or not self.autosave else self._read_draft()
+        first = restored or design or arrange(make_template("mera", 256, 256, 4))
         self._history: list[Design] = [first.copy().layout()]
         self._labels: list[str] = ["start"]
         self._pos = 0
         self._last_merge: tuple[str, float] | None = None
-        self._refine_lock = threading.RLock()  # guards the refinement queue and report updates across threads
-        self._refine_job: tuple | None = None  # the newest design waiting for a background search
-        self._refine_thread: threading.Thread | None = None
-        self._refine_stamp = 0.0  # when the newest job was queued
-        self._set_draft(self._history[0].copy())
-        self.param.watch(lambda *_: self._update_cost(force=True), ["batch", "dtype", "schedule"])
+        self._pending: tuple | None = None
+        self._set_draft(self._history[0].copy(), "restored your unsaved draft" if restored else None, save=False)
+        self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule"])
 
     # ------------------------------------------------------------------ history
     @property
@@ -126,6 +163,7 @@ class StudioState(param.Parameterized):
         if not self.can_undo:
             return False
         self._pos -= 1
+        self._clear_notes()
         self._set_draft(self._history[self._pos].copy(), f"undid {self._labels[self._pos + 1]}")
         return True
 
@@ -133,6 +171,7 @@ class StudioState(param.Parameterized):
         if not self.can_redo:
             return False
         self._pos += 1
+        self._clear_notes()
         self._set_draft(self._history[self._pos].copy(), f"redid {self._labels[self._pos]}")
         return True
 
@@ -153,7 +192,9 @@ class StudioState(param.Parameterized):
         self._last_merge = (merge, now) if merge else None
 
     # ------------------------------------------------------------------ committing
-    def _set_draft(self, design: Design, message: str | None = None, layout: bool = False) -> None:
+    def _set_draft(self, design: Design, message: str | None = None, layout: bool = False, fresh: bool = False,
+                   save: bool = True) -> None:
+        """Make ``design`` the draft and update everything that follows from it, as one batch of changes."""
         probs = design.problems()
         sel = {"tensors": [t for t in self.selection.get("tensors", []) if any(x.id == t for x in design.tensors)],
                "indices": [i for i in self.selection.get("indices", []) if i in design.indices]}
@@ -162,36 +203,71 @@ class StudioState(param.Parameterized):
             updates["message"] = message
         if layout:
             updates["layout_version"] = self.layout_version + 1
+        if fresh and probs:  # a new design that is not valid yet: no numbers of another design
+            updates.update(valid_design=None, report=None, sweep={}, cost_error="")
         with param.parameterized.batch_call_watchers(self):
             self.param.update(**updates)
             if not probs:
                 self._update_cost()
             self.version += 1
+        if save:
+            self._save_draft()
 
     def _commit(self, candidate: Design, label: str, strict: bool = False, field: str | None = None,
-                merge: str | None = None, layout: bool = False) -> bool:
-        """Make ``candidate`` the draft; with ``strict``, refuse it when it adds a problem (message at ``field``)."""
+                merge: str | None = None, layout: bool = False, fresh: bool = False, confirm: bool = True) -> bool:
+        """Make ``candidate`` the draft; with ``strict``, refuse it when it adds a problem (message at ``field``);
+        with ``confirm``, hold an edit that makes the layer much larger until :meth:`confirm`."""
         if strict:
             before = set(self.problems)
             new = [p for p in candidate.problems() if p not in before]
             if new:
-                self._refuse(field or "edit", "; ".join(new))
+                self.refuse(field or "edit", "; ".join(new))
                 return False
-        if field:
-            self._clear_error(field)
+        if confirm:
+            why = oversize(self.design, candidate)
+            if why:
+                self._pending = (candidate, label, strict, field, merge, layout, fresh)
+                self.param.update(pending={"field": field or "edit", "message": why},
+                                  field_errors={}, message=f"confirm: {why}")
+                return False
+        self._clear_notes()
         self._push(candidate, label, merge)
-        self._set_draft(candidate.copy(), label, layout=layout)
+        self._set_draft(candidate.copy(), label, layout=layout, fresh=fresh)
         return True
 
-    def _refuse(self, field: str, message: str) -> None:
-        self.field_errors = {**self.field_errors, field: message}
-        self.message = f"refused: {message}"
+    def confirm(self) -> bool:
+        """Apply the edit waiting for confirmation."""
+        if self._pending is None:
+            return False
+        candidate, label, _strict, _field, merge, layout, fresh = self._pending
+        return self._commit(candidate, label, merge=merge, layout=layout, fresh=fresh, confirm=False)
+
+    def cancel(self) -> None:
+        """Drop the edit waiting for confirmation."""
+        if self._pending is not None:
+            self._pending = None
+            self.param.update(pending={}, message="cancelled")
+
+    def refuse(self, field: str, message: str) -> None:
+        """Show why an edit of ``field`` was refused (under the field, and in the status line)."""
+        self._pending = None
+        self.param.update(field_errors={**self.field_errors, field: message}, pending={},
+                          message=f"refused: {message}")
+
+    def note(self, message: str) -> None:
+        """A status line about something that is not an edit (a save, a download)."""
+        self.message = message
+
+    def _clear_notes(self) -> None:
+        self._pending = None
+        if self.field_errors or self.pending:
+            self.param.update(field_errors={}, pending={})
 
     def _clear_error(self, field: str) -> None:
         if field in self.field_errors:
             self.field_errors = {k: v for k, v in self.field_errors.items() if k != field}
 
-    def _update_cost(self, force: bool = False) -> None:
+    def _update_cost(self) -> None:
         """Cost report and bond sweep of the draft when it is valid; otherwise keep the last ones."""
         if self.problems:
             return
@@ -204,75 +280,37 @@ class StudioState(param.Parameterized):
                 self.field_errors = {**self.field_errors, "schedule": str(e)}
             return
         self._clear_error("schedule")
-        sweep = self._sweep(d)
-        with self._refine_lock:
-            self.param.update(valid_design=d, report=rep, cost_error="", sweep=sweep)
-        self._request_refinement(d)
+        self.param.update(valid_design=d, report=rep, cost_error="", sweep=self._sweep(d))
+        self.refiner.request(RefineJob(d, self.batch, self.dtype, self.schedule, float(self.refine_s)))
 
     # ------------------------------------------------------------------ background refinement
     @property
     def refining(self) -> bool:
         """Whether a background path search is running or queued."""
-        t = self._refine_thread
-        return t is not None and t.is_alive()
+        return self.refiner.busy
 
     def wait_refined(self, timeout: float | None = None) -> bool:
         """Wait until no background search runs (``timeout`` seconds at most); True when idle."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            t = self._refine_thread
-            if t is None or not t.is_alive():
-                return True
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            t.join(left if left is None else min(left, 0.5))
+        return self.refiner.wait(timeout)
 
-    def _request_refinement(self, design: Design) -> None:
-        """Queue a thorough search for ``design`` (newest wins; one worker thread at a time)."""
-        if self.refine_s <= 0 or len(design.tensors) < 4:
-            return  # tiny networks were searched exactly
-        with self._refine_lock:
-            self._refine_job = (design, self.batch, self.dtype, self.schedule, float(self.refine_s))
-            self._refine_stamp = time.monotonic()
-            if self._refine_thread is None or not self._refine_thread.is_alive():
-                self._refine_thread = threading.Thread(target=self._refine_worker, daemon=True, name="tn-refine")
-                self._refine_thread.start()
-
-    def _refine_worker(self) -> None:
-        while True:
-            with self._refine_lock:  # wait until the design has been still for REFINE_QUIET_S: the search shares
-                wait = self._refine_stamp + REFINE_QUIET_S - time.monotonic()  # the interpreter (GIL) with edits
-                if wait <= 0:
-                    job, self._refine_job = self._refine_job, None
-                    if job is None:
-                        self._refine_thread = None
-                        return
-            if wait > 0:
-                time.sleep(wait)
-                continue
-            design, batch, dtype, schedule, budget = job
-            scheds = [schedule] if schedule != "auto" else ["materialise", "stream"][:1 + can_stream(design)]
-            try:
-                for s in scheds:
-                    compile_program(design, batch, s, "thorough", budget / len(scheds))
-                rep = cost_report(design, batch=batch, dtype=dtype, schedule=schedule)
-            except Exception:  # noqa: BLE001  (a refinement is optional: the live report stands)
-                continue
-            self._apply_refinement(design, (batch, dtype, schedule), rep)
+    def _refined(self, job: RefineJob, rep: CostReport) -> None:
+        """Called on the refiner's thread: hand the result over to the state's own thread."""
+        self.dispatch(lambda: self._apply_refinement(job.design, job.settings, rep))
 
     def _apply_refinement(self, design: Design, settings: tuple, rep: CostReport) -> None:
         """Show ``rep`` if ``design`` and the cost settings are still current and it is not worse."""
-        with self._refine_lock:
-            if self.valid_design is not design or self.problems or settings != (self.batch, self.dtype,
-                                                                                  self.schedule):
-                return  # the design changed meanwhile: its own refinement is queued
-            old = self.report
-            if old is not None:
-                new, was = (rep.forward_flops, rep.generate_flops), (old.forward_flops, old.generate_flops)
-                if any(n > w for n, w in zip(new, was)) or new == was:
-                    return  # nothing better found: leave the report (and the views) alone
-            self.param.update(report=rep, sweep=self._sweep(design))
+        if self.valid_design is not design or self.problems or settings != (self.batch, self.dtype, self.schedule):
+            return  # the design changed meanwhile: its own refinement is queued
+        old = self.report
+        if old is not None:
+            new, was = (rep.forward_flops, rep.generate_flops), (old.forward_flops, old.generate_flops)
+            if any(n > w for n, w in zip(new, was)) or new == was:
+                return  # nothing better found: leave the report (and the views) alone
+        self.param.update(report=rep, sweep=self._sweep(design))
+
+    def close(self) -> None:
+        """The session ended: stop background work."""
+        self.refiner.close()
 
     def _sweep(self, design: Design) -> dict[str, Any]:
         chis, params, fwd, gen = [], [], [], []
@@ -290,46 +328,77 @@ class StudioState(param.Parameterized):
         return {"chi": chis, "params": params, "forward_flops": fwd, "generate_flops": gen,
                 "current": typical_bond(design)}
 
+    # ------------------------------------------------------------------ the autosaved draft
+    def _save_draft(self) -> None:
+        if not self.autosave:
+            return
+        path = draft_path(self.home)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"saved": time.time(), "design": self.design.to_dict()}))
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only home: keep working, say it once in the log
+            log.warning("could not autosave the draft to %s: %s", path, e)
+
+    def _read_draft(self) -> Design | None:
+        path = draft_path(self.home)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return Design.from_dict(data["design"], validate=False)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # DesignError is a ValueError
+            log.warning("ignoring the autosaved draft %s: %s", path, e)
+            return None
+
     # ------------------------------------------------------------------ whole designs
-    def replace(self, design: Design, label: str = "open") -> None:
-        """Make ``design`` the draft (laid out when it has no positions) and re-fit the canvas."""
+    def replace(self, design: Design, label: str = "open") -> bool:
+        """Make ``design`` the draft (laid out when it has no positions or its boxes overlap) and re-fit the canvas."""
         d = design.copy().layout()
-        self.field_errors = {}
+        if overlapping(d):
+            d = arrange(d)
         self.selection = {"tensors": [], "indices": []}
-        self._commit(d, f"{label} {d.name}", layout=True)
+        return self._commit(d, f"{label} {d.name}", layout=True, fresh=True)
+
+    def new_design(self) -> bool:
+        """An empty canvas with the current layer size: draw tensors, then connect them and give them legs."""
+        d = Design(name="untitled", in_features=self.design.in_features, out_features=self.design.out_features,
+                   indices={}, tensors=[])
+        return self.replace(d, "new design")
 
     def generate(self, kind: str, in_features: int, out_features: int, bond: int | Sequence[int] = 4,
                  activation: str | None = None, in_factors: Sequence[int] | None = None,
-                 out_factors: Sequence[int] | None = None, mode: str = "replace") -> bool:
-        """Generate a template; ``mode="add"`` adds it next to the current draft instead of replacing it."""
+                 out_factors: Sequence[int] | None = None, mode: str = "replace",
+                 options: dict[str, Any] | None = None) -> bool:
+        """Generate a template (``options``: its extra options, e.g. ``{"lateral": "all"}``); ``mode="add"`` adds it
+        next to the current draft instead of replacing it."""
         try:
-            d = make_template(kind, in_features, out_features, bond, activation, in_factors, out_factors)
+            d = make_template(kind, in_features, out_features, bond, activation, in_factors, out_factors,
+                              **(options or {}))
         except (ValueError, DesignError) as e:
-            self._refuse("template", str(e))
+            self.refuse("template", str(e))
             return False
-        self._clear_error("template")
+        d = arrange(d)
         if mode == "add":
             merged = edit.merge_designs(self.design, d)
-            return self._commit(merged, f"add {d.name}", layout=True)
-        self.replace(d, "template")
-        return True
+            return self._commit(merged, f"add {d.name}", field="template", layout=True)
+        self.selection = {"tensors": [], "indices": []}
+        return self._commit(d, f"template {d.name}", field="template", layout=True, fresh=True)
 
     def load_json(self, text: str | bytes, source: str = "file") -> bool:
-        """Open a design from JSON text; an invalid file is refused with a readable message at ``open``."""
-        if isinstance(text, bytes):
-            try:
-                text = text.decode("utf-8")
-            except UnicodeDecodeError:
-                self._refuse("open", f"{source} is not a text file")
-                return False
+        """Open a design from JSON text (at most ``MAX_UPLOAD_BYTES``); an invalid file is refused with a readable
+        message at ``open``."""
+        if len(text) > MAX_UPLOAD_BYTES:
+            self.refuse("open", f"{source} is {len(text):,} bytes: designs opened here may have at most "
+                                f"{MAX_UPLOAD_BYTES // 2 ** 20} MiB")
+            return False
         try:
             d = Design.from_json(text)
         except DesignError as e:
-            self._refuse("open", f"{source}: " + "; ".join(e.problems))
+            self.refuse("open", f"{source}: " + "; ".join(e.problems))
             return False
-        self._clear_error("open")
-        self.replace(d, "opened")
-        return True
+        return self.replace(d, "opened")
 
     def to_json(self) -> str:
         return self.design.to_json()
@@ -338,15 +407,17 @@ class StudioState(param.Parameterized):
     def _edit(self, field: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a pure edit of :mod:`engine.design.edit` on the draft; a refused edit is shown at ``field``."""
         try:
-            result = fn(self.design, *args, **kwargs)
+            return fn(self.design, *args, **kwargs)
         except EditError as e:
-            self._refuse(field, str(e))
+            self.refuse(field, str(e))
             return None
-        self._clear_error(field)
-        return result
 
-    def add_tensor(self, kind: str = "core", position: tuple[float, float] | None = None) -> str:
-        d, tid = edit.add_tensor(self.design, kind, position)
+    def add_tensor(self, kind: str = "core", position: tuple[float, float] | None = None) -> str | None:
+        """A new unconnected tensor at ``position`` (default: a free spot inside the drawing); returns its id."""
+        out = self._edit("tensor", edit.add_tensor, kind, position)
+        if out is None:
+            return None
+        d, tid = out
         self._commit(d, f"add tensor {tid}")
         self.selection = {"tensors": [tid], "indices": []}
         return tid
@@ -357,22 +428,25 @@ class StudioState(param.Parameterized):
         if out is None:
             return None
         d, name = out
-        self._commit(d, f"connect {a}-{b}")
-        return name
+        return name if self._commit(d, f"connect {a}-{b}", field="connect") else None
 
     def attach(self, tensor: str, index: str) -> bool:
         """Add an existing hyperedge (or an unattached leg) to ``tensor``."""
         d = self._edit("connect", edit.attach, tensor, index)
-        return d is not None and self._commit(d, f"attach {index} to {tensor}")
+        return d is not None and self._commit(d, f"attach {index} to {tensor}", field="connect")
 
-    def add_open_leg(self, tensor: str, role: str, dim: int) -> str | None:
+    def add_open_leg(self, tensor: str, role: str, dim: Any) -> str | None:
         """Give ``tensor`` a new open leg (role ``in``/``out``, next axis); the layer shape is not changed."""
+        try:
+            dim = edit.parse_dim(dim, f"the new {role} leg")
+        except EditError as e:
+            self.refuse("open_leg", str(e))
+            return None
         out = self._edit("open_leg", edit.add_open_leg, tensor, role, dim)
         if out is None:
             return None
         d, name = out
-        self._commit(d, f"add {role} leg {name} to {tensor}")
-        return name
+        return name if self._commit(d, f"add {role} leg {name} to {tensor}", field="open_leg") else None
 
     def delete(self, tensors: Iterable[str] = (), indices: Iterable[str] = (),
                detach: Iterable[tuple[str, str]] = (), merge: str | None = None) -> bool:
@@ -382,8 +456,7 @@ class StudioState(param.Parameterized):
             return False
         d = edit.delete(self.design, tensors, indices, detach)
         what = ", ".join(sorted(tensors | indices)) or ", ".join(f"{i} from {t}" for t, i in detach)
-        self._commit(d, f"delete {what}", merge=merge)
-        return True
+        return self._commit(d, f"delete {what}", merge=merge)
 
     def move(self, key: str, x: float, y: float) -> None:
         """Record a canvas position: a tensor id, or ``"L:<leg>"`` / ``"H:<hyperedge>"`` (kept in meta)."""
@@ -393,6 +466,7 @@ class StudioState(param.Parameterized):
                 d.tensor(key).position = pos
             else:
                 d.meta.setdefault("canvas", {})[key] = list(pos)
+        self._save_draft()
 
     # ------------------------------------------------------------------ field edits (strict)
     def set_dim(self, index: str, dim: Any) -> bool:
@@ -403,9 +477,9 @@ class StudioState(param.Parameterized):
     def set_tensor(self, tensor: str, **changes: Any) -> bool:
         """Change a tensor's ``kind`` and/or ``activation`` (``None`` or ``"none"`` removes it)."""
         field = f"{list(changes)[-1]}:{tensor}" if changes else "edit"
-        d = edit.set_tensor(self.design, tensor, **changes)
-        return self._commit(d, f"{tensor}: " + ", ".join(f"{k}={v}" for k, v in changes.items()), strict=True,
-                            field=field)
+        d = self._edit(field, edit.set_tensor, tensor, **changes)
+        return d is not None and self._commit(
+            d, f"{tensor}: " + ", ".join(f"{k}={v}" for k, v in changes.items()), strict=True, field=field)
 
     def set_factors(self, role: str, dims: Sequence[int]) -> bool:
         """Set the dims of the ``role`` legs (in axis order) and the layer size to their product."""
@@ -417,15 +491,29 @@ class StudioState(param.Parameterized):
     def fit_features(self) -> bool:
         """Set in/out features to the products of the current leg dims (after adding or deleting open legs)."""
         d = edit.fit_features(self.design)
-        return self._commit(d, f"layer {d.in_features} -> {d.out_features}")
+        return self._commit(d, f"layer {d.in_features} -> {d.out_features}", field="fit")
 
     def set_name(self, name: str) -> bool:
         d = self._edit("name", edit.rename, name)
-        return d is not None and self._commit(d, f"rename to {d.name}", field="name")
+        if d is None:
+            return False
+        if d.name == self.design.name:
+            self._clear_error("name")
+            return True
+        return self._commit(d, f"rename to {d.name}", strict=True, field="name")
 
     def select(self, tensors: Iterable[str] = (), indices: Iterable[str] = ()) -> None:
-        self.selection = {"tensors": list(dict.fromkeys(tensors)), "indices": list(dict.fromkeys(indices))}
+        sel = {"tensors": list(dict.fromkeys(tensors)), "indices": list(dict.fromkeys(indices))}
+        if sel == self.selection:
+            return
+        updates: dict[str, Any] = {"selection": sel}
+        if self.message.startswith(("refused:", "confirm:")):
+            updates["message"] = ""  # the field it was about is no longer shown
+        if self.field_errors or self.pending:
+            self._pending = None
+            updates.update(field_errors={}, pending={})
+        self.param.update(**updates)
 
 
-__all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES",
-           "SCHEDULE_CHOICES", "SWEEP_CHI"]
+__all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES", "SCHEDULE_CHOICES", "SWEEP_CHI", "MAX_UPLOAD_BYTES",
+           "CONFIRM_PARAMS", "CONFIRM_W_ENTRIES", "oversize", "safe_params", "draft_path"]

@@ -1,16 +1,23 @@
 """The Train tab: launch runs of the current design, follow them live, compare them, stop them.
 
-Everything shown comes from the engine's run store (:class:`engine.runs.RunStore` under ``<home>/runs``), polled
-once a second by a periodic callback of the browser session: runs launched from the CLI appear, and reloading the
-page or restarting the studio shows the same runs and curves. Runs are started by :func:`engine.launcher.launch`
-(each in its own process) and stopped by :func:`engine.launcher.stop`. New metric rows are streamed into Bokeh
-``ColumnDataSource`` s (``after_seq`` polling: no row is fetched twice or missed); the periodic callback runs on the
-session's document, where Bokeh models may be changed.
+Everything shown comes from the engine's run store (:class:`engine.train.store.RunStore` under ``<home>/runs``),
+polled once a second by a periodic callback of the browser session: runs launched from the CLI appear, and
+reloading the page or restarting the studio shows the same runs and curves. Runs are started by
+:func:`engine.train.launcher.launch` (each in its own process, after the same :class:`RunConfig` checks as the CLI)
+and stopped by :func:`engine.train.launcher.stop`.
+
+The live curves are raw Bokeh models (``ColumnDataSource.stream`` appends only the new rows). They are changed only
+in :meth:`TrainView.poll`, which runs under the session's document lock: from the periodic callback, or handed to
+the session by :class:`~studio.session.SessionDispatcher` after a click (see :mod:`studio.session` for why).
+The axes use explicit ranges that follow the ticked runs; with no run ticked the charts give way to a placeholder.
+Parameter counts are *core params* (the design's tensors, no bias), as everywhere in the studio.
 """
 from __future__ import annotations
 
 import html
 import logging
+import math
+import sqlite3
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,33 +25,36 @@ from typing import Any
 
 import pandas as pd
 import panel as pn
-from bokeh.models import ColumnDataSource, HoverTool, Legend, LegendItem, NumeralTickFormatter
+import param
+from bokeh.models import CustomJSTickFormatter, HoverTool, NumeralTickFormatter, Range1d
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
+from bokeh.models import ColumnDataSource
+from panel.viewable import Viewer
 
-from engine.design.model import Design
+from engine.design.model import Design, DesignError
 from engine.train.config import ConfigError, RunConfig
-from engine.train.data import dataset_names, dataset_spec
+from engine.train.data import dataset_spec, dataset_specs
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan, model_kinds
-from engine.train.store import ACTIVE, RunStore
+from engine.train.store import ACTIVE, RunNotFound, RunStore, StoreError
 
-from .fmt import ratio, si
+from .fmt import ratio
+from .session import SessionDispatcher
 from .state import StudioState
-from .widgets import ERROR_CSS, section
+from .style import css, styled
+from .widgets import button, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
 TABLE_COLUMNS = ["id", "name", "status", "design", "params", "compression", "best", "progress", "elapsed"]
 STATUS_COLORS = {"queued": "#64748b", "running": "#2563eb", "completed": "#16a34a", "failed": "#dc2626",
                  "stopped": "#d97706"}
-FORM_CSS = """
-.tn-plan{font:12.5px/1.45 Inter,system-ui,sans-serif;color:#334155;background:#f8fafc;border:1px solid #e2e8f0;
-  border-radius:8px;padding:7px 9px}
-.tn-plan b{color:#0f172a}
-.tn-plan .arch{font:12px ui-monospace,Menlo,monospace;color:#1e3a8a}
-.tn-launched{font:12.5px Inter,system-ui,sans-serif;color:#166534;background:#f0fdf4;border:1px solid #bbf7d0;
-  border-radius:6px;padding:5px 8px}
-.tn-hint{font:12px Inter,system-ui,sans-serif;color:#64748b;padding:2px 2px}
+STEP_FORMAT = """
+const a = Math.abs(tick);
+for (const [v, s] of [[1e9, "G"], [1e6, "M"], [1e3, "k"]]) {
+  if (a >= v) return (tick / v).toPrecision(3).replace(/\\.?0+$/, "") + s;
+}
+return String(tick);
 """
 
 
@@ -66,6 +76,12 @@ def status_badge(status: str, reason: str | None = None) -> str:
     dot = "◉" if status == "running" else "●"
     return (f"<span class='tn-status tn-status-{status}' style='color:{color};font-weight:600'{title}>"
             f"{dot} {html.escape(status)}</span>")
+
+
+def progress_html(percent: int) -> str:
+    """A progress bar that says its percentage."""
+    p = max(0, min(100, int(percent)))
+    return f"<div class='tn-progress' data-value='{p}'><b style='width:{p}%'></b><span>{p}%</span></div>"
 
 
 def parse_hidden(text: str) -> list[int] | None:
@@ -110,6 +126,14 @@ def model_plan(config: RunConfig, design: Design | None) -> str:
     return " · ".join(f"{tn if k == layer else 'Linear'} {sizes[k]}×{sizes[k + 1]}" for k in range(len(sizes) - 1))
 
 
+def device_options() -> list[str]:
+    """auto, cpu, and the CUDA devices torch sees."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", "cpu"] + (["cuda"] + [f"cuda:{k}" for k in range(n)] if n else [])
+
+
 # --------------------------------------------------------------------- curves
 class RunCurves:
     """One run's data sources (train and test rows) and its renderers in the loss and accuracy figures."""
@@ -128,8 +152,6 @@ class RunCurves:
             acc_fig.line("step", "accuracy", source=self.test, color=color, line_width=2.4),
             acc_fig.scatter("step", "accuracy", source=self.test, color=color, size=7, marker="circle"),
         ]
-        self.loss_item = LegendItem(label=label, renderers=self.renderers[:3])
-        self.acc_item = LegendItem(label=label, renderers=self.renderers[3:])
 
     def stream(self, rows: list[dict[str, Any]]) -> int:
         """Append metric rows (already ordered by seq); returns how many were added."""
@@ -151,75 +173,115 @@ class RunCurves:
     def points(self) -> int:
         return len(self.train.data["step"]) + len(self.test.data["step"])
 
+    def values(self, column: str) -> list[float]:
+        return [v for src in (self.train, self.test) for v in src.data[column] if v == v and v is not None]
+
     def best_accuracy(self) -> float | None:
         vals = [a for a in self.test.data["accuracy"] if a == a]
         return max(vals) if vals else None
 
     def set_visible(self, visible: bool) -> None:
         for r in self.renderers:
-            r.visible = visible
+            if r.visible != visible:
+                r.visible = visible
 
 
 def make_figure(y_label: str, percent: bool = False) -> Any:
-    fig = figure(height=300, sizing_mode="stretch_width", x_axis_label="step", y_axis_label=y_label,
-                 tools="pan,wheel_zoom,box_zoom,reset,save", toolbar_location="above")
+    """A figure with explicit ranges (set by :meth:`TrainView.poll`), SI step labels and a hover tool."""
+    fig = figure(height=290, sizing_mode="stretch_width", x_axis_label="step", y_axis_label=y_label,
+                 x_range=Range1d(0, 1), y_range=Range1d(0, 1), tools="pan,wheel_zoom,box_zoom,reset,save",
+                 toolbar_location="above")
     fig.add_tools(HoverTool(tooltips=[("run", "@run"), ("step", "@step"), ("epoch", "@epoch{0.00}"),
                                       ("loss", "@loss{0.0000}"), ("accuracy", "@accuracy{0.0%}")]))
+    fig.xaxis.formatter = CustomJSTickFormatter(code=STEP_FORMAT)
     if percent:
         fig.yaxis.formatter = NumeralTickFormatter(format="0%")
     fig.outline_line_color = None
     fig.xaxis.axis_label_text_font_size = fig.yaxis.axis_label_text_font_size = "11px"
     fig.toolbar.logo = None
-    legend = Legend(items=[], location="top_right" if not percent else "bottom_right", background_fill_alpha=0.75,
-                    label_text_font_size="10.5px", click_policy="hide", spacing=0, padding=6)
-    fig.add_layout(legend)
+    fig.line(x=[], y=[], visible=False)  # a figure without renderers makes Bokeh warn until the first run appears
     return fig
 
 
-# --------------------------------------------------------------------- the tab
-class TrainView:
-    """Launch form, run table, live curves and stop button over one run store."""
+def padded(lo: float, hi: float, frac: float = 0.06, floor: float | None = None,
+           ceil: float | None = None) -> tuple[float, float]:
+    """[lo, hi] widened by ``frac`` of its span (a point gets a small span), clipped to [floor, ceil]."""
+    span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
+    lo, hi = lo - frac * span, hi + frac * span
+    if floor is not None:
+        lo = max(lo, floor)
+    if ceil is not None:
+        hi = min(hi, ceil)
+    return lo, hi
 
-    def __init__(self, state: StudioState, runs_root: str | Path | None = None):
-        self.state = state
-        self.store = RunStore(runs_root or Path(state.home) / "runs")
+
+# --------------------------------------------------------------------- the tab
+class TrainView(Viewer):
+    """Launch form, run table, live curves and stop button over one run store.
+
+    Parts (documented attributes): ``dataset``, ``model``, ``hidden``, ``layer``, ``epochs``, ``batch_size``,
+    ``lr``, ``device``, ``baseline`` (form widgets), ``launch_button``, ``plan``, ``feedback``, ``table``,
+    ``stop_button``, ``loss_fig``, ``acc_fig``, ``legend``, ``curves`` (run id -> :class:`RunCurves`),
+    ``selected`` (ticked run ids), ``store``.
+    """
+
+    state = param.ClassSelector(class_=StudioState, doc="The studio state whose valid design is trained.")
+
+    def __init__(self, state: StudioState | None = None, runs_root: str | Path | None = None, **params: Any):
+        super().__init__(state=state, **params)
+        self.store = RunStore(runs_root or Path(self.state.home) / "runs")
         self.root = self.store.root
+        self.dispatcher = SessionDispatcher.current()
         w = {"sizing_mode": "stretch_width"}
-        self.dataset = pn.widgets.Select(label="Data set", options=list(dataset_names()), value="digits", **w)
-        self.model = pn.widgets.Select(label="Model", options={k.name.upper(): k.name for k in model_kinds()},
-                                       value="mlp", **w)
-        self.hidden = pn.widgets.TextInput(label="MLP hidden sizes", placeholder="empty: built around the design",
-                                           **w)
-        self.layer = pn.widgets.Select(label="Layer the design replaces", options=["auto"], value="auto", **w)
-        self.epochs = pn.widgets.IntInput(label="Epochs", value=5, start=1, css_classes=["tn-train-epochs"], **w)
-        self.batch_size = pn.widgets.IntInput(label="Batch size", value=64, start=1, css_classes=["tn-train-batch"],
-                                              **w)
-        self.lr = pn.widgets.FloatInput(label="Learning rate", value=3e-3, start=1e-7, step=5e-4, format="0.[0000]",
-                                        **w)
-        self.device = pn.widgets.Select(label="Device", options=["auto", "cpu", "cuda"], value="auto", **w)
-        self.baseline = pn.widgets.Checkbox(label="also run the dense baseline", value=False,
-                                            css_classes=["tn-train-baseline"])
-        self.launch_button = pn.widgets.Button(label="▶  Launch run", color="primary", height=40, **w,
-                                               css_classes=["tn-train-launch"])
-        self.plan = pn.pane.HTML(stylesheets=[FORM_CSS, ERROR_CSS], **w, margin=(4, 10),
+        specs = dataset_specs()
+        self.dataset = styled(pn.widgets.Select(label="Data set", options={s.label: s.name for s in specs},
+                                                value="digits" if any(s.name == "digits" for s in specs)
+                                                else specs[0].name, **w, css_classes=["tn-train-dataset"]))
+        self.model = styled(pn.widgets.Select(label="Model", options={k.name.upper(): k.name for k in model_kinds()},
+                                              value="mlp", **w, css_classes=["tn-train-model"]))
+        self.hidden = styled(pn.widgets.TextInput(label="MLP hidden sizes", placeholder="empty: built around the design",
+                                                  **w))
+        self.layer = styled(pn.widgets.Select(label="Layer the design replaces", options=["auto"], value="auto", **w))
+        self.epochs = styled(pn.widgets.IntInput(label="Epochs", value=5, start=1, css_classes=["tn-train-epochs"],
+                                                 **w))
+        self.batch_size = styled(pn.widgets.IntInput(label="Batch size", value=64, start=1,
+                                                     css_classes=["tn-train-batch"], **w))
+        self.lr = styled(pn.widgets.FloatInput(label="Learning rate", value=3e-3, start=1e-7, step=5e-4,
+                                               format="0.[0000]", **w))
+        self.device = styled(pn.widgets.Select(label="Device", options=device_options(), value="auto", **w))
+        self.baseline = styled(pn.widgets.Checkbox(label="also run the dense baseline", value=False,
+                                                   css_classes=["tn-train-baseline"], **w))
+        self.launch_button = button("▶  Launch run", self.launch, once=True, color="primary", height=40, **w,
+                                    css_classes=["tn-train-launch"], key=self._situation)
+        self.plan = pn.pane.HTML(stylesheets=[css("train", "notes")], **w, margin=(4, 10),
                                  css_classes=["tn-train-plan"])
-        self.feedback = pn.pane.HTML(stylesheets=[FORM_CSS, ERROR_CSS], **w, margin=(0, 10),
+        self.feedback = pn.pane.HTML(stylesheets=[css("train", "notes")], **w, margin=(0, 10),
                                      css_classes=["tn-train-feedback"])
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=TABLE_COLUMNS), selectable="checkbox", show_index=False, disabled=True,
             layout="fit_data_stretch", height=230, sizing_mode="stretch_width", css_classes=["tn-run-table"],
-            titles={"id": "run", "name": "name", "status": "status", "design": "design", "params": "layer params",
+            titles={"id": "run", "name": "name", "status": "status", "design": "design", "params": "core params",
                     "compression": "compr.", "best": "best acc.", "progress": "progress", "elapsed": "elapsed"},
-            formatters={"status": {"type": "html"},
-                        "progress": {"type": "progress", "max": 100, "color": "#2f6fdb", "legend": True,
-                                     "legendColor": "#0f172a"}},
-            widths={"progress": 140, "name": 230, "status": 120, "id": 90},
-            text_align={"params": "right", "compression": "right", "best": "right", "elapsed": "right"})
-        self.stop_button = pn.widgets.Button(label="■  Stop selected", color="danger", variant="outline",
-                                             width=150, disabled=True, css_classes=["tn-train-stop"])
-        self.table_hint = pn.pane.HTML(stylesheets=[FORM_CSS], sizing_mode="stretch_width", margin=(8, 10))
+            formatters={"status": {"type": "html"}, "progress": {"type": "html"}},
+            widths={"progress": 130, "name": 230, "status": 120, "id": 90},
+            text_align={"params": "right", "compression": "right", "best": "right", "elapsed": "right"},
+            stylesheets=[css("progress")])
+        self.stop_button = button("■  Stop selected", self.stop_selected, once=True, color="danger",
+                                  variant="outline", width=150, disabled=True, css_classes=["tn-train-stop"],
+                                  key=lambda: tuple(self.selected))
+        self.table_hint = pn.pane.HTML(stylesheets=[css("train", "notes")], sizing_mode="stretch_width",
+                                       margin=(8, 10))
         self.loss_fig = make_figure("loss")
         self.acc_fig = make_figure("accuracy", percent=True)
+        self.legend = pn.pane.HTML("", stylesheets=[css("train")], sizing_mode="stretch_width", margin=(2, 8),
+                                   css_classes=["tn-curve-legend"])
+        self.placeholder = pn.pane.HTML(
+            "<div class='tn-placeholder'>No runs ticked: tick runs in the table above to plot their loss and "
+            "accuracy.</div>", stylesheets=[css("train")], sizing_mode="stretch_width", height=250,
+            css_classes=["tn-curves-empty"])
+        self.charts = pn.Row(pn.pane.Bokeh(self.loss_fig, sizing_mode="stretch_width"),
+                             pn.pane.Bokeh(self.acc_fig, sizing_mode="stretch_width"), sizing_mode="stretch_width",
+                             margin=0, visible=False)
         self.curves: dict[str, RunCurves] = {}
         self.colors: dict[str, str] = {}
         self.runs: list[dict[str, Any]] = []
@@ -227,19 +289,20 @@ class TrainView:
         self._design_info: dict[str, tuple[str, int | None, float | None]] = {}
         self._first_poll = True
         self._seen: set[str] = set()
-        self._doc = None  # the browser session's document, once the view is served
         self._syncing = False
 
         for wdg in (self.dataset, self.model, self.hidden, self.layer):
             wdg.param.watch(lambda *_: self.update_plan(), "value")
-        state.param.watch(lambda *_: self.update_plan(), ["version"])
-        self.launch_button.on_click(lambda *_: self.launch())
-        self.stop_button.on_click(lambda *_: self.stop_selected())
         self.table.param.watch(self._on_selection, "selection")
         self.update_plan()
         self.poll()
 
     # ------------------------------------------------------------------ the form
+    def _situation(self) -> tuple:
+        """What Launch acts on: the form and the design (a double click launches once)."""
+        return (self.dataset.value, self.model.value, self.hidden.value, self.layer.value, self.epochs.value,
+                self.batch_size.value, self.lr.value, self.device.value, self.baseline.value, self.state.version)
+
     def config(self) -> RunConfig:
         """The run config the form describes; its checks raise ConfigError naming the field (ValueError for
         hidden sizes that are not numbers)."""
@@ -248,7 +311,7 @@ class TrainView:
         layer = None if self.layer.value in ("auto", None) or not is_mlp else int(self.layer.value)
         return RunConfig(dataset=self.dataset.value, model=self.model.value, hidden=hidden, layer=layer,
                          epochs=self.epochs.value, batch_size=self.batch_size.value, lr=self.lr.value,
-                         device=self.device.value)
+                         device=self.device.value, baseline=False)
 
     def _layer_options(self) -> None:
         is_mlp = self.model.value == "mlp"
@@ -263,6 +326,7 @@ class TrainView:
             self.layer.options = opts
             self.layer.value = keep
 
+    @param.depends("state.version", "state.valid_design", watch=True)
     def update_plan(self) -> None:
         """Check the form against the current design and describe the model it builds."""
         self._layer_options()
@@ -280,7 +344,7 @@ class TrainView:
         self.launch_button.disabled = False
         problems = " (last valid version: the draft has problems)" if self.state.problems else ""
         self.plan.object = (f"<div class='tn-plan'>Trains <b>{html.escape(design.name)}</b>{problems}: "
-                            f"{design.params:,} params, {ratio(design.compression)} compression<br>"
+                            f"{design.params:,} core params, {ratio(design.compression)} compression<br>"
                             f"<span class='arch'>{html.escape(arch)}</span></div>")
 
     def launch(self) -> list[str]:
@@ -295,11 +359,11 @@ class TrainView:
             ids = [launch(config, design, runs_dir=self.root)]
             if self.baseline.value:
                 ids.append(launch(replace(config, baseline=True), design, runs_dir=self.root, parent=ids[0]))
-        except ValueError as e:  # config, device, data or fit: the user's to fix, said in one line
+        except ValueError as e:  # config, device, data, fit or the store: the user's to fix, said in one line
             self.feedback.object = f"<div class='tn-error'>Not launched: {html.escape(form_error(e))}</div>"
             return []
-        except Exception as e:  # noqa: BLE001 - the store or the process failed: say so, keep the traceback
-            log.exception("launching a run failed")
+        except OSError as e:  # the process could not be started: say so, keep the traceback in the log
+            log.exception("starting a training process failed")
             self.feedback.object = f"<div class='tn-error'>Not launched: {html.escape(str(e))}</div>"
             return []
         self.feedback.object = (f"<div class='tn-launched'>Launched {', '.join(ids)} — "
@@ -318,7 +382,7 @@ class TrainView:
                 try:
                     if stop(rid, runs_dir=self.root):
                         stopped.append(rid)
-                except Exception as e:
+                except (OSError, KeyError, ValueError) as e:  # gone meanwhile, or the store refused
                     self.feedback.object = f"<div class='tn-error'>Could not stop {rid}: {html.escape(str(e))}</div>"
         if stopped:
             self.feedback.object = (f"<div class='tn-launched'>Asked {', '.join(stopped)} to stop: "
@@ -328,32 +392,23 @@ class TrainView:
 
     # ------------------------------------------------------------------ polling the store
     def request_poll(self) -> None:
-        """Poll soon, on the session's document (widget callbacks run without the document lock, and raw
-        Bokeh changes - new renderers, streamed rows - must happen under it); at once outside a server."""
-        if self._doc is not None:
-            self._doc.add_next_tick_callback(self.poll)
-        else:
-            self.poll()
+        """Poll soon, under the session's document lock (at once outside a server)."""
+        self.dispatcher(self.poll)
 
     def _design_of(self, run: dict[str, Any]) -> tuple[str, int | None, float | None]:
-        """(design name, layer params, compression) of a run, from its summary or (once) its design."""
-        summary = run.get("summary") or {}
-        if summary.get("layer_params"):
-            comp = summary.get("layer_compression")
-            return run.get("design_name") or "dense", summary["layer_params"], comp
+        """(design name, core params, compression) of a run, from its design (read once)."""
         if run["id"] not in self._design_info:
             name, params, comp = run.get("design_name") or "dense", None, None
             if run.get("design_name"):
                 try:
-                    full = self.store.get_run(run["id"])
-                    d = Design.from_dict(full["design"], validate=False)
+                    d = Design.from_dict(self.store.get_run(run["id"])["design"], validate=False)
+                except (RunNotFound, StoreError, DesignError, KeyError, TypeError) as e:
+                    log.debug("run %s: no design to count (%s)", run["id"], e)
+                else:
                     if (run.get("config") or {}).get("baseline"):
-                        params = d.in_features * d.out_features + d.out_features
-                        comp = 1.0
+                        params, comp = d.in_features * d.out_features, 1.0
                     else:
                         params, comp = d.params, d.compression
-                except Exception:
-                    pass
             self._design_info[run["id"]] = (name, params, comp)
         return self._design_info[run["id"]]
 
@@ -371,13 +426,14 @@ class TrainView:
         return {"id": run["id"], "name": run["name"], "status": status_badge(run["status"], run.get("reason")),
                 "design": name, "params": f"{params:,}" if params else "", "compression":
                     ratio(comp) if comp else "", "best": f"{best:.1%}" if best is not None else "",
-                "progress": progress, "elapsed": elapsed_text((end or time.time()) - start) if start else ""}
+                "progress": progress_html(progress),
+                "elapsed": elapsed_text((end or time.time()) - start) if start else ""}
 
     def _curves_for(self, run: dict[str, Any]) -> RunCurves:
         rid = run["id"]
         if rid not in self.curves:
             color = self.colors.setdefault(rid, Category10_10[len(self.colors) % 10])
-            label = f"{rid} · {run['name']}"[:48]
+            label = f"{rid} · {run['name']}"
             self.curves[rid] = RunCurves(rid, label, color, self.loss_fig, self.acc_fig)
         return self.curves[rid]
 
@@ -385,14 +441,15 @@ class TrainView:
         """Read the store: refresh the table, stream new metric rows of selected and active runs."""
         try:
             self._poll()
-        except Exception as e:  # never let one bad poll stop the next ones; say what happened
+        except Exception as e:  # noqa: BLE001 - a periodic callback that raises is dropped by nobody and logged
+            # by Bokeh without context: say what failed (traceback in the log) and keep polling
             log.exception("polling the run store failed")
             self.table_hint.object = f"<div class='tn-error'>Could not refresh the runs: {html.escape(str(e))}</div>"
 
     def _poll(self) -> None:
         try:
             runs = self.store.list_runs()
-        except Exception as e:  # the store is busy or broken: say so, keep what is shown
+        except (StoreError, sqlite3.Error, OSError) as e:  # the store is busy or broken: say so, keep what is shown
             self.table_hint.object = f"<div class='tn-error'>Run store unavailable: {html.escape(str(e))}</div>"
             return
         self.runs = runs
@@ -410,14 +467,14 @@ class TrainView:
                 curves = self._curves_for(run)
                 try:
                     curves.stream(self.store.metrics(run["id"], after_seq=curves.last_seq))
-                except Exception:
-                    pass  # the run was deleted meanwhile
+                except (RunNotFound, StoreError) as e:  # deleted meanwhile
+                    log.debug("run %s: no metrics (%s)", run["id"], e)
         self._refresh_table([self._row(r) for r in runs])
-        self._refresh_legend()
+        self._refresh_curves()
         n_active = sum(r["status"] in ACTIVE for r in runs)
         self.table_hint.object = (f"<div class='tn-hint'>{len(runs)} run{'s' if len(runs) != 1 else ''} in "
                                   f"<code>{html.escape(str(self.root))}</code> · {n_active} active · tick runs to "
-                                  f"overlay their curves (solid: train, dashed/dots: test)</div>")
+                                  f"overlay their curves</div>")
         self.stop_button.disabled = not any(r["id"] in self.selected and r["status"] in ACTIVE for r in runs)
 
     def _refresh_table(self, rows: list[dict[str, Any]]) -> None:
@@ -433,10 +490,7 @@ class TrainView:
                     if changed:
                         patch[col] = changed
                 if patch:
-                    try:
-                        self.table.patch(patch, as_index=False)
-                    except Exception:  # a dtype the patch cannot take: replace the whole table instead
-                        self.table.value = new
+                    self.table.patch(patch, as_index=False)
             else:
                 self.table.value = new
             if sorted(self.table.selection) != want_sel:
@@ -451,19 +505,39 @@ class TrainView:
         self.selected = [ids[k] for k in event.new if k < len(ids)]
         self.request_poll()
 
-    def _refresh_legend(self) -> None:
+    def _refresh_curves(self) -> None:
+        """Show the ticked runs' curves (ranges fitted to them), their legend, or the placeholder."""
         shown = [self.curves[i] for i in self.selected if i in self.curves]
         for rid, c in self.curves.items():
             c.set_visible(rid in self.selected)
-        loss_items = [c.loss_item for c in shown]
-        acc_items = [c.acc_item for c in shown]
-        if list(self.loss_fig.legend[0].items) != loss_items:
-            self.loss_fig.legend[0].items = loss_items
-            self.acc_fig.legend[0].items = acc_items
+        self.charts.visible = bool(shown)
+        self.placeholder.visible = not shown
+        items = "".join(f"<span><i style='border-color:{c.color}'></i>{html.escape(c.label)}</span>" for c in shown)
+        key = ("<span class='key'><i class='solid' style='border-color:#64748b'></i>train</span>"
+               "<span class='key'><i class='dash' style='border-color:#64748b'></i>test (dots: evaluations)</span>")
+        self.legend.object = f"<div class='tn-legend'>{items}{key}</div>" if shown else ""
+        steps = [v for c in shown for v in c.values("step")]
+        if steps:
+            x0, x1 = 0.0, max(max(steps), 1) * 1.02
+            _set_range(self.loss_fig.x_range, x0, x1)
+            _set_range(self.acc_fig.x_range, x0, x1)
+        losses = [v for c in shown for v in c.values("loss") if math.isfinite(v)]
+        if losses:
+            _set_range(self.loss_fig.y_range, *padded(min(losses), max(losses), floor=0.0 if min(losses) >= 0 else None))
+        accs = [v for c in shown for v in c.values("accuracy") if math.isfinite(v)]
+        if accs:
+            _set_range(self.acc_fig.y_range, *padded(min(accs), max(accs), floor=0.0, ceil=1.0))
+
+    def show_run(self, run_id: str) -> None:
+        """Tick ``run_id`` (its curves are plotted) and refresh."""
+        self.selected = list(dict.fromkeys([run_id] + self.selected))
+        self.request_poll()
+
+    def close(self) -> None:
+        self.dispatcher.close()
 
     # ------------------------------------------------------------------ layout
-    def view(self) -> pn.viewable.Viewable:
-        pn.extension("tabulator")  # the run table's JS (served by the studio's own server)
+    def __panel__(self) -> pn.viewable.Viewable:
         form = section("New run", pn.Column(
             self.dataset, self.model, self.hidden, self.layer,
             pn.Row(self.epochs, self.batch_size, sizing_mode="stretch_width", margin=0),
@@ -473,18 +547,14 @@ class TrainView:
         left = pn.Column(form, width=340, margin=(10, 8, 10, 10))
         runs = section("Runs", pn.Column(self.table, pn.Row(self.stop_button, self.table_hint, margin=(4, 10)),
                                          sizing_mode="stretch_width", margin=(0, 0, 6, 0)))
-        charts = section("Curves", pn.Row(pn.pane.Bokeh(self.loss_fig, sizing_mode="stretch_width"),
-                                          pn.pane.Bokeh(self.acc_fig, sizing_mode="stretch_width"),
-                                          sizing_mode="stretch_width", margin=(0, 6, 6, 6)))
+        charts = section("Curves", pn.Column(self.legend, self.charts, self.placeholder, sizing_mode="stretch_width",
+                                             margin=(0, 6, 6, 6)))
         right = pn.Column(runs, charts, sizing_mode="stretch_both", margin=(10, 10, 10, 4))
-        row = pn.Row(left, right, sizing_mode="stretch_both", min_height=720)
-        row._train_view = self  # for tests
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-            self._doc = pn.state.curdoc
+        if self.dispatcher.served:
             pn.state.add_periodic_callback(self.poll, period=POLL_MS)
-        return row
+        return pn.Row(left, right, sizing_mode="stretch_both", min_height=520)
 
 
-def view(state: StudioState) -> pn.viewable.Viewable:
-    """The Train tab for one studio session."""
-    return TrainView(state).view()
+def _set_range(rng: Range1d, start: float, end: float) -> None:
+    if (rng.start, rng.end) != (start, end):
+        rng.update(start=start, end=end)

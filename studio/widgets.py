@@ -1,41 +1,176 @@
-"""Small shared view pieces: titled sections and the per-field error note."""
+"""Shared view pieces: titled sections, notes under fields (refusals and confirmations), validated number fields
+and buttons that cannot start their work twice."""
 from __future__ import annotations
 
 import html
+import logging
+import time
+from typing import Any, Callable
 
 import panel as pn
+import param
+from panel.viewable import Viewer
 
 from .state import StudioState
+from .style import css, styled
 
-SECTION_CSS = """
-:host { background: #ffffff; border: 1px solid #e2e8f0; border-radius: 10px; box-shadow: 0 1px 2px rgba(15,23,42,.04); }
-"""
-TITLE_CSS = ".tn-title{font:600 12px Inter,system-ui,sans-serif;letter-spacing:.06em;text-transform:uppercase;" \
-            "color:#64748b;margin:2px 0 0}"
-ERROR_CSS = ".tn-error{color:#b91c1c;background:#fef2f2;border:1px solid #fecaca;border-radius:6px;" \
-            "padding:5px 8px;font-size:12px;line-height:1.35;font-family:Inter,system-ui,sans-serif}"
+log = logging.getLogger(__name__)
+
+COOLDOWN_S = 0.6  # a click arriving this soon after the same button's work ended is the second half of a double click
 
 
-def section(title: str, body: pn.viewable.Viewable, **kw) -> pn.Column:
-    head = pn.pane.HTML(f"<div class='tn-title'>{html.escape(title)}</div>", stylesheets=[TITLE_CSS],
+def section(title: str, *objects: Any, **kw: Any) -> pn.Column:
+    """A white card with an uppercase title."""
+    head = pn.pane.HTML(f"<div class='tn-title'>{html.escape(title)}</div>", stylesheets=[css("text")],
                         margin=(6, 10, 0, 10))
-    return pn.Column(head, body, stylesheets=[SECTION_CSS], sizing_mode="stretch_width", margin=(0, 0, 10, 0),
-                     **kw)
+    return pn.Column(head, *objects, stylesheets=[css("section")], sizing_mode="stretch_width",
+                     margin=kw.pop("margin", (0, 0, 10, 0)), **kw)
 
 
-def error_html(message: str | None, field: str = "") -> str:
+def hint(text_html: str, **kw: Any) -> pn.pane.HTML:
+    return pn.pane.HTML(f"<div class='tn-hint'>{text_html}</div>", stylesheets=[css("text")],
+                        sizing_mode="stretch_width", margin=kw.pop("margin", (0, 5)), **kw)
+
+
+def note_html(message: str | None, field: str = "", kind: str = "error") -> str:
+    """A refusal (``kind="error"``) or a confirmation question (``"warn"``) as the note under a field."""
     if not message:
         return ""
-    return f"<div class='tn-error' data-field='{html.escape(field)}'>{html.escape(message)}</div>"
+    return (f"<div class='tn-{kind}' data-field='{html.escape(field, quote=True)}'>"
+            f"{html.escape(message)}</div>")
 
 
-def error_note(state: StudioState, field: str) -> pn.pane.HTML:
-    """An HTML pane that shows ``state.field_errors[field]`` (empty when there is none)."""
-    pane = pn.pane.HTML(error_html(state.field_errors.get(field), field), stylesheets=[ERROR_CSS],
-                        sizing_mode="stretch_width", margin=(0, 5))
+def field_note_html(state: StudioState, field: str) -> str:
+    """The note under ``field`` now: its refusal, or the question about an edit of it waiting for confirmation."""
+    if state.pending.get("field") == field:
+        return note_html(f"{state.pending['message']}. Apply anyway?", field, "warn")
+    return note_html(state.field_errors.get(field), field)
 
-    def update(*_):
-        pane.object = error_html(state.field_errors.get(field), field)
 
-    state.param.watch(update, ["field_errors"])
-    return pane
+def button(label: str, action: Callable[[], Any] | None = None, *, once: bool = False,
+           key: Callable[[], Any] | None = None, dedupe: bool = True, **kw: Any) -> pn.widgets.Button:
+    """A styled button running ``action`` on a click. With ``once`` (buttons that start work), the button is
+    disabled while ``action`` runs. With ``dedupe`` (the default), the second click of a double click is ignored:
+    see :func:`guard` (``key`` describes the situation a click acts on)."""
+    b = styled(pn.widgets.Button(label=label, **kw))
+    if action is not None:
+        guard(b, action, disable=once, key=key, dedupe=dedupe)
+    return b
+
+
+def guard(btn: pn.widgets.Button, action: Callable[[], Any], cooldown_s: float = COOLDOWN_S,
+          disable: bool = True, key: Callable[[], Any] | None = None, dedupe: bool = True) -> None:
+    """Run ``action`` on clicks of ``btn``, never twice for one double click.
+
+    Clicks arriving while the action runs wait in line and are processed right after it, so a click within
+    ``cooldown_s`` of the end of the last run is the second half of a double click when nothing it acts on has
+    changed since: ``key()`` (e.g. the form's values and the design's version) returns what it returned after the
+    last run. Such a click is ignored. With ``disable``, the button is also disabled while the action runs (Panel
+    sends that to the browser at once, so further clicks are not even sent)."""
+    flags: dict[str, Any] = {"busy": False, "until": 0.0, "key": None}
+
+    def situation() -> Any:
+        return key() if key is not None else None
+
+    def on_click(_event: Any) -> None:
+        if flags["busy"] or (dedupe and time.monotonic() < flags["until"] and situation() == flags["key"]):
+            log.debug("ignored a repeated click on %r", btn.label)
+            return
+        flags["busy"] = True
+        was = btn.disabled
+        if disable:
+            btn.disabled = True
+        try:
+            action()
+        finally:
+            flags["busy"], flags["until"], flags["key"] = False, time.monotonic() + cooldown_s, situation()
+            if disable and btn.disabled:
+                btn.disabled = was
+
+    btn.on_click(on_click)
+
+
+def confirm_buttons(state: StudioState, **kw: Any) -> pn.Row:
+    """Apply anyway / Cancel, for the edit waiting for confirmation."""
+    apply = button("Apply anyway", state.confirm, color="warning", width=120, css_classes=["tn-confirm"],
+                   key=lambda: state.version)
+    cancel = button("Cancel", state.cancel, width=90, css_classes=["tn-cancel"])
+    return pn.Row(apply, cancel, margin=kw.pop("margin", (0, 5, 4, 5)), **kw)
+
+
+class FieldNote(Viewer):
+    """The note under one field of a long-lived view: its refusal, or a confirmation question with Apply anyway /
+    Cancel (for views rebuilt on every change, use :func:`field_note_html` and :func:`confirm_buttons`)."""
+
+    state = param.ClassSelector(class_=StudioState, doc="The studio state whose notes are shown.")
+    field = param.String(default="", doc="The field key (see StudioState's field keys).")
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.text = pn.pane.HTML("", stylesheets=[css("notes")], sizing_mode="stretch_width", margin=(0, 5))
+        self.buttons = confirm_buttons(self.state, visible=False)
+        self._render()
+
+    @param.depends("state.field_errors", "state.pending", watch=True)
+    def _render(self) -> None:
+        self.text.object = field_note_html(self.state, self.field)
+        self.buttons.visible = self.state.pending.get("field") == self.field
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self.text, self.buttons, sizing_mode="stretch_width", margin=0)
+
+
+def parse_int(text: Any, what: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """A whole number in [``minimum``, ``maximum``] from a text field; ``ValueError`` saying why not."""
+    s = str(text).strip().replace(",", "").replace("_", "")
+    try:
+        value = int(s)
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number, got {str(text).strip()!r}") from None
+    if value < minimum:
+        raise ValueError(f"{what} must be a whole number >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{what} must be at most {maximum:,}, got {value:,}")
+    return value
+
+
+class IntField(Viewer):
+    """A text field holding a whole number: a refused entry shows why under the field and the field returns to the
+    last accepted value (``value``)."""
+
+    value = param.Integer(default=1, doc="The last accepted value.")
+    minimum = param.Integer(default=1, doc="The smallest accepted value.")
+    maximum = param.Integer(default=None, allow_None=True, doc="The largest accepted value (None: no limit).")
+    label = param.String(default="", doc="The field's label (also names it in messages).")
+
+    def __init__(self, css_class: str = "", width: int | None = None, **params: Any):
+        super().__init__(**params)
+        size = {"width": width} if width else {"sizing_mode": "stretch_width"}
+        self.input = styled(pn.widgets.TextInput(label=self.label, value=str(self.value), **size,
+                                                 css_classes=[c for c in ("tn-int", css_class) if c]))
+        self.note = pn.pane.HTML("", stylesheets=[css("notes")], sizing_mode="stretch_width", margin=(0, 5),
+                                 css_classes=["tn-int-note"])
+        self.input.param.watch(self._typed, "value")
+
+    def _typed(self, event: Any) -> None:
+        if event.new == str(self.value):
+            return  # the field shows the accepted value (again): keep the note about what was refused
+        try:
+            value = parse_int(event.new, self.label or "the value", self.minimum, self.maximum)
+        except ValueError as e:
+            self.note.object = note_html(str(e), self.label)
+            self.input.value = str(self.value)
+            return
+        self.note.object = ""
+        self.value = value
+        if self.input.value != str(value):
+            self.input.value = str(value)
+
+    @param.depends("value", watch=True)
+    def _shown(self) -> None:
+        if self.input.value != str(self.value):
+            self.input.value = str(self.value)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        size = {"width": self.input.width + 20} if self.input.width else {"sizing_mode": "stretch_width"}
+        return pn.Column(self.input, self.note, margin=0, **size)

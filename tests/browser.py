@@ -16,10 +16,14 @@ Debian's chromium. The browser gets no network beyond loopback, like a user's of
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
+import sys
+import threading
 import time
+import traceback
 import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
@@ -84,6 +88,55 @@ def serve_app(factory: Callable[[], object], timeout: float = 30.0) -> Iterator[
         server.stop()
 
 
+class ServerLog(logging.Handler):
+    """Collects what the server logs at ERROR and above, and exceptions that end threads: the tracebacks a test
+    must not leave behind (use as a context manager around ``serve_app``)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.records: list[str] = []
+        self._hook = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        self.records.append(f"{record.name}: {text}")
+
+    def _thread_hook(self, args) -> None:
+        self.records.append(f"thread {args.thread.name if args.thread else '?'}: " + "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+
+    def __enter__(self) -> "ServerLog":
+        logging.getLogger().addHandler(self)
+        self._hook, threading.excepthook = threading.excepthook, self._thread_hook
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeHandler(self)
+        threading.excepthook = self._hook
+
+
+class Console:
+    """The page's errors (``pageerror``) and console messages, as a test checks them."""
+
+    NOISE = ("could not set initial ranges", "JSONEditor", "could not determine", "Plot has no renderers")
+
+    def __init__(self, page) -> None:
+        self.page_errors: list[str] = []
+        self.messages: list[tuple[str, str]] = []
+        page.on("pageerror", lambda e: self.page_errors.append(str(e)))
+        page.on("console", lambda m: self.messages.append((m.type, m.text)))
+
+    @property
+    def errors(self) -> list[str]:
+        return [t for k, t in self.messages if k == "error"]
+
+    def noise(self) -> list[str]:
+        """Console lines the studio must not produce (Bokeh range warnings, missing JSON editor, ...)."""
+        return [t for _, t in self.messages if any(n in t for n in self.NOISE)]
+
+
 @contextlib.contextmanager
 def browser_page(width: int = 1600, height: int = 1000, downloads: bool = True) -> Iterator[object]:
     """A fresh chromium page (playwright); skips the test when no browser is available."""
@@ -108,3 +161,16 @@ def screenshot(page, name: str) -> Path:
     path = SCREENSHOT_DIR / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
     return path
+
+
+def drag(page, source, target, steps: int = 12) -> None:
+    """Drag from the centre of ``source`` to the centre of ``target`` (locators) in small steps, as a hand does
+    (React Flow starts a connection only after the pointer has moved)."""
+    source.scroll_into_view_if_needed()
+    a, b = source.bounding_box(), target.bounding_box()
+    if a is None or b is None:
+        raise AssertionError("a drag end is not on screen")
+    page.mouse.move(a["x"] + a["width"] / 2, a["y"] + a["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=steps)
+    page.mouse.up()

@@ -137,7 +137,7 @@ def test_stack_shapes_of_a_4096_mpo_and_what_is_not_a_chain():
 
 def test_the_chain_stream_passes_through_the_stack_hidden_layers():
     """For a chain, the state when bond r_n appears is the stack's hidden layer n (same units, same order)."""
-    from engine.analysis.features import run_stream, stream_operands, stream_order
+    from engine.analysis.features import BATCH, run_stream, stream_operands, stream_order
 
     d, layer = random_layer("mpo", [2, 3, 2], [3, 2, 2], 3)
     x = torch.randn(4, d.in_features, dtype=torch.float64)
@@ -150,7 +150,7 @@ def test_the_chain_stream_passes_through_the_stack_hidden_layers():
     for n, (lay, m) in enumerate(zip(stack_layers(d)[:-1], mats)):
         h = torch.sparse.mm(m.t(), h.t()).t()
         idx, s = states[f"r{n}"]
-        s = s.permute([idx.index(i) for i in ("_batch",) + lay.out_legs]).reshape(4, -1)
+        s = s.permute([idx.index(i) for i in (BATCH,) + lay.out_legs]).reshape(4, -1)
         np.testing.assert_allclose(s.numpy(), h.numpy(), atol=1e-10)
 
 

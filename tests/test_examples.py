@@ -157,6 +157,23 @@ def test_train_digits_example(tmp_path):
     assert "TN ttn" in text and "dense" in text and f"{accs[0]:.3f}" in text
 
 
+def test_truncate_finetune_example(tmp_path):
+    out = tmp_path / "out"
+    runs = tmp_path / "tf_runs"
+    text = run_example("truncate_finetune.py", "--quick", "--runs-dir", str(runs), "--out", str(out),
+                       home=tmp_path, timeout=300)
+    rows = json.loads((out / "truncate_finetune.json").read_text())
+    assert [r["kind"] for r in rows] == ["ttn", "mpo"]
+    store = RunStore(runs)
+    for r in rows:
+        parent, child = store.get_run(r["parent"]), store.get_run(r["child"])
+        assert parent["status"] == child["status"] == "completed" and child["parent"] == parent["id"]
+        assert child["design"]["name"].endswith("truncated") and r["params_after"] < r["params_before"]
+        assert child["results"]["test_accuracy"] == r["finetuned_accuracy"]
+        assert r["error"] == ("measured" if r["kind"] == "ttn" else "exact") and 0 < r["relative_error"] <= r["tol"]
+    assert "TTN (gelu)" in text and "MPO" in text and "fine-tuned" in text
+
+
 def test_digits_sweep_example(tmp_path):
     out = tmp_path / "sweep"
     text = run_example("digits_sweep.py", "--quick", "--out", str(out), home=tmp_path)
@@ -178,3 +195,13 @@ def test_digits_sweep_example(tmp_path):
 def test_every_example_has_a_docstring_and_main(script):
     src = (EXAMPLES / script).read_text()
     assert src.startswith('"""') and 'if __name__ == "__main__":' in src
+
+
+# ----------------------------------------------------------------------------- whole networks on MNIST-1D
+@pytest.mark.slow
+def test_mnist1d_networks_quick(tmp_path):
+    out = run_example("mnist1d_networks.py", "--quick", "--runs-dir", str(tmp_path / "runs"), home=tmp_path,
+                      timeout=600)
+    table = out[out.index("| network |"):]
+    assert table.count("\n| ") == 5 and "65,792 -> 912 (72x)" in table and "82,176 -> 928 (89x)" in table
+    assert len(RunStore(tmp_path / "runs").list_runs()) == 4

@@ -38,7 +38,7 @@ def phys(nin: list[int], nout: list[int]) -> list[int]:
     return [(nin[n] if n < len(nin) else 1) * (nout[n] if n < len(nout) else 1) for n in range(k)]
 
 
-def plain_params(kind: str, p: list[int], chi: int, n_dis: int) -> int:
+def plain_params(p: list[int], chi: int, n_dis: int) -> int:
     """TTN / aTTN / MERA without laterals: leaves chi * p_n, k - 2 nodes chi^3, the top chi^2, disentanglers chi^4."""
     return chi * sum(p) + (len(p) - 2) * chi ** 3 + chi ** 2 + n_dis * chi ** 4
 
@@ -81,21 +81,18 @@ def laterals_by_rule(kind: str, k: int) -> dict[int, list[tuple[int, int]]]:
         return out
 
     if kind == "mera":
+        def owner(j: int, m: int) -> tuple[str, int]:
+            """The tensor that absorbs bond j of an m-bond MERA level first."""
+            if j % 2 == 1 and j <= m - 2:
+                return ("D", j)  # left bond of the disentangler (j, j+1)
+            if j % 2 == 0 and j >= 2:
+                return ("D", j - 1)  # right bond of the disentangler (j-1, j), also an odd m's carried last bond
+            return ("W", j // 2)  # bond 0, or bond m-1 of an even m: straight into an isometry
+
         res, m, level = {}, k, 0
-        while m > 2:
-            owner = []
-            for j in range(m):
-                if 1 <= j <= m - 2 and j % 2 == 1:
-                    owner.append(("D", j))
-                elif 2 <= j <= m - 2 + (m % 2 == 1) and j % 2 == 0 and j - 1 <= m - 3:
-                    owner.append(("D", j - 1))
-                elif j < m - (m % 2):
-                    owner.append(("W", j // 2))
-                else:
-                    owner.append(("carry", j))
-            res[level] = greedy(owner)
+        while m > 2:  # each layer halves the bonds (an odd one is carried) until the top's two
+            res[level] = greedy([owner(j, m) for j in range(m)])
             m, level = (m + 1) // 2, level + 1
-        res[level] = []
         return {lv: p for lv, p in res.items() if p}
 
     def children(lo: int, hi: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -151,7 +148,7 @@ def test_param_counts_equal_closed_forms_power_of_two(kind, lateral, L, chi):
     n_dis = {"ttn": 0, "attn": attn_disentanglers_power_of_two(k), "mera": mera_disentanglers_power_of_two(k)}[kind]
     n_lat = laterals_power_of_two(kind, lateral, k)
     assert len(laterals_of(d)) == n_lat
-    assert d.params == plain_params(kind, phys(nin, nout), chi, n_dis) + n_lat * chi ** 4
+    assert d.params == plain_params(phys(nin, nout), chi, n_dis) + n_lat * chi ** 4
     assert all(d.shape(t.id) == (chi,) * 4 for t in laterals_of(d))
 
 

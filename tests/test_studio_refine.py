@@ -57,3 +57,35 @@ def test_refinement_can_be_switched_off(tmp_path):
     s = StudioState(ttn(), home=str(tmp_path), refine_s=0)
     assert s.set_dim("s0", 5)
     assert not s.refining and s.wait_refined(timeout=0)
+
+
+def test_results_are_handed_to_the_states_thread(tmp_path):
+    """The worker never changes the state itself: it gives the result to ``dispatch`` (in the app: the browser
+    session's event loop), and the state changes only when that runs it."""
+    import threading
+
+    queued = []
+    s = StudioState(ttn(), home=str(tmp_path), refine_s=0.4, dispatch=queued.append, autosave=False)
+    live = s.report
+    assert s.wait_refined(timeout=60)
+    assert s.report is live and len(queued) <= 1  # nothing applied from the worker thread
+    if queued:  # a better path was found: it is applied when the owner runs the hand-over
+        main = threading.current_thread()
+        seen = []
+        s.param.watch(lambda e: seen.append(threading.current_thread() is main), ["report"])
+        queued[0]()
+        assert seen in ([], [True]) and s.report.forward_flops <= live.forward_flops
+
+
+def test_a_failing_search_is_logged_and_the_live_report_stays(tmp_path, monkeypatch, caplog):
+    import studio.refine as refine
+
+    def boom(*a, **k):
+        raise RuntimeError("optimiser exploded")
+
+    monkeypatch.setattr(refine, "compile_program", boom)
+    s = StudioState(ttn(), home=str(tmp_path), refine_s=0.3, autosave=False)
+    live = s.report
+    assert s.wait_refined(timeout=30)
+    assert s.report is live
+    assert any("background path search failed" in r.getMessage() for r in caplog.records)

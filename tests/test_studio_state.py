@@ -225,3 +225,67 @@ def test_new_tensor_lands_inside_the_drawing_without_overlap(state):
     assert min(xs) - 200 <= x <= max(xs) + 200 and min(ys) - 200 <= y <= max(ys) + 200
     assert all(abs(x - px) > 120 or abs(y - py) > 72 for px, py in old)
     assert state.design.tensor(tid).kind == "isometry"
+
+
+def test_the_draft_is_autosaved_and_restored(tmp_path):
+    s = StudioState(home=str(tmp_path))
+    s.generate("mpo", 64, 32, 3)
+    s.add_tensor()  # an unfinished drawing is kept too
+    again = StudioState(home=str(tmp_path))  # a reload, or a restarted studio
+    assert again.design.to_dict() == s.design.to_dict() and again.problems == s.problems
+    assert "restored" in again.message
+    assert StudioState(make_template("ttn", 16, 16, 2), home=str(tmp_path)).design.name.startswith("ttn")
+    (tmp_path / "draft.json").write_text("{broken")
+    assert StudioState(home=str(tmp_path)).design.name.startswith("mera")  # a broken draft is ignored
+    off = StudioState(home=str(tmp_path / "other"), autosave=False)
+    off.generate("cp", 16, 16, 2)
+    assert not (tmp_path / "other" / "draft.json").exists()
+
+
+def test_new_design_starts_empty_and_forgets_the_old_numbers(state):
+    assert state.new_design()
+    assert state.design.tensors == [] and state.design.in_features == 256 and state.report is None
+    assert state.valid_design is None and state.problems
+    tid = state.add_tensor()
+    state.add_open_leg(tid, "in", 16)
+    state.add_open_leg(tid, "out", 4)
+    assert state.fit_features() and state.problems == [] and state.report.params == 64
+    assert state.undo() and state.undo() and state.undo() and state.undo()
+    assert state.design.tensors == []
+    assert state.undo() and state.design.name.startswith("mera") and state.report.params > 0
+
+
+def test_refusals_are_cleared_by_the_next_edit_and_by_selecting(state):
+    assert not state.set_dim("s0", 0) and "dim:s0" in state.field_errors and state.message.startswith("refused")
+    assert state.set_dim("s1", 3)
+    assert state.field_errors == {} and not state.message.startswith("refused")
+    assert not state.load_json("{", source="bad3.json")
+    state.select(["L0"], [])
+    assert state.field_errors == {} and state.message == ""
+
+
+def test_much_larger_layers_wait_for_confirmation(state):
+    from studio.state import CONFIRM_PARAMS, oversize
+
+    assert oversize(state.design, state.design) is None
+    assert not state.set_factors("in", [4096, 4096, 4096])  # W of 2^36 x 2^8 entries
+    assert state.pending["field"] == "factors:in" and "W becomes" in state.pending["message"]
+    state.cancel()
+    assert state.design.in_features == 256
+    assert not state.generate("mpo", 4096, 4096, 200)
+    assert "core params" in state.pending["message"]
+    assert state.confirm() and state.report.params > CONFIRM_PARAMS
+    assert state.generate("mpo", 4096, 4096, 210)  # already past the line: no second question
+    tiny = StudioState(make_template("mpo", 16, 16, 2), home=state.home)
+    assert tiny.generate("mpo", 16, 16, 16)  # larger than dense, but a toy: no question
+    assert tiny.report.params > tiny.report.dense_params
+
+
+def test_uploads_have_a_size_limit(state):
+    from studio.state import MAX_UPLOAD_BYTES
+
+    big = state.design.to_dict()
+    big["name"] = "x"
+    text = json.dumps(big) + " " * MAX_UPLOAD_BYTES
+    assert not state.load_json(text, source="big.json")
+    assert "big.json" in state.field_errors["open"] and "2 MiB" in state.field_errors["open"]

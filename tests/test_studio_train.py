@@ -92,7 +92,8 @@ def test_poll_streams_new_rows_once_and_overlays_selected_runs(state):
     assert curves.train.data["loss"] == [r["loss"] for r in store.metrics(a, split="train")]
     assert curves.test.data["accuracy"] == [0.8]
     row = view.table.value.iloc[0]
-    assert row["id"] == a and row["progress"] == 50 and row["best"] == "80.0%" and "running" in row["status"]
+    assert row["id"] == a and "data-value='50'" in row["progress"] and ">50%<" in row["progress"]
+    assert row["best"] == "80.0%" and "running" in row["status"]
     # a second, finished run: listed first (newest), overlaid once selected, with its own colour and legend entry
     b = _run(store, state.valid_design, status="completed", total=10)
     store.log_metrics(b, _rows(10, 1, "test"))
@@ -100,11 +101,14 @@ def test_poll_streams_new_rows_once_and_overlays_selected_runs(state):
     assert list(view.table.value["id"]) == [b, a] and view.selected == [a]
     view.table.selection = [0, 1]
     assert sorted(view.selected) == sorted([a, b])
-    assert [i.label.value for i in view.loss_fig.legend[0].items] == [view.curves[i].label for i in view.selected]
+    assert all(view.curves[i].label in view.legend.object for i in view.selected)  # one legend, outside the plots
+    assert view.charts.visible and not view.placeholder.visible
     assert view.curves[a].color != view.curves[b].color and all(r.visible for r in view.curves[b].renderers)
     view.table.selection = [0]  # deselect a: its lines are hidden, its data kept
     assert view.selected == [b] and not any(r.visible for r in view.curves[a].renderers)
-    assert "completed" in view.table.value.iloc[0]["status"] and view.table.value.iloc[0]["progress"] == 100
+    assert "completed" in view.table.value.iloc[0]["status"] and ">100%<" in view.table.value.iloc[0]["progress"]
+    view.table.selection = []  # nothing ticked: a placeholder instead of empty plots
+    assert not view.charts.visible and view.placeholder.visible and view.legend.object == ""
 
 
 def test_a_restarted_studio_shows_the_same_runs_and_curves(state):
@@ -179,3 +183,45 @@ def test_export_view_explains_an_invalid_design(tmp_path):
     if s.problems:  # the edit is refused or accepted as a draft with problems: either way, export stays valid
         assert "last valid design" in view.info.object
     assert "torch.einsum" in view._text and not view.download.disabled
+
+
+def test_numbers_agree_and_do_not_flip_when_a_run_starts(state):
+    """The form, the run table and the export all count core params (the design's tensors, no bias), whatever the
+    run's summary says once it runs."""
+    view = TrainView(state)
+    store = RunStore(view.root)
+    rid = _run(store, state.valid_design, status="queued")
+    view.poll()
+    params = f"{state.valid_design.params:,}"
+    assert f"{params} core params" in view.plan.object
+    assert view.table.value.iloc[0]["params"] == params
+    store.update(rid, summary={"layer_params": state.valid_design.params + 32, "layer_compression": 1.0})
+    store.set_status(rid, "running")
+    view.poll()
+    assert view.table.value.iloc[0]["params"] == params
+    assert ExportView(state, background=False).info.object.count(f"{params} core params") == 1
+
+
+def test_curve_axes_follow_the_ticked_runs(state):
+    view = TrainView(state)
+    store = RunStore(view.root)
+    a = _run(store, state.valid_design, status="completed")
+    store.log_metrics(a, _rows(10, 3))  # steps 10..30
+    b = _run(store, state.valid_design, status="completed")
+    store.log_metrics(b, _rows(100, 5))  # steps 100..140
+    view.poll()
+    view.table.selection = [list(view.table.value["id"]).index(a)]
+    assert view.loss_fig.x_range.end == pytest.approx(30 * 1.02)
+    view.table.selection = [0, 1]
+    assert view.loss_fig.x_range.end == pytest.approx(140 * 1.02) == view.acc_fig.x_range.end
+    losses = view.curves[a].values("loss") + view.curves[b].values("loss")
+    assert view.loss_fig.y_range.start <= min(losses) and view.loss_fig.y_range.end >= max(losses)
+    assert 0 <= view.acc_fig.y_range.start and view.acc_fig.y_range.end <= 1
+
+
+def test_a_double_click_on_launch_starts_one_run(state, monkeypatch):
+    monkeypatch.setattr("engine.train.launcher.start_process", lambda rid, store, resume=False: None)
+    view = TrainView(state)
+    view.launch_button.clicks += 1
+    view.launch_button.clicks += 1
+    assert len(RunStore(view.root).list_runs()) == 1 and not view.launch_button.disabled

@@ -1,4 +1,5 @@
-"""End-to-end: launch a short digits run from the Train tab, watch it stream and finish, download the export.
+"""End-to-end: launch a short digits run from the Train tab (a double click launches one run), watch it stream and
+finish, download the export.
 
 Screenshots of both tabs land in $TNSTUDIO_SCREENSHOTS (default /tmp/tnstudio_screenshots).
 """
@@ -16,19 +17,11 @@ from studio.app import create_app
 from studio.state import StudioState
 
 try:
-    from tests.browser import browser_page, require_browser, screenshot, serve_app
+    from tests.browser import Console, ServerLog, browser_page, require_browser, screenshot, serve_app
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from browser import browser_page, require_browser, screenshot, serve_app
+    from browser import Console, ServerLog, browser_page, require_browser, screenshot, serve_app
 
 pytestmark = pytest.mark.browser
-
-
-def _find(app, attr: str):
-    """The view object a tab stored on its layout (``row._train_view`` / ``row._export_view``)."""
-    for obj in app.select():
-        if hasattr(obj, attr):
-            return getattr(obj, attr)
-    raise LookupError(attr)
 
 
 def test_launch_a_run_follow_it_and_download_the_export(tmp_path):
@@ -42,17 +35,25 @@ def test_launch_a_run_follow_it_and_download_the_export(tmp_path):
         apps.append(app)
         return app
 
-    with serve_app(factory) as url, browser_page() as page:
+    with ServerLog() as server, serve_app(factory) as url, browser_page() as page:
+        console = Console(page)
         page.goto(url, timeout=90000)
         page.locator(".bk-tab", has_text="Train").click()
-        train = _find(apps[-1], "_train_view")
+        train = apps[-1].components["Train"]
         page.locator(".tn-train-plan", has_text="TN 64×32").wait_for(timeout=30000)
+        page.locator(".tn-curves-empty", has_text="No runs ticked").wait_for()  # a placeholder, not bare plots
         epochs = page.locator(".tn-train-epochs input")
         epochs.fill("1")
         epochs.press("Enter")
-        page.locator(".tn-train-launch button").click()
+        # the checkbox ticks from its label too
+        page.locator(".tn-train-baseline label").click()
+        assert train.baseline.value
+        page.locator(".tn-train-baseline label").click()
+        assert not train.baseline.value
+        page.locator(".tn-train-launch button").dblclick()
         page.locator(".tn-train-feedback", has_text="Launched").wait_for(timeout=30000)
-        (rid,) = [r["id"] for r in RunStore(train.root).list_runs()]
+        page.wait_for_timeout(1500)
+        (rid,) = [r["id"] for r in RunStore(train.root).list_runs()]  # one run for a double click
         # the curve grows as rows arrive, then the run completes (status in the table, progress 100)
         seen = []
         deadline = time.monotonic() + 90
@@ -71,13 +72,15 @@ def test_launch_a_run_follow_it_and_download_the_export(tmp_path):
         store_rows = RunStore(train.root).metrics(rid)
         assert train.curves[rid].points == len(store_rows) > 0  # every row streamed, none twice
         assert seen == sorted(seen) and seen[-1] > 0
-        assert train.table.value.iloc[0]["progress"] == 100
+        assert ">100%<" in train.table.value.iloc[0]["progress"]
         assert page.locator(".tn-run-table .tabulator-row").count() == 1
+        page.locator(".tn-run-table .tn-progress", has_text="100%").wait_for()
+        page.locator(".tn-curve-legend", has_text=rid).wait_for()
         screenshot(page, "studio_train")
 
         # Export tab: pick the run's weights, download the module and the weights, check they reproduce the run
         page.locator(".bk-tab", has_text="Export").click()
-        export = _find(apps[-1], "_export_view")
+        export = apps[-1].components["Export"]
         export.refresh_runs()
         label = next(o for o in export.weights.options if o.startswith(rid))
         page.locator(".tn-export-weights select").select_option(label=label)
@@ -92,6 +95,9 @@ def test_launch_a_run_follow_it_and_download_the_export(tmp_path):
         weights_path = tmp_path / dl_w.value.suggested_filename
         dl_w.value.save_as(weights_path)
         screenshot(page, "studio_export")
+    assert console.page_errors == [] and console.errors == [], (console.page_errors, console.errors)
+    assert console.noise() == [], console.noise()[:5]
+    assert server.records == [], "\n".join(server.records)
 
     assert code_path.name == "mpo_64x32_chi_4.py" and weights_path.name == "mpo_64x32_chi_4.pt"
     code = code_path.read_text()

@@ -96,7 +96,9 @@ def test_run_config_is_typed_frozen_and_round_trips_through_json():
            "hidden_activation": "relu", "epochs": 10, "batch_size": 64, "lr": 0.003, "weight_decay": 0.0001,
            "warmup": 0.05, "grad_clip": 1.0, "device": "auto", "amp": False, "seed": 0, "baseline": False,
            "nproc": 1, "eval_every": 0, "log_every": 10, "max_steps": None, "threads": None}
-    assert RunConfig.from_dict(old).to_dict() == old == RunConfig().to_dict()
+    loaded = RunConfig.from_dict(old).to_dict()
+    assert loaded == RunConfig().to_dict() and {k: loaded[k] for k in old} == old
+    assert all(loaded[k] is None for k in loaded if k not in old)  # fields added since default to None
     base = replace(config, baseline=True)
     assert base.baseline and base.hidden == config.hidden and not config.baseline
     with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
@@ -156,8 +158,8 @@ def test_model_registry_drives_the_fit_check():
     from engine.train.data import dataset_spec
     from engine.train.models import model_kind, model_names
 
-    assert model_names() == ("mlp", "cnn") and model_kind("cnn").images_only
-    with pytest.raises(ModelError, match="unknown model 'rnn': choose one of mlp, cnn"):
+    assert model_names() == ("mlp", "cnn", "network") and model_kind("cnn").images_only  # network: engine.network
+    with pytest.raises(ModelError, match="unknown model 'rnn': choose one of mlp, cnn, network"):
         model_kind("rnn")
     with pytest.raises(ModelError, match=r"the CNN needs an image data set \(digits, mnist, .*synthetic_images\), "
                                          r"not mnist1d"):

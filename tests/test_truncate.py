@@ -133,9 +133,9 @@ def test_truncation_result_loads_into_a_layer_with_the_bias():
 
 
 def test_truncate_refuses_what_it_cannot_do():
-    d, layer = random_layer("ttn", [2, 2, 2, 2], [2, 2, 2, 2], 3, activation="gelu")
-    with pytest.raises(ValueError, match="linear"):
-        truncate(d, layer, max_bond=2)
+    d, layer = random_layer("mera", [2, 2, 2, 2], [2, 2, 2, 2], 2, activation="gelu")
+    with pytest.raises(ValueError, match="only nonlinear trees"):  # nonlinear trees: tests/test_truncate_nonlinear.py
+        truncate(d, layer, max_bond=1)
     d, layer = random_layer("mpo", [2, 3, 2], [3, 2, 2], 5)
     with pytest.raises(ValueError, match="max_bond or tol"):
         truncate(d, layer)

@@ -36,9 +36,10 @@ import torch
 
 from engine.analysis.fragments import Fragment, absorb, contract, last_activation
 from engine.analysis.network import as_cores, bonds_of, small_linalg, topology
+from engine.contract.program import BATCH as _ENGINE_BATCH
 from engine.design.model import Design
 
-BATCH = "_batch"
+BATCH = _ENGINE_BATCH  # the batch index's name: reserved by the engine, so no design index clashes with it
 PROBE_FEATURES = 256
 CHUNK = 256
 

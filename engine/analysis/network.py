@@ -188,6 +188,11 @@ def inner(design_a: Design, cores_a: Mapping[str, np.ndarray], design_b: Design,
         return float((tn_a & tn_b).contract(all, output_inds=(), optimize="auto-hq"))
 
 
+def frobenius_norm(design: Design, cores: Mapping[str, np.ndarray]) -> float:
+    """``||W||`` from the doubled network ``<W, W>`` (no W formed)."""
+    return math.sqrt(max(inner(design, cores, design, cores), 0.0))
+
+
 def relative_difference(design_a: Design, cores_a: Mapping[str, np.ndarray], design_b: Design,
                         cores_b: Mapping[str, np.ndarray]) -> tuple[float, float]:
     """``(||W_a - W_b|| / ||W_a||, ||W_a||)`` from three network contractions.

@@ -32,8 +32,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from engine.analysis.network import (Topology, as_cores, bonds_of, cut_legs, small_linalg, subtree, to_quimb,
-                                     topology)
+from engine.analysis.network import (Topology, as_cores, bonds_of, cut_legs, frobenius_norm, small_linalg, subtree,
+                                     to_quimb, topology)
 from engine.design.model import Design
 
 DEFAULT_TOL = 1e-2  # relative tail tolerance of effective_rank / used_fraction
@@ -218,12 +218,6 @@ def _tree_spectra(design: Design, cores: Mapping[str, np.ndarray], topo: Topolog
 
 
 # --------------------------------------------------------------------- loops: simple-update gauge
-def _norm(design: Design, cores: Mapping[str, np.ndarray]) -> float:
-    from engine.analysis.network import inner
-
-    return math.sqrt(max(inner(design, cores, design, cores), 0.0))
-
-
 def simple_gauges(design: Design, cores: Mapping[str, np.ndarray], iterations: int = GAUGE_ITERATIONS,
                   tol: float = GAUGE_TOL):
     """quimb's simple-update gauge of the network: ``(gauged network, bond -> gauge vector, info)``.
@@ -236,6 +230,18 @@ def simple_gauges(design: Design, cores: Mapping[str, np.ndarray], iterations: i
     info: dict[str, Any] = {}
     tn.gauge_all_simple_(max_iterations=iterations, tol=tol, gauges=gauges, fuse_multibonds=False, info=info)
     return tn, gauges, info
+
+
+def gauge_note(info: Mapping[str, Any], iterations: int) -> str:
+    """How the simple-update gauge went, in words."""
+    done = info.get("iterations", "?")
+    sdiff = info.get("max_sdiff", -1.0)
+    note = f"simple-update gauge (quimb gauge_all_simple): {done} iterations"
+    if isinstance(sdiff, float) and sdiff >= 0:
+        note += f", last change {sdiff:.1e}"
+    if done == iterations:
+        note += " (not converged: the iteration limit was reached)"
+    return note
 
 
 def cp_weights(design: Design, cores: Mapping[str, np.ndarray], bond: str) -> np.ndarray:
@@ -251,7 +257,7 @@ def cp_weights(design: Design, cores: Mapping[str, np.ndarray], bond: str) -> np
 
 def _loop_spectra(design: Design, cores: Mapping[str, np.ndarray], topo: Topology, iterations: int,
                   tol: float) -> tuple[list[BondSpectrum], float, str]:
-    norm = _norm(design, cores)
+    norm = frobenius_norm(design, cores)
     out: list[BondSpectrum] = []
     regular = [b for b in topo.bonds if b not in topo.hyperedges]
     note = ""
@@ -263,11 +269,7 @@ def _loop_spectra(design: Design, cores: Mapping[str, np.ndarray], topo: Topolog
             scaled = g * (norm / total) if total > 0 else g
             out.append(BondSpectrum(b, design.dim(b), topo.ends[b], _padded(scaled, design.dim(b)), False,
                                     "simple-gauge"))
-        sdiff = info.get("max_sdiff", -1.0)
-        note = (f"simple-update gauge (quimb gauge_all_simple): {info.get('iterations', '?')} iterations, last "
-                f"change {sdiff:.1e}" if sdiff >= 0 else
-                f"simple-update gauge (quimb gauge_all_simple): {info.get('iterations', '?')} iterations")
-        note += "; values scaled so that their squares sum to ||W||^2"
+        note = gauge_note(info, iterations) + "; values scaled so that their squares sum to ||W||^2"
     for b in topo.hyperedges:
         out.append(BondSpectrum(b, design.dim(b), topo.ends[b], _padded(cp_weights(design, cores, b), design.dim(b)),
                                 False, "cp-weights"))

@@ -12,11 +12,16 @@ as few as a relative error ``tol`` of the whole W allows: each of the m truncate
   ``||W - W'||^2`` is exactly the sum of the squared discarded singular values: ``relative_error`` equals the
   discarded tail. Truncating a single bond gives the best rank-k approximation of W across its cut.
 - Designs with loops (tensor ring, aTTN, MERA), method ``simple-gauge``: bonds are truncated in quimb's
-  simple-update gauge (smallest gauge values dropped, gauges then absorbed); hyperedges (CP) keep their heaviest
-  components. No optimality; ``relative_error`` is computed exactly by contracting ``<W,W>``, ``<W,W'>`` and
+  simple-update gauge (smallest gauge values dropped, gauges then absorbed); hyperedges (CP), method
+  ``cp-weights``, keep their heaviest components. No optimality; ``relative_error`` is computed exactly by contracting ``<W,W>``, ``<W,W'>`` and
   ``<W',W'>`` (no W formed; differences below about 1e-7 of ``||W||`` are rounding).
-- Nonlinear designs cannot be truncated this way: a bond carries an activated fragment, and keeping part of a
-  fragment's bond is not a change of the cores.
+- Nonlinear trees (a TTN with gelu), method ``fragment``: each bond keeps rows of the activated fragment its parent
+  absorbs (an interpolative decomposition: the subtree's core keeps slices of the bond, the parent absorbs the
+  least-squares coefficients; a raw leaf is truncated by its SVD), bottom-up (:mod:`engine.analysis.nonlinear`).
+  The activations lie between the bonds and W, so no closed form gives the error: ``relative_error`` is measured
+  by forming W and W' in float64 (``error="measured"``; estimated from Gaussian probes for layers too large to
+  form, ``error="estimated"``). With ``tol``, the per-bond budget is searched so that this measured error stays
+  within ``tol``. Nonlinear designs with loops (aTTN, MERA, laterals) are refused.
 
 The QR sweeps also trim, without loss, any bond larger than what its cut allows (e.g. a bond of 5 into an end site
 whose open legs are 2 x 2). Copy (``delta``) tensors whose values change become ordinary cores in the new design.
@@ -30,8 +35,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from engine.analysis.network import (Topology, as_cores, bonds_of, from_quimb, relative_difference, small_linalg,
-                                     to_quimb, topology, copy_tensor)
+from engine.analysis.network import (Topology, as_cores, bonds_of, copy_tensor, from_quimb, frobenius_norm,
+                                     relative_difference, small_linalg, to_quimb, topology)
 from engine.design.model import Design
 
 ZERO = 1e-14  # singular values below ZERO * the largest are dropped on every truncated bond (no loss)
@@ -45,6 +50,8 @@ class BondTruncation:
     before: int
     after: int
     discarded: tuple[float, ...] = ()
+    residual: float | None = None  # nonlinear: ||F - F'|| / ||F|| of the fragment across the bond
+
 
     @property
     def discarded_norm(self) -> float:
@@ -52,15 +59,18 @@ class BondTruncation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"bond": self.bond, "before": self.before, "after": self.after,
-                "discarded_norm": self.discarded_norm, "discarded": list(self.discarded)}
+                "discarded_norm": self.discarded_norm, "discarded": list(self.discarded), "residual": self.residual}
 
 
 @dataclass(frozen=True)
 class TruncationResult:
     """A truncated design with its weights (tensor id -> float64 tensor, in the design's index order).
 
-    ``relative_error``: ``||W - W'|| / ||W||``, exact. ``discarded_tail``: ``sqrt(sum of squared discarded values) /
-    ||W||`` (equal to ``relative_error`` for trees; a gauge estimate with loops). ``norm``: ``||W||``.
+    ``relative_error``: ``||W - W'|| / ||W||``; ``error`` says how it was obtained: ``"exact"`` (linear designs),
+    ``"measured"`` (nonlinear: W and W' formed in float64) or ``"estimated"`` (nonlinear layers too large to form:
+    Gaussian probes). ``discarded_tail``: ``sqrt(sum of squared discarded values) / ||W||`` (equal to
+    ``relative_error`` for linear trees; a gauge estimate with loops; for nonlinear trees the root-sum-square of the
+    bonds' relative fragment residuals). ``norm``: ``||W||``.
     """
 
     design: Design
@@ -76,6 +86,7 @@ class TruncationResult:
     tol: float | None = None
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default=())
+    error: str = "exact"
 
     @property
     def ranks(self) -> dict[str, tuple[int, int]]:
@@ -114,7 +125,8 @@ class TruncationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"design": self.design.name, "method": self.method, "relative_error": self.relative_error,
-                "discarded_tail": self.discarded_tail, "norm": self.norm, "params_before": self.params_before,
+                "error": self.error, "discarded_tail": self.discarded_tail, "norm": self.norm,
+                "params_before": self.params_before,
                 "params_after": self.params_after, "param_ratio": self.param_ratio, "max_bond": self.max_bond,
                 "tol": self.tol, "seconds": self.seconds, "notes": list(self.notes),
                 "bonds": [b.to_dict() for b in self.bonds]}
@@ -122,20 +134,18 @@ class TruncationResult:
 
 def truncate(design: Design, weights: Any, max_bond: int | Mapping[str, int] | None = None,
              tol: float | None = None) -> TruncationResult:
-    """Truncate the bonds of a linear design with weights (see the module docstring).
+    """Truncate the bonds of a design with weights (see the module docstring).
 
     ``max_bond``: the most values any bond keeps (int), or bond name -> k for the bonds to truncate (the others stay
-    as they are). ``tol``: a relative error budget for the whole W, spread evenly over the bonds. At least one of the
-    two; every bond keeps at least one value.
+    as they are). ``tol``: a relative error budget for the whole W, spread evenly over the bonds (nonlinear trees:
+    the largest per-bond budget whose measured error of W stays within ``tol``). At least one of the two; every
+    bond keeps at least one value.
     """
     t0 = time.perf_counter()
     if max_bond is None and tol is None:
         raise ValueError("truncate needs max_bond or tol (or both)")
     if tol is not None and not (tol >= 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}")
-    if not design.is_linear:
-        raise ValueError(f"design {design.name!r} has activations: only linear designs can be truncated (a bond of "
-                         f"a nonlinear design carries an activated fragment, which the cores cannot reproduce in part)")
     bonds = bonds_of(design)
     if isinstance(max_bond, Mapping):
         unknown = [b for b in max_bond if b not in bonds]
@@ -152,8 +162,16 @@ def truncate(design: Design, weights: Any, max_bond: int | Mapping[str, int] | N
     targets = set(bonds) if tol is not None else set(caps)
     cores = as_cores(design, weights)
     topo = topology(design)
+    error = "exact"
+    if not design.is_linear and not topo.tree:
+        raise ValueError(f"design {design.name!r} has activations and loops (or hyperedges): only nonlinear trees "
+                         f"can be truncated (each bond's fragment must reach its parent through that bond alone)")
     with small_linalg():
-        if topo.tree:
+        if not design.is_linear:
+            new, new_cores, steps, norm, err, error, notes = _truncate_nonlinear(design, cores, caps, tol, targets)
+            tail = math.sqrt(sum((b.residual or 0.0) ** 2 for b in steps.values()))
+            method = "fragment"
+        elif topo.tree:
             new, new_cores, steps, norm = _truncate_tree(design, cores, topo, caps, tol, targets)
             sq = sum(b.discarded_norm ** 2 for b in steps.values())
             err = tail = math.sqrt(sq) / norm if norm > 0 else 0.0
@@ -163,7 +181,9 @@ def truncate(design: Design, weights: Any, max_bond: int | Mapping[str, int] | N
             sq = sum(b.discarded_norm ** 2 for b in steps.values())
             tail = math.sqrt(sq) / norm if norm > 0 else 0.0
             err, _ = relative_difference(design, cores, new, new_cores)
-            method, notes = "simple-gauge", (note,)
+            method = "+".join((["simple-gauge"] if len(topo.hyperedges) < len(bonds) else [])
+                              + (["cp-weights"] if topo.hyperedges else []))
+            notes = (note,)
     new = _fix_deltas(new, new_cores)
     new.name = design.name if design.name.endswith(" truncated") else f"{design.name} truncated"
     new.meta = {k: v for k, v in design.meta.items() if k != "bond"}
@@ -175,7 +195,7 @@ def truncate(design: Design, weights: Any, max_bond: int | Mapping[str, int] | N
     ordered = tuple(steps.get(b, BondTruncation(b, design.dim(b), new.dim(b))) for b in bonds)
     return TruncationResult(new, out_w, float(err), float(tail), float(norm), design.params, new.params, ordered,
                             method, dict(caps) if isinstance(max_bond, Mapping) else max_bond, tol,
-                            time.perf_counter() - t0, notes)
+                            time.perf_counter() - t0, tuple(notes), error)
 
 
 def _keep(s: np.ndarray, cap: int | None, budget: float | None) -> int:
@@ -238,16 +258,16 @@ def _take(tn, bond: str, keep: np.ndarray) -> None:
 
 def _truncate_loops(design: Design, cores: Mapping[str, np.ndarray], topo: Topology, caps: dict[str, int],
                     tol: float | None, targets: set[str]):
-    from engine.analysis.spectra import _norm, cp_weights, simple_gauges
+    from engine.analysis.spectra import GAUGE_ITERATIONS, cp_weights, gauge_note, simple_gauges
 
-    norm = _norm(design, cores)
+    norm = frobenius_norm(design, cores)
     budget = None if tol is None else tol * norm / math.sqrt(max(len(targets), 1))
     steps: dict[str, BondTruncation] = {}
     regular = [b for b in topo.bonds if b not in topo.hyperedges]
-    note = "simple-update gauge (quimb gauge_all_simple)"
+    notes = []
     if regular:
         tn, gauges, info = simple_gauges(design, cores)
-        note += f", {info.get('iterations', '?')} iterations"
+        notes.append(gauge_note(info, GAUGE_ITERATIONS))
     else:
         tn, gauges = to_quimb(design, cores), {}
     for b in regular:
@@ -276,8 +296,57 @@ def _truncate_loops(design: Design, cores: Mapping[str, np.ndarray], topo: Topol
         steps[b] = BondTruncation(b, design.dim(b), k, tuple(float(x) for x in w[order][k:]))
     new, new_cores = from_quimb(design, tn)
     if topo.hyperedges:
-        note += "; hyperedges: heaviest CP components kept"
-    return new, new_cores, steps, norm, note
+        notes.append("hyperedges: the heaviest CP components kept (weight: product of slice norms)")
+    return new, new_cores, steps, norm, "; ".join(notes)
+
+
+def _truncate_nonlinear(design: Design, cores: Mapping[str, np.ndarray], caps: dict[str, int], tol: float | None,
+                        targets: set[str]):
+    """Nonlinear trees (module docstring): with ``tol``, bisect the per-bond relative fragment budget ``t`` (as for
+    linear designs, spread as ``t / sqrt(m)`` over the m bonds) for the largest that keeps the measured error of W
+    within ``tol``; the passes are cheap next to training (one bottom-up pass and one W each)."""
+    from engine.analysis.nonlinear import fragment_truncation, relative_w_error
+
+    m = math.sqrt(max(len(targets), 1))
+
+    def attempt(t: float | None):
+        new, new_cores, steps = fragment_truncation(design, cores, caps, None if t is None else t / m, targets)
+        err, norm, how = relative_w_error(design, cores, new, new_cores)
+        return new, new_cores, steps, norm, err, how
+
+    if tol is None:
+        new, new_cores, steps, norm, err, how = attempt(None)
+        return new, new_cores, steps, norm, err, how, [f"relative error of W {how} (W and W' formed in float64)"
+                                                        if how == "measured" else _ESTIMATED]
+    best = attempt(0.0)  # only lossless trims (and the caps): the fallback when nothing else fits
+    tries = 1
+    if best[4] <= tol:
+        lo, hi = 0.0, 1.0  # the budget t: relative residual per fragment (t = 1 drops almost everything)
+        top = attempt(hi)
+        tries += 1
+        if top[4] <= tol:
+            best = top
+        else:
+            for _ in range(12):
+                mid = math.sqrt(lo * hi) if lo > 0 else hi / 64
+                cand = attempt(mid)
+                tries += 1
+                if cand[4] <= tol:
+                    lo = mid
+                    if cand[0].params <= best[0].params:
+                        best = cand
+                else:
+                    hi = mid
+                if hi / max(lo, 1e-12) < 1.15:
+                    break
+    new, new_cores, steps, norm, err, how = best
+    note = (f"nonlinear tree: rows of each activated fragment kept (interpolative decomposition); the per-bond "
+            f"budget searched over {tries} passes for the smallest layer whose {how} relative error of W is within "
+            f"tol" + ("" if err <= tol else " (none fits: only lossless trims and caps applied)"))
+    return new, new_cores, steps, norm, err, how, [note] + ([_ESTIMATED] if how == "estimated" else [])
+
+
+_ESTIMATED = "relative error of W estimated from Gaussian probes streamed through both layers (W too large to form)"
 
 
 def _fix_deltas(design: Design, cores: Mapping[str, np.ndarray]) -> Design:

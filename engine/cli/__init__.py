@@ -3,19 +3,22 @@
 Each command lives in a module of this package with a ``register(subparsers)`` function that adds its parser and
 sets ``handler``; :func:`build_parser` calls them in :data:`COMMAND_MODULES` order. Other packages add commands
 through the ``tnstudio.commands`` entry-point group (the studio adds ``serve`` that way, so the engine never
-imports the UI). Errors users can cause print one line and exit with status 2.
+imports the UI). Errors users can cause print one line and exit with status 2: :class:`UserError`, a damaged or
+foreign run store (:class:`engine.train.store.StoreError`), and stdout closed early (``tnstudio cost F | head``).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib.metadata import entry_points
 
 from engine.cli.common import UserError
+from engine.train.store import StoreError
 
 COMMAND_MODULES = ("engine.cli.design", "engine.cli.train", "engine.cli.runs", "engine.cli.export",
-                   "engine.cli.analysis")
+                   "engine.cli.analysis", "engine.cli.search", "engine.cli.network")
 ENTRY_POINT_GROUP = "tnstudio.commands"
 
 
@@ -39,12 +42,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return handler(args)
-    except UserError as e:
+        rc = handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return rc
+    except (UserError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        _discard_stdout()
+        print("error: the output was closed before it was all written (broken pipe)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of a closed pipe raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced (tests) or already gone
+        pass
 
 
 __all__ = ["UserError", "build_parser", "main"]

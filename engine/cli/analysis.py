@@ -6,6 +6,7 @@ Examples::
     tnstudio spectra layer.json --weights layer.pt --json
     tnstudio truncate --run 3f2a --max-bond 4 -o small.json     # writes small.json and small.pt
     tnstudio truncate layer.json --weights layer.pt --tol 0.05 -o small.json
+    tnstudio truncate --run 3f2a --tol 0.3 -o small.json --finetune 3   # then fine-tune as a child run of 3f2a
     tnstudio features --run 3f2a --dataset digits    # per bond: variance, class means, linear probe
 
 The design file may be left out with ``--run`` (the run's own design is used). Weights files are state dicts
@@ -80,7 +81,8 @@ def cmd_spectra(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dict(rep.to_dict(args.tol), source=source), indent=2))
         return 0
-    kind = "exact" if rep.exact else "approximate"
+    kind = ("nonlinear: the spectra of the fragments each tensor absorbs" if not rep.linear
+            else "exact" if rep.exact else "approximate")
     norm = f", ||W|| = {rep.norm:.4g}" if rep.norm is not None else ""
     print(f"bond spectra of {design.name!r} from {source}: {kind}{norm} ({rep.seconds * 1e3:.0f} ms)")
     for note in rep.notes:
@@ -122,6 +124,10 @@ def cmd_truncate(args: argparse.Namespace) -> int:
 
     if args.max_bond is None and args.tol is None:
         raise UserError("give --max-bond K (or BOND=K,...) or --tol T (a relative error budget for W)")
+    if args.finetune is not None and not args.run:
+        raise UserError("--finetune continues a training run: give the layer with --run ID")
+    if args.finetune is not None and args.finetune < 1:
+        raise UserError(f"--finetune needs a number of epochs >= 1, got {args.finetune}")
     out = Path(args.output)
     if out.suffix != ".json":
         raise UserError(f"-o must name a .json design file (the weights go beside it as .pt), got {args.output}")
@@ -133,11 +139,16 @@ def cmd_truncate(args: argparse.Namespace) -> int:
     weights_path = out.with_suffix(".pt")
     save_design(res.design, out)
     torch.save(res.state_dict(bias=state.get("bias")), weights_path)
+    child = _finetune(args, res) if args.finetune is not None else None
     if args.json:
-        print(json.dumps(dict(res.to_dict(), source=source, design_file=str(out), weights_file=str(weights_path)),
-                         indent=2))
-        return 0
+        report = dict(res.to_dict(), source=source, design_file=str(out), weights_file=str(weights_path))
+        if child is not None:
+            report["finetune"] = child
+        print(json.dumps(report, indent=2))
+        return 0 if child is None or child["status"] in ("completed", "stopped", "queued", "running") else 1
     how = ("exact; equals the discarded tail" if res.method == "canonical"
+           else "measured: W and W' formed; nonlinear tree, fragment rows kept" if res.error == "measured"
+           else "estimated from Gaussian probes; nonlinear tree, fragment rows kept" if res.method == "fragment"
            else f"exact; gauge estimate {res.discarded_tail:.4g}")
     print(f"truncated {design.name!r} from {source}: params {res.params_before:,} -> {res.params_after:,} "
           f"({res.params_before / max(res.params_after, 1):.2f}x fewer), relative error ||W - W'|| / ||W|| = "
@@ -147,7 +158,48 @@ def cmd_truncate(args: argparse.Namespace) -> int:
             print(f"  {b.bond}: {b.before} -> {b.after}")
     print(f"wrote {out}")
     print(f"wrote {weights_path} (the layer's state dict{', with its bias' if 'bias' in state else ''})")
+    if child is not None:
+        _print_finetune(child)
+        return 0 if child["status"] in ("completed", "stopped", "queued", "running") else 1
     return 0
+
+
+def _finetune(args: argparse.Namespace, res: Any) -> dict[str, Any]:
+    """Launch the fine-tuning child run; follow it unless ``--detach``. Returns what to report."""
+    import sys
+
+    from engine.analysis.finetune import finetune
+    from engine.analysis.runs import RunError, get_run
+    from engine.cli.train import follow
+
+    parent = get_run(args.run, args.runs_dir)
+    try:
+        child_id = finetune(parent["id"], res, args.finetune, args.runs_dir, lr=args.lr)
+    except (RunError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if args.detach:
+        run = get_run(child_id, args.runs_dir)
+    else:
+        run = follow(child_id, args.runs_dir, label=f"{child_id} (fine-tune)", out=sys.stderr)
+    before = (parent.get("results") or {}).get("test_accuracy")
+    after = (run.get("results") or {}).get("test_accuracy")
+    return {"run": run["id"], "parent": parent["id"], "status": run["status"], "reason": run.get("reason"),
+            "epochs": args.finetune, "parent_test_accuracy": before, "test_accuracy": after,
+            "params_before": res.params_before, "params_after": res.params_after}
+
+
+def _print_finetune(child: dict[str, Any]) -> None:
+    if child["status"] in ("queued", "running"):
+        print(f"fine-tuning as run {child['run']} (child of {child['parent']}): follow with tnstudio runs show "
+              f"{child['run']}")
+        return
+    if child["status"] != "completed":
+        print(f"fine-tune run {child['run']} {child['status']}: {child.get('reason') or ''}")
+        return
+    pct = (lambda v: "-" if v is None else f"{100 * v:.2f}%")
+    print(f"fine-tuned {child['epochs']} epochs as run {child['run']} (child of {child['parent']}): test accuracy "
+          f"{pct(child['test_accuracy'])} with {child['params_after']:,} core params, vs "
+          f"{pct(child['parent_test_accuracy'])} with {child['params_before']:,} before truncation")
 
 
 # --------------------------------------------------------------------- features
@@ -209,12 +261,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(handler=cmd_spectra)
 
-    t = sub.add_parser("truncate", help="shrink the bonds of a trained linear layer; writes the design and weights")
+    t = sub.add_parser("truncate", help="shrink the bonds of a trained layer; writes the design and weights "
+                                        "(--finetune: then fine-tune it as a child run)")
     _weights_args(t)
     t.add_argument("--max-bond", default=None, help="the most values a bond keeps: K, or BOND=K,BOND=K for some bonds")
     t.add_argument("--tol", type=float, default=None,
                    help="relative error budget ||W - W'|| / ||W||, spread over the bonds")
     t.add_argument("-o", "--output", required=True, help="the truncated design (.json); its weights go beside it (.pt)")
+    t.add_argument("--finetune", type=int, default=None, metavar="EPOCHS",
+                   help="then fine-tune the truncated layer for EPOCHS epochs as a child run of --run (the model's "
+                        "other layers from the run's checkpoint)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="fine-tuning peak learning rate (default: a third of the run's)")
+    t.add_argument("--detach", action="store_true", help="start the fine-tuning run and return at once")
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(handler=cmd_truncate)
 

@@ -2,6 +2,9 @@
 one clear message (exit status 2) instead of a traceback."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from engine.design.factorize import parse_factors
 from engine.design.model import Design, DesignError, load_design
 
@@ -17,7 +20,14 @@ def read_design(path: str) -> Design:
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     except DesignError as e:
-        raise UserError(f"{path}: invalid design:\n" + "\n".join(f"  - {p}" for p in e.problems)) from None
+        raise UserError(design_problems(path, e.problems)) from None
+
+
+def design_problems(path: str, problems: list[str]) -> str:
+    """The message for an invalid design: one line for one problem, else a line per problem."""
+    if len(problems) == 1:
+        return f"{path}: invalid design: {problems[0]}"
+    return f"{path}: invalid design ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
 
 
 def read_factors(text: str | None) -> list[int] | None:
@@ -26,3 +36,18 @@ def read_factors(text: str | None) -> list[int] | None:
         return parse_factors(text)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def output_file(text: str) -> Path:
+    """``-o`` as a file path: an existing folder, or a path ending in a separator, is a :class:`UserError`
+    (missing parent folders are created when the file is written)."""
+    p = Path(text)
+    if text.endswith(("/", os.sep)) or p.is_dir():
+        raise UserError(f"-o {text}: is a folder; give a file name inside it (e.g. {p / 'layer.py'})")
+    return p
+
+
+def cannot_write(path: str | os.PathLike, e: OSError) -> UserError:
+    """The :class:`UserError` for an output that could not be written (permissions, a file where a folder is
+    needed, a full disk)."""
+    return UserError(f"cannot write {os.fspath(path)}: {e.strerror or e}")

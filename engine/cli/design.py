@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from engine.cli.common import UserError, read_design, read_factors
+from engine.cli.common import UserError, cannot_write, output_file, read_design, read_factors
 from engine.design.model import save_design
 
 
@@ -20,7 +20,11 @@ def cmd_template(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.output:
-        save_design(d, args.output)
+        out = output_file(args.output)
+        try:
+            save_design(d, out)
+        except OSError as e:
+            raise cannot_write(out, e) from None
         print(f"wrote {args.output}: {d.name}, {len(d.tensors)} tensors, {d.params:,} params "
               f"({d.compression:,.1f}x compression)")
     else:
@@ -79,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--search", default="fast", choices=SEARCHES,
                    help="path search effort (thorough adds cotengra's hyper-optimiser)")
     c.add_argument("--budget", type=float, default=2.0,
-                   help="seconds per network for cotengra with --search thorough (default 2)")
+                   help="seconds per network for cotengra with --search thorough, above 0 and at most 3600 "
+                        "(default 2)")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(handler=cmd_cost)

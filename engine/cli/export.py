@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import UserError, read_design
+from engine.cli.common import UserError, cannot_write, output_file, read_design
 from engine.nn.export import FORMATS, export_source, layer_state_dict, write_export
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,12 @@ def run_weights(run_id: str, runs_dir: str | None = None) -> tuple[dict[str, Any
 
 def cmd_export(args: argparse.Namespace) -> int:
     from engine.design.model import Design, DesignError
+    from engine.network.format import is_network_file
+
+    if (args.file and is_network_file(args.file)) or (args.run and not args.file and _network_run(args)):
+        from engine.cli.network import export_network_cli  # a whole network: one torch-only module file
+
+        return export_network_cli(args)
 
     if args.run and args.weights:
         raise UserError("give either --run or --weights, not both")
@@ -86,21 +92,35 @@ def cmd_export(args: argparse.Namespace) -> int:
             weights = layer_state_dict(state, design, args.layer)
         except ValueError as e:
             raise UserError(str(e)) from None
+    out = output_file(args.output) if args.output else None
     try:
-        if args.output:
-            written = write_export(design, args.to, args.output, weights, batch=args.batch, source=source)
+        if out is not None:
+            written = write_export(design, args.to, out, weights, batch=args.batch, source=source)
             for p in written:
                 print(f"wrote {p}")
         else:
             print(export_source(design, args.to, batch=args.batch), end="")
-    except ValueError as e:
+    except ValueError as e:  # DesignError, a batch out of range, a design too large to initialise (ResourceError)
         raise UserError(str(e)) from None
+    except OSError as e:
+        raise cannot_write(getattr(e, "filename", None) or out, e) from None
     return 0
+
+
+def _network_run(args: argparse.Namespace) -> bool:
+    from engine.train.store import RunNotFound, RunStore
+
+    try:
+        return (RunStore(args.runs_dir).get_run(args.run, with_design=False).get("config") or {}).get(
+            "network") is not None
+    except RunNotFound:
+        return False
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("export", help="export a design as a torch module, design JSON or engine snippet")
-    e.add_argument("file", nargs="?", default=None, help="design JSON file (default with --run: the run's design)")
+    e.add_argument("file", nargs="?", default=None, help="design JSON file (default with --run: the run's design), "
+                   "or a network file: the whole network as one torch-only module (--to torch)")
     e.add_argument("--to", default="torch", choices=FORMATS,
                    help="torch: standalone nn.Module (torch only); json: the design; snippet: code using engine")
     e.add_argument("-o", "--output", default=None, help="output file (default: print)")

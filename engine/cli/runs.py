@@ -1,4 +1,5 @@
-"""``tnstudio runs list|show ID|stop ID|resume ID|metrics ID|delete ID [--json]``: inspect and control runs."""
+"""``tnstudio runs list|show ID|stop ID|resume ID|metrics ID|delete ID|repair [--json]``: inspect and control runs,
+and rebuild the run store's index from the run folders (``repair``)."""
 from __future__ import annotations
 
 import argparse
@@ -103,7 +104,7 @@ def cmd_runs_metrics(args: argparse.Namespace) -> int:
     print(f"{'step':>6}  {'epoch':>6}  {'split':<5}  {'loss':>9}  {'accuracy':>8}  {'lr':>9}  {'ex/s':>8}  "
           f"{'elapsed':>7}")
     for m in rows:
-        print(f"{m['step']:>6}  {m['epoch']:>6.2f}  {m['split']:<5}  {_num(m['loss'], '9.4f')}  "
+        print(f"{m['step']:>6}  {_num(m['epoch'], '6.2f'):>6}  {m['split']:<5}  {_num(m['loss'], '9.4f')}  "
               f"{_pct(m['accuracy']):>8}  {_num(m['lr'], '9.2e')}  {_num(m['throughput'], '8.0f')}  "
               f"{_num(m['elapsed'], '7.1f')}")
     return 0
@@ -120,13 +121,34 @@ def cmd_runs_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs_repair(args: argparse.Namespace) -> int:
+    from engine.train.store import repair_store
+
+    rep = repair_store(args.runs_dir)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    if rep["moved"]:
+        print(f"moved the damaged index aside ({rep['reason']}): {rep['moved']}")
+    print(f"{rep['path']}: {rep['runs']} run{'s' if rep['runs'] != 1 else ''} listed")
+    for key, words in (("restored", "restored from their folders"), ("resynced", "metric rows restored"),
+                       ("recorded", "folder records written (runs made before them)")):
+        if rep[key]:
+            print(f"  {words}: {', '.join(rep[key])}")
+    if rep["skipped"]:
+        print(f"  folders without a run record (left as they are): {', '.join(rep['skipped'])}")
+    if not (rep["moved"] or rep["restored"] or rep["resynced"] or rep["recorded"]):
+        print("  the index was whole: nothing to do")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     return RUNS_ACTIONS[args.action](args)
 
 
 RUNS_ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_runs_list, "show": cmd_runs_show, "stop": cmd_runs_stop, "resume": cmd_runs_resume,
-    "metrics": cmd_runs_metrics, "delete": cmd_runs_delete,
+    "metrics": cmd_runs_metrics, "delete": cmd_runs_delete, "repair": cmd_runs_repair,
 }
 
 
@@ -142,11 +164,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     res = acts.add_parser("resume", help="continue a stopped or failed run from its checkpoint")
     res.add_argument("--detach", action="store_true")
     met = acts.add_parser("metrics", help="the metric rows of a run")
-    met.add_argument("--split", default=None, choices=["train", "test"])
+    met.add_argument("--split", default=None, choices=["train", "test", "val"])
     met.add_argument("--since", type=int, default=None, help="only rows after this step")
     dele = acts.add_parser("delete", help="remove a run and its files")
-    for a in (lst, show, stop, res, met, dele):
-        if a is not lst:
+    rep = acts.add_parser("repair", help="rebuild the run index (runs.db) from the run folders: a damaged one is "
+                          "moved aside, never deleted")
+    for a in (lst, show, stop, res, met, dele, rep):
+        if a not in (lst, rep):
             a.add_argument("id", help="run id (a unique prefix is enough)")
         a.add_argument("--json", action="store_true", help="print JSON")
         a.add_argument("--runs-dir", default=argparse.SUPPRESS, help="runs folder")

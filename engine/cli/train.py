@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 
 def _store(args: argparse.Namespace):
+    """The run store of ``--runs-dir`` (a damaged one raises StoreError: one line, exit 2)."""
     from engine.train.store import RunStore
 
     return RunStore(args.runs_dir)
@@ -73,8 +74,8 @@ def follow(run_id: str, runs_dir: str | None, label: str = "", poll: float = 0.2
                     last_train = row
                 else:
                     acc = f"  accuracy {_pct(row['accuracy'])}" if row["accuracy"] is not None else ""
-                    bar.write(f"{label or run_id}  epoch {row['epoch']:.2f}  step {row['step']}  "
-                              f"test loss {row['loss']:.4f}{acc}", file=out)
+                    bar.write(f"{label or run_id}  epoch {_num(row['epoch'], '.2f')}  step {row['step']}  "
+                              f"{row['split']} loss {_num(row['loss'], '.4f')}{acc}", file=out)
                     out.flush()
             if last_train is not None:
                 post = {"loss": f"{last_train['loss']:.4f}"}
@@ -155,12 +156,53 @@ def finish_line(run: dict[str, Any]) -> str:
     return f"run {run['id']} {run['status']}: {run.get('reason') or ''}"
 
 
+def dry_run(config: RunConfig, design: Design | None, baseline: bool, as_json: bool) -> int:
+    """Every check a launch makes (config, device, data files, fit, memory), then a summary; records nothing."""
+    from engine.format import nbytes
+    from engine.train.launcher import check_launch
+
+    checked = []
+    for cfg in [config] + ([replace(config, baseline=True)] if baseline else []):
+        try:
+            checked.append(check_launch(cfg, design)[2])
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if as_json:
+        print(json.dumps({"ok": True, "memory": checked}))
+        return 0
+    what = f"design {design.name!r}" if design is not None else "a dense model"
+    for cfg, need in zip([config, replace(config, baseline=True)], checked):
+        label = "dense baseline" if cfg.baseline else what
+        print(f"ok: {label} on {cfg.dataset} ({cfg.model}), batch {cfg.batch_size}, device {cfg.device}: about "
+              f"{nbytes(need['total'])} per process by the cost model"
+              + (f", {nbytes(need['init'])} to initialise" if need["init"] else ""))
+    print("dry run: nothing was recorded or started")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    design = read_design(args.design) if args.design else None
-    if args.baseline and design is None:
-        raise UserError("--baseline compares a design with nn.Linear: give a design file")
-    config = _config(args)
-    tn_id = _launch(config, design, args, name=args.name)
+    from engine.network.format import is_network_file
+    from engine.train.loop import torchrun_env
+
+    name = args.name
+    if args.design and is_network_file(args.design):  # a whole network (engine.cli.network)
+        from engine.cli.network import read_network, run_config
+
+        spec = read_network(args.design)
+        design, config = None, run_config(args, spec)
+        name = name or f"{spec.name} on {config.dataset}"
+    else:
+        design = read_design(args.design) if args.design else None
+        if args.baseline and design is None:
+            raise UserError("--baseline compares a design with nn.Linear: give a design file")
+        config = _config(args)
+    if args.dry_run:
+        return dry_run(config, design, args.baseline, args.json)
+    if torchrun_env() is not None:  # started by torchrun: train here, as this process's rank
+        from engine.cli.network import torchrun_train
+
+        return torchrun_train(config, design, args, name)
+    tn_id = _launch(config, design, args, name=name)
     baseline = replace(config, baseline=True)
     if args.detach:
         ids = [tn_id]
@@ -222,7 +264,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     files = "/".join(s.name for s in dataset_specs() if s.needs_files)
     t = sub.add_parser("train", help="train a model whose layer is a design (runs in its own process)",
                        epilog=_registry_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("design", nargs="?", default=None, help="design JSON file (omit for an all-dense model)")
+    t.add_argument("design", nargs="?", default=None, help="design JSON file (omit for an all-dense model), or a "
+                   "network file (tnstudio network): the whole network is trained")
     t.add_argument("--dataset", default=d.dataset, type=_canonical_dataset, choices=dataset_names(), metavar="NAME",
                    help=f"one of {', '.join(dataset_names())} (default {d.dataset}; listed below)")
     t.add_argument("--data-dir", default=d.data_dir, help=f"folder with the {files} files in torchvision's layout "
@@ -244,6 +287,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (default: each epoch)")
     t.add_argument("--baseline", action="store_true", help="also train the dense baseline and compare")
     t.add_argument("--detach", action="store_true", help="start the run(s) and return at once")
+    t.add_argument("--dry-run", action="store_true", help="make every check a launch makes (config, device, data, "
+                   "fit, memory by the cost model), print the estimate and record nothing")
     t.add_argument("--name", default=None, help="run name")
     t.add_argument("--runs-dir", default=None, help="runs folder (default: $TNSTUDIO_HOME/runs)")
     t.add_argument("--json", action="store_true", help="print the final run record(s) as JSON")

@@ -3,8 +3,9 @@
 - compiled programs by (design fingerprint, batch, schedule, search effort), and the fingerprints of designs that
   passed :meth:`Design.check`;
 - the best paths found per network *structure* (index names, not dimensions): a bond change re-scores them in
-  microseconds, so what a slow search once found (e.g. a background "thorough" refinement) serves every later live
-  report.
+  microseconds, so what a slow search once found (e.g. a background "thorough" refinement) seeds every later
+  thorough search. The live (``fast``) search never reads them: its programs are a pure function of the design,
+  batch and schedule, whatever ran before in the process.
 
 Reads take no lock (single dict operations under the GIL); writes and evictions do, since compiles may run in a
 background thread (the studio's refinement).
@@ -28,6 +29,7 @@ class ContractCache:
         self.max_structures = max_structures
         self.paths_per_structure = paths_per_structure
         self._programs: dict[Hashable, Program] = {}
+        self.thorough_stored = 0  # how many thorough programs were stored: holders of fast programs re-ask on change
         self._valid: set[str] = set()
         self._paths: dict[Hashable, list[ContractionPath]] = {}
         self._lock = threading.Lock()
@@ -43,6 +45,8 @@ class ContractCache:
             if len(self._programs) >= self.max_programs:
                 self._programs.pop(next(iter(self._programs)))
             self._programs[key] = prog
+            if isinstance(key, tuple) and key and key[-1] == "thorough":
+                self.thorough_stored += 1
 
     def is_valid(self, fingerprint: str) -> bool:
         """Whether a design with this fingerprint passed validation before."""

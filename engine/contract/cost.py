@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.contract.flops import backward_flops, flop_indices
 from engine.contract.memory import ADAM_STATE, dtype_bytes, memory
-from engine.contract.program import Program, StepRow, compile_program
+from engine.contract.program import Program, StepRow, compile_program, pick_program
 from engine.contract.schedule import SCHEDULES, can_stream, check_schedule
 from engine.design.model import Design
 from engine.format import nbytes, si
@@ -141,8 +141,9 @@ def scaling(prog: Program, design: Design) -> Scaling:
         return Scaling("O(1)", 0, "0", ())
     p = max(terms)
     chi = "chi" if p == 1 else f"chi^{p}"
+    coef = si(terms[p]) if terms[p] >= 1e15 else f"{terms[p]:.3g}"  # si: no float overflow on huge counts
     return Scaling(formula=f"O({chi})" if p else "O(1)", exponent=p,
-                   leading=f"{terms[p]:.3g} * {chi}" if p else f"{terms[p]:.3g}",
+                   leading=f"{coef} * {chi}" if p else coef,
                    terms=tuple((int(c), int(e)) for e, c in sorted(terms.items(), reverse=True)))
 
 
@@ -160,8 +161,9 @@ def _schedule_cost(design: Design, batch: int, sched: Schedule, itemsize: int, s
 
 def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedule: ScheduleChoice = "auto",
                 search: Search = "fast", time_budget: float = 2.0) -> CostReport:
-    """Every number the studio and ``tnstudio cost`` show, for ``schedule`` (``auto``: the fewer FLOPs, then the
-    lower peak memory).
+    """Every number the studio and ``tnstudio cost`` show, for ``schedule`` (``auto``: the program the engine
+    runs, picked by :func:`~engine.contract.program.program_rank`: fewer FLOPs, then a smaller largest
+    intermediate, then materialise).
 
     ``search="thorough"`` adds cotengra's hyper-optimiser for ``time_budget`` seconds per network (cached, so a
     background refinement pays it once per design).
@@ -174,8 +176,7 @@ def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedul
     per = {s: _schedule_cost(design, batch, s, itemsize, search, time_budget, params) for s in SCHEDULES
            if s == "materialise" or can_stream(design)}  # schedule -> (program, cost)
     costs = {s: c for s, (_, c) in per.items()}
-    chosen = schedule if schedule != "auto" else min(costs, key=lambda s: (costs[s].forward_flops,
-                                                                           costs[s].peak_memory_bytes))
+    chosen = schedule if schedule != "auto" else pick_program([p for p, _ in per.values()]).schedule
     prog, c = per[chosen]
     sc = scaling(prog, design)
     return CostReport(
@@ -206,3 +207,13 @@ def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedul
         scaling_detail=sc,
         path=prog.describe(),
     )
+
+
+def init_memory_bytes(design: Design) -> int:
+    """Bytes initialising ``design``'s cores needs (:func:`engine.nn.init.init_cores`, float32 on the CPU): the
+    cores, and for a nonlinear design the calibration, which generates W under autograd (the materialise program
+    at batch 1, replayed as training)."""
+    if design.is_linear:
+        return 2 * 4 * design.params  # the cores, and one copy while they move to the target device and dtype
+    prog = compile_program(design, 1, "materialise")
+    return int(memory(prog, 4, design.params, training=True).train_bytes or 0)

@@ -158,8 +158,10 @@ def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Map
         warnings.simplefilter("ignore")
         import cotengra as ctg
 
+        # optlib pinned to cotengra's own dependency-free Nelder-Mead subplex: its default becomes "optuna" once
+        # optuna is installed (the design search needs it), and cotengra's optuna adapter fails on optuna 5
         opt = ctg.HyperOptimizer(max_time=time_budget, max_repeats=1_000_000, minimize="flops", progbar=False,
-                                 parallel=False, seed=seed)
+                                 parallel=False, seed=seed, optlib="sbplx")
     inputs = [tuple(ix) for _, ix in operands]
     size_dict = {k: dims[k] for _, ix in operands for k in ix}
     tree = opt.search(inputs, tuple(out_idx), size_dict)
@@ -200,16 +202,21 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
                 search: Search = "fast", time_budget: float = 2.0,
                 hints: Mapping[str, ContractionPath] | None = None,
                 refine_hints: Sequence[str] = ()) -> tuple[ContractionPath, str]:
-    """The cheapest pairwise path (FLOPs, then largest intermediate) among several optimisers, and its origin.
+    """The cheapest pairwise path among several optimisers, and its origin.
 
-    ``fast`` (the live default) scores the given order, the structural ``hints`` (e.g. the tree order), the exact
-    optimum for small networks (opt_einsum's optimal/dp up to 7 tensors), opt_einsum's greedy (up to 24) and
-    cotengra's greedy, a fixed number of seeded randomised greedy trials (fewer on larger networks), and the best
-    paths remembered for the same network structure at other bond dimensions; the best of these is then re-optimised
-    locally (:func:`refine_path`, from 5 tensors), and so are the hints named in ``refine_hints`` (a structural
-    order can be a poor path yet refine to the best one, e.g. the MERA sweep for W). ``thorough`` adds cotengra's
-    hyper-optimiser under ``time_budget`` seconds. Every candidate is scored by :func:`path_cost`, the program's own
-    count, and the search is deterministic (fixed seeds, no time limits) except for ``thorough``.
+    Candidates compete in one total order: FLOPs, then the largest intermediate, then the path itself (its pairs
+    compared as tuples), so the winner does not depend on the order candidates were proposed in. ``fast`` (the
+    live default) scores the given order, the structural ``hints`` (e.g. the tree order), the exact optimum for
+    small networks (opt_einsum's optimal/dp up to 7 tensors), opt_einsum's greedy (up to 24) and cotengra's greedy
+    with a fixed number of seeded randomised trials (fewer on larger networks); the best of these is then always
+    re-optimised locally (:func:`refine_path`, from 5 tensors), and so are the hints named in ``refine_hints`` (a
+    structural order can be a poor path yet refine to the best one, e.g. the MERA sweep for W). Every candidate is
+    scored by :func:`path_cost`, the program's own count, and nothing remembered from earlier searches takes part:
+    a ``fast`` result is a pure function of the network (fixed seeds, no time limits).
+
+    ``thorough`` runs the whole fast search, then also scores the best paths remembered for the same network
+    structure (index names) at other bond dimensions and cotengra's hyper-optimiser under ``time_budget`` seconds:
+    never worse than ``fast``, but time dependent.
     """
     n = len(operands)
     if n <= 1:
@@ -218,23 +225,20 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
         return [(0, 1)], "pair"
     sets = [ix for _, ix in operands]
     keep = frozenset(out_idx)
-    best: tuple[tuple[int, int], ContractionPath, str] | None = None
+    best: tuple[tuple[int, int, tuple[tuple[int, ...], ...]], ContractionPath, str] | None = None
 
     def consider(name: str, path: Sequence[Sequence[int]]) -> None:
         nonlocal best
         path = [tuple(p) for p in path]
         if len(path) != n - 1 or any(len(p) != 2 for p in path):
             return  # not a complete pairwise path
-        score = path_cost(sets, path, keep, dims)
-        if best is None or score < best[0]:
-            best = (score, path, name)
+        rank = path_cost(sets, path, keep, dims) + (tuple(path),)
+        if best is None or rank < best[0]:
+            best = (rank, path, name)
 
     consider("sequential", sequential_path(n))
     for name, path in (hints or {}).items():
         consider(name, path)
-    structure = (tuple(tuple(ix) for ix in sets), tuple(out_idx))
-    for path in CACHE.paths(structure):  # the best paths found before for this structure (other bond dimensions)
-        consider("remembered", path)
     eq = _equation(operands, out_idx)
     shapes = [tuple(dims[i] for i in ix) for ix in sets]
     methods = (["optimal"] if n <= 4 else ["dp"] if n <= 7 else []) + (["greedy"] if n <= 24 else [])
@@ -248,20 +252,22 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
         consider(m, path)
     for name, path in _greedy_paths(sets, out_idx, dims):
         consider(name, path)
-    if n >= REFINE_MIN_TENSORS and best[2] != "remembered":  # local re-optimisation of the best tree so far (a
-        # remembered winner was refined when found: a bond change, e.g. the studio's sweep, skips this cost)
+    if n >= REFINE_MIN_TENSORS:  # local re-optimisation of the best tree so far, always (a pure function)
         starts = [best[1]] + [hints[h] for h in refine_hints if hints and h in hints]
         for start in starts:
             for path in refine_path(sets, out_idx, dims, start):
                 consider("reconfigured", path)
+    structure = (tuple(tuple(ix) for ix in sets), tuple(out_idx))
     if search == "thorough" and n > 3:
+        for path in CACHE.paths(structure):  # the best paths found before for this structure (other bond dims)
+            consider("remembered", path)
         try:
             consider("cotengra", cotengra_path(operands, out_idx, dims, time_budget))
         except Exception as e:  # noqa: BLE001 - cotengra's failure modes are not documented; the fast search's
             # path stays valid, so warn (the user asked for more) and keep it
             log.warning("cotengra's hyper-optimiser failed on a %d-tensor network, keeping the fast path: %r", n, e)
     assert best is not None
-    CACHE.remember_path(structure, best[1])
+    CACHE.remember_path(structure, best[1])  # seeds later thorough searches only
     return best[1], best[2]
 
 
@@ -278,8 +284,12 @@ def _greedy_paths(sets: Sequence[Sequence[str]], out_idx: Sequence[str],
     trials = 1 if n <= 7 else max(1, min(len(GREEDY_TRIALS), GREEDY_WORK // n))
     out = []
     for seed, (costmod, temp) in enumerate(GREEDY_TRIALS[:trials]):
-        cp = ContractionProcessor(inputs, tuple(out_idx), size_dict)
-        cp.optimize_greedy(costmod=costmod, temperature=temp, seed=seed)
-        cp.optimize_remaining_by_size()  # pieces the greedy left apart (e.g. a hyperedge on many tensors)
+        try:
+            cp = ContractionProcessor(inputs, tuple(out_idx), size_dict)
+            cp.optimize_greedy(costmod=costmod, temperature=temp, seed=seed)
+            cp.optimize_remaining_by_size()  # pieces the greedy left apart (e.g. a hyperedge on many tensors)
+        except (OverflowError, ValueError) as e:  # sizes beyond a float (cotengra scores in floats): the other
+            log.debug("cotengra's greedy failed on a %d-tensor network: %r", n, e)  # candidates still stand
+            continue
         out.append(("random-greedy" if temp else "greedy", ssa_to_linear(cp.ssa_path, n)))
     return out

@@ -25,12 +25,14 @@ from typing import Any, Callable, Literal, NamedTuple, Sequence
 from engine.contract.cache import CACHE
 from engine.contract.flops import einsum_flops
 from engine.contract.paths import SEARCHES, search_path, structure_hints
-from engine.contract.schedule import can_stream, check_schedule, last_activation
-from engine.design.model import Design, DesignError
+from engine.contract.schedule import SCHEDULES, can_stream, check_schedule, last_activation
+from engine.design.model import MAX_DIM, RESERVED_INDEX_NAMES, Design, DesignError
 from engine.types import ContractionPath, IndexName, Indices, Operand, Phase, Schedule, ScheduleChoice, Search, TensorId
 
 LETTERS = string.ascii_letters  # torch.einsum accepts a-z and A-Z
 BATCH, FLAT_IN, FLAT_OUT = "_b", "_in", "_out"
+assert {BATCH, FLAT_IN, FLAT_OUT} == set(RESERVED_INDEX_NAMES), "validation must reserve the program's index names"
+MAX_TIME_BUDGET = 3600.0  # seconds of cotengra per network, at most
 StepOp = Literal["einsum", "reshape"]
 
 
@@ -303,25 +305,62 @@ def _generate(b: _StepBuilder, design: Design, search: Search, time_budget: floa
     return final, "evaluation order" + (f", then {method}" if len(ops) > 2 else "")
 
 
+def program_rank(prog: Program) -> tuple[int, int, int]:
+    """The one order in which programs of a design compete, used by the engine (``schedule="auto"``), the cost
+    report and the exported module alike: fewer FLOPs, then a smaller largest intermediate (elements), then
+    ``materialise`` before ``stream``."""
+    return prog.flops, prog.largest_intermediate, SCHEDULES.index(prog.schedule)
+
+
+def pick_program(programs: Sequence[Program]) -> Program:
+    """The best of ``programs`` by :func:`program_rank`."""
+    return min(programs, key=program_rank)
+
+
+def check_batch(batch: Any) -> int:
+    """``batch`` if it is an integer from 1 to 2^31 - 1, else ``ValueError``."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_DIM:
+        raise ValueError(f"batch must be an integer from 1 to {MAX_DIM}, got {batch!r}")
+    return batch
+
+
+def check_time_budget(seconds: Any) -> float:
+    """``seconds`` as a float if it is a finite number in (0, 3600], else ``ValueError``."""
+    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds)
+    if not ok or not 0 < seconds <= MAX_TIME_BUDGET:
+        raise ValueError(f"the search budget must be a number of seconds above 0 and at most {MAX_TIME_BUDGET:g}, "
+                         f"got {seconds!r}")
+    return float(seconds)
+
+
 def compile_program(design: Design, batch: int = 1, schedule: ScheduleChoice = "auto", search: Search = "fast",
                     time_budget: float = 2.0) -> Program:
-    """Compile ``design`` for a batch of ``batch`` rows under ``schedule`` (``auto`` picks the fewer FLOPs).
+    """Compile ``design`` for a batch of ``batch`` rows under ``schedule`` (``auto``: the best by
+    :func:`program_rank`).
 
-    Results are cached by design fingerprint, batch, schedule and search effort; a ``fast`` request is answered
-    with the ``thorough`` program when one was compiled (e.g. by a background refinement), and every search starts
-    from the best paths found for the same network at other bond dimensions. Compiling allocates no tensor, so
-    designs whose W would not fit in memory are costed as quickly as small ones.
+    A ``fast`` program is a pure function of (design, batch, schedule): no process history (earlier batches, other
+    designs, remembered paths) changes it, so ``tnstudio cost``, a fresh ``TNLinear`` and the exporter agree in any
+    process. Results are cached by design fingerprint, batch, schedule and search effort. The one exception is
+    documented: once a ``thorough`` program was compiled in this process (the studio's background refinement), a
+    ``fast`` request is answered with it; it is never worse by :func:`program_rank`, since the thorough search
+    scores every fast candidate too. Compiling allocates no tensor, so designs whose W would not fit in memory are
+    costed as quickly as small ones.
     """
     check_schedule(None, schedule)
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+    check_batch(batch)
     if search not in SEARCHES:
         raise ValueError(f"search must be fast or thorough, got {search!r}")
+    check_time_budget(time_budget)
     return _compile_cached(design, design.fingerprint(), batch, schedule, search, time_budget)
 
 
 def _compile_cached(design: Design, fp: str, batch: int, schedule: ScheduleChoice, search: Search,
                     time_budget: float) -> Program:
+    if schedule == "auto":  # picked afresh from the cached schedules, so a refinement of either one counts
+        cands = [_compile_cached(design, fp, batch, "materialise", search, time_budget)]
+        if can_stream(design):
+            cands.append(_compile_cached(design, fp, batch, "stream", search, time_budget))
+        return pick_program(cands)
     key = (fp, batch, schedule, search)
     refined = CACHE.program((fp, batch, schedule, "thorough"))
     if search == "fast" and refined is not None:  # a (background) refinement ran, maybe after this fast compile:
@@ -332,21 +371,15 @@ def _compile_cached(design: Design, fp: str, batch: int, schedule: ScheduleChoic
     if not CACHE.is_valid(fp):
         design.check()
         CACHE.mark_valid(fp)
-    if schedule == "auto":
-        cands = [_compile_cached(design, fp, batch, "materialise", search, time_budget)]
-        if can_stream(design):
-            cands.append(_compile_cached(design, fp, batch, "stream", search, time_budget))
-        prog = min(cands, key=lambda p: (p.flops, p.largest_intermediate))
-    else:
-        check_schedule(design, schedule)  # stream needs W linear after the last activation
-        prog = _compile(design, fp, batch, schedule, search, time_budget)
+    check_schedule(design, schedule)  # stream needs W linear after the last activation
+    prog = _compile(design, fp, batch, schedule, search, time_budget)
     CACHE.store_program(key, prog)
     return prog
 
 
 def _compile(design: Design, fp: str, batch: int, schedule: Schedule, search: Search, time_budget: float) -> Program:
     dims = {k: v.dim for k, v in design.indices.items()}
-    for reserved in (BATCH, FLAT_IN, FLAT_OUT):
+    for reserved in (BATCH, FLAT_IN, FLAT_OUT):  # validation refuses them; a design built without it too
         if reserved in dims:
             raise DesignError(f"index name {reserved!r} is reserved by TN Studio: rename it")
     dims.update({BATCH: batch, FLAT_IN: design.in_features, FLAT_OUT: design.out_features})

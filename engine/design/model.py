@@ -4,7 +4,7 @@ A design describes a dense weight ``W`` (``in_features x out_features``) as a ne
 
 File layout (``{"format": "tnstudio-design", "version": 1, ...}``)::
 
-    name      free text
+    name      free text (at most 256 characters)
     target    {"kind": "linear", "in_features": N, "out_features": M}
     indices   name -> {"dim": int, "role": "in"|"out"|"bond", "axis": int (open legs), "hyperedge": bool}
     tensors   [{"id", "indices": [...], "kind", "activation", "position": [x, y]}, ...]
@@ -22,6 +22,16 @@ tensor ``v`` merges ``v`` with every already-contracted fragment it shares an in
 activation elementwise to the merged fragment. For a tree, each subtree is therefore activated before its parent
 absorbs it. A design without activations is linear: any contraction order gives the same ``W``, so the cost model
 is free to choose the cheapest one.
+
+Names and limits (the JSON Schema states the same rules). Tensor ids and index names match :data:`NAME_RULE`,
+``[A-Za-z_][A-Za-z0-9_.-]{0,63}``: they become keys, buffer names and literals of generated code, so they can never
+carry quotes, spaces, newlines or backslashes; the index names in :data:`RESERVED_INDEX_NAMES` belong to
+contraction programs. Every dim is at most :data:`MAX_DIM` (2^31 - 1), every tensor of the network has at most
+:data:`MAX_ELEMENTS` (2^63 - 1, torch's int64 element count) entries, and ``in_features`` and ``out_features`` are
+at most :data:`MAX_FEATURES` (2^500) each, so W has fewer than 2^1000 entries and every count the cost model reports
+(an exact integer) also has a float value: huge layers such as a 2^64 x 2^64 MPO are still costed. At most
+:data:`MAX_TENSORS` tensors of at most :data:`MAX_TENSOR_INDICES` indices each (torch.einsum names at most 52), and
+design files of at most :data:`MAX_FILE_BYTES`. Anything else is refused with the reason, never half-accepted.
 """
 from __future__ import annotations
 
@@ -29,6 +39,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,48 @@ VERSION = 1
 ROLES = ("in", "out", "bond")
 KINDS = ("core", "isometry", "disentangler", "lateral", "delta")
 ACTIVATIONS = tuple(ACTIVATION_REGISTRY)  # the names designs may use (engine.design.activations defines them)
+
+NAME_RULE = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"  # tensor ids and index names (see the module docstring)
+NAME_RULE_WORDS = ("a letter or _, then letters, digits, _, . or -, at most 64 characters in all")
+_NAME = re.compile(NAME_RULE)
+RESERVED_INDEX_NAMES = {"_b": "the batch index", "_in": "the flat input features",
+                        "_out": "the flat output features"}  # index names contraction programs use
+MAX_DIM = 2 ** 31 - 1  # every dim
+MAX_ELEMENTS = 2 ** 63 - 1  # entries of any tensor of the network (torch counts elements in int64)
+MAX_FEATURES = 2 ** 500  # in_features, out_features: W has fewer than 2^1000 entries, a float can count them
+MAX_TENSORS = 1024
+MAX_TENSOR_INDICES = 52  # torch.einsum names at most 52 indices (a-z, A-Z)
+MAX_NAME_LENGTH = 256  # the design's name
+MAX_META_DEPTH = 32  # nesting of the free-form ``meta`` object
+MAX_FILE_BYTES = 16 * 2 ** 20  # a design file (the largest template with 1024 tensors is about 0.3 MiB)
+TOP_KEYS = ("format", "version", "name", "target", "indices", "tensors", "order", "root", "meta")
+TARGET_KEYS = ("kind", "in_features", "out_features")
+INDEX_KEYS = ("dim", "role", "axis", "hyperedge")
+TENSOR_KEYS = ("id", "indices", "kind", "activation", "position")
+
+
+def valid_name(name: Any) -> bool:
+    """Whether ``name`` may be a tensor id or an index name (:data:`NAME_RULE`)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
+def suggest_name(name: Any) -> str:
+    """A name that follows :data:`NAME_RULE`, close to ``name`` (every other character becomes ``_``)."""
+    text = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))[:64] or "_"
+    return text if re.match(r"[A-Za-z_]", text) else ("_" + text)[:64]
+
+
+def _shown(name: Any, limit: int = 40) -> str:
+    """``repr`` of a user-given value, shortened: safe to print on one line (no raw newlines or escapes)."""
+    if isinstance(name, int) and not isinstance(name, bool) and name.bit_length() > 64:
+        return f"{'-' if name < 0 else ''}2^{abs(name).bit_length() - 1} or more"  # repr could be 4300+ digits
+    try:
+        text = repr(name)
+    except (ValueError, RecursionError):
+        return f"a {type(name).__name__}"
+    if len(text) <= limit:
+        return text
+    return text[:limit - 4] + "..." + (text[-1] if text[-1] in "'\"" else "")
 
 
 class DesignError(ValueError):
@@ -127,12 +180,10 @@ class Design:
         return design
 
     @classmethod
-    def from_json(cls, text: str, validate: bool = True) -> "Design":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DesignError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        return cls.from_dict(data, validate=validate)
+    def from_json(cls, text: str | bytes, validate: bool = True) -> "Design":
+        """Parse design JSON (text, or UTF-8 bytes): strict JSON (no NaN or Infinity, no key given twice), at
+        most :data:`MAX_FILE_BYTES`; every problem raises :class:`DesignError`."""
+        return cls.from_dict(parse_json(text), validate=validate)
 
     def copy(self) -> "Design":
         return copy.deepcopy(self)
@@ -263,64 +314,158 @@ class Design:
 
 def _legs(indices: dict[str, Index], role: str) -> list[str]:
     legs = [k for k, v in indices.items() if v.role == role]
-    return sorted(legs, key=lambda k: (indices[k].axis if indices[k].axis is not None else 1 << 30, k))
+    return sorted(legs, key=lambda k: (indices[k].axis if _is_int(indices[k].axis) else 1 << 62, str(k)))
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _unknown(keys: Any, known: tuple[str, ...], where: str) -> list[str]:
+    extra = [k for k in keys if k not in known]
+    if not extra:
+        return []
+    return [f"{where}: unknown key{'s' if len(extra) > 1 else ''} {', '.join(_shown(k) for k in extra[:5])} "
+            f"(known: {', '.join(known)})"]
+
+
+def _depth(x: Any, limit: int) -> int:
+    """Nesting depth of plain JSON data, counted up to ``limit + 1`` (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(x, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def _parse(d: Any) -> Design:
-    """Parse the JSON structure, rejecting what cannot be represented at all."""
+    """Parse the JSON structure, rejecting what cannot be represented at all (wrong types, unknown keys, names
+    breaking :data:`NAME_RULE`, numbers out of range): every problem is listed at once."""
     if not isinstance(d, dict):
-        raise DesignError("a design must be a JSON object")
+        raise DesignError(f"a design must be a JSON object, got {type(d).__name__}")
     if d.get("format") != FORMAT:
-        raise DesignError(f"not a TN Studio design: 'format' must be {FORMAT!r}, got {d.get('format')!r}")
-    if d.get("version") != VERSION:
-        raise DesignError(f"unknown design format version {d.get('version')!r}: this TN Studio reads version "
+        raise DesignError(f"not a TN Studio design: 'format' must be {FORMAT!r}, got {_shown(d.get('format'))}")
+    if d.get("version") != VERSION or isinstance(d.get("version"), bool):
+        raise DesignError(f"unknown design format version {_shown(d.get('version'))}: this TN Studio reads version "
                           f"{VERSION}")
+    probs = _unknown(d, TOP_KEYS, "the design")
+    name = d.get("name", "untitled")
+    if not isinstance(name, str):
+        probs.append(f"'name' must be text, got {type(name).__name__}")
+        name = "untitled"
+    elif len(name) > MAX_NAME_LENGTH:
+        probs.append(f"'name' has {len(name)} characters, more than {MAX_NAME_LENGTH}: shorten it")
     target = d.get("target")
     if not isinstance(target, dict):
         raise DesignError("'target' is missing: it must be {\"kind\": \"linear\", \"in_features\", \"out_features\"}")
     if target.get("kind", "linear") != "linear":
-        raise DesignError(f"target kind {target.get('kind')!r} is not supported yet (only 'linear')")
+        raise DesignError(f"target kind {_shown(target.get('kind'))} is not supported yet (only 'linear')")
+    probs += _unknown(target, TARGET_KEYS, "'target'")
     inf, outf = target.get("in_features"), target.get("out_features")
-    probs = [f"target {k} must be an integer >= 1, got {v!r}" for k, v in
-             (("in_features", inf), ("out_features", outf)) if not (_is_int(v) and v >= 1)]
+    probs += [f"target {k} must be an integer from 1 to 2^500, got {_shown(v)}" for k, v in
+              (("in_features", inf), ("out_features", outf)) if not _in_range(v, 1, MAX_FEATURES)]
     raw_idx = d.get("indices")
     if not isinstance(raw_idx, dict):
         probs.append("'indices' must be an object mapping index names to {dim, role, axis}")
         raw_idx = {}
     indices: dict[str, Index] = {}
-    for name, spec in raw_idx.items():
+    for iname, spec in raw_idx.items():
         if not isinstance(spec, dict):
-            probs.append(f"index {name!r} must be an object with 'dim' and 'role'")
+            probs.append(f"index {_shown(iname)} must be an object with 'dim' and 'role'")
             continue
-        indices[name] = Index(dim=spec.get("dim"), role=spec.get("role", "bond"), axis=spec.get("axis"),
-                              hyperedge=bool(spec.get("hyperedge", False)))
+        probs += _unknown(spec, INDEX_KEYS, f"index {_shown(iname)}")
+        hyper = spec.get("hyperedge", False)
+        if not isinstance(hyper, bool):
+            probs.append(f"index {_shown(iname)}: 'hyperedge' must be true or false, got {_shown(hyper)}")
+            hyper = False
+        role = spec.get("role", "bond")
+        if not isinstance(role, str):
+            probs.append(f"index {_shown(iname)}: role must be one of {', '.join(ROLES)}, got {_shown(role)}")
+            role = "bond"
+        indices[iname] = Index(dim=spec.get("dim"), role=role, axis=spec.get("axis"), hyperedge=hyper)
     raw_t = d.get("tensors")
     if not isinstance(raw_t, list):
         probs.append("'tensors' must be a list of tensors")
         raw_t = []
+    if len(raw_t) > MAX_TENSORS:
+        raise DesignError(f"the design has {len(raw_t)} tensors, more than {MAX_TENSORS}")
     tensors = []
     for n, t in enumerate(raw_t):
         if not isinstance(t, dict) or not isinstance(t.get("indices"), list):
             probs.append(f"tensor #{n} must be an object with 'id' and a list of 'indices'")
             continue
+        tid = t.get("id")
+        where = f"tensor {_shown(tid)}" if isinstance(tid, str) else f"tensor #{n}"
+        probs += _unknown(t, TENSOR_KEYS, where)
+        names = t["indices"]
+        if not all(isinstance(i, str) for i in names):
+            probs.append(f"{where}: index names must be strings, got {_shown(names, 60)}")
+            names = [i for i in names if isinstance(i, str)]
+        kind, act = t.get("kind", "core"), t.get("activation")
+        if not isinstance(kind, str):
+            probs.append(f"{where}: kind must be one of {', '.join(KINDS)}, got {_shown(kind)}")
+            kind = "core"
+        if act is not None and not isinstance(act, str):
+            probs.append(f"{where}: activation must be null or one of {', '.join(ACTIVATIONS)}, got {_shown(act)}")
+            act = None
         pos = t.get("position")
         if pos is not None:
             if not (isinstance(pos, (list, tuple)) and len(pos) == 2
-                    and all(isinstance(p, (int, float)) for p in pos)):
-                probs.append(f"tensor {t.get('id')!r}: position must be [x, y]")
+                    and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p)
+                            and abs(p) <= 1e9 for p in pos)):
+                probs.append(f"{where}: position must be [x, y], two finite numbers")
                 pos = None
             else:
                 pos = (float(pos[0]), float(pos[1]))
-        tensors.append(Tensor(id=t.get("id"), indices=list(t["indices"]), kind=t.get("kind", "core"),
-                              activation=t.get("activation"), position=pos))
+        tensors.append(Tensor(id=tid, indices=list(names), kind=kind, activation=act, position=pos))
+    order, root, meta = d.get("order"), d.get("root"), d.get("meta")
+    if order is not None and not (isinstance(order, list) and all(isinstance(x, str) for x in order)):
+        probs.append(f"'order' must be a list of tensor ids (strings), got {_shown(order, 60)}")
+        order = None
+    if root is not None and not isinstance(root, str):
+        probs.append(f"'root' must be a tensor id (a string), got {_shown(root)}")
+        root = None
+    if meta is not None and not isinstance(meta, dict):
+        probs.append(f"'meta' must be an object, got {type(meta).__name__}")
+        meta = None
+    elif meta is not None and _depth(meta, MAX_META_DEPTH) > MAX_META_DEPTH:
+        probs.append(f"'meta' is nested more than {MAX_META_DEPTH} levels deep")
+        meta = None
     if probs:
         raise DesignError(probs)
-    return Design(name=str(d.get("name", "untitled")), in_features=inf, out_features=outf, indices=indices,
-                  tensors=tensors, order=d.get("order"), root=d.get("root"), meta=dict(d.get("meta") or {}))
+    return Design(name=name, in_features=inf, out_features=outf, indices=indices, tensors=tensors,
+                  order=list(order) if order is not None else None, root=root, meta=dict(meta or {}))
+
+
+def _in_range(x: Any, lo: int, hi: int) -> bool:
+    return _is_int(x) and lo <= x <= hi
+
+
+def _name_problems(design: Design) -> list[str]:
+    """One problem naming every tensor id and index name that breaks :data:`NAME_RULE` (with a suggestion), and
+    one per reserved index name."""
+    probs = []
+    bad_ids = [t.id for t in design.tensors if isinstance(t.id, str) and t.id and not valid_name(t.id)]
+    bad_idx = [k for k in design.indices if not valid_name(k)]
+    if bad_ids or bad_idx:
+        parts = []
+        for what, bad in (("tensor id", bad_ids), ("index name", bad_idx)):
+            if bad:
+                shown = ", ".join(f"{_shown(b)} (e.g. {suggest_name(b)!r})" for b in bad[:4])
+                parts.append(f"{what}{'s' if len(bad) > 1 else ''} {shown}"
+                             + (f" and {len(bad) - 4} more" if len(bad) > 4 else ""))
+        probs.append(f"{' and '.join(parts)} break{'s' if len(bad_ids) + len(bad_idx) == 1 else ''} the naming rule "
+                     f"{NAME_RULE} ({NAME_RULE_WORDS}): ids and index names become code in exports, so designs "
+                     f"saved before TN Studio 0.3 that use other characters must rename them")
+    for k in design.indices:
+        if k in RESERVED_INDEX_NAMES:
+            probs.append(f"index name {k!r} is reserved by TN Studio ({RESERVED_INDEX_NAMES[k]} of contraction "
+                         f"programs): rename it")
+    return probs
 
 
 def _problems(design: Design) -> list[str]:
@@ -328,17 +473,30 @@ def _problems(design: Design) -> list[str]:
     idx = design.indices
     if not design.tensors:
         probs.append("the design has no tensors: add one, or generate a template")
+    if len(design.tensors) > MAX_TENSORS:
+        probs.append(f"the design has {len(design.tensors)} tensors, more than {MAX_TENSORS}")
+    if not isinstance(design.name, str) or len(design.name) > MAX_NAME_LENGTH:
+        probs.append(f"the design's name must be text of at most {MAX_NAME_LENGTH} characters")
+    for k, v in (("in_features", design.in_features), ("out_features", design.out_features)):
+        if not _in_range(v, 1, MAX_FEATURES):
+            probs.append(f"target {k} must be an integer from 1 to 2^500, got {_shown(v)}")
+    probs += _name_problems(design)
     for name, ix in idx.items():
         if not isinstance(name, str) or not name:
-            probs.append(f"index name {name!r} must be a non-empty string")
+            probs.append(f"index name {_shown(name)} must be a non-empty string")
         if not (_is_int(ix.dim) and ix.dim >= 1):
-            probs.append(f"index {name!r}: dim must be an integer >= 1, got {ix.dim!r}")
+            probs.append(f"index {_shown(name)}: dim must be an integer >= 1, got {_shown(ix.dim)}")
+        elif ix.dim > MAX_DIM:
+            probs.append(f"index {_shown(name)}: dim {_shown(ix.dim)} is larger than {MAX_DIM} (2^31 - 1), the "
+                         f"largest dimension TN Studio accepts")
         if ix.role not in ROLES:
-            probs.append(f"index {name!r}: role must be one of {', '.join(ROLES)}, got {ix.role!r}")
-        elif ix.role in ("in", "out") and not (_is_int(ix.axis) and ix.axis >= 0):
-            probs.append(f"open leg {name!r} (role {ix.role}) needs an integer axis >= 0")
-        if ix.hyperedge and ix.role != "bond":
-            probs.append(f"index {name!r}: only bonds can be hyperedges")
+            probs.append(f"index {_shown(name)}: role must be one of {', '.join(ROLES)}, got {_shown(ix.role)}")
+        elif ix.role in ("in", "out") and not (_is_int(ix.axis) and 0 <= ix.axis <= MAX_TENSORS * MAX_TENSOR_INDICES):
+            probs.append(f"open leg {_shown(name)} (role {ix.role}) needs an integer axis >= 0")
+        if not isinstance(ix.hyperedge, bool):
+            probs.append(f"index {_shown(name)}: 'hyperedge' must be true or false, got {_shown(ix.hyperedge)}")
+        elif ix.hyperedge and ix.role != "bond":
+            probs.append(f"index {_shown(name)}: only bonds can be hyperedges")
     for role, feats in (("in", design.in_features), ("out", design.out_features)):
         legs = [k for k, v in idx.items() if v.role == role]
         axes = sorted(idx[k].axis for k in legs if _is_int(idx[k].axis))
@@ -348,49 +506,64 @@ def _problems(design: Design) -> list[str]:
         if axes != list(range(len(legs))):
             probs.append(f"'{role}' leg axes must be 0..{len(legs) - 1} without gaps or repeats, got {axes}")
         dims = [idx[k].dim for k in legs]
-        if all(_is_int(x) and x >= 1 for x in dims) and math.prod(dims) != feats:
+        if all(_in_range(x, 1, MAX_DIM) for x in dims) and math.prod(dims) != feats:
             shown = " x ".join(str(idx[k].dim) for k in _legs(idx, role))
             probs.append(f"'{role}' leg dims {shown} multiply to {math.prod(dims)}, but {role}_features is {feats}")
     ids: set[str] = set()
     for t in design.tensors:
         if not isinstance(t.id, str) or not t.id:
-            probs.append(f"tensor id {t.id!r} must be a non-empty string")
+            probs.append(f"tensor id {_shown(t.id)} must be a non-empty string")
             continue
+        tid = _shown(t.id)
         if t.id in ids:
-            probs.append(f"tensor id {t.id!r} is used twice: ids must be unique")
+            probs.append(f"tensor id {tid} is used twice: ids must be unique")
         ids.add(t.id)
         if t.kind not in KINDS:
-            probs.append(f"tensor {t.id!r}: kind must be one of {', '.join(KINDS)}, got {t.kind!r}")
+            probs.append(f"tensor {tid}: kind must be one of {', '.join(KINDS)}, got {_shown(t.kind)}")
         if t.activation is not None and t.activation not in ACTIVATIONS:
-            probs.append(f"tensor {t.id!r}: unknown activation {t.activation!r} (known: {', '.join(ACTIVATIONS)})")
+            probs.append(f"tensor {tid}: unknown activation {_shown(t.activation)} (known: {', '.join(ACTIVATIONS)})")
+        if not isinstance(t.indices, list) or not all(isinstance(i, str) for i in t.indices):
+            probs.append(f"tensor {tid}: indices must be a list of index names")
+            continue
         if not t.indices:
-            probs.append(f"tensor {t.id!r} has no indices")
+            probs.append(f"tensor {tid} has no indices")
+        if len(t.indices) > MAX_TENSOR_INDICES:
+            probs.append(f"tensor {tid} has {len(t.indices)} indices, more than {MAX_TENSOR_INDICES} (torch.einsum "
+                         f"names at most 52): split it into smaller tensors")
         for i in t.indices:
             if i not in idx:
-                probs.append(f"tensor {t.id!r} uses index {i!r}, which is not declared in 'indices'")
+                probs.append(f"tensor {tid} uses index {_shown(i)}, which is not declared in 'indices'")
         if len(set(t.indices)) != len(t.indices):
-            probs.append(f"tensor {t.id!r} lists an index twice: {t.indices}")
+            probs.append(f"tensor {tid} lists an index twice: {_shown(t.indices, 80)}")
+        dims = [idx[i].dim for i in t.indices if i in idx]
+        if all(_in_range(x, 1, MAX_DIM) for x in dims) and math.prod(dims) > MAX_ELEMENTS:
+            probs.append(f"tensor {tid} would have about 2^{math.prod(dims).bit_length() - 1} entries, more than "
+                         f"2^63 - 1 (torch's largest element count): lower its dims")
+    if any(not isinstance(t.indices, list) or not all(isinstance(i, str) for i in t.indices)
+           for t in design.tensors):
+        return probs  # the checks below read index names
     for name, users in design.users().items():
         if name not in idx:
             continue
         ix, n = idx[name], len(users)
         if n == 0:
-            probs.append(f"index {name!r} is declared but no tensor uses it")
+            probs.append(f"index {_shown(name)} is declared but no tensor uses it")
         elif ix.role in ("in", "out") and n != 1:
-            probs.append(f"open leg {name!r} must belong to exactly one tensor, found in {n}: {users}")
+            probs.append(f"open leg {_shown(name)} must belong to exactly one tensor, found in {n}: "
+                         f"{_shown(users, 80)}")
         elif ix.role == "bond":
             if n == 1:
-                probs.append(f"bond {name!r} appears only in tensor {users[0]!r}: connect it to a second tensor or "
-                             f"give it role 'in'/'out' with an axis")
+                probs.append(f"bond {_shown(name)} appears only in tensor {_shown(users[0])}: connect it to a second "
+                             f"tensor or give it role 'in'/'out' with an axis")
             elif n > 2 and not ix.hyperedge:
-                probs.append(f"bond {name!r} joins {n} tensors {users}: a bond joins exactly two unless declared "
-                             f"\"hyperedge\": true")
+                probs.append(f"bond {_shown(name)} joins {n} tensors {_shown(users, 80)}: a bond joins exactly two "
+                             f"unless declared \"hyperedge\": true")
     if design.order is not None:
-        if not isinstance(design.order, list) or sorted(map(str, design.order)) != sorted(ids) \
-                or len(design.order) != len(ids):
+        if not isinstance(design.order, list) or not all(isinstance(x, str) for x in design.order) \
+                or sorted(design.order) != sorted(ids) or len(design.order) != len(ids):
             probs.append("'order' must list every tensor id exactly once")
-    if design.root is not None and design.root not in ids:
-        probs.append(f"root {design.root!r} is not a tensor id")
+    if design.root is not None and (not isinstance(design.root, str) or design.root not in ids):
+        probs.append(f"root {_shown(design.root)} is not a tensor id")
     if not probs and design.tensors:
         import networkx as nx
 
@@ -402,12 +575,55 @@ def _problems(design: Design) -> list[str]:
     return probs
 
 
+def _no_constant(name: str) -> Any:
+    raise DesignError(f"not valid JSON: {name} is not a JSON number")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DesignError(f"the key {_shown(k)} appears twice in one JSON object: keep one")
+        out[k] = v
+    return out
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON for design files: UTF-8, no NaN/Infinity, no duplicate keys, bounded size and nesting."""
+    if len(text) > MAX_FILE_BYTES:
+        raise DesignError(f"the design is {len(text):,} bytes, more than {MAX_FILE_BYTES // 2 ** 20} MiB")
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DesignError(f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at position {e.start} cannot be "
+                              f"decoded (save the file as UTF-8)") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as e:
+        raise DesignError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise DesignError("not a design: the JSON is nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise DesignError(f"not valid JSON: {e}") from None
+
+
 def load_design(path: str | Path) -> Design:
-    """Read and validate a design JSON file; a missing file or an invalid design raises a clear error."""
+    """Read and validate a design JSON file; a missing or unreadable file raises ``FileNotFoundError`` (a missing
+    one) or :class:`DesignError` (a folder, an unreadable or oversized file, bad text, an invalid design)."""
     p = Path(path)
+    if p.is_dir():
+        raise DesignError(f"{p} is a folder, not a design file")
     if not p.is_file():
         raise FileNotFoundError(f"design file not found: {p}")
-    return Design.from_json(p.read_text())
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise DesignError(f"the design file is {size:,} bytes, more than {MAX_FILE_BYTES // 2 ** 20} MiB")
+        data = p.read_bytes()
+    except OSError as e:
+        raise DesignError(f"cannot read {p}: {e.strerror or e}") from None
+    return Design.from_json(data)
 
 
 def save_design(design: Design, path: str | Path) -> Path:

@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.design.model import ACTIVATIONS, FORMAT, KINDS, ROLES, VERSION
+from engine.design.model import (ACTIVATIONS, FORMAT, KINDS, MAX_DIM, MAX_FEATURES, MAX_NAME_LENGTH,
+                                 MAX_TENSOR_INDICES, MAX_TENSORS, NAME_RULE, RESERVED_INDEX_NAMES, ROLES, VERSION)
 
 DESCRIPTION = ("A tensor-network layer: W (in_features x out_features) as a network of small tensors. Rules that "
                "JSON Schema cannot express (leg dims multiply to the features, every bond joins exactly two tensors "
-               "unless a hyperedge, the network is connected) are checked by `tnstudio validate`.")
+               "unless a hyperedge, the network is connected, no tensor has more than 2^63 - 1 entries) are checked "
+               "by `tnstudio validate`.")
+NAME = {"type": "string", "pattern": f"^{NAME_RULE}$",
+        "description": "a tensor id or index name: a letter or _, then letters, digits, _, . or -, at most 64 "
+                       "characters (ids and index names become code in exports)"}
 
 
 def meta_schema() -> dict[str, Any]:
@@ -52,24 +57,26 @@ def design_schema() -> dict[str, Any]:
         "properties": {
             "format": {"const": FORMAT},
             "version": {"const": VERSION},
-            "name": {"type": "string"},
+            "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
             "target": {
                 "type": "object",
                 "required": ["kind", "in_features", "out_features"],
                 "properties": {
                     "kind": {"const": "linear"},
-                    "in_features": {"type": "integer", "minimum": 1},
-                    "out_features": {"type": "integer", "minimum": 1},
+                    "in_features": {"type": "integer", "minimum": 1, "maximum": MAX_FEATURES},
+                    "out_features": {"type": "integer", "minimum": 1, "maximum": MAX_FEATURES},
                 },
+                "additionalProperties": False,
             },
             "indices": {
                 "type": "object",
                 "minProperties": 2,
+                "propertyNames": {**NAME, "not": {"enum": list(RESERVED_INDEX_NAMES)}},
                 "additionalProperties": {
                     "type": "object",
                     "required": ["dim", "role"],
                     "properties": {
-                        "dim": {"type": "integer", "minimum": 1},
+                        "dim": {"type": "integer", "minimum": 1, "maximum": MAX_DIM},
                         "role": {"enum": list(ROLES)},
                         "axis": {"type": "integer", "minimum": 0},
                         "hyperedge": {"type": "boolean"},
@@ -82,12 +89,14 @@ def design_schema() -> dict[str, Any]:
             "tensors": {
                 "type": "array",
                 "minItems": 1,
+                "maxItems": MAX_TENSORS,
                 "items": {
                     "type": "object",
                     "required": ["id", "indices"],
                     "properties": {
-                        "id": {"type": "string", "minLength": 1},
-                        "indices": {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True},
+                        "id": NAME,
+                        "indices": {"type": "array", "items": NAME, "minItems": 1,
+                                    "maxItems": MAX_TENSOR_INDICES, "uniqueItems": True},
                         "kind": {"enum": list(KINDS)},
                         "activation": {"enum": [None, *ACTIVATIONS]},
                         "position": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
@@ -95,8 +104,8 @@ def design_schema() -> dict[str, Any]:
                     "additionalProperties": False,
                 },
             },
-            "order": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
-            "root": {"type": "string"},
+            "order": {"type": "array", "items": NAME, "uniqueItems": True},
+            "root": NAME,
             "meta": meta_schema(),
         },
         "additionalProperties": False,

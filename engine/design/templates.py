@@ -23,7 +23,10 @@ the pairs between its disentanglers, completing a brick wall. The top level neve
 the top). ``lateral`` is ``"none"``, ``"all"`` (every level that has places), ``"top"`` (the highest such level) or
 a list of levels. Lateral tensors carry the template's activation. Evaluation order: level by level, the laterals
 of level ``l`` (left to right) are absorbed after every tensor below that level and before that level's
-disentanglers and the nodes above it.
+disentanglers and the nodes above it; each merges the two fragments holding its input bonds. Cost: where those
+fragments would otherwise stay apart up to a higher common ancestor, every later fragment holds all their sites
+times the bonds left open (e.g. a 5-site TTN: W x chi^2 with ``top``, W x chi^3 with ``all``, against W), which the
+cost model reads off the program before anything runs.
 """
 from __future__ import annotations
 

@@ -1,24 +1,31 @@
 """Export a design to code: a standalone PyTorch module, the design JSON, or a snippet using ``engine``.
 
-The standalone module is printed from :func:`engine.contract.program.compile_program` steps, the same steps the engine runs
-and the cost model counts: each contraction becomes one straight-line ``torch.einsum`` line. Its parameters are
-``self.cores[<id>]`` (an ``nn.ParameterDict``) and ``self.bias``, so its ``state_dict`` keys equal those of
-:class:`engine.nn.TNLinear` and weights load either way. The generated file imports only ``torch``
-(and ``math``).
+The standalone module is printed from :func:`engine.contract.program.compile_program` steps, the same steps the engine
+runs and the cost model counts: each contraction becomes one straight-line ``torch.einsum`` line. Its parameters are
+``self.cores[<key>]`` (an ``nn.ParameterDict``) and ``self.bias``, so its ``state_dict`` keys equal those of
+:class:`engine.nn.TNLinear` and weights load either way. The generated file imports only ``torch`` (and ``math``).
 
-Schedules. The engine picks, for every batch size, the schedule with fewer FLOPs (``compile_program(...,
-schedule="auto")``). When the design can stream (linear designs, and nonlinear ones whose W is linear in what
-follows the last activation, :func:`engine.contract.schedule.can_stream`), the exported module carries the ``materialise``
-program and every distinct ``stream`` program the engine plans at batch sizes 1 to 4096 (its stream path can
-change with the batch), with the FLOPs of each as ``a + b * batch`` (exact: a step's FLOPs are either independent
-of the batch or proportional to it), and runs the cheapest: the engine's rule, without the cost model. Otherwise
-it materialises W.
+Safe by construction. The source is assembled by :class:`_Source` from fixed text and three kinds of pieces only:
+:func:`_lit` (``repr`` of plain data: every string that comes from a design or a run, such as its name, tensor ids,
+index names, the source of the weights, is a Python literal, never comment or docstring text), :func:`_ident`
+(identifiers used as code: operand names of the program, buffer names from :func:`engine.nn.linear.id_to_key`,
+the class name, all checked against ``[A-Za-z_][A-Za-z0-9_]*``) and integers. Einsum equations use the letters a-z,
+A-Z only (checked) and activations come from the registry (checked). The result is parsed before it is returned.
+
+Schedules. For every batch size the engine runs the program that wins :func:`engine.contract.program.program_rank`
+(fewer FLOPs, then a smaller largest intermediate, then materialise). When the design can stream (linear designs,
+and nonlinear ones whose W is linear in what follows the last activation, :func:`engine.contract.schedule.can_stream`),
+the exported module carries the ``materialise`` program and every distinct ``stream`` program the engine plans at
+batch sizes 1 to 4096 (its stream path can change with the batch), with the FLOPs of each as ``a + b * batch`` and
+the largest intermediate as ``max(c, d * batch)`` (exact: a step either involves the batch index or not), and runs
+the best by the same rank. Otherwise it materialises W.
 """
 from __future__ import annotations
 
+import ast
 import keyword
+import math
 import re
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +36,62 @@ from engine.design.model import Design
 
 FORMATS = ("torch", "json", "snippet")
 DEFAULT_SUFFIX = {"torch": ".py", "json": ".json", "snippet": ".py"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EQUATION = re.compile(r"[A-Za-z,]*->[A-Za-z]*")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+# --------------------------------------------------------------------- safe pieces of code
+def _ident(name: str) -> str:
+    """``name`` if it is a Python identifier (and not a keyword), for use as code; else ``ValueError``."""
+    if not (isinstance(name, str) and _IDENTIFIER.fullmatch(name) and not keyword.iskeyword(name)):
+        raise ValueError(f"cannot export: {name!r} is not a Python identifier")
+    return name
+
+
+def _lit(value: Any) -> str:
+    """A Python literal for plain data (str, int, float, bool, None and tuples, lists, dicts of them): ``repr``,
+    which escapes quotes, backslashes, newlines and every other character, so it can never end the literal."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return repr(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"float({repr(value)!r})"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_lit(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, list):
+        return "[" + ", ".join(_lit(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_lit(k)}: {_lit(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot export a {type(value).__name__} as a literal")
+
+
+def _int(n: int) -> str:
+    if not (isinstance(n, int) and not isinstance(n, bool)):
+        raise TypeError(f"expected an integer, got {n!r}")
+    return str(n)
+
+
+class _Source:
+    """Lines of generated code. ``add`` takes fixed text whose only interpolations are :func:`_lit`,
+    :func:`_ident` and :func:`_int` results."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, text: str = "", indent: int = 0) -> None:
+        for line in text.split("\n"):
+            self.lines.append((" " * indent + line) if line else "")
+
+    def text(self) -> str:
+        return "\n".join(self.lines).rstrip("\n") + "\n"
 
 
 # --------------------------------------------------------------------- names
 def class_name(design: Design) -> str:
     """A CamelCase Python class name from the design name (``"mpo 64x10 chi=3"`` -> ``"Mpo64x10Chi3"``)."""
     words = re.findall(r"[A-Za-z0-9]+", design.name or "")
-    name = "".join(w[:1].upper() + w[1:] for w in words) or "TNLayer"
+    name = "".join(w[:1].upper() + w[1:] for w in words)[:64] or "TNLayer"
     if name[0].isdigit():
         name = "TN" + name
     return name if not keyword.iskeyword(name) else name + "Layer"
@@ -53,8 +109,8 @@ def operand_names(design: Design) -> dict[str, str]:
     trainable cores are ``self.cores[<key>]``, copy (``delta``) tensors the fixed buffers ``self.delta_<key>``."""
     from engine.nn.linear import id_to_key
 
-    return {f"core:{t.id}": (f"self.{delta_buffer_name(t.id)}" if t.kind == "delta"
-                             else f"self.cores[{id_to_key(t.id)!r}]") for t in design.tensors}
+    return {f"core:{t.id}": (f"self.{_ident(delta_buffer_name(t.id))}" if t.kind == "delta"
+                             else f"self.cores[{_lit(id_to_key(t.id))}]") for t in design.tensors}
 
 
 # --------------------------------------------------------------------- cost as a function of batch
@@ -69,6 +125,17 @@ def flops_by_batch(prog: Program) -> tuple[int, int]:
             per_row += s.flops // prog.batch
         else:
             fixed += s.flops
+    return fixed, per_row
+
+
+def sizes_by_batch(prog: Program) -> tuple[int, int]:
+    """``(c, d)`` with the program's largest intermediate at batch ``B`` equal to ``max(c, d * B)`` elements."""
+    fixed = per_row = 0
+    for s in prog.steps:
+        if BATCH in s.out_indices:
+            per_row = max(per_row, s.size // prog.batch)
+        else:
+            fixed = max(fixed, s.size)
     return fixed, per_row
 
 
@@ -90,34 +157,44 @@ def stream_variants(design: Design, batch: int = 64,
 
 
 # --------------------------------------------------------------------- code lines
+def _equation(eq: str) -> str:
+    if not _EQUATION.fullmatch(eq):
+        raise ValueError(f"cannot export: {eq!r} is not an einsum equation in letters")
+    return '"' + eq + '"'
+
+
+def _activation_source(name: str) -> str:
+    src = activation(name).source
+    if not _DOTTED.fullmatch(src):
+        raise ValueError(f"cannot export: activation source {src!r} is not a dotted name")
+    return src
+
+
 def _step_lines(prog: Program, steps: list[Step], names: dict[str, str]) -> list[str]:
     """One line per step: ``out = torch.einsum("eq", a, b)`` (plus activation) or ``out = a.reshape(...)``."""
     lines = []
     for s in steps:
-        args = [names.get(i, i) for i in s.inputs]  # x, xs, t<n>, Wt, W, ys, y are valid identifiers
+        args = [names[i] if i in names else _ident(i) for i in s.inputs]  # x, xs, t<n>, Wt, W, ys, y or cores
+        out = _ident(s.output)
         if s.op == "reshape":
-            shape = ", ".join("-1" if i == BATCH else str(prog.dims[i]) for i in s.out_indices)
+            shape = ", ".join("-1" if i == BATCH else _int(prog.dims[i]) for i in s.out_indices)
             expr = f"{args[0]}.reshape({shape})"
         elif s.is_identity:
             expr = args[0]
         else:
-            expr = f'torch.einsum("{s.equation}", {", ".join(args)})'
+            expr = f"torch.einsum({_equation(s.equation)}, {', '.join(args)})"
         note = f"  # {s.flops:,} FLOPs at batch {prog.batch}" if s.flops and s.phase == "apply" else (
             f"  # {s.flops:,} FLOPs" if s.flops else "")
-        act = activation(s.activation).source if s.activation is not None else None
+        act = _activation_source(s.activation) if s.activation is not None else None
         if act is not None and s.activation == "gelu" and len(s.out_indices) > 12:
             # torch's gelu kernel rejects tensors of 13+ dimensions: apply it to the flat view (elementwise)
-            lines.append(f"{s.output} = {expr}{note}")
-            lines.append(f"{s.output} = {act}({s.output}.reshape(-1)).reshape({s.output}.shape)")
+            lines.append(f"{out} = {expr}{note}")
+            lines.append(f"{out} = {act}({out}.reshape(-1)).reshape({out}.shape)")
             continue
         if act is not None:
             expr = f"{act}({expr})"
-        lines.append(f"{s.output} = {expr}{note}")
+        lines.append(f"{out} = {expr}{note}")
     return lines
-
-
-def _indent(lines: list[str], n: int = 8) -> str:
-    return "\n".join(" " * n + ln for ln in lines)
 
 
 _STD_CACHE: dict[str, dict[str, float]] = {}
@@ -138,153 +215,231 @@ def _compute_init_stds(design: Design) -> dict[str, float]:
 
     Linear designs: the closed form of :func:`engine.nn.init.linear_core_stds`, which gives W ``nn.Linear``'s
     variance in expectation. Nonlinear designs: the std of each core after the engine's calibrated
-    initialisation (seed 0), so activations see inputs of the calibrated scale.
+    initialisation (seed 0), so activations see inputs of the calibrated scale; that builds W, so a design whose
+    calibration would not fit in this machine's memory is refused first, with the cost model's number.
     """
-    from engine.nn.init import init_cores, linear_core_stds, target_std
+    from engine.nn.init import check_init_memory, init_cores, linear_core_stds, target_std
 
     if design.is_linear:
         return linear_core_stds(design, target_std(design.in_features))
+    check_init_memory(design, "exporting this nonlinear design (its initialisation is calibrated on W)")
     cores = init_cores(design, seed=0)
     return {t.id: float(cores[t.id].std()) if cores[t.id].numel() > 1 else float(cores[t.id].abs().mean())
             for t in design.tensors if t.kind != "delta"}
 
 
 # --------------------------------------------------------------------- the torch module
+# Fixed text of the generated module: no design data is ever formatted into these blocks.
+_IMPORTS = """\
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+"""
+
+_INIT_AND_RESET = '''\
+def __init__(self, bias: bool = True, device=None, dtype=None) -> None:
+    super().__init__()
+    kw = {"device": device, "dtype": dtype}
+    self.cores = nn.ParameterDict({k: nn.Parameter(torch.empty(s, **kw)) for k, s in self.CORE_SHAPES.items()})
+    for k, s in self.DELTA_SHAPES.items():
+        delta = torch.zeros(s, **kw)
+        i = torch.arange(min(s), device=device)
+        delta[(i,) * len(s)] = 1.0
+        self.register_buffer(k, delta)
+    if bias:
+        self.bias = nn.Parameter(torch.empty(self.out_features, **kw))
+    else:
+        self.register_parameter("bias", None)
+    self.reset_parameters()
+
+def reset_parameters(self) -> None:
+    with torch.no_grad():
+        for k, core in self.cores.items():
+            core.normal_(0.0, self.INIT_STD[k])
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            self.bias.uniform_(-bound, bound)'''
+
+_SCHEDULE_NOTE = """\
+# Each contraction program's FLOPs at batch B as (a, b), i.e. a + b * B, and its largest intermediate as (c, d),
+# i.e. max(c, d * B) elements, counted from its steps. forward() runs the best one: fewer FLOPs, then a smaller
+# largest intermediate, then the first listed (materialise first): the rule of the TN Studio engine
+# (engine.contract.program.program_rank), which re-plans the stream path per batch size; the stream variants
+# below are the distinct paths it plans at batch sizes 1 to 4096, so the choice matches the engine's."""
+
+_STREAM_DISPATCH = '''\
+def forward_stream(self, x: torch.Tensor) -> torch.Tensor:
+    """y = x @ W with the best stream path for this batch size."""
+    streams = [k for k in self.SCHEDULE_FLOPS if k != "materialise"]
+    return getattr(self, "forward_" + min(streams, key=lambda k: self.rank(k, x.shape[0])))(x)'''
+
+_PLANNING = '''\
+@classmethod
+def flops(cls, program: str, batch: int) -> int:
+    """Forward FLOPs (2 x multiply-adds) of one program at this batch size."""
+    a, b = cls.SCHEDULE_FLOPS[program]
+    return a + b * batch
+
+@classmethod
+def largest(cls, program: str, batch: int) -> int:
+    """Elements of the largest tensor one program builds at this batch size."""
+    c, d = cls.SCHEDULE_SIZES[program]
+    return max(c, d * batch)
+
+@classmethod
+def rank(cls, program: str, batch: int) -> tuple[int, int, int]:
+    """The engine's order: FLOPs, then the largest intermediate, then materialise first."""
+    return cls.flops(program, batch), cls.largest(program, batch), list(cls.SCHEDULE_FLOPS).index(program)
+
+@classmethod
+def plan(cls, batch: int) -> str:
+    """The program forward() runs at this batch size."""
+    return min(cls.SCHEDULE_FLOPS, key=lambda k: cls.rank(k, batch))
+
+@classmethod
+def schedule(cls, batch: int) -> str:
+    """The schedule forward() uses at this batch size: "materialise" or "stream"."""
+    return "materialise" if cls.plan(batch) == "materialise" else "stream"'''
+
+_FORWARD = '''\
+def forward(self, x: torch.Tensor) -> torch.Tensor:
+    """x: (..., in_features) -> (..., out_features)."""
+    lead = x.shape[:-1]
+    x = x.reshape(-1, self.in_features)
+    PICK
+    y = y.reshape(*lead, self.out_features)
+    return y if self.bias is None else y + self.bias
+
+def extra_repr(self) -> str:
+    bias = self.bias is not None
+    return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"'''
+
+_PICK_PLAN = 'y = getattr(self, "forward_" + self.plan(x.shape[0]))(x)'
+_PICK_MATERIALISE = "y = self.forward_materialise(x)  # the last tensor absorbed is activated: W must be generated"
+
+
 def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = None, source: str = "") -> str:
-    """Source text of a standalone ``nn.Module`` computing ``design`` (depends on torch only)."""
-    design.check()
-    cls = class_name_ or class_name(design)
-    mat = compile_program(design, batch, "materialise")
-    streams = stream_variants(design, batch) if can_stream(design) else {}
-    gen_steps = [s for s in mat.steps if s.phase == "generate"]
-    app_steps = [s for s in mat.steps if s.phase == "apply"]
+    """Source text of a standalone ``nn.Module`` computing ``design`` (depends on torch only; see the module
+    docstring for why no design string can become code)."""
     from engine.nn.linear import id_to_key
 
+    design.check()
+    cls = _ident(class_name_ or class_name(design))
+    mat = compile_program(design, batch, "materialise")
+    streams = stream_variants(design, batch) if can_stream(design) else {}
+    for prog in [mat, *streams.values()]:
+        if not prog.executable:
+            raise ValueError(f"cannot export design {design.name!r}: a step of its contraction program joins more "
+                             f"than 52 indices, more than torch.einsum can name (`tnstudio cost` shows the path)")
+    gen_steps = [s for s in mat.steps if s.phase == "generate"]
+    app_steps = [s for s in mat.steps if s.phase == "apply"]
     names = operand_names(design)
-    shapes = {id_to_key(t.id): design.shape(t.id) for t in design.tensors if t.kind != "delta"}
-    deltas = {delta_buffer_name(t.id): design.shape(t.id) for t in design.tensors if t.kind == "delta"}
-    stds = {id_to_key(k): v for k, v in _init_stds(design).items()}
-    kinds = ", ".join(f"{t.id} ({t.kind}{', ' + t.activation if t.activation else ''})" for t in design.tensors)
-    mat_a, mat_b = flops_by_batch(mat)
-
+    keys = {t.id: id_to_key(t.id) for t in design.tensors}
+    shapes = {keys[t.id]: tuple(design.shape(t.id)) for t in design.tensors if t.kind != "delta"}
+    deltas = {_ident(delta_buffer_name(t.id)): tuple(design.shape(t.id)) for t in design.tensors
+              if t.kind == "delta"}
+    stds = {keys[k]: float(v) for k, v in _init_stds(design).items()}
+    tensors = {t.id: (keys[t.id] if t.kind != "delta" else delta_buffer_name(t.id), t.kind, t.activation,
+                      tuple(t.indices)) for t in design.tensors}
+    fingerprint = design.fingerprint()
+    if not _HEX.fullmatch(fingerprint):
+        raise ValueError(f"cannot export: fingerprint {fingerprint!r} is not hexadecimal")
     kind = "linear" if design.is_linear else "nonlinear (activations inside the network)"
-    header = (f'"""{design.name}: a tensor-network linear layer, y = x @ W + b, exported by TN Studio.\n\n'
-              f"Design: {design.in_features} -> {design.out_features}, {len(design.tensors)} tensors, "
-              f"{design.params:,} parameters (dense {design.dense_params:,}, {design.compression:,.1f}x compression), "
-              f"{kind}.\nTensors: {kinds}.\n"
-              "Generated by `tnstudio export --to torch` from the contraction program of "
-              "engine.contract.program.compile_program\n"
-              f"(design fingerprint {design.fingerprint()}{', from ' + source if source else ''}): every einsum below "
-              "is one step of that program,\nthe same steps TN Studio runs and costs. Parameter names (cores.<id>, "
-              "bias) equal those of\nengine.nn.TNLinear, so state dicts load either way. Depends on torch "
-              'only.\n"""\n')
-    indices = {id_to_key(t.id): t.indices for t in design.tensors}
-    core_lines = [f"{key!r}: {tuple(shape)!r},  # {', '.join(indices[key])}" for key, shape in shapes.items()]
-    std_lines = [f"{tid!r}: {stds[tid]!r}," for tid in shapes]
 
-    parts = [header, "from __future__ import annotations\n\nimport math\n\nimport torch\nimport torch.nn as nn\n"
-             "import torch.nn.functional as F\n\n\n"]
-    parts.append(f"class {cls}(nn.Module):\n")
-    parts.append(f'    """{design.name}: {design.in_features} -> {design.out_features}, {design.params:,} '
-                 f'parameters."""\n\n')
-    parts.append(f"    in_features = {design.in_features}\n    out_features = {design.out_features}\n")
-    parts.append("    # core id -> shape (the core's indices in the comment)\n    CORE_SHAPES = {\n"
-                 + _indent(core_lines) + "\n    }\n")
-    if deltas:
-        parts.append("    # copy tensors (1 where all indices are equal): fixed buffers, named as in TNLinear\n"
-                     f"    DELTA_SHAPES = {{{', '.join(f'{k!r}: {tuple(v)!r}' for k, v in deltas.items())}}}\n")
-    parts.append("    # per-core init std (engine.init): W gets nn.Linear's scale, 1 / sqrt(3 in_features)\n"
-                 "    INIT_STD = {\n"
-                 + _indent(std_lines) + "\n    }\n")
+    src = _Source()
+    src.add('"""A tensor-network linear layer, y = x @ W + b, exported by TN Studio (`tnstudio export --to torch`).')
+    src.add()
+    src.add(f"Design: {_int(design.in_features)} -> {_int(design.out_features)}, {_int(len(design.tensors))} tensors, "
+            f"{design.params:,} parameters (dense {design.dense_params:,}, {design.compression:,.1f}x compression), "
+            f"{kind};\nits name, tensors and fingerprint are the constants below. Every einsum is one step of the "
+            "contraction program of\nengine.contract.program.compile_program, the same steps TN Studio runs and "
+            "costs. Parameter names (cores.<key>,\nbias) equal those of engine.nn.TNLinear, so state dicts load "
+            'either way. Depends on torch only.\n"""')
+    src.add(_IMPORTS)
+    src.add(f"DESIGN_NAME = {_lit(design.name)}")
+    src.add(f"DESIGN_FINGERPRINT = {_lit(fingerprint)}  # of everything that changes the maths")
+    src.add(f"EXPORTED_FROM = {_lit(source or None)}  # where the weights beside this file come from, if any")
+    src.add()
+    src.add()
+    src.add(f"class {cls}(nn.Module):")
+    src.add(f'"""A TN Studio design as a layer: {_int(design.in_features)} -> {_int(design.out_features)}, '
+            f'{design.params:,} parameters (its name: DESIGN_NAME)."""', 4)
+    src.add()
+    src.add(f"in_features = {_int(design.in_features)}", 4)
+    src.add(f"out_features = {_int(design.out_features)}", 4)
+    src.add("design_name = DESIGN_NAME", 4)
+    src.add("# tensor id -> (parameter key or buffer name, kind, activation, indices)", 4)
+    src.add("TENSORS = {", 4)
+    for tid, row in tensors.items():
+        src.add(f"{_lit(tid)}: {_lit(row)},", 8)
+    src.add("}", 4)
+    src.add("# parameter key -> shape (cores.<key>)", 4)
+    src.add("CORE_SHAPES = {", 4)
+    for key, shape in shapes.items():
+        src.add(f"{_lit(key)}: {_lit(shape)},", 8)
+    src.add("}", 4)
+    src.add("# copy tensors (1 where all indices are equal): fixed buffers, named as in TNLinear", 4)
+    src.add(f"DELTA_SHAPES = {_lit(deltas)}", 4)
+    src.add("# per-core init std (engine.nn.init): W gets nn.Linear's scale, 1 / sqrt(3 in_features)", 4)
+    src.add("INIT_STD = {", 4)
+    for key in shapes:
+        src.add(f"{_lit(key)}: {_lit(stds[key])},", 8)
+    src.add("}", 4)
     if streams:
-        flops = {"materialise": (mat_a, mat_b)} | {k: flops_by_batch(p) for k, p in streams.items()}
-        rows = _indent([f"{k!r}: {v!r}," for k, v in flops.items()])
-        parts.append(textwrap.indent(textwrap.dedent("""\
-            # FLOPs of each contraction program at batch B as (a, b), i.e. a + b * B, counted from its steps.
-            # forward() runs the cheapest one: the rule of the TN Studio engine (compile_program, schedule "auto"),
-            # which re-plans the stream path per batch size; the stream variants below are the distinct paths it
-            # found at batch sizes 1 to 4096, so the choice matches the engine's without the cost model.
-            SCHEDULE_FLOPS = {
-            """), "    ") + rows + "\n    }\n")
-    parts.append("\n" + textwrap.indent(textwrap.dedent("""\
-        def __init__(self, bias: bool = True, device=None, dtype=None) -> None:
-            super().__init__()
-            kw = {"device": device, "dtype": dtype}
-            self.cores = nn.ParameterDict({k: nn.Parameter(torch.empty(s, **kw)) for k, s in self.CORE_SHAPES.items()})
-            for k, s in getattr(self, "DELTA_SHAPES", {}).items():
-                delta = torch.zeros(s, **kw)
-                i = torch.arange(min(s), device=device)
-                delta[(i,) * len(s)] = 1.0
-                self.register_buffer(k, delta)
-            if bias:
-                self.bias = nn.Parameter(torch.empty(self.out_features, **kw))
-            else:
-                self.register_parameter("bias", None)
-            self.reset_parameters()
-
-        def reset_parameters(self) -> None:
-            with torch.no_grad():
-                for k, core in self.cores.items():
-                    core.normal_(0.0, self.INIT_STD[k])
-                if self.bias is not None:
-                    bound = 1.0 / math.sqrt(self.in_features)
-                    self.bias.uniform_(-bound, bound)
-        """), "    "))
-    parts.append("\n    def weight(self) -> torch.Tensor:\n"
-                 f'        """The dense weight W ({design.in_features} x {design.out_features}) generated from the '
-                 f'cores."""\n' + _indent(_step_lines(mat, gen_steps, names)) + "\n        return W\n")
-    parts.append("\n    def forward_materialise(self, x: torch.Tensor) -> torch.Tensor:\n"
-                 '        """y = x @ W for x of shape (B, in_features): generate W, then one matmul."""\n'
-                 "        W = self.weight()\n" + _indent(_step_lines(mat, app_steps, names)) + "\n        return y\n")
+        programs = {"materialise": mat, **streams}
+        src.add(_SCHEDULE_NOTE, 4)
+        src.add("SCHEDULE_FLOPS = {", 4)
+        for key, prog in programs.items():
+            src.add(f"{_lit(key)}: {_lit(flops_by_batch(prog))},", 8)
+        src.add("}", 4)
+        src.add("SCHEDULE_SIZES = {", 4)
+        for key, prog in programs.items():
+            src.add(f"{_lit(key)}: {_lit(sizes_by_batch(prog))},", 8)
+        src.add("}", 4)
+    src.add()
+    src.add(_INIT_AND_RESET, 4)
+    src.add()
+    src.add("def weight(self) -> torch.Tensor:", 4)
+    src.add(f'"""The dense weight W ({_int(design.in_features)} x {_int(design.out_features)}) generated from the '
+            f'cores."""', 8)
+    for line in _step_lines(mat, gen_steps, names):
+        src.add(line, 8)
+    src.add("return W", 8)
+    src.add()
+    src.add("def forward_materialise(self, x: torch.Tensor) -> torch.Tensor:", 4)
+    src.add('"""y = x @ W for x of shape (B, in_features): generate W, then one matmul."""', 8)
+    src.add("W = self.weight()", 8)
+    for line in _step_lines(mat, app_steps, names):
+        src.add(line, 8)
+    src.add("return y", 8)
+    for key, prog in streams.items():
+        src.add()
+        src.add(f"def forward_{_ident(key)}(self, x: torch.Tensor) -> torch.Tensor:", 4)
+        src.add('"""y = x @ W for x of shape (B, in_features), contracting x through the cores.', 8)
+        src.add()
+        src.add(f'W is never formed; the path is the one planned at batch {_int(prog.batch)}.\n"""', 8)
+        for line in _step_lines(prog, prog.steps, names):
+            src.add(line, 8)
+        src.add("return y", 8)
+    if streams and "stream" not in streams:
+        src.add()
+        src.add(_STREAM_DISPATCH, 4)
     if streams:
-        for key, prog in streams.items():
-            parts.append(f"\n    def forward_{key}(self, x: torch.Tensor) -> torch.Tensor:\n"
-                         '        """y = x @ W for x of shape (B, in_features), contracting x through the cores.\n\n'
-                         f'        W is never formed; the path is the one planned at batch {prog.batch}.\n        """\n'
-                         + _indent(_step_lines(prog, prog.steps, names)) + "\n        return y\n")
-        if "stream" not in streams:
-            parts.append("\n" + textwrap.indent(textwrap.dedent('''\
-                def forward_stream(self, x: torch.Tensor) -> torch.Tensor:
-                    """y = x @ W with the cheapest stream path for this batch size."""
-                    streams = [k for k in self.SCHEDULE_FLOPS if k != "materialise"]
-                    plan = min(streams, key=lambda k: self.flops(k, x.shape[0]))
-                    return getattr(self, "forward_" + plan)(x)
-                '''), "    "))
-        parts.append("\n" + textwrap.indent(textwrap.dedent('''\
-            @classmethod
-            def flops(cls, program: str, batch: int) -> int:
-                """Forward FLOPs (2 x multiply-adds) of one program at this batch size."""
-                a, b = cls.SCHEDULE_FLOPS[program]
-                return a + b * batch
-
-            @classmethod
-            def plan(cls, batch: int) -> str:
-                """The program with the fewest FLOPs at this batch size (materialise on a tie)."""
-                return min(cls.SCHEDULE_FLOPS, key=lambda k: cls.flops(k, batch))
-
-            @classmethod
-            def schedule(cls, batch: int) -> str:
-                """The schedule forward() uses at this batch size: "materialise" or "stream"."""
-                return "materialise" if cls.plan(batch) == "materialise" else "stream"
-            '''), "    "))
-        pick = 'y = getattr(self, "forward_" + self.plan(x.shape[0]))(x)'
-    else:
-        pick = "y = self.forward_materialise(x)  # the last tensor absorbed is activated: W must be generated"
-    parts.append("\n" + textwrap.indent(textwrap.dedent(f'''\
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            """x: (..., {design.in_features}) -> (..., {design.out_features})."""
-            lead = x.shape[:-1]
-            x = x.reshape(-1, self.in_features)
-            {pick}
-            y = y.reshape(*lead, self.out_features)
-            return y if self.bias is None else y + self.bias
-
-        def extra_repr(self) -> str:
-            bias = self.bias is not None
-            return f"in_features={{self.in_features}}, out_features={{self.out_features}}, bias={{bias}}"
-        '''), "    "))
-    parts.append(f"\n\nLayer = {cls}  # a fixed name for loaders\n" if cls != "Layer" else "")
-    return "".join(parts)
+        src.add()
+        src.add(_PLANNING, 4)
+    src.add()
+    src.add(_FORWARD.replace("PICK", _PICK_PLAN if streams else _PICK_MATERIALISE), 4)
+    if cls != "Layer":
+        src.add()
+        src.add()
+        src.add(f"Layer = {cls}  # a fixed name for loaders")
+    text = src.text()
+    ast.parse(text)  # a guard: what is returned always parses
+    return text
 
 
 # --------------------------------------------------------------------- json and snippet
@@ -293,14 +448,25 @@ def to_json_source(design: Design) -> str:
 
 
 def to_snippet(design: Design, design_path: str = "design.json", weights_path: str | None = None) -> str:
-    """A short script using the TN Studio engine: ``TNLinear(load_design(...))``."""
-    load = (f'layer.load_state_dict(torch.load({weights_path!r}, weights_only=True))\n' if weights_path else
-            "# layer.load_state_dict(torch.load(\"weights.pt\", weights_only=True))  # trained weights, if any\n")
-    return (f"# {design.name}: {design.in_features} -> {design.out_features}, {design.params:,} parameters "
-            f"({design.compression:,.1f}x compression), exported by TN Studio\n"
-            "import torch\n\nfrom engine.design import load_design\nfrom engine.nn import TNLinear\n\n"
-            f"layer = TNLinear(load_design({design_path!r}))\n{load}"
-            f"y = layer(torch.randn(32, {design.in_features}))  # (32, {design.out_features})\n")
+    """A short script using the TN Studio engine: ``TNLinear(load_design(...))`` (strings as literals only)."""
+    src = _Source()
+    src.add(f'"""A TN Studio layer through the engine: {_int(design.in_features)} -> {_int(design.out_features)}, '
+            f'{design.params:,} parameters ({design.compression:,.1f}x compression). Exported by TN Studio."""')
+    src.add("import torch")
+    src.add()
+    src.add("from engine.design import load_design")
+    src.add("from engine.nn import TNLinear")
+    src.add()
+    src.add(f"DESIGN_NAME = {_lit(design.name)}")
+    src.add(f"layer = TNLinear(load_design({_lit(str(design_path))}))")
+    if weights_path:
+        src.add(f"layer.load_state_dict(torch.load({_lit(str(weights_path))}, weights_only=True))")
+    else:
+        src.add('# layer.load_state_dict(torch.load("weights.pt", weights_only=True))  # trained weights, if any')
+    src.add(f"y = layer(torch.randn(32, {_int(design.in_features)}))  # (32, {_int(design.out_features)})")
+    text = src.text()
+    ast.parse(text)
+    return text
 
 
 def export_source(design: Design, fmt: str, **kw: Any) -> str:

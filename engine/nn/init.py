@@ -251,6 +251,16 @@ def _remove_mean(prog: Program, cores: dict[str, torch.Tensor], last: str) -> No
         cores[last].sub_(g * (float(mean.detach()) / gg))
 
 
+def check_init_memory(design: Design, what: str = "initialising this design") -> None:
+    """Refuse (:class:`engine.resources.ResourceError`, a ``ValueError``) a design whose initialisation would not
+    fit in this machine's memory, with the cost model's number, before anything is allocated."""
+    from engine.contract.cost import init_memory_bytes
+    from engine.resources import check_fits
+
+    check_fits(init_memory_bytes(design), what, hint="lower the bond dimensions (`tnstudio cost --schedule "
+               "materialise --batch 1` shows W's cost)")
+
+
 def init_cores(design: Design, seed: int | torch.Generator | None = None, std: float | None = None,
                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Cores for ``design`` whose W has ``nn.Linear``'s default variance (or std ``std``).

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.contract.cache import CACHE
 from engine.contract.program import Program, compile_program
 from engine.contract.schedule import check_schedule
 from engine.design.model import Design, load_design
@@ -85,6 +86,7 @@ class TNLinear(nn.Module):
         self.schedule = schedule
         self.search = search
         self._programs: dict[tuple[int, str], Program] = {}
+        self._thorough_seen = CACHE.thorough_stored
         dtype = dtype or torch.get_default_dtype()
         if seed is None:
             seed = int(torch.randint(0, 1 << 62, (1,)).item())
@@ -133,8 +135,13 @@ class TNLinear(nn.Module):
         return prog
 
     def program(self, batch: int, schedule: ScheduleChoice | None = None) -> Program:
-        """The program this module runs for ``batch`` rows (cached per batch size and schedule)."""
+        """The program this module runs for ``batch`` rows (cached per batch size and schedule; asked again once a
+        thorough refinement stored a program in this process, so the module never runs worse than the cost
+        report shows)."""
         schedule = schedule or self._schedule
+        if CACHE.thorough_stored != self._thorough_seen:
+            self._programs.clear()
+            self._thorough_seen = CACHE.thorough_stored
         prog = self._programs.get((batch, schedule))
         if prog is not None:
             return prog

@@ -1,5 +1,6 @@
-"""Layer 5, design search: propose TN layer designs with Optuna, price each with the cost model before any
-training, train the feasible ones briefly, and report the Pareto front of validation accuracy against size.
+"""Design search (above :mod:`engine.train`, below :mod:`engine.cli`): propose TN layer designs with Optuna, price
+each with the cost model before any training, train the feasible ones briefly, and report the Pareto front of
+validation accuracy against size.
 
 - :mod:`~engine.search.space`: :class:`LayerSpace` (kinds, leg factorisations, bond dimensions uniform or per
   bond, activations, template options) and its :class:`Candidate` designs;

@@ -36,7 +36,7 @@ from engine.search.spec import STOP_ATTR, SearchSpec
 from engine.search.storage import COMPANION_MARK, redact
 
 log = logging.getLogger(__name__)
-STOP_POLL_S = 2.0
+STOP_POLL_S = 0.5
 
 
 def size_bucket(value: float) -> int:
@@ -366,3 +366,31 @@ def queue_retry(study, number: int, params: dict[str, Any], user_attrs: dict[str
         return False
     study.enqueue_trial(params, user_attrs={"retry_of": first, "attempt": attempt})
     return True
+
+
+def refit(spec: SearchSpec, study_name: str, number: int, candidate: dict[str, Any], storage_url: str,
+          runs_dir: str | None = None) -> dict[str, Any]:
+    """Train trial ``number``'s design again on *all* training examples (no validation split), as a hand sweep
+    trains, and return ``{"run_id", "test_accuracy", "host"}`` (the run is in the run store, ``summary.search``
+    marking it a refit). Selection used the validation split; this is the design's fair test number."""
+    from engine.search.space import Candidate
+    from engine.train.store import RunStore
+
+    cand = Candidate.from_dict(candidate)
+    store = RunStore(runs_dir)
+    link = {"study": study_name, "trial": number, "storage": redact(storage_url), "refit": True}
+    run_id = store.create_run(spec.run_config(), cand.build(), name=f"search {study_name} #{number} refit: "
+                              f"{cand.label}")
+    store.update(run_id, summary={"search": link})
+    trainer = search_trainer_class()(store, run_id, 0.0, spec.seed, link)
+    try:
+        trainer.setup()
+        results = trainer.train()
+    except BaseException as e:
+        store.set_status(run_id, "failed", str(e) if type(e).__module__ == "engine.train.loop"
+                         else f"{type(e).__name__}: {e}")
+        raise
+    store.set_status(run_id, "completed", None, results=results, step=trainer.step)
+    return {"run_id": run_id, "test_accuracy": results.get("test_accuracy"), "host": socket.gethostname(),
+            "runs_dir": str(store.root)}
+

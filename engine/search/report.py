@@ -8,7 +8,7 @@ end of each trained trial and never optimised.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from engine.format import si
@@ -43,6 +43,8 @@ class TrialRecord:
     started: float | None = None  # Unix seconds
     finished: float | None = None
     on_front: bool = False
+    refit_test_accuracy: float | None = None  # the design trained again on all training examples (refit_front)
+    refit_run_id: str | None = None
     val_curve: list[list[float]] = field(default_factory=list)  # [epoch, validation accuracy]
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,12 +93,15 @@ class StudyReport:
                  f"{c['waiting']} queued"]
         if self.budget_reasons:
             lines.append("  budget: " + ", ".join(f"{k} ({n})" for k, n in self.budget_reasons.items()))
-        head = f"  {'#':>4}  {'design':<44} {size:>10}  {'val acc':>7}  {'test acc':>8}  {'run':<8}"
+        refits = any(t.refit_test_accuracy is not None for t in self.trials)
+        head = (f"  {'#':>4}  {'design':<44} {size:>10}  {'val acc':>7}  {'test acc':>8}  "
+                + (f"{'refit test':>10}  " if refits else "") + f"{'run':<8}")
 
         def row(t: TrialRecord) -> str:
             s = t.params if self.objective == "params" else t.forward_flops
             return (f"  {t.number:>4}  {(t.label or '')[:44]:<44} {si(s) if s is not None else '-':>10}  "
-                    f"{_pct(t.val_accuracy):>7}  {_pct(t.test_accuracy):>8}  {t.run_id or '-':<8}")
+                    f"{_pct(t.val_accuracy):>7}  {_pct(t.test_accuracy):>8}  "
+                    + (f"{_pct(t.refit_test_accuracy):>10}  " if refits else "") + f"{t.run_id or '-':<8}")
 
         lines += ["", "Pareto front (validation accuracy vs " + size + "):", head] + [row(t) for t in self.front]
         if not self.front:
@@ -159,13 +164,14 @@ def records(study) -> list[TrialRecord]:
 
 def build_report(study, storage: str) -> StudyReport:
     """The report of an open search study."""
-    from dataclasses import replace
-
-    from engine.search.spec import STOP_ATTR
+    from engine.search.spec import REFIT_ATTR, STOP_ATTR
     from engine.search.worker import load_spec
 
     spec = load_spec(study)
-    recs = records(study)
+    refits = {int(k): v for k, v in (study.user_attrs.get(REFIT_ATTR) or {}).items()}
+    recs = [replace(r, refit_test_accuracy=refits[r.number].get("test_accuracy"),
+                    refit_run_id=refits[r.number].get("run_id")) if r.number in refits else r
+            for r in records(study)]
     try:
         front_numbers = {t.number for t in study.best_trials}
     except Exception:  # noqa: BLE001 - no complete trial yet

@@ -17,6 +17,7 @@ OBJECTIVES = ("params", "flops")  # the second objective, minimised (the first i
 PRUNERS = ("median", "halving", "none")
 SPEC_ATTR = "tnstudio.spec"
 STOP_ATTR = "tnstudio.stop"
+REFIT_ATTR = "tnstudio.refit"
 # what may change when a study is continued (``tnstudio search`` again with the same name): its size
 RESIZABLE = ("trials", "max_candidates")
 

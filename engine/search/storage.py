@@ -6,10 +6,11 @@
   leaves its trial RUNNING: the next worker on the same machine fails it (its process is gone) and queues it
   again (:func:`engine.search.worker.reap_dead_trials`).
 - **RDB URL** (``postgresql://user:pw@host/db``, also ``mysql://``, ``sqlite:///file.db``): Optuna's
-  ``RDBStorage``, for workers on several machines. It records heartbeats (``heartbeat_interval``), and a trial
-  whose worker stopped beating for ``grace_period`` seconds is failed and queued again
-  (``RetryHeartbeatStaleTrialCallback``) by whichever worker starts a trial next. PostgreSQL needs a driver:
-  ``pip install psycopg2-binary`` (in the project's ``test`` extra).
+  ``RDBStorage``, for workers on several machines. It records heartbeats (every 10 s; ``$TNSTUDIO_SEARCH_HEARTBEAT``
+  = ``"INTERVAL,GRACE"`` changes that), and a trial whose worker stopped beating for the grace period (40 s) is
+  failed and queued again (``RetryHeartbeatStaleTrialCallback``) by whichever worker starts a trial next.
+  PostgreSQL needs the psycopg 3 driver (SQLAlchemy 2.1's default for ``postgresql://``): ``pip install
+  "psycopg[binary]"`` (in the project's ``test`` extra).
 - A path (no ``://``) is a journal file of its own.
 
 The URL may come from ``--storage`` or the environment variable ``TNSTUDIO_SEARCH_STORAGE`` (workers get it
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import optuna
 
 ENV_STORAGE = "TNSTUDIO_SEARCH_STORAGE"
+ENV_HEARTBEAT = "TNSTUDIO_SEARCH_HEARTBEAT"
 COMPANION_MARK = "/prune/"  # companion studies (per-size pruning, see engine.search.objective) hold this
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 40
@@ -74,10 +76,27 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S,
-                 grace_period: int | None = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url`` (see the module docstring); RDB storages get heartbeats unless
-    ``heartbeat_interval`` is None."""
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: ``$TNSTUDIO_SEARCH_HEARTBEAT`` (``"10,40"``) or the
+    defaults :data:`HEARTBEAT_INTERVAL_S`, :data:`GRACE_PERIOD_S`."""
+    text = os.environ.get(ENV_HEARTBEAT, "").strip()
+    if not text:
+        return HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S
+    try:
+        parts = [int(v) for v in text.split(",")]
+        interval = parts[0]
+        grace = parts[1] if len(parts) > 1 else 4 * interval
+        if interval < 1 or grace <= interval:
+            raise ValueError
+    except ValueError:
+        raise StorageError(f"{ENV_HEARTBEAT} must be 'INTERVAL[,GRACE]' in whole seconds, GRACE > INTERVAL >= 1, "
+                           f"got {text!r}") from None
+    return interval, grace
+
+
+def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (see the module docstring); RDB storages get heartbeats
+    (:func:`heartbeat_settings`) unless ``heartbeat`` is False (readers that run no trial)."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
@@ -85,17 +104,18 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL_S
     if not is_rdb(url):
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(url))
-    kwargs = {}
-    if heartbeat_interval:
-        kwargs = {"heartbeat_interval": int(heartbeat_interval), "grace_period": grace_period,
-                  "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs = {}
+            if heartbeat:
+                interval, grace = heartbeat_settings()
+                kwargs = {"heartbeat_interval": interval, "grace_period": grace,
+                          "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2)}
             return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
     except ImportError as e:
-        raise StorageError(f"cannot open {redact(url)}: {e} (PostgreSQL needs: pip install psycopg2-binary)") \
-            from None
+        raise StorageError(f"cannot open {redact(url)}: {e} (PostgreSQL needs psycopg 3: "
+                           f"pip install 'psycopg[binary]')") from None
     except Exception as e:  # noqa: BLE001 - a server that is down, bad credentials: one line for the user
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot open {redact(url)}: {first}") from None
@@ -108,6 +128,6 @@ def list_studies(url: str | None = None) -> list[str]:
     if url is None and not os.environ.get(ENV_STORAGE):
         return sorted(p.stem for p in search_dir(create=False).glob("*.journal")) \
             if search_dir(create=False).exists() else []
-    storage = open_storage(storage_url("x", url), heartbeat_interval=None)
+    storage = open_storage(storage_url("x", url), heartbeat=False)
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
                   if COMPANION_MARK not in s.study_name)

@@ -6,6 +6,7 @@ API::
     study, spec = open_search(name, url=None)   # StorageError when there is no such search
     procs = start_workers(name, n, url=None, runs_dir=None)   # n worker processes on this machine
     report = run_search(spec, url=None, workers=2, runs_dir=None, progress=None)   # all of it, waiting
+    refit_front(name, url=None, runs_dir=None)  # retrain the front's designs on all training data: test numbers
     stop_search(name, url=None)                 # workers stop at their next evaluation; the trial is queued again
     resume_search(name, url=None)               # clear the stop flag (start_workers / join then continue)
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from engine.search.report import StudyReport, study_report
-from engine.search.spec import SPEC_ATTR, STOP_ATTR, SearchSpec, SpecError
+from engine.search.spec import REFIT_ATTR, SPEC_ATTR, STOP_ATTR, SearchSpec, SpecError
 from engine.search.storage import ENV_STORAGE, StorageError, open_storage, redact, search_dir, storage_url
 from engine.search.worker import load_spec
 
@@ -87,7 +88,7 @@ def open_search(name: str, url: str | None = None):
         raise StorageError(f"no search {name!r} (no {url}; searches here: "
                            f"{', '.join(sorted(p.stem for p in search_dir().glob('*.journal'))) or 'none'})")
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat_interval=None))
+        study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
     except KeyError:
         raise StorageError(f"no search {name!r} in {redact(url)}") from None
     return study, load_spec(study)
@@ -113,6 +114,27 @@ def resume_search(name: str, url: str | None = None, trials: int | None = None):
                                                     or spec.max_candidates < trials else spec.max_candidates
                                                     ).to_dict())
     return study
+
+
+def refit_front(name: str, url: str | None = None, runs_dir: str | None = None,
+                progress: Callable[[int, dict], None] | None = None) -> dict[int, dict]:
+    """Train each design of the Pareto front again on all training examples (the hand sweep's protocol: selection
+    used the validation split, so this is each design's fair test accuracy). Results go into the study (user
+    attribute ``tnstudio.refit``: trial number -> run id, test accuracy) and the report; designs refitted
+    already are skipped. Returns the refits of the front."""
+    from engine.search.objective import refit
+
+    study, spec = open_search(name, url)
+    done = {int(k): v for k, v in (study.user_attrs.get(REFIT_ATTR) or {}).items()}
+    rep = study_report(name, url)
+    for t in rep.front:
+        if t.number in done or not t.candidate:
+            continue
+        done[t.number] = refit(spec, name, t.number, t.candidate, storage_url(name, url), runs_dir)
+        study.set_user_attr(REFIT_ATTR, {str(k): v for k, v in done.items()})
+        if progress is not None:
+            progress(t.number, done[t.number])
+    return {t.number: done[t.number] for t in rep.front if t.number in done}
 
 
 def worker_log(name: str, index: int) -> Path:
@@ -180,5 +202,5 @@ def run_search(spec: SearchSpec, url: str | None = None, workers: int = 2, runs_
     return wait_workers(procs, spec.name, url, progress=progress, timeout=timeout)
 
 
-__all__ = ["DIRECTIONS", "create_search", "open_search", "resume_search", "run_search", "start_workers",
+__all__ = ["DIRECTIONS", "create_search", "open_search", "refit_front", "resume_search", "run_search", "start_workers",
            "stop_search", "wait_workers", "worker_log"]

@@ -2,12 +2,13 @@
 ``$TNSTUDIO_SEARCH_STORAGE``, else the embedded journal of the study).
 
 Any number of workers, on one machine or many, run the same study: each opens it, fails and queues again the
-trials of workers that died (:func:`reap_dead_trials`), then runs ``study.optimize`` with the
-:class:`~engine.search.objective.SearchObjective` until the study has trained ``trials`` candidates (counted over
-all workers, so the study ends after at least that many and at most ``workers - 1`` more), proposed
-``max_candidates``, or was stopped (``tnstudio search stop``; SIGTERM / SIGINT stop this worker alone). A trial
-interrupted by a stop is queued again, so a restarted worker continues where the study was. Finished trials are
-in the storage the moment they finish: killing a worker loses only the trial it was training.
+trials of workers that died (:func:`reap_dead_trials`, also after each of its own trials; journal storages), then
+runs ``study.optimize`` with the :class:`~engine.search.objective.SearchObjective` until the study has trained
+``trials`` candidates (counted over all workers, so the study ends after at least that many and at most
+``workers - 1`` more), proposed ``max_candidates``, or was stopped (``tnstudio search stop``; SIGTERM / SIGINT
+stop this worker alone). A trial interrupted by a stop is queued again, so a restarted worker continues where the
+study was. Finished trials are in the storage the moment they finish: killing a worker loses only the trial it
+was training (RDB storages: failed and queued again through heartbeats, see :mod:`engine.search.storage`).
 
 Sampler: Optuna's multi-objective TPE (multivariate, grouped for the kind-dependent parameters, constant liar so
 parallel workers spread out), ``startup_trials`` random candidates first; each worker seeds its own.
@@ -98,10 +99,11 @@ def finished_reason(study, spec: SearchSpec) -> str | None:
 
 
 def reap_dead_trials(study, max_retries: int = 2) -> list[int]:
-    """Fail the RUNNING trials whose worker process died on this machine (and, in a journal storage, trials that
-    never recorded a worker for :data:`UNCLAIMED_GRACE_S`), fail their companion trials and queue their candidates
-    again. Returns the trial numbers failed here. RDB storages also fail the stale trials of other machines
-    through heartbeats (see :mod:`engine.search.storage`)."""
+    """In a journal storage (one machine): fail the RUNNING trials whose worker process died, and trials that
+    never recorded a worker for :data:`UNCLAIMED_GRACE_S`; fail their companion trials and queue their candidates
+    again. Returns the trial numbers failed here. RDB storages are left to Optuna's heartbeats instead (see
+    :mod:`engine.search.storage`): a process id says nothing about another machine, and containers may share a
+    host name."""
     import optuna
     from optuna.exceptions import UpdateFinishedTrialError
 
@@ -109,7 +111,8 @@ def reap_dead_trials(study, max_retries: int = 2) -> list[int]:
     from engine.train.store import pid_alive
 
     host, storage = socket.gethostname(), study._storage
-    rdb = isinstance(storage, optuna.storages.RDBStorage)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return []
     now = datetime.datetime.now()
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -119,7 +122,7 @@ def reap_dead_trials(study, max_retries: int = 2) -> list[int]:
                 continue
             reason = f"worker process died (pid {w.get('pid')} on {host}); queued again"
         else:
-            if rdb or t.datetime_start is None or (now - t.datetime_start).total_seconds() < UNCLAIMED_GRACE_S:
+            if t.datetime_start is None or (now - t.datetime_start).total_seconds() < UNCLAIMED_GRACE_S:
                 continue
             reason = "its worker never recorded itself and is gone; queued again"
         try:
@@ -169,6 +172,7 @@ def run_worker(name: str, url: str | None = None, runs_dir: str | None = None, i
 
     def after_trial(st, trial) -> None:
         ran["n"] += 1
+        reaped.extend(reap_dead_trials(st))  # a worker beside this one may have died meanwhile
         if flag["signal"]:
             why["reason"] = "signal"
         else:

@@ -33,7 +33,11 @@ class RunConfig:
     device (auto|cpu|cuda|cuda:N), amp, seed, baseline (nn.Linear in place of the design), nproc (data-parallel
     processes), eval_every (steps; 0: each epoch), log_every (steps), max_steps (stop early; None: all epochs),
     threads (CPU threads per process; None: one thread for small MLPs, whose steps are too short to gain from
-    more, else torch's default).
+    more, else torch's default), init_from (None: a fresh initialisation; else a ``.pt`` file holding the whole
+    model's state dict, loaded strictly with ``weights_only=True`` before the first step, e.g. a truncated layer
+    fine-tuned as a child run; a relative path is resolved against the run's folder, see
+    :func:`engine.analysis.finetune.finetune`), network (None, or a whole network to train: a network file's
+    JSON with every design inline, :mod:`engine.network.format`; it sets ``model`` to ``network``).
 
     Construction checks every field and raises :class:`ConfigError`; :meth:`from_dict` / :meth:`to_dict` convert
     to and from the JSON the run store keeps (same keys as ever, so old run stores load).
@@ -60,6 +64,8 @@ class RunConfig:
     log_every: int = field(default=10, metadata=_label("logging interval"))
     max_steps: int | None = field(default=None, metadata=_label("maximum steps"))
     threads: int | None = field(default=None, metadata=_label("CPU threads"))
+    init_from: str | None = field(default=None, metadata=_label("initial weights"))
+    network: dict | None = field(default=None, metadata=_label("network"))
 
     def __post_init__(self) -> None:
         self._validate()
@@ -77,6 +83,7 @@ class RunConfig:
             self._set("dataset", dataset_name(str(self.dataset)))
         except DataError as e:
             raise ConfigError(str(e), "dataset") from None
+        self._check_network()
         self._need("model", self.model in model_names(), f"one of {', '.join(model_names())}")
         for key in ("epochs", "batch_size", "nproc", "log_every"):
             self._need(key, _is_int(getattr(self, key), 1), "an integer >= 1")
@@ -109,6 +116,28 @@ class RunConfig:
                    "None or a folder")
         if self.data_dir is not None:
             self._set("data_dir", os.fspath(self.data_dir))
+        init = self.init_from
+        self._need("init_from", init is None or (isinstance(init, (str, os.PathLike)) and
+                                                 os.fspath(init).endswith(".pt")), "None or a path to a .pt file")
+        if init is not None:
+            self._set("init_from", os.fspath(init))
+
+    def _check_network(self) -> None:
+        """``network``: a valid network file's JSON (parsed, not built: no torch); it makes ``model`` "network"."""
+        if self.network is None:
+            self._need("model", self.model != "network", "given with a network (--model network trains a network "
+                       "file)")
+            return
+        from engine.network.format import NetworkError, NetworkSpec
+
+        self._need("network", isinstance(self.network, dict), "None or a network file's JSON object")
+        try:
+            spec = NetworkSpec.from_dict(self.network)
+        except NetworkError as e:
+            raise ConfigError(f"network: {e}", "network") from None
+        if any(a.path for a in spec.layers.values()):
+            raise ConfigError("network: give every design inline (NetworkSpec.resolved_copy), not by path", "network")
+        self._set("model", "network")
 
     def check_device(self) -> None:
         """Refuse, with a :class:`ConfigError`, a CUDA device this machine lacks (the launcher calls this before

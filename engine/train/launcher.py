@@ -9,8 +9,9 @@ API (stable; the CLI and the studio use it)::
 
 ``launch`` takes a :class:`~engine.train.config.RunConfig` (or a dict of its fields, checked by building one),
 refuses a device this machine lacks (:meth:`~engine.train.config.RunConfig.check_device`), missing data files
-(:func:`~engine.train.data.check_dataset`) and a design that does not fit the model
-(:func:`~engine.train.models.check_fit`), records the run (status ``queued``), then starts
+(:func:`~engine.train.data.check_dataset`), a design that does not fit the model
+(:func:`~engine.train.models.check_fit`) and a model whose training the cost model prices beyond this machine's
+memory, or the GPU's (:func:`check_memory`, with both numbers), records the run (status ``queued``), then starts
 ``python -m engine.train --run ID --runs-dir DIR`` detached: a new session (its own process group), so closing
 the terminal or restarting the studio does not end it; its stdout/stderr go to ``<run dir>/log.txt``. The
 launching process reaps the child in a daemon thread, so a finished run leaves no zombie behind.
@@ -27,9 +28,11 @@ from typing import Any, Mapping
 
 from engine.design.model import Design
 from engine.train.config import RunConfig
-from engine.train.data import check_dataset
-from engine.train.models import check_fit
+from engine.train.data import check_dataset, dataset_spec
+from engine.train.models import CNN_FEATURES, check_fit, mlp_plan
 from engine.train.store import ACTIVE, RunStore
+
+EVAL_BATCH = 1024  # Trainer.evaluate's batch (forward only)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the engine package
 
@@ -59,11 +62,73 @@ def start_process(run_id: str, store: RunStore, resume: bool = False) -> subproc
     return proc
 
 
-def launch(config: RunConfig | Mapping[str, Any], design: Design | dict | None = None,
-           runs_dir: str | os.PathLike | None = None, name: str | None = None, parent: str | None = None) -> str:
-    """Record a run and start it in its own process; returns the run id. A bad config, a device this machine
-    lacks, missing data or a design that does not fit the model raise ``ValueError`` (ConfigError, DataError,
-    DesignError, ModelError) before anything is recorded."""
+def memory_estimate(config: RunConfig, design: Design | None) -> dict[str, int]:
+    """Bytes one training process needs, by the cost model (no torch, nothing allocated).
+
+    ``layer``: the design's layer (:func:`engine.contract.cost.cost_report`'s training memory at the per-process
+    batch, or the evaluation's forward peak at batch 1024 when larger; its dense baseline with ``config.baseline``);
+    ``rest``: the other dense layers (weights, gradients, Adam's two moments, activations); ``init``: initialising
+    the cores (a nonlinear design calibrates on W, on the CPU); ``total``: ``layer + rest``.
+    """
+    from engine.contract.cost import cost_report, init_memory_bytes
+
+    if config.network is not None:  # a whole network: its report's training memory (engine.train.networks)
+        from engine.train.networks import memory_estimate as network_memory
+
+        return network_memory(config, EVAL_BATCH)
+    per_rank = max(1, -(-config.batch_size // config.nproc))
+    spec = dataset_spec(config.dataset)
+    if config.model == "mlp":
+        hidden, layer = mlp_plan(spec.in_features, spec.num_outputs, design,
+                                 list(config.hidden) if config.hidden is not None else None, config.layer)
+        sizes = [spec.in_features] + hidden + [spec.num_outputs]
+        dense = [(sizes[k], sizes[k + 1]) for k in range(len(sizes) - 1) if k != layer]
+    elif config.model == "cnn":  # convolutions and the classifier after the design are small
+        dense = [(CNN_FEATURES, 256), (256, spec.num_outputs)] if design is None else [
+            (design.out_features, spec.num_outputs)]
+        sizes = [spec.in_features, CNN_FEATURES * 8]  # activations of the conv blocks, roughly
+    else:  # other model kinds (e.g. a whole network): the design's layer only
+        dense, sizes = [], [spec.in_features]
+    rest_params = sum(a * b + b for a, b in dense)
+    rest = 4 * (4 * rest_params + 3 * max(per_rank, EVAL_BATCH) * sum(sizes))
+    layer_bytes = init = 0
+    if design is not None:
+        train = cost_report(design, batch=per_rank)
+        evaluation = cost_report(design, batch=EVAL_BATCH)
+        if not train.executable:
+            raise ValueError(f"design {design.name!r} cannot be trained: a step of its contraction program joins "
+                             f"more than 52 indices, more than torch.einsum can name (see `tnstudio cost`)")
+        if config.baseline:
+            layer_bytes = train.dense_train_memory_bytes
+        else:
+            layer_bytes = max(train.train_memory_bytes, evaluation.peak_memory_bytes)
+            init = init_memory_bytes(design)
+    return {"layer": layer_bytes, "rest": rest, "init": init, "total": layer_bytes + rest}
+
+
+def check_memory(config: RunConfig, design: Design | None) -> dict[str, int]:
+    """Refuse (:class:`engine.resources.ResourceError`, a ``ValueError``) a run whose training the cost model
+    prices beyond this machine's memory (all ``nproc`` processes on the CPU) or, on CUDA, one GPU's; the message
+    has both numbers. Returns :func:`memory_estimate`."""
+    from engine.resources import check_fits
+
+    need = memory_estimate(config, design)
+    what = f"training design {design.name!r}" if design is not None else "training this dense model"
+    what += f" at batch {config.batch_size}" + (f" over {config.nproc} processes" if config.nproc > 1 else "")
+    if design is not None:
+        check_fits(need["init"], f"initialising design {design.name!r} (calibrated on W)",
+                   hint="lower the bond dimensions (`tnstudio cost --schedule materialise --batch 1` shows W's cost)")
+    if config.device.startswith("cuda"):
+        check_fits(need["total"], what, config.device)
+    else:
+        check_fits(need["total"] * config.nproc, what)
+    return need
+
+
+def check_launch(config: RunConfig | Mapping[str, Any], design: Design | dict | None = None
+                 ) -> tuple[RunConfig, Design | None, dict[str, int]]:
+    """Every check :func:`launch` makes before it records a run (config, device, data files, fit, memory);
+    returns the checked config, the design and :func:`memory_estimate`. Raises ``ValueError`` subclasses."""
     if not isinstance(config, RunConfig):
         config = RunConfig.from_dict(config)
     config.check_device()
@@ -73,6 +138,16 @@ def launch(config: RunConfig | Mapping[str, Any], design: Design | dict | None =
     if design is not None:
         design.check()
     check_fit(config, design)
+    return config, design, check_memory(config, design)
+
+
+def launch(config: RunConfig | Mapping[str, Any], design: Design | dict | None = None,
+           runs_dir: str | os.PathLike | None = None, name: str | None = None, parent: str | None = None) -> str:
+    """Record a run and start it in its own process; returns the run id. A bad config, a device this machine
+    lacks, missing data, a design that does not fit the model or training that would not fit in memory raise
+    ``ValueError`` (ConfigError, DataError, DesignError, ModelError, ResourceError) before anything is recorded
+    (:func:`check_launch`)."""
+    config, design, _ = check_launch(config, design)
     store = RunStore(runs_dir)
     run_id = store.create_run(config, design, name=name, parent=parent)
     start_process(run_id, store)

@@ -18,7 +18,10 @@ logged after it.
 Data parallel: ``nproc > 1`` runs that many processes with torch.distributed (gloo on CPU, nccl on GPU): the
 launched process is rank 0 and starts the others; ``batch_size`` is the global batch, split across ranks; each
 rank sees its own shard of every epoch's permutation; gradients are averaged by DDP, metrics summed over ranks.
-Only rank 0 writes to the store and the checkpoint.
+Only rank 0 writes to the store and the checkpoint. Beyond one machine, :func:`torchrun_main` runs one rank under
+torchrun (``torchrun --nnodes M --nproc-per-node N ... -m engine.train --run ID``): the process group comes from
+torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), rank 0 reads the run from its
+store and sends it to the others, and only rank 0 writes the store.
 """
 from __future__ import annotations
 
@@ -114,13 +117,15 @@ class _StopFlag:
 class Trainer:
     """Trains one run on one rank (see the module docstring)."""
 
-    def __init__(self, store: RunStore, run_id: str, rank: int = 0, world: int = 1, resume: bool = False):
-        self.store: RunStore = store
+    def __init__(self, store: RunStore | None, run_id: str, rank: int = 0, world: int = 1, resume: bool = False,
+                 run: dict[str, Any] | None = None, local_rank: int | None = None):
+        self.store: RunStore = store  # None on ranks > 0 under torchrun (they never write; rank 0 sends the run)
         self.run_id: str = run_id
         self.rank: int = rank
+        self.local_rank: int = rank if local_rank is None else local_rank  # the GPU index on this machine
         self.world: int = world
         self.resume: bool = resume
-        self.run: dict[str, Any] = store.get_run(run_id)
+        self.run: dict[str, Any] = run if run is not None else store.get_run(run_id)
         self.config: RunConfig = RunConfig.from_dict(self.run["config"])
         self.design: Design | None = Design.from_dict(self.run["design"]) if self.run.get("design") else None
         self.dir: Path = Path(self.run["dir"])
@@ -154,7 +159,7 @@ class Trainer:
     # ----------------------------------------------------------------- set-up
     def setup(self) -> None:
         config = self.config
-        self.device = resolve_device(config.device, self.rank, self.world)
+        self.device = resolve_device(config.device, self.local_rank, self.world)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)
@@ -164,11 +169,14 @@ class Trainer:
                             test_examples=len(self.data.x_test), device=str(self.device), nproc=self.world)
         if self.device.type == "cpu":
             threads = config.threads
-            if threads is None and config.model == "mlp":
-                step_flops = 6 * self.summary["params"] * config.batch_size / self.world
+            if threads is None and config.model in ("mlp", "network"):  # forward + backward ~ 3 x forward
+                per_example = self.summary.get("forward_flops") or 2 * self.summary["params"]
+                step_flops = 3 * per_example * config.batch_size / self.world
                 threads = 1 if step_flops < SMALL_STEP_FLOPS else None
             if threads is not None:
                 torch.set_num_threads(threads)
+        if config.init_from and not self.resume and self.rank == 0:
+            self._load_init(config.init_from)  # ranks > 0 receive these weights from DDP's broadcast of rank 0's
         self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -213,6 +221,38 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, self.ckpt_path)
         self.store.update(self.run_id, checkpoint=str(self.ckpt_path))
+
+    def init_path(self, path: str) -> Path:
+        """``init_from`` as a path: a relative one is resolved against the run's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.dir / p
+
+    def _load_init(self, path: str) -> None:
+        """Start from the weights in ``init_from``: the whole model's state dict, loaded strictly
+        (``weights_only=True``); a missing file, a missing or extra entry, or a shape that differs raises
+        :class:`ConfigError` naming them."""
+        p = self.init_path(path)
+        if not p.is_file():
+            raise ConfigError(f"init_from: no such file {p}", "init_from")
+        try:
+            state = torch.load(p, map_location=self.device, weights_only=True)
+        except Exception as e:  # torch.load raises many types; the run records one line
+            raise ConfigError(f"init_from: {p} is not a state dict torch can load with weights_only=True ({e})",
+                              "init_from") from None
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        if not isinstance(state, dict):
+            raise ConfigError(f"init_from: {p} holds {type(state).__name__}, not a state dict", "init_from")
+        own = self.model.state_dict()
+        problems = [f"missing {k}" for k in own if k not in state]
+        problems += [f"unexpected {k}" for k in state if k not in own]
+        problems += [f"{k} has shape {tuple(state[k].shape)} in the file but {tuple(v.shape)} in the model"
+                     for k, v in own.items() if k in state and hasattr(state[k], "shape")
+                     and tuple(state[k].shape) != tuple(v.shape)]
+        if problems:
+            shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+            raise ConfigError(f"init_from: {p} does not fit the model ({shown})", "init_from")
+        self.model.load_state_dict(state, strict=True)
 
     def _load_checkpoint(self) -> None:
         if not self.ckpt_path.exists():
@@ -448,14 +488,109 @@ def run_training(run_id: str, runs_dir: str | None = None, resume: bool = False,
     return store.get_run(run_id, with_design=False)
 
 
+# --------------------------------------------------------------------- torchrun
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def torchrun_env() -> dict[str, Any] | None:
+    """torchrun's environment when this process was started by it (or by any launcher of torch.distributed that
+    sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``
+    when given), else None."""
+    if not all(k in os.environ for k in TORCHRUN_VARS):
+        return None
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return {"rank": rank, "world": world, "local_rank": int(os.environ.get("LOCAL_RANK", rank)),
+            "local_world": int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+            "master": f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"}
+
+
+def torchrun_main(run_id: str | None = None, runs_dir: str | None = None, resume: bool = False,
+                  create: Callable[[RunStore], str] | None = None,
+                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """Train one run as this process's rank under torchrun (``torchrun --nproc-per-node N [--nnodes M ...] -m
+    engine.train --run ID`` or ``-m engine.cli train NETWORK.json ...``).
+
+    The process group comes from torchrun's environment (``init_method="env://"``: RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT; the GPU is LOCAL_RANK). Rank 0 opens the run store, records the run (``create(store) -> run id``)
+    or reads ``run_id``, and sends the run to the other ranks, which never touch a store (on other machines there
+    is none); rank 0 writes metrics, checkpoints and the ending. Returns the final run dict on rank 0, None on the
+    others. A problem rank 0 finds before training (a bad config, missing data) raises ``ValueError`` on every
+    rank.
+    """
+    import torch.distributed as dist
+
+    env = torchrun_env()
+    if env is None:
+        raise RuntimeError("not started by torchrun: RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT are not set")
+    rank, world = env["rank"], env["world"]
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", init_method="env://",
+                            timeout=timedelta(seconds=300))
+    store: RunStore | None = None
+    box: list[Any] = [None, None]
+    if rank == 0:
+        try:
+            store = RunStore(runs_dir)
+            rid = store.resolve(run_id) if run_id else create(store)  # type: ignore[misc]
+            box = [store.get_run(rid), None]
+        except Exception as e:  # noqa: BLE001 - sent to every rank, raised there as one clear error
+            box = [None, f"{e}"]
+    dist.broadcast_object_list(box, src=0)
+    run, error = box
+    if error is not None:
+        dist.destroy_process_group()
+        raise ValueError(error)
+    run_id = run["id"]
+    trainer = Trainer(store, run_id, rank, world, resume, run=run, local_rank=env["local_rank"])
+    previous_threads = torch.get_num_threads()
+    if not cuda:  # share this machine's cores between its ranks
+        torch.set_num_threads(max(1, previous_threads // max(1, env["local_world"])))
+    previous = trainer.stop.install() if rank == 0 else {}
+    if rank != 0:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when to stop
+    try:
+        trainer.setup()
+        trainer.summary["torchrun"] = {"world": world, "master": env["master"]}
+        results = trainer.train(progress)
+        if rank == 0:
+            store.set_status(run_id, "completed", None, results=results, step=trainer.step)
+    except _Stopped as e:
+        if rank == 0:
+            trainer.save_checkpoint()
+            store.set_status(run_id, "stopped", f"stopped at step {trainer.step} of {trainer.total_steps} ({e})",
+                             step=trainer.step)
+    except _NonFinite as e:
+        if rank == 0:
+            store.set_status(run_id, "failed", str(e))
+    except BaseException as e:  # noqa: BLE001 - rank 0 records every ending
+        log.exception("run %s failed on rank %d", run_id, rank)
+        if rank == 0:
+            store.set_status(run_id, "failed", f"{type(e).__name__} on rank 0: {e}")
+        if not isinstance(e, Exception):
+            raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _StopFlag.restore(previous)
+        torch.set_num_threads(previous_threads)
+        sys.stdout.flush()
+    return store.get_run(run_id, with_design=False) if rank == 0 else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m engine.train", description="Train a run recorded in the run store.")
+    p = argparse.ArgumentParser(prog="python -m engine.train", description="Train a run recorded in the run store "
+                                "(under torchrun: as one rank of a distributed run).")
     p.add_argument("--run", required=True, help="run id (see tnstudio runs list)")
     p.add_argument("--runs-dir", default=None, help="runs folder (default: $TNSTUDIO_HOME/runs)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run = run_training(args.run, args.runs_dir, args.resume)
+    if torchrun_env() is not None:
+        run = torchrun_main(args.run, args.runs_dir, args.resume)
+        if run is None:  # ranks > 0 report nothing
+            return 0
+    else:
+        run = run_training(args.run, args.runs_dir, args.resume)
     print(f"run {run['id']}: {run['status']}" + (f" ({run['reason']})" if run.get("reason") else ""), flush=True)
     return 0 if run["status"] in ("completed", "stopped") else 1
 

@@ -187,6 +187,23 @@ def build_cnn(config: RunConfig, dataset: Dataset, design: Design | None) -> Bui
     return Built(model, None, arch)
 
 
+# ----------------------------------------------------------------------------- a whole network
+def _check_network(config: RunConfig, spec: DatasetSpec, design: Design | None) -> None:
+    from engine.train.networks import check_network_fit
+
+    check_network_fit(config, spec, design)
+
+
+@register_model("network", check=_check_network,
+                description="a whole network from a network file (tnstudio train NETWORK.json): every layer as the "
+                            "file assigns it")
+def build_network_model(config: RunConfig, dataset: Dataset, design: Design | None) -> Built:
+    from engine.train.networks import build_for_run
+
+    module, arch = build_for_run(config)
+    return Built(module, None, arch)
+
+
 # ----------------------------------------------------------------------------- building and checking
 def _check_input(kind: ModelKind, name: str, is_image: bool) -> None:
     if kind.images_only and not is_image:
@@ -202,7 +219,7 @@ def build_model(config: RunConfig, dataset: Dataset, design: Design | None = Non
     _check_input(kind, dataset.name, dataset.is_image)
     built = kind.build(config, dataset, design)
     model = built.module
-    layer_params = count_params(model.tn_layer)
+    layer_params = count_params(getattr(model, "tn_layer", None))
     dense_layer = (design.in_features * design.out_features + design.out_features) if design is not None else 0
     summary: dict[str, Any] = {
         "model": kind.name, "architecture": built.architecture, "layer": built.layer, "baseline": config.baseline,
@@ -210,6 +227,7 @@ def build_model(config: RunConfig, dataset: Dataset, design: Design | None = Non
         "layer_compression": (dense_layer / layer_params) if layer_params else None,
         "design_compression": design.compression if design is not None else None,
     }
+    summary.update(getattr(model, "network_summary", {}))  # a whole network: its TN layers and totals
     model.summary = summary
     return model
 

@@ -1,11 +1,26 @@
-"""The run store: every training run's config, design, status, metrics and results in one SQLite file.
+"""The run store: every training run's config, design, status, metrics and results, indexed in one SQLite file
+and kept recoverable in each run's own folder.
 
 Layout under the runs folder (``engine.home.runs_dir()``: ``<TNSTUDIO_HOME>/runs`` unless overridden)::
 
-    runs.db              SQLite in WAL mode: tables ``runs`` and ``metrics``
-    <run id>/design.json the design the run trains (absent for an all-dense run)
-    <run id>/log.txt     stdout/stderr of the run's process (tracebacks land here)
+    runs.db                 SQLite in WAL mode: tables ``runs`` and ``metrics`` (the index everything reads)
+    <run id>/run.json       the run's record (every field of the ``runs`` row but the design), rewritten
+                            atomically with each change while the index's write lock is held
+    <run id>/config.json    the run's config
+    <run id>/design.json    the design the run trains (absent for an all-dense run)
+    <run id>/metrics.jsonl  append-only: one JSON line per metric row, flushed before the row is committed to the
+                            index (so every committed row is in it), plus ``{"truncate_after": step}`` lines where
+                            a resumed run dropped rows
+    <run id>/log.txt        stdout/stderr of the run's process (tracebacks land here)
     <run id>/checkpoint.pt  torch.save of state dicts (model, optimizer, scheduler, step, ...)
+
+Damage. A ``runs.db`` that is not a database, is truncated, holds another program's tables or is a folder raises
+:class:`StoreDamaged` (a :class:`StoreError`, a ``ValueError``) naming the file and the fix, never a sqlite
+traceback; a runs folder that is a file raises :class:`StoreError`. :func:`repair_store` (``tnstudio runs
+repair``) moves a damaged index aside (``runs.db.damaged-<time>``, never deleted) and rebuilds it from the run
+folders, and on a healthy index imports missing runs, restores metric rows only the folders hold and writes the
+folder records of runs made before they existed. Opening a store whose index lacks runs that have folders (a
+0-byte or replaced ``runs.db``) imports them at once, with a notice (``store.notice``, and a logged warning).
 
 API (stable; the studio's Training tab builds on it)::
 
@@ -19,6 +34,7 @@ API (stable; the studio's Training tab builds on it)::
     store.log_metrics(run_id, row_or_rows)        # committed at once
     store.stop_run(run_id) -> bool                # asks the run to stop (flag + SIGTERM); see engine.train.launcher
     store.delete_run(run_id)                      # not while it runs
+    repair_store(root=None) -> dict               # rebuild / resync the index from the run folders
 
 A run dict has: ``id, name, status, reason, created, started, finished, updated, pid, host, step, total_steps,
 stop_requested, parent, config, summary, results, checkpoint, dir, design_name`` and, from ``get_run``, ``design``
@@ -37,6 +53,7 @@ marked ``failed`` with reason "process died" the next time it is read on the sam
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -49,6 +66,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from engine.home import runs_dir
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from engine.train.config import RunConfig
@@ -75,6 +94,18 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, seq);
 """
+_COLUMNS = {"runs": ("id", "status") + _FIELDS, "metrics": ("seq", "run_id") + METRIC_FIELDS}
+_IDENTIFYING = {"runs": ("id", "status", "config"), "metrics": ("seq", "run_id", "step", "split")}
+RECORD, CONFIG, DESIGN, METRICS = "run.json", "config.json", "design.json", "metrics.jsonl"
+DB_NAME = "runs.db"
+
+
+class StoreError(ValueError):
+    """The run store cannot be used as it is; the message names the file and what to do."""
+
+
+class StoreDamaged(StoreError):
+    """``runs.db`` is damaged, foreign or not a file: ``tnstudio runs repair`` rebuilds it from the run folders."""
 
 
 class RunNotFound(KeyError):
@@ -118,26 +149,120 @@ def pid_alive(pid: int | None, start: int | None = None) -> bool:
 class RunStore:
     """Runs and their metrics in ``<root>/runs.db`` (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = runs_dir(root)
-        self.path = self.root / "runs.db"
+    def __init__(self, root: str | os.PathLike | None = None, recover: bool = True):
+        self.root = open_runs_dir(root)
+        self.path = self.root / DB_NAME
+        self.notice: str | None = None  # what opening did beyond opening (runs restored from their folders)
+        if self.path.is_dir():
+            raise StoreDamaged(f"{self.path} is a folder, not the run store's database: {_repair(self.root)}")
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            _check_schema(con, self.path)
+        if recover:
+            restored = self._import_missing()
+            if restored:
+                self.notice = (f"restored {restored} run{'s' if restored != 1 else ''} into {self.path} from "
+                               f"their folders (the index had lost them)")
+                log.warning("%s", self.notice)
 
     # ----------------------------------------------------------------- plumbing
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        """One connection per call: a transaction committed on exit (rolled back on error), then closed."""
-        with closing(sqlite3.connect(self.path, timeout=30.0)) as con:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA busy_timeout=30000")
-            con.execute("PRAGMA synchronous=NORMAL")
-            with con:
-                yield con
+        """One connection per call: a transaction committed on exit (rolled back on error), then closed. sqlite's
+        errors about the file itself become :class:`StoreError` / :class:`StoreDamaged` naming it."""
+        try:
+            with closing(sqlite3.connect(self.path, timeout=30.0)) as con:
+                con.row_factory = sqlite3.Row
+                con.execute("PRAGMA busy_timeout=30000")
+                con.execute("PRAGMA synchronous=NORMAL")
+                with con:
+                    yield con
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise  # our own mistakes, not the file's
+        except sqlite3.DatabaseError as e:
+            raise _file_error(self.path, e) from None
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / run_id
+
+    def _write_record(self, con: sqlite3.Connection, run_id: str) -> None:
+        """Rewrite ``<run>/run.json`` from the index row (call inside the transaction that changed it: its write
+        lock orders the files as the commits)."""
+        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        folder = self.run_dir(run_id)
+        if row is None or not folder.is_dir():
+            return
+        record = {k: row[k] for k in row.keys() if k != "design"}
+        for k in _JSON_FIELDS:
+            if k in record:
+                record[k] = json.loads(record[k]) if record[k] else None
+        try:
+            _write_json(folder / RECORD, record)
+        except OSError as e:  # the index holds the change; only its copy in the folder is behind
+            log.warning("could not write %s: %s", folder / RECORD, e)
+
+    def _append_metrics(self, run_id: str, lines: list[dict[str, Any]]) -> None:
+        folder = self.run_dir(run_id)
+        if not folder.is_dir():
+            return
+        try:
+            with open(folder / METRICS, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(line) + "\n" for line in lines))
+                f.flush()
+        except OSError as e:  # the index still gets the rows; only their copy in the folder is missing
+            log.warning("could not append to %s: %s", folder / METRICS, e)
+
+    # ----------------------------------------------------------------- recovery from the run folders
+    def _import_missing(self) -> int:
+        """Import the runs whose folders hold a record but the index lacks; returns how many."""
+        try:
+            folders = [e.name for e in os.scandir(self.root) if e.is_dir() and (Path(e.path) / RECORD).is_file()]
+        except OSError:
+            return 0
+        if not folders:
+            return 0
+        with self._connect() as con:
+            known = {r[0] for r in con.execute("SELECT id FROM runs").fetchall()}
+        restored = 0
+        for rid in sorted(folders):
+            if rid not in known:
+                try:
+                    restored += self._import_run(rid)
+                except (TypeError, ValueError) as e:  # a hand-edited record: leave it for `runs repair` to name
+                    log.warning("could not restore run %s from %s: %s", rid, self.run_dir(rid), e)
+        return restored
+
+    def _import_run(self, run_id: str) -> bool:
+        """Insert one run and its metric rows from its folder (in one transaction, unless already there)."""
+        folder = self.run_dir(run_id)
+        record = _read_json(folder / RECORD)
+        if not isinstance(record, dict):
+            return False
+        config = record.get("config") if isinstance(record.get("config"), dict) else _read_json(folder / CONFIG)
+        design = _read_json(folder / DESIGN) if (folder / DESIGN).is_file() else None
+        rows = read_metrics_file(folder / METRICS)
+        values = {k: record.get(k) for k in _FIELDS if k not in ("config", "design")}
+        values["config"] = config if isinstance(config, dict) else {}
+        values["design"] = design if isinstance(design, dict) else None
+        values["status"] = values["status"] if values.get("status") in STATUSES else "failed"
+        step = values.get("step")
+        values["step"] = max([step if isinstance(step, int) else 0] + [int(r["step"]) for r in rows])
+        if not values.get("checkpoint") and (folder / "checkpoint.pt").is_file():
+            values["checkpoint"] = str(folder / "checkpoint.pt")
+        now = time.time()
+        values["created"] = values.get("created") or now
+        values["updated"] = now
+        cols = ("id",) + tuple(values)
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            if con.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
+                return False
+            con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                        (run_id,) + tuple(json.dumps(v) if k in _JSON_FIELDS and v is not None else v
+                                          for k, v in values.items()))
+            _insert_metrics(con, run_id, rows)
+        return True
 
     def _row_to_run(self, row: sqlite3.Row, with_design: bool) -> dict[str, Any]:
         run = {k: row[k] for k in row.keys()}
@@ -163,7 +288,8 @@ class RunStore:
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=False)
         if design_dict is not None:
-            (folder / "design.json").write_text(json.dumps(design_dict, indent=2))
+            (folder / DESIGN).write_text(json.dumps(design_dict, indent=2))
+        _write_json(folder / CONFIG, config)
         now = time.time()
         if name is None:
             what = design_dict.get("name", "design") if design_dict else "dense"
@@ -174,6 +300,7 @@ class RunStore:
                         "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                         (run_id, name, now, now, socket.gethostname(), json.dumps(config),
                          json.dumps(design_dict) if design_dict is not None else None, parent))
+            self._write_record(con, run_id)
         return run_id
 
     def resolve(self, run_id: str) -> str:
@@ -228,6 +355,8 @@ class RunStore:
                     cur = con.execute("UPDATE runs SET status=?, reason=?, finished=?, updated=? "
                                       "WHERE id=? AND status IN ('queued', 'running')",
                                       (status, reason, time.time(), time.time(), run["id"]))
+                    if cur.rowcount:
+                        self._write_record(con, run["id"])
                 if cur.rowcount:
                     run.update(status=status, reason=reason)
                 else:
@@ -244,6 +373,8 @@ class RunStore:
         with self._connect() as con:
             cur = con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
                               values + [run_id])
+            if cur.rowcount:
+                self._write_record(con, run_id)
         if not cur.rowcount:
             raise RunNotFound(f"no run with id {run_id!r} in {self.root}")
 
@@ -285,6 +416,10 @@ class RunStore:
         run = self.get_run(run_id, with_design=False)
         if run["status"] in ACTIVE:
             raise ValueError(f"run {run['id']} is {run['status']}: stop it before deleting it")
+        try:  # the record first, so a folder left behind is never restored as a run
+            (self.run_dir(run["id"]) / RECORD).unlink(missing_ok=True)
+        except OSError:
+            pass
         with self._connect() as con:
             con.execute("DELETE FROM metrics WHERE run_id = ?", (run["id"],))
             con.execute("DELETE FROM runs WHERE id = ?", (run["id"],))
@@ -305,6 +440,8 @@ class RunStore:
             if "step" not in r or "split" not in r:
                 raise ValueError("a metric row needs 'step' and 'split'")
             values.append(tuple(now if f == "time" and r.get(f) is None else r.get(f) for f in METRIC_FIELDS))
+        # the run's folder first: a row the index commits is always in metrics.jsonl too
+        self._append_metrics(run_id, [dict(zip(METRIC_FIELDS, v)) for v in values])
         with self._connect() as con:
             con.executemany(f"INSERT INTO metrics (run_id, {', '.join(METRIC_FIELDS)}) "
                             f"VALUES (?, {', '.join('?' * len(METRIC_FIELDS))})", [(run_id,) + v for v in values])
@@ -327,7 +464,198 @@ class RunStore:
 
     def delete_metrics_after(self, run_id: str, step: int) -> int:
         """Drop rows logged after ``step`` (a resumed run replays those steps); returns how many."""
+        self._append_metrics(run_id, [{"truncate_after": int(step)}])
         with self._connect() as con:
             cur = con.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
             con.execute("UPDATE runs SET step = ? WHERE id = ?", (step, run_id))
         return cur.rowcount
+
+
+# --------------------------------------------------------------------- helpers and repair
+def _repair(root: Path) -> str:
+    """How to repair the store at ``root`` (the command names the folder unless it is the default one)."""
+    default = runs_dir(None, create=False)
+    where = "" if root == default else f" --runs-dir {root}"
+    return (f"your runs are kept in their folders: `tnstudio runs{where} repair` moves it aside (never deleting it) "
+            f"and rebuilds the index from them")
+
+
+def open_runs_dir(root: str | os.PathLike | None = None) -> Path:
+    """The runs folder (created), or :class:`StoreError` when the path is a file or cannot be made."""
+    try:
+        return runs_dir(root)
+    except (FileExistsError, NotADirectoryError):
+        raise StoreError(f"runs folder {os.fspath(root) if root else 'default'}: a file is in the way of the folder "
+                         f"(give --runs-dir a folder)") from None
+    except OSError as e:
+        raise StoreError(f"cannot use the runs folder {os.fspath(root) if root else ''}: "
+                         f"{e.strerror or e}") from None
+
+
+def _file_error(path: Path, e: sqlite3.DatabaseError) -> StoreError:
+    """What a sqlite error about the file means for the user."""
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        return StoreError(f"{path} stayed locked by another process for 30 s ({text}): try again")
+    if "readonly" in text or "read-only" in text:
+        return StoreError(f"{path} is read-only ({text}): make it and its folder writable")
+    if "unable to open" in text:
+        return StoreError(f"cannot open {path} ({text}): check that its folder is writable and that "
+                          f"{path.name} is a file")
+    return StoreDamaged(f"{path} is damaged or is not a TN Studio run store ({text}); {_repair(path.parent)}")
+
+
+def _check_schema(con: sqlite3.Connection, path: Path) -> None:
+    """Refuse another program's tables under our names; add the columns newer versions use."""
+    for table, cols in _COLUMNS.items():
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()}
+        missing_id = [c for c in _IDENTIFYING[table] if c not in have]
+        if missing_id:
+            raise StoreDamaged(f"{path} is not a TN Studio run store: its table {table!r} lacks "
+                               f"{', '.join(missing_id)}; {_repair(path.parent)}")
+        for c in cols:
+            if c not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {c}")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (a temporary file renamed over ``path``)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The metric rows of a run's ``metrics.jsonl``, truncation markers applied; an unreadable line (the tail a
+    killed process left half written) is skipped."""
+    rows: list[dict[str, Any]] = []
+    try:
+        f = open(path, encoding="utf-8", errors="replace")
+    except OSError:
+        return rows
+    with f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(row, dict):
+                continue
+            if "truncate_after" in row:
+                cut = row["truncate_after"]
+                rows = [r for r in rows if isinstance(cut, (int, float)) and r["step"] <= cut]
+            elif isinstance(row.get("step"), (int, float)) and isinstance(row.get("split"), str):
+                rows.append({k: row.get(k) for k in METRIC_FIELDS})
+    return rows
+
+
+def _insert_metrics(con: sqlite3.Connection, run_id: str, rows: list[dict[str, Any]]) -> None:
+    con.executemany(f"INSERT INTO metrics (run_id, {', '.join(METRIC_FIELDS)}) "
+                    f"VALUES (?, {', '.join('?' * len(METRIC_FIELDS))})",
+                    [(run_id,) + tuple(r.get(f) for f in METRIC_FIELDS) for r in rows])
+
+
+def _healthy(path: Path) -> str | None:
+    """Why ``path`` cannot serve as the index (None when it can): not a file, not a database, damaged pages
+    (``PRAGMA quick_check``) or foreign tables."""
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "it is not a file"
+    try:
+        with closing(sqlite3.connect(path, timeout=30.0)) as con:
+            check = con.execute("PRAGMA quick_check").fetchone()
+            if not check or check[0] != "ok":
+                return f"quick_check: {check[0] if check else 'no answer'}"
+            for table in _IDENTIFYING:
+                have = {r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()}
+                if have and any(c not in have for c in _IDENTIFYING[table]):
+                    return f"its table {table!r} is not a run store's"
+    except sqlite3.DatabaseError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise _file_error(path, e) from None
+        return str(e)
+    return None
+
+
+def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Make the index whole again from the run folders; returns what was done.
+
+    A ``runs.db`` that cannot serve (a folder, not a database, damaged, foreign tables) is moved aside with its
+    WAL files to ``runs.db.damaged-<time>`` (never deleted) and a new index is built from every run folder that
+    holds a record. On a healthy index: runs with a folder record but no row are imported, a run whose
+    ``metrics.jsonl`` holds more rows than the index gets them back, and runs without folder records (made by an
+    older TN Studio) get them written from the index. Keys: ``moved`` (path or None), ``reason``, ``restored``
+    (run ids imported), ``resynced`` (run ids whose metrics were restored), ``recorded`` (run ids given folder
+    records), ``skipped`` (folders without a record), ``runs``.
+    """
+    root_path = open_runs_dir(root)
+    path = root_path / DB_NAME
+    moved, reason = None, _healthy(path)
+    if reason is not None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        moved = path.with_name(f"{DB_NAME}.damaged-{stamp}")
+        n = 1
+        while moved.exists():
+            n += 1
+            moved = path.with_name(f"{DB_NAME}.damaged-{stamp}-{n}")
+        os.replace(path, moved)
+        for suffix in ("-wal", "-shm"):
+            extra = path.with_name(DB_NAME + suffix)
+            if extra.exists():
+                os.replace(extra, moved.with_name(moved.name + suffix))
+    store = RunStore(root_path, recover=False)
+    with store._connect() as con:
+        known = {r[0] for r in con.execute("SELECT id FROM runs").fetchall()}
+    restored, resynced, recorded, skipped = [], [], [], []
+    for entry in sorted(os.scandir(root_path), key=lambda e: e.name):
+        if not entry.is_dir():
+            continue
+        folder = Path(entry.path)
+        rid = entry.name
+        has_record = (folder / RECORD).is_file()
+        if rid not in known:
+            try:
+                ok = has_record and store._import_run(rid)
+            except (TypeError, ValueError) as e:
+                log.warning("could not restore run %s from %s: %s", rid, folder, e)
+                ok = False
+            if ok:
+                restored.append(rid)
+            elif any(folder.iterdir()):
+                skipped.append(rid)
+            continue
+        if not has_record:  # a run from before folder records: write them from the index
+            with store._connect() as con:
+                row = con.execute("SELECT config FROM runs WHERE id = ?", (rid,)).fetchone()
+                _write_json(folder / CONFIG, json.loads(row[0]) if row and row[0] else {})
+                rows = [dict(r) for r in con.execute(f"SELECT {', '.join(METRIC_FIELDS)} FROM metrics "
+                                                      f"WHERE run_id = ? ORDER BY seq", (rid,)).fetchall()]
+                tmp = folder / f"{METRICS}.{os.getpid()}.tmp"
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                os.replace(tmp, folder / METRICS)
+                store._write_record(con, rid)
+            recorded.append(rid)
+            continue
+        rows = read_metrics_file(folder / METRICS)
+        with store._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            count = con.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?", (rid,)).fetchone()[0]
+            if len(rows) > count:
+                con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
+                _insert_metrics(con, rid, rows)
+                if rows:
+                    con.execute("UPDATE runs SET step = MAX(COALESCE(step, 0), ?) WHERE id = ?",
+                                (max(int(r["step"]) for r in rows), rid))
+                resynced.append(rid)
+    with store._connect() as con:
+        total = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    return {"path": str(path), "moved": str(moved) if moved else None, "reason": reason, "restored": restored,
+            "resynced": resynced, "recorded": recorded, "skipped": skipped, "runs": total}

@@ -1,0 +1,544 @@
+"""The Search tab: design search under budgets (:mod:`engine.search`), launched and followed from the studio.
+
+:class:`SearchView` is a self-contained ``pn.viewable.Viewer``: a form for the space (kinds, leg counts,
+activations, per-bond bonds), the budgets (max params, forward FLOPs and training memory at a batch) and the run
+(trials, epochs, workers, storage); Launch creates the study and starts worker processes (each trial is a run in
+the studio's run store); Stop asks them to end. A live Bokeh scatter shows validation accuracy against size for
+every trained trial, coloured by kind (crosses: pruned on accuracy), the Pareto front highlighted and joined.
+Clicking a point selects its trial: *Open design* puts its design on the canvas (through :class:`StudioState`),
+*Open run* sets :attr:`SearchView.open_run`, which the app turns into the Train tab showing that run
+(:meth:`SearchView.add_to` wires both into the app's tabs).
+
+Threading: the study is read in a background thread (an RDB server may be slow); the thread only computes a
+:class:`~engine.search.report.StudyReport`. Bokeh models are changed only on the session's thread: a periodic
+callback of the session picks the latest report up and applies it (:meth:`poll`); outside a server,
+:meth:`refresh` reads and applies at once.
+"""
+from __future__ import annotations
+
+import html
+import logging
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import panel as pn
+import param
+from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter, TapTool
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+
+from engine.design.model import ACTIVATIONS
+from engine.design.templates import TEMPLATES
+from engine.format import nbytes, si
+from engine.search.budget import Budget
+from engine.search.report import StudyReport, TrialRecord
+from engine.search.space import DEFAULT_ACTIVATIONS, DEFAULT_LEGS, Candidate, LayerSpace
+from engine.search.spec import OBJECTIVES, PRUNERS, SearchSpec
+from engine.train.data import dataset_specs
+
+from .state import StudioState
+
+log = logging.getLogger(__name__)
+POLL_MS = 1000
+KIND_COLORS = {k: Category10_10[i % 10] for i, k in enumerate(TEMPLATES)}
+CSS = """
+.tn-title{font:600 12px Inter,system-ui,sans-serif;letter-spacing:.06em;text-transform:uppercase;color:#64748b;
+  margin:2px 0 0}
+.tn-error{color:#b91c1c;background:#fef2f2;border:1px solid #fecaca;border-radius:6px;padding:5px 8px;
+  font:12px/1.35 Inter,system-ui,sans-serif}
+.tn-search-counts{font:12.5px/1.5 Inter,system-ui,sans-serif;color:#334155}
+.tn-search-counts b{color:#0f172a}
+.tn-search-detail{font:12.5px/1.5 Inter,system-ui,sans-serif;color:#334155;background:#f8fafc;
+  border:1px solid #e2e8f0;border-radius:8px;padding:7px 9px}
+.tn-search-ok{font:12.5px Inter,system-ui,sans-serif;color:#166534;background:#f0fdf4;border:1px solid #bbf7d0;
+  border-radius:6px;padding:5px 8px}
+.tn-search-front td,.tn-search-front th{padding:1px 8px;font:12px Inter,system-ui,sans-serif;text-align:right}
+.tn-search-front td:first-child,.tn-search-front th:first-child{text-align:left}
+"""
+SCATTER_COLUMNS = ("x", "accuracy", "test", "number", "label", "kind", "color", "marker", "status", "run",
+                   "params", "flops", "front")
+
+
+CARD_CSS = (":host{background:#ffffff;border:1px solid #e2e8f0;border-radius:10px;"
+            "box-shadow:0 1px 2px rgba(15,23,42,.04)}")
+
+
+def section(title: str, body: pn.viewable.Viewable) -> pn.Column:
+    """A white card with an uppercase title (this view's own, so it does not depend on the studio's styling)."""
+    head = pn.pane.HTML(f"<div class='tn-title'>{html.escape(title)}</div>", stylesheets=[CSS],
+                        margin=(6, 10, 0, 10))
+    return pn.Column(head, body, stylesheets=[CARD_CSS], sizing_mode="stretch_width", margin=(0, 0, 10, 0))
+
+
+def _classification_sets() -> list[str]:
+    return [s.name for s in dataset_specs() if s.task == "classification"]
+
+
+class SearchView(pn.viewable.Viewer):
+    """The Search tab of one studio session (see the module docstring)."""
+
+    # ------------------------------------------------------------------ the form: space
+    study_name = param.String(default="search-1", doc="Name of the search (its Optuna study); launching an "
+                              "existing name with the same settings continues it.")
+    dataset = param.Selector(default="digits", objects=_classification_sets(),
+                             doc="Classification data set the candidates train on (MLP built around the layer).")
+    in_features = param.Integer(default=256, bounds=(1, None), doc="In features of the layer.")
+    out_features = param.Integer(default=256, bounds=(1, None), doc="Out features of the layer.")
+    kinds = param.ListSelector(default=list(TEMPLATES), objects=list(TEMPLATES),
+                               doc="Template kinds to try.")
+    legs = param.ListSelector(default=list(DEFAULT_LEGS), objects=list(range(2, 9)),
+                              doc="Numbers of legs to factorise in/out features into (balanced factors).")
+    activations = param.ListSelector(default=list(DEFAULT_ACTIVATIONS), objects=["none", *ACTIVATIONS],
+                                     doc="Activations to try on kinds with inner tensors.")
+    per_bond = param.Boolean(default=True, doc="Also try one bond dimension per bond (chains and rings).")
+    # ------------------------------------------------------------------ budgets
+    max_params = param.Integer(default=2000, bounds=(1, None), allow_None=True,
+                               doc="Largest layer (parameters); None: no limit.")
+    max_flops = param.Number(default=None, bounds=(0, None), allow_None=True,
+                             doc="Largest forward FLOPs at the budget batch; None: no limit.")
+    max_train_memory_mib = param.Number(default=None, bounds=(0, None), allow_None=True,
+                                        doc="Largest training memory (MiB) at the budget batch; None: no limit.")
+    budget_batch = param.Integer(default=64, bounds=(1, None), doc="Batch size the FLOPs and memory budgets use.")
+    # ------------------------------------------------------------------ objectives and running
+    objective = param.Selector(default="params", objects=list(OBJECTIVES),
+                               doc="The size to minimise next to validation accuracy.")
+    trials = param.Integer(default=40, bounds=(1, None), doc="Candidates to train (budget-pruned ones are free).")
+    epochs = param.Integer(default=15, bounds=(1, None), doc="Epochs of each candidate's training.")
+    pruner = param.Selector(default="median", objects=list(PRUNERS), doc="Optuna pruner on validation accuracy.")
+    workers = param.Integer(default=2, bounds=(1, 64), doc="Worker processes on this machine.")
+    storage = param.String(default="", doc="RDB URL (postgresql://...) for workers on several machines; empty: "
+                           "the embedded journal in the studio home.")
+    # ------------------------------------------------------------------ what is shown, and requests to the app
+    shown = param.String(default="", doc="The search the scatter and tables show.")
+    selected_trial = param.Integer(default=None, allow_None=True, doc="The trial picked on the scatter.")
+    open_run = param.String(default="", doc="A run id the user asked to see on the Train tab (the app watches it).")
+    opened_design = param.Integer(default=0, doc="Bumps each time a trial's design was put on the canvas.")
+    message = param.String(default="", doc="The last thing that happened, in words.")
+    error = param.String(default="", doc="Why the last action failed ('' when it did not).")
+
+    def __init__(self, state: StudioState, runs_root: str | Path | None = None, home: str | Path | None = None,
+                 **params: Any):
+        super().__init__(**params)
+        self.state = state
+        self.home = Path(home or state.home)
+        self.runs_root = Path(runs_root) if runs_root else self.home / "runs"
+        self.report: StudyReport | None = None
+        self.procs: list[subprocess.Popen] = []
+        self._pending: StudyReport | Exception | None = None
+        self._reading = False
+        self._lock = threading.Lock()
+        self._doc = None
+        self._layout = None
+        self._selecting = False
+
+        self.source = ColumnDataSource({c: [] for c in SCATTER_COLUMNS})
+        self.front_source = ColumnDataSource({"x": [], "accuracy": []})
+        self.figure = self._make_figure()
+        self.source.selected.on_change("indices", self._on_tap)
+
+        w = {"sizing_mode": "stretch_width"}
+        self.studies = pn.widgets.Select(label="Show search", options=self._study_names(), **w)
+        self.studies.param.watch(lambda e: self.param.update(shown=e.new or ""), "value")
+        self.launch_button = pn.widgets.Button(label="▶  Launch search", color="primary", height=38, **w)
+        self.stop_button = pn.widgets.Button(label="■  Stop", color="danger", variant="outline", width=110)
+        self.open_design_button = pn.widgets.Button(label="Open design on canvas", disabled=True, **w)
+        self.open_run_button = pn.widgets.Button(label="Open run on Train tab", disabled=True, **w)
+        self.launch_button.on_click(lambda *_: self.launch())
+        self.stop_button.on_click(lambda *_: self.stop())
+        self.open_design_button.on_click(lambda *_: self.open_design())
+        self.open_run_button.on_click(lambda *_: self.request_run())
+        self.feedback = pn.pane.HTML(stylesheets=[CSS], **w, margin=(2, 10))
+        self.counts = pn.pane.HTML(stylesheets=[CSS], **w, margin=(4, 10))
+        self.front_table = pn.pane.HTML(stylesheets=[CSS], **w, margin=(4, 10))
+        self.detail = pn.pane.HTML(stylesheets=[CSS], **w, margin=(4, 10))
+        self.param.watch(lambda *_: self._show_feedback(), ["message", "error"])
+        self.param.watch(lambda *_: self.refresh(), ["shown"])
+        self.param.watch(lambda *_: self._show_detail(), ["selected_trial"])
+        if self.studies.options:
+            self.shown = self._newest() or self.studies.options[-1]
+        else:
+            self.refresh()
+        self._show_detail()
+
+    # ------------------------------------------------------------------ the spec the form describes
+    def url(self, name: str | None = None) -> str:
+        """The storage of search ``name`` (default: the one shown): the RDB URL of the form, else the embedded
+        journal ``<home>/search/<name>.journal``."""
+        from engine.search.storage import check_name
+
+        if self.storage.strip():
+            return self.storage.strip()
+        return str(self.home / "search" / f"{check_name(name or self.shown)}.journal")
+
+    def spec(self) -> SearchSpec:
+        """The search the form describes (``ValueError`` with the reason when it cannot run)."""
+        space = LayerSpace(self.in_features, self.out_features, kinds=tuple(self.kinds),
+                           legs=tuple(sorted(self.legs)), activations=tuple(self.activations),
+                           per_bond=self.per_bond)
+        mem = None if self.max_train_memory_mib is None else self.max_train_memory_mib * 2 ** 20
+        budget = Budget(max_params=self.max_params, max_flops=self.max_flops, max_train_memory=mem,
+                        batch=self.budget_batch)
+        return SearchSpec(name=self.study_name.strip(), space=space, budget=budget, dataset=self.dataset,
+                          objective=self.objective, trials=self.trials, epochs=self.epochs, pruner=self.pruner)
+
+    # ------------------------------------------------------------------ actions
+    def launch(self) -> list[subprocess.Popen]:
+        """Create (or continue) the search and start its workers; returns their processes."""
+        from engine.search.study import create_search, start_workers
+
+        try:
+            spec = self.spec()
+            create_search(spec, self.url(spec.name))
+            procs = start_workers(spec.name, self.workers, self.url(spec.name), str(self.runs_root))
+        except ValueError as e:  # spec, space, budget, storage: the user's to fix, in one line
+            self.param.update(error=f"Not launched: {e}", message="")
+            return []
+        except Exception as e:  # noqa: BLE001 - the storage or the processes failed: say so, keep the traceback
+            log.exception("launching a search failed")
+            self.param.update(error=f"Not launched: {e}", message="")
+            return []
+        for p in procs:  # reap them when they end: no zombies in the studio's process
+            threading.Thread(target=p.wait, daemon=True, name=f"reap-{p.pid}").start()
+        self.procs += procs
+        self._refresh_studies(select=spec.name)
+        self.param.update(error="", message=f"Launched {spec.name}: {len(procs)} worker(s) training "
+                                            f"{spec.trials} candidates on {spec.dataset}.")
+        self.shown = spec.name
+        return procs
+
+    def stop(self) -> bool:
+        from engine.search.study import stop_search
+
+        if not self.shown:
+            self.param.update(error="No search is shown.", message="")
+            return False
+        try:
+            asked = stop_search(self.shown, self.url())
+        except ValueError as e:
+            self.param.update(error=str(e), message="")
+            return False
+        self.param.update(error="", message=f"Asked the workers of {self.shown} to stop." if asked
+                          else f"{self.shown} was asked to stop already.")
+        return asked
+
+    def trial(self) -> TrialRecord | None:
+        if self.report is None or self.selected_trial is None:
+            return None
+        return self.report.trial(self.selected_trial)
+
+    def open_design(self) -> bool:
+        """Put the selected trial's design on the canvas."""
+        t = self.trial()
+        if t is None or not t.candidate:
+            return False
+        try:
+            design = Candidate.from_dict(t.candidate).build()
+        except ValueError as e:
+            self.param.update(error=f"Cannot build trial {t.number}'s design: {e}", message="")
+            return False
+        self.state.replace(design, label=f"search #{t.number}")
+        self.param.update(error="", message=f"Opened trial {t.number}'s design on the canvas.",
+                          opened_design=self.opened_design + 1)
+        return True
+
+    def request_run(self) -> str:
+        """Ask the app to show the selected trial's run on the Train tab (sets :attr:`open_run`)."""
+        t = self.trial()
+        run = (t.run_id if t else None) or ""
+        if run:
+            self.open_run = ""  # a second click on the same run still notifies
+            self.open_run = run
+            self.param.update(error="", message=f"Run {run} of trial {t.number}.")
+        return run
+
+    # ------------------------------------------------------------------ reading the study
+    def _study_names(self) -> list[str]:
+        from engine.search.storage import list_studies
+
+        if not self.storage.strip():
+            folder = self.home / "search"
+            return sorted(p.stem for p in folder.glob("*.journal")) if folder.exists() else []
+        try:
+            return list_studies(self.storage.strip())
+        except Exception:  # noqa: BLE001 - an unreachable server: nothing to list
+            return []
+
+    def _newest(self) -> str | None:
+        """The embedded search whose journal changed last (None with an RDB storage)."""
+        if self.storage.strip():
+            return None
+        files = list((self.home / "search").glob("*.journal"))
+        return max(files, key=lambda p: p.stat().st_mtime).stem if files else None
+
+    def _refresh_studies(self, select: str | None = None) -> None:
+        names = self._study_names()
+        if select and select not in names:
+            names.append(select)
+        if list(self.studies.options) != names:
+            self.studies.options = names
+        if select:
+            self.studies.value = select
+
+    def _read(self, name: str) -> StudyReport:
+        from engine.search.report import study_report
+
+        return study_report(name, self.url(name))
+
+    def refresh(self) -> None:
+        """Read the shown search and apply it now (outside a server, or on the session's thread)."""
+        if not self.shown:
+            self._apply(None)
+            return
+        try:
+            self._apply(self._read(self.shown))
+        except Exception as e:  # noqa: BLE001 - a search that is not there (yet), a server down: say so
+            self._apply(e)
+
+    def poll(self) -> None:
+        """Periodic callback (the session's thread): apply the report a background read produced, start the
+        next read. The background thread never touches Bokeh models."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            start = not self._reading and bool(self.shown)
+            if start:
+                self._reading = True
+        if pending is not None:
+            self._apply(pending)
+        if start:
+            threading.Thread(target=self._read_in_background, args=(self.shown,), daemon=True,
+                             name="search-report").start()
+
+    def _read_in_background(self, name: str) -> None:
+        try:
+            result: StudyReport | Exception = self._read(name)
+        except Exception as e:  # noqa: BLE001 - handed over and shown like a report
+            result = e
+        with self._lock:
+            self._pending = result
+            self._reading = False
+
+    # ------------------------------------------------------------------ showing it (session thread only)
+    def _apply(self, report: StudyReport | Exception | None) -> None:
+        self.applied_on = threading.get_ident()  # tests check that this is the session's thread
+        if isinstance(report, Exception):
+            self.counts.object = f"<div class='tn-error'>{html.escape(str(report))}</div>"
+            return
+        self.report = report
+        if report is None:
+            self.source.data = {c: [] for c in SCATTER_COLUMNS}
+            self.front_source.data = {"x": [], "accuracy": []}
+            self.counts.object = "<div class='tn-search-counts'>No search yet: set the space and budgets, then " \
+                                 "Launch.</div>"
+            self.front_table.object = ""
+            return
+        use_flops = report.objective == "flops"
+        pts = [t for t in report.trials if t.val_accuracy is not None and t.duplicate_of is None
+               and t.status in ("complete", "pruned", "running")]
+        data: dict[str, list] = {c: [] for c in SCATTER_COLUMNS}
+        for t in pts:
+            size = t.forward_flops if use_flops else t.params
+            if size is None:
+                continue
+            data["x"].append(size)
+            data["accuracy"].append(t.val_accuracy)
+            data["test"].append(t.test_accuracy if t.test_accuracy is not None else float("nan"))
+            data["number"].append(t.number)
+            data["label"].append(t.label or "")
+            data["kind"].append(t.kind or "")
+            data["color"].append(KIND_COLORS.get(t.kind, "#64748b"))
+            data["marker"].append("circle" if t.status == "complete" else "x" if t.status == "pruned"
+                                  else "triangle")
+            data["status"].append(t.status if t.status != "pruned" else f"pruned ({t.pruned_by})")
+            data["run"].append(t.run_id or "")
+            data["params"].append(t.params)
+            data["flops"].append(t.forward_flops)
+            data["front"].append(t.on_front)
+        selected = self.selected_trial
+        self._selecting = True
+        try:
+            self.source.data = data
+            self.source.selected.indices = [data["number"].index(selected)] if selected in data["number"] else []
+        finally:
+            self._selecting = False
+        front = [(t.forward_flops if use_flops else t.params, t.val_accuracy) for t in report.front]
+        self.front_source.data = {"x": [f[0] for f in front], "accuracy": [f[1] for f in front]}
+        self.figure.xaxis.axis_label = "forward FLOPs (log)" if use_flops else "layer parameters (log)"
+        self.figure.title.text = f"{report.name}: validation accuracy vs {'FLOPs' if use_flops else 'params'}"
+        self.counts.object = self._counts_html(report)
+        self.front_table.object = self._front_html(report)
+        self._show_detail()
+
+    @staticmethod
+    def _counts_html(rep: StudyReport) -> str:
+        c = rep.counts
+        state = "stopped" if rep.stopped else "done" if rep.done else f"{c['running']} running"
+        return (f"<div class='tn-search-counts'><b>{c['trained']}</b> of {rep.target} trained ({state}) · "
+                f"{c['complete']} complete · {c['pruned_accuracy']} pruned on accuracy · "
+                f"<b>{c['pruned_budget']}</b> pruned by the budgets (no training) · {c['pruned_invalid']} refused "
+                f"by a template · {c['duplicates']} repeats · {c['failed']} failed · {c['waiting']} queued<br>"
+                f"<span style='color:#64748b'>{html.escape(rep.storage)}</span></div>")
+
+    @staticmethod
+    def _front_html(rep: StudyReport) -> str:
+        if not rep.front:
+            return ""
+        rows = "".join(f"<tr><td>#{t.number} {html.escape(t.label or '')}</td><td>{t.params:,}</td>"
+                       f"<td>{si(t.forward_flops or 0)}</td><td>{t.val_accuracy:.3f}</td>"
+                       f"<td>{'' if t.test_accuracy is None else f'{t.test_accuracy:.3f}'}</td></tr>"
+                       for t in rep.front)
+        best = "".join(f"<tr><td>{html.escape(k)}: #{t.number} {html.escape(t.label or '')}</td><td>{t.params:,}"
+                       f"</td><td>{si(t.forward_flops or 0)}</td><td>{t.val_accuracy:.3f}</td>"
+                       f"<td>{'' if t.test_accuracy is None else f'{t.test_accuracy:.3f}'}</td></tr>"
+                       for k, t in rep.best_per_kind.items())
+        head = "<tr><th>design</th><th>params</th><th>fwd FLOPs</th><th>val acc</th><th>test acc</th></tr>"
+        return (f"<table class='tn-search-front'><tr><th colspan=5>Pareto front</th></tr>{head}{rows}"
+                f"<tr><th colspan=5>Best of each kind</th></tr>{head}{best}</table>")
+
+    def _show_detail(self) -> None:
+        t = self.trial()
+        self.open_design_button.disabled = t is None or not t.candidate
+        self.open_run_button.disabled = t is None or not t.run_id
+        if t is None:
+            self.detail.object = "<div class='tn-search-detail'>Click a point to pick its trial.</div>"
+            return
+        reason = f"<br>{html.escape(t.reason)}" if t.reason else ""
+        mem = nbytes(t.train_memory_bytes) if t.train_memory_bytes is not None else "-"
+        self.detail.object = (
+            f"<div class='tn-search-detail'><b>#{t.number} {html.escape(t.label or '')}</b> · {t.status}"
+            f"{' · on the front' if t.on_front else ''}<br>{t.params or 0:,} params · "
+            f"{si(t.forward_flops or 0, 'FLOP')} forward · {mem} training memory<br>validation "
+            f"{'-' if t.val_accuracy is None else f'{t.val_accuracy:.3f}'} · test "
+            f"{'-' if t.test_accuracy is None else f'{t.test_accuracy:.3f}'} · run {t.run_id or '-'}{reason}</div>")
+
+    def _on_tap(self, attr: str, old: list[int], new: list[int]) -> None:
+        if self._selecting or not new:
+            return
+        numbers = self.source.data["number"]
+        if new[0] < len(numbers):
+            self.selected_trial = numbers[new[0]]
+
+    def select(self, number: int) -> None:
+        """Pick trial ``number`` as a click on its point does."""
+        numbers = list(self.source.data["number"])
+        if number in numbers:
+            self.source.selected.indices = [numbers.index(number)]
+        else:
+            self.selected_trial = number
+
+    def _show_feedback(self) -> None:
+        if self.error:
+            self.feedback.object = f"<div class='tn-error'>{html.escape(self.error)}</div>"
+        elif self.message:
+            self.feedback.object = f"<div class='tn-search-ok'>{html.escape(self.message)}</div>"
+        else:
+            self.feedback.object = ""
+
+    # ------------------------------------------------------------------ layout
+    def _make_figure(self):
+        fig = figure(height=420, sizing_mode="stretch_width", x_axis_type="log", y_axis_label="validation accuracy",
+                     x_axis_label="layer parameters (log)", tools="pan,wheel_zoom,box_zoom,reset,save",
+                     toolbar_location="above", title="validation accuracy vs size")
+        fig.step("x", "accuracy", source=self.front_source, mode="after", line_color="#0f172a", line_width=1.5,
+                 line_dash="dashed")
+        fig.scatter("x", "accuracy", source=self.front_source, size=17, fill_alpha=0, line_color="#0f172a",
+                    line_width=2, legend_label="Pareto front")
+        pts = fig.scatter("x", "accuracy", source=self.source, marker="marker", size=10, color="color",
+                          line_color="color", fill_alpha=0.75, legend_field="kind",
+                          selection_line_color="#0f172a", selection_line_width=3, nonselection_alpha=0.45)
+        fig.add_tools(TapTool(renderers=[pts]))
+        fig.add_tools(HoverTool(renderers=[pts], tooltips=[("trial", "#@number @label"), ("status", "@status"),
+                                                            ("params", "@params{0,0}"), ("FLOPs", "@flops{0.0a}"),
+                                                            ("val acc", "@accuracy{0.000}"),
+                                                            ("test acc", "@test{0.000}"), ("run", "@run")]))
+        fig.yaxis.formatter = NumeralTickFormatter(format="0.0%")
+        fig.legend.location = "bottom_right"
+        fig.legend.label_text_font_size = "10.5px"
+        fig.toolbar.logo = None
+        return fig
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        if self._layout is not None:
+            return self._layout
+        w = {"sizing_mode": "stretch_width"}
+        space = section("Space", pn.Column(
+            pn.widgets.TextInput.from_param(self.param.study_name, label="Search name", **w),
+            pn.Row(pn.widgets.IntInput.from_param(self.param.in_features, label="In", **w),
+                   pn.widgets.IntInput.from_param(self.param.out_features, label="Out", **w), margin=0, **w),
+            pn.widgets.MultiChoice.from_param(self.param.kinds, label="Kinds", **w),
+            pn.widgets.MultiChoice.from_param(self.param.legs, label="Legs", **w),
+            pn.widgets.MultiChoice.from_param(self.param.activations, label="Activations", **w),
+            pn.widgets.Checkbox.from_param(self.param.per_bond, label="per-bond dimensions too"),
+            margin=(0, 0, 6, 0), **w))
+        budgets = section("Budgets (priced before training)", pn.Column(
+            pn.widgets.IntInput.from_param(self.param.max_params, label="Max params", **w),
+            pn.widgets.FloatInput.from_param(self.param.max_flops, label="Max forward FLOPs", **w),
+            pn.widgets.FloatInput.from_param(self.param.max_train_memory_mib, label="Max training memory (MiB)", **w),
+            pn.widgets.IntInput.from_param(self.param.budget_batch, label="at batch", **w),
+            margin=(0, 0, 6, 0), **w))
+        run = section("Run", pn.Column(
+            pn.widgets.Select.from_param(self.param.dataset, label="Data set", **w),
+            pn.Row(pn.widgets.IntInput.from_param(self.param.trials, label="Trials", **w),
+                   pn.widgets.IntInput.from_param(self.param.epochs, label="Epochs", **w), margin=0, **w),
+            pn.Row(pn.widgets.IntInput.from_param(self.param.workers, label="Workers", **w),
+                   pn.widgets.Select.from_param(self.param.objective, label="Size", **w), margin=0, **w),
+            pn.widgets.Select.from_param(self.param.pruner, label="Pruner", **w),
+            pn.widgets.TextInput.from_param(self.param.storage, label="Storage (RDB URL, optional)", **w),
+            pn.Row(self.launch_button, self.stop_button, margin=0, **w), self.feedback, margin=(0, 0, 6, 0), **w))
+        left = pn.Column(space, budgets, run, width=340, margin=(10, 8, 10, 10), scroll=True)
+        chart = section("Front", pn.Column(self.studies, self.counts, pn.pane.Bokeh(self.figure, **w),
+                                           margin=(0, 6, 6, 6), **w))
+        pick = section("Trial", pn.Column(self.detail, pn.Row(self.open_design_button, self.open_run_button,
+                                                              margin=0, **w), self.front_table,
+                                          margin=(0, 0, 6, 0), **w))
+        right = pn.Column(chart, pick, sizing_mode="stretch_both", margin=(10, 10, 10, 4))
+        self._layout = pn.Row(left, right, sizing_mode="stretch_both", min_height=720)
+        self._layout._search_view = self  # for tests
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+            self._doc = pn.state.curdoc
+            pn.state.add_periodic_callback(self._periodic, period=POLL_MS)
+        return self._layout
+
+    def _periodic(self) -> None:
+        try:
+            self.poll()
+            if self.report is None or not self.report.done:
+                self._refresh_studies()
+        except Exception:  # noqa: BLE001 - one bad poll must not stop the next ones
+            log.exception("polling the search failed")
+
+    # ------------------------------------------------------------------ wiring into the app
+    @classmethod
+    def add_to(cls, tabs: pn.Tabs, state: StudioState, runs_root: str | Path | None = None,
+               home: str | Path | None = None, on_open_run: Callable[[str], None] | None = None) -> SearchView:
+        """Append a Search tab to the app's ``tabs``: *Open design* switches to the tab titled Design, *Open run* to
+        the tab titled Train and shows the run there: ``on_open_run(run_id)`` when given, else the Train tab's
+        ``TrainView`` (its layout's ``_train_view``, as :func:`studio.train_view.view` sets it) selects the run.
+        Returns the view."""
+        view = cls(state, runs_root=runs_root, home=home)
+        tabs.append(("Search", view))
+        names = lambda: [str(n) for n in tabs._names]  # noqa: E731 - the tab titles, in order
+
+        def go(title: str) -> Any:
+            if title in names():
+                tabs.active = names().index(title)
+                return tabs.objects[names().index(title)]
+            return None
+
+        view.param.watch(lambda e: go("Design"), "opened_design")
+
+        def show_run(event: Any) -> None:
+            if not event.new:
+                return
+            tab = go("Train")
+            if on_open_run is not None:
+                on_open_run(event.new)
+                return
+            tv = getattr(tab, "_train_view", None)
+            if tv is not None:
+                tv.selected = list(dict.fromkeys([event.new] + list(tv.selected)))
+                tv.request_poll()
+
+        view.param.watch(show_run, "open_run")
+        return view

@@ -1,0 +1,67 @@
+"""Handing work to a browser session's document: the one way background results and raw Bokeh changes reach the UI.
+
+Why this exists (the cause of the ``_pending_writes should be non-None when we have a document lock`` tracebacks):
+Bokeh lets a session's document change only while its lock is held. Panel runs some browser events - button clicks,
+Enter in a text field, and any value change still waiting when such an event arrives - through
+``param.parameterized.async_executor``, which schedules them as *nolock* callbacks: the watchers of ``StudioState``
+then run without the document lock. Panel's own widgets and panes cope (Panel dispatches their changes itself), but
+a raw Bokeh model written there (``ColumnDataSource.data = ...``, a range, a renderer) raises, and the exception ends
+the chain of watchers, so the views after it (the canvas, the save-as name) were never redrawn. A background thread
+(the path refinement, the export preview) that set state parameters ran the same watchers on a thread that never
+holds the lock. The rule in the studio: views show state through Panel panes and widgets; the few raw Bokeh models
+(the Train tab's live curves) are changed only in callbacks Bokeh runs under the lock - periodic callbacks and
+:class:`SessionDispatcher` calls - and background threads never touch state or views: they hand their results over
+with :class:`SessionDispatcher`, which runs them on the session's event loop, under the lock.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import panel as pn
+
+log = logging.getLogger(__name__)
+
+
+class SessionDispatcher:
+    """Runs callables under one browser session's document lock (``doc.add_next_tick_callback``).
+
+    Outside a server session (tests, scripts, notebooks) there is no document and no lock: callables run at once,
+    on the calling thread. ``close()`` (called when the session ends) makes later calls no-ops.
+    """
+
+    def __init__(self, doc: Any = None):
+        self.doc = doc
+        self.closed = False
+
+    @classmethod
+    def current(cls) -> "SessionDispatcher":
+        """The dispatcher of the session being built (``pn.state.curdoc``), or an immediate one outside a server."""
+        doc = pn.state.curdoc
+        served = doc is not None and getattr(doc, "session_context", None) is not None
+        return cls(doc if served else None)
+
+    @property
+    def served(self) -> bool:
+        return self.doc is not None
+
+    def __call__(self, fn: Callable[[], Any]) -> None:
+        if self.closed:
+            return
+        if self.doc is None:
+            fn()
+            return
+        try:
+            self.doc.add_next_tick_callback(fn)
+        except (RuntimeError, ValueError):  # the session was destroyed meanwhile: nobody is left to show it
+            log.debug("session gone; dropped a hand-over to it", exc_info=True)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def on_session_end(callback: Callable[[], Any]) -> None:
+    """Call ``callback`` when the current browser session ends (no-op outside a server session)."""
+    doc = pn.state.curdoc
+    if doc is not None and getattr(doc, "session_context", None) is not None:
+        doc.on_session_destroyed(lambda _ctx: callback())

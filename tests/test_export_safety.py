@@ -1,0 +1,199 @@
+"""Exported code is safe by construction: names, ids and index names from hostile alphabets (quotes, newlines,
+backslashes, unicode, ``__import__(...)``) either break the id rule and are refused by validation with the rule
+named, or are exported as literals: the torch module and the snippet compile, import in a fresh interpreter without
+running anything a design says (no marker file appears), and compute TNLinear's outputs."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.design.model import NAME_RULE, RESERVED_INDEX_NAMES, Design, DesignError, valid_name
+from engine.design.schema import design_schema
+from engine.nn.export import to_snippet, to_torch_source, write_export
+from engine.nn.linear import TNLinear
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "PWNED"
+PAYLOADS = [f"\n__import__('pathlib').Path({MARKER!r}).touch()\n#", '"""', "'''", "\\N", "\\N{BULLET}", "\\",
+            "\\x00", "{0}", "{self}", "#", "\r", "\u2028", "é", "中文", "\x00", "\t", "'", '"', "\\'",
+            'x"; import os',
+            "__import__('os').system('touch PWNED')", ")\nimport os\n(", "\n", "\\\n", "%s", "$(touch PWNED)"]
+# ids and index names that follow the rule yet read as code, or clash with names the module uses itself
+CODE_LIKE = ["__import__", "self", "torch", "nn", "F", "math", "x", "W", "Wt", "y", "xs", "ys", "t0", "t1", "cores",
+             "bias", "x_41", "x_", "delta_G0", "_", "__init__", "__class__", "forward", "weight", "training",
+             "CORE_SHAPES", "Layer", "None", "True", "import", "lambda", "G.0", "a-b", "a.b-c_d", "_b", "_in", "_out",
+             "A" * 64, "B" * 65, "0abc", "-x", ".x"]
+CHARS = st.sampled_from(list("abcXYZ019_.-\"'\\\n\r\t #{}()%$éü中\u2028\x00"))
+TEXT = st.one_of(st.sampled_from(PAYLOADS), st.text(CHARS, min_size=0, max_size=12),
+                 st.builds(lambda a, b: a + b, st.sampled_from(PAYLOADS), st.text(CHARS, max_size=6)))
+NAMES = st.one_of(st.sampled_from(CODE_LIKE), st.text(CHARS, min_size=1, max_size=10), st.sampled_from(PAYLOADS))
+VALID = st.one_of(st.sampled_from([n for n in CODE_LIKE if valid_name(n) and n not in RESERVED_INDEX_NAMES]),
+                  st.from_regex(NAME_RULE, fullmatch=True).filter(lambda n: n not in RESERVED_INDEX_NAMES))
+
+
+def chain(name: str, ids: list[str], idx: list[str], act: str | None) -> dict:
+    """Three tensors A - B - C: A holds in leg 0, B in leg 1 and out leg 0, C out leg 1."""
+    i0, i1, o0, o1, r0, r1 = idx
+    indices = {i0: {"dim": 2, "role": "in", "axis": 0}, i1: {"dim": 3, "role": "in", "axis": 1},
+               o0: {"dim": 2, "role": "out", "axis": 0}, o1: {"dim": 2, "role": "out", "axis": 1},
+               r0: {"dim": 2, "role": "bond"}, r1: {"dim": 3, "role": "bond"}}
+    tensors = [{"id": ids[0], "indices": [i0, r0], "activation": act},
+               {"id": ids[1], "indices": [r0, i1, o0, r1]},
+               {"id": ids[2], "indices": [r1, o1]}]
+    return {"format": "tnstudio-design", "version": 1, "name": name,
+            "target": {"kind": "linear", "in_features": 6, "out_features": 4}, "indices": indices,
+            "tensors": tensors}
+
+
+def _schema_ok(d: dict) -> bool:
+    jsonschema = pytest.importorskip("jsonschema")
+    return jsonschema.Draft202012Validator(design_schema()).is_valid(d)
+
+
+RUNNER = textwrap.dedent("""\
+    import importlib.util, json, runpy, sys
+    jobs = json.load(open(sys.argv[1]))
+    if sys.argv[2] == "torch":
+        for name in ("engine", "studio", "numpy", "opt_einsum", "cotengra"):
+            sys.modules[name] = None  # the torch export may use torch only
+    import torch
+    out = {}
+    for job in jobs:
+        x = torch.load(job["x"], weights_only=True)
+        if sys.argv[2] == "torch":
+            spec = importlib.util.spec_from_file_location("m" + str(job["n"]), job["torch"])
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            layer = mod.Layer()
+            layer.load_state_dict(torch.load(job["state"], weights_only=True))
+            assert mod.DESIGN_NAME == job["name"]  # the name arrives as the very string, not as code
+        else:
+            import os
+            os.chdir(job["dir"])
+            layer = runpy.run_path(job["snippet"])["layer"]
+        with torch.no_grad():
+            out[str(job["n"])] = layer(x)
+    torch.save(out, sys.argv[3])
+""")
+
+
+def _run_fresh(tmp: Path, jobs: list[dict], kind: str) -> dict:
+    (tmp / "jobs.json").write_text(json.dumps(jobs))
+    (tmp / "run.py").write_text(RUNNER)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [sys.executable] + (["-I"] if kind == "torch" else []) + [str(tmp / "run.py"), str(tmp / "jobs.json"),
+                                                                     kind, str(tmp / f"out_{kind}.pt")]
+    proc = subprocess.run(args, cwd=tmp, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(tmp / f"out_{kind}.pt", weights_only=True)
+
+
+def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
+    jobs, layers = [], {}
+
+    @settings(max_examples=60, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(name=TEXT, ids=st.lists(VALID, min_size=3, max_size=3, unique=True),
+           idx=st.lists(VALID, min_size=6, max_size=6, unique=True), act=st.sampled_from([None, "tanh"]),
+           bad=st.one_of(st.none(), st.tuples(st.integers(0, 8), NAMES)))
+    def case(name, ids, idx, act, bad):
+        if bad is not None:  # one name (an id or an index name) from the hostile alphabet
+            k, text = bad
+            names = ids + idx
+            if text in names:
+                return
+            names[k] = text
+            ids, idx = names[:3], names[3:]
+        d = chain(name, ids, idx, act)
+        rule_ok = all(valid_name(n) for n in ids + idx) and not set(idx) & set(RESERVED_INDEX_NAMES)
+        try:
+            design = Design.from_dict(d)
+        except DesignError as e:
+            assert not rule_ok, e.problems  # refused only for breaking the rule, and the message says so
+            text = " ".join(e.problems)
+            assert "naming rule" in text or "reserved" in text, text
+            assert "\n" not in text  # names are shown as literals: one line per problem
+            assert not _schema_ok(d)  # the JSON Schema states the same rule
+            return
+        assert rule_ok and _schema_ok(d)
+        n = len(jobs)
+        folder = tmp_path / f"j{n}"
+        folder.mkdir()
+        torch.manual_seed(n)
+        layer = TNLinear(design, seed=n)
+        src = to_torch_source(design, source=f"run {name}")
+        ast.parse(src)
+        assert MARKER not in {node.id for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Name)}
+        (folder / "layer.py").write_text(src)
+        torch.save(layer.state_dict(), folder / "layer.pt")
+        write_export(design, "snippet", folder / "use.py", weights=layer.state_dict())
+        ast.parse(to_snippet(design, design_path=name or "d.json", weights_path=name or None))
+        x = torch.randn(3, 6, generator=torch.Generator().manual_seed(n))
+        torch.save(x, folder / "x.pt")
+        jobs.append({"n": n, "name": design.name, "torch": str(folder / "layer.py"), "state": str(folder / "layer.pt"),
+                     "snippet": str(folder / "use.py"), "dir": str(folder), "x": str(folder / "x.pt")})
+        with torch.no_grad():
+            layers[n] = layer(x)
+
+    case()
+    assert len(jobs) >= 5, "too few examples passed validation to test the exports"
+    for kind in ("torch", "snippet"):
+        out = _run_fresh(tmp_path, jobs, kind)
+        for job in jobs:
+            torch.testing.assert_close(out[str(job["n"])], layers[job["n"]], rtol=1e-5, atol=1e-6)
+    assert not list(tmp_path.rglob(MARKER)), "a design string ran as code"
+    assert not (ROOT / MARKER).exists()
+
+
+@pytest.mark.parametrize("where", ["name", "index", "id"])
+def test_the_reported_injections_are_closed(where, tmp_path):
+    """The issue's three cases: a newline in an index name (was printed into a CORE_SHAPES comment), in the design
+    name (the snippet's first-line comment), and quotes / backslashes that broke compilation."""
+    payload = f"x\n__import__('pathlib').Path({MARKER!r}).touch()\n#"
+    d = chain("ok", ["A", "B", "C"], ["i0", "i1", "o0", "o1", "r0", "r1"], None)
+    if where == "name":
+        d["name"] = payload + '"""\\N'
+        design = Design.from_dict(d)
+        for src in (to_torch_source(design), to_snippet(design)):
+            tree = ast.parse(src)
+            consts = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+            assert d["name"] in consts  # the whole name is one string literal
+            assert not any(isinstance(n, ast.Call) and getattr(n.func, "id", "") == "__import__"
+                           for n in ast.walk(tree))
+        return
+    if where == "index":
+        d["indices"][payload] = d["indices"].pop("r0")
+        for t in d["tensors"]:
+            t["indices"] = [payload if i == "r0" else i for i in t["indices"]]
+    else:
+        d["tensors"][0]["id"] = payload
+    with pytest.raises(DesignError, match="naming rule") as e:
+        Design.from_dict(d)
+    assert 'x\\n__import__' in str(e.value)  # shown as a literal (escaped), with a suggestion and the rule
+    assert "[A-Za-z_][A-Za-z0-9_.-]{0,63}" in str(e.value) and "TN Studio 0.3" in str(e.value)
+
+
+def test_presets_and_templates_follow_the_id_rule():
+    from engine.design.library import presets
+    from engine.design.model import load_design
+    from engine.design.templates import TEMPLATE_KINDS, make_template
+
+    for path in presets().values():
+        load_design(path)  # validates, the id rule included
+    for kind in TEMPLATE_KINDS:
+        for opts in ({}, {"activation": "gelu"}):
+            try:
+                d = make_template(kind, 256, 256, 3, **opts)
+            except ValueError:
+                continue  # tucker and cp take no activation
+            assert all(valid_name(t.id) for t in d.tensors) and all(valid_name(k) for k in d.indices)

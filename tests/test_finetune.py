@@ -1,0 +1,171 @@
+"""Fine-tuning a truncated layer as a child run: RunConfig.init_from, the trainer loading it strictly, the child
+run's initial weights (the parent's checkpoint with the truncated layer) and the store's parent link; and
+``tnstudio truncate --finetune`` on a run made by ``tnstudio train``."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+
+from engine.analysis.finetune import INIT_FILE, LR_SCALE, child_state, finetune, truncation_record
+from engine.analysis.runs import load_run_layer
+from engine.analysis.truncate import truncate
+from engine.cli import main
+from engine.design import load_design, make_template
+from engine.train.config import ConfigError, RunConfig
+from engine.train.launcher import wait
+from engine.train.loop import Trainer, run_training
+from engine.train.store import RunStore
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(list(argv))
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A finished run made by ``tnstudio train``: (runs dir, run id, design file)."""
+    tmp = tmp_path_factory.mktemp("parent")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TNSTUDIO_HOME", str(tmp / "home"))
+        design = tmp / "mpo.json"
+        assert _cli("template", "mpo", "--in", "64", "--out", "64", "--bond", "4", "--in-factors", "4,4,4",
+                    "--out-factors", "4,4,4", "-o", str(design))[0] == 0
+        runs = tmp / "runs"
+        rc, _ = _cli("train", str(design), "--dataset", "digits", "--epochs", "1", "--runs-dir", str(runs))
+        assert rc == 0
+        (run,) = RunStore(runs).list_runs()
+        assert run["status"] == "completed"
+        yield runs, run["id"], design
+
+
+def test_init_from_is_validated():
+    assert RunConfig().init_from is None
+    assert RunConfig(init_from="init.pt").init_from == "init.pt"
+    assert RunConfig.from_dict(RunConfig(init_from="/x/y.pt").to_dict()).init_from == "/x/y.pt"
+    for bad in (3, "weights.json", ""):
+        with pytest.raises(ConfigError, match="init_from") as e:
+            RunConfig(init_from=bad)
+        assert e.value.key == "init_from"
+
+
+def _model_state(tmp_path, design, seed):
+    """A model state dict for ``design`` on digits made by another trainer (seed differs from the run's)."""
+    store = RunStore(tmp_path / "other")
+    rid = store.create_run(RunConfig(dataset="digits", epochs=1, seed=seed), design)
+    t = Trainer(store, rid)
+    t.setup()
+    return t.model.state_dict()
+
+
+def test_the_trainer_starts_from_init_from_strictly(tmp_path):
+    design = make_template("mpo", 64, 64, 3, in_factors=[4, 4, 4], out_factors=[4, 4, 4])
+    state = _model_state(tmp_path, design, seed=7)
+    path = tmp_path / "start.pt"
+    torch.save(state, path)
+    store = RunStore(tmp_path / "runs")
+    rid = store.create_run(RunConfig(dataset="digits", epochs=1, seed=0, init_from=str(path)), design)
+    t = Trainer(store, rid)
+    t.setup()
+    got = t.model.state_dict()
+    assert set(got) == set(state) and all(torch.equal(got[k], state[k]) for k in state)
+    fresh = store.create_run(RunConfig(dataset="digits", epochs=1, seed=0), design)
+    t0 = Trainer(store, fresh)
+    t0.setup()
+    assert not torch.equal(t0.model.state_dict()["net.2.weight"], state["net.2.weight"])  # seeds differ
+    # a relative path is read from the run's folder
+    rel = store.create_run(RunConfig(dataset="digits", epochs=1, init_from="mine.pt"), design)
+    torch.save({"model": state}, store.run_dir(rel) / "mine.pt")  # a checkpoint-style file works too
+    t1 = Trainer(store, rel)
+    t1.setup()
+    assert torch.equal(t1.model.state_dict()["net.2.weight"], state["net.2.weight"])
+
+
+def test_init_from_that_does_not_fit_fails_the_run_with_the_reason(tmp_path):
+    design = make_template("mpo", 64, 64, 3, in_factors=[4, 4, 4], out_factors=[4, 4, 4])
+    other = make_template("mpo", 64, 64, 2, in_factors=[4, 4, 4], out_factors=[4, 4, 4])
+    path = tmp_path / "other.pt"
+    torch.save(_model_state(tmp_path, other, seed=1), path)
+    store = RunStore(tmp_path / "runs")
+    rid = store.create_run(RunConfig(dataset="digits", epochs=1, init_from=str(path)), design)
+    run = run_training(rid, str(store.root))
+    assert run["status"] == "failed"
+    assert "does not fit the model" in run["reason"]
+    assert "cores.G1 has shape (2, 4, 4, 2) in the file but (3, 4, 4, 3)" in run["reason"]
+    missing = store.create_run(RunConfig(dataset="digits", epochs=1, init_from="nope.pt"), design)
+    run = run_training(missing, str(store.root))
+    assert run["status"] == "failed" and "no such file" in run["reason"]
+
+
+def test_child_state_is_the_parent_checkpoint_with_the_truncated_layer(parent):
+    runs, run_id, _ = parent
+    layer = load_run_layer(run_id, runs)
+    res = truncate(layer.design, layer.state, max_bond=2)
+    state, config = child_state(run_id, res, runs)
+    ckpt = torch.load(RunStore(runs).get_run(run_id)["checkpoint"], weights_only=True)["model"]
+    own = res.state_dict(bias=layer.state["bias"])
+    tn_keys = [k for k in state if ".cores." in k or k.endswith(".bias") and k[:-5] + ".cores.G0" in state]
+    assert tn_keys
+    for key, value in state.items():
+        if key in tn_keys:
+            assert torch.equal(value, own[key[key.index("cores."):]] if "cores." in key else own["bias"])
+        else:
+            assert torch.equal(value, ckpt[key]), key  # every other layer: the parent's trained weights
+    assert config.to_dict() == RunConfig.from_dict(layer.config).to_dict()
+
+
+def test_finetune_launches_a_child_run_linked_to_its_parent(parent):
+    runs, run_id, _ = parent
+    layer = load_run_layer(run_id, runs)
+    res = truncate(layer.design, layer.state, max_bond=2)
+    child_id = finetune(run_id, res, epochs=1, runs_dir=runs)
+    child = wait(child_id, runs, timeout=300)
+    assert child["status"] == "completed", child.get("reason")
+    full = RunStore(runs).get_run(child_id)
+    assert full["parent"] == run_id and full["design"] == res.design.to_dict()
+    parent_cfg = RunStore(runs).get_run(run_id)["config"]
+    assert full["config"]["init_from"] == INIT_FILE and full["config"]["epochs"] == 1
+    assert full["config"]["lr"] == pytest.approx(parent_cfg["lr"] * LR_SCALE)
+    assert full["results"]["layer_params"] == res.params_after + 64  # the truncated layer's cores and its bias
+    init = torch.load(RunStore(runs).run_dir(child_id) / INIT_FILE, weights_only=True)
+    expected, _ = child_state(run_id, res, runs)
+    assert set(init) == set(expected) and all(torch.equal(init[k], expected[k]) for k in init)
+    rec = truncation_record(child_id, runs)
+    assert rec["parent"] == run_id and rec["params_after"] == res.params_after
+    assert truncation_record(run_id, runs) is None
+
+
+def test_cli_truncate_finetune(parent, tmp_path):
+    runs, run_id, _ = parent
+    small = tmp_path / "small.json"
+    rc, out = _cli("truncate", "--run", run_id, "--runs-dir", str(runs), "--max-bond", "2", "-o", str(small),
+                   "--finetune", "1", "--lr", "0.001", "--json")
+    assert rc == 0
+    rep = json.loads(out)
+    ft = rep["finetune"]
+    assert ft["status"] == "completed" and ft["parent"] == run_id and 0 <= ft["test_accuracy"] <= 1
+    child = RunStore(runs).get_run(ft["run"])
+    assert child["parent"] == run_id and child["config"]["lr"] == 0.001
+    assert load_design(small).to_dict() == child["design"]
+    rc, out = _cli("truncate", "--run", run_id, "--runs-dir", str(runs), "--tol", "0.5", "-o",
+                   str(tmp_path / "s2.json"), "--finetune", "1", "--detach")
+    assert rc == 0 and "fine-tuning as run" in out
+    child_id = out.split("fine-tuning as run ")[1].split()[0]
+    assert wait(child_id, runs, timeout=300)["status"] == "completed"
+
+
+def test_cli_finetune_errors_are_one_line(parent, tmp_path, capsys):
+    runs, run_id, design = parent
+    assert main(["truncate", str(design), "--weights", str(tmp_path / "w.pt"), "--max-bond", "2", "-o",
+                 str(tmp_path / "x.json"), "--finetune", "1"]) == 2
+    assert "--finetune continues a training run" in capsys.readouterr().err
+    assert main(["truncate", "--run", run_id, "--runs-dir", str(runs), "--max-bond", "2", "-o",
+                 str(tmp_path / "x.json"), "--finetune", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs >= 1" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,234 @@
+"""The Inspect view (studio/inspect_view.py) server-side, on a run made by ``tnstudio train``: what it shows is
+checked against independent computations (numpy SVDs of W across each bond's cut, the closed-form parameter count
+and stack shapes of the MPO, Eckart-Young errors), and its actions (click, slider, tolerance, truncate and
+fine-tune) against the run store."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.analysis.runs import load_run_layer
+from engine.cli import main
+from engine.design.model import Design
+from engine.nn import TNLinear
+from engine.train.launcher import wait
+from engine.train.store import RunStore
+from studio.inspect_view import CURRENT, InspectView, entropy_colour, entropy_width
+from studio.state import StudioState
+
+IN = OUT = [4, 4, 4]
+
+
+def _cli(*argv: str) -> int:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return main(list(argv))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished run made with the CLI: (runs dir, run id, design, W as numpy)."""
+    tmp = tmp_path_factory.mktemp("inspect")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TNSTUDIO_HOME", str(tmp / "home"))
+        design_file = tmp / "mpo.json"
+        assert _cli("template", "mpo", "--in", "64", "--out", "64", "--bond", "4", "--in-factors", "4,4,4",
+                    "--out-factors", "4,4,4", "-o", str(design_file)) == 0
+        runs = tmp / "runs"
+        assert _cli("train", str(design_file), "--dataset", "digits", "--epochs", "1", "--runs-dir", str(runs)) == 0
+        (r,) = RunStore(runs).list_runs()
+        layer = load_run_layer(r["id"], runs)
+        yield runs, r["id"], layer.design, dense(layer.design, layer.state)
+
+
+def dense(design: Design, state) -> np.ndarray:
+    layer = TNLinear(design, init=False, bias="bias" in state, dtype=torch.float64)
+    layer.load_state_dict({k: v.double() for k, v in state.items()})
+    with torch.no_grad():
+        return layer.weight().numpy()
+
+
+def cut_svals(design: Design, w: np.ndarray, bond: str) -> np.ndarray:
+    """Singular values of W across an MPO bond: the legs of the sites before it vs the rest (numpy)."""
+    site = int(bond[1:])  # r0: between G0 and G1
+    legs = design.open_legs
+    left = [f"i{k}" for k in range(site + 1)] + [f"o{k}" for k in range(site + 1)]
+    t = w.reshape([design.dim(i) for i in legs])
+    order = [legs.index(i) for i in left] + [legs.index(i) for i in legs if i not in left]
+    m = np.transpose(t, order).reshape(math.prod(design.dim(i) for i in left), -1)
+    return np.linalg.svd(m, compute_uv=False)
+
+
+def entropy(s: np.ndarray) -> float:
+    p = s ** 2 / (s ** 2).sum()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+@pytest.fixture
+def view(run, tmp_path):
+    runs, run_id, _, _ = run
+    v = InspectView(StudioState(home=str(tmp_path)), runs)
+    assert v.wait_idle(120)
+    yield v
+    v.wait_idle(120)
+
+
+def test_it_opens_the_newest_run_with_its_exact_spectra(view, run):
+    runs, run_id, design, w = run
+    assert view.source == run_id and view.design.to_dict() == design.to_dict() and view.error == ""
+    assert "Current design (initial weights)" in view.source_select.options
+    for bond in ("r0", "r1"):
+        view.bond = bond
+        ref = cut_svals(design, w, bond)[:design.dim(bond)]
+        shown = np.array(view.spec_source.data["s"], dtype=float)
+        np.testing.assert_allclose(shown, ref, rtol=1e-5, atol=1e-6 * ref[0])
+        assert view.slider.end == design.dim(bond) and view.slider.value == design.dim(bond)
+        assert f">{bond}<" in view.spec_title.object and "exact" in view.spec_title.object
+
+
+def test_bonds_are_coloured_and_thickened_by_entropy(view, run):
+    _, _, design, w = run
+    top = math.log(max(design.dim(b) for b in ("r0", "r1")))
+    widths = {}
+    for e in view.flow.edges:
+        if not e["id"].startswith("B:"):
+            continue
+        bond = e["id"][2:]
+        t = entropy(cut_svals(design, w, bond)) / top
+        assert e["style"]["stroke"] == entropy_colour(t)
+        assert e["style"]["strokeWidth"] == pytest.approx(entropy_width(t), abs=0.01)
+        widths[bond] = (t, e["style"]["strokeWidth"])
+    assert set(widths) == {"r0", "r1"}
+    (ta, wa), (tb, wb) = widths.values()
+    assert (ta - tb) * (wa - wb) >= 0  # more entropy, thicker
+    assert "entropy" in view.legend.object and "ln 4" in view.legend.object
+
+
+def test_clicking_a_bond_selects_it(view):
+    view._edge_clicked({"edge_id": "B:r1", "position": {"x": 0, "y": 0}})
+    assert view.bond == "r1"
+    view._selection_changed({"nodes": [], "edges": ["B:r0"]})
+    assert view.bond == "r0"
+    view._edge_clicked({"edge_id": "LE:i0"})  # an open leg has no spectrum: nothing changes
+    assert view.bond == "r0"
+    assert [e["id"] for e in view.flow.edges if e.get("selected")] == ["B:r0"]
+
+
+def test_the_slider_plans_a_truncation_with_its_exact_error_and_params(view, run):
+    _, _, design, w = run
+    view.bond = "r0"
+    view.slider.value = 2
+    assert view.plan == {"r0": 2}
+    assert view.wait_idle(60)
+    res = view.preview
+    s = cut_svals(design, w, "r0")
+    assert res.relative_error == pytest.approx(math.sqrt((s[2:] ** 2).sum()) / np.linalg.norm(s), rel=1e-4)
+    assert res.params_after == 4 * 4 * 2 + 2 * 16 * 4 + 4 * 16  # G0 (4,4,2), G1 (2,4,4,4), G2 (4,4,4)
+    assert f"data-params='{res.params_after}'" in view.readout.object and "exact" in view.readout.object
+    assert view.spec_source.data["state"] == ["kept", "kept", "dropped", "dropped"]
+    assert view.cut.location == 2.5
+    edge = next(e for e in view.flow.edges if e["id"] == "B:r0")
+    assert "4→2" in edge["label"]
+    view.slider.value = 4  # back to the full bond: nothing planned
+    assert view.plan == {} and view.wait_idle(60) and view.preview is None
+
+
+def test_apply_tolerance_makes_a_plan_within_it(view, run):
+    _, _, design, w = run
+    view.tol = 0.7
+    view.apply_tolerance()
+    assert view.wait_idle(60)
+    assert view.plan and all(k < design.dim(b) for b, k in view.plan.items())
+    res = view.preview
+    w2 = dense(res.design, res.state_dict())
+    err = np.linalg.norm(w - w2) / np.linalg.norm(w)
+    assert res.relative_error == pytest.approx(err, rel=1e-4) and err <= 0.7
+    assert {b.bond: b.after for b in res.bonds if b.after < b.before} == view.plan
+    view.reset_button.clicks += 1
+    assert view.plan == {}
+
+
+def test_stack_view_shows_each_sparse_layer(view):
+    view.mode = "stack"
+    assert view.stack_pane.visible and not view.canvas_box.visible
+    text = view.stack_pane.object
+    # 4x4x4 -> 4x4x4, chi 4: 64 -> (o0 r0 i1 i2) 256 -> (o0 o1 r1 i2) 256 -> (o0 o1 o2) 64; nonzeros per layer:
+    # untouched combinations x core entries
+    for shape, nnz in (("64 × 256", 16 * 64), ("256 × 256", 16 * 256), ("256 × 64", 16 * 64)):
+        assert shape in text and f"{nnz:,}" in text
+    view.mode = "network"
+    assert view.canvas_box.visible and not view.stack_pane.visible
+
+
+def test_bond_features_heatmap_per_class(view):
+    rep = view.features
+    assert rep is not None and view.features_error == ""
+    view.bond = "r1"
+    b = rep["r1"]
+    data = view.heat_source.data
+    assert len(data["v"]) == len(rep.classes) * b.dim == 10 * 4
+    got = np.array(data["v"]).reshape(len(rep.classes), b.dim)
+    np.testing.assert_allclose(got, np.array(b.class_means), rtol=1e-12)
+    assert view.heat_pane.visible and "linear probe" in view.heat_note.object
+
+
+def test_truncate_and_finetune_launches_a_child_run(view, run):
+    runs, run_id, design, _ = run
+    view.bond = "r1"
+    view.slider.value = 2
+    view.epochs = 1
+    assert not view.finetune_button.disabled
+    view.truncate_and_finetune()
+    assert view.wait_idle(120)
+    assert view.error == "" and view.launched and "Launched child run" in view.feedback.object
+    child = RunStore(runs).get_run(view.launched)
+    assert child["parent"] == run_id and child["config"]["epochs"] == 1
+    assert Design.from_dict(child["design"]).dim("r1") == 2
+    assert view.launched in view.source_select.options.values()  # the list shows the new child run
+    assert wait(view.launched, runs, timeout=300)["status"] == "completed"
+
+
+def test_refusals_are_shown_next_to_the_action(view):
+    view.launching = True
+    assert view.finetune_button.disabled and "starting" in view.feedback.object
+    view.launching = False
+    view.plan = {}
+    assert view.finetune_button.disabled and "plan a truncation first" in view.feedback.object
+    view.truncate_and_finetune()
+    assert "nothing to truncate" in view.feedback.object
+    view.source = CURRENT
+    assert view.wait_idle(60)
+    view.bond = view.spectra.spectra[0].bond
+    view.slider.value = 1
+    assert view.plan and view.finetune_button.disabled and "pick a run" in view.feedback.object
+    view.truncate_and_finetune()
+    assert "pick a run" in view.error
+
+
+def test_current_design_uses_its_initial_weights_and_follows_edits(tmp_path):
+    state = StudioState(home=str(tmp_path))
+    state.generate("ttn", 64, 64, 3, activation="gelu", in_factors=[4, 4, 2, 2], out_factors=[4, 4, 2, 2])
+    v = InspectView(state, tmp_path / "no_runs")
+    assert v.wait_idle(120) and v.source == CURRENT
+    d = state.valid_design
+    assert v.design.to_dict() == d.to_dict()
+    init = TNLinear(d, seed=0, bias=True).state_dict()
+    assert all(torch.equal(v.weights[k], init[k]) for k in init)
+    assert not v.spectra.linear and "fragment" in v.legend.object
+    assert "pick a run" in v.heat_note.object
+    # a nonlinear tree: the slider's error is measured by forming W
+    bond = next(s.bond for s in v.spectra if s.dim > 1 and s.values[-1] > 0)
+    v.bond = bond
+    v.slider.value = 2
+    assert v.wait_idle(60)
+    res = v.preview
+    w, w2 = dense(d, init), dense(res.design, res.state_dict())
+    assert res.error == "measured"
+    assert res.relative_error == pytest.approx(np.linalg.norm(w - w2) / np.linalg.norm(w), rel=1e-4)
+    state.generate("mpo", 64, 32, 2)
+    assert v.wait_idle(120) and v.design.name == state.valid_design.name and v.plan == {}

@@ -1,0 +1,72 @@
+"""The Network tab in a browser: apply a bulk rule, see the totals, train an MNIST-1D network with TN layers.
+
+``test_studio_network_tab_trains_an_mnist1d_network`` drives the whole studio (``studio.app.create_app``), whose
+optional-tab list (``studio.app.OPTIONAL_TABS``) shows ``studio.network_view.NetworkView`` as the Network tab; it
+fails with that reason if the tab is missing. ``test_network_view_trains_an_mnist1d_network`` serves the tab's view
+alone.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.browser import browser_page, screenshot, serve_app
+
+pytestmark = pytest.mark.browser
+
+
+def _train_in_page(page, name: str) -> None:
+    page.locator(".tn-net-table .tabulator-row", has_text="fc2").first.wait_for(timeout=90000)
+    rule = page.locator(".tn-net-rule input")
+    rule.fill("linear:ttn:4:gelu:min=20000")
+    page.locator(".tn-net-apply button").click()
+    page.locator(".tn-net-totals[data-params='13978']").wait_for(timeout=60000)
+    page.locator(".tn-net-table .tabulator-row", has_text="fc2 ttn chi=4 gelu").wait_for(timeout=30000)
+    epochs = page.locator(".tn-net-epochs input")
+    epochs.fill("1")
+    epochs.press("Enter")
+    page.locator(".tn-net-device select").select_option("cpu")
+    page.locator(".tn-net-launch button").click()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if page.locator(".tn-net-run-line[data-status='completed']").count():
+            break
+        if page.locator(".tn-net-run-line[data-status='failed']").count():
+            break
+        time.sleep(1)
+    screenshot(page, name)
+    status = " ".join(page.locator(".tn-net-run-line").all_inner_texts())
+    assert "completed: test accuracy" in status, status
+
+
+def test_network_view_trains_an_mnist1d_network(tmp_path):
+    import panel as pn
+
+    from studio.network_view import NetworkView
+    from studio.state import StudioState
+
+    def factory():
+        pn.extension("tabulator")
+        state = StudioState(home=str(tmp_path), refine_s=0, autosave=False)
+        return NetworkView(state, tmp_path).__panel__()
+
+    with serve_app(factory) as url, browser_page() as page:
+        page.goto(url)
+        _train_in_page(page, "network_view_trained")
+
+
+def test_studio_network_tab_trains_an_mnist1d_network(tmp_path, monkeypatch):
+    from studio.app import create_app
+
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path))
+    with serve_app(lambda: create_app(str(tmp_path))) as url, browser_page() as page:
+        page.goto(url)
+        tab = page.locator(".bk-tab", has_text="Network")
+        try:
+            tab.wait_for(timeout=60000)
+        except Exception:  # noqa: BLE001 - the reason, not playwright's timeout
+            pytest.fail("the studio has no Network tab: studio.app.OPTIONAL_TABS should list "
+                        "('Network', 'studio.network_view', 'NetworkView', ...)")
+        tab.click()
+        _train_in_page(page, "studio_network_tab_trained")

@@ -1,0 +1,141 @@
+"""The studio's Network tab, server side: architecture, rules, the layer table and totals, the canvas link (click a
+layer: its design opens on the canvas; committed edits flow back), training and export."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from engine.design.templates import make_template
+from engine.network.format import new_network
+from engine.network.report import network_report
+from studio.network_view import TABLE_COLUMNS, NetworkView, parse_options, parse_shape
+from studio.state import StudioState
+
+
+@pytest.fixture
+def view(tmp_path):
+    state = StudioState(home=str(tmp_path), refine_s=0, autosave=False)
+    v = NetworkView(state, tmp_path)
+    yield v
+    state.close()
+
+
+def test_starts_with_a_dense_mnist1d_mlp_and_its_report(view):
+    assert view.spec.architecture.name == "mlp" and view.spec.resolved_input_shape == (1, 40)
+    frame = view.table_frame()
+    assert list(frame.columns) == TABLE_COLUMNS and list(frame["layer"]) == ["fc1", "fc2", "fc3"]
+    assert view.report.totals.params == view.report.totals.dense_params == 78_858
+    assert abs(frame["params % dense"].sum() - 100) < 0.05
+    assert "78,858" in view.totals_html() and view.error == ""
+
+
+def test_rules_update_totals_and_bad_rules_are_refused_with_the_reason(view):
+    assert view.apply_rule("linear:ttn:4:gelu:min=20000")
+    ref = network_report(new_network("mlp", [1, 40], 10).with_rules(["linear:ttn:4:gelu:min=20000"]))
+    assert view.report.totals.params == ref.totals.params == 13_978
+    row = view.table_frame().set_index("layer").loc["fc2"]
+    assert row["assignment"] == "fc2 ttn chi=4 gelu" and row["params % TN"] < 2 < row["params % dense"]
+    assert not view.apply_rule("linear:ttn:four")
+    assert "bond must be an integer" in view.error and view.spec.rules == ("linear:ttn:4:gelu:min=20000",)
+    assert view.clear_rules() and view.report.totals.params == 78_858 and view.error == ""
+
+
+def test_clicking_a_layer_opens_its_design_and_canvas_edits_flow_back(view):
+    state = view.state
+    view.apply_rule("linear:ttn:4:gelu:min=20000")
+    opened = view.opened_design
+    assert view.select("fc2") and view.editing == "fc2" and view.opened_design == opened + 1  # the app shows Design
+    assert state.design.name == "fc2 ttn chi=4 gelu" and (state.design.in_features, state.design.out_features) == (
+        256, 256)
+    bond = next(k for k, i in state.design.indices.items() if i.role == "bond")
+    assert state.set_dim(bond, 6)  # an edit on the canvas, committed by the state
+    assert view.spec.layers["fc2"].design.fingerprint() == state.valid_design.fingerprint()
+    assert view.report.row("fc2").params == state.valid_design.params + 256
+    # a design of another shape is not applied; the link stays and the tab says why
+    state.generate("mpo", 64, 64, 2)
+    assert "not applied" in view.error and view.editing == "fc2"
+    assert view.spec.layers["fc2"].design.in_features == 256
+    # a dense layer opens a suggested TTN; it becomes the layer's design at the first edit
+    assert view.select("fc1") and view.editing == "fc1" and "fc1" not in view.spec.layers
+    bond = next(k for k, i in state.design.indices.items() if i.role == "bond")
+    state.set_dim(bond, 3)
+    assert view.report.row("fc1").assignment == state.valid_design.name
+    assert view.set_dense("fc1") and view.report.row("fc1").assignment == "dense" and view.editing == ""
+    assert view.clear_override("fc1") and "fc1" not in view.spec.layers
+    view.unlink()
+    state.generate("ttn", 256, 256, 2)
+    assert view.spec.layers["fc2"].design.params != state.valid_design.params  # unlinked: nothing flows
+
+
+def test_conv_layers_are_counted_but_take_no_design(view):
+    assert view.new_network("lenet5")
+    assert [r for r in view.table_frame()["kind"]][:2] == ["conv2d", "conv2d"]
+    assert view.select("conv1") and view.editing == "" and "take no TN designs yet" in view.message
+    assert not view.apply_rule("conv:cp:8") and "take no TN designs yet" in view.error
+    assert not view.set_design("conv1", make_template("cp", 25, 6, 2))
+
+
+def test_new_network_from_the_form_and_files(view, tmp_path):
+    view.arch.value = "transformer"
+    view.dataset.value = "synthetic_images"
+    view.options.value = "dim=32; depth=1; heads=2; mlp_dim=64"
+    assert view.new_from_form(), view.error
+    assert view.spec.resolved_input_shape == (3, 16, 16) and view.spec.architecture.options["dim"] == 32
+    kinds = list(view.table_frame()["kind"])
+    assert kinds.count("attention") == 4 and "attention core" in kinds
+    assert view.apply_rule("attention:mpo:4") and view.report.totals.tn_layers == 4
+    path = view.save("my net")
+    assert path.name == "my_net.json"
+    assert view.new_network("mlp", dataset="mnist1d") and view.load_file(path) and view.report.totals.tn_layers == 4
+    assert view.load_json(view._download_json().getvalue(), "x.json") and view.spec.rules == ("attention:mpo:4",)
+    assert not view.load_json(b"{}", "bad.json") and "bad.json" in view.error
+    view.input_shape.value = "3,a"
+    assert not view.new_from_form() and "input shape" in view.error
+
+
+def test_helpers():
+    assert parse_shape("3x32x32") == [3, 32, 32] and parse_shape(" ") is None
+    assert parse_options("mlp", "hidden=128,64; activation=gelu") == {"hidden": [128, 64], "activation": "gelu"}
+    with pytest.raises(ValueError):
+        parse_options("mlp", "hidden")
+
+
+def test_the_studio_app_has_the_network_tab_and_clicks_show_the_design_tab(tmp_path):
+    from studio.app import create_app
+
+    app = create_app(str(tmp_path))
+    try:
+        view = app.components["Network"]
+        assert isinstance(view, NetworkView) and view.state is app.state
+        view.apply_rule("linear:ttn:4:gelu:min=20000")
+        app.show("Network")
+        view.select("fc2")
+        assert list(app.components)[app.tabs.active] == "Design" and app.state.design.name == "fc2 ttn chi=4 gelu"
+    finally:
+        app.close()
+
+
+def test_export_without_and_with_trained_weights(view, tmp_path):
+    view.apply_rule("linear:mpo:2:min=20000")
+    path = view.export()
+    assert path is not None and path.is_file() and not path.with_suffix(".pt").exists()
+    assert "class Network(nn.Module)" in path.read_text() and not view.export_download.disabled
+    assert view.weights_download.disabled
+
+
+@pytest.mark.slow
+def test_training_the_whole_network_from_the_tab(view):
+    view.new_network("mlp", dataset="mnist1d", options={"hidden": [64, 64]})
+    view.apply_rule("linear:mpo:2:min=4000")
+    ids = view.launch(dataset="mnist1d", epochs=1, batch_size=128, device="cpu", baseline=False)
+    assert len(ids) == 1 and view.error == ""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        view.refresh_runs()
+        if "completed" in view.run_status or "failed" in view.run_status:
+            break
+        time.sleep(1)
+    assert "completed: test accuracy" in view.run_status, view.run_status
+    path = view.export()
+    assert path.with_suffix(".pt").is_file() and "weights of run" in view.message

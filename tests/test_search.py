@@ -1,0 +1,223 @@
+"""Design search: a real Optuna study over real designs, priced by the cost model, trained on digits (few epochs),
+with real worker processes on the embedded journal storage (the PostgreSQL test is in test_search_postgres.py)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import optuna
+import pytest
+
+from engine.cli import main
+from engine.search import Budget, Candidate, LayerSpace, SearchSpec, run_search, study_report
+from engine.search.budget import Feasibility
+from engine.search.objective import companion_name, size_bucket, stratified_holdout
+from engine.search.report import build_report
+from engine.search.storage import open_storage, redact, storage_url
+from engine.search.study import create_search, open_search, start_workers, stop_search
+from engine.search.worker import counts, reap_dead_trials, run_worker
+from engine.train.store import RunStore
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _spec(name: str, **kw) -> SearchSpec:
+    space = kw.pop("space", None) or LayerSpace(256, 256, kinds=("ttn", "mpo"), legs=(4, 5), bond_ranges=(
+        ("ttn", (2, 3)), ("mpo", (2, 3))))
+    kw.setdefault("epochs", 2)
+    kw.setdefault("startup_trials", 4)
+    return SearchSpec(name=name, space=space, budget=kw.pop("budget", Budget(max_params=2000)), **kw)
+
+
+# --------------------------------------------------------------------------- space and budget (no training)
+def test_space_proposes_buildable_candidates_with_kind_dependent_parameters():
+    space = LayerSpace(256, 256)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_kinds, per_bond = set(), 0
+    for _ in range(60):
+        trial = study.ask()
+        cand = space.suggest(trial)
+        assert Candidate.from_dict(json.loads(json.dumps(cand.to_dict()))) == cand
+        assert f"{cand.kind}.bond" in trial.params or f"{cand.kind}.bond0" in trial.params
+        assert not any(k.endswith(".bond") and not k.startswith(cand.kind) for k in trial.params)
+        per_bond += isinstance(cand.bond, tuple)
+        try:
+            d = cand.build()
+        except ValueError:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            continue
+        assert (d.in_features, d.out_features) == (256, 256)
+        assert d.name == cand.label
+        seen_kinds.add(cand.kind)
+        study.tell(trial, [0.5, d.params])
+    assert len(seen_kinds) >= 5 and per_bond > 0
+    assert "4x4x4x2x2/4x4x4x2x2" in space.leg_choices()
+    assert LayerSpace.from_dict(space.to_dict()) == space
+
+
+def test_budget_prices_with_the_cost_model_and_names_every_broken_limit():
+    d = Candidate("mpo", 256, 256, (4, 4, 4, 2, 2), (4, 4, 4, 2, 2), 8).build()
+    ok = Budget(max_params=5000).check(d)
+    assert ok.ok and ok.params == d.params == 2464 and ok.constraints["params"] == pytest.approx(2464 / 5000 - 1)
+    bad = Budget(max_params=2000, max_flops=1e3, max_train_memory=1024, batch=32).check(d)
+    assert not bad.ok and len(bad.reasons) == 3
+    assert bad.reasons[0] == "params 2,464 > max 2,000"
+    assert "at batch 32" in bad.reasons[1] and "forward flops" in bad.reasons[1]
+    assert all(v > 0 for v in bad.constraints.values())
+    assert isinstance(bad, Feasibility) and bad.to_dict()["ok"] is False
+
+
+def test_holdout_is_stratified_and_fixed():
+    import numpy as np
+
+    y = np.repeat(np.arange(4), 25)
+    tr, va = stratified_holdout(y, 0.2, seed=3)
+    assert len(va) == 20 and set(np.bincount(y[va])) == {5} and not set(tr) & set(va)
+    assert (stratified_holdout(y, 0.2, seed=3)[1] == va).all()
+    assert size_bucket(140) == 7 and companion_name("s", "params", 140) == "s/prune/params-2^7"
+
+
+def test_infeasible_candidates_are_pruned_with_the_reason_and_cost_no_training():
+    spec = _spec("tight", space=LayerSpace(256, 256, kinds=("mpo",), legs=(5,), bond_ranges=(("mpo", (6, 8)),),
+                                           per_bond=False), budget=Budget(max_params=500), trials=1,
+                 max_candidates=5)
+    rep = run_search(spec, workers=0)
+    assert rep.counts["total"] == 5 and rep.counts["pruned_budget"] == 5 and rep.counts["trained"] == 0
+    assert all(t.status == "pruned" and t.pruned_by == "budget" and "> max 500" in t.reason for t in rep.trials)
+    assert rep.front == [] and list(rep.budget_reasons) == ["params > max 500"]
+    assert RunStore().list_runs() == []  # nothing trained
+    study, _ = open_search("tight")
+    assert all(t.constraints["params"] > 0 for t in study.trials)  # the sampler sees them as infeasible
+
+
+# --------------------------------------------------------------------------- the CLI, two worker processes
+def test_cli_search_with_two_workers_then_show_json(capsys):
+    rc = main(["search", "--in", "256", "--out", "256", "--dataset", "digits", "--max-params", "2000", "--trials",
+               "6", "--workers", "2", "--name", "S", "--epochs", "3", "--kinds", "ttn,mpo,attn,tucker"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "Pareto front" in out and "trained]" in out
+    assert main(["search", "show", "S", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["counts"]["trained"] >= 6 and rep["done"]
+    for t in rep["trials"]:
+        assert t["status"] in ("complete", "pruned"), t
+        assert t["params"] is not None and t["label"]
+        if t["status"] == "pruned":
+            assert t["reason"] and t["pruned_by"] in ("budget", "accuracy", "invalid")
+        elif t["duplicate_of"] is None:
+            assert 0 <= t["val_accuracy"] <= 1 and 0 <= t["test_accuracy"] <= 1 and t["run_id"]
+    front = rep["front"]
+    assert front and all(f["on_front"] for f in front)
+    assert [f["params"] for f in front] == sorted(f["params"] for f in front)
+    accs = [f["val_accuracy"] for f in front]
+    assert accs == sorted(accs)  # a front: more params only for more accuracy
+    complete = [t for t in rep["trials"] if t["status"] == "complete"]
+    for t in complete:  # nothing complete beats a front design on both objectives
+        assert not any(t["val_accuracy"] > f["val_accuracy"] and t["params"] < f["params"] for f in front)
+    # each trained trial is a run in the store, linked back to the study
+    store = RunStore()
+    for t in complete:
+        if t["duplicate_of"] is None:
+            run = store.get_run(t["run_id"], with_design=False)
+            assert run["status"] == "completed" and run["summary"]["search"]["trial"] == t["number"]
+            assert run["results"]["val_accuracy"] == pytest.approx(t["val_accuracy"])
+            splits = {m["split"] for m in store.metrics(t["run_id"])}
+            assert splits == {"train", "test", "val"}
+    # the embedded storage is a journal in the studio home; show without --json, list, and clear errors
+    assert storage_url("S").endswith("search/S.journal")
+    assert main(["search", "list"]) == 0 and capsys.readouterr().out.split() == ["S"]
+    assert main(["search", "show", "nope"]) == 2 and "no search 'nope'" in capsys.readouterr().err
+    assert main(["search", "--in", "256", "--out", "256", "--name", "S", "--max-params", "999"]) == 2
+    assert "exists with another search" in capsys.readouterr().err
+    assert main(["search", "--in", "256", "--out", "256", "--name", "bad name"]) == 2
+    assert main(["search", "--in", "256", "--out", "256", "--name", "x", "--dataset", "teacher"]) == 2
+    assert "classification" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- killed and stopped workers
+def _wait(cond, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _training_trial(name: str):
+    study, _ = open_search(name)
+    running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+               if t.user_attrs.get("trained") and t.user_attrs.get("run_id")]
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    return (running[0], len(done)) if running and done else None
+
+
+def test_killed_worker_loses_no_finished_trial_and_a_restarted_worker_continues():
+    spec = _spec("kill", trials=3, epochs=8, pruner="none")
+    create_search(spec)
+    (proc,) = start_workers("kill", 1)
+    try:
+        victim, n_done = _wait(lambda: _training_trial("kill"), 120, "a finished trial and one training")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = {t.number: t.values for t in open_search("kill")[0].get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    assert len(before) >= n_done >= 1
+    # a new worker (here: in this process) fails the dead worker's trial, queues it again and finishes the study
+    res = run_worker("kill")
+    assert victim.number in res.reaped and res.stopped_by == "target"
+    rep = study_report("kill")
+    for number, values in before.items():  # every finished trial is still there, unchanged
+        assert rep.trial(number).status == "complete" and [rep.trial(number).val_accuracy,
+                                                           rep.trial(number).size] == values
+    dead = rep.trial(victim.number)
+    assert dead.status == "failed" and "worker process died" in dead.reason
+    retry = [t for t in rep.trials if t.retry_of == victim.number]
+    assert len(retry) == 1 and retry[0].status == "complete" and retry[0].candidate == dead.candidate
+    assert rep.counts["trained"] >= 3
+    assert RunStore().get_run(victim.user_attrs["run_id"])["status"] == "failed"  # the store saw the process die
+    assert reap_dead_trials(open_search("kill")[0]) == []  # nothing left to reap
+
+
+def test_stop_ends_workers_and_join_continues(capsys):
+    spec = _spec("halt", trials=2, epochs=20, pruner="none")
+    create_search(spec)
+    (proc,) = start_workers("halt", 1)
+    try:
+        _wait(lambda: _training_trial("halt"), 120, "a trial training")
+        assert main(["search", "stop", "halt"]) == 0
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rep = study_report("halt")
+    (victim,) = [t for t in rep.trials if t.status == "failed"]  # the trial it was training
+    assert rep.stopped and "interrupted" in victim.reason
+    (queued,) = [t for t in rep.trials if t.status == "waiting"]  # its candidate, queued again
+    assert queued.retry_of == victim.number
+    run = RunStore().get_run(victim.run_id, with_design=False)
+    assert run["status"] == "stopped" and "search was stopped" in run["reason"]
+    assert not stop_search("halt")  # asked already
+    assert main(["search", "join", "halt", "--workers", "1"]) == 0
+    rep = study_report("halt")
+    assert not rep.stopped and rep.counts["trained"] >= 2 and rep.counts["waiting"] == 0
+    retried = rep.trial(queued.number)
+    assert retried.status == "complete" and retried.candidate == victim.candidate
+    assert "Pareto front" in capsys.readouterr().out
+
+
+def test_report_redacts_passwords():
+    assert redact("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact("/tmp/x.journal") == "/tmp/x.journal"
+    storage = open_storage(storage_url("r"))
+    study = optuna.create_study(study_name="r", storage=storage, directions=["maximize", "minimize"])
+    study.set_user_attr("tnstudio.spec", _spec("r").to_dict())
+    rep = build_report(study, "x")
+    assert rep.counts["total"] == 0 and rep.front == [] and counts(study)["trained"] == 0

@@ -1,0 +1,121 @@
+"""The Search tab without a browser: the form builds the search, Launch starts real workers, the scatter and the
+front come from the real study, a click opens the design on the canvas or the run on the Train tab, and Bokeh
+models change only on the session's thread."""
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import panel as pn
+import pytest
+
+from engine.search import Budget, LayerSpace, SearchSpec, run_search
+from engine.search.space import Candidate
+from engine.train.store import RunStore
+from studio.search_view import SearchView
+from studio.state import StudioState
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def state(_tnstudio_home):
+    return StudioState(home=str(_tnstudio_home))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A small real search (in this process), in a home of its own: (home, report)."""
+    home = tmp_path_factory.mktemp("search_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TNSTUDIO_HOME", str(home))
+    try:
+        space = LayerSpace(256, 256, kinds=("ttn", "mpo", "tucker"), legs=(4, 5),
+                           bond_ranges=(("ttn", (2, 3)), ("mpo", (2, 3)), ("tucker", (1, 3))))
+        spec = SearchSpec(name="shown", space=space, budget=Budget(max_params=1500), trials=5, epochs=2,
+                          startup_trials=3)
+        rep = run_search(spec, workers=0)
+    finally:
+        mp.undo()
+    return home, rep
+
+
+def test_form_builds_the_search_and_says_what_is_wrong(state):
+    view = SearchView(state)
+    view.param.update(study_name="mine", kinds=["ttn", "mera"], legs=[4, 5], activations=["gelu"],
+                      max_params=900, max_train_memory_mib=4.0, trials=7, epochs=3)
+    spec = view.spec()
+    assert spec.name == "mine" and spec.space.kinds == ("ttn", "mera") and spec.space.legs == (4, 5)
+    assert spec.budget.max_params == 900 and spec.budget.max_train_memory == 4 * 2 ** 20 and spec.trials == 7
+    assert "teacher" not in view.param.dataset.objects  # regression sets cannot be searched on accuracy
+    view.param.update(kinds=[])
+    assert view.launch() == [] and "at least one template kind" in view.error
+    view.param.update(kinds=["ttn"], study_name="bad name")
+    assert view.launch() == [] and "study name" in view.feedback.object
+    assert "No search yet" in view.counts.object and view.open_design_button.disabled
+
+
+def test_scatter_front_and_click_to_open_design_and_run(searched):
+    home, rep = searched
+    state = StudioState(home=str(home))  # the studio of that home: its Train tab reads the search's runs
+    view = SearchView(state)
+    assert view.studies.options == ["shown"] and view.shown == "shown"  # the existing search is shown
+    data = view.source.data
+    trained = [t for t in rep.trials if t.val_accuracy is not None and t.duplicate_of is None]
+    assert sorted(data["number"]) == sorted(t.number for t in trained)
+    for k, n in enumerate(data["number"]):
+        t = rep.trial(n)
+        assert data["x"][k] == t.params and data["accuracy"][k] == pytest.approx(t.val_accuracy)
+        assert data["kind"][k] == t.kind and data["front"][k] == t.on_front
+    assert view.front_source.data["x"] == [t.params for t in rep.front]
+    assert f"<b>{rep.counts['trained']}</b> of 5 trained" in view.counts.object
+    assert "Pareto front" in view.front_table.object
+    # a click on a front point picks its trial (TapTool -> selected indices -> on_change)
+    pick = rep.front[-1]
+    view.source.selected.indices = [list(data["number"]).index(pick.number)]
+    assert view.selected_trial == pick.number and pick.label in view.detail.object
+    assert not view.open_design_button.disabled and not view.open_run_button.disabled
+    # open its design on the canvas, its run on the Train tab (the app's tabs, wired by add_to)
+    opened: list[str] = []
+    tabs = pn.Tabs(("Design", pn.Column()), ("Train", pn.Column()))
+    wired = SearchView.add_to(tabs, state, on_open_run=opened.append)
+    assert [str(n) for n in tabs._names] == ["Design", "Train", "Search"]
+    wired.select(pick.number)
+    tabs.active = 2
+    assert wired.open_design() and state.design.name == pick.label and tabs.active == 0
+    assert state.design.params == Candidate.from_dict(pick.candidate).build().params
+    tabs.active = 2
+    assert wired.request_run() == pick.run_id and tabs.active == 1 and opened == [pick.run_id]
+    assert pick.run_id in {r["id"] for r in RunStore(home / "runs").list_runs()}  # the run the Train tab lists
+    # the whole tab renders (Bokeh and Panel models) without a browser
+    assert view.__panel__() is view.__panel__() and pn.panel(view).get_root() is not None
+
+
+def test_background_reads_are_applied_on_the_session_thread(state, searched):
+    home, rep = searched
+    view = SearchView(state, home=home)
+    view.refresh()
+    view._apply(None)  # blank it, then let the poller bring it back
+    assert view.source.data["number"] == []
+    session = threading.get_ident()
+    deadline = time.monotonic() + 30
+    while not view.source.data["number"] and time.monotonic() < deadline:
+        view.poll()  # what the periodic callback does on the session's thread
+        time.sleep(0.05)
+    assert len(view.source.data["number"]) == len([t for t in rep.trials if t.val_accuracy is not None
+                                                  and t.duplicate_of is None])
+    assert view.applied_on == session  # the reading thread handed the report over; it never touched Bokeh
+
+
+def test_launch_runs_workers_and_stop(state):
+    view = SearchView(state)
+    view.param.update(study_name="live", kinds=["ttn"], legs=[5], activations=["none"], per_bond=False,
+                      max_params=500, trials=2, epochs=1, workers=1)
+    procs = view.launch()
+    assert len(procs) == 1 and "Launched live" in view.feedback.object and view.shown == "live"
+    assert procs[0].wait(timeout=120) == 0
+    view.refresh()
+    assert view.report.counts["trained"] >= 2 and view.report.done and len(view.source.data["number"]) >= 1
+    assert view.stop() and "stop" in view.message
+    assert view.studies.options == ["live"]

@@ -1,0 +1,204 @@
+"""Damaged run stores: a truncated, garbage or foreign runs.db, runs.db as a folder and --runs-dir naming a file each
+give one clear line naming the file and the fix (never a sqlite traceback); a 0-byte runs.db is rebuilt from the run
+folders with a notice; `tnstudio runs repair` moves a damaged index aside (never deleting it) and restores every run
+and every committed metric row from the folders, also after kill -9 in the middle of writing."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.design.templates import make_template
+from engine.train.store import (METRICS, RECORD, RunStore, StoreDamaged, StoreError, read_metrics_file,
+                                repair_store)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _populate(root: Path) -> tuple[RunStore, dict[str, list[dict]]]:
+    """Two runs with metrics, statuses and results (one with a design, one dense, one resumed)."""
+    store = RunStore(root)
+    a = store.create_run({"dataset": "digits", "epochs": 2}, make_template("mpo", 64, 64, 2), name="tn")
+    b = store.create_run({"dataset": "digits", "baseline": True}, None, name="dense", parent=a)
+    store.set_status(a, "running", pid=12345678, host="elsewhere")  # another host: never marked dead here
+    store.log_metrics(a, [{"step": s, "split": "train", "loss": 1.0 / s, "epoch": s / 10} for s in range(1, 6)])
+    store.delete_metrics_after(a, 3)  # a resumed run drops the rows after its checkpoint ...
+    store.log_metrics(a, [{"step": s, "split": "train", "loss": 2.0 / s} for s in (4, 5, 6)])  # ... and replays
+    store.log_metrics(a, {"step": 6, "split": "test", "loss": 0.5, "accuracy": 0.75})
+    store.log_metrics(b, [{"step": 1, "split": "train", "loss": 3.0}, {"step": 2, "split": "val", "loss": 2.5}])
+    store.set_status(b, "completed", results={"test_accuracy": 0.9})
+    store.update(a, checkpoint=str(root / a / "checkpoint.pt"), summary={"params": 3})
+    return store, {rid: store.metrics(rid) for rid in (a, b)}
+
+
+def _same_runs(store: RunStore, before: dict[str, list[dict]]) -> None:
+    drop = ("seq", "time")
+    for rid, rows in before.items():
+        got = store.metrics(rid)
+        assert [{k: v for k, v in r.items() if k not in drop} for r in got] == \
+               [{k: v for k, v in r.items() if k not in drop} for r in rows]
+    runs = {r["id"]: r for r in store.list_runs()}
+    assert set(runs) == set(before)
+
+
+FAULTS = {
+    "garbage": lambda p: p.write_bytes(b"this is not a database at all" * 100),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:1500]),
+    "half a page": lambda p: p.write_bytes(p.read_bytes()[:5000]),
+    "foreign schema": lambda p: (p.unlink(), _foreign(p)),
+    "a folder": lambda p: (p.unlink(), p.mkdir(), (p / "x").write_text("x")),
+}
+
+
+def _foreign(p: Path) -> None:
+    con = sqlite3.connect(p)
+    con.execute("CREATE TABLE runs (name TEXT, age INTEGER)")
+    con.execute("INSERT INTO runs VALUES ('bob', 3)")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_damaged_index_is_named_and_repaired(fault, tmp_path):
+    store, before = _populate(tmp_path)
+    db = tmp_path / "runs.db"
+    with sqlite3.connect(db) as con:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file, as after a clean close
+    for extra in ("runs.db-wal", "runs.db-shm"):
+        (tmp_path / extra).unlink(missing_ok=True)
+    FAULTS[fault](db)
+    for args in (["list"], ["show", list(before)[0]], ["metrics", list(before)[0]]):
+        rc, out, err = cli("runs", "--runs-dir", str(tmp_path), *args)
+        assert rc == 2, (fault, out, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err
+        assert str(db) in lines[0] and f"tnstudio runs --runs-dir {tmp_path} repair" in lines[0]
+    with pytest.raises(StoreDamaged):
+        RunStore(tmp_path)
+    rc, out, err = cli("runs", "--runs-dir", str(tmp_path), "repair")
+    assert rc == 0, err
+    moved = sorted(tmp_path.glob("runs.db.damaged-*"))
+    assert len([m for m in moved if not m.name.endswith(("-wal", "-shm"))]) == 1  # moved aside, never deleted
+    assert "moved the damaged index aside" in out and "restored" in out
+    _same_runs(RunStore(tmp_path), before)
+    rc, out, err = cli("runs", "--runs-dir", str(tmp_path), "list")
+    assert rc == 0 and "tn" in out and "dense" in out
+
+
+def test_runs_dir_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    rc, out, err = cli("runs", "--runs-dir", str(f), "list")
+    assert rc == 2 and "a file is in the way" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(StoreError):
+        RunStore(f)
+    rc, out, err = cli("train", "--runs-dir", str(f), "--epochs", "1")
+    assert rc == 2 and "a file is in the way" in err
+
+
+def test_an_empty_index_is_rebuilt_from_the_folders_with_a_notice(tmp_path, caplog):
+    store, before = _populate(tmp_path)
+    for name in ("runs.db", "runs.db-wal", "runs.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / "runs.db").write_bytes(b"")  # 0 bytes: sqlite would read it as an empty store
+    reopened = RunStore(tmp_path)
+    assert reopened.notice and "restored 2 runs" in reopened.notice
+    _same_runs(reopened, before)
+    assert RunStore(tmp_path).notice is None  # once
+    run = reopened.get_run(list(before)[0])
+    assert run["status"] == "running" and run["checkpoint"].endswith("checkpoint.pt") and run["summary"] == {
+        "params": 3}
+    assert run["design"]["name"] == make_template("mpo", 64, 64, 2).name
+
+
+def test_deleted_runs_stay_deleted(tmp_path):
+    store, before = _populate(tmp_path)
+    b = [r for r in before if store.get_run(r)["status"] == "completed"][0]
+    (tmp_path / b).mkdir(exist_ok=True)
+    store.delete_run(b)
+    (tmp_path / b).mkdir()  # a folder left behind (e.g. files still open) ...
+    (tmp_path / b / METRICS).write_text('{"step": 1, "split": "train", "loss": 1}\n')
+    assert b not in {r["id"] for r in RunStore(tmp_path).list_runs()}  # ... is not a run again
+    rep = repair_store(tmp_path)
+    assert b not in rep["restored"] and b in rep["skipped"]
+
+
+def test_repair_on_a_healthy_index_restores_rows_and_writes_old_runs_records(tmp_path):
+    store, before = _populate(tmp_path)
+    a, b = list(before)
+    with sqlite3.connect(tmp_path / "runs.db") as con:  # the index lost rows the folder still has
+        con.execute("DELETE FROM metrics WHERE run_id = ? AND step > 4", (a,))
+    for name in (RECORD, "config.json", METRICS):  # b as made by an older TN Studio: no folder records
+        (tmp_path / b / name).unlink()
+    rep = repair_store(tmp_path)
+    assert rep["moved"] is None and rep["resynced"] == [a] and rep["recorded"] == [b]
+    _same_runs(RunStore(tmp_path), before)
+    assert repair_store(tmp_path)["resynced"] == []  # idempotent
+    (tmp_path / "runs.db").write_bytes(b"garbage" * 1000)  # and now b survives a lost index too
+    repair_store(tmp_path)
+    _same_runs(RunStore(tmp_path), before)
+
+
+def test_a_half_written_metrics_line_is_skipped(tmp_path):
+    store, before = _populate(tmp_path)
+    a = list(before)[0]
+    with open(tmp_path / a / METRICS, "a") as f:
+        f.write('{"step": 99, "split": "tr')  # the tail a killed process leaves
+    rows = read_metrics_file(tmp_path / a / METRICS)
+    assert [r["step"] for r in rows] == [m["step"] for m in before[a]]
+
+
+WRITER = """
+import sys
+from engine.train.store import RunStore
+store = RunStore(sys.argv[1])
+rid = sys.argv[2]
+s = 0
+while True:
+    s += 1
+    store.log_metrics(rid, {"step": s, "split": "train", "loss": 1.0 / s})
+    if s % 7 == 0:
+        store.update(rid, step=s, summary={"at": s})
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_during_writes_keeps_every_committed_row(seed, tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"}, None, name="victim")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), rid], env=env)
+    deadline = time.monotonic() + 60
+    while len(store.metrics(rid)) < 20 + 15 * seed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    committed = store.metrics(rid)
+    assert len(committed) >= 20
+    assert [m["step"] for m in committed] == list(range(1, len(committed) + 1))
+    json.loads((tmp_path / rid / RECORD).read_text())  # the record file is always whole (atomic rename)
+    for name in ("runs.db", "runs.db-wal", "runs.db-shm"):  # and then the index is lost altogether
+        (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / "runs.db").write_bytes(b"\0" * 4096)
+    rc, out, err = cli("runs", "--runs-dir", str(tmp_path), "repair")
+    assert rc == 0, err
+    rows = RunStore(tmp_path).metrics(rid)
+    assert [m["loss"] for m in rows[:len(committed)]] == [m["loss"] for m in committed]
+    assert len(rows) - len(committed) in (0, 1)  # at most the one row written to the folder but not committed
