@@ -38,6 +38,7 @@ test: $(STAMP) browser postgres
 bench: $(STAMP)
 	$(PY) benchmarks/cost_latency.py
 	$(PY) benchmarks/layer_speed.py
+	$(PY) benchmarks/conv_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -11,6 +11,12 @@ For every template at sizes up to 128 tensors (legs of dimension 2, bond dimensi
     .venv/bin/python benchmarks/cost_latency.py                 # the full table (about 10 s per network)
     .venv/bin/python benchmarks/cost_latency.py --budget 1      # a quick run (a few minutes)
     .venv/bin/python benchmarks/cost_latency.py --warm          # live search after a thorough one at bond - 1
+    .venv/bin/python benchmarks/cost_latency.py --kinds none --loopy-sizes 60,80   # loopy networks only
+
+Loopy random networks (random 3-regular graphs of 24-80 tensors, bonds and legs of dimension 2, half the tensors
+holding an in leg, half an out leg; several seeds): the same latency and quality rows, and the background
+refinement's quality (``--search thorough`` for ``--refine`` seconds, the studio's default 2 s) against cotengra's
+10 s; goals: live within 1.5x, refined within 1.1x.
 
 The live (fast) search is a pure function of the design: it no longer reads paths remembered at other bond
 dimensions, so ``--warm`` now reports the cold figures for it (the background thorough search reads them).
@@ -19,6 +25,7 @@ Designs that validation refuses (e.g. a Tucker core of more than 2^63 - 1 entrie
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -31,8 +38,13 @@ from engine.contract.cache import clear_cache  # noqa: E402
 from engine.contract.cost import cost_report  # noqa: E402
 from engine.contract.paths import cotengra_path, path_cost  # noqa: E402
 from engine.contract.program import BATCH, compile_program  # noqa: E402
+from engine.design.model import Design  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
 
+# the reference: cotengra's HyperOptimizer with its default path finders (kahypar's partitioner among them when
+# kahypar is installed: the strongest reference this machine has)
+REFERENCE = ("cotengra's default methods, kahypar included" if importlib.util.find_spec("kahypar")
+             else "cotengra's default methods; kahypar not installed")
 KINDS = ("mpo", "tensor_ring", "tucker", "cp", "ttn", "attn", "mera")
 SITES = (4, 8, 16, 32, 64, 128)
 
@@ -40,6 +52,44 @@ SITES = (4, 8, 16, 32, 64, 128)
 def design(kind: str, sites: int, bond: int):
     n = 2 ** sites
     return make_template(kind, n, n, bond, in_factors=[2] * sites, out_factors=[2] * sites)
+
+
+def loopy_design(n: int, bond: int = 2, seed: int = 0, degree: int = 3, leg: int = 2) -> Design:
+    """A random ``degree``-regular graph of ``n`` tensors (networkx, seeded) as a layer: one bond per edge, tensor
+    ``k`` holding in leg ``k`` (first half) or out leg ``k - n/2`` (second half)."""
+    import networkx as nx
+
+    edges = sorted(tuple(sorted(e)) for e in nx.random_regular_graph(degree, n, seed=seed).edges())
+    half = n // 2
+    idx: dict = {f"b{k}": {"dim": bond, "role": "bond"} for k in range(len(edges))}
+    tensors = []
+    for v in range(n):
+        leg_name = f"i{v}" if v < half else f"o{v - half}"
+        idx[leg_name] = {"dim": leg, "role": "in" if v < half else "out", "axis": v if v < half else v - half}
+        tensors.append({"id": f"T{v}", "indices": [leg_name] + [f"b{k}" for k, e in enumerate(edges) if v in e]})
+    return Design.from_dict({"format": "tnstudio-design", "version": 1, "name": f"loopy n={n} seed={seed}",
+                             "target": {"kind": "linear", "in_features": leg ** half,
+                                        "out_features": leg ** (n - half)}, "indices": idx, "tensors": tensors})
+
+
+def loopy_latency_ms(n: int, seed: int, bond: int, batch: int, changes: int) -> tuple[list[float], list[float]]:
+    wall, cpu = [], []
+    for k in range(changes):
+        d = loopy_design(n, bond + (k % 2), seed)
+        clear_cache(paths=True)
+        t, c = time.perf_counter(), time.process_time()
+        cost_report(d, batch=batch)
+        wall.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
+    return wall, cpu
+
+
+def refined_flops(d, batch: int, which: str, seconds: float) -> int:
+    """FLOPs after the background refinement: a thorough compile for ``seconds`` (cold caches)."""
+    clear_cache(paths=True)
+    if which.startswith("generate"):
+        return compile_program(d, batch, "materialise", "thorough", seconds).generate_flops
+    return compile_program(d, batch, "stream", "thorough", seconds).flops
 
 
 def latency_ms(kind: str, sites: int, bond: int, batch: int, changes: int) -> tuple[list[float], list[float]]:
@@ -82,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tensors", type=int, default=128)
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--no-cotengra", action="store_true", help="latency only")
+    p.add_argument("--loopy-sizes", default="24,40,60,80", help="tensors of the loopy random networks ('' : none)")
+    p.add_argument("--loopy-seeds", default="0,1,2")
+    p.add_argument("--refine", type=float, default=2.0,
+                   help="seconds of the background (thorough) refinement scored on loopy networks (0: skip)")
     p.add_argument("--warm", action="store_true",
                    help="quality of the live search after a background thorough search (cotengra, --budget) at the "
                         "previous bond dimension, the studio's flow: paths are remembered per network structure")
@@ -90,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'template':<12}{'sites':>6}{'tensors':>8}{'wall ms':>9}{'cpu ms':>8}  "
           f"{'network':<14}{'ours':>11}{'cotengra':>11}{'ratio':>9}")
     ratios, meds, cmeds = [], [], []
-    for kind in args.kinds.split(","):
+    for kind in [k for k in args.kinds.split(",") if k and k != "none"]:
         for sites in SITES:
             try:
                 d = design(kind, sites, args.bond)
@@ -117,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, (name, ops, out, dims) in enumerate(networks(d, args.batch)):
                 ours = program_flops(d, args.batch, name)
                 try:
-                    path = cotengra_path(ops, out, dims, args.budget)
+                    path = cotengra_path(ops, out, dims, args.budget, methods=None)
                     theirs = path_cost([ix for _, ix in ops], path, frozenset(out), dims)[0]
                 except Exception as e:  # noqa: BLE001  (report, keep benchmarking)
                     print(f"{head if k == 0 else ' ' * len(head)}{name:<14} cotengra failed: {e}")
@@ -135,7 +189,46 @@ def main(argv: list[str] | None = None) -> int:
     if ratios:
         print(f"path FLOPs / cotengra ({args.budget:g} s): median {statistics.median(ratios):.3f}, "
               f"worst {max(ratios):.3f} (goal <= 1.1); {sum(r <= 1.1 for r in ratios)}/{len(ratios)} within goal")
+    if args.loopy_sizes:
+        loopy(args)
     return 0
+
+
+def loopy(args) -> None:
+    """The loopy random networks: latency, live quality and refined quality against cotengra."""
+    sizes = [int(v) for v in args.loopy_sizes.split(",")]
+    seeds = [int(v) for v in args.loopy_seeds.split(",")]
+    bond = 2
+    print(f"\nloopy random networks (3-regular, bonds 2, legs 2): live = fast search, refined = thorough "
+          f"{args.refine:g} s, both against cotengra {args.budget:g} s ({REFERENCE})")
+    print(f"{'network':<22}{'wall ms':>9}{'cpu ms':>8}  {'network':<14}{'live':>11}{'refined':>11}{'cotengra':>11}"
+          f"{'live x':>8}{'ref x':>7}")
+    live, refined, lat = [], [], {}
+    for n in sizes:
+        for seed in seeds:
+            d = loopy_design(n, bond, seed)
+            wall, cpu = loopy_latency_ms(n, seed, bond, args.batch, args.changes)
+            lat.setdefault(n, []).append(statistics.median(cpu))
+            head = f"{d.name:<22}{statistics.median(wall):>9.1f}{statistics.median(cpu):>8.1f}  "
+            if args.no_cotengra:
+                print(head)
+                continue
+            for k, (name, ops, out, dims) in enumerate(networks(d, args.batch)):
+                ours = program_flops(d, args.batch, name)
+                path = cotengra_path(ops, out, dims, args.budget, methods=None)
+                theirs = path_cost([ix for _, ix in ops], path, frozenset(out), dims)[0]
+                ref = refined_flops(d, args.batch, name, args.refine) if args.refine else ours
+                live.append(ours / theirs)
+                refined.append(ref / theirs)
+                print(f"{head if k == 0 else ' ' * len(head)}{name:<14}{ours:>11.3g}{ref:>11.3g}{theirs:>11.3g}"
+                      f"{ours / theirs:>8.3g}{ref / theirs:>7.3g}", flush=True)
+    for n, v in lat.items():
+        print(f"loopy n={n}: report latency median {statistics.median(v):.0f} ms cpu (max {max(v):.0f})")
+    if live:
+        print(f"loopy live / cotengra: median {statistics.median(live):.2f}, worst {max(live):.3g}; "
+              f"{sum(r <= 1.5 for r in live)}/{len(live)} within 1.5x")
+        print(f"loopy refined ({args.refine:g} s) / cotengra: median {statistics.median(refined):.2f}, worst "
+              f"{max(refined):.3g}; {sum(r <= 1.1 for r in refined)}/{len(refined)} within 1.1x")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/layer_speed.py                  # CPU, 2 threads, all three sizes
     .venv/bin/python benchmarks/layer_speed.py --device cuda    # on a GPU
     .venv/bin/python benchmarks/layer_speed.py --sizes 1024x1024x128 --reps 20
+    .venv/bin/python benchmarks/layer_speed.py --sizes none --digits-rounds 9   # the digits epoch only
 
 One step = forward, a dense upstream gradient, backward into every parameter and the input (as for a hidden layer).
 Reported: median (and min) over ``--reps`` rounds after ``--warmup`` rounds; each round steps every layer once
@@ -10,6 +11,12 @@ Reported: median (and min) over ``--reps`` rounds after ``--warmup`` rounds; eac
 tensorly-torch's block-TT and CP use the same leg factorisation (balanced, smallest legs at the ends) and the MPO
 the block-TT's rank, so the two have exactly the same number of parameters. Nonlinear generators whose largest
 intermediate exceeds ``--max-intermediate`` times W are skipped (listed with the size).
+
+The small-layer row (256x256, batch 64) is the size of the digits MLP's hidden layer; ``--digits-rounds`` rounds of
+one training epoch of that MLP (64-256-[256x256]-10, AdamW, gradient clipping, batch 64, as ``tnstudio train``
+runs it) compare the dense MLP with the one whose hidden layer is a TTN (chi 4, gelu, legs 4x4x4x2x2), interleaved.
+The CPU runs keep freed memory in the process (:func:`engine.nn.runtime.keep_freed_memory`, as training processes
+do), for every row alike; ``--no-keep-freed`` measures glibc's default.
 """
 from __future__ import annotations
 
@@ -25,13 +32,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from devices import require_device  # noqa: E402  (benchmarks/devices.py, beside this script)
 from engine.design.model import Design  # noqa: E402
 from engine.design.factorize import balanced_factors  # noqa: E402
 from engine.nn.linear import TNLinear, count_parameters  # noqa: E402
 from engine.contract.program import compile_program  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
 
-SIZES = [(1024, 1024, 128), (4096, 4096, 64), (25088, 4096, 16)]
+SIZES = [(256, 256, 64), (1024, 1024, 128), (4096, 4096, 64), (25088, 4096, 16)]
+DIGITS_LEGS = [4, 4, 4, 2, 2]  # the digits sweep's factorisation of 256
 
 
 def tt_shapes(features: int, legs: int) -> tuple[int, ...]:
@@ -85,7 +94,7 @@ def stepper(layer: nn.Module, batch: int, in_f: int, out_f: int, device: str) ->
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--sizes", default=None, help="comma list of INxOUTxBATCH (default: the three standard sizes)")
     p.add_argument("--reps", type=int, default=10)
@@ -99,10 +108,17 @@ def main(argv: list[str] | None = None) -> None:
                    help="skip TN layers whose largest intermediate exceeds this many times W's size")
     p.add_argument("--activation", default="gelu")
     p.add_argument("--only", default=None, help="run only layers whose label contains this text")
+    p.add_argument("--digits-rounds", type=int, default=7, help="rounds of the digits epoch (0: skip it)")
+    p.add_argument("--no-keep-freed", action="store_true", help="CPU: leave glibc's allocator as it is")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sizes = SIZES if not args.sizes else [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    dev = args.device
+    sizes = (SIZES if not args.sizes else [] if args.sizes == "none" else
+             [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")])
+    dev = require_device(args.device)
+    if dev == "cpu" and not args.no_keep_freed:
+        from engine.nn.runtime import keep_freed_memory
+
+        keep_freed_memory()
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"# layer_speed: forward+backward step in ms, median (and min) of {args.reps} interleaved rounds "
           f"(torch {torch.__version__}, {name})")
@@ -142,6 +158,60 @@ def main(argv: list[str] | None = None) -> None:
             print(line)
         del runs
     print("\nparams include the bias; ratios use the medians; vs blocktt compares with tensorly-torch block-TT")
+    if args.digits_rounds:
+        digits_epoch(dev, args.digits_rounds)
+
+
+def digits_epoch(dev: str, rounds: int) -> None:
+    """One training epoch of the digits MLP, dense vs a TTN hidden layer, ``rounds`` interleaved rounds."""
+    import math
+
+    from engine.train.config import RunConfig
+    from engine.train.data import load_dataset
+    from engine.train.models import build_model
+
+    ds = load_dataset("digits")
+    x, y = ds.x_train.to(dev), ds.y_train.to(dev)
+    design = make_template("ttn", 256, 256, 4, activation="gelu", in_factors=DIGITS_LEGS, out_factors=DIGITS_LEGS)
+    config = RunConfig(dataset="digits", model="mlp")
+    models = {}
+    for label, d in (("dense MLP", None), ("TTN chi=4 gelu MLP", design)):
+        torch.manual_seed(0)
+        model = build_model(config, ds, d).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        models[label] = (model, opt)
+    loss_fn = nn.CrossEntropyLoss()
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+
+    def epoch(model, opt, seed: int) -> float:
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(dev)
+        sync()
+        t0 = time.perf_counter()
+        for start in range(0, len(x), config.batch_size):
+            b = perm[start:start + config.batch_size]
+            loss = loss_fn(model(x[b]).float(), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+            opt.step()
+        sync()
+        return (time.perf_counter() - t0) * 1e3
+
+    times = {k: [] for k in models}
+    for r in range(rounds + 1):  # the first round warms up
+        for label, (model, opt) in models.items():
+            t = epoch(model, opt, r)
+            if r:
+                times[label].append(t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    steps = math.ceil(len(x) / config.batch_size)
+    print(f"\n## digits epoch: MLP 64-256-[256x256]-10, batch {config.batch_size}, {steps} steps, AdamW "
+          f"(median and min of {rounds} interleaved rounds)\n")
+    print("| model | params | ms/epoch | min | vs dense |")
+    print("|---|---:|---:|---:|---:|")
+    for label, (model, _) in models.items():
+        print(f"| {label} | {count_parameters(model):,} | {med[label]:.1f} | {min(times[label]):.1f} | "
+              f"{med[label] / med['dense MLP']:.2f}x |")
 
 
 if __name__ == "__main__":

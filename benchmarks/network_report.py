@@ -1,7 +1,8 @@
 """The whole-network report on torchvision's VGG-16 (224x224): the numbers and how fast they come.
 
 Prints (markdown) the VGG-16 table (dense; the three FC layers as the TTN presets of ``engine/assets/designs``;
-as a bulk rule ``linear:ttn:4:gelu``) and the report's latency in this process: cold (the first report: building
+as a bulk rule ``linear:ttn:4:gelu``; the conv layers compressed too, by the rules :data:`CONV_RULE` (CP-conv) or
+:data:`CONV_RULE_TUCKER` (Tucker-2)) and the report's latency in this process: cold (the first report: building
 the architecture on the meta device, one forward pass of shapes, the first TN cost reports) and after bulk-rule
 changes (a new bond dimension of the same template, a new template), medians of ``--repeat`` runs with fresh rules
 each time (the engine's caches hold compiled programs and remembered paths, as in the studio). Imports (torch,
@@ -18,6 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+# the conv layers (all but conv1_1, whose 1,728 weights stay dense) as CP-conv of rank 64, or Tucker-2 of rank 32
+CONV_RULE = "conv3x3:cp:64:min=10000:legs=1"
+CONV_RULE_TUCKER = "conv3x3:tucker:32:min=10000:legs=1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,16 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         network_report(base.with_rules([f"linear:{kind}:3"]))
         kind_changes.append(time.perf_counter() - t0)
 
-    print("| VGG-16 (torchvision, 224x224, batch 1) | params | compression | FC params | forward FLOPs | FLOPs ratio "
-          "| inference memory | training memory (Adam) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    conv_rows = [(f"conv layers too: {rule} + FC {fc_rule}", network_report(base.with_rules([fc_rule, rule])))
+                 for fc_rule, rule in (("linear:ttn:4:gelu", CONV_RULE), ("linear:ttn:4:gelu", CONV_RULE_TUCKER))]
+    print("| VGG-16 (torchvision, 224x224, batch 1) | params | compression | FC params | conv params | forward FLOPs "
+          "| FLOPs ratio | inference memory | training memory (Adam) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, rep in (("dense", dense), ("FC layers as the TTN presets (vgg16_fc6/7/8_ttn)", preset),
-                       ("FC layers by rule linear:ttn:4:gelu", ttn)):
+                       ("FC layers by rule linear:ttn:4:gelu", ttn), *conv_rows):
         t = rep.totals
         fc = sum(r.params for r in rep.rows if r.kind == "linear")
-        print(f"| {label} | {t.params:,} | {ratio(t.compression)} | {fc:,} | {si(t.forward_flops)} | "
+        conv = sum(r.params for r in rep.rows if r.kind == "conv2d")
+        print(f"| {label} | {t.params:,} | {ratio(t.compression)} | {fc:,} | {conv:,} | {si(t.forward_flops)} | "
               f"{ratio(t.flops_ratio)} | {nbytes(t.inference_bytes)} | {nbytes(t.train_bytes)} |")
-    print("| conv layers compressed too | conv designs are not supported yet (the conv issue) | | | | | | |")
     print()
     ms = lambda xs: f"{1000 * statistics.median(xs):.0f} ms (max {1000 * max(xs):.0f})"  # noqa: E731
     print(f"imports (torch, torchvision): {t_import:.2f} s")

@@ -1,14 +1,18 @@
-"""The paper table: TTN, aTTN, MERA and MPO designs for the big layers of AlexNet and VGG-16.
+"""The paper table: TTN, aTTN, MERA and MPO designs for the big layers of AlexNet and VGG-16, and conv designs for
+their convolutions.
 
-For the fully connected layers of AlexNet (9216x4096, 4096x4096, 4096x1000), of VGG-16 (25088x4096, 4096x4096,
-4096x1000) and one convolution (VGG-16 conv5: a 3x3 kernel from 512 to 512 channels, read as the im2col matrix
-(512*3*3) x 512 = 4608 x 512), this script builds one design per kind (TTN, aTTN, MERA, MPO, and lateral variants
-of TTN and MERA where they fit the compression range), prints what each costs and saves every design under
-``engine/assets/designs/`` so the studio lists them as presets.
+For the fully connected layers of AlexNet (9216x4096, 4096x4096, 4096x1000) and of VGG-16 (25088x4096, 4096x4096,
+4096x1000) this script builds one design per kind (TTN, aTTN, MERA, MPO, and lateral variants of TTN and MERA where
+they fit the compression range). For the convolutions (AlexNet conv2..conv5 and VGG-16's conv layers from conv1_2 on,
+one row per distinct shape; torchvision's layers, 224x224 model input) it builds real conv2d designs (kernel legs
+and all): CP (Lebedev et al. 2015), Tucker-2 (Kim et al. 2016), MPO / TT-conv (Garipov et al. 2016) and a TTN
+generator with gelu (ADNTN). It prints what each costs and saves every design under ``engine/assets/designs/`` so the
+studio lists them as presets.
 
-Every number comes from ``engine.contract.cost.cost_report``: parameters, compression, generation FLOPs (building W from
-the cores), forward FLOPs at batch 64 and the memory of one training step (float32, Adam) at batch 64. For the
-convolution, "batch 64" means 64 im2col rows (patches), not 64 images.
+Every number comes from the cost model: parameters, compression, generation FLOPs (building W or K from the cores),
+forward FLOPs at batch 64 and the memory of one training step (float32, Adam) at batch 64 (``cost_report``; for
+the convolutions ``conv_cost_report`` at the layer's real input size, batch 64 images, with the program the cost
+model picks).
 
 Run it::
 
@@ -25,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from engine.contract.conv import conv_cost_report  # noqa: E402
 from engine.contract.cost import cost_report  # noqa: E402
+from engine.design.conv import make_conv_template  # noqa: E402
 from engine.design.model import Design, save_design  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
 
@@ -39,8 +45,29 @@ LAYERS = {
     "vgg16_fc6": ("VGG-16", "fc6", 25088, 4096),
     "vgg16_fc7": ("VGG-16", "fc7", 4096, 4096),
     "vgg16_fc8": ("VGG-16", "fc8", 4096, 1000),
-    "vgg16_conv5": ("VGG-16", "conv5 (3x3, 512->512)", 4608, 512),
 }
+
+# The conv layers: key -> (network, layer(s), in channels, out channels, kernel, stride, padding, input side), as
+# torchvision builds AlexNet and VGG-16 for 224x224 images (VGG-16's layers of one shape and input size share a row).
+CONV_LAYERS = {
+    "alexnet_conv2": ("AlexNet", "conv2", 64, 192, 5, 1, 2, 27),
+    "alexnet_conv3": ("AlexNet", "conv3", 192, 384, 3, 1, 1, 13),
+    "alexnet_conv4": ("AlexNet", "conv4", 384, 256, 3, 1, 1, 13),
+    "alexnet_conv5": ("AlexNet", "conv5", 256, 256, 3, 1, 1, 13),
+    "vgg16_conv1_2": ("VGG-16", "conv1_2", 64, 64, 3, 1, 1, 224),
+    "vgg16_conv2_1": ("VGG-16", "conv2_1", 64, 128, 3, 1, 1, 112),
+    "vgg16_conv2_2": ("VGG-16", "conv2_2", 128, 128, 3, 1, 1, 112),
+    "vgg16_conv3_1": ("VGG-16", "conv3_1", 128, 256, 3, 1, 1, 56),
+    "vgg16_conv3_2": ("VGG-16", "conv3_2-3", 256, 256, 3, 1, 1, 56),
+    "vgg16_conv4_1": ("VGG-16", "conv4_1", 256, 512, 3, 1, 1, 28),
+    "vgg16_conv4_2": ("VGG-16", "conv4_2-3", 512, 512, 3, 1, 1, 28),
+    "vgg16_conv5_1": ("VGG-16", "conv5_1-3", 512, 512, 3, 1, 1, 14),
+}
+# The conv kinds: CP and Tucker-2 with one factor per channel side and rank out_channels / 8 (at least 16), the
+# MPO (TT-conv: the kernel site, then the channel legs balanced at about 8) at chi 8, the TTN generator (gelu) at 6.
+CONV_KINDS = ("cp", "tucker", "mpo", "ttn")
+CONV_LABEL = {"cp": "CP", "tucker": "Tucker-2", "mpo": "MPO (TT-conv)", "ttn": "TTN"}
+CONV_BOND = {"mpo": 8, "ttn": 6}
 
 
 @dataclass(frozen=True)
@@ -100,12 +127,6 @@ SPECS: dict[str, dict[str, Spec]] = {
         "attn": Spec((8, 8, 8, 8), (8, 5, 5, 5), chi=5),
         "mera": Spec((8, 8, 4, 4, 4), (5, 5, 5, 4, 2), chi=2, leaf=8),
         "mpo": Spec((8, 8, 8, 8), (8, 5, 5, 5), chi=4),
-    },
-    "vgg16_conv5": {
-        "ttn": Spec((12, 8, 8, 6), (8, 4, 4, 4), chi=5),
-        "attn": Spec((12, 8, 8, 6), (8, 4, 4, 4), chi=4),
-        "mera": Spec((8, 6, 6, 4, 4), (4, 4, 4, 4, 2), chi=2, leaf=6),
-        "mpo": Spec((8, 6, 6, 4, 4), (4, 4, 4, 4, 2), chi=4),
     },
 }
 KINDS = ("ttn", "attn", "mera", "mpo")
@@ -168,6 +189,25 @@ def build(key: str, kind: str) -> Design:
     return d
 
 
+def conv_bond(key: str, kind: str) -> int:
+    """The bond of a conv layer's design: CP and Tucker-2 rank out_channels / 8 (at least 16), else CONV_BOND."""
+    return CONV_BOND.get(kind, max(16, CONV_LAYERS[key][3] // 8))
+
+
+def build_conv(key: str, kind: str) -> Design:
+    """The conv2d design for one conv layer and kind (its input size recorded as the cost report's default)."""
+    net, layer, cin, cout, k, stride, pad, side = CONV_LAYERS[key]
+    single = kind in ("cp", "tucker")  # Lebedev's CP and Kim's Tucker-2: one factor per channel side
+    act = "gelu" if kind == "ttn" else None
+    bond = conv_bond(key, kind)
+    d = make_conv_template(kind, cin, cout, k, bond, act, [cin] if single else None, [cout] if single else None,
+                           stride=stride, padding=pad, image=side)
+    d.name = (f"{net} {layer} conv {k}x{k} {cin}->{cout} @{side} - {CONV_LABEL[kind]} "
+              f"{'rank' if single else 'chi'}={bond}" + (f", {act}" if act else ""))
+    d.meta.update({"preset": True, "network": net, "layer": layer, "source": "examples/paper_table.py"})
+    return d
+
+
 # ----------------------------------------------------------------------------- formatting
 def human(n: float) -> str:
     """1234567 -> '1.23M' (FLOPs)."""
@@ -216,18 +256,43 @@ def rows(keys: list[str], batch: int) -> list[tuple[str, ...]]:
     return out
 
 
-def aligned(table: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[c]) for r in [HEADER, *table]) for c in range(len(HEADER))]
-    right = {5, 6, 7, 8, 9}  # numbers right-aligned
+CONV_HEADER = ("layer", "conv (input)", "kind", "legs (in -> out)", "bond", "params", "compression", "program",
+               "fwd FLOPs @64", "train mem @64")
+
+
+def conv_rows(keys: list[str], batch: int) -> list[tuple[str, ...]]:
+    """One row per conv layer for the dense kernel, then one per design; every number from conv_cost_report at the
+    layer's input size (``batch`` images)."""
+    out = []
+    for key in keys:
+        net, layer, cin, cout, k, stride, pad, side = CONV_LAYERS[key]
+        conv = f"{k}x{k} {cin}->{cout}" + (f" s{stride}" if stride > 1 else "") + f" ({side}x{side})"
+        for n, kind in enumerate(CONV_KINDS):
+            d = build_conv(key, kind)
+            rep = conv_cost_report(d, batch=batch, image=side)
+            if n == 0:
+                out.append((f"{net} {layer}", conv, "dense", "-", "-", f"{rep.dense_params:,}", "1x", "conv2d",
+                            human(rep.dense_forward_flops), human_bytes(rep.dense_train_memory_bytes)))
+            legs_ = "x".join(str(d.dim(i)) for i in d.in_legs) + " -> " + "x".join(str(d.dim(i)) for i in d.out_legs)
+            out.append(("", "", CONV_LABEL[kind] + (" (gelu)" if not d.is_linear else ""), legs_,
+                        str(conv_bond(key, kind)), f"{rep.params:,}", f"{rep.compression:,.0f}x", rep.program,
+                        human(rep.forward_flops), human_bytes(rep.train_memory_bytes)))
+    return out
+
+
+def aligned(table: list[tuple[str, ...]], header: tuple[str, ...] = HEADER) -> str:
+    widths = [max(len(r[c]) for r in [header, *table]) for c in range(len(header))]
+    right = {5, 6, 8, 9} | ({7} if header is HEADER else set())  # numbers right-aligned
 
     def line(r):
         return "  ".join(v.rjust(w) if c in right else v.ljust(w) for c, (v, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(HEADER), "  ".join("-" * w for w in widths), *(line(r) for r in table)])
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in table)])
 
 
-def markdown(table: list[tuple[str, ...]]) -> str:
-    head = "| " + " | ".join(HEADER) + " |"
-    sep = "|" + "|".join("---:" if c >= 5 else "---" for c in range(len(HEADER))) + "|"
+def markdown(table: list[tuple[str, ...]], header: tuple[str, ...] = HEADER) -> str:
+    right = {5, 6, 8, 9} | ({7} if header is HEADER else set())
+    head = "| " + " | ".join(header) + " |"
+    sep = "|" + "|".join("---:" if c in right else "---" for c in range(len(header))) + "|"
     return "\n".join([head, sep, *("| " + " | ".join(r) + " |" for r in table)])
 
 
@@ -237,19 +302,31 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder for the preset JSON files (default engine/assets/designs; '' writes none)")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.add_argument("--batch", type=int, default=64, help="batch size for forward FLOPs and memory (default 64)")
-    p.add_argument("--layers", nargs="*", choices=list(LAYERS), default=list(LAYERS),
-                   help="only these layers (default: all)")
-    p.add_argument("--quick", action="store_true", help="the first and last layer only (for smoke tests)")
+    p.add_argument("--layers", nargs="*", choices=list(LAYERS) + list(CONV_LAYERS),
+                   default=list(LAYERS) + list(CONV_LAYERS), help="only these layers (default: all)")
+    p.add_argument("--quick", action="store_true",
+                   help="the first and last fully connected and conv layer only (for smoke tests)")
     args = p.parse_args(argv)
-    keys = [args.layers[0], args.layers[-1]] if args.quick and len(args.layers) > 1 else args.layers
+    fc = [k for k in args.layers if k in LAYERS]
+    convs = [k for k in args.layers if k in CONV_LAYERS]
+    if args.quick:
+        fc = fc[:1] + fc[-1:] if len(fc) > 1 else fc
+        convs = convs[:1] + convs[-1:] if len(convs) > 1 else convs
 
-    table = rows(keys, args.batch)
-    print(markdown(table) if args.markdown else aligned(table))
+    if fc:
+        table = rows(fc, args.batch)
+        print(markdown(table) if args.markdown else aligned(table))
+    if convs:
+        table = conv_rows(convs, args.batch)
+        print()
+        print(markdown(table, CONV_HEADER) if args.markdown else aligned(table, CONV_HEADER))
 
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        written = [save_design(build(key, kind), out / f"{key}_{kind}.json") for key in keys for kind in kinds_for(key)]
+        written = [save_design(build(key, kind), out / f"{key}_{kind}.json") for key in fc for kind in kinds_for(key)]
+        written += [save_design(build_conv(key, kind), out / f"{key}_{kind}.json") for key in convs
+                    for kind in CONV_KINDS]
         print(f"\nwrote {len(written)} designs to {out}")
     return 0
 

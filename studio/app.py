@@ -38,6 +38,23 @@ log = logging.getLogger(__name__)
 # for a button replaced in its own click callback (the inspector rebuilds itself after an edit); Bokeh then uses the
 # model it knows, so the warning says nothing about the studio
 warnings.filterwarnings("ignore", message="reference already known", category=BokehUserWarning)
+
+
+def keep_stylesheets_local() -> None:
+    """Never let Panel point a page at its CDN (Panel 1.9.4 bug, worked around here).
+
+    With dynamic tabs, a tab that was shown and is hidden again keeps its Bokeh models, detached from the document;
+    a pane of it that changes then (a background result, a poll) is rebuilt with no document, so Panel takes its
+    CDN as the place of its own CSS (``panel.reactive.CDN_DIST``) and rewrites the session's one shared
+    ``loading.css`` stylesheet to the CDN's address: every component of the page then asks the internet for it
+    (a console error offline). The local address in that place leaves the stylesheet as it is."""
+    import panel.reactive
+    from panel.io.resources import LOCAL_DIST
+
+    panel.reactive.CDN_DIST = LOCAL_DIST
+
+
+keep_stylesheets_local()
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 AUTH_HELP = ("anyone who can reach it can read and write designs and start training processes on this machine: "
              "serve on 127.0.0.1 (the default), or protect it with --basic-auth PASSWORD_OR_FILE (Panel's basic "
@@ -166,6 +183,7 @@ class StudioApp(Viewer):
         self.state.dispatch = self.dispatcher
         self.header = Header(state=self.state)
         self.components: dict[str, Any] = {title: factory(state=self.state) for title, factory in (tabs or tab_list())}
+        self._wire()  # before the tabs: wrapping a component in the tab layout renders it (__panel__)
         # dynamic: a tab is rendered in the browser when it is shown, so the page loads (and updates) only the
         # tab in front; components with an ``active`` parameter are told whether they are in front
         # (each in a plain wrapper: a tab not shown is a placeholder with its wrapper's sizes, so no tab's minimum
@@ -174,7 +192,6 @@ class StudioApp(Viewer):
                             sizing_mode="stretch_both", dynamic=True, stylesheets=[css("page")], css_classes=["tn-tabs"])
         self.tabs.param.watch(lambda *_: self._activate(), "active")
         self._activate()
-        self._wire()
         on_session_end(self.close)
 
     @property
@@ -205,7 +222,23 @@ class StudioApp(Viewer):
 
     def _wire(self) -> None:
         """Requests tabs make of each other: a component's ``opened_design`` bump shows the Design tab, its
-        ``open_run`` shows that run on the Train tab (the Search tab has both)."""
+        ``open_run`` shows that run on the Train tab (the Search tab has both). A component that offers a whole
+        network (``train_panel()`` and ``export_panel()``: the Network tab) is attached to the tabs that take one
+        (``attach_network``: Train and Export), which then show its cards instead of it; its ``open_tab`` request
+        shows such a tab with the network chosen."""
+        networks = [c for c in self.components.values() if hasattr(c, "train_panel") and hasattr(c, "export_panel")]
+        takers = [c for c in self.components.values() if hasattr(c, "attach_network")]
+        for net in networks[:1]:
+            for comp in takers:
+                comp.attach_network(net)
+            if takers and "cards" in net.param:
+                net.cards = False
+            if "open_tab" in net.param:
+                def open_tab(event: Any) -> None:
+                    comp = self.show(event.new) if event.new else None
+                    if comp is not None and hasattr(comp, "show_network"):
+                        comp.show_network()
+                net.param.watch(open_tab, "open_tab")
         for comp in self.components.values():
             params = getattr(comp, "param", None)
             if params is None:

@@ -46,19 +46,34 @@ def cards_html(rep: CostReport | None) -> str:
     if not rep:
         return ("<div class='tn-empty'>No valid design yet: the numbers appear as soon as the drawing is a "
                 "complete layer.</div>")
+    image = getattr(rep, "image", None)  # a conv2d design's report (ConvCostReport): at this input size
+    at = f"batch {rep.batch}" + (f" · image {image[0]}×{image[1]}" if image else "")
+    program = getattr(rep, "program", None)
     return "<div class='tn-cards'>" + "".join([
         _card("Core params", f"{rep.params:,}", f"dense {si(rep.dense_params)} · {compression_text(rep.compression)}",
               raw=rep.params, slug="params"),
         _card("Forward", si(rep.forward_flops, "FLOP"),
-              f"dense {si(rep.dense_forward_flops, 'FLOP')} · batch {rep.batch}", raw=rep.forward_flops),
-        _card("Generate W", si(rep.generate_flops, "FLOP"), "materialise cores → W", raw=rep.generate_flops),
+              f"dense {si(rep.dense_forward_flops, 'FLOP')} · {at}", raw=rep.forward_flops),
+        _card("Generate K" if image else "Generate W", si(rep.generate_flops, "FLOP"),
+              "materialise cores → K (conv kernel)" if image else "materialise cores → W", raw=rep.generate_flops,
+              slug="generate-w"),
         _card("Backward", si(rep.backward_flops, "FLOP"), "gradients of cores and x", raw=rep.backward_flops),
         _card("Peak memory", nbytes(rep.peak_memory_bytes), f"forward, {rep.dtype}", raw=rep.peak_memory_bytes),
         _card("Training memory", nbytes(rep.train_memory_bytes),
               f"with Adam · dense {nbytes(rep.dense_train_memory_bytes)}", raw=rep.train_memory_bytes),
-        _card("Schedule", html.escape(rep.schedule), html.escape(rep.method), raw=rep.schedule),
+        _card("Schedule", html.escape(program or rep.schedule), html.escape(rep.method), raw=program or rep.schedule),
         _card("Scaling", chi_text(rep.scaling), chi_text(rep.scaling_detail.leading) + " FLOPs", raw=rep.scaling),
-    ]) + "</div>"
+    ] + _budget_cards(rep)) + "</div>"
+
+
+def _budget_cards(rep: CostReport) -> list[str]:
+    """The sliced plan of a report asked with a memory budget (engine.contract.slicing); nothing otherwise."""
+    if getattr(rep, "memory_budget", None) is None:
+        return []
+    legs = ", ".join(f"{i}/{c}" for i, c in (rep.slicing or {}).get("legs", []))
+    return [_card("Memory budget", nbytes(rep.memory_budget),
+                  (f"{rep.slices} slices ({html.escape(legs)}), recomputed in backward" if rep.slicing
+                   else "fits without slicing"), raw=rep.slices, slug="slices")]
 
 
 def problems_html(problems: list[str], cost_error: str, has_report: bool) -> str:
@@ -77,7 +92,7 @@ def steps_html(rep: CostReport | None) -> str:
         return ""
     rows = []
     for s in rep.path:
-        if s.op != "einsum" or not s.flops:
+        if s.op not in ("einsum", "conv2d") or not s.flops:  # conv programs: their F.conv2d steps too
             continue
         act = f" → {s.activation}" if s.activation else ""
         ins = ", ".join(x.replace("core:", "") for x in s.inputs)
@@ -169,6 +184,11 @@ class CostPanel(Viewer):
                                                          width=100))
         self.schedule = styled(pn.widgets.Select.from_param(s.param.schedule, label="schedule",
                                                             options=list(SCHEDULE_CHOICES), width=110))
+        lo, hi = s.param.image.bounds
+        self.image = IntField(label="image", value=s.image, minimum=lo, maximum=hi, width=80, css_class="tn-image")
+        self.image.param.watch(lambda e: setattr(s, "image", e.new), "value")
+        self.image_box = pn.Column(self.image, margin=0)
+        self._image_shown()
         kw = {"sizing_mode": "stretch_width", "margin": (0, 5)}
         self.status = pn.pane.HTML(stylesheets=[css("cards")], **kw, css_classes=["tn-cost-status"])
         self.cards = pn.pane.HTML(stylesheets=[css("cards")], **kw, css_classes=["tn-cost-cards"])
@@ -189,9 +209,15 @@ class CostPanel(Viewer):
     def _batch_shown(self) -> None:
         self.batch.value = self.state.batch
 
+    @param.depends("state.image", "state.design", watch=True)
+    def _image_shown(self) -> None:
+        """The input image side (H = W) applies to conv2d designs only."""
+        self.image.value = self.state.image
+        self.image_box.visible = self.state.design.conv is not None
+
     def __panel__(self) -> pn.viewable.Viewable:
         title = pn.pane.HTML("<div class='tn-subtitle'>Contraction steps</div>", stylesheets=[css("cards")],
                              margin=(4, 5, 0, 5))
         return section("Live cost", pn.Column(
-            pn.Row(self.batch, self.dtype, self.schedule, margin=0),
+            pn.Row(self.batch, self.dtype, self.schedule, self.image_box, margin=0),
             self.status, self.cards, self.chart, title, self.steps, margin=0, sizing_mode="stretch_width"))

@@ -90,6 +90,17 @@ class ExportView(Viewer):
                                                                visible=False, embed=False, height=38,
                                                                css_classes=["tn-download-weights"]),
                                        "weights-download")
+        self.network: Any = None  # the Network tab's view, once attached: "Current network" exports its network
+        self.what = styled(pn.widgets.RadioButtonGroup(options={"Current design": "design",
+                                                                "Current network": "network"},
+                                                       value="design", visible=False, sizing_mode="stretch_width",
+                                                       css_classes=["tn-export-what"], margin=(0, 0, 8, 0)))
+        self.net_code = pn.pane.HTML(self._net_placeholder(), stylesheets=[css("export", "train")],
+                                     sizing_mode="stretch_both", min_height=400, styles={"overflow": "auto"},
+                                     css_classes=["tn-export-code", "tn-export-network-code"])
+        self.what.param.watch(lambda *_: self._show_what(), "value")
+        self._cards: tuple[Any, Any] = (None, None)
+        self._right: pn.Column | None = None  # the code shown: the design's or the network's
         self._runs: dict[str, dict[str, Any]] = {}  # option label -> run dict
         self._text, self._design, self._state_dict = "", None, None
         self._lock = threading.Lock()
@@ -128,7 +139,7 @@ class ExportView(Viewer):
     def refresh(self) -> None:
         """Regenerate the export (in a worker thread: compiling a large design's programs can take a second);
         while the tab is not in front, only note that it is out of date."""
-        if not self.active:
+        if not self.active or self.what.value == "network":  # not shown: generated when it is
             self._stale = True
             return
         self._stale = False
@@ -240,6 +251,47 @@ class ExportView(Viewer):
     def close(self) -> None:
         self.dispatcher.close()
 
+    # ------------------------------------------------------------------ the whole network
+    def attach_network(self, network: Any) -> None:
+        """Offer ``network``'s network (a :class:`studio.network_view.NetworkView`) next to the design: a switch
+        above the card shows its export card (``network.export_panel()``) and the module it wrote."""
+        self.network = network
+        self.what.visible = True
+        network.param.watch(lambda *_: self._show_network_code(), "export_path")
+
+    def show_network(self) -> None:
+        """Switch to exporting the current network (the Network tab's "Export it" button)."""
+        if self.network is not None:
+            self.what.value = "network"
+
+    @staticmethod
+    def _net_placeholder() -> str:
+        return ("<div class='tn-placeholder'>Press <b>&nbsp;Export torch module&nbsp;</b> to write the whole network "
+                "as one torch-only module: its code shows here.</div>")
+
+    def _show_network_code(self) -> None:
+        path = Path(self.network.export_path) if self.network is not None and self.network.export_path else None
+        try:
+            text = path.read_text(encoding="utf-8") if path is not None else ""
+        except OSError as e:  # removed meanwhile: say so where the code would be
+            log.info("exported module %s not shown: %s", path, e)
+            text = ""
+        self.net_code.object = highlight(text, "python") if text else self._net_placeholder()
+
+    def _show_what(self) -> None:
+        network = self.what.value == "network" and self.network is not None
+        form, net = self._cards
+        if form is not None:
+            form.visible = not network
+        if net is not None:
+            net.visible = network
+        if self._right is not None:
+            shown = self.net_code if network else self.code
+            if list(self._right.objects) != [shown]:
+                self._right[:] = [shown]
+        if not network:
+            self.refresh()
+
     # ------------------------------------------------------------------ layout
     def __panel__(self) -> pn.viewable.Viewable:
         controls = section("Export", pn.Column(
@@ -247,8 +299,16 @@ class ExportView(Viewer):
                          margin=(4, 10, 0, 10)),
             self.format, self.weights, self.info, self.download, self.download_weights,
             sizing_mode="stretch_width", margin=(0, 0, 8, 0)))
-        left = pn.Column(controls, width=400, margin=(10, 8, 10, 10))
-        right = pn.Column(self.code, sizing_mode="stretch_both", margin=(10, 10, 10, 4))
+        net = self.network.export_panel() if self.network is not None else None
+        self._cards = (controls, net)
+        network = self.what.value == "network" and net is not None
+        controls.visible = not network
+        if net is not None:
+            net.visible = network
+        left = pn.Column(self.what, controls, *([net] if net is not None else []), width=400,
+                         margin=(10, 8, 10, 10), scroll=True, sizing_mode="stretch_height", min_height=200)
+        right = self._right = pn.Column(self.net_code if network else self.code, sizing_mode="stretch_both",
+                                        margin=(10, 10, 10, 4))
         if self.dispatcher.served:
             pn.state.add_periodic_callback(self.refresh_runs, period=RUNS_POLL_MS)
         return pn.Row(left, right, sizing_mode="stretch_both", min_height=520)

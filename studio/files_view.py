@@ -1,7 +1,9 @@
 """Save and open designs: JSON download/upload, the local library under ``<home>/designs`` and the presets.
 
 An upload goes through the same path as every other way of opening a design: :meth:`StudioState.load_json` (size
-limit ``MAX_UPLOAD_BYTES``, then the engine's validation), and its refusal is shown under the upload field.
+limit ``MAX_UPLOAD_BYTES``, then the engine's validation), and its refusal is shown under the upload field. The file
+chooser (:class:`studio.upload.Upload`) checks the size in the browser first: a larger file is never sent (a file
+over Bokeh's websocket limit would close the connection), and the same refusal is shown.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from engine.design.model import DesignError
 
 from .state import MAX_UPLOAD_BYTES, StudioState
 from .style import css, styled
+from .upload import Upload
 from .widgets import FieldNote, button, hint, section
 
 
@@ -39,9 +42,10 @@ class Files(Viewer):
         self.download = styled(pn.widgets.FileDownload(
             callback=self._payload, filename=download_name(s.design.name), label="⬇ Download JSON",
             sizing_mode="stretch_width", css_classes=["tn-download"], embed=False), "primary-download")
-        self.upload = styled(pn.widgets.FileInput(accept=".json,application/json", sizing_mode="stretch_width",
-                                                  css_classes=["tn-upload"]))
+        self.upload = Upload(accept=".json,application/json", max_bytes=MAX_UPLOAD_BYTES, what="designs",
+                             sizing_mode="stretch_width", css_classes=["tn-upload"])
         self.upload.param.watch(self._uploaded, "value")
+        self.upload.param.watch(lambda _e: self.state.refuse("open", self.upload.refused["message"]), "refusals")
         self.save_name = styled(pn.widgets.TextInput(label="save as", value=s.design.name, sizing_mode="stretch_width",
                                                 css_classes=["tn-save-name"]))
         self.save_button = button("Save", self.save, once=True, color="success", width=70, align="end",

@@ -80,7 +80,7 @@ def _leg_boxes(design: Design, tboxes: dict[str, Box]) -> dict[str, Box]:
     out: dict[str, Box] = {}
     for t in design.tensors:
         legs = [(i, design.indices[i]) for i in t.indices if i in design.indices]
-        loose = [(i, ix) for i, ix in legs if ix.role in ("in", "out")
+        loose = [(i, ix) for i, ix in legs if ix.role in ("in", "out", "kernel")
                  or (ix.role == "bond" and not ix.hyperedge and len(users.get(i, [])) == 1)]
         if not loose:
             continue
@@ -184,7 +184,7 @@ def canvas_layout(design: Design, problems: list[str] | None = None,
 
     for name, ix in design.indices.items():
         who = [u for u in users.get(name, []) if u in tboxes]
-        if ix.role in ("in", "out") or (ix.role == "bond" and len(who) <= 1 and not ix.hyperedge):
+        if ix.role in ("in", "out", "kernel") or (ix.role == "bond" and len(who) <= 1 and not ix.hyperedge):
             dangling = ix.role == "bond"
             role = "bond" if dangling else ix.role
             label = leg_label(name, ix.dim, dangling)

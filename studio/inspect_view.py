@@ -13,9 +13,13 @@
 - **Bond features**: per class, the mean activation of each of the selected bond's components on the run's test
   data (:func:`engine.analysis.bond_features`), with the linear probe's accuracy.
 
-Threads: loading a run, spectra, truncation previews and launches run on one background worker, bond features on
-another; each result is handed to the page with ``pn.state.execute`` on the session's document (captured when the
-view is made), where Bokeh models may be changed. Without a session (tests, notebooks) results apply at once.
+Threads (see :mod:`studio.session`): loading a run, spectra, truncation previews and launches run on one background
+worker, bond features on another; each result is handed to the session with :class:`~studio.session.SessionDispatcher`
+(the session's document lock held), where Bokeh models may be changed. The two Bokeh plots (spectrum, feature heatmap)
+are only ever written through the dispatcher too: clicks on a bond, the slider, Reset and design edits elsewhere
+arrive in callbacks Panel may run without the lock, so they change Panel panes at once and hand the plot's new data
+over. Without a session (tests, notebooks) everything applies at once. Work waits while the tab is not in front
+(:attr:`InspectView.active`): a design edited on the Design tab is loaded when the tab is shown again.
 ``wait_idle(timeout)`` waits until no background work is left (tests, scripts).
 """
 from __future__ import annotations
@@ -41,9 +45,12 @@ from engine.design.model import Design
 from engine.format import si
 
 from .graph import SOURCE_HANDLES, TARGET_HANDLES, canvas_layout, parse_edge
+from .canvas import CanvasProbe
 from .layout import bounds, fit_viewport
+from .session import SessionDispatcher
 from .state import StudioState
-from .style import css
+from .style import css, styled
+from .widgets import button, section
 
 log = logging.getLogger(__name__)
 
@@ -52,33 +59,8 @@ FEATURE_SAMPLES = 500  # test samples streamed for the bond features (and traini
 NODE_TYPES = {name: NodeType(type=name, label=label, inputs=list(TARGET_HANDLES), outputs=list(SOURCE_HANDLES))
               for name, label in (("tensor", "Tensor"), ("leg", "Leg"), ("hub", "Hyperedge"))}
 REFRESH_MS = 5000  # the run list is read again this often while the page is open
-CANVAS_SIZE = (760, 560)
+CANVAS_SIZE = (760, 440)  # the canvas's nominal size (the initial view fits the drawing into it)
 SPREAD = 1.6  # tensors drawn this much further apart than on the Design tab: room for thick bonds and their labels
-INSPECT_CSS = """
-.tn-i-card{font:12.5px/1.45 Inter,system-ui,sans-serif;color:#334155}
-.tn-i-title{font:700 11px Inter,system-ui,sans-serif;letter-spacing:.06em;text-transform:uppercase;color:#64748b;
-  margin:2px 0 4px}
-.tn-i-big{font:600 14px Inter,system-ui,sans-serif;color:#0f172a}
-.tn-i-muted{color:#64748b;font-size:12px}
-.tn-i-readout{background:#f8fafc;border:1px solid #e2e8f0;border-radius:8px;padding:6px 9px}
-.tn-i-readout b{color:#0f172a}
-.tn-i-error{color:#b91c1c;background:#fef2f2;border:1px solid #fecaca;border-radius:6px;padding:4px 8px;
-  font:12.5px Inter,system-ui,sans-serif}
-.tn-i-ok{color:#166534;background:#f0fdf4;border:1px solid #bbf7d0;border-radius:6px;padding:4px 8px;
-  font:12.5px Inter,system-ui,sans-serif}
-.tn-i-busy{color:#1e40af;background:#eff6ff;border:1px solid #bfdbfe;border-radius:6px;padding:4px 8px;
-  font:12.5px Inter,system-ui,sans-serif}
-.tn-i-legend{display:flex;align-items:center;gap:10px;flex-wrap:wrap;font:12px Inter,system-ui,sans-serif;
-  color:#334155}
-.tn-i-grad{width:180px;height:10px;border-radius:5px;border:1px solid #cbd5e1}
-.tn-i-stack table{border-collapse:collapse;font:12px Inter,system-ui,sans-serif;margin-top:8px}
-.tn-i-stack td,.tn-i-stack th{padding:3px 8px;border-bottom:1px solid #e2e8f0;text-align:right}
-.tn-i-stack th{color:#64748b;font-weight:600}
-.tn-i-stack td:first-child,.tn-i-stack th:first-child{text-align:left}
-"""
-CARD_STYLE = {"background": "#ffffff", "border": "1px solid #e2e8f0", "border-radius": "10px", "padding": "6px 8px"}
-
-
 def no_editor(data: Any, schema: Any, *, id: str, type: str, on_patch: Any) -> None:  # noqa: A002
     """The view is read-only: no editor per node or edge."""
     return None
@@ -104,10 +86,12 @@ def initial_weights(design: Design, seed: int = 0) -> dict[str, Any]:
 class InspectView(Viewer):
     """Spectra, truncation and bond features of a run's layer (see the module docstring).
 
-    Parts (documented attributes, for tests): ``source_select``, ``refresh_button``, ``mode_toggle``, ``flow`` (the
-    canvas), ``legend``, ``stack_pane``, ``spec_title``, ``spec_fig``/``spec_source``, ``slider``, ``readout``,
-    ``tol_input``, ``tol_button``, ``reset_button``, ``epochs_input``, ``finetune_button``, ``feedback``,
-    ``heat_fig``/``heat_source``, ``heat_note``. Loaded data: ``design``, ``weights`` (the layer's state dict),
+    Parts (documented attributes): ``source_select``, ``refresh_button``, ``mode_toggle``, ``header``, ``flow`` (the
+    canvas) in ``canvas_box``, ``legend``, ``stack_pane``, ``spec_title``, ``spec_fig``/``spec_source`` (in
+    ``spec_pane``), ``cut`` (the slider's line on the spectrum), ``slider``, ``readout``, ``tol_input``,
+    ``tol_button``, ``reset_button``, ``epochs_input``, ``finetune_button``, ``feedback``,
+    ``heat_fig``/``heat_source``/``heat_mapper`` (in ``heat_pane``), ``heat_note``; ``dispatcher`` hands work to the
+    session. Loaded data: ``design``, ``weights`` (the layer's state dict),
     ``spectra`` (:class:`~engine.analysis.spectra.SpectraReport`), ``preview`` (the plan's
     :class:`~engine.analysis.truncate.TruncationResult`), ``features``
     (:class:`~engine.analysis.features.FeatureReport`).
@@ -130,6 +114,7 @@ class InspectView(Viewer):
     previewing = param.Boolean(default=False, doc="The plan's error and parameters are being computed.")
     launching = param.Boolean(default=False, doc="A fine-tuning child run is being started.")
     launched = param.String(default="", doc="Id of the last child run launched from this view.")
+    active = param.Boolean(default=True, doc="Whether the tab is in front: loading waits while it is not.")
 
     def __init__(self, state: StudioState | None = None, runs_dir: str | Path | None = None, **params: Any):
         state = state or StudioState()
@@ -138,7 +123,7 @@ class InspectView(Viewer):
         from engine.train.store import RunStore
 
         self.store = RunStore(self.runs_dir)
-        self._doc = pn.state.curdoc  # the session's document: results are handed to it
+        self.dispatcher = SessionDispatcher.current()  # results and plot changes are handed to the session
         self._fast = ThreadPoolExecutor(1, thread_name_prefix="inspect")
         self._slow = ThreadPoolExecutor(1, thread_name_prefix="inspect-features")
         self._pending: set[Future] = set()
@@ -152,43 +137,65 @@ class InspectView(Viewer):
         self.features: Any = None
         self.features_error = ""
         self.run: dict[str, Any] | None = None
+        self._stale = True  # the source must be loaded (again) once the tab is in front
+        self._started = False  # nothing loads before the app has said whether the tab is in front
         self._build_widgets()
         self.refresh_runs()
         runs = [v for v in self.source_select.options.values() if v != CURRENT]
-        before = self._gen
         self.source_select.value = runs[0] if runs else CURRENT
-        if self._gen == before:  # the source did not change, so nothing was loaded yet
-            self._load()
         self.state.param.watch(self._design_changed, ["valid_design"])
-        if self._doc is not None and getattr(self._doc, "session_context", None) is not None:
-            pn.state.on_session_destroyed(lambda _ctx: self.close())
-            pn.state.add_periodic_callback(self.refresh_runs, period=REFRESH_MS)  # runs started elsewhere appear
+        if self.dispatcher.served:
+            pn.state.add_periodic_callback(self._periodic, period=REFRESH_MS)  # runs started elsewhere appear
+        self.dispatcher(self._start)  # next tick in a session (the app has set ``active`` by then); now without
+
+    def _start(self) -> None:
+        self._started = True
+        if self.active and self._stale:
+            self._load()
+
+    def _periodic(self) -> None:
+        if self.active:
+            self.refresh_runs()
+
+    @param.depends("active", watch=True)
+    def _shown(self) -> None:
+        if self.active and self._started:
+            self.refresh_runs()
+            if self._stale:
+                self._load()
 
     def close(self) -> None:
-        """Stop the background workers (queued work is dropped; work already running finishes)."""
+        """Stop the background workers (queued work is dropped; work already running finishes) and hand nothing
+        more to the session."""
+        self.dispatcher.close()
         self._fast.shutdown(wait=False, cancel_futures=True)
         self._slow.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ widgets
     def _build_widgets(self) -> None:
-        stylesheets = [INSPECT_CSS]
-        self.source_select = pn.widgets.Select(label="Inspect", options={"Current design (initial weights)": CURRENT},
-                                               sizing_mode="stretch_width", css_classes=["tn-inspect-source"])
+        stylesheets = [css("inspect")]
+        self.source_select = styled(pn.widgets.Select(label="Inspect", options={"Current design (initial weights)":
+                                                                                CURRENT},
+                                                      sizing_mode="stretch_width", css_classes=["tn-inspect-source"]))
         self.source_select.param.watch(lambda e: setattr(self, "source", e.new), "value")
-        self.refresh_button = pn.widgets.Button(label="↻ Runs", width=80, align="end",
-                                                css_classes=["tn-inspect-refresh"])
-        self.refresh_button.on_click(lambda *_: self.refresh_runs())
-        self.mode_toggle = pn.widgets.RadioButtonGroup(options={"Network": "network", "Stack": "stack"},
-                                                       value="network", css_classes=["tn-inspect-mode"],
-                                                       color="default")
+        self.refresh_button = button("↻ Runs", self.refresh_runs, width=80, align="end",
+                                     css_classes=["tn-inspect-refresh"], description="read the run list again")
+        self.mode_toggle = styled(pn.widgets.RadioButtonGroup(options={"Network": "network", "Stack": "stack"},
+                                                              value="network", css_classes=["tn-inspect-mode"],
+                                                              color="default", align="end"))
         self.mode_toggle.param.watch(lambda e: setattr(self, "mode", e.new), "value")
         self.header = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=stylesheets,
                                    css_classes=["tn-inspect-header"])
+        self.canvas_size = CANVAS_SIZE  # the canvas as the browser reports it (the probe), for fitting the view
+        self._boxes: dict = {}
         self.flow = self._make_flow([], [], None)
-        self.canvas_box = pn.Column(self.flow, sizing_mode="stretch_both", min_height=CANVAS_SIZE[1], margin=0)
+        self.probe = CanvasProbe(width=0, height=0, margin=0)
+        self.probe.param.watch(self._measured, "size")
+        self.canvas_box = pn.Column(self.flow, self.probe, sizing_mode="stretch_both", min_height=320, margin=0,
+                                    css_classes=["tn-inspect-canvas-box"])
         self.stack_pane = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=stylesheets, visible=False,
                                        css_classes=["tn-inspect-stack"])
-        self.legend = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=stylesheets,
+        self.legend = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=stylesheets, min_height=40,
                                    css_classes=["tn-inspect-legend"])
         # spectrum
         self.spec_title = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=stylesheets,
@@ -214,20 +221,19 @@ class InspectView(Viewer):
         self.slider.param.watch(self._slid, "value")
         self.readout = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=stylesheets,
                                     css_classes=["tn-inspect-readout"])
-        self.tol_input = pn.widgets.FloatInput(label="tolerance ||W−W'||/||W||", value=self.tol, start=0.0, step=0.05,
-                                               width=170, css_classes=["tn-inspect-tol"])
+        self.tol_input = styled(pn.widgets.FloatInput(label="tolerance ||W−W'||/||W||", value=self.tol, start=0.0,
+                                                      step=0.05, width=170, css_classes=["tn-inspect-tol"]))
         self.tol_input.param.watch(lambda e: setattr(self, "tol", max(0.0, float(e.new or 0.0))), "value")
-        self.tol_button = pn.widgets.Button(label="Apply tolerance", width=130, align="end",
-                                            css_classes=["tn-inspect-apply-tol"])
-        self.tol_button.on_click(lambda *_: self.apply_tolerance())
-        self.reset_button = pn.widgets.Button(label="Reset", width=70, align="end", css_classes=["tn-inspect-reset"])
-        self.reset_button.on_click(lambda *_: self.param.update(plan={}, error=""))
-        self.epochs_input = pn.widgets.IntInput(label="fine-tune epochs", value=self.epochs, start=1, width=130,
-                                                css_classes=["tn-inspect-epochs"])
+        self.tol_button = button("Apply tolerance", self.apply_tolerance, width=130, align="end",
+                                 css_classes=["tn-inspect-apply-tol"], key=lambda: (self.tol, self._gen))
+        self.reset_button = button("Reset", lambda: self.param.update(plan={}, error=""), width=70, align="end",
+                                   css_classes=["tn-inspect-reset"], dedupe=False)
+        self.epochs_input = styled(pn.widgets.IntInput(label="fine-tune epochs", value=self.epochs, start=1, width=130,
+                                                       css_classes=["tn-inspect-epochs"]))
         self.epochs_input.param.watch(lambda e: setattr(self, "epochs", max(1, int(e.new or 1))), "value")
-        self.finetune_button = pn.widgets.Button(label="Truncate and fine-tune", color="primary", width=190,
-                                                 align="end", css_classes=["tn-inspect-finetune"])
-        self.finetune_button.on_click(lambda *_: self.truncate_and_finetune())
+        self.finetune_button = button("Truncate and fine-tune", self.truncate_and_finetune, color="primary", width=190,
+                                      align="end", css_classes=["tn-inspect-finetune"],
+                                      key=lambda: (dict(self.plan), self.epochs, self.source))
         self.feedback = pn.pane.HTML("", sizing_mode="stretch_width", stylesheets=stylesheets,
                                      css_classes=["tn-inspect-feedback"])
         # features
@@ -249,13 +255,24 @@ class InspectView(Viewer):
                                       css_classes=["tn-inspect-heat-note"])
         self._render_finetune_controls()
 
+    def _fit(self, boxes: dict | None) -> dict[str, float]:
+        """The view showing the whole drawing in the canvas, clear of the zoom buttons."""
+        return fit_viewport(bounds(boxes.values()) if boxes else None, *self.canvas_size, min_zoom=0.15,
+                            max_zoom=1.25)
+
+    def _measured(self, event: Any) -> None:
+        """The browser reported the canvas's size: fit the drawing to it (React Flow's own fit on mount keeps no
+        room for the zoom buttons, and comes before the panes around the canvas have their final sizes)."""
+        if isinstance(event.new, list) and len(event.new) == 2 and min(event.new) > 0:
+            self.canvas_size = (int(event.new[0]), int(event.new[1]))
+            self.flow.viewport = self._fit(self._boxes)
+
     def _make_flow(self, nodes: list[dict], edges: list[dict], boxes: dict | None) -> ReactFlow:
-        viewport = fit_viewport(bounds(boxes.values()) if boxes else None, *CANVAS_SIZE, min_zoom=0.15,
-                                max_zoom=1.25)
+        viewport = self._fit(boxes)
         flow = ReactFlow(nodes=nodes, edges=edges, node_types=NODE_TYPES, editor_mode="side",
                          default_node_editor=no_editor, default_edge_editor=no_editor, enable_connect=False,
                          enable_delete=False, enable_multiselect=False, sizing_mode="stretch_both",
-                         min_height=CANVAS_SIZE[1], show_minimap=False, min_zoom=0.15, max_zoom=2.0,
+                         min_height=300, show_minimap=False, min_zoom=0.15, max_zoom=2.0,
                          stylesheets=[css("canvas")], css_classes=["tn-inspect-canvas"],
                          default_edge_options={"type": "straight"}, viewport=viewport)
         flow.on("edge_clicked", self._edge_clicked)
@@ -266,22 +283,17 @@ class InspectView(Viewer):
         top = pn.Row(self.source_select, self.refresh_button, self.mode_toggle, sizing_mode="stretch_width",
                      margin=(0, 0, 4, 0))
         centre = pn.Column(top, self.header, self.canvas_box, self.stack_pane, self.legend,
-                           sizing_mode="stretch_both", min_width=520, margin=(10, 6, 10, 10), styles=CARD_STYLE)
-        spectrum = pn.Column(self._title("Bond spectrum"), self.spec_title, self.spec_pane, self.slider, self.readout,
-                             pn.Row(self.tol_input, self.tol_button, self.reset_button, margin=0),
-                             pn.Row(self.epochs_input, self.finetune_button, margin=(6, 0, 0, 0)), self.feedback,
-                             sizing_mode="stretch_width", styles=CARD_STYLE, margin=(0, 0, 10, 0))
-        features = pn.Column(self._title("Bond features per class"), self.heat_note, self.heat_pane,
-                             sizing_mode="stretch_width", styles=CARD_STYLE, margin=0)
-        right = pn.Column(spectrum, features, width=460, margin=(10, 10, 10, 4), scroll=True)
-        row = pn.Row(centre, right, sizing_mode="stretch_both", min_height=760, css_classes=["tn-inspect"])
-        row._inspect_view = self  # for tests
-        return row
-
-    @staticmethod
-    def _title(text: str) -> pn.pane.HTML:
-        return pn.pane.HTML(f"<div class='tn-i-title'>{html.escape(text)}</div>", stylesheets=[INSPECT_CSS],
-                            margin=(0, 5))
+                           sizing_mode="stretch_both", min_width=480, margin=(10, 6, 10, 10),
+                           stylesheets=[css("section")], css_classes=["tn-inspect-main"])
+        spectrum = section("Bond spectrum", self.spec_title, self.spec_pane, self.slider, self.readout,
+                           pn.Row(self.tol_input, self.tol_button, self.reset_button, margin=0),
+                           pn.Row(self.epochs_input, self.finetune_button, margin=(6, 0, 0, 0)), self.feedback,
+                           css_classes=["tn-inspect-spectrum-card"])
+        features = section("Bond features per class", self.heat_note, self.heat_pane, margin=0,
+                           css_classes=["tn-inspect-features-card"])
+        right = pn.Column(spectrum, features, width=440, margin=(10, 10, 10, 4), scroll=True,
+                          sizing_mode="stretch_height", min_height=200)
+        return pn.Row(centre, right, sizing_mode="stretch_both", min_height=520, css_classes=["tn-inspect"])
 
     # ------------------------------------------------------------------ background work
     def _submit(self, pool: ThreadPoolExecutor, fn: Callable[[], Any]) -> Future:
@@ -304,15 +316,9 @@ class InspectView(Viewer):
             self._pending.discard(fut)
 
     def _deliver(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` where the page may be changed: on the session's document, or at once without a session."""
-        doc = self._doc
-        if doc is not None and getattr(doc, "session_context", None) is not None:
-            from panel.io.state import set_curdoc
-
-            with set_curdoc(doc):
-                pn.state.execute(fn, schedule=True)
-        else:
-            fn()
+        """Run ``fn`` where the page (Bokeh models included) may be changed: under the session's document lock, or
+        at once without a session."""
+        self.dispatcher(fn)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait until no background work is pending (tests); returns whether it finished in time."""
@@ -366,7 +372,11 @@ class InspectView(Viewer):
 
     @param.depends("source", watch=True)
     def _load(self) -> None:
-        """Load the source's design and weights, then its spectra, in the background."""
+        """Load the source's design and weights, then its spectra, in the background (once the tab is in front)."""
+        if not (self.active and self._started):
+            self._stale = True
+            return
+        self._stale = False
         with self._lock:
             self._gen += 1
             gen = self._gen
@@ -476,9 +486,9 @@ class InspectView(Viewer):
 
     def _redraw_canvas(self, fresh: bool = False) -> None:
         nodes, edges, boxes = self._graph()
-        if fresh:  # a new design: a fresh graph component fits the view to it
-            self.flow = self._make_flow(nodes, edges, boxes)
-            self.canvas_box[:] = [self.flow]
+        if fresh:  # a new design: the view fits it
+            self._boxes = boxes
+            self.flow.param.update(nodes=nodes, edges=edges, viewport=self._fit(boxes))
         else:
             self.flow.param.update(nodes=nodes, edges=edges)
         self._render_legend()
@@ -552,9 +562,11 @@ class InspectView(Viewer):
         s = self._spectrum()
         if s is None:
             self.spec_title.object = "<div class='tn-i-muted'>click a bond on the canvas to see its spectrum</div>"
-            self.spec_source.data = {"i": [], "s": [], "color": [], "state": []}
+            self.dispatcher(lambda: self.spec_source.update(data={"i": [], "s": [], "color": [], "state": []}))
             self.slider.disabled = True
+            self.spec_pane.visible = False  # no empty axes: the line above says what to do
             return
+        self.spec_pane.visible = True
         keep = self.plan.get(s.bond, s.dim)
         self._set_slider(s.dim, keep)
         self._draw_spectrum(s, keep)
@@ -570,17 +582,18 @@ class InspectView(Viewer):
         vals = np.asarray(s.values, dtype=float)
         pos = vals[vals > 0]
         zeros = int((vals <= 0).sum())
-        self.spec_source.data = {
-            "i": list(range(1, s.dim + 1)), "s": [float(v) if v > 0 else float("nan") for v in vals],
-            "color": ["#2563eb" if k < keep else "#cbd5e1" for k in range(s.dim)],
-            "state": ["kept" if k < keep else "dropped" for k in range(s.dim)]}
-        self.spec_fig.x_range.start, self.spec_fig.x_range.end = 0.5, s.dim + 0.5
-        if pos.size:
-            lo, hi = float(pos.min()), float(pos.max())
-            self.spec_fig.y_range.start, self.spec_fig.y_range.end = lo / 2.0, hi * 2.0
-        else:
-            self.spec_fig.y_range.start, self.spec_fig.y_range.end = 1e-3, 1.0
-        self.cut.location = keep + 0.5
+        data = {"i": list(range(1, s.dim + 1)), "s": [float(v) if v > 0 else float("nan") for v in vals],
+                "color": ["#2563eb" if k < keep else "#cbd5e1" for k in range(s.dim)],
+                "state": ["kept" if k < keep else "dropped" for k in range(s.dim)]}
+        y = (float(pos.min()) / 2.0, float(pos.max()) * 2.0) if pos.size else (1e-3, 1.0)
+
+        def plot() -> None:  # Bokeh models: under the session's lock (this may be a click's callback)
+            self.spec_source.data = data
+            self.spec_fig.x_range.update(start=0.5, end=s.dim + 0.5)
+            self.spec_fig.y_range.update(start=y[0], end=y[1])
+            self.cut.location = keep + 0.5
+
+        self.dispatcher(plot)
         method = {"canonical": "exact Schmidt values of W across the bond's cut",
                   "simple-gauge": "simple-update gauge (approximate)", "cp-weights": "CP component weights",
                   "fragment": "singular values of the fragment the parent absorbs"}.get(s.method, s.method)
@@ -845,14 +858,19 @@ class InspectView(Viewer):
                 vs.append(float(cm[r, k]))
                 cl.append(str(c))
                 co.append(k)
-        self.heat_source.data = {"x": xs, "y": ys, "v": vs, "cls": cl, "comp": co}
         finite = [v for v in vs if v == v]
-        self.heat_mapper.low, self.heat_mapper.high = (min(finite), max(finite)) if finite else (0.0, 1.0)
-        self.heat_fig.x_range.start, self.heat_fig.x_range.end = -0.5, b.dim - 0.5
-        self.heat_fig.y_range.start, self.heat_fig.y_range.end = -0.5, len(classes) - 0.5
-        self.heat_fig.yaxis.ticker = list(range(len(classes)))
-        self.heat_fig.yaxis.major_label_overrides = {r: str(c) for r, c in enumerate(classes)}
-        self.heat_fig.xaxis.ticker = list(range(b.dim))
+        low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+
+        def plot() -> None:  # Bokeh models: under the session's lock (this may be a click's callback)
+            self.heat_source.data = {"x": xs, "y": ys, "v": vs, "cls": cl, "comp": co}
+            self.heat_mapper.update(low=low, high=high)
+            self.heat_fig.x_range.update(start=-0.5, end=b.dim - 0.5)
+            self.heat_fig.y_range.update(start=-0.5, end=len(classes) - 0.5)
+            self.heat_fig.yaxis.ticker = list(range(len(classes)))
+            self.heat_fig.yaxis.major_label_overrides = {r: str(c) for r, c in enumerate(classes)}
+            self.heat_fig.xaxis.ticker = list(range(b.dim))
+
+        self.dispatcher(plot)
         probe = ("" if b.probe_accuracy is None else
                  f" · linear probe <b class='tn-i-probe'>{100 * b.probe_accuracy:.1f}%</b> (chance "
                  f"{100 * (rep.chance_accuracy or 0):.1f}%)")

@@ -88,18 +88,28 @@ class Inspector(Viewer):
     def _design(self) -> list:
         s, d = self.state, self.state.design
         kind = "linear" if d.is_linear else "nonlinear"
-        out = [info(f"Nothing selected: the whole design. W is <b>{d.in_features:,} × {d.out_features:,}</b>, "
-                    f"{len(d.tensors)} tensors, {kind}.", css_classes=["tn-design-info"]),
+        c = d.conv
+        what = (f"K is <b>{c.out_channels:,} × {c.in_channels:,} × {c.kernel_size[0]} × {c.kernel_size[1]}</b> "
+                f"(nn.Conv2d's weight: {html.escape(c.label)})" if c is not None else
+                f"W is <b>{d.in_features:,} × {d.out_features:,}</b>")
+        out = [info(f"Nothing selected: the whole design. {what}, {len(d.tensors)} tensors, {kind}.",
+                    css_classes=["tn-design-info"]),
                self._text("name", "design name", d.name, s.set_name)]
         out += self._note("name")
+        size = "channels" if c is not None else "features"
         for role in ("in", "out"):
             legs = d.in_legs if role == "in" else d.out_legs
             out.append(info(f"<span class='tn-chip tn-{role}'>{role} legs</span> "
                             + (" ".join(f"<code>{html.escape(k)}</code>" for k in legs) or "none"),
                             margin=(6, 5, 0, 5)))
-            out.append(self._text(f"factors:{role}", f"{role} leg dims (multiply to {role} features)",
+            out.append(self._text(f"factors:{role}", f"{role} leg dims (multiply to {role} {size})",
                                   ",".join(str(d.indices[k].dim) for k in legs), lambda t, r=role: self._factors(r, t)))
             out += self._note(f"factors:{role}")
+        if c is not None:  # the kernel's spatial legs: their dims multiply to kh * kw (the kernel is the target's)
+            out.append(info("<span class='tn-chip tn-kernel'>kernel legs</span> "
+                            + (" ".join(f"<code>{html.escape(k)}</code> · {d.indices[k].dim}" for k in d.kernel_legs)
+                               or "none") + f" (multiply to {c.kernel_size[0]} × {c.kernel_size[1]})",
+                            margin=(6, 5, 0, 5), css_classes=["tn-kernel-info"]))
         if any("multiply to" in p for p in s.problems):
             out.append(button("Fit layer size to the legs", s.fit_features, color="warning",
                               sizing_mode="stretch_width", css_classes=["tn-fit"], key=lambda: s.version))
@@ -136,7 +146,7 @@ class Inspector(Viewer):
             if ix is None:
                 continue
             others = [u for u in users.get(i, []) if u != tid]
-            where = (f"axis {ix.axis}" if ix.role in ("in", "out") else
+            where = (f"axis {ix.axis}" if ix.role in ("in", "out", "kernel") else
                      ("to " + ", ".join(others) if others else "dangling"))
             dim = self._text(f"dim:{i}", "", ix.dim, lambda v, i=i: s.set_dim(i, v), width=80)
             rm = button("✕", (lambda i=i, hyper=ix.hyperedge: s.delete(detach=[(tid, i)]) if hyper
@@ -160,7 +170,7 @@ class Inspector(Viewer):
         s, d = self.state, self.state.design
         ix = d.indices[name]
         users = d.users().get(name, [])
-        if ix.role in ("in", "out"):
+        if ix.role in ("in", "out", "kernel"):
             what = f"Open <b>{ix.role}</b> leg <code>{html.escape(name)}</code> (axis {ix.axis}) on " \
                    f"{html.escape(', '.join(users)) or 'no tensor'}"
         elif ix.hyperedge:

@@ -42,11 +42,16 @@ import param
 from panel.viewable import Viewer
 
 from engine.design.model import Design
+from engine.design.conv import make_conv_template
 from engine.design.templates import make_template
 from engine.format import nbytes, ratio, si
 from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
+
+from .style import css, styled
+from .upload import Upload, too_large
+from .widgets import FloatField, IntField, Tick, button, hint, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
@@ -54,11 +59,7 @@ DEFAULT_DATASET = "mnist1d"
 TABLE_COLUMNS = ["layer", "kind", "shape", "assignment", "dense params", "params", "compression", "FLOPs", "memory",
                  "params % dense", "params % TN", "FLOPs % dense", "FLOPs % TN"]
 BAR_COLUMNS = ["params share", "FLOPs share"]  # shown: dense (grey) and as assigned (blue) in one cell
-BAR_CSS = """
-.tn-bars{width:100%;min-width:120px}
-.tn-bar{height:7px;border-radius:3px;margin:2px 0;min-width:1px}
-.tn-bar.d{background:#cbd5e1}.tn-bar.t{background:#0ea5e9}
-"""
+MAX_UPLOAD_BYTES = 8 * 2 ** 20  # network files opened in the browser (designs inline); checked there first
 
 
 def bars_html(dense: float, tn: float) -> str:
@@ -69,31 +70,13 @@ def bars_html(dense: float, tn: float) -> str:
 
     return (f"<div class='tn-bars' title='dense {dense:.2f}% / as assigned {tn:.2f}% of the dense model'>"
             f"{bar('d', dense)}{bar('t', tn)}</div>")
-CSS = """
-:host{font-family:Inter,system-ui,-apple-system,"Segoe UI",sans-serif}
-.tn-card-title{font:700 11px Inter,system-ui,sans-serif;letter-spacing:.06em;text-transform:uppercase;color:#475569;
-  padding:2px 0}
-.tn-net-totals{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px}
-.tn-net-totals .t{background:#f8fafc;border:1px solid #e2e8f0;border-radius:8px;padding:7px 9px}
-.tn-net-totals .k{font-size:11px;color:#64748b;text-transform:uppercase;letter-spacing:.04em}
-.tn-net-totals .v{font-size:17px;font-weight:700;color:#0f172a}
-.tn-net-totals .s{font-size:11.5px;color:#475569}
-.tn-net-msg{font-size:12.5px;color:#334155}
-.tn-net-error{font-size:12.5px;color:#b91c1c;background:#fef2f2;border:1px solid #fecaca;border-radius:6px;
-  padding:5px 8px;white-space:pre-wrap}
-.tn-net-layer{font-size:12.5px;color:#334155;line-height:1.5}
-.tn-net-layer b{color:#0f172a}
-.tn-net-rules{font:12px ui-monospace,Menlo,monospace;color:#1e3a8a}
-.tn-net-run{font-size:12.5px;color:#166534;background:#f0fdf4;border:1px solid #bbf7d0;border-radius:6px;
-  padding:5px 8px}
-"""
-CARD_CSS = ":host{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:6px 8px}"
 
 
-def _card(title: str, *objects: Any, **kw: Any) -> pn.Column:
-    head = pn.pane.HTML(f"<div class='tn-card-title'>{html.escape(title)}</div>", stylesheets=[CSS], margin=(2, 4))
-    return pn.Column(head, *objects, stylesheets=[CARD_CSS], sizing_mode="stretch_width",
-                     margin=kw.pop("margin", (0, 0, 10, 0)), **kw)
+def device_choices() -> list[str]:
+    """auto, cpu, and cuda when torch sees a GPU."""
+    import torch
+
+    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def parse_shape(text: str) -> list[int] | None:
@@ -148,6 +131,10 @@ class NetworkView(Viewer):
     export_path = param.String(default="", doc="The last exported module file ('' none).")
     opened_design = param.Integer(default=0, doc="Bumps when a layer's design is opened on the canvas (the app then "
                                                  "shows the Design tab).")
+    open_tab = param.String(default="", doc="A tab the user asked for with this network in it ('Train', 'Export'): "
+                                            "the app shows it, set to the current network.")
+    cards = param.Boolean(default=True, doc="Show the train and export cards on this tab; the app sets it False when "
+                                            "its Train and Export tabs show them (train_panel(), export_panel()).")
 
     def __init__(self, state: Any, home: str | Path | None = None, spec: NetworkSpec | None = None, **params: Any):
         super().__init__(**params)
@@ -156,79 +143,95 @@ class NetworkView(Viewer):
         self._opening = False
         self._poll = None
         w = {"sizing_mode": "stretch_width"}
+        text = [css("network", "notes")]
         names = [a.name for a in architectures()]
-        self.arch = pn.widgets.Select(label="Architecture", options=names + ["import path"], value="mlp", **w)
-        self.import_path = pn.widgets.TextInput(label="package.module:factory", placeholder="mypkg.models:make_net",
-                                                visible=False, **w)
+        self.arch = styled(pn.widgets.Select(label="Architecture", options=names + ["import path"], value="mlp", **w,
+                                             css_classes=["tn-net-arch"]))
+        self.import_path = styled(pn.widgets.TextInput(label="package.module:factory",
+                                                       placeholder="mypkg.models:make_net", visible=False, **w))
         from engine.train.data import dataset_names
 
-        self.dataset = pn.widgets.Select(label="Data set (input shape and classes)",
-                                         options=["(none)"] + list(dataset_names()), value=DEFAULT_DATASET, **w)
-        self.input_shape = pn.widgets.TextInput(label="Input shape per example", placeholder="default", **w)
-        self.classes = pn.widgets.IntInput(label="Classes", value=None, start=1, placeholder="default", **w)
-        self.options = pn.widgets.TextInput(label="Options (key=value; ...)", placeholder="hidden=256,256", **w)
-        self.new_button = pn.widgets.Button(label="New network", color="primary", **w)
-        self.arch_help = pn.pane.HTML("", stylesheets=[CSS], **w)
-        self.rule = pn.widgets.TextInput(label="Rule", value="linear:ttn:4:gelu", css_classes=["tn-net-rule"], **w)
-        self.apply_button = pn.widgets.Button(label="Apply rule", color="primary", css_classes=["tn-net-apply"], **w)
-        self.clear_rules_button = pn.widgets.Button(label="Clear rules", **w)
-        self.rules_pane = pn.pane.HTML("", stylesheets=[CSS], **w)
-        self.layer_pane = pn.pane.HTML("", stylesheets=[CSS], css_classes=["tn-net-layer-pane"], **w)
-        self.dense_button = pn.widgets.Button(label="Make dense", disabled=True, **w)
-        self.clear_button = pn.widgets.Button(label="Clear override", disabled=True, **w)
-        self.unlink_button = pn.widgets.Button(label="Stop canvas link", disabled=True, **w)
-        self.status_pane = pn.pane.HTML("", stylesheets=[CSS], css_classes=["tn-net-status"], **w)
-        self.totals_pane = pn.pane.HTML("", stylesheets=[CSS], css_classes=["tn-net-totals-pane"], **w)
+        self.dataset = styled(pn.widgets.Select(label="Data set (input shape and classes)",
+                                                options=["(none)"] + list(dataset_names()), value=DEFAULT_DATASET, **w,
+                                                css_classes=["tn-net-dataset"]))
+        self.input_shape = styled(pn.widgets.TextInput(label="Input shape per example", placeholder="default", **w))
+        self.classes = styled(pn.widgets.IntInput(label="Classes", value=None, start=1, placeholder="default", **w))
+        self.options = styled(pn.widgets.TextInput(label="Options (key=value; ...)", placeholder="hidden=256,256",
+                                                   **w))
+        self.new_button = button("New network", self.new_from_form, color="primary", **w,
+                                 css_classes=["tn-net-new"], key=lambda: (self.arch.value, self.dataset.value,
+                                                                          self.input_shape.value, self.classes.value,
+                                                                          self.options.value))
+        self.arch_help = pn.pane.HTML("", stylesheets=text, **w)
+        self.rule = styled(pn.widgets.TextInput(label="Rule", value="linear:ttn:4:gelu", css_classes=["tn-net-rule"],
+                                                **w))
+        self.apply_button = button("Apply rule", lambda: self.apply_rule(self.rule.value), color="primary",
+                                   css_classes=["tn-net-apply"], **w, key=lambda: (self.rule.value, self.spec.rules))
+        self.clear_rules_button = button("Clear rules", self.clear_rules, **w, css_classes=["tn-net-clear-rules"])
+        self.rules_pane = pn.pane.HTML("", stylesheets=text, **w)
+        self.layer_pane = pn.pane.HTML("", stylesheets=text, css_classes=["tn-net-layer-pane"], **w)
+        self.dense_button = button("Make dense", lambda: self.set_dense(self.selected), disabled=True, **w)
+        self.clear_button = button("Clear override", lambda: self.clear_override(self.selected), disabled=True, **w)
+        self.unlink_button = button("Stop canvas link", self.unlink, disabled=True, **w)
+        self.status_pane = pn.pane.HTML("", stylesheets=text, css_classes=["tn-net-status"], **w)
+        self.totals_pane = pn.pane.HTML("", stylesheets=text, css_classes=["tn-net-totals-pane"], **w)
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=TABLE_COLUMNS + BAR_COLUMNS), show_index=False, disabled=True, selectable=1,
-            layout="fit_columns", sortable=False, sizing_mode="stretch_width", height=520, css_classes=["tn-net-table"],
-            formatters={c: {"type": "html"} for c in BAR_COLUMNS}, stylesheets=[BAR_CSS],
-            hidden_columns=[c for c in TABLE_COLUMNS if "%" in c],
+            layout="fit_data_fill", sortable=False, sizing_mode="stretch_both", min_height=240,
+            css_classes=["tn-net-table"], formatters={c: {"type": "html"} for c in BAR_COLUMNS},
+            stylesheets=[css("network-bars", "table")], hidden_columns=[c for c in TABLE_COLUMNS if "%" in c],
             titles={"params share": "params share", "FLOPs share": "FLOPs share", "dense params": "dense p.",
                     "compression": "compr.", "memory": "mem."},
             text_align={"dense params": "right", "params": "right", "compression": "right", "FLOPs": "right",
                         "memory": "right"},
-            widths={c: 105 for c in BAR_COLUMNS})
-        self.batch_input = pn.widgets.IntInput(label="Batch (report)", value=1, start=1, width=130)
+            widths={c: 125 for c in BAR_COLUMNS})
+        self.batch_input = styled(pn.widgets.IntInput(label="Batch (report)", value=1, start=1, width=130))
         self.legend = pn.pane.HTML("<div class='tn-net-msg'>click a layer to open its design on the canvas · bars: "
                                    "the layer's share of the dense model, <span style='color:#94a3b8'>grey: dense"
                                    "</span>, <span style='color:#0ea5e9'>blue: as assigned</span></div>",
-                                   stylesheets=[CSS], sizing_mode="stretch_width", align="end")
-        self.upload = pn.widgets.FileInput(accept=".json", multiple=False, **w)
-        self.save_name = pn.widgets.TextInput(label="Save as", placeholder="network name", **w)
-        self.save_button = pn.widgets.Button(label="Save to library", **w)
-        self.download = pn.widgets.FileDownload(callback=self._download_json, filename="network.json",
-                                                label="Download network JSON", **w)
-        # training and export
-        self.train_epochs = pn.widgets.IntInput(label="Epochs", value=5, start=1, css_classes=["tn-net-epochs"], **w)
-        self.train_batch = pn.widgets.IntInput(label="Batch size", value=64, start=1, **w)
-        self.train_lr = pn.widgets.FloatInput(label="Learning rate", value=3e-3, start=1e-6, step=1e-3, **w)
-        self.train_device = pn.widgets.Select(label="Device", options=["auto", "cpu", "cuda"], value="auto",
-                                             css_classes=["tn-net-device"], **w)
-        self.train_baseline = pn.widgets.Checkbox(label="also train the dense baseline", value=False, **w)
-        self.launch_button = pn.widgets.Button(label="Train network", color="success", **w,
-                                               css_classes=["tn-net-launch"])
-        self.run_pane = pn.pane.HTML("", stylesheets=[CSS], **w, css_classes=["tn-net-run-status"])
-        self.export_weights = pn.widgets.Checkbox(label="with the last completed run's weights", value=True, **w)
-        self.export_button = pn.widgets.Button(label="Export torch module", css_classes=["tn-net-export"], **w)
-        self.export_download = pn.widgets.FileDownload(callback=self._download_export, filename="network.py",
-                                                       label="Download module (.py)", disabled=True, **w)
-        self.weights_download = pn.widgets.FileDownload(callback=self._download_weights, filename="network.pt",
-                                                        label="Download weights (.pt)", disabled=True, **w)
+                                   stylesheets=text, sizing_mode="stretch_width", align="end")
+        self.upload = Upload(accept=".json,application/json", max_bytes=MAX_UPLOAD_BYTES, what="network files", **w,
+                             css_classes=["tn-net-upload"])
+        self.save_name = styled(pn.widgets.TextInput(label="Save as", placeholder="network name", **w))
+        self.save_button = button("Save to library", lambda: self.save(self.save_name.value), **w,
+                                  key=lambda: (self.save_name.value, self.spec))
+        self.download = styled(pn.widgets.FileDownload(callback=self._download_json, filename="network.json",
+                                                       label="Download network JSON", embed=False, **w))
+        # training and export (cards the studio's Train and Export tabs show: train_panel(), export_panel())
+        self.train_summary = pn.pane.HTML("", stylesheets=text, css_classes=["tn-net-train-summary"], **w)
+        self.train_epochs = IntField(label="Epochs", value=5, css_class="tn-net-epochs", width=130)
+        self.train_batch = IntField(label="Batch size", value=64, css_class="tn-net-batch", width=130)
+        self.train_lr = FloatField(label="Learning rate", value=3e-3, css_class="tn-net-lr", width=130)
+        self.train_device = styled(pn.widgets.Select(label="Device", options=device_choices(), value="auto",
+                                                     css_classes=["tn-net-device"], width=130))
+        self.train_baseline = Tick(label="also train the dense baseline", css_class="tn-net-baseline")
+        self.launch_button = button("▶  Train network", self.launch, once=True, color="primary", height=40, **w,
+                                    css_classes=["tn-net-launch"], key=self._launch_key)
+        self.run_pane = pn.pane.HTML("", stylesheets=text, **w, css_classes=["tn-net-run-status"])
+        self.export_note = pn.pane.HTML("", stylesheets=text, **w, css_classes=["tn-net-export-note"])
+        self.export_weights = Tick(label="with the last completed run's weights", value=True,
+                                   css_class="tn-net-export-weights")
+        self.export_button = button("Export torch module", self.export, css_classes=["tn-net-export"], **w,
+                                    color="primary", key=lambda: (self.spec, self.export_weights.value))
+        self.export_download = styled(pn.widgets.FileDownload(callback=self._download_export, filename="network.py",
+                                                              label="Download module (.py)", disabled=True,
+                                                              embed=False, **w, css_classes=["tn-net-download-py"]),
+                                      "primary-download")
+        self.weights_download = styled(pn.widgets.FileDownload(callback=self._download_weights, filename="network.pt",
+                                                               label="Download weights (.pt)", disabled=True,
+                                                               embed=False, **w, css_classes=["tn-net-download-pt"]),
+                                       "weights-download")
+        self.goto_train = button("Train it on the Train tab →", lambda: self.ask_for("Train"), **w,
+                                 css_classes=["tn-net-goto-train"], dedupe=False)
+        self.goto_export = button("Export it on the Export tab →", lambda: self.ask_for("Export"), **w,
+                                  css_classes=["tn-net-goto-export"], dedupe=False)
         # wiring
         self.arch.param.watch(lambda e: self._arch_changed(), "value")
-        self.new_button.on_click(lambda _e: self.new_from_form())
-        self.apply_button.on_click(lambda _e: self.apply_rule(self.rule.value))
-        self.clear_rules_button.on_click(lambda _e: self.clear_rules())
-        self.dense_button.on_click(lambda _e: self.set_dense(self.selected))
-        self.clear_button.on_click(lambda _e: self.clear_override(self.selected))
-        self.unlink_button.on_click(lambda _e: self.unlink())
         self.table.on_click(self._table_clicked)
         self.batch_input.param.watch(lambda e: setattr(self, "batch", int(e.new or 1)), "value")
         self.upload.param.watch(lambda e: self.load_json(e.new, self.upload.filename or "upload"), "value")
-        self.save_button.on_click(lambda _e: self.save(self.save_name.value))
-        self.launch_button.on_click(lambda _e: self.launch())
-        self.export_button.on_click(lambda _e: self.export())
+        self.upload.param.watch(lambda e: self._refuse(self.upload.refused.get("message", "")), "refusals")
+        self.dataset.param.watch(lambda e: self._render_train_summary(), "value")
         self.param.watch(lambda e: self._recompute(), ["spec", "batch"])
         self.param.watch(lambda e: self._render_status(), ["error", "message"])
         self.param.watch(lambda e: self._render_layer(), ["selected", "editing", "report"])
@@ -292,9 +295,12 @@ class NetworkView(Viewer):
         return True
 
     def load_json(self, data: str | bytes | None, source: str = "file") -> bool:
-        """Open a network file's text (from the upload); design paths in it cannot be read from the browser."""
+        """Open a network file's text (from the upload, at most ``MAX_UPLOAD_BYTES``); design paths in it cannot be
+        read from the browser."""
         if not data:
             return False
+        if len(data) > MAX_UPLOAD_BYTES:
+            return self._refuse(too_large(source, len(data), MAX_UPLOAD_BYTES, "network files"))
         try:
             text = data.decode() if isinstance(data, bytes) else data
             return self.load(NetworkSpec.from_json(text), f"opened {source}:")
@@ -398,8 +404,10 @@ class NetworkView(Viewer):
         self.selected = name
         if row is None or not row.assignable:
             self.editing = ""
-            if row is not None and row.kind in ("conv1d", "conv2d"):
-                self.message = f"{name}: conv layers are counted but take no TN designs yet (dense only)"
+            if row is not None and row.kind == "conv1d":
+                self.message = f"{name}: Conv1d layers are counted but take no TN designs (dense only)"
+            elif row is not None and row.kind == "conv2d":
+                self.message = f"{name}: this conv layer takes no conv2d design (grouped): dense only"
             return True
         return self.open_layer(name)
 
@@ -414,7 +422,15 @@ class NetworkView(Viewer):
             return self._refuse(f"{name} cannot take a design")
         design = resolve(self.spec, an.layers)[name].design
         fresh = design is None
-        if fresh:
+        if fresh and info.kind == "conv2d":  # a conv layer: a suggested CP-conv of its own target
+            try:
+                t = info.conv_target()
+            except ValueError as e:  # a grouped conv, or string padding
+                return self._refuse(str(e))
+            design = make_conv_template("cp", t.in_channels, t.out_channels, t.kernel_size, 8, None, [t.in_channels],
+                                        [t.out_channels], stride=t.stride, padding=t.padding, dilation=t.dilation,
+                                        name=f"{name} cp rank 8", image=info.in_shape[-2:] or None)
+        elif fresh:
             design = make_template("ttn", info.in_features, info.out_features, 4, "gelu", name=f"{name} ttn chi=4 gelu")
         self._opening = True
         try:
@@ -423,8 +439,9 @@ class NetworkView(Viewer):
             self._opening = False
         self.editing = name
         self.opened_design += 1
-        self.message = (f"{name} ({info.shape}) is on the canvas" + (": a suggested TTN, applied to the layer at "
-                        "your first edit" if fresh else "; edits flow back to the network"))
+        suggested = "CP-conv" if info.kind == "conv2d" else "TTN"
+        self.message = (f"{name} ({info.shape}) is on the canvas" + (f": a suggested {suggested}, applied to the layer "
+                        "at your first edit" if fresh else "; edits flow back to the network"))
         return True
 
     def canvas_changed(self, event: Any = None) -> None:
@@ -444,9 +461,9 @@ class NetworkView(Viewer):
         from engine.network.analysis import analyse
 
         info = next(i for i in analyse(self.spec).layers if i.name == self.editing)
-        if (design.in_features, design.out_features) != (info.in_features, info.out_features):
-            self._refuse(f"the canvas design is {design.in_features} x {design.out_features} but {self.editing} is "
-                         f"{info.in_features} x {info.out_features}: not applied (the link stays)")
+        why = info.fits(design)  # shape (linear layers) or conv target (conv layers)
+        if why is not None:
+            self._refuse(f"the canvas design does not fit: {why}: not applied (the link stays)")
             return
         self.set_design(self.editing, design.copy())
 
@@ -580,28 +597,62 @@ class NetworkView(Viewer):
 
         ds = dataset or (None if self.dataset.value == "(none)" else self.dataset.value)
         if not ds:
-            self._refuse("pick a data set to train on")
+            self._refuse_launch("pick a data set on the Network tab (Architecture) to train on")
             return []
         fields = {"dataset": ds, "epochs": int(epochs or self.train_epochs.value),
                   "batch_size": int(batch_size or self.train_batch.value), "lr": float(lr or self.train_lr.value),
                   "device": device or self.train_device.value}
         want_baseline = self.train_baseline.value if baseline is None else baseline
-        self.launch_button.disabled = True
         try:
             ids = [launch_network(self.spec, self.runs_dir(), **fields)]
             if want_baseline:
                 ids.append(launch_network(self.spec, self.runs_dir(), parent=ids[0], baseline=True, **fields))
-        except ValueError as e:
-            self._refuse(str(e))
+        except ValueError as e:  # config, device, data, memory: the user's to fix, in one line
+            self._refuse_launch(str(e))
             return []
-        finally:
-            self.launch_button.disabled = False
+        except OSError as e:  # the process could not be started: say so, keep the traceback in the log
+            log.exception("starting a network training process failed")
+            self._refuse_launch(str(e))
+            return []
         self.run_ids = ids
         self.message = f"launched run {ids[0]}" + (f" and its dense baseline {ids[1]}" if len(ids) > 1 else "")
         self.refresh_runs()
         if self._poll is None and pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
             self._poll = pn.state.add_periodic_callback(self.refresh_runs, period=POLL_MS)
         return ids
+
+    def _refuse_launch(self, message: str) -> None:
+        """A refused launch: said on this tab's status line and in the train card (which may be on the Train
+        tab)."""
+        self._refuse(f"not launched: {message}")
+        self.run_pane.object = f"<div class='tn-net-error'>Not launched: {html.escape(message)}</div>"
+
+    def _launch_key(self) -> tuple:
+        """What Train network acts on (a double click launches once)."""
+        return (self.spec, self.dataset.value, self.train_epochs.value, self.train_batch.value, self.train_lr.value,
+                self.train_device.value, self.train_baseline.value, tuple(self.run_ids))
+
+    def ask_for(self, tab: str) -> None:
+        """Ask the app for ``tab`` ('Train', 'Export') showing this network (sets :attr:`open_tab`)."""
+        self.open_tab = ""  # the same request twice still notifies
+        self.open_tab = tab
+
+    @param.depends("report", "spec", watch=True)
+    def _render_train_summary(self) -> None:
+        """What the train card trains: the network, its size and the data set (set on the Network tab)."""
+        ds = None if self.dataset.value == "(none)" else self.dataset.value
+        rep = self.report
+        if rep is None:
+            size = "<span class='tn-net-error'>the network has problems: see the Network tab</span>"
+        else:
+            t = rep.totals
+            size = (f"{t.params:,} params ({ratio(t.compression)} smaller than dense), {t.tn_layers} TN "
+                    f"layer{'s' if t.tn_layers != 1 else ''}")
+        data = (f"data set <b>{html.escape(ds)}</b>" if ds else
+                "<span class='tn-net-error'>no data set: pick one on the Network tab</span>")
+        self.train_summary.object = (f"<div class='tn-net-summary'>Trains the network <b>"
+                                     f"{html.escape(self.spec.name)}</b>: {size}; {data} (the architecture, data set "
+                                     f"and rules are set on the Network tab)</div>")
 
     def refresh_runs(self) -> None:
         """Read the launched runs' status from the run store (the session's periodic callback)."""
@@ -655,7 +706,11 @@ class NetworkView(Viewer):
             written = export_network(spec, self.home / "exports" / f"{stem}.py", state, source=source)
         except (ExportError, ValueError, OSError) as e:
             self._refuse(f"export failed: {e}")
+            self.export_note.object = f"<div class='tn-net-error'>Export failed: {html.escape(str(e))}</div>"
             return None
+        self.export_note.object = (f"<div class='tn-net-run'>Wrote {html.escape(', '.join(p.name for p in written))}"
+                                   f" to {html.escape(str(written[0].parent))}"
+                                   + (f" (weights of {html.escape(source)})" if source else "") + "</div>")
         self.export_path = str(written[0])
         self.export_download.filename = written[0].name
         self.export_download.disabled = False
@@ -681,27 +736,42 @@ class NetworkView(Viewer):
 
     # ------------------------------------------------------------------ layout
     def train_panel(self) -> pn.Column:
-        """The Train card (the studio's Train tab may show it)."""
-        return _card("Train the whole network", self.train_epochs, self.train_batch, self.train_lr,
-                     self.train_device, self.train_baseline, self.launch_button, self.run_pane)
+        """The card that trains the whole network (the studio's Train tab shows it when the current network is
+        chosen there)."""
+        return section("Train the whole network", self.train_summary,
+                       pn.Row(self.train_epochs, self.train_batch, margin=0),
+                       pn.Row(self.train_lr, self.train_device, margin=0), self.train_baseline, self.launch_button,
+                       self.run_pane, css_classes=["tn-net-train-card"])
 
     def export_panel(self) -> pn.Column:
-        """The Export card (the studio's Export tab may show it)."""
-        return _card("Export the whole network", self.export_weights, self.export_button, self.export_download,
-                     self.weights_download)
+        """The card that exports the whole network (the studio's Export tab shows it when the current network is
+        chosen there)."""
+        return section("Export the whole network",
+                       hint("One torch-only module file of the whole network, every TN layer inlined; written to "
+                            "<code>exports/</code> in the studio home.", margin=(4, 10)),
+                       self.export_weights, self.export_button, self.export_note, self.export_download,
+                       self.weights_download, css_classes=["tn-net-export-card"])
 
     def __panel__(self) -> pn.viewable.Viewable:
         left = pn.Column(
-            _card("Architecture", self.arch, self.import_path, self.arch_help, self.dataset, self.input_shape,
-                  self.classes, self.options, self.new_button),
-            _card("Bulk rules", self.rule, pn.Row(self.apply_button, self.clear_rules_button, margin=0),
-                  self.rules_pane),
-            _card("Layer", self.layer_pane, pn.Row(self.dense_button, self.clear_button, margin=0),
-                  self.unlink_button),
-            _card("Network file", self.upload, self.save_name, self.save_button, self.download),
-            width=320, margin=(10, 8, 10, 10), scroll=True)
-        centre = pn.Column(self.status_pane, self.totals_pane, pn.Row(self.batch_input, self.legend, margin=(0, 0)),
-                           self.table,
-                           sizing_mode="stretch_both", margin=(10, 4))
-        right = pn.Column(self.train_panel(), self.export_panel(), width=300, margin=(10, 10, 10, 8), scroll=True)
-        return pn.Row(left, centre, right, sizing_mode="stretch_both", min_height=720, css_classes=["tn-network-tab"])
+            section("Architecture", self.arch, self.import_path, self.arch_help, self.dataset, self.input_shape,
+                    self.classes, self.options, self.new_button),
+            section("Bulk rules", self.rule, pn.Row(self.apply_button, self.clear_rules_button, margin=0),
+                    self.rules_pane),
+            section("Layer", self.layer_pane, pn.Row(self.dense_button, self.clear_button, margin=0),
+                    self.unlink_button),
+            section("Network file", hint(f"Open a network JSON (at most {MAX_UPLOAD_BYTES // 2 ** 20} MiB):",
+                                         margin=(4, 10, 0, 10)),
+                    self.upload, self.save_name, self.save_button, self.download),
+            width=320, margin=(10, 8, 10, 10), scroll=True, sizing_mode="stretch_height", min_height=200)
+        top = pn.Row(self.batch_input, self.legend, margin=0, sizing_mode="stretch_width")
+        if not self.cards:  # the Train and Export tabs show the cards: say where
+            top = pn.Row(self.batch_input, self.legend, pn.Column(self.goto_train, self.goto_export, width=250,
+                                                                  margin=0), margin=0, sizing_mode="stretch_width")
+        centre = pn.Column(self.status_pane, self.totals_pane, top, self.table, sizing_mode="stretch_both",
+                           margin=(10, 10 if not self.cards else 4, 10, 4), min_height=200)
+        parts = [left, centre]
+        if self.cards:
+            parts.append(pn.Column(self.train_panel(), self.export_panel(), width=300, margin=(10, 10, 10, 8),
+                                   scroll=True, sizing_mode="stretch_height", min_height=200))
+        return pn.Row(*parts, sizing_mode="stretch_both", min_height=520, css_classes=["tn-network-tab"])

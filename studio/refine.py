@@ -106,6 +106,8 @@ class PathRefiner:
 
     @staticmethod
     def _search(job: RefineJob) -> CostReport | None:
+        if getattr(job.design, "conv", None) is not None:
+            return None  # conv designs: the live report (the conv programs' fast paths) stands
         scheds = [job.schedule] if job.schedule != "auto" else ["materialise", "stream"][:1 + can_stream(job.design)]
         try:
             for s in scheds:

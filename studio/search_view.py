@@ -1,18 +1,22 @@
 """The Search tab: design search under budgets (:mod:`engine.search`), launched and followed from the studio.
 
-:class:`SearchView` is a self-contained ``pn.viewable.Viewer``: a form for the space (kinds, leg counts,
-activations, per-bond bonds), the budgets (max params, forward FLOPs and training memory at a batch) and the run
-(trials, epochs, workers, storage); Launch creates the study and starts worker processes (each trial is a run in
-the studio's run store); Stop asks them to end. A live Bokeh scatter shows validation accuracy against size for
-every trained trial, coloured by kind (crosses: pruned on accuracy), the Pareto front highlighted and joined.
-Clicking a point selects its trial: *Open design* puts its design on the canvas (through :class:`StudioState`),
-*Open run* sets :attr:`SearchView.open_run`, which the app turns into the Train tab showing that run
-(:meth:`SearchView.add_to` wires both into the app's tabs).
+:class:`SearchView` is a ``pn.viewable.Viewer``: a form for the space (kinds, leg counts, activations, per-bond
+bonds), the budgets (max params, forward FLOPs and training memory at a batch) and the run (trials, epochs, workers,
+storage); Launch creates the study and starts worker processes (each trial is a run in the studio's run store); Stop
+asks them to end. A live Bokeh scatter shows validation accuracy against size for every trained trial, coloured by
+kind (crosses: pruned on accuracy), the Pareto front highlighted and joined; until a trial has been trained a
+placeholder says so. Clicking a point selects its trial: *Open design* puts its design on the canvas (through
+:class:`StudioState`) and bumps :attr:`SearchView.opened_design`; *Open run* sets :attr:`SearchView.open_run`. The
+app (:class:`studio.app.StudioApp`) turns the first into the Design tab and the second into the Train tab showing
+that run.
 
-Threading: the study is read in a background thread (an RDB server may be slow); the thread only computes a
-:class:`~engine.search.report.StudyReport`. Bokeh models are changed only on the session's thread: a periodic
-callback of the session picks the latest report up and applies it (:meth:`poll`); outside a server,
-:meth:`refresh` reads and applies at once.
+Threading (see :mod:`studio.session`): the study is read in a background thread (an RDB server may be slow); the
+thread only computes a :class:`~engine.search.report.StudyReport`. Bokeh models (the scatter's sources, ranges,
+title) are changed only on the session's thread under the document lock: the session's periodic callback applies
+the latest report (:meth:`poll`), and everything a click or a choice asks for (showing another search, picking a
+trial) is handed to the session with :class:`~studio.session.SessionDispatcher`, never written from the click's
+callback, which Panel runs without the lock. Outside a server the dispatcher runs at once, so :meth:`refresh` reads
+and applies immediately. The periodic callback reads the study only while the tab is in front (:attr:`active`).
 """
 from __future__ import annotations
 
@@ -21,11 +25,11 @@ import logging
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import panel as pn
 import param
-from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter, TapTool
+from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter, Range1d, TapTool
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
@@ -38,38 +42,47 @@ from engine.search.space import DEFAULT_ACTIVATIONS, DEFAULT_LEGS, Candidate, La
 from engine.search.spec import OBJECTIVES, PRUNERS, SearchSpec
 from engine.train.data import dataset_specs
 
+from .session import SessionDispatcher
 from .state import StudioState
+from .style import css, styled
+from .widgets import Tick, button, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
 KIND_COLORS = {k: Category10_10[i % 10] for i, k in enumerate(TEMPLATES)}
-CSS = """
-.tn-title{font:600 12px Inter,system-ui,sans-serif;letter-spacing:.06em;text-transform:uppercase;color:#64748b;
-  margin:2px 0 0}
-.tn-error{color:#b91c1c;background:#fef2f2;border:1px solid #fecaca;border-radius:6px;padding:5px 8px;
-  font:12px/1.35 Inter,system-ui,sans-serif}
-.tn-search-counts{font:12.5px/1.5 Inter,system-ui,sans-serif;color:#334155}
-.tn-search-counts b{color:#0f172a}
-.tn-search-detail{font:12.5px/1.5 Inter,system-ui,sans-serif;color:#334155;background:#f8fafc;
-  border:1px solid #e2e8f0;border-radius:8px;padding:7px 9px}
-.tn-search-ok{font:12.5px Inter,system-ui,sans-serif;color:#166534;background:#f0fdf4;border:1px solid #bbf7d0;
-  border-radius:6px;padding:5px 8px}
-.tn-search-front td,.tn-search-front th{padding:1px 8px;font:12px Inter,system-ui,sans-serif;text-align:right}
-.tn-search-front td:first-child,.tn-search-front th:first-child{text-align:left}
-"""
 SCATTER_COLUMNS = ("x", "accuracy", "test", "number", "label", "kind", "color", "marker", "status", "run",
                    "params", "flops", "front")
 
 
-CARD_CSS = (":host{background:#ffffff;border:1px solid #e2e8f0;border-radius:10px;"
-            "box-shadow:0 1px 2px rgba(15,23,42,.04)}")
+X_RANGE = (1.0, 1e4)  # the empty plot's size axis (log): explicit ranges, so Bokeh has nothing to guess
 
 
-def section(title: str, body: pn.viewable.Viewable) -> pn.Column:
-    """A white card with an uppercase title (this view's own, so it does not depend on the studio's styling)."""
-    head = pn.pane.HTML(f"<div class='tn-title'>{html.escape(title)}</div>", stylesheets=[CSS],
+def log_span(values: list[float]) -> tuple[float, float]:
+    """A log axis range around positive ``values`` (a factor of 1.6 of room each side; one decade for one value)."""
+    pos = [v for v in values if v and v > 0]
+    if not pos:
+        return X_RANGE
+    lo, hi = min(pos), max(pos)
+    if hi <= lo * 1.01:
+        return lo / 3.0, hi * 3.0
+    return lo / 1.6, hi * 1.6
+
+
+def accuracy_span(values: list[float]) -> tuple[float, float]:
+    """A linear accuracy range around ``values`` within [0, 1] (6% of the span as room)."""
+    fin = [v for v in values if v == v]
+    if not fin:
+        return 0.0, 1.0
+    lo, hi = min(fin), max(fin)
+    pad = max((hi - lo) * 0.06, 0.02)
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+def labelled(label: str, widget: pn.viewable.Viewable) -> pn.Column:
+    """A widget that has no label of its own (a checkbox group) under one, in the look of the other fields."""
+    head = pn.pane.HTML(f"<div class='tn-label'>{html.escape(label)}</div>", stylesheets=[css("text")],
                         margin=(6, 10, 0, 10))
-    return pn.Column(head, body, stylesheets=[CARD_CSS], sizing_mode="stretch_width", margin=(0, 0, 10, 0))
+    return pn.Column(head, widget, margin=0, sizing_mode="stretch_width")
 
 
 def _classification_sets() -> list[str]:
@@ -77,7 +90,17 @@ def _classification_sets() -> list[str]:
 
 
 class SearchView(pn.viewable.Viewer):
-    """The Search tab of one studio session (see the module docstring)."""
+    """The Search tab of one studio session (see the module docstring).
+
+    Parts (documented attributes): the form's widgets are made from the parameters below; ``studies`` (which search
+    is shown), ``launch_button``, ``stop_button``, ``feedback``, ``counts``, ``figure`` with ``source`` (one row per
+    trained trial: ``SCATTER_COLUMNS``) and ``front_source``, ``placeholder`` (shown instead of the figure until a
+    trial is trained), ``detail``, ``open_design_button``, ``open_run_button``, ``front_table``; ``report`` is the
+    :class:`~engine.search.report.StudyReport` shown.
+    """
+
+    state = param.ClassSelector(class_=StudioState, doc="The studio state whose canvas opens a trial's design.")
+    active = param.Boolean(default=True, doc="Whether the tab is in front: the study is polled only then.")
 
     # ------------------------------------------------------------------ the form: space
     study_name = param.String(default="search-1", doc="Name of the search (its Optuna study); launching an "
@@ -118,20 +141,20 @@ class SearchView(pn.viewable.Viewer):
     message = param.String(default="", doc="The last thing that happened, in words.")
     error = param.String(default="", doc="Why the last action failed ('' when it did not).")
 
-    def __init__(self, state: StudioState, runs_root: str | Path | None = None, home: str | Path | None = None,
-                 **params: Any):
-        super().__init__(**params)
-        self.state = state
-        self.home = Path(home or state.home)
+    def __init__(self, state: StudioState | None = None, runs_root: str | Path | None = None,
+                 home: str | Path | None = None, **params: Any):
+        super().__init__(state=state if state is not None else StudioState(home=home), **params)
+        self.home = Path(home or self.state.home)
         self.runs_root = Path(runs_root) if runs_root else self.home / "runs"
+        self.dispatcher = SessionDispatcher.current()
         self.report: StudyReport | None = None
         self.procs: list[subprocess.Popen] = []
         self._pending: StudyReport | Exception | None = None
         self._reading = False
         self._lock = threading.Lock()
-        self._doc = None
-        self._layout = None
+        self._layout: pn.viewable.Viewable | None = None
         self._selecting = False
+        self._storage_problem = ""
 
         self.source = ColumnDataSource({c: [] for c in SCATTER_COLUMNS})
         self.front_source = ColumnDataSource({"x": [], "accuracy": []})
@@ -139,27 +162,37 @@ class SearchView(pn.viewable.Viewer):
         self.source.selected.on_change("indices", self._on_tap)
 
         w = {"sizing_mode": "stretch_width"}
-        self.studies = pn.widgets.Select(label="Show search", options=self._study_names(), **w)
+        self.studies = styled(pn.widgets.Select(label="Show search", options=self._study_names(), **w,
+                                                css_classes=["tn-search-shown"]))
         self.studies.param.watch(lambda e: self.param.update(shown=e.new or ""), "value")
-        self.launch_button = pn.widgets.Button(label="▶  Launch search", color="primary", height=38, **w)
-        self.stop_button = pn.widgets.Button(label="■  Stop", color="danger", variant="outline", width=110)
-        self.open_design_button = pn.widgets.Button(label="Open design on canvas", disabled=True, **w)
-        self.open_run_button = pn.widgets.Button(label="Open run on Train tab", disabled=True, **w)
-        self.launch_button.on_click(lambda *_: self.launch())
-        self.stop_button.on_click(lambda *_: self.stop())
-        self.open_design_button.on_click(lambda *_: self.open_design())
-        self.open_run_button.on_click(lambda *_: self.request_run())
-        self.feedback = pn.pane.HTML(stylesheets=[CSS], **w, margin=(2, 10))
-        self.counts = pn.pane.HTML(stylesheets=[CSS], **w, margin=(4, 10))
-        self.front_table = pn.pane.HTML(stylesheets=[CSS], **w, margin=(4, 10))
-        self.detail = pn.pane.HTML(stylesheets=[CSS], **w, margin=(4, 10))
+        self.launch_button = button("▶  Launch search", self.launch, once=True, color="primary", height=38, **w,
+                                    css_classes=["tn-search-launch"], key=lambda: (self.spec_key(), len(self.procs)))
+        self.stop_button = button("■  Stop", self.stop, color="danger", variant="outline", width=110,
+                                  css_classes=["tn-search-stop"])
+        self.open_design_button = button("Open design on canvas", self.open_design, disabled=True, **w,
+                                         css_classes=["tn-search-open-design"], key=lambda: self.selected_trial)
+        self.open_run_button = button("Open run on Train tab", self.request_run, disabled=True, **w,
+                                      css_classes=["tn-search-open-run"], dedupe=False)
+        self.per_bond_tick = Tick(label="per-bond dimensions too", value=self.per_bond, css_class="tn-search-per-bond")
+        self.per_bond_tick.param.watch(lambda e: setattr(self, "per_bond", e.new), "value")
+        self.param.watch(lambda e: setattr(self.per_bond_tick, "value", e.new), "per_bond")
+        text = [css("text", "notes", "search")]
+        self.feedback = pn.pane.HTML(stylesheets=text, **w, margin=(2, 10), css_classes=["tn-search-feedback"])
+        self.counts = pn.pane.HTML(stylesheets=text, **w, margin=(4, 10), css_classes=["tn-search-counts-pane"])
+        self.front_table = pn.pane.HTML(stylesheets=text, **w, margin=(4, 10))
+        self.detail = pn.pane.HTML(stylesheets=text, **w, margin=(4, 10), css_classes=["tn-search-detail-pane"])
+        self.placeholder = pn.pane.HTML(
+            "<div class='tn-placeholder'>No trained trials yet: each one appears here as a point (validation "
+            "accuracy against size) as soon as it has been trained.</div>", stylesheets=text, height=300, **w,
+            css_classes=["tn-search-empty"])
+        self.plot = pn.pane.Bokeh(self.figure, visible=False, **w, css_classes=["tn-search-plot"])
         self.param.watch(lambda *_: self._show_feedback(), ["message", "error"])
-        self.param.watch(lambda *_: self.refresh(), ["shown"])
+        self.param.watch(lambda *_: self.request_refresh(), ["shown"])
         self.param.watch(lambda *_: self._show_detail(), ["selected_trial"])
         if self.studies.options:
             self.shown = self._newest() or self.studies.options[-1]
         else:
-            self.refresh()
+            self.request_refresh()
         self._show_detail()
 
     # ------------------------------------------------------------------ the spec the form describes
@@ -171,6 +204,13 @@ class SearchView(pn.viewable.Viewer):
         if self.storage.strip():
             return self.storage.strip()
         return str(self.home / "search" / f"{check_name(name or self.shown)}.journal")
+
+    def spec_key(self) -> tuple:
+        """The form's values (a second click of a double click on Launch acts on the same form: ignored)."""
+        return tuple(str(getattr(self, p)) for p in ("study_name", "dataset", "in_features", "out_features", "kinds",
+                                                      "legs", "activations", "per_bond", "max_params", "max_flops",
+                                                      "max_train_memory_mib", "budget_batch", "objective", "trials",
+                                                      "epochs", "pruner", "workers", "storage"))
 
     def spec(self) -> SearchSpec:
         """The search the form describes (``ValueError`` with the reason when it cannot run)."""
@@ -260,10 +300,18 @@ class SearchView(pn.viewable.Viewer):
         if not self.storage.strip():
             folder = self.home / "search"
             return sorted(p.stem for p in folder.glob("*.journal")) if folder.exists() else []
+        from sqlalchemy.exc import SQLAlchemyError  # optuna's RDB storage runs on SQLAlchemy
+
         try:
-            return list_studies(self.storage.strip())
-        except Exception:  # noqa: BLE001 - an unreachable server: nothing to list
+            names = list_studies(self.storage.strip())
+        except (ValueError, OSError, SQLAlchemyError) as e:  # StorageError (a ValueError): a server that is down,
+            # a bad URL or credentials; the page polls this every second, so each new reason is logged once
+            if str(e) != self._storage_problem:
+                self._storage_problem = str(e)
+                log.warning("cannot list the searches in the storage of the form: %s", e)
             return []
+        self._storage_problem = ""
+        return names
 
     def _newest(self) -> str | None:
         """The embedded search whose journal changed last (None with an RDB storage)."""
@@ -287,14 +335,22 @@ class SearchView(pn.viewable.Viewer):
         return study_report(name, self.url(name))
 
     def refresh(self) -> None:
-        """Read the shown search and apply it now (outside a server, or on the session's thread)."""
+        """Read the shown search and apply it now: only on the session's thread (a periodic or dispatched
+        callback) or outside a server; from a click, use :meth:`request_refresh`."""
         if not self.shown:
             self._apply(None)
             return
         try:
-            self._apply(self._read(self.shown))
-        except Exception as e:  # noqa: BLE001 - a search that is not there (yet), a server down: say so
-            self._apply(e)
+            report: StudyReport | Exception = self._read(self.shown)
+        except Exception as e:  # noqa: BLE001 - a search that is not there (yet), a server down, a journal being
+            # written: the reason is shown in place of the counts (and logged), and the next poll tries again
+            log.info("search %s not read: %s", self.shown, e)
+            report = e
+        self._apply(report)
+
+    def request_refresh(self) -> None:
+        """Read and show the shown search under the session's document lock (at once outside a server)."""
+        self.dispatcher(self.refresh)
 
     def poll(self) -> None:
         """Periodic callback (the session's thread): apply the report a background read produced, start the
@@ -313,7 +369,9 @@ class SearchView(pn.viewable.Viewer):
     def _read_in_background(self, name: str) -> None:
         try:
             result: StudyReport | Exception = self._read(name)
-        except Exception as e:  # noqa: BLE001 - handed over and shown like a report
+        except Exception as e:  # noqa: BLE001 - an exception would end this thread unseen: handed over and shown
+            # like a report (see refresh), and logged
+            log.info("search %s not read: %s", name, e)
             result = e
         with self._lock:
             self._pending = result
@@ -332,6 +390,7 @@ class SearchView(pn.viewable.Viewer):
             self.counts.object = "<div class='tn-search-counts'>No search yet: set the space and budgets, then " \
                                  "Launch.</div>"
             self.front_table.object = ""
+            self._show_plot(False)
             return
         use_flops = report.objective == "flops"
         pts = [t for t in report.trials if t.val_accuracy is not None and t.duplicate_of is None
@@ -364,11 +423,28 @@ class SearchView(pn.viewable.Viewer):
             self._selecting = False
         front = [(t.forward_flops if use_flops else t.params, t.val_accuracy) for t in report.front]
         self.front_source.data = {"x": [f[0] for f in front], "accuracy": [f[1] for f in front]}
-        self.figure.xaxis.axis_label = "forward FLOPs (log)" if use_flops else "layer parameters (log)"
-        self.figure.title.text = f"{report.name}: validation accuracy vs {'FLOPs' if use_flops else 'params'}"
+        self._set_range(self.figure.x_range, *log_span(data["x"]))
+        self._set_range(self.figure.y_range, *accuracy_span(data["accuracy"]))
+        label = "forward FLOPs (log)" if use_flops else "layer parameters (log)"
+        if self.figure.xaxis[0].axis_label != label:
+            self.figure.xaxis.axis_label = label
+        title = f"{report.name}: validation accuracy vs {'FLOPs' if use_flops else 'params'}"
+        if self.figure.title.text != title:
+            self.figure.title.text = title
+        self._show_plot(bool(data["x"]))
         self.counts.object = self._counts_html(report)
         self.front_table.object = self._front_html(report)
         self._show_detail()
+
+    def _show_plot(self, points: bool) -> None:
+        """The scatter once a trial has been trained, the placeholder before."""
+        self.plot.visible = points
+        self.placeholder.visible = not points
+
+    @staticmethod
+    def _set_range(rng: Range1d, start: float, end: float) -> None:
+        if (rng.start, rng.end) != (start, end):
+            rng.update(start=start, end=end)
 
     @staticmethod
     def _counts_html(rep: StudyReport) -> str:
@@ -378,7 +454,7 @@ class SearchView(pn.viewable.Viewer):
                 f"{c['complete']} complete · {c['pruned_accuracy']} pruned on accuracy · "
                 f"<b>{c['pruned_budget']}</b> pruned by the budgets (no training) · {c['pruned_invalid']} refused "
                 f"by a template · {c['duplicates']} repeats · {c['failed']} failed · {c['waiting']} queued<br>"
-                f"<span style='color:#64748b'>{html.escape(rep.storage)}</span></div>")
+                f"<span class='where'>{html.escape(rep.storage)}</span></div>")
 
     @staticmethod
     def _front_html(rep: StudyReport) -> str:
@@ -393,8 +469,8 @@ class SearchView(pn.viewable.Viewer):
                        f"<td>{'' if t.test_accuracy is None else f'{t.test_accuracy:.3f}'}</td></tr>"
                        for k, t in rep.best_per_kind.items())
         head = "<tr><th>design</th><th>params</th><th>fwd FLOPs</th><th>val acc</th><th>test acc</th></tr>"
-        return (f"<table class='tn-search-front'><tr><th colspan=5>Pareto front</th></tr>{head}{rows}"
-                f"<tr><th colspan=5>Best of each kind</th></tr>{head}{best}</table>")
+        return (f"<table class='tn-search-front'><tr><th colspan=5 class='group'>Pareto front</th></tr>{head}{rows}"
+                f"<tr><th colspan=5 class='group'>Best of each kind</th></tr>{head}{best}</table>")
 
     def _show_detail(self) -> None:
         t = self.trial()
@@ -420,12 +496,15 @@ class SearchView(pn.viewable.Viewer):
             self.selected_trial = numbers[new[0]]
 
     def select(self, number: int) -> None:
-        """Pick trial ``number`` as a click on its point does."""
-        numbers = list(self.source.data["number"])
-        if number in numbers:
-            self.source.selected.indices = [numbers.index(number)]
-        else:
-            self.selected_trial = number
+        """Pick trial ``number`` as a click on its point does (the point is highlighted under the session's lock)."""
+        def pick() -> None:
+            numbers = list(self.source.data["number"])
+            if number in numbers:
+                self.source.selected.indices = [numbers.index(number)]
+            else:
+                self.selected_trial = number
+
+        self.dispatcher(pick)
 
     def _show_feedback(self) -> None:
         if self.error:
@@ -437,9 +516,10 @@ class SearchView(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ layout
     def _make_figure(self):
-        fig = figure(height=420, sizing_mode="stretch_width", x_axis_type="log", y_axis_label="validation accuracy",
+        fig = figure(height=400, sizing_mode="stretch_width", x_axis_type="log", y_axis_label="validation accuracy",
                      x_axis_label="layer parameters (log)", tools="pan,wheel_zoom,box_zoom,reset,save",
-                     toolbar_location="above", title="validation accuracy vs size")
+                     toolbar_location="above", title="validation accuracy vs size",
+                     x_range=Range1d(*X_RANGE), y_range=Range1d(0.0, 1.0))
         fig.step("x", "accuracy", source=self.front_source, mode="after", line_color="#0f172a", line_width=1.5,
                  line_dash="dashed")
         fig.scatter("x", "accuracy", source=self.front_source, size=17, fill_alpha=0, line_color="#0f172a",
@@ -455,90 +535,77 @@ class SearchView(pn.viewable.Viewer):
         fig.yaxis.formatter = NumeralTickFormatter(format="0.0%")
         fig.legend.location = "bottom_right"
         fig.legend.label_text_font_size = "10.5px"
+        fig.title.text_font_size = "12px"
+        fig.outline_line_color = None
+        fig.xaxis.axis_label_text_font_size = fig.yaxis.axis_label_text_font_size = "11px"
         fig.toolbar.logo = None
+        fig.toolbar.autohide = True
         return fig
 
     def __panel__(self) -> pn.viewable.Viewable:
-        if self._layout is not None:
+        if self._layout is not None:  # one layout (and one periodic callback) per view
             return self._layout
         w = {"sizing_mode": "stretch_width"}
+        box = {"inline": True, **w}
         space = section("Space", pn.Column(
-            pn.widgets.TextInput.from_param(self.param.study_name, label="Search name", **w),
-            pn.Row(pn.widgets.IntInput.from_param(self.param.in_features, label="In", **w),
-                   pn.widgets.IntInput.from_param(self.param.out_features, label="Out", **w), margin=0, **w),
-            pn.widgets.MultiChoice.from_param(self.param.kinds, label="Kinds", **w),
-            pn.widgets.MultiChoice.from_param(self.param.legs, label="Legs", **w),
-            pn.widgets.MultiChoice.from_param(self.param.activations, label="Activations", **w),
-            pn.widgets.Checkbox.from_param(self.param.per_bond, label="per-bond dimensions too"),
-            margin=(0, 0, 6, 0), **w))
+            styled(pn.widgets.TextInput.from_param(self.param.study_name, label="Search name", **w,
+                                                   css_classes=["tn-search-name"])),
+            pn.Row(styled(pn.widgets.IntInput.from_param(self.param.in_features, label="In", **w)),
+                   styled(pn.widgets.IntInput.from_param(self.param.out_features, label="Out", **w)), margin=0, **w),
+            labelled("Kinds", styled(pn.widgets.CheckBoxGroup.from_param(self.param.kinds, **box,
+                                                                         css_classes=["tn-search-kinds"]), "wrap")),
+            labelled("Legs", styled(pn.widgets.CheckBoxGroup.from_param(self.param.legs, **box,
+                                                                         css_classes=["tn-search-legs"]), "wrap")),
+            labelled("Activations", styled(pn.widgets.CheckBoxGroup.from_param(self.param.activations, **box,
+                                                                         css_classes=["tn-search-activations"]), "wrap")),
+            self.per_bond_tick, margin=(0, 0, 6, 0), **w))
         budgets = section("Budgets (priced before training)", pn.Column(
-            pn.widgets.IntInput.from_param(self.param.max_params, label="Max params", **w),
-            pn.widgets.FloatInput.from_param(self.param.max_flops, label="Max forward FLOPs", **w),
-            pn.widgets.FloatInput.from_param(self.param.max_train_memory_mib, label="Max training memory (MiB)", **w),
-            pn.widgets.IntInput.from_param(self.param.budget_batch, label="at batch", **w),
+            styled(pn.widgets.IntInput.from_param(self.param.max_params, label="Max params", **w)),
+            styled(pn.widgets.FloatInput.from_param(self.param.max_flops, label="Max forward FLOPs", **w,
+                                                    placeholder="no limit")),
+            styled(pn.widgets.FloatInput.from_param(self.param.max_train_memory_mib, label="Max training memory (MiB)",
+                                                    **w, placeholder="no limit")),
+            styled(pn.widgets.IntInput.from_param(self.param.budget_batch, label="at batch", **w)),
             margin=(0, 0, 6, 0), **w))
         run = section("Run", pn.Column(
-            pn.widgets.Select.from_param(self.param.dataset, label="Data set", **w),
-            pn.Row(pn.widgets.IntInput.from_param(self.param.trials, label="Trials", **w),
-                   pn.widgets.IntInput.from_param(self.param.epochs, label="Epochs", **w), margin=0, **w),
-            pn.Row(pn.widgets.IntInput.from_param(self.param.workers, label="Workers", **w),
-                   pn.widgets.Select.from_param(self.param.objective, label="Size", **w), margin=0, **w),
-            pn.widgets.Select.from_param(self.param.pruner, label="Pruner", **w),
-            pn.widgets.TextInput.from_param(self.param.storage, label="Storage (RDB URL, optional)", **w),
+            styled(pn.widgets.Select.from_param(self.param.dataset, label="Data set", **w)),
+            pn.Row(styled(pn.widgets.IntInput.from_param(self.param.trials, label="Trials", **w)),
+                   styled(pn.widgets.IntInput.from_param(self.param.epochs, label="Epochs", **w)), margin=0, **w),
+            pn.Row(styled(pn.widgets.IntInput.from_param(self.param.workers, label="Workers", **w)),
+                   styled(pn.widgets.Select.from_param(self.param.objective, label="Size", **w)), margin=0, **w),
+            styled(pn.widgets.Select.from_param(self.param.pruner, label="Pruner", **w)),
+            styled(pn.widgets.TextInput.from_param(self.param.storage, label="Storage (RDB URL, optional)", **w,
+                                                   placeholder="empty: a journal file in the studio home")),
             pn.Row(self.launch_button, self.stop_button, margin=0, **w), self.feedback, margin=(0, 0, 6, 0), **w))
-        left = pn.Column(space, budgets, run, width=340, margin=(10, 8, 10, 10), scroll=True)
-        chart = section("Front", pn.Column(self.studies, self.counts, pn.pane.Bokeh(self.figure, **w),
+        left = pn.Column(space, budgets, run, width=340, margin=(10, 8, 10, 10), scroll=True,
+                         sizing_mode="stretch_height", css_classes=["tn-search-form"])
+        chart = section("Front", pn.Column(self.studies, self.counts, self.plot, self.placeholder,
                                            margin=(0, 6, 6, 6), **w))
         pick = section("Trial", pn.Column(self.detail, pn.Row(self.open_design_button, self.open_run_button,
                                                               margin=0, **w), self.front_table,
                                           margin=(0, 0, 6, 0), **w))
-        right = pn.Column(chart, pick, sizing_mode="stretch_both", margin=(10, 10, 10, 4))
-        self._layout = pn.Row(left, right, sizing_mode="stretch_both", min_height=720)
-        self._layout._search_view = self  # for tests
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-            self._doc = pn.state.curdoc
+        right = pn.Column(chart, pick, sizing_mode="stretch_both", margin=(10, 10, 10, 4), scroll=True)
+        self._layout = pn.Row(left, right, sizing_mode="stretch_both", min_height=520, css_classes=["tn-search"])
+        if self.dispatcher.served:
             pn.state.add_periodic_callback(self._periodic, period=POLL_MS)
         return self._layout
 
+    @param.depends("active", watch=True)
+    def _shown_again(self) -> None:
+        if self.active:
+            self.request_refresh()
+
     def _periodic(self) -> None:
+        if not self.active:
+            return
         try:
             self.poll()
             if self.report is None or not self.report.done:
                 self._refresh_studies()
-        except Exception:  # noqa: BLE001 - one bad poll must not stop the next ones
+        except Exception:  # noqa: BLE001 - a periodic callback that raises is logged by Bokeh without context:
+            # say what failed (the traceback goes to the log) and keep polling
             log.exception("polling the search failed")
 
-    # ------------------------------------------------------------------ wiring into the app
-    @classmethod
-    def add_to(cls, tabs: pn.Tabs, state: StudioState, runs_root: str | Path | None = None,
-               home: str | Path | None = None, on_open_run: Callable[[str], None] | None = None) -> SearchView:
-        """Append a Search tab to the app's ``tabs``: *Open design* switches to the tab titled Design, *Open run* to
-        the tab titled Train and shows the run there: ``on_open_run(run_id)`` when given, else the Train tab's
-        ``TrainView`` (its layout's ``_train_view``, as :func:`studio.train_view.view` sets it) selects the run.
-        Returns the view."""
-        view = cls(state, runs_root=runs_root, home=home)
-        tabs.append(("Search", view))
-        names = lambda: [str(n) for n in tabs._names]  # noqa: E731 - the tab titles, in order
-
-        def go(title: str) -> Any:
-            if title in names():
-                tabs.active = names().index(title)
-                return tabs.objects[names().index(title)]
-            return None
-
-        view.param.watch(lambda e: go("Design"), "opened_design")
-
-        def show_run(event: Any) -> None:
-            if not event.new:
-                return
-            tab = go("Train")
-            if on_open_run is not None:
-                on_open_run(event.new)
-                return
-            tv = getattr(tab, "_train_view", None)
-            if tv is not None:
-                tv.selected = list(dict.fromkeys([event.new] + list(tv.selected)))
-                tv.request_poll()
-
-        view.param.watch(show_run, "open_run")
-        return view
+    def close(self) -> None:
+        """The session ended: hand nothing more to it."""
+        self.dispatcher.close()

@@ -118,6 +118,7 @@ class StudioState(param.Parameterized):
     batch = param.Integer(default=64, bounds=(1, None), doc="Batch size of the cost report.")
     dtype = param.Selector(default="float32", objects=list(DTYPES), doc="Data type of the cost report.")
     schedule = param.Selector(default="auto", objects=list(SCHEDULE_CHOICES), doc="Schedule of the cost report.")
+    image = param.Integer(default=32, bounds=(1, 4096), doc="Input image side (H = W) of conv2d designs' cost.")
     selection = param.Dict(default={"tensors": [], "indices": []}, doc="Selected tensor ids and index names.")
     field_errors = param.Dict(default={}, doc="Field key -> why the last edit of that field was refused.")
     pending = param.Dict(default={}, doc="An edit waiting for confirmation: {'field', 'message'} (empty: none).")
@@ -144,7 +145,7 @@ class StudioState(param.Parameterized):
         self._last_merge: tuple[str, float] | None = None
         self._pending: tuple | None = None
         self._set_draft(self._history[0].copy(), "restored your unsaved draft" if restored else None, save=False)
-        self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule"])
+        self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule", "image"])
 
     # ------------------------------------------------------------------ history
     @property
@@ -273,7 +274,7 @@ class StudioState(param.Parameterized):
             return
         d = self.design
         try:
-            rep = cost_report(d, batch=self.batch, dtype=self.dtype, schedule=self.schedule)
+            rep = self._cost(d)
         except (DesignError, ValueError) as e:
             self.param.update(valid_design=d, cost_error=str(e))
             if self.schedule != "auto":
@@ -282,6 +283,15 @@ class StudioState(param.Parameterized):
         self._clear_error("schedule")
         self.param.update(valid_design=d, report=rep, cost_error="", sweep=self._sweep(d))
         self.refiner.request(RefineJob(d, self.batch, self.dtype, self.schedule, float(self.refine_s)))
+
+    def _cost(self, design: Design) -> CostReport:
+        """The cost report at the state's settings (a conv2d design: at ``image`` x ``image`` inputs)."""
+        if design.conv is not None:
+            from engine.contract.conv import conv_cost_report
+
+            return conv_cost_report(design, batch=self.batch, image=self.image, dtype=self.dtype,
+                                    schedule=self.schedule)
+        return cost_report(design, batch=self.batch, dtype=self.dtype, schedule=self.schedule)
 
     # ------------------------------------------------------------------ background refinement
     @property
@@ -318,7 +328,7 @@ class StudioState(param.Parameterized):
             return {"chi": [], "params": [], "forward_flops": [], "generate_flops": [], "current": None}
         for chi in SWEEP_CHI:
             try:
-                r = cost_report(with_bond(design, chi), batch=self.batch, dtype=self.dtype, schedule=self.schedule)
+                r = self._cost(with_bond(design, chi))
             except (DesignError, ValueError):
                 continue
             chis.append(chi)
@@ -364,18 +374,27 @@ class StudioState(param.Parameterized):
     def new_design(self) -> bool:
         """An empty canvas with the current layer size: draw tensors, then connect them and give them legs."""
         d = Design(name="untitled", in_features=self.design.in_features, out_features=self.design.out_features,
-                   indices={}, tensors=[])
+                   indices={}, tensors=[], conv=self.design.conv)
         return self.replace(d, "new design")
 
     def generate(self, kind: str, in_features: int, out_features: int, bond: int | Sequence[int] = 4,
                  activation: str | None = None, in_factors: Sequence[int] | None = None,
                  out_factors: Sequence[int] | None = None, mode: str = "replace",
-                 options: dict[str, Any] | None = None) -> bool:
+                 options: dict[str, Any] | None = None, conv: dict[str, Any] | None = None) -> bool:
         """Generate a template (``options``: its extra options, e.g. ``{"lateral": "all"}``); ``mode="add"`` adds it
-        next to the current draft instead of replacing it."""
+        next to the current draft instead of replacing it. ``conv`` (``{"kernel_size", "stride", "padding",
+        "dilation"}``) makes a conv2d target: ``in_features`` / ``out_features`` are then the channels."""
         try:
-            d = make_template(kind, in_features, out_features, bond, activation, in_factors, out_factors,
-                              **(options or {}))
+            if conv is not None:
+                from engine.design.conv import make_conv_template
+
+                d = make_conv_template(kind, in_features, out_features, conv.get("kernel_size", 3), bond, activation,
+                                       in_factors, out_factors, stride=conv.get("stride", 1),
+                                       padding=conv.get("padding", 0), dilation=conv.get("dilation", 1),
+                                       **(options or {}))
+            else:
+                d = make_template(kind, in_features, out_features, bond, activation, in_factors, out_factors,
+                                  **(options or {}))
         except (ValueError, DesignError) as e:
             self.refuse("template", str(e))
             return False

@@ -42,10 +42,11 @@ from .fmt import ratio
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
-from .widgets import button, section
+from .widgets import FloatField, IntField, Tick, button, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
+NETWORK_KIND = "network"  # the model kind that trains a whole network file (engine.train.models)
 TABLE_COLUMNS = ["id", "name", "status", "design", "params", "compression", "best", "progress", "elapsed"]
 STATUS_COLORS = {"queued": "#64748b", "running": "#2563eb", "completed": "#16a34a", "failed": "#dc2626",
                  "stopped": "#d97706"}
@@ -111,6 +112,10 @@ def model_plan(config: RunConfig, design: Design | None) -> str:
     spec = dataset_spec(config.dataset)
     outputs = spec.num_outputs
     tn = "TN" if not config.baseline else "Linear"
+    if config.model == "cnn" and design is not None and design.conv is not None:  # the design is conv layer 2
+        conv = "TN conv" if not config.baseline else "Conv"
+        return (f"Conv 32 · {conv} {design.conv.label.removeprefix('conv ')} · Pool 4×4 · "
+                f"Linear {CNN_FEATURES}×256 · Linear 256×{outputs}")
     if config.model == "cnn":
         head = f"{tn} {CNN_FEATURES}×{design.out_features}" if design else f"Linear {CNN_FEATURES}×256"
         tail = ""
@@ -199,6 +204,7 @@ def make_figure(y_label: str, percent: bool = False) -> Any:
     fig.outline_line_color = None
     fig.xaxis.axis_label_text_font_size = fig.yaxis.axis_label_text_font_size = "11px"
     fig.toolbar.logo = None
+    fig.toolbar.autohide = True  # the tools show when the pointer is over the plot
     fig.line(x=[], y=[], visible=False)  # a figure without renderers makes Bokeh warn until the first run appears
     return fig
 
@@ -232,25 +238,31 @@ class TrainView(Viewer):
         self.store = RunStore(runs_root or Path(self.state.home) / "runs")
         self.root = self.store.root
         self.dispatcher = SessionDispatcher.current()
+        self.network: Any = None  # the Network tab's view, once attached: "Current network" trains its network
+        self.what = styled(pn.widgets.RadioButtonGroup(options={"Current design": "design",
+                                                                "Current network": "network"},
+                                                       value="design", visible=False, sizing_mode="stretch_width",
+                                                       css_classes=["tn-train-what"], margin=(0, 0, 8, 0)))
+        self.what.param.watch(lambda *_: self._show_what(), "value")
+        self._cards: tuple[Any, Any] = (None, None)
         w = {"sizing_mode": "stretch_width"}
         specs = dataset_specs()
         self.dataset = styled(pn.widgets.Select(label="Data set", options={s.label: s.name for s in specs},
                                                 value="digits" if any(s.name == "digits" for s in specs)
                                                 else specs[0].name, **w, css_classes=["tn-train-dataset"]))
-        self.model = styled(pn.widgets.Select(label="Model", options={k.name.upper(): k.name for k in model_kinds()},
+        # the "network" kind trains a network file, not a design: this tab offers it as "Current network"
+        self.model = styled(pn.widgets.Select(label="Model", options={k.name.upper(): k.name for k in model_kinds()
+                                                                      if k.name != NETWORK_KIND},
                                               value="mlp", **w, css_classes=["tn-train-model"]))
         self.hidden = styled(pn.widgets.TextInput(label="MLP hidden sizes", placeholder="empty: built around the design",
                                                   **w))
         self.layer = styled(pn.widgets.Select(label="Layer the design replaces", options=["auto"], value="auto", **w))
-        self.epochs = styled(pn.widgets.IntInput(label="Epochs", value=5, start=1, css_classes=["tn-train-epochs"],
-                                                 **w))
-        self.batch_size = styled(pn.widgets.IntInput(label="Batch size", value=64, start=1,
-                                                     css_classes=["tn-train-batch"], **w))
-        self.lr = styled(pn.widgets.FloatInput(label="Learning rate", value=3e-3, start=1e-7, step=5e-4,
-                                               format="0.[0000]", **w))
-        self.device = styled(pn.widgets.Select(label="Device", options=device_options(), value="auto", **w))
-        self.baseline = styled(pn.widgets.Checkbox(label="also run the dense baseline", value=False,
-                                                   css_classes=["tn-train-baseline"], **w))
+        # text fields: a refused value says why under the field (a browser number field drops or clamps it)
+        self.epochs = IntField(label="Epochs", value=5, css_class="tn-train-epochs", width=140)
+        self.batch_size = IntField(label="Batch size", value=64, css_class="tn-train-batch", width=140)
+        self.lr = FloatField(label="Learning rate", value=3e-3, css_class="tn-train-lr", width=140)
+        self.device = styled(pn.widgets.Select(label="Device", options=device_options(), value="auto", width=140))
+        self.baseline = Tick(label="also run the dense baseline", css_class="tn-train-baseline")
         self.launch_button = button("▶  Launch run", self.launch, once=True, color="primary", height=40, **w,
                                     css_classes=["tn-train-launch"], key=self._situation)
         self.plan = pn.pane.HTML(stylesheets=[css("train", "notes")], **w, margin=(4, 10),
@@ -261,11 +273,13 @@ class TrainView(Viewer):
             pd.DataFrame(columns=TABLE_COLUMNS), selectable="checkbox", show_index=False, disabled=True,
             layout="fit_data_stretch", height=230, sizing_mode="stretch_width", css_classes=["tn-run-table"],
             titles={"id": "run", "name": "name", "status": "status", "design": "design", "params": "core params",
-                    "compression": "compr.", "best": "best acc.", "progress": "progress", "elapsed": "elapsed"},
+                    "compression": "compr.", "best": "best", "progress": "progress", "elapsed": "elapsed"},
             formatters={"status": {"type": "html"}, "progress": {"type": "html"}},
-            widths={"progress": 130, "name": 230, "status": 120, "id": 90},
+            # every column fits at 1280 x 800 (long names end in an ellipsis)
+            widths={"id": 78, "name": 112, "status": 112, "design": 110, "params": 106, "compression": 80, "best": 62,
+                    "progress": 96, "elapsed": 80},
             text_align={"params": "right", "compression": "right", "best": "right", "elapsed": "right"},
-            stylesheets=[css("progress")])
+            stylesheets=[css("progress", "table")])
         self.stop_button = button("■  Stop selected", self.stop_selected, once=True, color="danger",
                                   variant="outline", width=150, disabled=True, css_classes=["tn-train-stop"],
                                   key=lambda: tuple(self.selected))
@@ -291,7 +305,7 @@ class TrainView(Viewer):
         self._seen: set[str] = set()
         self._syncing = False
 
-        for wdg in (self.dataset, self.model, self.hidden, self.layer):
+        for wdg in (self.dataset, self.model, self.hidden, self.layer, self.epochs, self.batch_size, self.lr):
             wdg.param.watch(lambda *_: self.update_plan(), "value")
         self.table.param.watch(self._on_selection, "selection")
         self.update_plan()
@@ -537,14 +551,37 @@ class TrainView(Viewer):
         self.dispatcher.close()
 
     # ------------------------------------------------------------------ layout
+    def attach_network(self, network: Any) -> None:
+        """Offer ``network``'s network (a :class:`studio.network_view.NetworkView`) next to the design: a switch
+        above the form shows its train card (``network.train_panel()``) instead of the design's form."""
+        self.network = network
+        self.what.visible = True
+
+    def show_network(self) -> None:
+        """Switch to training the current network (the Network tab's "Train it" button)."""
+        if self.network is not None:
+            self.what.value = "network"
+
+    def _show_what(self) -> None:
+        form, net = self._cards
+        network = self.what.value == "network" and self.network is not None
+        if form is not None:
+            form.visible = not network
+        if net is not None:
+            net.visible = network
+
     def __panel__(self) -> pn.viewable.Viewable:
         form = section("New run", pn.Column(
             self.dataset, self.model, self.hidden, self.layer,
-            pn.Row(self.epochs, self.batch_size, sizing_mode="stretch_width", margin=0),
-            pn.Row(self.lr, self.device, sizing_mode="stretch_width", margin=0),
+            pn.Row(self.epochs, self.batch_size, margin=0),
+            pn.Row(self.lr, self.device, margin=0),
             self.baseline, self.plan, self.launch_button, self.feedback, sizing_mode="stretch_width",
             margin=(0, 0, 8, 0)))
-        left = pn.Column(form, width=340, margin=(10, 8, 10, 10))
+        net = self.network.train_panel() if self.network is not None else None
+        self._cards = (form, net)
+        self._show_what()
+        left = pn.Column(self.what, form, *([net] if net is not None else []), width=340, margin=(10, 8, 10, 10),
+                         scroll=True, sizing_mode="stretch_height", min_height=200)
         runs = section("Runs", pn.Column(self.table, pn.Row(self.stop_button, self.table_hint, margin=(4, 10)),
                                          sizing_mode="stretch_width", margin=(0, 0, 6, 0)))
         charts = section("Curves", pn.Column(self.legend, self.charts, self.placeholder, sizing_mode="stretch_width",

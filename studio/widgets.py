@@ -174,3 +174,78 @@ class IntField(Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         size = {"width": self.input.width + 20} if self.input.width else {"sizing_mode": "stretch_width"}
         return pn.Column(self.input, self.note, margin=0, **size)
+
+
+class Tick(Viewer):
+    """A checkbox whose label ticks it too (Bokeh's single Checkbox draws its label as a plain ``div``, which does
+    not; a one-item checkbox group draws a real ``label``)."""
+
+    value = param.Boolean(default=False, doc="Whether it is ticked.")
+    label = param.String(default="", doc="The text beside the box.")
+
+    def __init__(self, css_class: str = "", **params: Any):
+        super().__init__(**params)
+        self.group = styled(pn.widgets.CheckBoxGroup(options=[self.label], value=[self.label] if self.value else [],
+                                                     inline=True, css_classes=[c for c in ("tn-tick", css_class) if c]))
+        self.group.param.watch(lambda e: setattr(self, "value", self.label in e.new), "value")
+
+    @param.depends("value", watch=True)
+    def _shown(self) -> None:
+        want = [self.label] if self.value else []
+        if self.group.value != want:
+            self.group.value = want
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return self.group
+
+
+def parse_positive_float(text: Any, what: str) -> float:
+    """A number > 0 (``3e-3``, ``0.001``) from a text field; ``ValueError`` saying why not."""
+    s = str(text).strip()
+    try:
+        value = float(s)
+    except ValueError:
+        raise ValueError(f"{what} must be a number, got {s!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{what} must be a number > 0, got {s}")
+    return value
+
+
+class FloatField(Viewer):
+    """A text field holding a number > 0 (a learning rate): like :class:`IntField`."""
+
+    value = param.Number(default=1e-3, doc="The last accepted value.")
+    label = param.String(default="", doc="The field's label (also names it in messages).")
+
+    def __init__(self, css_class: str = "", width: int | None = None, **params: Any):
+        super().__init__(**params)
+        size = {"width": width} if width else {"sizing_mode": "stretch_width"}
+        self.input = styled(pn.widgets.TextInput(label=self.label, value=self._text(self.value), **size,
+                                                 css_classes=[c for c in ("tn-float", css_class) if c]))
+        self.note = pn.pane.HTML("", stylesheets=[css("notes")], sizing_mode="stretch_width", margin=(0, 5))
+        self.input.param.watch(self._typed, "value")
+
+    @staticmethod
+    def _text(value: float) -> str:
+        return f"{value:g}"
+
+    def _typed(self, event: Any) -> None:
+        if event.new == self._text(self.value):
+            return
+        try:
+            value = parse_positive_float(event.new, self.label or "the value")
+        except ValueError as e:
+            self.note.object = note_html(str(e), self.label)
+            self.input.value = self._text(self.value)
+            return
+        self.note.object = ""
+        self.value = value
+
+    @param.depends("value", watch=True)
+    def _shown(self) -> None:
+        if self.input.value != self._text(self.value):
+            self.input.value = self._text(self.value)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        size = {"width": self.input.width + 20} if self.input.width else {"sizing_mode": "stretch_width"}
+        return pn.Column(self.input, self.note, margin=0, **size)

@@ -61,7 +61,7 @@ def test_bond_must_join_exactly_two_tensors():
 def test_open_legs_need_a_role_and_axis():
     d = mpo_dict()
     d["indices"]["i0"]["role"] = "input"
-    assert any("index 'i0': role must be one of in, out, bond" in p for p in problems_of(d))
+    assert any("index 'i0': role must be one of in, out, kernel, bond" in p for p in problems_of(d))
     d = mpo_dict()
     del d["indices"]["o1"]["axis"]
     assert any("open leg 'o1' (role out) needs an integer axis" in p for p in problems_of(d))
@@ -111,8 +111,8 @@ def test_unused_index_is_reported():
 
 def test_unknown_format_version_is_rejected_clearly():
     d = mpo_dict()
-    d["version"] = 2
-    assert problems_of(d) == ["unknown design format version 2: this TN Studio reads version 1"]
+    d["version"] = 3
+    assert problems_of(d) == ["unknown design format version 3: this TN Studio reads versions 1 and 2"]
     d["format"] = "something-else"
     assert "not a TN Studio design" in problems_of(d)[0]
 
@@ -191,7 +191,7 @@ def test_templates_satisfy_published_schema(kind):
 def test_schema_rejects_what_loading_rejects():
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads(SCHEMA.read_text())
-    for mutate in (lambda d: d.update(version=2), lambda d: d["indices"]["r0"].update(dim=0),
+    for mutate in (lambda d: d.update(version=3), lambda d: d["indices"]["r0"].update(dim=0),
                    lambda d: d["tensors"][0].update(activation="nope"), lambda d: d["indices"]["i0"].pop("axis")):
         d = mpo_dict()
         mutate(d)

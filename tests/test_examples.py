@@ -47,14 +47,23 @@ def test_paper_table_writes_every_preset(tmp_path):
     assert "compression" in text.splitlines()[0] and "train mem @64" in text.splitlines()[0]
     pt = import_example("paper_table")
     files = sorted(out.glob("*.json"))
-    # 4 kinds per layer, plus the lateral variants inside the range: TTN + lateral on the five layers whose TTN has
-    # room (not VGG-16 fc8 and conv5, already near 2,000x), MERA + lateral on all seven
-    assert sum(len(pt.kinds_for(key)) for key in pt.LAYERS) == len(files) == 7 * 4 + 5 + 7
+    # 4 kinds per FC layer, plus the lateral variants inside the range: TTN + lateral on the five layers whose TTN has
+    # room (not VGG-16 fc8, already near 2,000x), MERA + lateral on all six; 4 conv kinds per conv layer
+    fc = sum(len(pt.kinds_for(key)) for key in pt.LAYERS)
+    assert fc == 6 * 4 + 5 + 6
+    assert fc + len(pt.CONV_LAYERS) * len(pt.CONV_KINDS) == len(files) == fc + 12 * 4
     for f in files:
         d = load_design(f)  # validates
         key, kind = f.stem.rsplit("_", 1)
+        if key in pt.CONV_LAYERS:  # real conv designs: the layer's target, its input size recorded
+            net, layer, cin, cout, k, stride, pad, side = pt.CONV_LAYERS[key]
+            assert (d.conv.in_channels, d.conv.out_channels, d.conv.kernel_size, d.conv.stride, d.conv.padding) == (
+                cin, cout, (k, k), (stride, stride), (pad, pad))
+            assert d.meta["image"] == [side, side] and d.compression > 5 and d.is_linear == (kind != "ttn")
+            assert d.to_dict()["version"] == 2
+            continue
         n_in, n_out = pt.LAYERS[key][2:]
-        assert (d.in_features, d.out_features) == (n_in, n_out)
+        assert (d.in_features, d.out_features) == (n_in, n_out) and d.conv is None
         assert d.is_linear == (kind == "mpo")  # the ADNTN kinds carry gelu
         assert kind.endswith("-lateral") == any(t.kind == "lateral" for t in d.tensors)
         # the brief: compression roughly 2,000x .. 77,000x for every design
@@ -65,14 +74,30 @@ def test_committed_presets_match_the_script(tmp_path):
     """engine/assets/designs must be what paper_table.py produces now (re-run it after changing a spec)."""
     pt = import_example("paper_table")
     expected = set()
-    for key in pt.LAYERS:
-        for kind in pt.kinds_for(key):
-            path = PRESETS / f"{key}_{kind}.json"
-            expected.add(path.name)
-            assert path.exists(), f"missing preset {path.name}: run examples/paper_table.py"
-            preset, fresh = load_design(path), pt.build(key, kind)
-            assert preset.fingerprint() == fresh.fingerprint() and preset.name == fresh.name, path.name
+    builds = [(key, kind, pt.build) for key in pt.LAYERS for kind in pt.kinds_for(key)]
+    builds += [(key, kind, pt.build_conv) for key in pt.CONV_LAYERS for kind in pt.CONV_KINDS]
+    for key, kind, build in builds:
+        path = PRESETS / f"{key}_{kind}.json"
+        expected.add(path.name)
+        assert path.exists(), f"missing preset {path.name}: run examples/paper_table.py"
+        preset, fresh = load_design(path), build(key, kind)
+        assert preset.fingerprint() == fresh.fingerprint() and preset.name == fresh.name, path.name
     assert {p.name for p in PRESETS.glob("*.json")} == expected, "stale presets: run examples/paper_table.py"
+
+
+def test_paper_table_conv_rows_are_conv_cost_report_numbers():
+    from engine.contract.conv import conv_cost_report
+
+    pt = import_example("paper_table")
+    table = pt.conv_rows(["vgg16_conv5_1"], batch=64)
+    assert len(table) == 1 + len(pt.CONV_KINDS) and table[0][2] == "dense"
+    assert table[0][5] == f"{512 * 512 * 9:,}"  # VGG-16 conv5: a 3x3 kernel from 512 to 512 channels
+    d = load_design(PRESETS / "vgg16_conv5_1_cp.json")
+    rep = conv_cost_report(d, batch=64, image=14)
+    row = next(r for r in table if r[2] == "CP")
+    assert row[5] == f"{rep.params:,}" and row[7] == rep.program and row[8] == pt.human(rep.forward_flops)
+    assert rep.params == 64 * (512 + 512 + 3 + 3)  # CP rank 64 on one factor per channel side, closed form
+    assert rep.dense_forward_flops == 2 * 64 * 14 * 14 * 512 * 512 * 9  # the layer at its real input (224x224 model)
 
 
 def test_paper_table_numbers_are_cost_report_numbers():
@@ -114,8 +139,11 @@ def test_paper_table_markdown_and_no_output(tmp_path):
     text = run_example("paper_table.py", "--markdown", "--quick", "--out", "", home=tmp_path)
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     assert lines[0].startswith("| layer |") and set(lines[1]) <= set("|-: ")
-    # header, separator, AlexNet fc6 (dense, 4 kinds, 2 lateral variants), VGG-16 conv5 (dense, 4 kinds, MERA + lateral)
-    assert len(lines) == 2 + 7 + 6
+    pt = import_example("paper_table")
+    fc = [next(iter(pt.LAYERS)), list(pt.LAYERS)[-1]]
+    conv = [next(iter(pt.CONV_LAYERS)), list(pt.CONV_LAYERS)[-1]]
+    # two tables: header and separator, then per layer a dense row and one per design kind
+    assert len(lines) == 2 * 2 + sum(1 + len(pt.kinds_for(k)) for k in fc) + len(conv) * (1 + len(pt.CONV_KINDS))
     assert "wrote" not in text
 
 

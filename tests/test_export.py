@@ -171,7 +171,7 @@ def test_export_has_one_einsum_per_program_step_and_a_header(kind, act, streams)
     assert src.count("torch.einsum(") == len(steps)
     for s in steps:
         assert f'torch.einsum("{s.equation}"' in src
-    assert d.name in src and f"{d.params:,} parameters" in src and "compression" in src
+    assert d.name in src and f"{d.params:,} core params" in src and "compression" in src
     assert ("forward_stream" in src) == streams
 
 

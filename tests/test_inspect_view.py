@@ -232,3 +232,58 @@ def test_current_design_uses_its_initial_weights_and_follows_edits(tmp_path):
     assert res.relative_error == pytest.approx(np.linalg.norm(w - w2) / np.linalg.norm(w), rel=1e-4)
     state.generate("mpo", 64, 32, 2)
     assert v.wait_idle(120) and v.design.name == state.valid_design.name and v.plan == {}
+
+
+class Queue:
+    """A stand-in for a served session's dispatcher: calls wait until ``drain`` (the session's next tick)."""
+
+    served = True
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __call__(self, fn) -> None:
+        self.calls.append(fn)
+
+    def drain(self) -> None:
+        while self.calls:
+            self.calls.pop(0)()
+
+    def close(self) -> None:
+        pass
+
+
+def test_clicks_and_edits_hand_plot_changes_to_the_session(view):
+    """Clicks, the slider and Reset run in callbacks Panel may run without the document lock: the plots' Bokeh
+    models change only when the session runs what was handed to it, never in the callback itself."""
+    design = view.design  # the newest run (a fine-tuned child run when that test ran first)
+    view.bond = "r0"
+    queue = view.dispatcher = Queue()
+    before = dict(view.spec_source.data)
+    view._edge_clicked({"edge_id": "B:r1"})
+    assert view.bond == "r1" and view.spec_source.data == before and queue.calls  # not drawn yet
+    assert ">r1<" in view.spec_title.object  # Panel panes change at once
+    queue.drain()
+    assert len(view.spec_source.data["s"]) == design.dim("r1") and view.spec_fig.x_range.end == design.dim("r1") + .5
+    view.slider.value = 1
+    assert view.cut.location == design.dim("r1") + 0.5  # still the old cut until the session draws
+    queue.drain()
+    assert view.cut.location == 1.5 and view.spec_source.data["state"].count("kept") == 1
+    view.reset_button.clicks += 1  # Reset: the plan and the plot go back, through the session again
+    assert view.plan == {} and view.cut.location == 1.5
+    queue.drain()
+    assert view.cut.location == design.dim("r1") + 0.5
+    assert view.wait_idle(60)
+    queue.drain()
+
+
+def test_nothing_loads_while_the_tab_is_behind(tmp_path):
+    state = StudioState(home=str(tmp_path))
+    v = InspectView(state, tmp_path / "no_runs")
+    assert v.wait_idle(120) and v.design is not None
+    v.active = False
+    state.generate("mpo", 64, 32, 2)
+    assert v.wait_idle(5) and v.design.name != state.valid_design.name  # an edit elsewhere: not loaded yet
+    v.active = True
+    assert v.wait_idle(120) and v.design.name == state.valid_design.name
+    v.close()

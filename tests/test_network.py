@@ -54,13 +54,13 @@ def test_roundtrip_inline_and_by_path(tmp_path):
 
 def test_every_problem_is_named_at_once(tmp_path):
     data = {"format": FORMAT, "version": 1, "architecture": {"name": "mlp", "options": {"hidden": [0]}},
-            "input_shape": [1, -40], "rules": ["linear:nope:4", "conv3x3:cp:16", "linear:ttn:4:swish"],
+            "input_shape": [1, -40], "rules": ["linear:nope:4", "conv1d:cp:16", "linear:ttn:4:swish"],
             "layers": {"fc1": {"design": "missing.json"}, "fc2": "sparse"}, "extra": 1}
     with pytest.raises(NetworkError) as e:
         NetworkSpec.from_dict(data, base_dir=tmp_path)
     text = "\n".join(e.value.problems)
     for part in ("unknown key 'extra'", "option 'hidden' must be a non-empty list of integers >= 1",
-                 "'input_shape' must be a list", "unknown template 'nope'", "Conv2d layers take no TN designs yet",
+                 "'input_shape' must be a list", "unknown template 'nope'", "Conv1d layers take no TN designs yet",
                  "unknown activation 'swish'", "design file 'missing.json' not found", "layer 'fc2': an assignment"):
         assert part in text, (part, text)
     with pytest.raises(NetworkError, match="version"):
@@ -105,8 +105,8 @@ def test_rule_syntax_and_matching():
     d = parse_rule("linear:ttn:3:legs=2").design(infos["blocks.0.mlp.fc1"])
     assert len(d.in_legs) == 2 and d.meta["rule"] == "linear:ttn:3:legs=2"
     for bad, msg in [("linear", "SELECTOR:TEMPLATE"), ("dense:ttn", "unknown selector"), ("linear:ttn:x", "bond"),
-                     ("linear:ttn:4:gelu:zz=1", "unknown option"), ("conv:cp:8", "take no TN designs yet"),
-                     ("conv3x3:cp:16", "refused"), ("linear:dense:4", "takes no bond")]:
+                     ("linear:ttn:4:gelu:zz=1", "unknown option"), ("conv1d:cp:8", "take no TN designs yet"),
+                     ("conv5:cp:16", "refused"), ("linear:dense:4", "takes no bond")]:
         with pytest.raises(RuleError, match=msg):
             parse_rule(bad)
     assert parse_rule("conv3x3:dense").dense  # conv layers may be made dense explicitly
@@ -124,8 +124,8 @@ def test_resolution_order_overrides_and_clear_errors():
         resolve(spec.with_layer("fc4", None), infos)
     with pytest.raises(NetworkError, match="is 40 x 256 .* but its design"):
         resolve(spec.with_layer("fc1", make_template("ttn", 64, 64, 2)), infos)
-    conv = new_network("lenet5")
-    with pytest.raises(NetworkError, match="take no TN designs yet"):
+    conv = new_network("lenet5")  # a Conv2d layer takes a conv2d design of its own target only
+    with pytest.raises(NetworkError, match="is a Conv2d .* has a linear target"):
         resolve(conv.with_layer("conv1", make_template("cp", 25, 6, 2)), analyse(conv).layers)
 
 
@@ -412,7 +412,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     net = str(tmp_path / "m.json")
     assert main(["network", "new", "mlp", "--dataset", "mnist1d", "-o", net]) == 0
     cases = [(["network", "new", "vgg17", "-o", net], "unknown architecture 'vgg17'"),
-             (["network", "assign", net, "--rule", "conv3x3:cp:16"], "take no TN designs yet"),
+             (["network", "assign", net, "--rule", "conv1d:cp:16"], "take no TN designs yet"),
              (["network", "assign", net, "--layer", "fc9", "--dense"], "no assignable layer named 'fc9'"),
              (["network", "assign", net, "--rule", "linear:ttn:4:nope"], "unknown activation"),
              (["network", "new", "mlp", "--option", "depth=3", "-o", net], "has no option 'depth'"),

@@ -2,8 +2,9 @@
 
 ``test_studio_network_tab_trains_an_mnist1d_network`` drives the whole studio (``studio.app.create_app``), whose
 optional-tab list (``studio.app.OPTIONAL_TABS``) shows ``studio.network_view.NetworkView`` as the Network tab; it
-fails with that reason if the tab is missing. ``test_network_view_trains_an_mnist1d_network`` serves the tab's view
-alone.
+fails with that reason if the tab is missing. There the network is trained on the Train tab (the Network tab's
+"Train it" button shows it, set to the current network). ``test_network_view_trains_an_mnist1d_network`` serves the
+tab's view alone, with its own train card.
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from tests.browser import browser_page, screenshot, serve_app
 pytestmark = pytest.mark.browser
 
 
-def _train_in_page(page, name: str) -> None:
+def _train_in_page(page, name: str, on_train_tab: bool = False) -> None:
     page.locator(".tn-net-table .tabulator-row", has_text="fc2").first.wait_for(timeout=90000)
     rule = page.locator(".tn-net-rule input")
     rule.fill("linear:ttn:4:gelu:min=20000")
     page.locator(".tn-net-apply button").click()
     page.locator(".tn-net-totals[data-params='13978']").wait_for(timeout=60000)
     page.locator(".tn-net-table .tabulator-row", has_text="fc2 ttn chi=4 gelu").wait_for(timeout=30000)
+    if on_train_tab:
+        page.locator(".tn-net-goto-train button").click()
+        page.locator(".tn-net-train-summary", has_text="13,978 params").wait_for(timeout=30000)
     epochs = page.locator(".tn-net-epochs input")
     epochs.fill("1")
     epochs.press("Enter")
@@ -69,4 +73,4 @@ def test_studio_network_tab_trains_an_mnist1d_network(tmp_path, monkeypatch):
             pytest.fail("the studio has no Network tab: studio.app.OPTIONAL_TABS should list "
                         "('Network', 'studio.network_view', 'NetworkView', ...)")
         tab.click()
-        _train_in_page(page, "studio_network_tab_trained")
+        _train_in_page(page, "studio_network_tab_trained", on_train_tab=True)

@@ -68,12 +68,18 @@ def test_clicking_a_layer_opens_its_design_and_canvas_edits_flow_back(view):
     assert view.spec.layers["fc2"].design.params != state.valid_design.params  # unlinked: nothing flows
 
 
-def test_conv_layers_are_counted_but_take_no_design(view):
+def test_conv_layers_take_conv_designs(view):
     assert view.new_network("lenet5")
     assert [r for r in view.table_frame()["kind"]][:2] == ["conv2d", "conv2d"]
-    assert view.select("conv1") and view.editing == "" and "take no TN designs yet" in view.message
-    assert not view.apply_rule("conv:cp:8") and "take no TN designs yet" in view.error
-    assert not view.set_design("conv1", make_template("cp", 25, 6, 2))
+    state = view.state
+    assert view.select("conv2") and view.editing == "conv2" and "CP-conv" in view.message
+    c = state.design.conv  # a suggested conv2d design of the layer's own target
+    assert (c.in_channels, c.out_channels, c.kernel_size) == (6, 16, (5, 5))
+    state.set_dim("R", 4)  # an edit on the canvas flows back to the layer
+    assert view.report.row("conv2").assignment == state.valid_design.name
+    assert view.report.row("conv2").params == 4 * (6 + 16 + 5 + 5) + 16  # CP cores + bias
+    assert view.apply_rule("conv:cp:8") and view.report.totals.tn_layers == 2
+    assert not view.set_design("conv1", make_template("cp", 25, 6, 2)) and "linear target" in view.error
 
 
 def test_new_network_from_the_form_and_files(view, tmp_path):

@@ -13,8 +13,10 @@ import pytest
 from engine.search import Budget, LayerSpace, SearchSpec, run_search
 from engine.search.space import Candidate
 from engine.train.store import RunStore
-from studio.search_view import SearchView
+from studio.app import DesignTab, StudioApp
+from studio.search_view import SearchView, accuracy_span, log_span
 from studio.state import StudioState
+from studio.train_view import TrainView
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -54,6 +56,20 @@ def test_form_builds_the_search_and_says_what_is_wrong(state):
     view.param.update(kinds=["ttn"], study_name="bad name")
     assert view.launch() == [] and "study name" in view.feedback.object
     assert "No search yet" in view.counts.object and view.open_design_button.disabled
+    assert view.placeholder.visible and not view.plot.visible  # nothing trained: a placeholder, not empty axes
+    assert view.figure.x_range.start > 0  # explicit ranges, valid on the log axis before any data
+
+
+def test_ranges_follow_the_data():
+    assert log_span([]) == (1.0, 1e4)
+    lo, hi = log_span([200, 5000])
+    assert lo == pytest.approx(125) and hi == pytest.approx(8000)
+    lo, hi = log_span([300])
+    assert lo < 300 < hi and lo > 0
+    assert accuracy_span([]) == (0.0, 1.0)
+    lo, hi = accuracy_span([0.5, 0.9])
+    assert 0.45 < lo < 0.5 and 0.9 < hi < 0.95
+    assert accuracy_span([0.0, 1.0]) == (0.0, 1.0)
 
 
 def test_scatter_front_and_click_to_open_design_and_run(searched):
@@ -76,18 +92,25 @@ def test_scatter_front_and_click_to_open_design_and_run(searched):
     view.source.selected.indices = [list(data["number"]).index(pick.number)]
     assert view.selected_trial == pick.number and pick.label in view.detail.object
     assert not view.open_design_button.disabled and not view.open_run_button.disabled
-    # open its design on the canvas, its run on the Train tab (the app's tabs, wired by add_to)
-    opened: list[str] = []
-    tabs = pn.Tabs(("Design", pn.Column()), ("Train", pn.Column()))
-    wired = SearchView.add_to(tabs, state, on_open_run=opened.append)
-    assert [str(n) for n in tabs._names] == ["Design", "Train", "Search"]
-    wired.select(pick.number)
-    tabs.active = 2
-    assert wired.open_design() and state.design.name == pick.label and tabs.active == 0
-    assert state.design.params == Candidate.from_dict(pick.candidate).build().params
-    tabs.active = 2
-    assert wired.request_run() == pick.run_id and tabs.active == 1 and opened == [pick.run_id]
-    assert pick.run_id in {r["id"] for r in RunStore(home / "runs").list_runs()}  # the run the Train tab lists
+    assert view.plot.visible and not view.placeholder.visible  # trained trials: the scatter, not the placeholder
+    # explicit ranges around the points (a log axis with nothing to guess: no console warnings in the browser)
+    assert 0 < view.figure.x_range.start < min(data["x"]) and view.figure.x_range.end > max(data["x"])
+    assert 0 <= view.figure.y_range.start <= min(data["accuracy"]) and view.figure.y_range.end >= max(data["accuracy"])
+    # open its design on the canvas, its run on the Train tab: the app wires the requests to its tabs
+    app = StudioApp(state=state, tabs=[("Design", DesignTab), ("Train", TrainView), ("Search", SearchView)])
+    try:
+        wired = app.components["Search"]
+        app.show("Search")
+        wired.select(pick.number)
+        assert wired.selected_trial == pick.number
+        assert wired.open_design() and state.design.name == pick.label and app.tabs.active == 0
+        assert state.design.params == Candidate.from_dict(pick.candidate).build().params
+        app.show("Search")
+        assert wired.request_run() == pick.run_id and app.tabs.active == 1
+        assert pick.run_id in app.components["Train"].selected  # the Train tab plots that run's curves
+        assert pick.run_id in {r["id"] for r in RunStore(home / "runs").list_runs()}
+    finally:
+        app.close()
     # the whole tab renders (Bokeh and Panel models) without a browser
     assert view.__panel__() is view.__panel__() and pn.panel(view).get_root() is not None
 

@@ -194,8 +194,20 @@ class Studio:
         self.page.locator(f".tn-warn[data-field='{field}']").wait_for(timeout=SYNC_S * 1000)  # asked under the field
         which = rng.choice(["tn-confirm", "tn-cancel"])
         buttons = self.page.locator(f".{which} button").filter(visible=True)
-        buttons.first.wait_for(timeout=SYNC_S * 1000)
-        buttons.first.click()
+        for _ in range(4):  # the note may be redrawn while the pointer gets there: find it again
+            if not self.state.pending:
+                break
+            try:
+                buttons.first.click(timeout=6000)
+            except Exception:  # noqa: BLE001 - redrawn under the pointer: look again
+                self.page.wait_for_timeout(300)
+                continue
+            deadline = time.monotonic() + 5
+            while self.state.pending and time.monotonic() < deadline:
+                self.page.wait_for_timeout(100)
+        if self.state.pending:
+            screenshot(self.page, "consistency_confirm")
+            raise AssertionError(f"no visible {which} button for pending {self.state.pending}")
         self.wait(lambda: not self.state.pending, "the confirmation to go")
         return " + " + ("apply anyway" if which == "tn-confirm" else "cancel")
 

@@ -225,3 +225,14 @@ def test_a_double_click_on_launch_starts_one_run(state, monkeypatch):
     view.launch_button.clicks += 1
     view.launch_button.clicks += 1
     assert len(RunStore(view.root).list_runs()) == 1 and not view.launch_button.disabled
+
+
+def test_form_fields_refuse_with_a_reason(state):
+    view = TrainView(state)
+    for field, typed, reason in ((view.epochs, "0", ">= 1"), (view.batch_size, "-3", ">= 1"),
+                                 (view.lr, "abc", "must be a number"), (view.lr, "0", "> 0")):
+        before = field.value
+        field.input.value = typed
+        assert field.value == before and reason in field.note.object.replace("&gt;", ">")
+    view.epochs.input.value = "3"
+    assert view.config().epochs == 3 and view.epochs.note.object == ""

@@ -487,7 +487,11 @@ def test_int_field():
 
 # ---------------------------------------------------------------------------------------------- style and rules
 def test_stylesheet_is_package_data_with_a_rule_for_every_kind():
-    assert "react-flow__node" in stylesheet()
+    import tomllib
+
+    pyproject = tomllib.loads((STUDIO.parent / "pyproject.toml").read_text())
+    assert "static/*" in pyproject["tool"]["setuptools"]["package-data"]["studio"]
+    assert (STUDIO / "static" / "studio.css").is_file() and "react-flow__node" in stylesheet()
     for kind in KINDS:
         assert f".tn-kind-{kind}" in css("canvas"), kind
     used = set()
@@ -521,5 +525,7 @@ def test_views_follow_the_registries():
     s = StudioState(make_template("mpo", 64, 32, 4), autosave=False)
     tv = TrainView(state=s)
     assert sorted(tv.dataset.options.values()) == sorted(dataset_names())
-    assert list(tv.model.options.values()) == list(model_names())
+    # every design model kind is offered; the network kind is the "Current network" switch above the form
+    assert list(tv.model.options.values()) + ["network"] == list(model_names())
+    assert "network" in tv.what.options.values()
     assert tv.device.options[:2] == ["auto", "cpu"]

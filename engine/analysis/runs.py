@@ -117,6 +117,9 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
     if bad:
         raise RunError(f"splits must be train or test, got {', '.join(map(repr, bad))}")
     layer = load_run_layer(run_id, runs_dir)
+    if layer.design.conv is not None:
+        raise RunError(f"run {layer.run_id}'s layer is a conv2d design: streaming its inputs (bond features) takes "
+                       f"a linear layer's rows, not images (spectra and truncation work on conv designs)")
     try:
         config = RunConfig.from_dict(layer.config)
         if dataset is not None:

@@ -95,11 +95,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = output_file(args.output) if args.output else None
     try:
         if out is not None:
-            written = write_export(design, args.to, out, weights, batch=args.batch, source=source)
+            written = write_export(design, args.to, out, weights, batch=args.batch, source=source,
+                                   memory_budget=args.memory_budget)
             for p in written:
                 print(f"wrote {p}")
         else:
-            print(export_source(design, args.to, batch=args.batch), end="")
+            print(export_source(design, args.to, batch=args.batch, memory_budget=args.memory_budget), end="")
     except ValueError as e:  # DesignError, a batch out of range, a design too large to initialise (ResourceError)
         raise UserError(str(e)) from None
     except OSError as e:
@@ -132,4 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--runs-dir", default=None, help="runs folder (default: <TNSTUDIO_HOME>/runs)")
     e.add_argument("--batch", type=int, default=64,
                    help="reference batch size for the stream contraction path (default 64)")
+    e.add_argument("--memory-budget", default=None, metavar="BYTES",
+                   help="--to torch: the program that trains within BYTES at --batch (e.g. 2GiB); when it slices "
+                        "W's generation, the module carries the slicing (recomputed in backward)")
     e.set_defaults(handler=cmd_export)

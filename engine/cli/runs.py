@@ -46,8 +46,9 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     print("  config   " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
     if run.get("summary"):
         s = run["summary"]
-        print(f"  model    {s.get('architecture')}; {s.get('params', 0):,} params; layer "
-              f"{s.get('layer_params', 0):,} params (dense {s.get('layer_dense_params', 0):,})")
+        core = f"{s['core_params']:,} core params, " if s.get("core_params") is not None else ""
+        print(f"  model    {s.get('architecture')}; {s.get('params', 0):,} params; layer {core}"
+              f"{s.get('layer_params', 0):,} with bias (dense {s.get('layer_dense_params', 0):,} with bias)")
     for k, v in (run.get("results") or {}).items():
         print(f"  {k:<20} {v:.6g}" if isinstance(v, float) else f"  {k:<20} {v}")
     tests = store.metrics(run["id"], split="test")

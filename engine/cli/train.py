@@ -131,8 +131,10 @@ def comparison_table(tn: dict[str, Any], base: dict[str, Any]) -> str:
         score = _pct(acc) if acc is not None else f"R2 {_num(r.get('test_r2'), '.4f')}"
         dc = s.get("design_compression")
         return {"run": run["id"], "status": run["status"],
-                "layer": ("nn.Linear" if s.get("baseline") else (run.get("design_name") or "TN")),
-                "layer params": f"{s.get('layer_params', 0):,}",
+                "layer": (f"nn.{s.get('layer_type') or 'Linear'}" if s.get("baseline")
+                          else (run.get("design_name") or "TN")),
+                "core params": f"{s['core_params']:,}" if s.get("core_params") is not None else "-",
+                "layer params (with bias)": f"{s.get('layer_params', 0):,}",
                 "compression (W)": "1.0x" if s.get("baseline") else (f"{dc:,.1f}x" if dc else "-"),
                 "model params": f"{s.get('params', 0):,}",
                 "test accuracy" if acc is not None else "test score": score,

@@ -7,7 +7,9 @@ model read off those programs. Depends on :mod:`engine.design` only (and never i
 - :mod:`~engine.contract.paths`: contraction-path search;
 - :mod:`~engine.contract.cache`: the compiled-program and remembered-path caches;
 - :mod:`~engine.contract.memory`: bytes, by replaying a program over torch's buffers;
-- :mod:`~engine.contract.cost`: :func:`cost_report` and its :class:`CostReport`.
+- :mod:`~engine.contract.cost`: :func:`cost_report` and its :class:`CostReport`;
+- :mod:`~engine.contract.conv`: conv programs (``conv2d`` targets): :func:`compile_conv_program`, the conv sequences,
+  their FLOPs, memory replay and :func:`conv_cost_report`.
 
 Running a program on tensors is :func:`engine.nn.execute.run_program` (the torch layer).
 """

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engine.contract.flops import backward_flops, flop_indices
 from engine.contract.memory import ADAM_STATE, dtype_bytes, memory
-from engine.contract.program import Program, StepRow, compile_program, pick_program
+from engine.contract.program import Program, StepRow, check_time_budget, compile_program, pick_program
 from engine.contract.schedule import SCHEDULES, can_stream, check_schedule
+from engine.contract.slicing import budget_program, parse_bytes
+from engine.contract.traffic import traffic
 from engine.design.model import Design
 from engine.format import nbytes, si
 from engine.types import Schedule, ScheduleChoice, Search
@@ -81,6 +83,14 @@ class CostReport:
     scaling: str  # the formula, e.g. "O(chi^2)"
     scaling_detail: Scaling
     path: tuple[StepRow, ...]  # the chosen program's steps
+    # a memory budget (engine.contract.slicing): the budget in bytes, and how the chosen program slices its
+    # generation (slices 1 and slicing None: not sliced); keyword-only so subclasses may add plain fields
+    memory_budget: int | None = field(default=None, kw_only=True)
+    slices: int = field(default=1, kw_only=True)
+    slicing: dict[str, Any] | None = field(default=None, kw_only=True)
+    # bytes the chosen program's steps read and write (engine.contract.traffic): forward, and a training step
+    traffic_bytes: int = field(default=0, kw_only=True)
+    train_traffic_bytes: int = field(default=0, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready plain data, keys in the order ``tnstudio cost --json`` prints them."""
@@ -105,6 +115,14 @@ class CostReport:
             f"training {nbytes(self.train_memory_bytes)}",
             f"  scaling         {self.scaling}  (leading term {self.scaling_detail.leading})",
         ]
+        if self.traffic_bytes:
+            lines.insert(5, f"  traffic         {nbytes(self.traffic_bytes)} read+written forward, "
+                            f"{nbytes(self.train_traffic_bytes)} per training step")
+        if self.memory_budget is not None:
+            how = (f"generation in {self.slices} slices ({', '.join(f'{i}/{c}' for i, c in self.slicing['legs'])}"
+                   f"{'; summed: ' + ', '.join(self.slicing['summed']) if self.slicing['summed'] else ''}), "
+                   f"recomputed in backward" if self.slicing else "not sliced")
+            lines.insert(2, f"  memory budget   {nbytes(self.memory_budget)} per training step: {how}")
         if not self.executable:
             lines.append("  note            a step has more than 52 indices: torch.einsum cannot run it (cost only)")
         lines.append("  path:")
@@ -150,9 +168,13 @@ def scaling(prog: Program, design: Design) -> Scaling:
 def _schedule_cost(design: Design, batch: int, sched: Schedule, itemsize: int, search: Search,
                    time_budget: float, params: int) -> tuple[Program, ScheduleCost]:
     prog = compile_program(design, batch, sched, search, time_budget)
+    return prog, _program_cost(prog, itemsize, params)
+
+
+def _program_cost(prog: Program, itemsize: int, params: int) -> ScheduleCost:
     mem = memory(prog, itemsize, params, training=True)
     assert mem.train_bytes is not None
-    return prog, ScheduleCost(forward_flops=prog.flops, generate_flops=prog.generate_flops,
+    return ScheduleCost(forward_flops=prog.flops, generate_flops=prog.generate_flops,
                               apply_flops=prog.apply_flops, backward_flops=backward_flops(prog),
                               peak_memory_bytes=mem.peak_forward_bytes, train_memory_bytes=mem.train_bytes,
                               largest_intermediate_bytes=prog.largest_intermediate * itemsize, method=prog.method,
@@ -160,16 +182,34 @@ def _schedule_cost(design: Design, batch: int, sched: Schedule, itemsize: int, s
 
 
 def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedule: ScheduleChoice = "auto",
-                search: Search = "fast", time_budget: float = 2.0) -> CostReport:
+                search: Search = "fast", time_budget: float = 2.0,
+                memory_budget: int | str | None = None) -> CostReport:
     """Every number the studio and ``tnstudio cost`` show, for ``schedule`` (``auto``: the program the engine
     runs, picked by :func:`~engine.contract.program.program_rank`: fewer FLOPs, then a smaller largest
     intermediate, then materialise).
 
-    ``search="thorough"`` adds cotengra's hyper-optimiser for ``time_budget`` seconds per network (cached, so a
-    background refinement pays it once per design).
+    ``search="thorough"`` adds cotengra's hyper-optimiser for ``time_budget`` seconds in all, shared by the
+    schedules (cached, so a background refinement pays it once per design).
+
+    ``memory_budget`` (bytes, or text such as ``"2GiB"``): the numbers describe the program
+    :func:`engine.contract.slicing.budget_program` picks, whose generation may run in slices (``slices``,
+    ``slicing``); ``schedules`` keeps each schedule's unsliced numbers.
+
+    A conv2d design gets :func:`engine.contract.conv.conv_cost_report` at its default input size (``meta["image"]``,
+    else 32x32): a :class:`~engine.contract.conv.ConvCostReport`, ``batch`` counting images.
     """
+    if getattr(design, "conv", None) is not None:
+        from engine.contract.conv import conv_cost_report
+
+        if memory_budget is not None:
+            raise ValueError(f"design {design.name!r} has a conv2d target: memory budgets (sliced generation) apply "
+                             f"to linear designs")
+        return conv_cost_report(design, batch=batch, dtype=dtype, schedule=schedule, search=search,
+                                time_budget=time_budget)
     itemsize = dtype_bytes(dtype)
     check_schedule(None, schedule)
+    if search == "thorough":  # the budget is the wall time: the schedules' searches share it
+        time_budget = check_time_budget(time_budget) / (2 if can_stream(design) else 1)
     compile_program(design, batch, "materialise", search, time_budget)  # validates the design (once per fingerprint)
     check_schedule(design, schedule)
     params = design.params
@@ -178,6 +218,11 @@ def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedul
     costs = {s: c for s, (_, c) in per.items()}
     chosen = schedule if schedule != "auto" else pick_program([p for p, _ in per.values()]).schedule
     prog, c = per[chosen]
+    budget = None if memory_budget is None else parse_bytes(memory_budget)
+    if budget is not None:  # the program that trains within the budget (maybe with its generation sliced)
+        prog = budget_program(design, batch, schedule, search, time_budget, budget, itemsize)
+        chosen, c = prog.schedule, _program_cost(prog, itemsize, params)
+    moved = traffic(prog, itemsize, params)
     sc = scaling(prog, design)
     return CostReport(
         name=design.name,
@@ -199,14 +244,32 @@ def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedul
         largest_intermediate_bytes=c.largest_intermediate_bytes,
         peak_memory_bytes=c.peak_memory_bytes,
         train_memory_bytes=c.train_memory_bytes,
-        dense_train_memory_bytes=((2 + ADAM_STATE) * design.dense_params
-                                  + batch * (2 * design.in_features + design.out_features)) * itemsize,
+        dense_train_memory_bytes=dense_train_bytes(design.in_features, design.out_features, batch, itemsize),
         schedules=costs,
         executable=prog.executable,
         scaling=sc.formula,
         scaling_detail=sc,
         path=prog.describe(),
+        memory_budget=budget,
+        slices=prog.slicing.count if prog.slicing is not None else 1,
+        slicing=prog.slicing.to_dict() if prog.slicing is not None else None,
+        traffic_bytes=moved.forward_bytes,
+        train_traffic_bytes=moved.train_bytes,
     )
+
+
+def dense_train_bytes(in_features: int, out_features: int, batch: int, itemsize: int) -> int:
+    """Bytes of an Adam training step of ``nn.Linear(in, out)`` at ``batch``: weight and bias with their gradients
+    and Adam's two moments, Adam's two temporaries of the weight's size (torch's single-tensor Adam computes
+    ``sqrt(exp_avg_sq)`` and its quotient by the bias correction into new tensors while the gradient is alive: a
+    4096 x 4096 layer at batch 64 peaks at 387 MiB on the CPU allocator, 6 weights plus x, y and dL/dx), and x, y
+    and dL/dx (checked against the CPU allocator in tests/test_cost.py)."""
+    params = in_features * out_features + out_features
+    return ((2 + ADAM_STATE) * params + ADAM_TEMPORARIES * in_features * out_features
+            + batch * (2 * in_features + out_features)) * itemsize
+
+
+ADAM_TEMPORARIES = 2  # parameter-sized temporaries of torch's Adam step, for the largest parameter
 
 
 def init_memory_bytes(design: Design) -> int:
@@ -215,5 +278,9 @@ def init_memory_bytes(design: Design) -> int:
     at batch 1, replayed as training)."""
     if design.is_linear:
         return 2 * 4 * design.params  # the cores, and one copy while they move to the target device and dtype
+    if getattr(design, "conv", None) is not None:  # a conv design initialises through its im2col view
+        from engine.design.conv import im2col_view
+
+        design = im2col_view(design)
     prog = compile_program(design, 1, "materialise")
     return int(memory(prog, 4, design.params, training=True).train_bytes or 0)

@@ -62,7 +62,12 @@ def grad_operands(prog: Program, input_grad: bool = True) -> set[str]:
 def backward_flops(prog: Program, input_grad: bool = True) -> int:
     """FLOPs of the backward pass: for each step, one contraction as costly as the step per input needing a gradient.
 
-    ``x`` needs a gradient when the layer sits after another trainable layer (``input_grad``).
+    ``x`` needs a gradient when the layer sits after another trainable layer (``input_grad``). A sliced program
+    (:mod:`engine.contract.slicing`) also recomputes its region's forward steps in backward.
     """
     grad = grad_operands(prog, input_grad)
-    return sum(s.flops * sum(i in grad for i in s.inputs) for s in prog.steps if s.op == "einsum")
+    total = sum(s.flops * sum(i in grad for i in s.inputs) for s in prog.steps if s.op == "einsum")
+    sliced = getattr(prog, "slicing", None)
+    if sliced is not None and any(i in grad for i in sliced.inputs):  # each slice's forward runs again in backward
+        total += sum(prog.steps[n].flops for n in sliced.region)
+    return total

@@ -215,6 +215,10 @@ def replay(prog: Program, training: bool = False, input_grad: bool = False) -> R
                 for k in range(2):
                     if s.inputs[1 - k] in grad:
                         save(feeds[k], n)
+        rep.peak = max(rep.peak, total)
+        for t in transient:  # einsum's operand copies are gone before the activation runs (unless saved)
+            drop_if_dead(t)
+        transient = []
         if s.activation is not None:  # the activation writes a new buffer while the pre-activation still exists
             pre, idx, mem = where[s.output]
             rep.peak = max(rep.peak, total + s.size)
@@ -331,6 +335,10 @@ def memory(prog: Program, itemsize: int, params: int, training: bool = False) ->
     """Bytes: ``peak_forward_bytes`` (inference: parameters, x and the replayed peak) and, with ``training``,
     ``train_bytes`` = parameters + gradients + Adam state + x + the replayed peak of a forward pass under autograd
     (which includes every tensor saved for backward)."""
+    if getattr(prog, "slicing", None) is not None:  # generation slice by slice: engine.contract.slicing
+        from engine.contract.slicing import sliced_memory
+
+        return sliced_memory(prog, itemsize, params, training)
     resident = params + prog.batch * prog.in_features
     peak = (resident + replay(prog).peak) * itemsize
     if not training:

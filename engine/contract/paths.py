@@ -6,6 +6,7 @@ each pair appended last). Every candidate, whichever optimiser proposed it, is s
 from __future__ import annotations
 
 import logging
+import time
 from typing import Mapping, Sequence
 
 import opt_einsum as oe
@@ -25,6 +26,22 @@ GREEDY_TRIALS = ((1.0, 0.0), (0.5, 0.0), (2.0, 0.0), (1.0, 0.05), (0.3, 0.1), (1
                  (1.0, 0.3), (0.5, 0.1), (2.0, 0.1), (0.2, 0.05))
 REFINE_MIN_TENSORS = 5  # below this the exact optimum was searched: nothing to refine
 REFINE_DEEP_MAX = 72  # the second, wider reconfiguration (subtrees of 5) runs up to this many tensors
+# Loopy networks (random graphs): one greedy trial and a local refinement can be orders of magnitude off there, so
+# a network whose cores (x left out) have a cyclomatic number of at least LOOPY_RATIO x tensors (and at least
+# LOOPY_MIN tensors) gets LOOPY_GREEDY greedy trials and the refinement of its LOOPY_REFINE best candidates.
+# Templates (trees, chains, rings, aTTN and MERA, whose ratio is at most 0.31) keep the lean search. cotengra's
+# kahypar partitioner was measured as a further candidate and left out: on 3-regular random networks of 24-80
+# tensors (3 seeds each, benchmarks/cost_latency.py) it put 17 instead of 15 of 24 live paths within 1.5x of
+# cotengra's 10 s hyper-optimisation (worst 4.8x either way) for 1.5-1.7x the report's latency.
+LOOPY_RATIO = 0.4
+LOOPY_MIN = 12
+LOOPY_GREEDY = 8
+LOOPY_REFINE = 2
+# cotengra's hyper-optimiser samples these path finders (its default adds kahypar's partitioner when kahypar happens
+# to be installed, which made the 2 s background refinement worse on loopy networks: 17 instead of 21 of 24 within
+# 1.1x of cotengra's 10 s search, worst 2.2x instead of 1.15x); pinned, the search does not depend on what else is
+# installed
+HYPER_METHODS = ("greedy", "labels")
 
 
 def path_cost(index_sets: Sequence[Sequence[str]], path: Sequence[Sequence[int]], keep: frozenset[str] | set[str],
@@ -150,8 +167,10 @@ def _equation(operands: Sequence[Operand], out_idx: Sequence[str]) -> str:
 
 
 def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mapping[str, int],
-                  time_budget: float, seed: int = 0) -> ContractionPath:
-    """cotengra's HyperOptimizer (FLOPs objective) under ``time_budget`` seconds, as a linear path."""
+                  time_budget: float, seed: int = 0,
+                  methods: Sequence[str] | None = HYPER_METHODS) -> ContractionPath:
+    """cotengra's HyperOptimizer (FLOPs objective) under ``time_budget`` seconds, as a linear path; ``methods``:
+    the path finders it samples (``None``: cotengra's default, with kahypar when it is installed)."""
     import warnings
 
     with warnings.catch_warnings():  # cotengra warns when the optional kahypar is missing; it works without it
@@ -161,7 +180,8 @@ def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Map
         # optlib pinned to cotengra's own dependency-free Nelder-Mead subplex: its default becomes "optuna" once
         # optuna is installed (the design search needs it), and cotengra's optuna adapter fails on optuna 5
         opt = ctg.HyperOptimizer(max_time=time_budget, max_repeats=1_000_000, minimize="flops", progbar=False,
-                                 parallel=False, seed=seed, optlib="sbplx")
+                                 parallel=False, seed=seed, optlib="sbplx",
+                                 **({"methods": list(methods)} if methods is not None else {}))
     inputs = [tuple(ix) for _, ix in operands]
     size_dict = {k: dims[k] for _, ix in operands for k in ix}
     tree = opt.search(inputs, tuple(out_idx), size_dict)
@@ -214,10 +234,15 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
     scored by :func:`path_cost`, the program's own count, and nothing remembered from earlier searches takes part:
     a ``fast`` result is a pure function of the network (fixed seeds, no time limits).
 
+    Loopy networks (:func:`is_loopy`: many independent cycles, e.g. random graphs) get more of the same, still a
+    pure function of the network: ``LOOPY_GREEDY`` greedy trials and the refinement of the ``LOOPY_REFINE`` best.
+
     ``thorough`` runs the whole fast search, then also scores the best paths remembered for the same network
-    structure (index names) at other bond dimensions and cotengra's hyper-optimiser under ``time_budget`` seconds:
-    never worse than ``fast``, but time dependent.
+    structure (index names) at other bond dimensions and cotengra's hyper-optimiser (its tree refined locally too),
+    all within about ``time_budget`` seconds of wall time (cotengra gets what the fast part left): never worse than
+    ``fast``, but time dependent.
     """
+    started = time.perf_counter()
     n = len(operands)
     if n <= 1:
         return [], "trivial"
@@ -226,6 +251,8 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
     sets = [ix for _, ix in operands]
     keep = frozenset(out_idx)
     best: tuple[tuple[int, int, tuple[tuple[int, ...], ...]], ContractionPath, str] | None = None
+    loopy = is_loopy(operands)
+    seen: dict[tuple, tuple] = {}  # every candidate: path -> rank (loopy networks refine the best few)
 
     def consider(name: str, path: Sequence[Sequence[int]]) -> None:
         nonlocal best
@@ -233,6 +260,7 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
         if len(path) != n - 1 or any(len(p) != 2 for p in path):
             return  # not a complete pairwise path
         rank = path_cost(sets, path, keep, dims) + (tuple(path),)
+        seen.setdefault(tuple(path), rank)
         if best is None or rank < best[0]:
             best = (rank, path, name)
 
@@ -250,10 +278,12 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
             log.debug("opt_einsum's %s path failed on a %d-tensor network: %r", m, n, e)
             continue
         consider(m, path)
-    for name, path in _greedy_paths(sets, out_idx, dims):
+    for name, path in _greedy_paths(sets, out_idx, dims, LOOPY_GREEDY if loopy else None):
         consider(name, path)
     if n >= REFINE_MIN_TENSORS:  # local re-optimisation of the best tree so far, always (a pure function)
-        starts = [best[1]] + [hints[h] for h in refine_hints if hints and h in hints]
+        tops = [list(p) for p, _ in sorted(seen.items(), key=lambda kv: kv[1])[:LOOPY_REFINE]] if loopy else []
+        starts = [best[1]] + [t for t in tops if t != best[1]] + [hints[h] for h in refine_hints
+                                                                    if hints and h in hints]
         for start in starts:
             for path in refine_path(sets, out_idx, dims, start):
                 consider("reconfigured", path)
@@ -261,8 +291,14 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
     if search == "thorough" and n > 3:
         for path in CACHE.paths(structure):  # the best paths found before for this structure (other bond dims)
             consider("remembered", path)
+        # the budget is the wall time of the whole search: cotengra gets what the fast part left, less a tenth for
+        # the reconfiguration of its tree (at least a tenth of the budget, so it always runs)
+        left = max(0.9 * time_budget - (time.perf_counter() - started), 0.1 * time_budget)
         try:
-            consider("cotengra", cotengra_path(operands, out_idx, dims, time_budget))
+            found = cotengra_path(operands, out_idx, dims, left)
+            consider("cotengra", found)
+            for path in refine_path(sets, out_idx, dims, found):  # its local structure re-optimised by our count
+                consider("cotengra, reconfigured", path)
         except Exception as e:  # noqa: BLE001 - cotengra's failure modes are not documented; the fast search's
             # path stays valid, so warn (the user asked for more) and keep it
             log.warning("cotengra's hyper-optimiser failed on a %d-tensor network, keeping the fast path: %r", n, e)
@@ -271,8 +307,36 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
     return best[1], best[2]
 
 
+def is_loopy(operands: Sequence[Operand]) -> bool:
+    """Whether the network of ``operands`` without x (``x``/``xs``) has many independent cycles: a cyclomatic
+    number (bonds - tensors + pieces, a bond on k tensors counting k - 1) of at least ``LOOPY_RATIO`` per tensor."""
+    sets = [ix for name, ix in operands if name not in ("x", "xs")]
+    n = len(sets)
+    if n < LOOPY_MIN:
+        return False
+    holders: dict[str, list[int]] = {}
+    for k, ix in enumerate(sets):
+        for i in set(ix):
+            holders.setdefault(i, []).append(k)
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    edges = 0
+    for h in holders.values():
+        edges += len(h) - 1
+        for other in h[1:]:
+            parent[find(other)] = find(h[0])
+    pieces = len({find(k) for k in range(n)})
+    return edges - n + pieces >= LOOPY_RATIO * n
+
+
 def _greedy_paths(sets: Sequence[Sequence[str]], out_idx: Sequence[str],
-                  dims: Mapping[str, int]) -> list[tuple[str, ContractionPath]]:
+                  dims: Mapping[str, int], trials: int | None = None) -> list[tuple[str, ContractionPath]]:
     """cotengra's greedy, then seeded randomised variants (a fixed number: the result is reproducible)."""
     try:
         from cotengra.pathfinders.path_basic import ContractionProcessor, ssa_to_linear
@@ -281,7 +345,8 @@ def _greedy_paths(sets: Sequence[Sequence[str]], out_idx: Sequence[str],
     n = len(sets)
     inputs = [tuple(ix) for ix in sets]
     size_dict = {k: dims[k] for ix in sets for k in ix}
-    trials = 1 if n <= 7 else max(1, min(len(GREEDY_TRIALS), GREEDY_WORK // n))
+    if trials is None:
+        trials = 1 if n <= 7 else max(1, min(len(GREEDY_TRIALS), GREEDY_WORK // n))
     out = []
     for seed, (costmod, temp) in enumerate(GREEDY_TRIALS[:trials]):
         try:

@@ -126,6 +126,7 @@ class Program:
     linear: bool
     method: str = ""
     fixed_cores: frozenset[TensorId] = frozenset()  # cores that are not trained (delta tensors)
+    slicing: Any = None  # an engine.contract.slicing.Slicing: the generation runs slice by slice (memory budgets)
 
     # ----------------------------------------------------------------- counts
     @property
@@ -305,6 +306,28 @@ def _generate(b: _StepBuilder, design: Design, search: Search, time_budget: floa
     return final, "evaluation order" + (f", then {method}" if len(ops) > 2 else "")
 
 
+def _natural_last_step(b: _StepBuilder) -> None:
+    """Write W's last contraction in torch's own layout, then permute it to (in legs, out legs) as a free step.
+
+    torch.einsum aligns every operand to the requested output order before its batched matmul, so asking for the
+    final order at once makes it permute the (often much larger) operands into that order; asked for its natural
+    order, it only moves their summed indices, and the reshape to ``(in, out)`` that follows copies the smaller
+    result once (a 4096 x 4096 gelu MERA: 15% less time per training step on the CPU).
+    """
+    s = b.steps[-1]
+    if s.op != "einsum" or len(s.inputs) != 2 or s.output != "Wt":
+        return
+    if max(b.size(ix) for ix in s.in_indices) <= s.size:  # only an operand larger than W is worth sparing
+        return
+    out = set(s.out_indices)
+    natural = _natural_order(s.in_indices[0], s.in_indices[1], lambda i: i in out)
+    if natural == tuple(s.out_indices):
+        return
+    name = b.fresh()
+    b.steps[-1] = dataclasses.replace(s, output=name, out_indices=natural)
+    b.steps.append(Step("einsum", (name,), "Wt", (natural,), tuple(s.out_indices), None, s.phase, 0, s.size))
+
+
 def program_rank(prog: Program) -> tuple[int, int, int]:
     """The one order in which programs of a design compete, used by the engine (``schedule="auto"``), the cost
     report and the exported module alike: fewer FLOPs, then a smaller largest intermediate (elements), then
@@ -340,12 +363,16 @@ def compile_program(design: Design, batch: int = 1, schedule: ScheduleChoice = "
 
     A ``fast`` program is a pure function of (design, batch, schedule): no process history (earlier batches, other
     designs, remembered paths) changes it, so ``tnstudio cost``, a fresh ``TNLinear`` and the exporter agree in any
-    process. Results are cached by design fingerprint, batch, schedule and search effort. The one exception is
-    documented: once a ``thorough`` program was compiled in this process (the studio's background refinement), a
+    process. ``time_budget``: seconds of wall time a ``thorough`` search may take in all (``auto`` shares them
+    between the schedules). Results are cached by design fingerprint, batch, schedule and search effort. The one
+    exception is documented: once a ``thorough`` program was compiled in this process (the studio's background refinement), a
     ``fast`` request is answered with it; it is never worse by :func:`program_rank`, since the thorough search
     scores every fast candidate too. Compiling allocates no tensor, so designs whose W would not fit in memory are
     costed as quickly as small ones.
     """
+    if getattr(design, "conv", None) is not None:  # conv2d targets compile to conv programs
+        raise ValueError(f"design {design.name!r} has a conv2d target: compile it with "
+                         f"engine.contract.conv.compile_conv_program (TNConv2d runs it)")
     check_schedule(None, schedule)
     check_batch(batch)
     if search not in SEARCHES:
@@ -357,10 +384,9 @@ def compile_program(design: Design, batch: int = 1, schedule: ScheduleChoice = "
 def _compile_cached(design: Design, fp: str, batch: int, schedule: ScheduleChoice, search: Search,
                     time_budget: float) -> Program:
     if schedule == "auto":  # picked afresh from the cached schedules, so a refinement of either one counts
-        cands = [_compile_cached(design, fp, batch, "materialise", search, time_budget)]
-        if can_stream(design):
-            cands.append(_compile_cached(design, fp, batch, "stream", search, time_budget))
-        return pick_program(cands)
+        scheds = ("materialise", "stream") if can_stream(design) else ("materialise",)
+        share = time_budget / len(scheds) if search == "thorough" else time_budget  # the budget is the wall time
+        return pick_program([_compile_cached(design, fp, batch, s, search, share) for s in scheds])
     key = (fp, batch, schedule, search)
     refined = CACHE.program((fp, batch, schedule, "thorough"))
     if search == "fast" and refined is not None:  # a (background) refinement ran, maybe after this fast compile:
@@ -388,6 +414,7 @@ def _compile(design: Design, fp: str, batch: int, schedule: Schedule, search: Se
     x = ("x", (BATCH, FLAT_IN))
     if schedule == "materialise":
         final, method = _generate(b, design, search, time_budget)
+        _natural_last_step(b)
         w = b.reshape(("Wt", final), (FLAT_IN, FLAT_OUT), "W", "generate")
         b.einsum([x, w], (BATCH, FLAT_OUT), "y", phase="apply")
     else:

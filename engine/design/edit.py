@@ -45,10 +45,28 @@ def free_spot(taken: Sequence[Position], gap: float = 120.0, near: Position | No
     return (max(p[0] for p in taken) + gap * 1.4, cy)
 
 
+def _legs_of(design: Design, role: str) -> list[str]:
+    return design.in_legs if role == "in" else design.out_legs if role == "out" else design.kernel_legs
+
+
 def renumber_axes(design: Design, role: str) -> None:
     """Give the ``role`` legs of ``design`` the axes 0..n-1 in their current order (in place)."""
-    for axis, name in enumerate(design.in_legs if role == "in" else design.out_legs):
+    for axis, name in enumerate(_legs_of(design, role)):
         design.indices[name].axis = axis
+
+
+def _set_size(design: Design, role: str, size: int) -> None:
+    """Set the layer size of ``role`` (in place): features of a linear design, channels of a conv2d design (its
+    in/out_features follow: the im2col matrix)."""
+    import dataclasses
+
+    conv = design.conv
+    if conv is None:
+        setattr(design, f"{role}_features", size)
+        return
+    conv = dataclasses.replace(conv, **{f"{role}_channels": size})
+    design.conv = conv
+    design.in_features, design.out_features = conv.in_features, conv.out_channels
 
 
 def with_bond(design: Design, chi: int) -> Design:
@@ -107,7 +125,7 @@ def attach(design: Design, tensor: str, index: str) -> Design:
     ix, users = design.indices[index], design.users().get(index, [])
     if tensor in users:
         raise EditError(f"{tensor} already carries {index}")
-    if ix.role in ("in", "out") and users:
+    if ix.role in ("in", "out", "kernel") and users:
         raise EditError(f"open leg {index} already belongs to {users[0]}: an open leg has one tensor")
     if ix.role == "bond" and len(users) >= 2 and not ix.hyperedge:
         raise EditError(f"bond {index} already joins {users[0]} and {users[1]}")
@@ -117,15 +135,18 @@ def attach(design: Design, tensor: str, index: str) -> Design:
 
 
 def add_open_leg(design: Design, tensor: str, role: str, dim: int) -> tuple[Design, str]:
-    """Give ``tensor`` a new open leg (role ``in``/``out``, next axis); the layer size is not changed."""
-    if role not in ("in", "out"):
-        raise EditError(f"role must be in or out, got {role!r}")
+    """Give ``tensor`` a new open leg (role ``in``/``out``, or ``kernel`` in a conv2d design; next axis); the layer
+    size is not changed."""
+    if role not in ("in", "out", "kernel"):
+        raise EditError(f"role must be in or out (or kernel), got {role!r}")
+    if role == "kernel" and design.conv is None:
+        raise EditError("kernel legs belong to conv2d designs")
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise EditError(f"dim must be an integer >= 1, got {dim!r}")
     _need_tensor(design, tensor)
     d = design.copy()
-    name = fresh_name("i" if role == "in" else "o", d.indices)
-    axis = len(d.in_legs if role == "in" else d.out_legs)
+    name = fresh_name({"in": "i", "out": "o", "kernel": "k"}[role], d.indices)
+    axis = len(_legs_of(d, role))
     d.indices[name] = Index(dim=dim, role=role, axis=axis)
     d.tensor(tensor).indices.append(name)
     return d, name
@@ -155,7 +176,7 @@ def delete(design: Design, tensors: Iterable[str] = (), indices: Iterable[str] =
     users = d.users()
     for name in [k for k, v in d.indices.items() if v.hyperedge and not users.get(k)]:
         d.indices.pop(name)  # a hub nobody uses any more
-    for role in roles & {"in", "out"}:
+    for role in roles & {"in", "out", "kernel"}:
         renumber_axes(d, role)
     if d.order is not None:
         d.order = [t for t in d.order if t not in tensors]
@@ -203,8 +224,9 @@ def set_tensor(design: Design, tensor: str, **changes: Any) -> Design:
 
 
 def set_factors(design: Design, role: str, dims: Sequence[int]) -> Design:
-    """The ``role`` legs (in axis order) set to ``dims`` and the layer size to their product."""
-    legs = design.in_legs if role == "in" else design.out_legs
+    """The ``role`` legs (in axis order) set to ``dims`` and the layer size to their product (a conv2d design's
+    channels; its kernel legs must multiply to the kernel, which this edit does not change)."""
+    legs = _legs_of(design, role)
     dims = list(dims)
     if len(dims) != len(legs):
         raise EditError(f"the design has {len(legs)} {role} legs ({', '.join(legs) or 'none'}): give "
@@ -212,16 +234,18 @@ def set_factors(design: Design, role: str, dims: Sequence[int]) -> Design:
     d = design.copy()
     for leg, dim in zip(legs, dims):
         d.indices[leg].dim = dim
-    setattr(d, f"{role}_features", math.prod(dims))
+    if role != "kernel":
+        _set_size(d, role, math.prod(dims))
     return d
 
 
 def fit_features(design: Design) -> Design:
-    """In/out features set to the products of the current leg dims (after adding or deleting open legs)."""
+    """In/out features (a conv2d design's channels) set to the products of the current leg dims (after adding or
+    deleting open legs)."""
     d = design.copy()
     for role, legs in (("in", d.in_legs), ("out", d.out_legs)):
         if legs:
-            setattr(d, f"{role}_features", math.prod(d.indices[k].dim for k in legs))
+            _set_size(d, role, math.prod(d.indices[k].dim for k in legs))
     return d
 
 
@@ -246,8 +270,8 @@ def merge_designs(base: Design, extra: Design, gap: float = 260.0) -> Design:
                   for n in list(extra.indices) + [t.id for t in extra.tensors]}
     base_x = max((t.position[0] for t in out.tensors if t.position), default=0.0)
     min_x = min((t.position[0] for t in extra.tensors if t.position), default=0.0)
-    axes = {"in": len(out.in_legs), "out": len(out.out_legs)}
-    for name in [*extra.in_legs, *extra.out_legs]:
+    axes = {"in": len(out.in_legs), "out": len(out.out_legs), "kernel": len(out.kernel_legs)}
+    for name in [*extra.in_legs, *extra.out_legs, *extra.kernel_legs]:
         ix = extra.indices[name]
         ix.axis = axes[ix.role]
         axes[ix.role] += 1

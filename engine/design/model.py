@@ -2,11 +2,13 @@
 
 A design describes a dense weight ``W`` (``in_features x out_features``) as a network of small tensors.
 
-File layout (``{"format": "tnstudio-design", "version": 1, ...}``)::
+File layout (``{"format": "tnstudio-design", "version": 1 or 2, ...}``)::
 
     name      free text (at most 256 characters)
-    target    {"kind": "linear", "in_features": N, "out_features": M}
-    indices   name -> {"dim": int, "role": "in"|"out"|"bond", "axis": int (open legs), "hyperedge": bool}
+    target    {"kind": "linear", "in_features": N, "out_features": M}, or (version 2)
+              {"kind": "conv2d", "in_channels": C, "out_channels": D, "kernel_size": [kh, kw], "stride": [sh, sw],
+               "padding": [ph, pw], "dilation": [dh, dw], "groups": 1}
+    indices   name -> {"dim": int, "role": "in"|"out"|"kernel"|"bond", "axis": int (open legs), "hyperedge": bool}
     tensors   [{"id", "indices": [...], "kind", "activation", "position": [x, y]}, ...]
     order     optional list of tensor ids (evaluation order for nonlinear designs)
     root      optional tensor id (the order is derived from it when ``order`` is absent)
@@ -15,6 +17,17 @@ Open legs (role ``in``/``out``) appear in exactly one tensor and carry an ``axis
 in legs (axis 0 first) followed by the out legs, and ``W = T.reshape(prod(in dims), prod(out dims))`` in row-major
 order, so in axis 0 is the most significant. The layer computes ``y = x @ W + b``. A bond joins exactly two
 tensors, unless it is declared ``"hyperedge": true`` (e.g. the shared rank index of CP), then two or more.
+
+Conv2d targets (format version 2; linear designs are still written as version 1, which every TN Studio reads, and
+both versions load). The network generates a convolution kernel instead of a matrix. Its open legs are the input
+channel factors (role ``in``), the output channel factors (role ``out``) and the kernel's spatial legs (role
+``kernel``, axis 0 first: usually ``kh`` then ``kw``; their dims multiply to ``kh * kw``). Flattening convention: the
+full tensor ``T`` ordered (out legs, in legs, kernel legs), each group by axis, reshaped row-major, *is*
+``torch.nn.Conv2d.weight``: ``K = T.reshape(out_channels, in_channels, kh, kw)``; the layer computes
+``F.conv2d(x, K, b, stride, padding, dilation)`` (groups 1). Equivalently the im2col matrix
+``K.reshape(out_channels, -1).T`` is ``W`` of a linear layer with ``in_features = in_channels * kh * kw`` (the
+conv's fan-in) and ``out_features = out_channels``, which is what ``in_features``/``out_features`` of a conv design
+report (so parameter counts, compression and the nn.Conv2d-like initialisation read the same as for linear designs).
 
 Nonlinear evaluation semantics. Tensors are absorbed one at a time in the evaluation order (``order`` if given,
 else derived from ``root``: the farthest tensors from the root first, the root last; else file order). Absorbing
@@ -47,8 +60,13 @@ from typing import Any
 from engine.design.activations import ACTIVATIONS as ACTIVATION_REGISTRY
 
 FORMAT = "tnstudio-design"
-VERSION = 1
-ROLES = ("in", "out", "bond")
+VERSION = 2  # the newest format version; linear designs are written as version 1 (see the module docstring)
+VERSIONS = (1, 2)  # the versions this TN Studio reads
+LINEAR_VERSION = 1  # what linear designs are written as
+CONV_VERSION = 2  # what conv2d designs are written as (version 1 files have linear targets only)
+ROLES = ("in", "out", "kernel", "bond")
+OPEN_ROLES = ("in", "out", "kernel")  # roles of open legs (the rest are bonds)
+TARGET_KINDS = ("linear", "conv2d")
 KINDS = ("core", "isometry", "disentangler", "lateral", "delta")
 ACTIVATIONS = tuple(ACTIVATION_REGISTRY)  # the names designs may use (engine.design.activations defines them)
 
@@ -67,6 +85,7 @@ MAX_META_DEPTH = 32  # nesting of the free-form ``meta`` object
 MAX_FILE_BYTES = 16 * 2 ** 20  # a design file (the largest template with 1024 tensors is about 0.3 MiB)
 TOP_KEYS = ("format", "version", "name", "target", "indices", "tensors", "order", "root", "meta")
 TARGET_KEYS = ("kind", "in_features", "out_features")
+CONV_TARGET_KEYS = ("kind", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
 INDEX_KEYS = ("dim", "role", "axis", "hyperedge")
 TENSOR_KEYS = ("id", "indices", "kind", "activation", "position")
 
@@ -101,6 +120,94 @@ class DesignError(ValueError):
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("invalid design: " + "; ".join(self.problems))
+
+
+def _pair(v: Any) -> Any:
+    """``v`` as a pair: an int ``n`` -> ``(n, n)``, a list or tuple of two -> a tuple (other values unchanged, for
+    validation to name)."""
+    if _is_int(v):
+        return (v, v)
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return tuple(v)
+    return v
+
+
+@dataclass(frozen=True)
+class ConvTarget:
+    """A ``conv2d`` target: the layer ``torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+    dilation, groups=1)`` whose weight ``(out, in, kh, kw)`` the design generates (see the module docstring)."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @classmethod
+    def make(cls, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0,
+             dilation: Any = 1, groups: int = 1) -> "ConvTarget":
+        """A target from ints or pairs (``kernel_size=3`` means 3x3); :class:`DesignError` names bad values."""
+        t = cls(in_channels, out_channels, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), groups)
+        probs = t.problems()
+        if probs:
+            raise DesignError(probs)
+        return t
+
+    @property
+    def kernel_positions(self) -> int:
+        """``kh * kw``."""
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def in_features(self) -> int:
+        """Rows of the im2col matrix (the conv's fan-in): ``in_channels * kh * kw``."""
+        return self.in_channels * self.kernel_positions
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        """``torch.nn.Conv2d.weight``'s shape: ``(out, in, kh, kw)``."""
+        return (self.out_channels, self.in_channels, *self.kernel_size)
+
+    def out_size(self, height: int, width: int) -> tuple[int, int]:
+        """The output's spatial size for an input of ``height x width`` (as torch computes it; may be < 1 when the
+        input is smaller than the dilated kernel)."""
+        return tuple(  # type: ignore[return-value]
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip((height, width), self.kernel_size, self.stride, self.padding, self.dilation))
+
+    @property
+    def label(self) -> str:
+        """In words: ``conv 3x3 64->128`` (plus stride, padding and dilation when not the defaults)."""
+        text = f"conv {self.kernel_size[0]}x{self.kernel_size[1]} {self.in_channels}->{self.out_channels}"
+        for name, v, default in (("stride", self.stride, (1, 1)), ("padding", self.padding, (0, 0)),
+                                 ("dilation", self.dilation, (1, 1))):
+            if v != default:
+                text += f" {name} {v[0] if v[0] == v[1] else f'{v[0]}x{v[1]}'}"
+        return text
+
+    def problems(self) -> list[str]:
+        """Every rule the target breaks, in words."""
+        probs = []
+        for k in ("in_channels", "out_channels"):
+            v = getattr(self, k)
+            if not _in_range(v, 1, MAX_DIM):
+                probs.append(f"target {k} must be an integer from 1 to {MAX_DIM}, got {_shown(v)}")
+        for k, lo in (("kernel_size", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
+            v = getattr(self, k)
+            if not (isinstance(v, tuple) and len(v) == 2 and all(_in_range(x, lo, MAX_DIM) for x in v)):
+                probs.append(f"target {k} must be an integer or a pair [height, width] of integers from {lo} to "
+                             f"{MAX_DIM}, got {_shown(list(v) if isinstance(v, tuple) else v)}")
+        if self.groups != 1 or not _is_int(self.groups):
+            probs.append(f"target groups must be 1 (grouped and depthwise conv layers take no TN designs), got "
+                         f"{_shown(self.groups)}")
+        return probs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "conv2d", "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups}
 
 
 @dataclass
@@ -151,12 +258,28 @@ class Design:
     order: list[str] | None = None
     root: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    conv: ConvTarget | None = None  # a conv2d target (None: linear); in/out_features are then its im2col matrix's
 
     # ----------------------------------------------------------------- serialisation
+    @property
+    def target_kind(self) -> str:
+        """``"linear"`` or ``"conv2d"``."""
+        return "linear" if self.conv is None else "conv2d"
+
+    @property
+    def version(self) -> int:
+        """The format version the design is written as: 1 for linear designs, 2 for conv2d targets."""
+        return LINEAR_VERSION if self.conv is None else CONV_VERSION
+
+    def target_dict(self) -> dict[str, Any]:
+        if self.conv is not None:
+            return self.conv.to_dict()
+        return {"kind": "linear", "in_features": self.in_features, "out_features": self.out_features}
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "name": self.name,
-            "target": {"kind": "linear", "in_features": self.in_features, "out_features": self.out_features},
+            "format": FORMAT, "version": self.version, "name": self.name,
+            "target": self.target_dict(),
             "indices": {k: v.to_dict() for k, v in self.indices.items()},
             "tensors": [t.to_dict() for t in self.tensors],
         }
@@ -215,8 +338,13 @@ class Design:
         return _legs(self.indices, "out")
 
     @property
+    def kernel_legs(self) -> list[str]:
+        """Open kernel legs (conv2d targets), ordered by axis."""
+        return _legs(self.indices, "kernel")
+
+    @property
     def open_legs(self) -> list[str]:
-        return self.in_legs + self.out_legs
+        return self.in_legs + self.out_legs + self.kernel_legs
 
     def dim(self, name: str) -> int:
         return self.indices[name].dim
@@ -349,9 +477,10 @@ def _parse(d: Any) -> Design:
         raise DesignError(f"a design must be a JSON object, got {type(d).__name__}")
     if d.get("format") != FORMAT:
         raise DesignError(f"not a TN Studio design: 'format' must be {FORMAT!r}, got {_shown(d.get('format'))}")
-    if d.get("version") != VERSION or isinstance(d.get("version"), bool):
-        raise DesignError(f"unknown design format version {_shown(d.get('version'))}: this TN Studio reads version "
-                          f"{VERSION}")
+    version = d.get("version")
+    if version not in VERSIONS or isinstance(version, bool):
+        raise DesignError(f"unknown design format version {_shown(version)}: this TN Studio reads versions "
+                          f"{' and '.join(map(str, VERSIONS))}")
     probs = _unknown(d, TOP_KEYS, "the design")
     name = d.get("name", "untitled")
     if not isinstance(name, str):
@@ -361,13 +490,35 @@ def _parse(d: Any) -> Design:
         probs.append(f"'name' has {len(name)} characters, more than {MAX_NAME_LENGTH}: shorten it")
     target = d.get("target")
     if not isinstance(target, dict):
-        raise DesignError("'target' is missing: it must be {\"kind\": \"linear\", \"in_features\", \"out_features\"}")
-    if target.get("kind", "linear") != "linear":
-        raise DesignError(f"target kind {_shown(target.get('kind'))} is not supported yet (only 'linear')")
-    probs += _unknown(target, TARGET_KEYS, "'target'")
-    inf, outf = target.get("in_features"), target.get("out_features")
-    probs += [f"target {k} must be an integer from 1 to 2^500, got {_shown(v)}" for k, v in
-              (("in_features", inf), ("out_features", outf)) if not _in_range(v, 1, MAX_FEATURES)]
+        raise DesignError("'target' is missing: it must be {\"kind\": \"linear\", \"in_features\", \"out_features\"} "
+                          "or {\"kind\": \"conv2d\", \"in_channels\", \"out_channels\", \"kernel_size\", ...}")
+    kind = target.get("kind", "linear")
+    if kind not in TARGET_KINDS:
+        raise DesignError(f"target kind {_shown(kind)} is not supported (known: {', '.join(TARGET_KINDS)})")
+    conv: ConvTarget | None = None
+    if kind == "conv2d":
+        if version < CONV_VERSION:
+            raise DesignError(f"a conv2d target needs design format version {CONV_VERSION} (the file says version "
+                              f"{version}): set \"version\": {CONV_VERSION}")
+        probs += _unknown(target, CONV_TARGET_KEYS, "'target'")
+        missing = [k for k in ("in_channels", "out_channels", "kernel_size") if k not in target]
+        if missing:
+            probs.append(f"a conv2d target needs {', '.join(missing)}")
+        conv = ConvTarget(target.get("in_channels"), target.get("out_channels"), _pair(target.get("kernel_size")),
+                          _pair(target.get("stride", 1)), _pair(target.get("padding", 0)),
+                          _pair(target.get("dilation", 1)), target.get("groups", 1))
+        cprobs = conv.problems() if not missing else []
+        probs += cprobs
+        inf = outf = None
+        if not missing and not cprobs:
+            inf, outf = conv.in_features, conv.out_channels
+            if inf > MAX_FEATURES:
+                probs.append("the conv target's in_channels x kernel positions is above 2^500")
+    else:
+        probs += _unknown(target, TARGET_KEYS, "'target'")
+        inf, outf = target.get("in_features"), target.get("out_features")
+        probs += [f"target {k} must be an integer from 1 to 2^500, got {_shown(v)}" for k, v in
+                  (("in_features", inf), ("out_features", outf)) if not _in_range(v, 1, MAX_FEATURES)]
     raw_idx = d.get("indices")
     if not isinstance(raw_idx, dict):
         probs.append("'indices' must be an object mapping index names to {dim, role, axis}")
@@ -438,7 +589,7 @@ def _parse(d: Any) -> Design:
     if probs:
         raise DesignError(probs)
     return Design(name=name, in_features=inf, out_features=outf, indices=indices, tensors=tensors,
-                  order=list(order) if order is not None else None, root=root, meta=dict(meta or {}))
+                  order=list(order) if order is not None else None, root=root, meta=dict(meta or {}), conv=conv)
 
 
 def _in_range(x: Any, lo: int, hi: int) -> bool:
@@ -477,6 +628,14 @@ def _problems(design: Design) -> list[str]:
         probs.append(f"the design has {len(design.tensors)} tensors, more than {MAX_TENSORS}")
     if not isinstance(design.name, str) or len(design.name) > MAX_NAME_LENGTH:
         probs.append(f"the design's name must be text of at most {MAX_NAME_LENGTH} characters")
+    conv = design.conv
+    if conv is not None:
+        cprobs = conv.problems() if isinstance(conv, ConvTarget) else ["the conv target must be a ConvTarget"]
+        probs += cprobs
+        if not cprobs and (design.in_features, design.out_features) != (conv.in_features, conv.out_channels):
+            probs.append(f"a conv2d design's in_features x out_features must be its im2col matrix "
+                         f"{conv.in_features} x {conv.out_channels} (in_channels x kh x kw by out_channels), got "
+                         f"{_shown(design.in_features)} x {_shown(design.out_features)}")
     for k, v in (("in_features", design.in_features), ("out_features", design.out_features)):
         if not _in_range(v, 1, MAX_FEATURES):
             probs.append(f"target {k} must be an integer from 1 to 2^500, got {_shown(v)}")
@@ -491,24 +650,36 @@ def _problems(design: Design) -> list[str]:
                          f"largest dimension TN Studio accepts")
         if ix.role not in ROLES:
             probs.append(f"index {_shown(name)}: role must be one of {', '.join(ROLES)}, got {_shown(ix.role)}")
-        elif ix.role in ("in", "out") and not (_is_int(ix.axis) and 0 <= ix.axis <= MAX_TENSORS * MAX_TENSOR_INDICES):
+        elif ix.role in OPEN_ROLES and not (_is_int(ix.axis) and 0 <= ix.axis <= MAX_TENSORS * MAX_TENSOR_INDICES):
             probs.append(f"open leg {_shown(name)} (role {ix.role}) needs an integer axis >= 0")
         if not isinstance(ix.hyperedge, bool):
             probs.append(f"index {_shown(name)}: 'hyperedge' must be true or false, got {_shown(ix.hyperedge)}")
         elif ix.hyperedge and ix.role != "bond":
             probs.append(f"index {_shown(name)}: only bonds can be hyperedges")
-    for role, feats in (("in", design.in_features), ("out", design.out_features)):
+    if conv is None or not isinstance(conv, ConvTarget):
+        sizes = (("in", design.in_features, "in_features"), ("out", design.out_features, "out_features"))
+        kernel = [k for k, v in idx.items() if v.role == "kernel"]
+        if kernel:
+            probs.append(f"kernel leg{'s' if len(kernel) > 1 else ''} {', '.join(map(_shown, kernel[:4]))}: role "
+                         f"'kernel' belongs to conv2d targets (a linear design has 'in' and 'out' legs only)")
+    else:
+        kh, kw = conv.kernel_size
+        sizes = (("in", conv.in_channels, "in_channels"), ("out", conv.out_channels, "out_channels"),
+                 ("kernel", kh * kw, f"the {kh}x{kw} kernel's positions (kernel legs flatten row-major as (kh, kw))"))
+    for role, feats, what in sizes:
         legs = [k for k, v in idx.items() if v.role == role]
         axes = sorted(idx[k].axis for k in legs if _is_int(idx[k].axis))
         if not legs:
-            probs.append(f"the design has no '{role}' legs: W needs at least one")
+            probs.append(f"the design has no '{role}' legs: " + (
+                "the kernel needs at least one (e.g. kh and kw)" if role == "kernel" else
+                "the conv weight needs at least one" if conv is not None else "W needs at least one"))
             continue
         if axes != list(range(len(legs))):
             probs.append(f"'{role}' leg axes must be 0..{len(legs) - 1} without gaps or repeats, got {axes}")
         dims = [idx[k].dim for k in legs]
         if all(_in_range(x, 1, MAX_DIM) for x in dims) and math.prod(dims) != feats:
             shown = " x ".join(str(idx[k].dim) for k in _legs(idx, role))
-            probs.append(f"'{role}' leg dims {shown} multiply to {math.prod(dims)}, but {role}_features is {feats}")
+            probs.append(f"'{role}' leg dims {shown} multiply to {math.prod(dims)}, but {what} is {feats}")
     ids: set[str] = set()
     for t in design.tensors:
         if not isinstance(t.id, str) or not t.id:
@@ -548,7 +719,7 @@ def _problems(design: Design) -> list[str]:
         ix, n = idx[name], len(users)
         if n == 0:
             probs.append(f"index {_shown(name)} is declared but no tensor uses it")
-        elif ix.role in ("in", "out") and n != 1:
+        elif ix.role in OPEN_ROLES and n != 1:
             probs.append(f"open leg {_shown(name)} must belong to exactly one tensor, found in {n}: "
                          f"{_shown(users, 80)}")
         elif ix.role == "bond":

@@ -9,13 +9,54 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.design.model import (ACTIVATIONS, FORMAT, KINDS, MAX_DIM, MAX_FEATURES, MAX_NAME_LENGTH,
-                                 MAX_TENSOR_INDICES, MAX_TENSORS, NAME_RULE, RESERVED_INDEX_NAMES, ROLES, VERSION)
+from engine.design.model import (ACTIVATIONS, CONV_VERSION, FORMAT, KINDS, MAX_DIM, MAX_FEATURES, MAX_NAME_LENGTH,
+                                 MAX_TENSOR_INDICES, MAX_TENSORS, NAME_RULE, OPEN_ROLES, RESERVED_INDEX_NAMES, ROLES,
+                                 VERSIONS)
 
-DESCRIPTION = ("A tensor-network layer: W (in_features x out_features) as a network of small tensors. Rules that "
-               "JSON Schema cannot express (leg dims multiply to the features, every bond joins exactly two tensors "
-               "unless a hyperedge, the network is connected, no tensor has more than 2^63 - 1 entries) are checked "
-               "by `tnstudio validate`.")
+DESCRIPTION = ("A tensor-network layer: W (in_features x out_features) as a network of small tensors, or (version 2, "
+               "a conv2d target) a convolution kernel K (out, in, kh, kw) = the network's tensor ordered (out legs, in "
+               "legs, kernel legs) reshaped row-major. Rules that JSON Schema cannot express (leg dims multiply to the "
+               "features, channels or kernel positions, every bond joins exactly two tensors unless a hyperedge, the "
+               "network is connected, no tensor has more than 2^63 - 1 entries) are checked by `tnstudio validate`.")
+
+
+def _pair(minimum: int) -> dict[str, Any]:
+    """An integer, or [height, width] (what the conv target's sizes accept)."""
+    one = {"type": "integer", "minimum": minimum, "maximum": MAX_DIM}
+    return {"anyOf": [one, {"type": "array", "items": one, "minItems": 2, "maxItems": 2}]}
+
+
+def target_schema() -> dict[str, Any]:
+    """``target``: a linear layer (``in_features`` x ``out_features``) or a ``conv2d`` layer (format version 2)."""
+    linear = {
+        "type": "object",
+        "required": ["kind", "in_features", "out_features"],
+        "properties": {
+            "kind": {"const": "linear"},
+            "in_features": {"type": "integer", "minimum": 1, "maximum": MAX_FEATURES},
+            "out_features": {"type": "integer", "minimum": 1, "maximum": MAX_FEATURES},
+        },
+        "additionalProperties": False,
+    }
+    conv = {
+        "type": "object",
+        "description": "torch.nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups=1); "
+                       "open legs: in (channel factors), out (channel factors), kernel (their dims multiply to "
+                       "kh * kw, row-major)",
+        "required": ["kind", "in_channels", "out_channels", "kernel_size"],
+        "properties": {
+            "kind": {"const": "conv2d"},
+            "in_channels": {"type": "integer", "minimum": 1, "maximum": MAX_DIM},
+            "out_channels": {"type": "integer", "minimum": 1, "maximum": MAX_DIM},
+            "kernel_size": _pair(1),
+            "stride": _pair(1),
+            "padding": _pair(0),
+            "dilation": _pair(1),
+            "groups": {"const": 1},
+        },
+        "additionalProperties": False,
+    }
+    return {"oneOf": [linear, conv]}
 NAME = {"type": "string", "pattern": f"^{NAME_RULE}$",
         "description": "a tensor id or index name: a letter or _, then letters, digits, _, . or -, at most 64 "
                        "characters (ids and index names become code in exports)"}
@@ -33,6 +74,11 @@ def meta_schema() -> dict[str, Any]:
                            {"type": "array", "items": {"type": "integer", "minimum": 1}}],
                  "description": "the template's bond dimension (or one per bond)"},
         "activation": {"enum": [None, *ACTIVATIONS], "description": "the template's activation"},
+        "image": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": MAX_DIM}, "minItems": 2,
+                  "maxItems": 2, "description": "conv2d designs: the input size [H, W] the cost report uses by "
+                                                "default"},
+        "tucker": {"enum": ["tucker-2"], "description": "conv2d designs: the tucker template's variant (channel "
+                                                       "factors and a core over the kernel)"},
     }
     for o in TEMPLATE_OPTIONS:
         choice = {"enum": list(o.choices)}
@@ -46,7 +92,7 @@ def meta_schema() -> dict[str, Any]:
 
 def design_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a design file."""
-    open_roles = [r for r in ROLES if r != "bond"]
+    open_roles = list(OPEN_ROLES)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "tnstudio-design.schema.json",
@@ -56,18 +102,9 @@ def design_schema() -> dict[str, Any]:
         "required": ["format", "version", "target", "indices", "tensors"],
         "properties": {
             "format": {"const": FORMAT},
-            "version": {"const": VERSION},
+            "version": {"enum": list(VERSIONS)},
             "name": {"type": "string", "maxLength": MAX_NAME_LENGTH},
-            "target": {
-                "type": "object",
-                "required": ["kind", "in_features", "out_features"],
-                "properties": {
-                    "kind": {"const": "linear"},
-                    "in_features": {"type": "integer", "minimum": 1, "maximum": MAX_FEATURES},
-                    "out_features": {"type": "integer", "minimum": 1, "maximum": MAX_FEATURES},
-                },
-                "additionalProperties": False,
-            },
+            "target": target_schema(),
             "indices": {
                 "type": "object",
                 "minProperties": 2,
@@ -108,6 +145,8 @@ def design_schema() -> dict[str, Any]:
             "root": NAME,
             "meta": meta_schema(),
         },
+        "if": {"properties": {"target": {"properties": {"kind": {"const": "conv2d"}}}}},
+        "then": {"properties": {"version": {"const": CONV_VERSION}}},
         "additionalProperties": False,
     }
 

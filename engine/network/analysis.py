@@ -142,6 +142,7 @@ def analyse_model(model: "nn.Module", input_shape: tuple[int, ...]) -> Analysis:
     infos = discover(model)
     claimed = claimed_modules(model)
     rows: dict[str, list[int]] = {}  # module name -> rows of each call (per projection for attention)
+    in_shapes: dict[str, tuple[int, ...]] = {}  # conv module name -> per-example input shape of its first call
     att: dict[str, list[tuple[int, int]]] = {}
     leaves: list[LeafCall] = []
     handles = []
@@ -160,6 +161,8 @@ def analyse_model(model: "nn.Module", input_shape: tuple[int, ...]) -> Analysis:
             else:  # conv: one row of the im2col product per output position
                 y = out
                 rows.setdefault(name, []).append(y.numel() // y.shape[1] if y.dim() > 2 else y.shape[-1])
+                x = args[0] if args else kwargs["input"]
+                in_shapes.setdefault(name, tuple(x.shape[1:]) if x.dim() > 2 else tuple(x.shape))
         return hook
 
     def leaf_hook(name: str):
@@ -200,7 +203,8 @@ def analyse_model(model: "nn.Module", input_shape: tuple[int, ...]) -> Analysis:
             out_infos.append(_with(info, rows=r, calls=len(calls)))
         else:
             calls_rows = rows.get(info.name, [])
-            out_infos.append(_with(info, rows=calls_rows[0] if calls_rows else 0, calls=len(calls_rows)))
+            out_infos.append(_with(info, rows=calls_rows[0] if calls_rows else 0, calls=len(calls_rows),
+                                   in_shape=in_shapes.get(info.name, ())))
     for name in sorted(attention_names, key=list(mods).index):
         m = mods[name]
         calls = att.get(name, [])

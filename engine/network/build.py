@@ -3,7 +3,7 @@
 - :func:`build_network` builds the dense architecture (seeded by torch's global generator), optionally loads a
   dense state dict, then :func:`tensorize` swaps the assigned layers.
 - :func:`tensorize` works on any model instance (e.g. a trained one): each ``nn.Linear`` with a design becomes an
-  :class:`~engine.nn.TNLinear`; each ``nn.MultiheadAttention`` with a design on any of its projections becomes a
+  :class:`~engine.nn.TNLinear`, each ``nn.Conv2d`` with a conv2d design a :class:`~engine.nn.conv.TNConv2d`; each ``nn.MultiheadAttention`` with a design on any of its projections becomes a
   :class:`~engine.network.attention.TNMultiheadAttention` whose assigned projections are TN layers and whose other
   projections are the unpacked dense ones. With ``state_dict`` (dense weights, loaded first) or ``pretrained=True``
   each TN layer is fitted to the dense weight it replaces (:meth:`TNLinear.from_linear`: TT-SVD for chains, else
@@ -40,6 +40,7 @@ def tensorize(model: "nn.Module", network: NetworkSpec, state_dict: Mapping[str,
     from torch import nn
 
     from engine.network.attention import TNMultiheadAttention
+    from engine.nn.conv import TNConv2d
     from engine.nn.linear import TNLinear
 
     if state_dict is not None:
@@ -51,14 +52,15 @@ def tensorize(model: "nn.Module", network: NetworkSpec, state_dict: Mapping[str,
     by_name = {i.name: i for i in infos}
     report: dict[str, dict[str, Any]] = {}
 
-    def make(dense: nn.Linear, name: str) -> nn.Module:
+    def make(dense: nn.Module, name: str) -> nn.Module:
         design = assigned[name]
+        cls = TNConv2d if design.conv is not None else TNLinear  # conv2d designs replace nn.Conv2d layers
         if pretrained:
-            new = TNLinear.from_linear(dense, design, **fit)
+            new = (TNConv2d.from_conv if design.conv is not None else TNLinear.from_linear)(dense, design, **fit)
             report[name] = {"fit": dict(new.fit_report)}
         else:
-            new = TNLinear(design, bias=dense.bias is not None, device=dense.weight.device, dtype=dense.weight.dtype,
-                           seed=fit.get("seed") if init else 0, init=init)
+            new = cls(design, bias=dense.bias is not None, device=dense.weight.device, dtype=dense.weight.dtype,
+                      seed=fit.get("seed") if init else 0, init=init)
             report[name] = {}
         report[name].update(params_before=sum(p.numel() for p in dense.parameters()),
                             params_after=sum(p.numel() for p in new.parameters()))
@@ -87,10 +89,11 @@ def tensorize(model: "nn.Module", network: NetworkSpec, state_dict: Mapping[str,
 
 def network_summary(model: "nn.Module", network: NetworkSpec, dense_params: int | None = None) -> dict[str, Any]:
     """Parameters of the whole model and of its TN layers (cores + biases), against their dense sizes."""
+    from engine.nn.conv import TNConv2d
     from engine.nn.linear import TNLinear
 
     params = sum(p.numel() for p in model.parameters())
-    tn = [m for m in model.modules() if isinstance(m, TNLinear)]
+    tn = [m for m in model.modules() if isinstance(m, (TNLinear, TNConv2d))]
     tn_params = sum(sum(p.numel() for p in m.parameters()) for m in tn)
     tn_dense = sum(m.in_features * m.out_features + (m.out_features if m.bias is not None else 0) for m in tn)
     cores = sum(m.design.params for m in tn)

@@ -1,7 +1,8 @@
 """Export a whole network as one torch-only Python file (and its state dict).
 
-The file holds the architecture with every TN layer inlined: one class per TN layer, printed by the layer exporter
-(:func:`engine.nn.export.to_torch_source`, the contraction program's einsums), the
+The file holds the architecture with every TN layer inlined: one class per TN layer (``TNLinear`` and ``TNConv2d``),
+printed by the layer exporter (:func:`engine.nn.export.to_torch_source`: the contraction program's einsums, or a
+conv design's programs), the
 :class:`~engine.network.attention.TNMultiheadAttention` class when attention projections are TN layers, and a
 ``Network`` module whose ``__init__`` registers every module under its original name (so state-dict keys equal the
 built model's) and whose ``forward`` is the model's forward as ``torch.fx`` traces it (the code fx generates,
@@ -131,13 +132,16 @@ def _tracer():
     import torch.fx as fx
 
     from engine.network.attention import TNMultiheadAttention
+    from engine.nn.conv import TNConv2d
     from engine.nn.linear import TNLinear
+
+    tn_modules = (TNLinear, TNConv2d, TNMultiheadAttention)
 
     class Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname: str) -> bool:
-            if isinstance(m, (TNLinear, TNMultiheadAttention)):
+            if isinstance(m, tn_modules):
                 return True
-            if any(isinstance(c, (TNLinear, TNMultiheadAttention)) for c in m.modules()):
+            if any(isinstance(c, tn_modules) for c in m.modules()):
                 return False  # trace through a torch.nn container that holds TN layers
             return super().is_leaf_module(m, qualname)
 
@@ -151,6 +155,7 @@ def network_source(model: "nn.Module", spec: NetworkSpec, source: str = "") -> s
     from torch import nn
 
     from engine.network.attention import TNMultiheadAttention
+    from engine.nn.conv import TNConv2d
     from engine.nn.linear import TNLinear
 
     try:
@@ -176,7 +181,7 @@ def network_source(model: "nn.Module", spec: NetworkSpec, source: str = "") -> s
 
     def ctor(m: nn.Module, path: str) -> str:
         nonlocal tn_count, attention_needed
-        if isinstance(m, TNLinear):
+        if isinstance(m, (TNLinear, TNConv2d)):  # a conv2d design's class comes from the conv exporter
             tn_count += 1
             cls = f"TN{tn_count}_" + re.sub(r"\W", "_", path)[:40]
             if not _IDENT.match(cls) or keyword.iskeyword(cls):

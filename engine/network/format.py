@@ -368,10 +368,9 @@ def resolve(spec: NetworkSpec, infos: Sequence["LayerInfo"]) -> dict[str, Resolv
             if kind.tn_target is None:
                 probs.append(kind.refusal(f"layer {lname!r}"))
                 continue
-            d = a.design
-            if (d.in_features, d.out_features) != (info.in_features, info.out_features):
-                probs.append(f"layer {lname!r} is {info.in_features} x {info.out_features} (in x out) but its design "
-                             f"{d.name!r} is {d.in_features} x {d.out_features}")
+            why = info.fits(a.design)  # shape (linear) or conv target (conv2d) against the layer
+            if why is not None:
+                probs.append(why)
                 continue
         out[lname] = Resolved(a.design, "layer")
     if probs:

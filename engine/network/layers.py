@@ -7,15 +7,17 @@ which design target can replace it (``tn_target``; None: the kind is counted in 
 
 - ``linear``: ``nn.Linear`` (W is ``in_features x out_features``; the layer runs on every row of its input, e.g.
   every token of a Transformer);
-- ``conv1d`` / ``conv2d``: ``nn.Conv1d`` / ``nn.Conv2d``, described as their im2col matrix
-  ``(in_channels / groups * kernel) x out_channels`` applied at every output position. No TN support yet: a design
-  for a conv layer, or a rule with a template for one, is refused with the reason;
+- ``conv2d``: ``nn.Conv2d``, described as its im2col matrix ``(in_channels / groups * kernel) x out_channels``
+  applied at every output position; it takes conv2d designs (:mod:`engine.design.conv`: the design's target must be
+  the layer, groups 1), which become :class:`~engine.nn.conv.TNConv2d` layers;
+- ``conv1d``: ``nn.Conv1d``, described the same way; no TN support yet: a design for one, or a rule with a template
+  for one, is refused with the reason;
 - ``attention``: ``nn.MultiheadAttention``, which packs the Q, K and V projections into one ``in_proj_weight``
   Parameter (not ``nn.Linear`` modules): it is described as four assignable projections ``<name>.q_proj``,
   ``<name>.k_proj``, ``<name>.v_proj`` and ``<name>.out_proj`` (each ``in x embed_dim``, linear designs), plus the
   attention core (the ``QK^T`` and ``AV`` products, no parameters) that reports count.
 
-Adding conv designs later is one change here: give the conv kinds a ``tn_target`` and a ``replace`` function.
+A kind takes designs when it has a ``tn_target`` (``linear`` or ``conv2d``, the design target that replaces it).
 :func:`discover` lists a model's layers from its modules alone (names, kinds, shapes); :mod:`engine.network.analysis`
 adds what a forward pass tells (rows per example, FLOPs, activation sizes).
 """
@@ -54,6 +56,48 @@ class LayerInfo:
     group: str = ""  # the attention module a projection belongs to
     rows: int = 0  # rows per example (see above)
     calls: int = 0
+    dilation: tuple[int, ...] = ()  # conv dilation
+    in_shape: tuple[int, ...] = ()  # per-example input shape of the first call (conv: (C, H, W)), once analysed
+
+    @property
+    def in_channels(self) -> int:
+        """A conv layer's input channels (``in_features`` is the im2col matrix's rows)."""
+        return self.in_features // max(math.prod(self.kernel), 1) * self.groups if self.kernel else self.in_features
+
+    def conv_target(self) -> Any:
+        """The :class:`~engine.design.model.ConvTarget` a conv2d design for this layer must have; ``ValueError``
+        when the layer cannot take one (groups > 1, string padding)."""
+        from engine.design.conv import conv_target
+
+        if self.kind != "conv2d":
+            raise ValueError(f"layer {self.name} is a {self.kind} layer, not a Conv2d")
+        if self.groups != 1:
+            raise ValueError(f"layer {self.name} is a grouped conv (groups {self.groups}): conv2d designs have "
+                             f"groups 1")
+        if isinstance(self.padding, str):
+            raise ValueError(f"layer {self.name} has padding={self.padding!r}: conv2d designs take integer padding")
+        return conv_target(self.in_channels, self.out_features, self.kernel, self.stride, self.padding,
+                           self.dilation or (1, 1))
+
+    def fits(self, design: Any) -> str | None:
+        """Why ``design`` cannot replace this layer (None when it can)."""
+        if self.kind == "conv2d":
+            if design.conv is None:
+                return (f"layer {self.name!r} is a Conv2d ({self.shape}) but design {design.name!r} has a linear "
+                        f"target: give it a conv2d design")
+            try:
+                want = self.conv_target()
+            except ValueError as e:
+                return str(e)
+            if design.conv != want:
+                return (f"layer {self.name!r} is {want.label} but its design {design.name!r} is {design.conv.label}")
+            return None
+        if design.conv is not None:
+            return (f"layer {self.name!r} is {self.shape} (in x out) but design {design.name!r} has a conv2d target")
+        if (design.in_features, design.out_features) != (self.in_features, self.out_features):
+            return (f"layer {self.name!r} is {self.in_features} x {self.out_features} (in x out) but its design "
+                    f"{design.name!r} is {design.in_features} x {design.out_features}")
+        return None
 
     @property
     def weight_params(self) -> int:
@@ -143,7 +187,8 @@ def _describe_conv(kind: str) -> Callable[[str, "nn.Module"], list[LayerInfo]]:
         k = _tuple(m.kernel_size)
         pad = m.padding if isinstance(m.padding, str) else _tuple(m.padding)
         return [LayerInfo(name, kind, type(m).__name__, m.in_channels // m.groups * math.prod(k), m.out_channels,
-                          m.bias is not None, kernel=k, stride=_tuple(m.stride), padding=pad, groups=m.groups)]
+                          m.bias is not None, kernel=k, stride=_tuple(m.stride), padding=pad, groups=m.groups,
+                          dilation=_tuple(m.dilation))]
     return describe
 
 
@@ -160,11 +205,11 @@ def _describe_attention(name: str, m: "nn.Module") -> list[LayerInfo]:
 
 register_layer_kind(LayerKind("linear", "linear", ("torch.nn.Linear",), _describe_linear, tn_target="linear",
                               selectors=("linear",)))
-_CONV_NOTE = "conv2d designs are not supported by this version of TN Studio"
+_CONV1D_NOTE = "designs have linear or conv2d targets; 1-d convolutions have neither"
 register_layer_kind(LayerKind("conv1d", "Conv1d", ("torch.nn.Conv1d",), _describe_conv("conv1d"), tn_target=None,
-                              unsupported=_CONV_NOTE, selectors=("conv1d",)))
-register_layer_kind(LayerKind("conv2d", "Conv2d", ("torch.nn.Conv2d",), _describe_conv("conv2d"), tn_target=None,
-                              unsupported=_CONV_NOTE, selectors=("conv2d",)))
+                              unsupported=_CONV1D_NOTE, selectors=("conv1d",)))
+register_layer_kind(LayerKind("conv2d", "Conv2d", ("torch.nn.Conv2d",), _describe_conv("conv2d"), tn_target="conv2d",
+                              selectors=("conv2d",)))
 register_layer_kind(LayerKind("attention", "attention projection", ("torch.nn.MultiheadAttention",),
                               _describe_attention, tn_target="linear", selectors=("attention",)))
 

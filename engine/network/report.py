@@ -2,8 +2,9 @@
 
 :func:`network_report` reads the architecture's analysis (:mod:`engine.network.analysis`, cached) and, for every
 TN layer, the cost model's :func:`~engine.contract.cost.cost_report` of its design at the rows it runs on (batch x
-rows per example: 1 for a classifier layer, the tokens of a Transformer), so TN numbers are the same ones the
-design's own report gives. Nothing is allocated.
+rows per example: 1 for a classifier layer, the tokens of a Transformer), or for a conv2d design
+:func:`~engine.contract.conv.conv_cost_report` at the batch and the layer's input image size, so TN numbers are the
+same ones the design's own report gives. Nothing is allocated.
 
 FLOPs (2 x multiply-adds) are what ``torch.utils.flop_counter.FlopCounterMode`` counts on a forward pass: the
 matrix products of dense linear layers (``2 rows in out``), convolutions (``2 positions kernel (in / groups) out``),
@@ -150,6 +151,18 @@ class NetworkReport:
         return self.format()
 
 
+def _assignable(info, kind) -> bool:
+    """Whether a design can be assigned to the layer now (a grouped conv, or one with string padding, cannot)."""
+    if kind.tn_target is None:
+        return False
+    if info.kind == "conv2d":
+        try:
+            info.conv_target()
+        except ValueError:
+            return False
+    return True
+
+
 def network_report(spec: NetworkSpec, batch: int = 1, dtype: str = "float32", analysis: Analysis | None = None
                    ) -> NetworkReport:
     """The whole-network report of ``spec`` at ``batch`` examples (see the module docstring)."""
@@ -184,7 +197,12 @@ def network_report(spec: NetworkSpec, batch: int = 1, dtype: str = "float32", an
         if design is None:
             params, flops, peak, train, sched = info.dense_params, dense_flops, dense_peak, dense_train, None
         else:
-            rep = cost_report(design, batch=max(n_rows, 1), dtype=dtype)
+            if design.conv is not None:  # a conv2d design: its conv programs at the layer's input size
+                from engine.contract.conv import conv_cost_report
+
+                rep = conv_cost_report(design, batch=batch, image=info.in_shape[-2:] or None, dtype=dtype)
+            else:
+                rep = cost_report(design, batch=max(n_rows, 1), dtype=dtype)
             params = design.params + bias
             flops = rep.forward_flops * info.calls if info.rows else 0
             peak = rep.peak_memory_bytes + bias * isz
@@ -200,7 +218,7 @@ def network_report(spec: NetworkSpec, batch: int = 1, dtype: str = "float32", an
         rows.append((key, LayerRow(
             name=info.name, kind=info.kind, type=info.module_type, shape=info.shape,
             assignment="dense" if design is None else design.name, source=res.source,
-            template=None if design is None else design.meta.get("template"), assignable=kind.tn_target is not None,
+            template=None if design is None else design.meta.get("template"), assignable=_assignable(info, kind),
             rows=info.rows, dense_params=info.dense_params, params=params,
             compression=info.dense_params / max(params, 1), dense_flops=dense_flops, flops=flops,
             param_bytes=params * isz, activation_bytes=y_el * isz, peak_bytes=peak, train_bytes=train,

@@ -19,8 +19,11 @@ Examples: ``linear:ttn:4:gelu``, ``linear:ttn:4:gelu:min=1000000``, ``attention:
 
 Rules apply in order (a later rule overrides an earlier one on the layers both match); a network file's per-layer
 assignments override every rule. Leg factorisations are chosen automatically (balanced factors, as
-:func:`~engine.design.templates.make_template` does). A rule with a template for a layer kind that takes no designs
-yet (conv layers in this version) is refused with the reason. This module does not import torch.
+:func:`~engine.design.templates.make_template` does). A ``Conv2d`` layer gets a conv2d design
+(:func:`~engine.design.conv.make_conv_template`: channel legs plus the kernel's legs, the layer's stride, padding
+and dilation; ``legs=K`` splits the channels); template rules skip grouped convs (and string padding), which
+take no conv2d design. A rule with a template for a layer kind
+that takes no designs (``conv1d``) is refused with the reason. This module does not import torch.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from engine.design.model import ACTIVATIONS, Design
+from engine.design.conv import make_conv_template
 from engine.design.templates import TEMPLATE_OPTIONS, leg_factors, make_template, template_kind
 from engine.network.layers import LayerInfo, layer_kind, layer_kinds
 
@@ -64,12 +68,16 @@ class Rule:
         return self.template == DENSE
 
     def kinds(self) -> tuple[str, ...]:
-        """The layer kinds the selector can match."""
-        return selector_kinds(self.selector)
+        """The layer kinds the rule can match: the selector's, and for a template rule only those that take designs
+        (``conv`` gives conv2d layers designs and leaves conv1d layers alone)."""
+        kinds = selector_kinds(self.selector)
+        return kinds if self.dense else tuple(k for k in kinds if layer_kind(k).tn_target is not None)
 
     def matches(self, info: LayerInfo) -> bool:
         if info.kind not in self.kinds():
             return False
+        if not self.dense and info.kind == "conv2d" and (info.groups != 1 or isinstance(info.padding, str)):
+            return False  # a grouped conv (or string padding) takes no conv2d design: template rules skip it
         m2, m1 = _CONV_2D.match(self.selector), _CONV_1D.match(self.selector)
         if m2 and info.kernel != (int(m2.group(1)), int(m2.group(2))):
             return False
@@ -88,11 +96,20 @@ class Rule:
             return None
         try:
             in_f = out_f = None
-            if self.legs:
-                in_f, out_f = leg_factors(info.in_features, info.out_features, legs=self.legs)
-            d = make_template(self.template, info.in_features, info.out_features, self.bond, self.activation,
-                              in_f, out_f, name=f"{info.name} {self.template} chi={_bond_text(self.bond)}"
-                              + (f" {self.activation}" if self.activation else ""), **self.template_options)
+            name = (f"{info.name} {self.template} chi={_bond_text(self.bond)}"
+                    + (f" {self.activation}" if self.activation else ""))
+            if info.kind == "conv2d":  # a conv2d design: channel legs, plus the kernel legs
+                t = info.conv_target()
+                if self.legs:
+                    in_f, out_f = leg_factors(t.in_channels, t.out_channels, legs=self.legs)
+                d = make_conv_template(self.template, t.in_channels, t.out_channels, t.kernel_size, self.bond,
+                                       self.activation, in_f, out_f, stride=t.stride, padding=t.padding,
+                                       dilation=t.dilation, name=name, **self.template_options)
+            else:
+                if self.legs:
+                    in_f, out_f = leg_factors(info.in_features, info.out_features, legs=self.legs)
+                d = make_template(self.template, info.in_features, info.out_features, self.bond, self.activation,
+                                  in_f, out_f, name=name, **self.template_options)
         except ValueError as e:
             raise RuleError(f"rule {self.text!r} on layer {info.name} ({info.shape}): {e}") from None
         d.meta = {**d.meta, "rule": self.text, "layer": info.name}
@@ -147,7 +164,7 @@ def parse_rule(text: str) -> Rule:
         except ValueError as e:
             raise RuleError(f"rule {rule!r}: {e} (or 'dense')") from None
         blocked = [layer_kind(k) for k in kinds if layer_kind(k).tn_target is None]
-        if blocked:
+        if blocked and len(blocked) == len(kinds):  # every kind the selector names takes no designs
             raise RuleError(blocked[0].refusal(f"rule {rule!r} refused"))
     positional = [p for p in parts[2:] if "=" not in p]
     options = [p for p in parts[2:] if "=" in p]

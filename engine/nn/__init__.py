@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_PUBLIC = {"TNLinear": "engine.nn.linear", "count_parameters": "engine.nn.linear",
+_PUBLIC = {"TNLinear": "engine.nn.linear", "TNConv2d": "engine.nn.conv", "count_parameters": "engine.nn.linear",
            "run_program": "engine.nn.execute", "tensorize": "engine.nn.tensorize"}
 __all__ = sorted(_PUBLIC)
 

@@ -27,6 +27,10 @@ def run_program(program: Program, cores: Mapping[TensorId, torch.Tensor], x: tor
     env: dict[str, torch.Tensor] = {f"core:{k}": v for k, v in cores.items()}
     if x is not None:
         env["x"] = x
+    if program.slicing is not None:  # the generation slice by slice, recomputed in backward (memory budgets)
+        from engine.nn.sliced import run_sliced
+
+        return run_sliced(program, env, acts, until_weight)
     for op, inputs, output, arg, activation, phase, frees in plan:
         if until_weight and phase == "apply":
             break

@@ -322,15 +322,27 @@ _PICK_PLAN = 'y = getattr(self, "forward_" + self.plan(x.shape[0]))(x)'
 _PICK_MATERIALISE = "y = self.forward_materialise(x)  # the last tensor absorbed is activated: W must be generated"
 
 
-def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = None, source: str = "") -> str:
+def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = None, source: str = "",
+                    memory_budget: int | str | None = None) -> str:
     """Source text of a standalone ``nn.Module`` computing ``design`` (depends on torch only; see the module
-    docstring for why no design string can become code)."""
+    docstring for why no design string can become code). Conv2d designs: :func:`engine.nn.conv_export.
+    to_conv_torch_source`."""
     from engine.nn.linear import id_to_key
 
+    if design.conv is not None:
+        from engine.nn.conv_export import to_conv_torch_source
+
+        return to_conv_torch_source(design, batch=batch, class_name_=class_name_, source=source)
     design.check()
     cls = _ident(class_name_ or class_name(design))
     mat = compile_program(design, batch, "materialise")
     streams = stream_variants(design, batch) if can_stream(design) else {}
+    if memory_budget is not None:  # the program that trains within the budget at this batch; sliced: W only
+        from engine.contract.slicing import budget_program, parse_bytes
+
+        planned = budget_program(design, batch, "auto", memory_budget=parse_bytes(memory_budget))
+        if planned.slicing is not None:
+            mat, streams = planned, {}
     for prog in [mat, *streams.values()]:
         if not prog.executable:
             raise ValueError(f"cannot export design {design.name!r}: a step of its contraction program joins more "
@@ -354,12 +366,26 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     src.add('"""A tensor-network linear layer, y = x @ W + b, exported by TN Studio (`tnstudio export --to torch`).')
     src.add()
     src.add(f"Design: {_int(design.in_features)} -> {_int(design.out_features)}, {_int(len(design.tensors))} tensors, "
-            f"{design.params:,} parameters (dense {design.dense_params:,}, {design.compression:,.1f}x compression), "
+            f"{design.params:,} core params (the weight alone, no bias; dense {design.dense_params:,}, "
+            f"{design.compression:,.1f}x compression), "
             f"{kind};\nits name, tensors and fingerprint are the constants below. Every einsum is one step of the "
             "contraction program of\nengine.contract.program.compile_program, the same steps TN Studio runs and "
             "costs. Parameter names (cores.<key>,\nbias) equal those of engine.nn.TNLinear, so state dicts load "
             'either way. Depends on torch only.\n"""')
     src.add(_IMPORTS)
+    if mat.slicing is not None:
+        from engine.nn.sliced_export import HELPERS, activations_used, slicing_spec
+
+        src.add("# W is generated slice by slice under a memory budget (TN Studio's engine.contract.slicing):")
+        src.add(f"# {_lit(mat.slicing.describe())}, each slice recomputed in backward")
+        src.add(f"SLICING = {_lit(slicing_spec(mat))}")
+        acts = ", ".join(f"{_lit(a)}: {_activation_source(a)}" for a in activations_used(mat))
+        src.add(f"SLICE_ACTIVATIONS = {{{acts}}}")
+        src.add()
+        src.add()
+        src.add(HELPERS)
+        src.add()
+        src.add()
     src.add(f"DESIGN_NAME = {_lit(design.name)}")
     src.add(f"DESIGN_FINGERPRINT = {_lit(fingerprint)}  # of everything that changes the maths")
     src.add(f"EXPORTED_FROM = {_lit(source or None)}  # where the weights beside this file come from, if any")
@@ -367,7 +393,7 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     src.add()
     src.add(f"class {cls}(nn.Module):")
     src.add(f'"""A TN Studio design as a layer: {_int(design.in_features)} -> {_int(design.out_features)}, '
-            f'{design.params:,} parameters (its name: DESIGN_NAME)."""', 4)
+            f'{design.params:,} core params (its name: DESIGN_NAME)."""', 4)
     src.add()
     src.add(f"in_features = {_int(design.in_features)}", 4)
     src.add(f"out_features = {_int(design.out_features)}", 4)
@@ -406,8 +432,18 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     src.add("def weight(self) -> torch.Tensor:", 4)
     src.add(f'"""The dense weight W ({_int(design.in_features)} x {_int(design.out_features)}) generated from the '
             f'cores."""', 8)
-    for line in _step_lines(mat, gen_steps, names):
-        src.add(line, 8)
+    if mat.slicing is None:
+        for line in _step_lines(mat, gen_steps, names):
+            src.add(line, 8)
+    else:  # the shared steps once, the sliced ones through SlicedGeneration
+        region = set(mat.slicing.region)
+        shared = [s for n, s in enumerate(mat.steps) if s.phase == "generate" and n not in region and s.op == "einsum"]
+        for line in _step_lines(mat, shared, names):
+            src.add(line, 8)
+        args = ", ".join(names[i] if i in names else _ident(i) for i in mat.slicing.inputs)
+        src.add(f"{_ident(mat.slicing.output)} = SlicedGeneration.apply(SLICING, {args})", 8)
+        for line in _step_lines(mat, [s for s in gen_steps if s.op == "reshape"], names):
+            src.add(line, 8)
     src.add("return W", 8)
     src.add()
     src.add("def forward_materialise(self, x: torch.Tensor) -> torch.Tensor:", 4)
@@ -448,7 +484,12 @@ def to_json_source(design: Design) -> str:
 
 
 def to_snippet(design: Design, design_path: str = "design.json", weights_path: str | None = None) -> str:
-    """A short script using the TN Studio engine: ``TNLinear(load_design(...))`` (strings as literals only)."""
+    """A short script using the TN Studio engine: ``TNLinear(load_design(...))`` (strings as literals only);
+    ``TNConv2d`` for conv2d designs (:func:`engine.nn.conv_export.to_conv_snippet`)."""
+    if design.conv is not None:
+        from engine.nn.conv_export import to_conv_snippet
+
+        return to_conv_snippet(design, design_path, weights_path)
     src = _Source()
     src.add(f'"""A TN Studio layer through the engine: {_int(design.in_features)} -> {_int(design.out_features)}, '
             f'{design.params:,} parameters ({design.compression:,.1f}x compression). Exported by TN Studio."""')
@@ -472,7 +513,8 @@ def to_snippet(design: Design, design_path: str = "design.json", weights_path: s
 def export_source(design: Design, fmt: str, **kw: Any) -> str:
     """The exported text of ``design`` in ``fmt`` (torch, json or snippet)."""
     if fmt == "torch":
-        return to_torch_source(design, **{k: v for k, v in kw.items() if k in ("batch", "source")})
+        keys = ("batch", "source", "memory_budget")
+        return to_torch_source(design, **{k: v for k, v in kw.items() if k in keys})
     if fmt == "json":
         return to_json_source(design)
     if fmt == "snippet":
@@ -544,7 +586,7 @@ def save_weights(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def write_export(design: Design, fmt: str, output: str | Path, weights: dict[str, Any] | None = None,
-                 batch: int = 64, source: str = "") -> list[Path]:
+                 batch: int = 64, source: str = "", memory_budget: int | str | None = None) -> list[Path]:
     """Write ``design`` as ``fmt`` to ``output`` (plus ``<stem>.pt`` beside it when ``weights`` is given)."""
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -556,7 +598,7 @@ def write_export(design: Design, fmt: str, output: str | Path, weights: dict[str
         written.append(dpath)
         text = to_snippet(design, dpath.name, wpath.name if wpath else None)
     else:
-        text = export_source(design, fmt, batch=batch, source=source)
+        text = export_source(design, fmt, batch=batch, source=source, memory_budget=memory_budget)
     out.write_text(text)
     written.insert(0, out)
     if weights is not None and wpath is not None:

@@ -23,6 +23,7 @@ from torch import nn
 from engine.contract.cache import CACHE
 from engine.contract.program import Program, compile_program
 from engine.contract.schedule import check_schedule
+from engine.contract.slicing import budget_program, parse_bytes
 from engine.design.model import Design, load_design
 from engine.nn.execute import run_program
 from engine.nn.init import delta_tensor, init_bias, init_cores
@@ -74,23 +75,28 @@ class TNLinear(nn.Module):
         search: contraction-path search effort passed to :func:`~engine.contract.program.compile_program`.
         seed: seed of the initialisation (``None``: drawn from torch's global generator).
         init: initialise the cores (:func:`engine.nn.init.init_cores`); ``False`` leaves them zero.
+        memory_budget: bytes (or text such as ``"2GiB"``) a training step of this layer may take, as the cost model
+            counts it: the program is then :func:`engine.contract.slicing.budget_program`'s, which slices the
+            generation when nothing else fits (``None``: no budget).
     """
 
     def __init__(self, design: Design | dict | PathLike, bias: bool = True, schedule: ScheduleChoice = "auto",
                  search: Search = "fast", seed: int | None = None, init: bool = True,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 memory_budget: int | str | None = None):
         super().__init__()
         self.design = as_design(design)
         self.in_features = self.design.in_features
         self.out_features = self.design.out_features
         self.schedule = schedule
         self.search = search
+        self.memory_budget = None if memory_budget is None else parse_bytes(memory_budget)
         self._programs: dict[tuple[int, str], Program] = {}
         self._thorough_seen = CACHE.thorough_stored
         dtype = dtype or torch.get_default_dtype()
         if seed is None:
             seed = int(torch.randint(0, 1 << 62, (1,)).item())
-        values = init_cores(self.design, seed=seed) if init else None
+        values = init_cores(self.design, seed=seed, memory_budget=self.memory_budget) if init else None
         self.cores = nn.ParameterDict()
         self._delta_keys: dict[str, str] = {}
         for t in self.design.tensors:
@@ -130,7 +136,12 @@ class TNLinear(nn.Module):
         return out
 
     def _compile(self, batch: int, schedule: ScheduleChoice) -> Program:
-        prog = compile_program(self.design, batch, schedule, self.search)
+        if self.memory_budget is not None:
+            item = next((p.element_size() for p in self.cores.values()), 4)
+            prog = budget_program(self.design, batch, schedule, self.search, memory_budget=self.memory_budget,
+                                  itemsize=item)
+        else:
+            prog = compile_program(self.design, batch, schedule, self.search)
         self._programs[(batch, schedule)] = prog
         return prog
 

@@ -3,7 +3,8 @@
 - :func:`tt_svd`: cores of a chain design (MPO / tensor train) from a matrix by sequential truncated SVDs.
 - :func:`fit_cores`: any design (ring, Tucker, CP, trees, nonlinear generators) fitted to a matrix with Adam.
 - :func:`approximate`: picks one of the two for a :class:`~engine.nn.TNLinear` and reports the error.
-- :func:`tensorize`: swaps ``nn.Linear`` sub-modules of a model for ``TNLinear`` layers.
+- :func:`tensorize`: swaps ``nn.Linear`` sub-modules of a model for ``TNLinear`` layers, and ``nn.Conv2d`` ones for
+  ``TNConv2d`` layers (conv2d designs).
 """
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 def tensorize(model: nn.Module, designs: dict[str, Design | dict | str | Path], pretrained: bool = True,
               **fit: Any) -> dict[str, dict[str, Any]]:
-    """Replace the ``nn.Linear`` sub-modules named in ``designs`` by :class:`TNLinear` layers, in place.
+    """Replace the ``nn.Linear`` sub-modules named in ``designs`` by :class:`TNLinear` layers, and the
+    ``nn.Conv2d`` ones (with conv2d designs) by :class:`~engine.nn.conv.TNConv2d` layers, in place.
 
     With ``pretrained`` each new layer approximates the old weight (:meth:`TNLinear.from_linear`, options in
     ``fit``: method, steps, lr, seed); otherwise it gets a fresh ``nn.Linear``-like initialisation. Returns, per
@@ -205,15 +207,18 @@ def tensorize(model: nn.Module, designs: dict[str, Design | dict | str | Path], 
 
     missing = [n for n in designs if n not in dict(model.named_modules())]
     if missing:
-        known = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise KeyError(f"no module named {', '.join(map(repr, missing))} in the model; its nn.Linear layers are: "
-                       f"{', '.join(known) or 'none'}")
+        known = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        raise KeyError(f"no module named {', '.join(map(repr, missing))} in the model; its nn.Linear and nn.Conv2d "
+                       f"layers are: {', '.join(known) or 'none'}")
     report: dict[str, dict[str, Any]] = {}
     for name, spec in designs.items():
         old = model.get_submodule(name)
+        design = as_design(spec)
+        if isinstance(old, nn.Conv2d) or design.conv is not None:  # conv2d designs replace nn.Conv2d layers
+            report[name] = _swap_conv(model, name, old, design, pretrained, fit)
+            continue
         if not isinstance(old, nn.Linear):
             raise TypeError(f"module {name!r} is a {type(old).__name__}, not an nn.Linear")
-        design = as_design(spec)
         if (design.in_features, design.out_features) != (old.in_features, old.out_features):
             raise ValueError(f"design {design.name!r} is {design.in_features}x{design.out_features} but module "
                              f"{name!r} is {old.in_features}x{old.out_features}")
@@ -230,3 +235,31 @@ def tensorize(model: nn.Module, designs: dict[str, Design | dict | str | Path], 
             row.update(new.fit_report)
         report[name] = row
     return report
+
+
+def _swap_conv(model: nn.Module, name: str, old: nn.Module, design: Design, pretrained: bool,
+               fit: dict[str, Any]) -> dict[str, Any]:
+    """Replace the ``nn.Conv2d`` ``name`` by a :class:`~engine.nn.conv.TNConv2d` of ``design`` (fitted to its
+    kernel with ``pretrained``: CP / Tucker-2 through tensorly, chains by TT-SVD, else a fit)."""
+    from engine.nn.conv import TNConv2d, check_fits
+
+    if not isinstance(old, nn.Conv2d) or design.conv is None:
+        raise TypeError(f"module {name!r} is a {type(old).__name__} and design {design.name!r} has a "
+                        f"{design.target_kind} target: conv2d designs replace nn.Conv2d layers, linear designs "
+                        f"nn.Linear layers")
+    try:
+        check_fits(old, design)
+    except ValueError as e:
+        raise ValueError(f"module {name!r}: {e}") from None
+    if pretrained:
+        new = TNConv2d.from_conv(old, design, **fit)
+    else:
+        new = TNConv2d(design, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype,
+                       seed=fit.get("seed"))
+    parent, child = _parent(model, name)
+    setattr(parent, child, new)
+    row = {"params_before": sum(p.numel() for p in old.parameters()),
+           "params_after": sum(p.numel() for p in new.parameters())}
+    if pretrained:
+        row.update(new.fit_report)
+    return row

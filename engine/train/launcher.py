@@ -84,7 +84,7 @@ def memory_estimate(config: RunConfig, design: Design | None) -> dict[str, int]:
         sizes = [spec.in_features] + hidden + [spec.num_outputs]
         dense = [(sizes[k], sizes[k + 1]) for k in range(len(sizes) - 1) if k != layer]
     elif config.model == "cnn":  # convolutions and the classifier after the design are small
-        dense = [(CNN_FEATURES, 256), (256, spec.num_outputs)] if design is None else [
+        dense = [(CNN_FEATURES, 256), (256, spec.num_outputs)] if design is None or design.conv is not None else [
             (design.out_features, spec.num_outputs)]
         sizes = [spec.in_features, CNN_FEATURES * 8]  # activations of the conv blocks, roughly
     else:  # other model kinds (e.g. a whole network): the design's layer only
@@ -92,7 +92,14 @@ def memory_estimate(config: RunConfig, design: Design | None) -> dict[str, int]:
     rest_params = sum(a * b + b for a, b in dense)
     rest = 4 * (4 * rest_params + 3 * max(per_rank, EVAL_BATCH) * sum(sizes))
     layer_bytes = init = 0
-    if design is not None:
+    if design is not None and design.conv is not None:  # a conv2d design: its conv programs at the layer's images
+        from engine.contract.conv import conv_cost_report
+        from engine.train.models import cnn_conv_image
+
+        image = cnn_conv_image(spec.input_shape) if spec.is_image else None
+        train = conv_cost_report(design, batch=per_rank, image=image)
+        evaluation = conv_cost_report(design, batch=EVAL_BATCH, image=image)
+    elif design is not None:
         train = cost_report(design, batch=per_rank)
         evaluation = cost_report(design, batch=EVAL_BATCH)
         if not train.executable:

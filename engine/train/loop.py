@@ -585,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from engine.nn.runtime import keep_freed_memory
+
+    keep_freed_memory()  # a run is its own process: keep freed CPU memory for the next step (no page faults)
     if torchrun_env() is not None:
         run = torchrun_main(args.run, args.runs_dir, args.resume)
         if run is None:  # ranks > 0 report nothing

@@ -14,9 +14,12 @@ builders import the modules of :mod:`engine.train.nets` when they run.
   256x256 design on digits gives ``64 -> 256 -> [TN 256x256] -> 10``); with ``layer`` unset the first layer of
   the design's shape is used.
 - ``cnn``: two 3x3 conv layers (32 and 64 channels, ReLU, max-pool) and an adaptive average pool to 4x4, so the
-  classifier always sees :data:`CNN_FEATURES` = 1024 features whatever the image size. The design is the
+  classifier always sees :data:`CNN_FEATURES` = 1024 features whatever the image size. A linear design is the
   classifier's first layer (``1024 -> design.out``), followed by the activation and
-  ``nn.Linear(design.out, classes)`` unless the design already outputs the classes.
+  ``nn.Linear(design.out, classes)`` unless the design already outputs the classes. A conv2d design is the second
+  conv layer (``32 -> 64`` channels, any kernel, stride, padding and dilation that leave an output; it sees the
+  image at half size after the first block's max-pool): a :class:`~engine.nn.conv.TNConv2d`, or its ``nn.Conv2d``
+  as the dense baseline.
 
 Every model has ``model.tn_layer`` (the design's layer, TN or its dense baseline; None without a design) and
 ``model.summary`` (a JSON-able description).
@@ -144,6 +147,9 @@ def _hidden(config: RunConfig) -> list[int] | None:
 
 
 def _check_mlp(config: RunConfig, spec: DatasetSpec, design: Design | None) -> None:
+    if design is not None and design.conv is not None:
+        raise ModelError(f"'{design.name}' is a conv2d design: the MLP has no conv layer (use --model cnn, whose "
+                         f"second conv layer it replaces, or a network file with conv rules)")
     mlp_plan(spec.in_features, spec.num_outputs, design, _hidden(config), config.layer)
 
 
@@ -152,6 +158,8 @@ def _check_mlp(config: RunConfig, spec: DatasetSpec, design: Design | None) -> N
 def build_mlp(config: RunConfig, dataset: Dataset, design: Design | None) -> Built:
     from engine.train.nets import MLP
 
+    if design is not None and design.conv is not None:
+        raise ModelError(f"'{design.name}' is a conv2d design: the MLP has no conv layer (use --model cnn)")
     hidden, layer = mlp_plan(dataset.in_features, dataset.num_outputs, design, _hidden(config), config.layer)
     model = MLP(dataset.in_features, hidden, dataset.num_outputs, layer, design, config.baseline,
                 config.hidden_activation)
@@ -160,7 +168,26 @@ def build_mlp(config: RunConfig, dataset: Dataset, design: Design | None) -> Bui
 
 
 # ----------------------------------------------------------------------------- the CNN
-def _check_cnn_design(design: Design) -> None:
+def cnn_conv_image(input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """The image size the CNN's second conv layer (a conv2d design's place) sees: half the input's (max-pool)."""
+    return max(input_shape[-2] // 2, 1), max(input_shape[-1] // 2, 1)
+
+
+def _check_cnn_design(design: Design, input_shape: tuple[int, ...] | None = None) -> None:
+    if design.conv is not None:
+        c = design.conv
+        if (c.in_channels, c.out_channels) != CNN_CHANNELS:
+            raise ModelError(f"a conv2d design replaces the CNN's second conv layer, {CNN_CHANNELS[0]} -> "
+                             f"{CNN_CHANNELS[1]} channels, but '{design.name}' is {c.in_channels} -> "
+                             f"{c.out_channels}: make one with --in {CNN_CHANNELS[0]} --out {CNN_CHANNELS[1]} "
+                             f"(e.g. --kernel 3 --padding 1)")
+        if input_shape is not None and len(input_shape) == 3:
+            h, w = cnn_conv_image(input_shape)
+            ho, wo = c.out_size(h, w)
+            if ho < 1 or wo < 1:
+                raise ModelError(f"the CNN's second conv layer sees {h}x{w} images, smaller than the design "
+                                 f"'{design.name}''s {c.label} needs (its output would be {ho}x{wo})")
+        return
     if design.in_features != CNN_FEATURES:
         raise ModelError(f"the CNN's classifier takes {CNN_FEATURES} features ({CNN_CHANNELS[-1]} channels x "
                          f"{CNN_POOL} x {CNN_POOL}) but the design '{design.name}' has in_features="
@@ -169,21 +196,26 @@ def _check_cnn_design(design: Design) -> None:
 
 def _check_cnn(config: RunConfig, spec: DatasetSpec, design: Design | None) -> None:
     if design is not None:
-        _check_cnn_design(design)
+        _check_cnn_design(design, spec.input_shape)
 
 
 @register_model("cnn", check=_check_cnn, images_only=True,
                 description=f"two conv blocks, then the design as the classifier's first layer "
-                            f"({CNN_FEATURES} -> design out); images only")
+                            f"({CNN_FEATURES} -> design out), or a conv2d design as the second conv layer "
+                            f"({CNN_CHANNELS[0]} -> {CNN_CHANNELS[1]} channels); images only")
 def build_cnn(config: RunConfig, dataset: Dataset, design: Design | None) -> Built:
     from engine.train.nets import SmallCNN
 
     if design is not None:
-        _check_cnn_design(design)
+        _check_cnn_design(design, dataset.input_shape)
     model = SmallCNN(dataset.input_shape[0], dataset.num_outputs, design, config.baseline,
                      activation_name=config.hidden_activation)
-    arch = f"conv{CNN_CHANNELS} -> {CNN_FEATURES} -> " + (
-        f"{design.out_features}" if design is not None else "256") + f" -> {dataset.num_outputs}"
+    if design is not None and design.conv is not None:
+        arch = (f"conv({CNN_CHANNELS[0]}), TN {design.conv.label} -> {CNN_FEATURES} -> 256 -> "
+                f"{dataset.num_outputs}")
+    else:
+        arch = f"conv{CNN_CHANNELS} -> {CNN_FEATURES} -> " + (
+            f"{design.out_features}" if design is not None else "256") + f" -> {dataset.num_outputs}"
     return Built(model, None, arch)
 
 
@@ -224,6 +256,10 @@ def build_model(config: RunConfig, dataset: Dataset, design: Design | None = Non
     summary: dict[str, Any] = {
         "model": kind.name, "architecture": built.architecture, "layer": built.layer, "baseline": config.baseline,
         "params": count_params(model), "layer_params": layer_params, "layer_dense_params": dense_layer,
+        # "core params": the layer's weight alone (no bias), the one definition every view labels as such
+        "core_params": (design.dense_params if config.baseline else design.params) if design is not None else None,
+        "dense_core_params": design.dense_params if design is not None else None,
+        "layer_type": type(getattr(model, "tn_layer", None)).__name__ if design is not None else None,
         "layer_compression": (dense_layer / layer_params) if layer_params else None,
         "design_compression": design.compression if design is not None else None,
     }

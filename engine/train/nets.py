@@ -1,5 +1,6 @@
 """The torch modules of the model kinds in :mod:`engine.train.models`: an MLP and a small CNN in which one layer
-is the design's (a :class:`~engine.nn.linear.TNLinear`, or an ``nn.Linear`` of the same shape as the baseline)."""
+is the design's (a :class:`~engine.nn.linear.TNLinear`, or an ``nn.Linear`` of the same shape as the baseline; for
+a conv2d design a :class:`~engine.nn.conv.TNConv2d`, or its ``nn.Conv2d``)."""
 from __future__ import annotations
 
 import torch
@@ -50,18 +51,32 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+def conv_layer(design: Design, baseline: bool) -> nn.Module:
+    """A conv2d design's layer: a TNConv2d, or with ``baseline`` the ``nn.Conv2d`` of its target."""
+    c = design.conv
+    assert c is not None
+    if baseline:
+        return nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation)
+    from engine.nn.conv import TNConv2d
+
+    return TNConv2d(design, bias=True)
+
+
 class SmallCNN(nn.Module):
-    """Two conv blocks and a classifier whose first layer is the design's (``CNN_FEATURES -> design.out``)."""
+    """Two conv blocks and a classifier whose first layer is the design's (``CNN_FEATURES -> design.out``), or, for
+    a conv2d design, whose second conv layer is the design's (``32 -> 64`` channels)."""
 
     def __init__(self, in_channels: int, num_outputs: int, design: Design | None = None, baseline: bool = False,
                  hidden: int = 256, activation_name: str = "relu"):
         super().__init__()
         c1, c2 = CNN_CHANNELS
+        conv_design = design is not None and design.conv is not None
+        conv2 = conv_layer(design, baseline) if conv_design else nn.Conv2d(c1, c2, 3, padding=1)  # type: ignore
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(CNN_POOL))
-        self.tn_layer: nn.Module | None = None
-        if design is not None:
+            conv2, nn.ReLU(), nn.AdaptiveAvgPool2d(CNN_POOL))
+        self.tn_layer: nn.Module | None = conv2 if conv_design else None
+        if design is not None and not conv_design:
             self.tn_layer = design_layer(design, baseline)
             head: list[nn.Module] = [self.tn_layer]
             if design.out_features != num_outputs:

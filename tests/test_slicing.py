@@ -1,0 +1,238 @@
+"""Sliced generation under a memory budget (engine.contract.slicing, engine.nn.sliced): exact (W, outputs and
+gradients equal the unsliced program's in float64), priced exactly (FLOPs equal FlopCounterMode's, the recomputation
+in backward included; the inference peak equals the CPU allocator's; the training peak within 10% of it), chosen
+by the cost model under a budget, shown by `tnstudio cost --memory-budget` and carried by the export."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.cli import main
+from engine.contract.cost import cost_report
+from engine.contract.flops import backward_flops
+from engine.contract.memory import memory
+from engine.contract.program import compile_program
+from engine.contract.slicing import (budget_program, parse_bytes, slice_program, sliceable_indices, slicing_sequence,
+                                     train_flops)
+from engine.design.model import save_design
+from engine.design.templates import make_template
+from engine.nn.execute import run_program
+from engine.nn.export import to_torch_source
+from engine.nn.linear import TNLinear
+from tests.test_cost import measured_peak_bytes
+
+# (kind, size, bond, activation, slicings): open legs, legs cut to single entries (dropped in a slice), bonds summed
+# inside the sliced region (the slices' results added up), linear designs (any bond of the generation)
+CASES = [
+    ("mera", 256, 2, "gelu", [[("i0", 4)], [("i0", 2), ("o1", 4)], [("u0_0", 2), ("i0", 4)], [("d0_2", 2)]]),
+    ("attn", 256, 2, "tanh", [[("o0", 4)], [("u1_0", 2), ("d0_2", 2)], [("i1", 2), ("o2", 2), ("u1_0", 2)]]),
+    ("ttn", 256, 3, "gelu", [[("i0", 4), ("o2", 2)], [("u1_0", 3), ("s2", 3)]]),
+    ("mpo", 256, 3, None, [[("r1", 3)], [("i0", 4), ("r0", 3)]]),
+]
+
+
+def _cores(prog, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return {c: (torch.randn(*[prog.dims[i] for i in idx], generator=g, dtype=dtype) * 0.5).requires_grad_()
+            for c, idx in prog.cores.items()}
+
+
+@pytest.mark.parametrize("kind,size,bond,act,slicings", CASES)
+def test_sliced_program_equals_unsliced_in_float64(kind, size, bond, act, slicings):
+    d = make_template(kind, size, size, bond, act)
+    prog = compile_program(d, 8, "materialise")
+    cores = _cores(prog)
+    x = torch.randn(8, size, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(8, size, dtype=torch.float64)
+    w0 = run_program(prog, cores, until_weight=True)
+    y0 = run_program(prog, cores, x)
+    grads0 = torch.autograd.grad(y0, [x, *cores.values()], g)
+    for legs in slicings:
+        sp = slice_program(prog, legs)
+        assert sp.slicing is not None and sp.slicing.count > 1
+        w1 = run_program(sp, cores, until_weight=True)
+        torch.testing.assert_close(w1, w0, rtol=1e-12, atol=1e-12)
+        y1 = run_program(sp, cores, x)
+        torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+        grads1 = torch.autograd.grad(y1, [x, *cores.values()], g)
+        for a, b in zip(grads1, grads0):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        # a step holding only some sliced indices runs once per slice too, so the forward may cost more; a summed
+        # bond whose only sum is sliced makes its step an elementwise product, so it may also cost less
+        with FlopCounterMode(display=False) as fc:
+            y = run_program(sp, cores, x)
+            y.backward(g)
+        assert fc.get_total_flops() == sp.flops + backward_flops(sp), (kind, legs)
+
+
+def test_only_indices_outside_activated_sums_can_be_sliced():
+    d = make_template("mera", 256, 256, 2, "gelu")
+    prog = compile_program(d, 8, "materialise")
+    ok = set(sliceable_indices(prog))
+    assert set(d.in_legs + d.out_legs) <= ok
+    summed_before_act = {"s0", "s1", "d0_1"}  # bonds summed inside activated absorptions
+    assert not ok & summed_before_act
+    with pytest.raises(ValueError, match="cannot be sliced"):
+        slice_program(prog, [("s0", 2)])
+    with pytest.raises(ValueError, match="equal blocks"):
+        slice_program(prog, [("i0", 3)])
+    assert sliceable_indices(compile_program(d, 8, "stream")) == ()
+
+
+SLICED_MEMORY = [("mera", 4096, 2, "gelu", [("i0", 8)]), ("mera", 4096, 2, "gelu", [("u0_0", 2), ("i0", 4)]),
+                 ("mera", 4096, 2, "gelu", [("i3", 8), ("o3", 8)]), ("attn", 1024, 2, "gelu", [("o0", 2), ("i1", 2)])]
+
+
+@pytest.mark.parametrize("kind,size,bond,act,legs", SLICED_MEMORY)
+def test_sliced_memory_against_the_allocator(kind, size, bond, act, legs, one_thread):
+    """Inference peak: equal to the CPU allocator's. A training step (Adam, dL/dy given): within 10%."""
+    d = make_template(kind, size, size, bond, act)
+    batch = 16
+    prog = slice_program(compile_program(d, batch, "materialise"), legs)
+    g = torch.Generator().manual_seed(0)
+    cores = {c: torch.nn.Parameter(torch.randn(*[prog.dims[i] for i in idx], generator=g) * 0.3)
+             for c, idx in prog.cores.items()}
+    x = torch.randn(batch, size, generator=g)
+    with torch.no_grad():
+        inference = measured_peak_bytes(lambda: run_program(prog, cores, x))
+    model = memory(prog, 4, d.params, training=True)
+    assert model.peak_forward_bytes == inference + (d.params + batch * size) * 4
+    opt = torch.optim.Adam(list(cores.values()), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        y = run_program(prog, cores, x)
+        y.backward(torch.ones_like(y))
+        opt.step()
+
+    step()
+    resident = sum(p.numel() * 4 for p in cores.values()) + x.numel() * 4 + sum(
+        t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
+    measured = resident + measured_peak_bytes(step)
+    assert 0.9 <= model.train_bytes / measured <= 1.1, (model.train_bytes, measured)
+    unsliced = memory(compile_program(d, batch, "materialise"), 4, d.params, training=True).train_bytes
+    assert model.train_bytes < unsliced
+
+
+def test_budget_picks_the_fewest_slices_that_fit():
+    d = make_template("mera", 4096, 4096, 2, "gelu")
+    base = compile_program(d, 64)
+    need = memory(base, 4, d.params, training=True).train_bytes
+    assert budget_program(d, 64, memory_budget=None) is base
+    assert budget_program(d, 64, memory_budget=need) is base  # fits: the unbudgeted program
+    seq = slicing_sequence(compile_program(d, 64, "materialise"), 4, d.params)
+    assert [p.slicing.count for p in seq] == sorted(p.slicing.count for p in seq)
+    budget = parse_bytes("200MiB")
+    prog = budget_program(d, 64, memory_budget=budget)
+    assert prog.slicing is not None and memory(prog, 4, d.params, training=True).train_bytes <= budget
+    fitting = [p for p in seq if memory(p, 4, d.params, training=True).train_bytes <= budget]
+    assert prog.slicing.count == fitting[0].slicing.count
+    assert train_flops(prog) > train_flops(base)  # the recomputation in backward
+    assert prog.flops == base.flops or prog.flops < base.flops
+    with pytest.raises(ValueError, match="least the cost model finds"):
+        budget_program(d, 64, memory_budget=parse_bytes("1MiB"))
+
+
+def test_budgeted_plan_is_a_pure_function(tmp_path):
+    from engine.contract import slicing
+    from engine.contract.cache import clear_cache
+
+    d = make_template("attn", 1024, 1024, 2, "gelu")
+    first = budget_program(d, 32, memory_budget=parse_bytes("8MiB"))
+    clear_cache(paths=True)
+    slicing._PLANS.clear()
+    compile_program(d, 7, "materialise")  # other compiles in between
+    again = budget_program(d, 32, memory_budget=parse_bytes("8MiB"))
+    assert again is not first and again.slicing.legs == first.slicing.legs
+    assert [s.equation for s in again.steps if s.op == "einsum"] == [s.equation for s in first.steps
+                                                                      if s.op == "einsum"]
+
+
+def test_parse_bytes():
+    assert parse_bytes("2GiB") == 2 << 30
+    assert parse_bytes("512MiB") == 512 << 20
+    assert parse_bytes("1.5G") == 1_500_000_000
+    assert parse_bytes("100") == 100 and parse_bytes(4096) == 4096
+    for bad in ("2XB", "-1GiB", "", "GiB", "1e9", True, 0, float("nan")):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)
+
+
+def test_tnlinear_under_a_budget_trains_the_sliced_program(one_thread):
+    d = make_template("mera", 1024, 1024, 2, "gelu")
+    free = TNLinear(d, seed=0, dtype=torch.float64)
+    lean = TNLinear(d, seed=0, dtype=torch.float64, memory_budget="12MiB")
+    lean.load_state_dict(free.state_dict())
+    assert lean.program(16).slicing is not None and free.program(16).slicing is None
+    x = torch.randn(16, 1024, dtype=torch.float64)
+    y0, y1 = free(x), lean(x)
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    g0 = torch.autograd.grad(y0.square().sum(), list(free.parameters()))
+    g1 = torch.autograd.grad(y1.square().sum(), list(lean.parameters()))
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lean.weight(), free.weight(), rtol=1e-12, atol=1e-12)
+
+
+def test_cost_report_and_cli_show_the_sliced_plan(tmp_path, capsys):
+    d = make_template("mera", 4096, 4096, 2, "gelu")
+    rep = cost_report(d, batch=64, memory_budget="200MiB")
+    plain = cost_report(d, batch=64)
+    assert rep.slices > 1 and rep.slicing["legs"] and rep.memory_budget == 200 << 20
+    assert rep.train_memory_bytes <= 200 << 20 < plain.train_memory_bytes
+    assert rep.backward_flops > plain.backward_flops and rep.forward_flops <= plain.forward_flops
+    assert plain.slices == 1 and plain.slicing is None and plain.memory_budget is None
+    assert rep.train_traffic_bytes > rep.traffic_bytes > 0
+    f = tmp_path / "m.json"
+    save_design(d, f)
+    assert main(["cost", str(f), "--memory-budget", "200MiB"]) == 0
+    out = capsys.readouterr().out
+    assert "memory budget   200 MiB per training step: generation in" in out and "recomputed in backward" in out
+    assert main(["cost", str(f), "--memory-budget", "200MiB", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["slices"] == rep.slices and data["slicing"]["legs"] == rep.slicing["legs"]
+    assert main(["cost", str(f), "--memory-budget", "1MiB"]) == 2
+    assert "least the cost model finds" in capsys.readouterr().err
+    assert main(["cost", str(f), "--memory-budget", "lots"]) == 2
+
+
+def test_export_carries_the_sliced_generation(tmp_path):
+    d = make_template("mera", 1024, 1024, 2, "gelu")
+    src = to_torch_source(d, batch=16, memory_budget="10MiB")
+    assert "SlicedGeneration.apply(SLICING" in src and "import engine" not in src
+    ns: dict = {}
+    exec(compile(src, "<export>", "exec"), ns)
+    layer = ns["Layer"](dtype=torch.float64)
+    ref = TNLinear(d, seed=0, dtype=torch.float64)
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(16, 1024, dtype=torch.float64)
+    y0, y1 = ref(x), layer(x)
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    n0, n1 = dict(ref.named_parameters()), dict(layer.named_parameters())
+    g0 = torch.autograd.grad(y0.square().sum(), [n0[k] for k in sorted(n0)])
+    g1 = torch.autograd.grad(y1.square().sum(), [n1[k] for k in sorted(n0)])
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert to_torch_source(d, batch=16, memory_budget="1GiB") == to_torch_source(d, batch=16)  # fits unsliced
+
+
+def test_initialisation_keeps_to_the_memory_budget(one_thread):
+    """A nonlinear layer under a memory budget is also initialised within it: the calibration generates W with the
+    sliced program (measured with the CPU allocator), and gives the same cores as the unsliced calibration."""
+    from engine.contract.cost import init_memory_bytes
+    from engine.nn.init import init_cores
+
+    d = make_template("mera", 1024, 1024, 2, "gelu")
+    budget = 12 << 20
+    assert init_memory_bytes(d) > 2 * budget  # the unsliced calibration would not fit
+    free, lean = {}, {}
+    unsliced = measured_peak_bytes(lambda: free.update(init_cores(d, seed=3)))
+    peak = measured_peak_bytes(lambda: lean.update(init_cores(d, seed=3, memory_budget=budget)))
+    # the budget prices a training step (W, its gradient, the slices); the calibration's own temporaries (W's
+    # statistics, the recorded pre-activations) may add a few percent
+    assert peak <= 1.1 * budget < unsliced / 2, (peak, unsliced)
+    for k, v in free.items():
+        torch.testing.assert_close(lean[k], v, rtol=1e-4, atol=1e-6)
