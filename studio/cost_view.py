@@ -19,7 +19,7 @@ from engine.format import nbytes, ratio, si
 
 from .state import DTYPES, SCHEDULE_CHOICES, StudioState
 from .style import css, styled
-from .widgets import IntField, section
+from .widgets import BytesField, FieldNote, IntField, section
 
 
 def chi_text(formula: str) -> str:
@@ -188,6 +188,12 @@ class CostPanel(Viewer):
         self.image = IntField(label="image", value=s.image, minimum=lo, maximum=hi, width=80, css_class="tn-image")
         self.image.param.watch(lambda e: setattr(s, "image", e.new), "value")
         self.image_box = pn.Column(self.image, margin=0)
+        # a memory budget (linear designs): the report shows the program that trains within it (sliced generation)
+        self.budget = BytesField(label="memory budget", value=s.memory_budget, width=120, css_class="tn-budget",
+                                 placeholder="none, e.g. 2GiB")
+        self.budget.param.watch(lambda e: setattr(s, "memory_budget", e.new), "value")
+        self.budget_note = FieldNote(state=s, field="memory_budget")
+        self.budget_box = pn.Column(self.budget, self.budget_note, margin=0, sizing_mode="stretch_width")
         self._image_shown()
         kw = {"sizing_mode": "stretch_width", "margin": (0, 5)}
         self.status = pn.pane.HTML(stylesheets=[css("cards")], **kw, css_classes=["tn-cost-status"])
@@ -209,15 +215,17 @@ class CostPanel(Viewer):
     def _batch_shown(self) -> None:
         self.batch.value = self.state.batch
 
-    @param.depends("state.image", "state.design", watch=True)
+    @param.depends("state.image", "state.design", "state.memory_budget", watch=True)
     def _image_shown(self) -> None:
-        """The input image side (H = W) applies to conv2d designs only."""
+        """The input image side (H = W) applies to conv2d designs only, a memory budget to linear ones."""
         self.image.value = self.state.image
         self.image_box.visible = self.state.design.conv is not None
+        self.budget.value = self.state.memory_budget
+        self.budget_box.visible = self.state.design.conv is None
 
     def __panel__(self) -> pn.viewable.Viewable:
         title = pn.pane.HTML("<div class='tn-subtitle'>Contraction steps</div>", stylesheets=[css("cards")],
                              margin=(4, 5, 0, 5))
         return section("Live cost", pn.Column(
             pn.Row(self.batch, self.dtype, self.schedule, self.image_box, margin=0),
-            self.status, self.cards, self.chart, title, self.steps, margin=0, sizing_mode="stretch_width"))
+            self.budget_box, self.status, self.cards, self.chart, title, self.steps, margin=0, sizing_mode="stretch_width"))

@@ -333,8 +333,8 @@ class InspectView(Viewer):
             for f in pending:
                 try:
                     f.result(timeout=max(0.0, deadline - time.monotonic()))
-                except Exception:  # noqa: BLE001 - timeouts and failures: loop and check again
-                    pass
+                except Exception as e:  # noqa: BLE001 - timeouts and failures: loop and check again
+                    log.debug("waiting for background work: %r", e)
         return False
 
     # ------------------------------------------------------------------ sources
@@ -345,6 +345,7 @@ class InspectView(Viewer):
         try:
             runs = self.store.list_runs()
         except Exception as e:  # noqa: BLE001 - a broken store must not break the page
+            log.warning("cannot read the runs in %s", self.runs_dir, exc_info=True)
             self.error = f"cannot read the runs in {self.runs_dir}: {e}"
             runs = []
         for r in runs:
@@ -762,8 +763,8 @@ class InspectView(Viewer):
         if not self.plan:
             self.error = "nothing to truncate: move a bond's slider or apply a tolerance"
             return
-        plan, design, weights, run_id, epochs, gen = (dict(self.plan), self.design, self.weights, self.run["id"],
-                                                      int(self.epochs), self._gen)
+        plan, design, weights, run_id, epochs = (dict(self.plan), self.design, self.weights, self.run["id"],
+                                                 int(self.epochs))
         self.param.update(launching=True, error="", message="")
 
         def work() -> None:

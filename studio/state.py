@@ -119,6 +119,8 @@ class StudioState(param.Parameterized):
     dtype = param.Selector(default="float32", objects=list(DTYPES), doc="Data type of the cost report.")
     schedule = param.Selector(default="auto", objects=list(SCHEDULE_CHOICES), doc="Schedule of the cost report.")
     image = param.Integer(default=32, bounds=(1, 4096), doc="Input image side (H = W) of conv2d designs' cost.")
+    memory_budget = param.Integer(default=None, allow_None=True, bounds=(1, 1 << 60),
+                                  doc="Bytes a training step may take (linear designs: sliced generation); None: none.")
     selection = param.Dict(default={"tensors": [], "indices": []}, doc="Selected tensor ids and index names.")
     field_errors = param.Dict(default={}, doc="Field key -> why the last edit of that field was refused.")
     pending = param.Dict(default={}, doc="An edit waiting for confirmation: {'field', 'message'} (empty: none).")
@@ -145,7 +147,7 @@ class StudioState(param.Parameterized):
         self._last_merge: tuple[str, float] | None = None
         self._pending: tuple | None = None
         self._set_draft(self._history[0].copy(), "restored your unsaved draft" if restored else None, save=False)
-        self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule", "image"])
+        self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule", "image", "memory_budget"])
 
     # ------------------------------------------------------------------ history
     @property
@@ -279,10 +281,18 @@ class StudioState(param.Parameterized):
             self.param.update(valid_design=d, cost_error=str(e))
             if self.schedule != "auto":
                 self.field_errors = {**self.field_errors, "schedule": str(e)}
+            if self._budgeted(d) and "within" in str(e):
+                self.field_errors = {**self.field_errors, "memory_budget": str(e)}
             return
         self._clear_error("schedule")
+        self._clear_error("memory_budget")
         self.param.update(valid_design=d, report=rep, cost_error="", sweep=self._sweep(d))
-        self.refiner.request(RefineJob(d, self.batch, self.dtype, self.schedule, float(self.refine_s)))
+        if not self._budgeted(d):  # a budget's plan is chosen by memory; the background search does not know it
+            self.refiner.request(RefineJob(d, self.batch, self.dtype, self.schedule, float(self.refine_s)))
+
+    def _budgeted(self, design: Design) -> bool:
+        """Whether the report of ``design`` is asked under a memory budget (linear designs only)."""
+        return self.memory_budget is not None and design.conv is None
 
     def _cost(self, design: Design) -> CostReport:
         """The cost report at the state's settings (a conv2d design: at ``image`` x ``image`` inputs)."""
@@ -291,7 +301,8 @@ class StudioState(param.Parameterized):
 
             return conv_cost_report(design, batch=self.batch, image=self.image, dtype=self.dtype,
                                     schedule=self.schedule)
-        return cost_report(design, batch=self.batch, dtype=self.dtype, schedule=self.schedule)
+        return cost_report(design, batch=self.batch, dtype=self.dtype, schedule=self.schedule,
+                           memory_budget=self.memory_budget)
 
     # ------------------------------------------------------------------ background refinement
     @property
@@ -311,6 +322,8 @@ class StudioState(param.Parameterized):
         """Show ``rep`` if ``design`` and the cost settings are still current and it is not worse."""
         if self.valid_design is not design or self.problems or settings != (self.batch, self.dtype, self.schedule):
             return  # the design changed meanwhile: its own refinement is queued
+        if self._budgeted(design):
+            return  # a memory budget was set meanwhile: its plan stands
         old = self.report
         if old is not None:
             new, was = (rep.forward_flops, rep.generate_flops), (old.forward_flops, old.generate_flops)

@@ -134,46 +134,84 @@ def parse_int(text: Any, what: str, minimum: int = 1, maximum: int | None = None
     return value
 
 
-class IntField(Viewer):
-    """A text field holding a whole number: a refused entry shows why under the field and the field returns to the
-    last accepted value (``value``)."""
+class TextField(Viewer):
+    """A text field holding a parsed value: a refused entry shows why under the field and the field returns to the
+    last accepted value (``value``). Subclasses say how text becomes a value (``parse``) and back (``show``)."""
 
-    value = param.Integer(default=1, doc="The last accepted value.")
-    minimum = param.Integer(default=1, doc="The smallest accepted value.")
-    maximum = param.Integer(default=None, allow_None=True, doc="The largest accepted value (None: no limit).")
+    value = param.Parameter(default=None, doc="The last accepted value.")
     label = param.String(default="", doc="The field's label (also names it in messages).")
+    css_base = ""  # the CSS class every field of the subclass has
 
-    def __init__(self, css_class: str = "", width: int | None = None, **params: Any):
+    def __init__(self, css_class: str = "", width: int | None = None, placeholder: str = "", **params: Any):
         super().__init__(**params)
         size = {"width": width} if width else {"sizing_mode": "stretch_width"}
-        self.input = styled(pn.widgets.TextInput(label=self.label, value=str(self.value), **size,
-                                                 css_classes=[c for c in ("tn-int", css_class) if c]))
+        self.input = styled(pn.widgets.TextInput(label=self.label, value=self.show(self.value), placeholder=placeholder,
+                                                 **size, css_classes=[c for c in (self.css_base, css_class) if c]))
         self.note = pn.pane.HTML("", stylesheets=[css("notes")], sizing_mode="stretch_width", margin=(0, 5),
                                  css_classes=["tn-int-note"])
         self.input.param.watch(self._typed, "value")
 
+    def parse(self, text: str) -> Any:
+        raise NotImplementedError
+
+    def show(self, value: Any) -> str:
+        return "" if value is None else str(value)
+
     def _typed(self, event: Any) -> None:
-        if event.new == str(self.value):
+        if event.new == self.show(self.value):
             return  # the field shows the accepted value (again): keep the note about what was refused
         try:
-            value = parse_int(event.new, self.label or "the value", self.minimum, self.maximum)
+            value = self.parse(event.new)
         except ValueError as e:
             self.note.object = note_html(str(e), self.label)
-            self.input.value = str(self.value)
+            self.input.value = self.show(self.value)
             return
         self.note.object = ""
         self.value = value
-        if self.input.value != str(value):
-            self.input.value = str(value)
+        if self.input.value != self.show(value):
+            self.input.value = self.show(value)
 
     @param.depends("value", watch=True)
     def _shown(self) -> None:
-        if self.input.value != str(self.value):
-            self.input.value = str(self.value)
+        if self.input.value != self.show(self.value):
+            self.input.value = self.show(self.value)
 
     def __panel__(self) -> pn.viewable.Viewable:
         size = {"width": self.input.width + 20} if self.input.width else {"sizing_mode": "stretch_width"}
         return pn.Column(self.input, self.note, margin=0, **size)
+
+
+class IntField(TextField):
+    """A text field holding a whole number in [``minimum``, ``maximum``]."""
+
+    value = param.Integer(default=1, doc="The last accepted value.")
+    minimum = param.Integer(default=1, doc="The smallest accepted value.")
+    maximum = param.Integer(default=None, allow_None=True, doc="The largest accepted value (None: no limit).")
+    css_base = "tn-int"
+
+    def parse(self, text: str) -> int:
+        return parse_int(text, self.label or "the value", self.minimum, self.maximum)
+
+
+class BytesField(TextField):
+    """A text field holding a memory size in bytes (``2GiB``, ``512MiB``, plain bytes), or nothing (``None``)."""
+
+    value = param.Integer(default=None, allow_None=True, doc="The last accepted size in bytes (None: none).")
+    css_base = "tn-bytes"
+
+    def parse(self, text: str) -> int | None:
+        from engine.contract.slicing import parse_bytes
+
+        return None if not str(text).strip() else parse_bytes(str(text).strip())
+
+    def show(self, value: Any) -> str:
+        """Exactly the value: the largest binary unit that divides it (``1536MiB``), else bytes."""
+        if value is None:
+            return ""
+        for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if value % size == 0:
+                return f"{value // size}{unit}"
+        return str(value)
 
 
 class Tick(Viewer):

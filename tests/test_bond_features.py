@@ -15,17 +15,15 @@ from engine.analysis.features import bond_features, stream
 from engine.analysis.stack import apply_stack, chain_order, stack_layers, stack_matrices
 from engine.cli import main
 from engine.design import make_template
-from engine.nn import TNLinear
+
+try:
+    from tests.analysis_helpers import random_layer as shared_random_layer
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from analysis_helpers import random_layer as shared_random_layer
 
 
 def random_layer(kind, in_f, out_f, bond, activation=None, seed=0):
-    d = make_template(kind, math.prod(in_f), math.prod(out_f), bond, activation, in_factors=in_f, out_factors=out_f)
-    layer = TNLinear(d, seed=seed, bias=False, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.cores.values():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
-    return d, layer
+    return shared_random_layer(kind, in_f, out_f, bond, activation, seed, scale=0.5)
 
 
 @pytest.mark.parametrize("kind,in_f,out_f,bond,act", [

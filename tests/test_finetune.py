@@ -3,8 +3,6 @@ run's initial weights (the parent's checkpoint with the truncated layer) and the
 ``tnstudio truncate --finetune`` on a run made by ``tnstudio train``."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -20,12 +18,10 @@ from engine.train.launcher import wait
 from engine.train.loop import Trainer, run_training
 from engine.train.store import RunStore
 
-
-def _cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(list(argv))
-    return rc, out.getvalue()
+try:
+    from tests.analysis_helpers import cli as _cli, train_mpo_run
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from analysis_helpers import cli as _cli, train_mpo_run
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +30,7 @@ def parent(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("parent")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TNSTUDIO_HOME", str(tmp / "home"))
-        design = tmp / "mpo.json"
-        assert _cli("template", "mpo", "--in", "64", "--out", "64", "--bond", "4", "--in-factors", "4,4,4",
-                    "--out-factors", "4,4,4", "-o", str(design))[0] == 0
-        runs = tmp / "runs"
-        rc, _ = _cli("train", str(design), "--dataset", "digits", "--epochs", "1", "--runs-dir", str(runs))
-        assert rc == 0
-        (run,) = RunStore(runs).list_runs()
-        assert run["status"] == "completed"
-        yield runs, run["id"], design
+        yield train_mpo_run(tmp)
 
 
 def test_init_from_is_validated():

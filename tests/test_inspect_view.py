@@ -4,8 +4,6 @@ and stack shapes of the MPO, Eckart-Young errors), and its actions (click, slide
 fine-tune) against the run store."""
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 
 import numpy as np
@@ -13,20 +11,20 @@ import pytest
 import torch
 
 from engine.analysis.runs import load_run_layer
-from engine.cli import main
 from engine.design.model import Design
 from engine.nn import TNLinear
 from engine.train.launcher import wait
 from engine.train.store import RunStore
+
 from studio.inspect_view import CURRENT, InspectView, entropy_colour, entropy_width
 from studio.state import StudioState
 
+try:
+    from tests.analysis_helpers import train_mpo_run
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from analysis_helpers import train_mpo_run
+
 IN = OUT = [4, 4, 4]
-
-
-def _cli(*argv: str) -> int:
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return main(list(argv))
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +33,9 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspect")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TNSTUDIO_HOME", str(tmp / "home"))
-        design_file = tmp / "mpo.json"
-        assert _cli("template", "mpo", "--in", "64", "--out", "64", "--bond", "4", "--in-factors", "4,4,4",
-                    "--out-factors", "4,4,4", "-o", str(design_file)) == 0
-        runs = tmp / "runs"
-        assert _cli("train", str(design_file), "--dataset", "digits", "--epochs", "1", "--runs-dir", str(runs)) == 0
-        (r,) = RunStore(runs).list_runs()
-        layer = load_run_layer(r["id"], runs)
-        yield runs, r["id"], layer.design, dense(layer.design, layer.state)
+        runs, run_id, _ = train_mpo_run(tmp)
+        layer = load_run_layer(run_id, runs)
+        yield runs, run_id, layer.design, dense(layer.design, layer.state)
 
 
 def dense(design: Design, state) -> np.ndarray:

@@ -27,6 +27,22 @@ def _engine_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages(engine.__path__, "engine.") if not m.name.endswith("__main__"))
 
 
+def test_every_broad_except_logs_its_reason():
+    """``except Exception`` (or a bare except) anywhere in engine/ and studio/ logs what it caught, so no failure is
+    swallowed without a trace (the rule of CONTRIBUTING.md)."""
+    import re
+
+    silent = []
+    for path in sorted([*(ROOT / "engine").rglob("*.py"), *(ROOT / "studio").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ExceptHandler) and (node.type is None or (isinstance(node.type, ast.Name)
+                                                                              and node.type.id == "Exception")):
+                body = ast.unparse(node)
+                if not re.search(r"\blog\.(exception|warning|error|info|debug)\(|\braise\b", body):
+                    silent.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert silent == [], silent
+
+
 def test_importing_every_engine_module_imports_no_studio_module():
     code = ("import importlib, sys\n"
             f"for name in {_engine_modules()!r}:\n"

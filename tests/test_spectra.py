@@ -16,6 +16,11 @@ from engine.analysis.spectra import BondSpectrum, bond_spectra
 from engine.design import make_template
 from engine.nn import TNLinear
 
+try:
+    from tests.analysis_helpers import random_layer
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from analysis_helpers import random_layer
+
 TREES = [
     ("mpo", [2, 3, 2], [3, 2, 2], 5),
     ("mpo", [2, 2, 2, 2], [2, 2, 2, 2], [3, 4, 2]),
@@ -25,15 +30,6 @@ TREES = [
     ("tucker", [3, 2, 2], [2, 4], 3),
 ]
 
-
-def random_layer(kind, in_f, out_f, bond, activation=None, seed=0):
-    d = make_template(kind, math.prod(in_f), math.prod(out_f), bond, activation, in_factors=in_f, out_factors=out_f)
-    layer = TNLinear(d, seed=seed, bias=False, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.cores.values():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return d, layer
 
 
 def dense_w(layer) -> np.ndarray:

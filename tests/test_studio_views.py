@@ -529,3 +529,32 @@ def test_views_follow_the_registries():
     assert list(tv.model.options.values()) + ["network"] == list(model_names())
     assert "network" in tv.what.options.values()
     assert tv.device.options[:2] == ["auto", "cpu"]
+
+
+def test_memory_budget_field_shows_the_plan_the_cost_model_picks():
+    """The Live cost's memory budget: typed text -> state -> the report the engine gives for that budget (sliced
+    plan on its card); a malformed size or an unreachable budget is refused under the field; conv designs hide it."""
+    d = make_template("mera", 1024, 1024, 2, activation="gelu")
+    s = StudioState(d, autosave=False, refine_s=0)
+    panel = CostPanel(state=s)
+    unbudgeted = cost_report(d, batch=64)
+    assert s.report.train_memory_bytes == unbudgeted.train_memory_bytes and s.report.memory_budget is None
+    budget = unbudgeted.train_memory_bytes // 4  # too little for the unsliced program
+    panel.budget.input.value = str(budget)
+    want = cost_report(d, batch=64, memory_budget=budget)
+    assert s.memory_budget == budget and want.slices > 1
+    assert (s.report.slices, s.report.train_memory_bytes) == (want.slices, want.train_memory_bytes)
+    assert s.report.train_memory_bytes <= budget
+    text = re.sub(r"<[^>]+>", " ", panel.cards.object)
+    assert "Memory budget" in text and f"{want.slices} slices" in text
+    panel.budget.input.value = "two gigs"  # refused: the note says why, the last budget stays
+    assert "memory size" in panel.budget.note.object and s.memory_budget == budget
+    assert panel.budget.input.value == panel.budget.show(budget)
+    panel.budget.input.value = "1KiB"  # nothing trains within it: the reason under the field, the report stays
+    assert "within 1 KiB" in panel.budget_note.text.object and s.report.slices == want.slices
+    panel.budget.input.value = ""  # no budget: the unbudgeted report again, the note gone
+    assert s.memory_budget is None and s.report.memory_budget is None and panel.budget_note.text.object == ""
+    from engine.design.conv import make_conv_template
+
+    s.replace(make_conv_template("cp", 16, 8, 3, 2, padding=1))
+    assert not panel.budget_box.visible

@@ -3,8 +3,6 @@ matrices, equals the discarded tail on trees, and truncating one bond is Eckart-
 ``tnstudio spectra`` and ``truncate`` commands on a run made by ``tnstudio train``."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
@@ -15,8 +13,13 @@ import torch
 from engine.analysis.spectra import bond_spectra
 from engine.analysis.truncate import truncate
 from engine.cli import main
-from engine.design import load_design, make_template
+from engine.design import load_design
 from engine.nn import TNLinear
+
+try:
+    from tests.analysis_helpers import random_layer as shared_random_layer, cli as _cli, train_mpo_run
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from analysis_helpers import random_layer as shared_random_layer, cli as _cli, train_mpo_run
 
 TREES = [
     ("mpo", [2, 3, 2], [3, 2, 2], 5),
@@ -27,13 +30,7 @@ TREES = [
 
 
 def random_layer(kind, in_f, out_f, bond, activation=None, seed=0):
-    d = make_template(kind, math.prod(in_f), math.prod(out_f), bond, activation, in_factors=in_f, out_factors=out_f)
-    layer = TNLinear(d, seed=seed, bias=True, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.cores.values():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return d, layer
+    return shared_random_layer(kind, in_f, out_f, bond, activation, seed, bias=True)
 
 
 def dense(design, weights) -> np.ndarray:
@@ -144,31 +141,13 @@ def test_truncate_refuses_what_it_cannot_do():
 
 
 # --------------------------------------------------------------------- the CLI on a real run
-def _cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = main(list(argv))
-    return rc, out.getvalue()
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A tiny run made by ``tnstudio train`` (one epoch on digits): (runs dir, run id, design file)."""
-    from engine.train.store import RunStore
-
     tmp = tmp_path_factory.mktemp("run")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TNSTUDIO_HOME", str(tmp / "home"))
-        design = tmp / "design.json"
-        assert _cli("template", "mpo", "--in", "64", "--out", "64", "--bond", "4", "--in-factors", "4,4,4",
-                    "--out-factors", "4,4,4", "-o", str(design))[0] == 0
-        runs = tmp / "runs"
-        with contextlib.redirect_stderr(io.StringIO()):
-            rc, _ = _cli("train", str(design), "--dataset", "digits", "--epochs", "1", "--runs-dir", str(runs))
-        assert rc == 0
-        (run,) = RunStore(runs).list_runs()
-        assert run["status"] == "completed"
-        yield runs, run["id"], design
+        yield train_mpo_run(tmp)
 
 
 def _run_w(runs, run_id, design_file):

@@ -12,8 +12,12 @@ import torch
 from scipy.special import erf
 
 from engine.analysis.truncate import truncate
-from engine.design import make_template
 from engine.nn import TNLinear
+
+try:
+    from tests.analysis_helpers import random_layer
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from analysis_helpers import random_layer
 
 F2 = [2, 2, 2, 2]
 
@@ -23,13 +27,7 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 
 def random_ttn(bond=3, seed=0, kind="ttn", in_f=F2, out_f=F2):
-    d = make_template(kind, math.prod(in_f), math.prod(out_f), bond, "gelu", in_factors=in_f, out_factors=out_f)
-    layer = TNLinear(d, seed=seed, bias=True, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.cores.values():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return d, layer
+    return random_layer(kind, in_f, out_f, bond, "gelu", seed, bias=True)
 
 
 def cores_np(design, weights) -> dict[str, np.ndarray]:

@@ -20,26 +20,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import UserError, read_design
+from engine.cli.common import UserError, load_state_file, read_design
 
 
 # --------------------------------------------------------------------- loading
-def _load_state(path: str) -> dict[str, Any]:
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such weights file")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types; one line for the user
-        raise UserError(f"{path}: not a state dict torch can load with weights_only=True ({e})") from None
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
-    return state
 
 
 def _layer(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
@@ -59,7 +43,7 @@ def _layer(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
     if design is None:
         raise UserError("--weights needs the design file too: tnstudio COMMAND DESIGN.json --weights FILE")
     try:
-        state = layer_state_dict(_load_state(args.weights), design, args.layer)
+        state = layer_state_dict(load_state_file(args.weights), design, args.layer)
     except ValueError as e:
         raise UserError(f"{args.weights}: {e}") from None
     return design, state, Path(args.weights).name

@@ -2,11 +2,16 @@
 one clear message (exit status 2) instead of a traceback."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from engine.design.factorize import parse_factors
 from engine.design.model import Design, DesignError, load_design
+
+
+log = logging.getLogger(__name__)
 
 
 class UserError(Exception):
@@ -51,3 +56,24 @@ def cannot_write(path: str | os.PathLike, e: OSError) -> UserError:
     """The :class:`UserError` for an output that could not be written (permissions, a file where a folder is
     needed, a full disk)."""
     return UserError(f"cannot write {os.fspath(path)}: {e.strerror or e}")
+
+
+def load_state_file(path: str) -> dict[str, Any]:
+    """A state dict (name -> tensor) from a weights file, loaded with ``weights_only=True`` (never code from data); a
+    training checkpoint's ``model`` / ``state_dict`` entry is unwrapped. Anything else is a one-line UserError."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such weights file")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, zip errors):
+        log.debug("torch.load(%s) failed", p, exc_info=True)  # the user gets the one-line reason below
+        raise UserError(f"{path}: not a state dict torch can load with weights_only=True ({e})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
+    return state

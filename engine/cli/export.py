@@ -9,32 +9,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import UserError, cannot_write, output_file, read_design
+from engine.cli.common import UserError, cannot_write, load_state_file, output_file, read_design
 from engine.nn.export import FORMATS, export_source, layer_state_dict, write_export
-
-log = logging.getLogger(__name__)
-
-
-def _load_state(path: str) -> dict[str, Any]:
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{path}: no such weights file")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, zip errors):
-        log.debug("torch.load(%s) failed", p, exc_info=True)  # the user gets the one-line reason below
-        raise UserError(f"{path}: not a state dict torch can load with weights_only=True ({e})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
-    return state
 
 
 def run_weights(run_id: str, runs_dir: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -50,7 +29,7 @@ def run_weights(run_id: str, runs_dir: str | None = None) -> tuple[dict[str, Any
     if not path or not Path(path).is_file():
         raise UserError(f"run {run['id']} ({run['status']}) has no checkpoint yet: its weights are saved at each "
                         f"evaluation and at the end")
-    state = _load_state(path)
+    state = load_state_file(path)
     model = state.get("model", state)
     if not isinstance(model, dict):
         raise UserError(f"{path}: the checkpoint holds no model state dict")
@@ -77,7 +56,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         state, run = run_weights(args.run, args.runs_dir)
         source = f"run {run['id']} ({run['name']}, {run['status']})"
     elif args.weights:
-        state, source = _load_state(args.weights), Path(args.weights).name
+        state, source = load_state_file(args.weights), Path(args.weights).name
     if args.file:
         design = read_design(args.file)
     elif run.get("design"):

@@ -288,9 +288,9 @@ def export_network_cli(args: argparse.Namespace) -> int:
         spec = NetworkSpec.from_dict(net)  # exactly what the run trained
         source = f"run {run['id']} ({run['name']}, {run['status']})"
     elif args.weights:
-        from engine.cli.export import _load_state
+        from engine.cli.common import load_state_file
 
-        state, source = _load_state(args.weights), Path(args.weights).name
+        state, source = load_state_file(args.weights), Path(args.weights).name
     if spec is None:
         raise UserError("give a network file (or --run ID of a network run)")
     try:

@@ -349,8 +349,8 @@ class SearchObjective:
         if comp is not None and ctrial is not None:
             try:
                 comp.tell(ctrial, state=optuna.trial.TrialState.FAIL)
-            except Exception:  # noqa: BLE001 - already finished elsewhere
-                pass
+            except Exception as e:  # noqa: BLE001 - already finished elsewhere: nothing to tell
+                log.debug("companion trial %s already finished: %r", ctrial.number, e)
 
     def retry(self, number: int, params: dict[str, Any], user_attrs: dict[str, Any]) -> bool:
         """Queue trial ``number``'s candidate again (at most ``max_retries`` times per original trial)."""

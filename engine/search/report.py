@@ -7,11 +7,15 @@ end of each trained trial and never optimised.
 """
 from __future__ import annotations
 
+import logging
+
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from engine.format import si
+
+log = logging.getLogger(__name__)
 
 STATUSES = ("complete", "pruned", "failed", "running", "waiting")
 
@@ -174,7 +178,8 @@ def build_report(study, storage: str) -> StudyReport:
             for r in records(study)]
     try:
         front_numbers = {t.number for t in study.best_trials}
-    except Exception:  # noqa: BLE001 - no complete trial yet
+    except Exception as e:  # noqa: BLE001 - no complete trial yet (optuna raises its own types): no front
+        log.debug("no Pareto front for study %s yet: %r", study.study_name, e)
         front_numbers = set()
     recs = [replace(r, on_front=r.number in front_numbers and r.duplicate_of is None) for r in recs]
     front = sorted((r for r in recs if r.on_front), key=lambda r: (r.size, -(r.val_accuracy or 0)))

@@ -534,6 +534,7 @@ def torchrun_main(run_id: str | None = None, runs_dir: str | None = None, resume
             rid = store.resolve(run_id) if run_id else create(store)  # type: ignore[misc]
             box = [store.get_run(rid), None]
         except Exception as e:  # noqa: BLE001 - sent to every rank, raised there as one clear error
+            log.debug("rank 0 could not open run %s in %s", run_id, runs_dir, exc_info=True)
             box = [None, f"{e}"]
     dist.broadcast_object_list(box, src=0)
     run, error = box
