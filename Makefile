@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/cost_latency.py
 	$(PY) benchmarks/layer_speed.py
 	$(PY) benchmarks/conv_speed.py
+	$(PY) benchmarks/generator_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -40,6 +40,9 @@ CASES = {  # name -> (design factory, batch, budgets)
     "mera4096": (lambda: make_template("mera", 4096, 4096, 2, activation="gelu"), 64, ["256MiB"]),
     "vgg16_fc6_mera": (lambda: load_design(presets()["vgg16_fc6_mera"]), 64, ["2GiB"]),
     "vgg16_fc6_attn": (lambda: load_design(presets()["vgg16_fc6_attn"]), 64, ["2GiB"]),
+    # the same MERA (chi 2, leaf 6, gelu) at AlexNet's fc6: small enough to train unsliced on a 24 GiB machine, so
+    # sliced vs unsliced is measured where VGG-16's unsliced 18 GiB cannot run
+    "alexnet_fc6_mera": (lambda: load_design(presets()["alexnet_fc6_mera"]), 64, ["2GiB"]),
 }
 
 

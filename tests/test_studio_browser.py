@@ -216,7 +216,11 @@ def test_download_and_reopen_design(studio, tmp_path):
     wait_params(page, saved.params)
     assert apps[-1].state.design.fingerprint() == saved.fingerprint()
     page.locator(CANVAS).get_by_test_id("rf__node-T:W0_0").wait_for()
-    assert page.locator(".tn-save-name input").input_value() == saved.name
+    # the name field follows the opened design (a moment after the canvas on a loaded machine)
+    deadline = time.monotonic() + 30
+    while page.locator(".tn-save-name input").input_value() != saved.name:
+        assert time.monotonic() < deadline, page.locator(".tn-save-name input").input_value()
+        page.wait_for_timeout(100)
     # a broken file is refused with a message under the upload, and the design stays
     bad = tmp_path / "bad3.json"
     bad.write_text('{"format": "tnstudio-design", "version": 1}')

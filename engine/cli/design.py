@@ -137,8 +137,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--search", default="fast", choices=SEARCHES,
                    help="path search effort (thorough adds cotengra's hyper-optimiser)")
     c.add_argument("--budget", type=float, default=2.0,
-                   help="seconds per network for cotengra with --search thorough, above 0 and at most 3600 "
-                        "(default 2)")
+                   help="--search thorough: wall-time seconds of the whole search (both schedules share it), above "
+                        "0 and at most 3600 (default 2)")
     c.add_argument("--memory-budget", default=None, metavar="BYTES",
                    help="bytes a training step may take, e.g. 2GiB or 512MiB (linear targets): the generation is "
                         "sliced and recomputed in backward when nothing else fits")

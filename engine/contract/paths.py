@@ -25,7 +25,8 @@ GREEDY_WORK = 16  # the fast search runs GREEDY_WORK // n greedy trials on an n-
 GREEDY_TRIALS = ((1.0, 0.0), (0.5, 0.0), (2.0, 0.0), (1.0, 0.05), (0.3, 0.1), (1.5, 0.1), (0.8, 0.2), (3.0, 0.05),
                  (1.0, 0.3), (0.5, 0.1), (2.0, 0.1), (0.2, 0.05))
 REFINE_MIN_TENSORS = 5  # below this the exact optimum was searched: nothing to refine
-REFINE_DEEP_MAX = 72  # the second, wider reconfiguration (subtrees of 5) runs up to this many tensors
+REFINE_DEEP_MAX = 72  # the second, wider reconfiguration (subtrees of 5) runs up to this many tensors,
+REFINE_DEEP_ALWAYS = 32  # above this many only when the first pass improved the tree
 # Loopy networks (random graphs): one greedy trial and a local refinement can be orders of magnitude off there, so
 # a network whose cores (x left out) have a cyclomatic number of at least LOOPY_RATIO x tensors (and at least
 # LOOPY_MIN tensors) gets LOOPY_GREEDY greedy trials and the refinement of its LOOPY_REFINE best candidates.
@@ -206,9 +207,12 @@ def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dim
     size_dict = {k: dims[k] for ix in inputs for k in ix}
     try:
         tree = ctg.ContractionTree.from_path(inputs, tuple(out_idx), size_dict, path=[tuple(p) for p in path])
+        before = tree.total_flops()
         tree = tree.subtree_reconfigure(subtree_size=4, select="descend", minimize="flops", seed=0)
         out = [[tuple(p) for p in tree.get_path()]]
-        if len(inputs) <= REFINE_DEEP_MAX:
+        # the deeper pass only where the first one found something (or on small networks, where it is cheap): a
+        # tree no subtree of 4 improves (e.g. a chain's sweep) is rarely improved by subtrees of 5
+        if len(inputs) <= REFINE_DEEP_MAX and (len(inputs) <= REFINE_DEEP_ALWAYS or tree.total_flops() < before):
             tree = tree.subtree_reconfigure(subtree_size=5, select="descend", minimize="flops", seed=0)
             out.append([tuple(p) for p in tree.get_path()])
         return out
