@@ -43,7 +43,7 @@ from typing import Any, Literal, Sequence
 
 from engine.contract.flops import flop_indices
 from engine.contract.memory import ADAM_STATE, Replay, _reshape_blocks, _viewable, dtype_bytes, einsum_layout
-from engine.contract.program import LETTERS, Step, StepRow, _absorb, _core_operands, _generate, _StepBuilder
+from engine.contract.program import LETTERS, Step, StepCounts, StepRow, _absorb, _core_operands, _generate, _StepBuilder
 from engine.contract.paths import SEARCHES, path_cost, search_path, structure_hints
 from engine.contract.schedule import can_stream
 from engine.contract.cost import CostReport, Scaling, ScheduleCost
@@ -134,7 +134,7 @@ def conv_out_size(size: Sequence[int], kernel: Sequence[int], stride: Sequence[i
 
 
 @dataclass
-class ConvProgram:
+class ConvProgram(StepCounts):
     """A compiled conv design at one batch size and input size: steps plus what executing, costing and printing
     them needs (see the module docstring)."""
 
@@ -160,26 +160,10 @@ class ConvProgram:
     method: str = ""
     fixed_cores: frozenset[str] = frozenset()
 
-    # ----------------------------------------------------------------- counts
+    # ----------------------------------------------------------------- counts (generate/apply/flops: StepCounts)
     @property
     def kind(self) -> str:
         return "materialise" if self.schedule == "materialise" else "stream"
-
-    @property
-    def generate_flops(self) -> int:
-        return sum(s.flops for s in self.steps if s.phase == "generate")
-
-    @property
-    def apply_flops(self) -> int:
-        return sum(s.flops for s in self.steps if s.phase == "apply")
-
-    @property
-    def flops(self) -> int:
-        return sum(s.flops for s in self.steps)
-
-    @property
-    def largest_intermediate(self) -> int:
-        return max((s.size for s in self.steps), default=0)
 
     @property
     def in_elements(self) -> int:

@@ -108,8 +108,35 @@ class PlanStep(NamedTuple):
     frees: tuple[str, ...]
 
 
+class StepCounts:
+    """FLOP and size totals over ``self.steps`` (each with ``phase``, ``flops`` and ``size``): shared by the linear
+    :class:`Program` and the conv program (engine.contract.conv)."""
+
+    steps: list
+
+    @property
+    def generate_flops(self) -> int:
+        """FLOPs of the steps that build W (or K) from the cores."""
+        return sum(s.flops for s in self.steps if s.phase == "generate")
+
+    @property
+    def apply_flops(self) -> int:
+        """FLOPs of the steps that meet the input."""
+        return sum(s.flops for s in self.steps if s.phase == "apply")
+
+    @property
+    def flops(self) -> int:
+        """Forward FLOPs (2 x multiply-adds) of the whole program at its batch size."""
+        return sum(s.flops for s in self.steps)
+
+    @property
+    def largest_intermediate(self) -> int:
+        """Elements of the largest tensor a step produces (inputs excluded)."""
+        return max((s.size for s in self.steps), default=0)
+
+
 @dataclass
-class Program:
+class Program(StepCounts):
     """A compiled design: steps plus everything needed to execute, cost and print them."""
 
     design_name: str
@@ -128,25 +155,7 @@ class Program:
     fixed_cores: frozenset[TensorId] = frozenset()  # cores that are not trained (delta tensors)
     slicing: Any = None  # an engine.contract.slicing.Slicing: the generation runs slice by slice (memory budgets)
 
-    # ----------------------------------------------------------------- counts
-    @property
-    def generate_flops(self) -> int:
-        return sum(s.flops for s in self.steps if s.phase == "generate")
-
-    @property
-    def apply_flops(self) -> int:
-        return sum(s.flops for s in self.steps if s.phase == "apply")
-
-    @property
-    def flops(self) -> int:
-        """Forward FLOPs (2 x multiply-adds) of the whole program at its batch size."""
-        return sum(s.flops for s in self.steps)
-
-    @property
-    def largest_intermediate(self) -> int:
-        """Elements of the largest tensor a step produces (inputs excluded)."""
-        return max((s.size for s in self.steps), default=0)
-
+    # ----------------------------------------------------------------- counts (generate/apply/flops: StepCounts)
     @property
     def executable(self) -> bool:
         """Whether torch.einsum can run every step (at most 52 distinct indices per step)."""

@@ -25,8 +25,8 @@ from engine.contract.conv import ConvProgram, check_conv_schedule, compile_conv_
 from engine.design.conv import im2col_view
 from engine.design.model import Design
 from engine.nn.activations import ACTIVATION_FNS
-from engine.nn.init import delta_tensor, init_bias, init_cores
-from engine.nn.linear import as_design, id_to_key, key_to_id
+from engine.nn.init import init_cores
+from engine.nn.linear import add_cores_and_bias, as_design, id_to_key, key_to_id
 from engine.types import PathLike, Search
 
 
@@ -108,23 +108,8 @@ class TNConv2d(nn.Module):
         if seed is None:
             seed = int(torch.randint(0, 1 << 62, (1,)).item())
         values = init_cores(self.matrix, seed=seed) if init else None
-        self.cores = nn.ParameterDict()
-        self._delta_keys: dict[str, str] = {}
-        for t in self.design.tensors:
-            shape = self.design.shape(t.id)
-            if t.kind == "delta":
-                name = "delta_" + id_to_key(t.id, reserved=frozenset())
-                self.register_buffer(name, delta_tensor(shape).to(device=device, dtype=dtype))
-                self._delta_keys[t.id] = name
-            else:
-                v = values[t.id] if values is not None else torch.zeros(shape)
-                self.cores[id_to_key(t.id)] = nn.Parameter(v.to(device=device, dtype=dtype))
-        fan_in = conv.in_features
-        if bias:
-            b = init_bias(self.out_channels, fan_in, seed + 1) if init else torch.zeros(self.out_channels)
-            self.bias = nn.Parameter(b.to(device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
+        add_cores_and_bias(self, self.design, values, bias, conv.in_features, self.out_channels, seed + 1, init,
+                           device, dtype)
 
     # ----------------------------------------------------------------- configuration
     @property
