@@ -487,9 +487,11 @@ class InspectView(Viewer):
 
     def _redraw_canvas(self, fresh: bool = False) -> None:
         nodes, edges, boxes = self._graph()
-        if fresh:  # a new design: the view fits it
+        if fresh:  # a new design: a new canvas made with its drawing, the view fitted to it (nodes set on a canvas
+            # whose page is still being made, as a dynamic tab shown for the first time, can miss the page)
             self._boxes = boxes
-            self.flow.param.update(nodes=nodes, edges=edges, viewport=self._fit(boxes))
+            self.flow = self._make_flow(nodes, edges, boxes)
+            self.canvas_box[0] = self.flow
         else:
             self.flow.param.update(nodes=nodes, edges=edges)
         self._render_legend()

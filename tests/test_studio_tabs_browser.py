@@ -61,7 +61,11 @@ def home(tmp_path_factory):
 
 def show(page, tab: str) -> None:
     page.locator(".bk-tab", has_text=tab).first.click()
-    page.locator(READY[tab]).first.wait_for(timeout=60000)
+    try:
+        page.locator(READY[tab]).first.wait_for(timeout=60000)
+    except Exception:  # noqa: BLE001 - keep a picture of the tab that did not draw, then fail
+        screenshot(page, f"tab_failed_{tab.lower()}")
+        raise
     page.wait_for_timeout(800)  # late layout (plot sizes, the canvas fitting itself) settles before the picture
 
 
