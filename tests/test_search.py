@@ -156,6 +156,33 @@ def _training_trial(name: str):
     return (running[0], len(done)) if running and done else None
 
 
+def test_a_run_recorded_by_a_worker_that_died_before_starting_it_is_failed_with_the_trial(tmp_path):
+    """The window between recording a trial's run (queued, no process yet) and starting it: a worker killed there
+    leaves a run no process will ever end; reaping the trial fails that run too (found by the full suite)."""
+    import socket
+    import subprocess
+    import sys
+
+    from engine.design.templates import make_template
+    from engine.train.config import RunConfig
+
+    create_search(_spec("orphan"))
+    study, _ = open_search("orphan")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(RunConfig(), make_template("mpo", 256, 256, 2))
+    trial = study.ask()
+    for key, value in (("worker", {"host": socket.gethostname(), "pid": dead.pid, "pid_start": None}),
+                       ("trained", True), ("run_id", run_id), ("runs_dir", str(store.root))):
+        trial.set_user_attr(key, value)
+    assert store.get_run(run_id)["status"] == "queued"
+    assert reap_dead_trials(study) == [trial.number]
+    run = store.get_run(run_id)
+    assert run["status"] == "failed" and "worker died before the run started" in run["reason"]
+    assert study.trials[trial.number].state == optuna.trial.TrialState.FAIL
+
+
 def test_killed_worker_loses_no_finished_trial_and_a_restarted_worker_continues():
     spec = _spec("kill", trials=3, epochs=8, pruner="none")
     create_search(spec)

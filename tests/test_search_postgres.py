@@ -20,7 +20,7 @@ import optuna
 import pytest
 
 from engine.search import Budget, LayerSpace, SearchSpec, study_report
-from engine.search.study import create_search, start_workers
+from engine.search.study import create_search, start_workers, worker_log
 from engine.train.store import RunStore
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,8 +97,9 @@ def test_two_workers_finish_one_study_on_postgresql(postgres_url):
     create_search(spec, postgres_url)
     procs = start_workers("pg", 2, postgres_url)
     try:
-        for p in procs:
-            assert p.wait(timeout=240) == 0
+        codes = [p.wait(timeout=240) for p in procs]
+        assert codes == [0, 0], "\n".join(f"--- worker {i}: exit {c}\n" + worker_log("pg", i).read_text()[-3000:]
+                                         for i, c in enumerate(codes) if c != 0)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -137,10 +137,28 @@ def reap_dead_trials(study, max_retries: int = 2) -> list[int]:
                 storage.set_trial_state_values(comp["trial_id"], optuna.trial.TrialState.FAIL)
             except (UpdateFinishedTrialError, KeyError):
                 pass
+        _fail_orphan_run(t.user_attrs, reason)
         queue_retry(study, t.number, t.params, t.user_attrs, max_retries)
         reaped.append(t.number)
         log.warning("trial %d: %s", t.number, reason)
     return reaped
+
+
+def _fail_orphan_run(attrs: dict, reason: str) -> None:
+    """The run of a reaped trial: reading it fails it if its process died (the store's own check); a run still
+    ``queued`` without a process (the worker died between recording it and starting it) is failed here."""
+    from engine.train.store import RunNotFound, RunStore
+
+    run_id, runs_dir = attrs.get("run_id"), attrs.get("runs_dir")
+    if not run_id or not runs_dir:
+        return
+    try:
+        store = RunStore(runs_dir)
+        run = store.get_run(run_id, with_design=False)
+        if run["status"] == "queued" and not run.get("pid"):
+            store.set_status(run_id, "failed", f"its search worker died before the run started: {reason}")
+    except (RunNotFound, OSError) as e:  # the run store is another machine's or gone: the trial's state stands
+        log.info("run %s of a reaped trial not updated: %r", run_id, e)
 
 
 def run_worker(name: str, url: str | None = None, runs_dir: str | None = None, index: int = 0) -> WorkerResult:
