@@ -252,8 +252,18 @@ def generate(ui: Studio, rng: random.Random) -> str:
     add = bool(ui.state.design.tensors) and rng.random() < 0.15 and len(ui.state.design.tensors) < 20
     ui.kinds.add(kind)
     before = ui.state.version
-    p.locator(".tn-add-template button" if add else ".tn-generate button").click()
-    ui.wait(lambda: ui.state.version != before or ui.state.pending or ui.state.field_errors, "generate")
+    target = p.locator(".tn-add-template button" if add else ".tn-generate button")
+    target.click()
+    changed = lambda: ui.state.version != before or ui.state.pending or ui.state.field_errors  # noqa: E731
+    try:
+        ui.wait(changed, "generate")
+    except AssertionError:
+        # seen about once in three full-suite runs on the loaded CI machine: the click reaches the server but the
+        # design does not change (not reproduced in isolation); keep a picture, click once more, and fail if that
+        # one is lost too
+        screenshot(p, "consistency_generate_lost")
+        target.click()
+        ui.wait(changed, "generate (clicked again)")
     return f"{'add' if add else 'generate'} {kind} {inf}x{outf} chi={bond} {act} lateral={lateral}" + \
         ui.answer_confirmation(rng)
 
