@@ -34,15 +34,22 @@ def run_program(program: Program, cores: Mapping[TensorId, torch.Tensor], x: tor
     for op, inputs, output, arg, activation, phase, frees in plan:
         if until_weight and phase == "apply":
             break
-        if op == "reshape":
-            val = env[inputs[0]].reshape(arg)
-        elif arg is None:
-            val = env[inputs[0]]
-        else:
-            val = torch.einsum(arg, *[env[i] for i in inputs])
-        if activation is not None:
-            val = acts[activation](val)
-        env[output] = val
-        for i in frees:  # free intermediates early
-            env.pop(i, None)
+        run_step(env, acts, op, inputs, output, arg, activation, frees)
     return env["W"] if until_weight else env[program.steps[-1].output]
+
+
+def run_step(env: dict, acts: dict, op: str, inputs: tuple, output: str, arg, activation: str | None,
+             frees: tuple) -> None:
+    """One step of a program's plan on ``env`` (name -> tensor): a reshape, a copy or an einsum, then its
+    activation; the intermediates it was the last reader of are freed early."""
+    if op == "reshape":
+        val = env[inputs[0]].reshape(arg)
+    elif arg is None:
+        val = env[inputs[0]]
+    else:
+        val = torch.einsum(arg, *[env[i] for i in inputs])
+    if activation is not None:
+        val = acts[activation](val)
+    env[output] = val
+    for i in frees:
+        env.pop(i, None)

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 import torch
 
 from engine.contract.program import Program
+from engine.nn.execute import run_step
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -143,17 +144,6 @@ def run_sliced(program: Program, env: dict[str, torch.Tensor], acts: Mapping[str
     env["W"] = w
     del w
     for op, inputs, output, arg, activation, phase, frees in plan:
-        if phase != "apply":
-            continue
-        if op == "reshape":
-            val = env[inputs[0]].reshape(arg)
-        elif arg is None:
-            val = env[inputs[0]]
-        else:
-            val = torch.einsum(arg, *[env[i] for i in inputs])
-        if activation is not None:
-            val = acts[activation](val)
-        env[output] = val
-        for i in frees:
-            env.pop(i, None)
+        if phase == "apply":
+            run_step(env, acts, op, inputs, output, arg, activation, frees)
     return env[program.steps[-1].output]
