@@ -173,8 +173,9 @@ class Canvas(Viewer):
 
     def _node_moved(self, payload: dict[str, Any]) -> None:
         kind, name = parse_node(payload.get("node_id", ""))
-        pos = payload.get("position") or {}
-        if kind and "x" in pos and "y" in pos:
+        pos = payload.get("position")
+        pos = pos if isinstance(pos, dict) else {}
+        if kind and all(isinstance(pos.get(k), (int, float)) for k in ("x", "y")):
             self.state.move(name if kind == "T" else f"{kind}:{name}", *design_position(pos["x"], pos["y"]))
 
     def _selection_changed(self, payload: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import operator
 import os
 import time
@@ -493,6 +494,10 @@ class StudioState(param.Parameterized):
     def move(self, key: str, x: float, y: float) -> None:
         """Record a canvas position: a tensor id, or ``"L:<leg>"`` / ``"H:<hyperedge>"`` (kept in meta)."""
         pos = (round(float(x), 1), round(float(y), 1))
+        kind, _, name = key.partition(":")
+        known = name in self.design.indices if kind in ("L", "H") else any(t.id == key for t in self.design.tensors)
+        if not known or not all(math.isfinite(v) for v in pos):
+            return  # a late event from a canvas that showed another design, or a position that is no position
         for d in (self.design, self._history[self._pos]):
             if any(t.id == key for t in d.tensors):
                 d.tensor(key).position = pos
@@ -535,7 +540,12 @@ class StudioState(param.Parameterized):
         return self._commit(d, f"rename to {d.name}", strict=True, field="name")
 
     def select(self, tensors: Iterable[str] = (), indices: Iterable[str] = ()) -> None:
-        sel = {"tensors": list(dict.fromkeys(tensors)), "indices": list(dict.fromkeys(indices))}
+        """Select tensors and indices of the current design; ids it does not have are dropped (a canvas event
+        can still name the nodes of the design it showed before a new one replaced it)."""
+        d = self.design
+        known = {t.id for t in d.tensors}
+        sel = {"tensors": [t for t in dict.fromkeys(tensors) if t in known],
+               "indices": [i for i in dict.fromkeys(indices) if i in d.indices]}
         if sel == self.selection:
             return
         updates: dict[str, Any] = {"selection": sel}

@@ -123,13 +123,17 @@ class Studio:
             if p.locator(".tn-field-factors-in input").input_value() != want:
                 out.append(f"inspector in legs {p.locator('.tn-field-factors-in input').input_value()} != {want}")
         elif len(sel["tensors"]) == 1 and not sel["indices"]:
-            t = next(x for x in d.tensors if x.id == sel["tensors"][0])
+            t = next((x for x in d.tensors if x.id == sel["tensors"][0]), None)
+            if t is None:
+                return [f"selection names tensor {sel['tensors'][0]!r}, which the design lacks"]
             params = 0 if t.kind == "delta" else math.prod(d.indices[i].dim for i in t.indices if i in d.indices)
             text = p.locator(".tn-tensor-info .tn-info").inner_text()
             if f"{params:,} core params" not in text or t.id not in text:
                 out.append(f"inspector tensor: {text!r}, want {params:,} core params")
         elif len(sel["indices"]) == 1 and not sel["tensors"]:
             name = sel["indices"][0]
+            if name not in d.indices:
+                return [f"selection names index {name!r}, which the design lacks"]
             got = p.locator(f".tn-field-dim-{name} input").input_value()
             if got != str(d.indices[name].dim):
                 out.append(f"inspector {name}: {got} != {d.indices[name].dim}")

@@ -264,6 +264,23 @@ def test_refusals_are_cleared_by_the_next_edit_and_by_selecting(state):
     assert state.field_errors == {} and state.message == ""
 
 
+def test_selecting_what_the_design_lacks_keeps_only_what_it_has(state):
+    """A canvas event can still name the previous design's nodes after Generate replaced it."""
+    tid, ix = state.design.tensors[0].id, next(iter(state.design.indices))
+    state.select([tid, "gone", tid], [ix, "no_such_bond"])
+    assert state.selection == {"tensors": [tid], "indices": [ix]}
+    assert state.generate("tensor_ring", 784, 32, 4)
+    state.select([tid + "_old"], ["s0_old"])
+    assert state.selection == {"tensors": [], "indices": []}
+    before = state.design.to_dict()
+    state.move(tid + "_old", 10, 20)  # a late drag event from the previous canvas
+    state.move("L:no_such_leg", 10, 20)
+    state.move(state.design.tensors[0].id, float("nan"), 0)
+    assert state.design.to_dict() == before
+    state.move(state.design.tensors[0].id, 10, 20)
+    assert state.design.tensors[0].position == (10.0, 20.0)
+
+
 def test_much_larger_layers_wait_for_confirmation(state):
     from studio.state import CONFIRM_PARAMS, oversize
 

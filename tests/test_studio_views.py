@@ -184,6 +184,9 @@ def test_canvas_gestures_edit_the_state(state):
     assert tid not in [t.id for t in state.design.tensors] and state.problems == []
     canvas.flow._process_msg({"type": "node_moved", "node_id": "T:top", "position": {"x": 135.0, "y": -270.0}})
     assert state.design.tensor("top").position == pytest.approx((100.0, -200.0))
+    for bad in ({"x": "1e3", "y": 0}, {"x": None}, {}, "not a dict"):  # a crafted message moves nothing, raises nothing
+        canvas.flow._process_msg({"type": "node_moved", "node_id": "T:top", "position": bad})
+    assert state.design.tensor("top").position == pytest.approx((100.0, -200.0))
     canvas.flow._process_msg({"type": "selection_changed", "nodes": ["T:L0"], "edges": ["B:s0"]})
     assert state.selection == {"tensors": ["L0"], "indices": ["s0"]}
 

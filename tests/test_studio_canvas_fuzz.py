@@ -1,0 +1,87 @@
+"""The canvas as an attacker's input surface: random sequences of the messages the browser sends (moves,
+selections, drawn and deleted edges and nodes), naming current, stale and made-up ids with well- and ill-formed
+payloads, interleaved with Generate / undo. After every message the state must still agree with the engine."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.design.model import Design
+from engine.design.templates import make_template
+from studio.canvas import Canvas
+from studio.graph import canvas_layout
+from studio.state import StudioState
+
+JUNK = st.one_of(st.none(), st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=6),
+                 st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+STALE = ["T:G0", "T:old", "L:i9", "H:zz", "B:r7", "HE:R:A0", "LE:o5", "T:", ":", ""]
+
+
+def ids_of(state: StudioState) -> tuple[list[str], list[str]]:
+    """The ids the canvas shows now: node ids and edge ids."""
+    nodes, edges, _ = canvas_layout(state.design, state.problems, state.selection)
+    return [n["id"] for n in nodes], [e["id"] for e in edges]
+
+
+@st.composite
+def canvas_message(draw, nodes: list[str], edges: list[str]) -> dict:
+    node_id = st.sampled_from(nodes + STALE) if nodes else st.sampled_from(STALE)
+    edge_id = st.sampled_from(edges + STALE) if edges else st.sampled_from(STALE)
+    kind = draw(st.sampled_from(["node_moved", "selection_changed", "edge_added", "node_deleted", "edge_deleted"]))
+    msg: dict = {"type": kind}
+    if kind == "node_moved":
+        pos = draw(st.one_of(st.fixed_dictionaries({"x": st.floats(-1e4, 1e4), "y": st.floats(-1e4, 1e4)}),
+                             st.fixed_dictionaries({"x": JUNK, "y": JUNK}), JUNK))
+        msg.update(node_id=draw(node_id), position=pos)
+    elif kind == "selection_changed":
+        msg.update(nodes=draw(st.lists(node_id, max_size=3)), edges=draw(st.lists(edge_id, max_size=2)))
+    elif kind == "edge_added":
+        msg["edge"] = {"id": draw(st.text(max_size=4)), "source": draw(node_id), "target": draw(node_id)}
+    elif kind == "node_deleted":
+        msg["node_ids"] = draw(st.lists(node_id, max_size=2))
+    else:
+        msg["edge_ids"] = draw(st.lists(edge_id, max_size=2))
+    return msg
+
+
+def independent_params(d: Design) -> int:
+    return sum(int(np.prod([d.indices[i].dim for i in t.indices])) for t in d.tensors if t.kind != "delta")
+
+
+def assert_consistent(state: StudioState, canvas: Canvas, step: str) -> None:
+    d = state.design
+    tensor_ids = {t.id for t in d.tensors}
+    assert set(state.selection["tensors"]) <= tensor_ids, step
+    assert set(state.selection["indices"]) <= set(d.indices), step
+    assert state.problems == d.problems(), step
+    assert Design.from_dict(json.loads(json.dumps(d.to_dict())), validate=False).to_dict() == d.to_dict(), step
+    shown = sorted(n["id"] for n in canvas.flow.nodes)
+    assert shown == sorted(ids_of(state)[0]), f"{step}: canvas nodes {shown} are not the design's"
+    if not state.problems:
+        assert state.valid_design is d and state.report.params == independent_params(d), step
+
+
+def test_random_canvas_messages_keep_the_state_true(tmp_path):
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data(), template=st.sampled_from(["mera", "tensor_ring", "cp", "ttn"]))
+    def run(data, template):
+        state = StudioState(make_template(template, 64, 64, 3), home=str(tmp_path))
+        canvas = Canvas(state=state)
+        for n in range(12):
+            if data.draw(st.integers(0, 9), label="switch") == 0:  # the canvas may still send the old ids after
+                other = data.draw(st.sampled_from(["mpo", "tucker", "mera"]), label="generate")
+                state.generate(other, 64, 32, 2)
+                step = f"{n}: generate {other}"
+            elif data.draw(st.integers(0, 9), label="undo") == 0:
+                state.undo()
+                step = f"{n}: undo"
+            else:
+                msg = data.draw(canvas_message(*ids_of(state)), label="message")
+                canvas.flow._process_msg(msg)
+                step = f"{n}: {msg}"
+            assert_consistent(state, canvas, step)
+
+    run()
