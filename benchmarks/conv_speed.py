@@ -16,9 +16,7 @@ Tucker ranks (r, r) on the channels (tensorly-torch also factorises the kernel m
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +25,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devices import require_device  # noqa: E402  (benchmarks/devices.py, beside this script)
+from timing import (interleaved_rounds, medians, prepare_device, title,  # noqa: E402  (benchmarks/timing.py)
+                    training_step)
 from engine.design.conv import make_conv_template  # noqa: E402
 from engine.nn.conv import TNConv2d  # noqa: E402
 from engine.nn.linear import count_parameters  # noqa: E402
@@ -68,19 +67,7 @@ def stepper(layer: nn.Module, batch: int, cin: int, cout: int, side: int, device
     x = torch.randn(batch, cin, side, side, device=device, requires_grad=True)
     with torch.no_grad():
         g = torch.randn_like(layer(x))
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def step() -> float:
-        for p in layer.parameters():
-            p.grad = None
-        x.grad = None
-        sync()
-        t0 = time.perf_counter()
-        layer(x).backward(g)
-        sync()
-        return (time.perf_counter() - t0) * 1e3
-
-    return step
+    return training_step(layer, x, g)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,43 +83,35 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--with-mpo", action="store_true", help="also TN Studio's MPO (TT-conv) at --tt-rank")
     p.add_argument("--only", default=None, help="run only layers whose label contains this text")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     sizes = LAYERS if not args.layers else [tuple(int(v) for v in s.split("x")) for s in args.layers.split(",")]
-    dev = require_device(args.device)
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# conv_speed: forward+backward step in ms, median (and min) of {args.reps} interleaved rounds "
-          f"(torch {torch.__version__}, {name})")
+    dev = prepare_device(args.device, args.threads)
+    print(title("conv_speed", "forward+backward step", args.reps, dev))
     for cin, cout, k, side, batch in sizes:
         print(f"\n## {cin}->{cout} {k}x{k} at {side}x{side}, batch {batch}\n")
         print(f"| {'layer':<20} | {'params':>9} | {'fewer':>6} | {'program':<11} | {'ms/step':>9} | {'min':>8} | "
               f"{'vs Conv2d':>9} | {'vs tltorch':>10} |")
         print(f"|{'-' * 22}|{'-' * 10}:|{'-' * 7}:|{'-' * 13}|{'-' * 10}:|{'-' * 9}:|{'-' * 10}:|{'-' * 11}:|")
-        runs = []
+        runs, steps = {}, {}
         for label, make in layers(cin, cout, k, args):
             if args.only and args.only not in label and label != "nn.Conv2d":
                 continue
             torch.manual_seed(0)
-            layer = make().to(dev)
-            runs.append((label, layer, stepper(layer, batch, cin, cout, side, dev), []))
-        for _ in range(args.warmup):
-            for _, _, step, _ in runs:
-                step()
-        for _ in range(args.reps):
-            for _, _, step, times in runs:
-                times.append(step())
-        med = {label: statistics.median(times) for label, _, _, times in runs}
+            runs[label] = make().to(dev)
+            steps[label] = stepper(runs[label], batch, cin, cout, side, dev)
+        times = interleaved_rounds(steps, args.reps, args.warmup)
+        med = medians(times)
         dense_params = cin * cout * k * k + cout
         base = med.get("nn.Conv2d")
-        for label, layer, _, times in runs:
-            ms = med[label]
+        for label, layer in runs.items():
+            ms, fastest = med[label], min(times[label])
             kind = "cp" if " cp " in f" {label} " else "tucker" if "tucker" in label else None
             peer = next((v for lab, v in med.items() if lab.startswith("tltorch") and kind and kind in lab), None)
             prog = layer.program(batch, (side, side)).schedule if isinstance(layer, TNConv2d) else "-"
             vs = f"{ms / peer:.2f}x" if peer and not label.startswith("tltorch") else "-"
             n = count_parameters(layer)
-            print(f"| {label:<20} | {n:>9,} | {dense_params / n:>5.1f}x | {prog:<11} | {ms:>9.2f} | {min(times):>8.2f} "
+            print(f"| {label:<20} | {n:>9,} | {dense_params / n:>5.1f}x | {prog:<11} | {ms:>9.2f} | {fastest:>8.2f} "
                   f"| {ms / base:>8.2f}x | {vs:>10} |", flush=True)
-        del runs
+        del runs, steps
     print("\nparams include the bias; fewer = dense params / params; ratios use the medians; vs tltorch compares TN "
           "CP with tensorly-torch CP and TN Tucker-2 with tensorly-torch Tucker")
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +26,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devices import require_device  # noqa: E402  (benchmarks/devices.py, beside this script)
+from timing import (interleaved_rounds, medians, prepare_device, title,  # noqa: E402  (benchmarks/timing.py)
+                    training_step)
 from engine.contract.cost import cost_report  # noqa: E402
 from engine.design.library import presets  # noqa: E402
 from engine.design.model import load_design  # noqa: E402
@@ -87,18 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-memory", default=None, help="skip unsliced programs predicted above this (e.g. 8GiB)")
     p.add_argument("--no-keep-freed", action="store_true", help="CPU: leave glibc's allocator as it is")
     args = p.parse_args(argv)
-    dev = require_device(args.device)
-    torch.set_num_threads(args.threads)
-    if dev == "cpu" and not args.no_keep_freed:
-        from engine.nn.runtime import keep_freed_memory
-
-        keep_freed_memory()
+    dev = prepare_device(args.device, args.threads, keep_freed=not args.no_keep_freed)
     from engine.contract.slicing import parse_bytes
 
     limit = parse_bytes(args.max_memory) if args.max_memory else available_bytes(dev) // 2
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# generator_speed: training step in ms, median (and min) of {args.reps} interleaved rounds "
-          f"(torch {torch.__version__}, {name})")
+    print(title("generator_speed", "training step", args.reps, dev))
     for case in (args.only.split(",") if args.only else CASES):
         make, batch, budgets = CASES[case]
         d = make()
@@ -108,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         x = torch.randn(batch, d.in_features, device=dev, requires_grad=True)
         g = torch.randn(batch, d.out_features, device=dev)
-        sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
         rows = []  # (label, module, program text, model bytes, traffic)
         lin = nn.Linear(d.in_features, d.out_features, device=dev)
         from engine.contract.cost import dense_train_bytes
@@ -126,24 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             text = prog.schedule + (f", {prog.slicing.count} slices" if prog.slicing else "")
             rows.append((label, m, text, rep.train_memory_bytes, rep.train_traffic_bytes))
 
-        def step(layer):
-            for q in layer.parameters():
-                q.grad = None
-            x.grad = None
-            sync()
-            t0 = time.perf_counter()
-            layer(x).backward(g)
-            sync()
-            return (time.perf_counter() - t0) * 1e3
-
-        times: dict[str, list[float]] = {r[0]: [] for r in rows}
-        for _ in range(args.warmup):
-            for r in rows:
-                step(r[1])
-        for _ in range(args.reps):
-            for r in rows:
-                times[r[0]].append(step(r[1]))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        times = interleaved_rounds({r[0]: training_step(r[1], x, g) for r in rows}, args.reps, args.warmup)
+        med = medians(times)
         unsliced = med.get("TN (auto)")
         for label, layer, text, model, traffic in rows:
             params = sum(q.numel() for q in layer.parameters()) * 4

@@ -21,9 +21,8 @@ do), for every row alike; ``--no-keep-freed`` measures glibc's default.
 from __future__ import annotations
 
 import argparse
-import statistics
+import itertools
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +31,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from devices import require_device  # noqa: E402  (benchmarks/devices.py, beside this script)
+from timing import (device_sync, interleaved_rounds, medians, prepare_device,  # noqa: E402  (benchmarks/timing.py)
+                    timed_ms, title, training_step)
 from engine.design.model import Design  # noqa: E402
 from engine.design.factorize import balanced_factors  # noqa: E402
 from engine.nn.linear import TNLinear, count_parameters  # noqa: E402
@@ -77,19 +77,7 @@ def stepper(layer: nn.Module, batch: int, in_f: int, out_f: int, device: str) ->
     """A function running one forward + backward (parameters and input) and returning its wall time in ms."""
     x = torch.randn(batch, in_f, device=device, requires_grad=True)
     g = torch.randn(batch, out_f, device=device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    def step() -> float:
-        for p in layer.parameters():
-            p.grad = None
-        x.grad = None
-        sync()
-        t0 = time.perf_counter()
-        layer(x).backward(g)
-        sync()
-        return (time.perf_counter() - t0) * 1e3
-
-    return step
+    return training_step(layer, x, g)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,23 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--digits-rounds", type=int, default=7, help="rounds of the digits epoch (0: skip it)")
     p.add_argument("--no-keep-freed", action="store_true", help="CPU: leave glibc's allocator as it is")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     sizes = (SIZES if not args.sizes else [] if args.sizes == "none" else
              [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")])
-    dev = require_device(args.device)
-    if dev == "cpu" and not args.no_keep_freed:
-        from engine.nn.runtime import keep_freed_memory
-
-        keep_freed_memory()
-    name = torch.cuda.get_device_name() if dev.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# layer_speed: forward+backward step in ms, median (and min) of {args.reps} interleaved rounds "
-          f"(torch {torch.__version__}, {name})")
+    dev = prepare_device(args.device, args.threads, keep_freed=not args.no_keep_freed)
+    print(title("layer_speed", "forward+backward step", args.reps, dev))
     for in_f, out_f, batch in sizes:
         print(f"\n## {in_f}x{out_f}, batch {batch}\n")
         print(f"| {'layer':<24} | {'params':>10} | {'schedule':<11} | {'ms/step':>9} | {'min':>8} | {'vs Linear':>9} "
               f"| {'vs blocktt':>10} |")
         print(f"|{'-' * 26}|{'-' * 11}:|{'-' * 13}|{'-' * 10}:|{'-' * 9}:|{'-' * 10}:|{'-' * 11}:|")
-        runs, notes = [], []
+        runs, steps, notes = {}, {}, []
         for label, make, design in layers(in_f, out_f, args):
             if args.only and args.only not in label and label != "nn.Linear":
                 continue
@@ -138,25 +119,20 @@ def main(argv: list[str] | None = None) -> None:
                                  f"{big:,} entries ({big / (in_f * out_f):.0f}x W) |")
                     continue
             torch.manual_seed(0)
-            layer = make().to(dev)
-            runs.append((label, layer, stepper(layer, batch, in_f, out_f, dev), []))
-        for _ in range(args.warmup):
-            for _, _, step, _ in runs:
-                step()
-        for _ in range(args.reps):  # interleaved, so load spikes from other processes hit every layer alike
-            for _, _, step, times in runs:
-                times.append(step())
-        med = {label: statistics.median(times) for label, _, _, times in runs}
+            runs[label] = make().to(dev)
+            steps[label] = stepper(runs[label], batch, in_f, out_f, dev)
+        times = interleaved_rounds(steps, args.reps, args.warmup)
+        med = medians(times)
         base, tt = med.get("nn.Linear"), next((v for k, v in med.items() if "blocktt" in k), None)
-        for label, layer, _, times in runs:
-            ms = med[label]
+        for label, layer in runs.items():
+            ms, fastest = med[label], min(times[label])
             sched = layer.program(batch).schedule if isinstance(layer, TNLinear) else "-"
             vs_tt = f"{ms / tt:.2f}x" if tt and "blocktt" not in label else "-"
-            print(f"| {label:<24} | {count_parameters(layer):>10,} | {sched:<11} | {ms:>9.2f} | {min(times):>8.2f} | "
+            print(f"| {label:<24} | {count_parameters(layer):>10,} | {sched:<11} | {ms:>9.2f} | {fastest:>8.2f} | "
                   f"{ms / base:>8.2f}x | {vs_tt:>10} |", flush=True)
         for line in notes:
             print(line)
-        del runs
+        del runs, steps
     print("\nparams include the bias; ratios use the medians; vs blocktt compares with tensorly-torch block-TT")
     if args.digits_rounds:
         digits_epoch(dev, args.digits_rounds)
@@ -181,12 +157,9 @@ def digits_epoch(dev: str, rounds: int) -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         models[label] = (model, opt)
     loss_fn = nn.CrossEntropyLoss()
-    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    sync = device_sync(dev)
 
-    def epoch(model, opt, seed: int) -> float:
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(dev)
-        sync()
-        t0 = time.perf_counter()
+    def epoch(model: nn.Module, opt: torch.optim.Optimizer, perm: torch.Tensor) -> None:
         for start in range(0, len(x), config.batch_size):
             b = perm[start:start + config.batch_size]
             loss = loss_fn(model(x[b]).float(), y[b])
@@ -194,16 +167,19 @@ def digits_epoch(dev: str, rounds: int) -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
             opt.step()
-        sync()
-        return (time.perf_counter() - t0) * 1e3
 
-    times = {k: [] for k in models}
-    for r in range(rounds + 1):  # the first round warms up
-        for label, (model, opt) in models.items():
-            t = epoch(model, opt, r)
-            if r:
-                times[label].append(t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    def epoch_timer(model: nn.Module, opt: torch.optim.Optimizer) -> Callable[[], float]:
+        """Times one epoch in ms; the n-th call (from 0) shuffles with seed n."""
+        seeds = itertools.count()
+
+        def timed_epoch() -> float:
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(next(seeds))).to(dev)
+            return timed_ms(lambda: epoch(model, opt, perm), sync)
+
+        return timed_epoch
+
+    times = interleaved_rounds({label: epoch_timer(*mo) for label, mo in models.items()}, rounds, warmup=1)
+    med = medians(times)
     steps = math.ceil(len(x) / config.batch_size)
     print(f"\n## digits epoch: MLP 64-256-[256x256]-10, batch {config.batch_size}, {steps} steps, AdamW "
           f"(median and min of {rounds} interleaved rounds)\n")

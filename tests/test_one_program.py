@@ -95,6 +95,16 @@ SIGNATURES = textwrap.dedent("""\
         p = compile_program(ds[name], b, s)
         out[f"{name}|{b}|{s}"] = [p.schedule, p.flops] + [[st.op, list(st.inputs), [list(i) for i in st.in_indices],
                                                           list(st.out_indices)] for st in p.steps]
+    # exported source is byte-for-byte the same in every process too (no set or hash order leaks into it)
+    import hashlib
+    from engine.design.conv import make_conv_template
+    from engine.nn.conv_export import to_conv_torch_source
+    from engine.nn.export import to_torch_source
+    for name in ("mixed tree linear", "mera-gelu", "tucker-None"):
+        out[f"export|{name}"] = hashlib.sha256(to_torch_source(ds[name]).encode()).hexdigest()
+    for kind in ("cp", "tucker", "mpo", "ttn"):
+        d = make_conv_template(kind, 12, 8, 3, 3, "gelu" if kind == "ttn" else None, padding=1)
+        out[f"conv export|{kind}"] = hashlib.sha256(to_conv_torch_source(d).encode()).hexdigest()
     json.dump(out, open(sys.argv[3], "w"))
 """)
 

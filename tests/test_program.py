@@ -460,3 +460,37 @@ def test_thorough_search_keeps_to_its_wall_time_budget():
     t = time.perf_counter()
     compile_program(d, 64, "stream", "thorough", budget / 2)
     assert time.perf_counter() - t >= 0.3 * budget
+
+
+def test_cotengra_backends_run_on_our_index_names(caplog):
+    """Every cotengra call of the fast search really runs on networks whose index names are words (``b17``,
+    ``core:L0``): cotengra's Rust backend takes single characters only, and a failure there is caught and logged
+    (the search would silently fall back to fewer candidates). Each candidate is a complete pairwise path whose
+    FLOPs, by the program's own count, are at most the plain greedy's."""
+    import logging
+
+    import networkx as nx
+
+    from engine.contract.paths import _greedy_paths, _sampled_greedy, refine_path
+
+    edges = sorted(tuple(sorted(e)) for e in nx.random_regular_graph(3, 30, seed=4).edges())
+    sets = [tuple(f"bond_{k}" for k, e in enumerate(edges) if v in e) + (f"leg_{v}",) for v in range(30)]
+    out = tuple(f"leg_{v}" for v in range(30))
+    dims = {i: 2 for ix in sets for i in ix}
+    keep = frozenset(out)
+    with caplog.at_level(logging.DEBUG, logger="engine.contract.paths"):
+        greedy = _greedy_paths(sets, out, dims, 4)
+        sampled = _sampled_greedy(sets, out, dims, 16)
+        refined = refine_path(sets, out, dims, greedy[0][1])
+    assert not [r for r in caplog.records if "failed" in r.getMessage()], caplog.text
+    assert len(greedy) == 4 and len(sampled) == 1 and refined
+    plain = path_cost(sets, greedy[0][1], keep, dims)
+    for path in [p for _, p in greedy] + sampled + refined:
+        assert len(path) == len(sets) - 1 and all(len(p) == 2 for p in path)
+    assert path_cost(sets, refined[0], keep, dims) <= plain
+    # the search's answer is no worse than any of these greedy trials (its own first ones), and the same in a
+    # second call (a pure function)
+    ops = [(f"T{v}", ix) for v, ix in enumerate(sets)]
+    first, how = search_path(ops, out, dims)
+    assert search_path(ops, out, dims) == (first, how)
+    assert path_cost(sets, first, keep, dims) <= min(path_cost(sets, p, keep, dims) for _, p in greedy)

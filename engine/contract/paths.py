@@ -25,11 +25,16 @@ GREEDY_WORK = 16  # the fast search runs GREEDY_WORK // n greedy trials on an n-
 GREEDY_TRIALS = ((1.0, 0.0), (0.5, 0.0), (2.0, 0.0), (1.0, 0.05), (0.3, 0.1), (1.5, 0.1), (0.8, 0.2), (3.0, 0.05),
                  (1.0, 0.3), (0.5, 0.1), (2.0, 0.1), (0.2, 0.05))
 REFINE_MIN_TENSORS = 5  # below this the exact optimum was searched: nothing to refine
-REFINE_DEEP_MAX = 72  # the second, wider reconfiguration (subtrees of 5) runs up to this many tensors,
-REFINE_DEEP_ALWAYS = 32  # above this many only when the first pass improved the tree
+REFINE_FIRST = 4  # the local re-optimisation replaces every subtree of this many leaves by its optimum,
+REFINE_DEEP = 6  # then, on networks of at most REFINE_DEEP_ALWAYS tensors or where the first pass improved the
+REFINE_DEEP_ALWAYS = 32  # tree, every subtree of REFINE_DEEP leaves (cheap with cotengra's Rust backend; measured on
+# the templates: it brings the 78-127-tensor aTTN, MERA and TTN streams from 2-57x to within 2x of cotengra's 2 s
+# hyper-search, chains and rings are left as they were)
 # Loopy networks (random graphs): one greedy trial and a local refinement can be orders of magnitude off there, so
 # a network whose cores (x left out) have a cyclomatic number of at least LOOPY_RATIO x tensors (and at least
-# LOOPY_MIN tensors) gets LOOPY_GREEDY greedy trials and the refinement of its LOOPY_REFINE best candidates.
+# LOOPY_MIN tensors) gets LOOPY_GREEDY greedy trials, the best of LOOPY_SAMPLED randomised ones and the refinement
+# of its LOOPY_REFINE best candidates (measured on 3-regular networks of 24-80 tensors: 64 sampled trials put all 24
+# live paths within 1.33x of cotengra's 10 s search, 256 were no better and 16 left 4 beyond 1.5x).
 # Templates (trees, chains, rings, aTTN and MERA, whose ratio is at most 0.31) keep the lean search. cotengra's
 # kahypar partitioner was measured as a further candidate and left out: on 3-regular random networks of 24-80
 # tensors (3 seeds each, benchmarks/cost_latency.py) it put 17 instead of 15 of 24 live paths within 1.5x of
@@ -37,7 +42,13 @@ REFINE_DEEP_ALWAYS = 32  # above this many only when the first pass improved the
 LOOPY_RATIO = 0.4
 LOOPY_MIN = 12
 LOOPY_GREEDY = 8
-LOOPY_REFINE = 2
+LOOPY_REFINE = 1
+# With cotengra's Rust backend (cotengrust) a batch of randomised greedy trials costs well under a millisecond per
+# trial, so the fast search adds the best of SAMPLED_WORK // n of them (at most SAMPLED_MAX; LOOPY_SAMPLED on loopy
+# networks) as one more candidate, seeded: still a pure function of the network
+SAMPLED_WORK = 1024
+SAMPLED_MAX = 64
+LOOPY_SAMPLED = 64
 # cotengra's hyper-optimiser samples these path finders (its default adds kahypar's partitioner when kahypar happens
 # to be installed, which made the 2 s background refinement worse on loopy networks: 17 instead of 21 of 24 within
 # 1.1x of cotengra's 10 s search, worst 2.2x instead of 1.15x); pinned, the search does not depend on what else is
@@ -167,6 +178,18 @@ def _equation(operands: Sequence[Operand], out_idx: Sequence[str]) -> str:
     return ",".join("".join(sym[i] for i in ix) for _, ix in operands) + "->" + "".join(sym[i] for i in out_idx)
 
 
+def _symbolic(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str],
+              dims: Mapping[str, int]) -> tuple[list[tuple[str, ...]], tuple[str, ...], dict[str, int]]:
+    """The network with one character per index name (opt_einsum's symbols), for cotengra: its Rust backend
+    (cotengrust) takes only single-character indices. Paths name tensors by position, so they carry over."""
+    sym: dict[str, str] = {}
+    for ix in list(index_sets) + [out_idx]:
+        for i in ix:
+            sym.setdefault(i, oe.get_symbol(len(sym)))
+    inputs = [tuple(sym[i] for i in ix) for ix in index_sets]
+    return inputs, tuple(sym[i] for i in out_idx), {sym[i]: dims[i] for i in sym}
+
+
 def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mapping[str, int],
                   time_budget: float, seed: int = 0,
                   methods: Sequence[str] | None = HYPER_METHODS) -> ContractionPath:
@@ -183,9 +206,8 @@ def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Map
         opt = ctg.HyperOptimizer(max_time=time_budget, max_repeats=1_000_000, minimize="flops", progbar=False,
                                  parallel=False, seed=seed, optlib="sbplx",
                                  **({"methods": list(methods)} if methods is not None else {}))
-    inputs = [tuple(ix) for _, ix in operands]
-    size_dict = {k: dims[k] for _, ix in operands for k in ix}
-    tree = opt.search(inputs, tuple(out_idx), size_dict)
+    inputs, output, size_dict = _symbolic([ix for _, ix in operands], out_idx, dims)
+    tree = opt.search(inputs, output, size_dict)
     return [tuple(p) for p in tree.get_path()]
 
 
@@ -193,9 +215,9 @@ def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dim
                 path: Sequence[Sequence[int]]) -> list[ContractionPath]:
     """Locally re-optimised versions of ``path`` (cotengra's subtree reconfiguration, deterministic).
 
-    Walking from the root down, every subtree of up to 4 leaves is replaced by its optimal contraction; on networks
-    of at most ``REFINE_DEEP_MAX`` tensors the result is refined again with subtrees of 5 leaves. (Measured on the
-    templates: this pair matches larger subtrees and cost-first selection in quality at about half their time.)
+    Walking from the root down, every subtree of up to ``REFINE_FIRST`` leaves is replaced by its optimal
+    contraction; on small networks, and where that improved the tree, the result is refined again with subtrees of
+    ``REFINE_DEEP`` leaves.
     Returns the candidate paths (the caller scores them with :func:`path_cost`: cotengra counts FLOPs slightly
     differently, so a reconfiguration is only a proposal).
     """
@@ -203,17 +225,16 @@ def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dim
         import cotengra as ctg
     except ImportError:  # pragma: no cover - cotengra is a dependency; the unrefined path stays valid
         return []
-    inputs = [tuple(ix) for ix in index_sets]
-    size_dict = {k: dims[k] for ix in inputs for k in ix}
+    inputs, output, size_dict = _symbolic(index_sets, out_idx, dims)
     try:
-        tree = ctg.ContractionTree.from_path(inputs, tuple(out_idx), size_dict, path=[tuple(p) for p in path])
+        tree = ctg.ContractionTree.from_path(inputs, output, size_dict, path=[tuple(p) for p in path])
         before = tree.total_flops()
-        tree = tree.subtree_reconfigure(subtree_size=4, select="descend", minimize="flops", seed=0)
+        tree = tree.subtree_reconfigure(subtree_size=REFINE_FIRST, select="descend", minimize="flops", seed=0)
         out = [[tuple(p) for p in tree.get_path()]]
         # the deeper pass only where the first one found something (or on small networks, where it is cheap): a
-        # tree no subtree of 4 improves (e.g. a chain's sweep) is rarely improved by subtrees of 5
-        if len(inputs) <= REFINE_DEEP_MAX and (len(inputs) <= REFINE_DEEP_ALWAYS or tree.total_flops() < before):
-            tree = tree.subtree_reconfigure(subtree_size=5, select="descend", minimize="flops", seed=0)
+        # tree no subtree of 4 improves (e.g. a chain's sweep) is rarely improved by larger subtrees
+        if len(inputs) <= REFINE_DEEP_ALWAYS or tree.total_flops() < before:
+            tree = tree.subtree_reconfigure(subtree_size=REFINE_DEEP, select="descend", minimize="flops", seed=0)
             out.append([tuple(p) for p in tree.get_path()])
         return out
     except Exception as e:  # noqa: BLE001 - cotengra's failure modes are not documented; a refinement is an
@@ -284,6 +305,10 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
         consider(m, path)
     for name, path in _greedy_paths(sets, out_idx, dims, LOOPY_GREEDY if loopy else None):
         consider(name, path)
+    if n > 7:
+        for path in _sampled_greedy(sets, out_idx, dims, LOOPY_SAMPLED if loopy else min(SAMPLED_MAX,
+                                                                                          SAMPLED_WORK // n)):
+            consider("sampled-greedy", path)
     if n >= REFINE_MIN_TENSORS:  # local re-optimisation of the best tree so far, always (a pure function)
         tops = [list(p) for p, _ in sorted(seen.items(), key=lambda kv: kv[1])[:LOOPY_REFINE]] if loopy else []
         starts = [best[1]] + [t for t in tops if t != best[1]] + [hints[h] for h in refine_hints
@@ -339,26 +364,54 @@ def is_loopy(operands: Sequence[Operand]) -> bool:
     return edges - n + pieces >= LOOPY_RATIO * n
 
 
+def _sampled_greedy(sets: Sequence[Sequence[str]], out_idx: Sequence[str], dims: Mapping[str, int],
+                    trials: int) -> list[ContractionPath]:
+    """The best of ``trials`` seeded randomised greedy paths (cotengra's batch with its own FLOP tracking), only
+    with its Rust backend: the Python one takes milliseconds per trial, too slow for the live report."""
+    import importlib.util
+
+    if trials < 1 or importlib.util.find_spec("cotengrust") is None:
+        return []
+    from cotengra.pathfinders.path_basic import get_optimize_random_greedy_track_flops
+
+    inputs, output, size_dict = _symbolic(sets, out_idx, dims)
+    try:
+        path, _ = get_optimize_random_greedy_track_flops()(inputs, output, size_dict, ntrials=trials, seed=0,
+                                                           simplify=False)
+    except (OverflowError, ValueError) as e:  # sizes beyond a float: the other candidates still stand
+        log.debug("cotengra's sampled greedy failed on a %d-tensor network: %r", len(sets), e)
+        return []
+    return [[tuple(p) for p in path]]
+
+
 def _greedy_paths(sets: Sequence[Sequence[str]], out_idx: Sequence[str],
                   dims: Mapping[str, int], trials: int | None = None) -> list[tuple[str, ContractionPath]]:
-    """cotengra's greedy, then seeded randomised variants (a fixed number: the result is reproducible)."""
+    """cotengra's greedy, then seeded randomised variants (a fixed number: the result is reproducible).
+
+    Runs through cotengra's ``get_optimize_greedy``: its Rust backend (cotengrust, a dependency: 10-50x faster
+    than the Python one, which is what lets loopy networks get many trials within the live budget) when installed,
+    the Python one otherwise, with the same trials and results of the same quality."""
     try:
-        from cotengra.pathfinders.path_basic import ContractionProcessor, ssa_to_linear
+        from cotengra.pathfinders.path_basic import get_optimize_greedy
     except ImportError:  # pragma: no cover - cotengra is a dependency; opt_einsum's greedy still ran
         return []
     n = len(sets)
-    inputs = [tuple(ix) for ix in sets]
-    size_dict = {k: dims[k] for ix in sets for k in ix}
+    inputs, output, size_dict = _symbolic(sets, out_idx, dims)
     if trials is None:
         trials = 1 if n <= 7 else max(1, min(len(GREEDY_TRIALS), GREEDY_WORK // n))
+    greedy = get_optimize_greedy()
     out = []
-    for seed, (costmod, temp) in enumerate(GREEDY_TRIALS[:trials]):
+    for seed in range(trials):
+        costmod, temp = GREEDY_TRIALS[seed % len(GREEDY_TRIALS)]
+        if seed >= len(GREEDY_TRIALS):  # more trials than listed: the listed ones again, hotter
+            temp = temp + 0.05 * (seed // len(GREEDY_TRIALS))
         try:
-            cp = ContractionProcessor(inputs, tuple(out_idx), size_dict)
-            cp.optimize_greedy(costmod=costmod, temperature=temp, seed=seed)
-            cp.optimize_remaining_by_size()  # pieces the greedy left apart (e.g. a hyperedge on many tensors)
+            # simplify=False: a pairwise path over exactly these tensors (no single-term steps); both backends
+            # join pieces the greedy left apart (e.g. a hyperedge on many tensors) by size at the end
+            path = greedy(inputs, output, size_dict, costmod=costmod, temperature=temp, seed=seed,
+                          simplify=False)
         except (OverflowError, ValueError) as e:  # sizes beyond a float (cotengra scores in floats): the other
             log.debug("cotengra's greedy failed on a %d-tensor network: %r", n, e)  # candidates still stand
             continue
-        out.append(("random-greedy" if temp else "greedy", ssa_to_linear(cp.ssa_path, n)))
+        out.append(("random-greedy" if temp else "greedy", [tuple(p) for p in path]))
     return out

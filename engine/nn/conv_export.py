@@ -19,7 +19,6 @@ it is returned.
 """
 from __future__ import annotations
 
-import ast
 import math
 from typing import Any
 
@@ -28,8 +27,9 @@ from engine.contract.conv import (CONV_SCHEDULES, PROGRAM_TITLES, ConvProgram, C
 from engine.contract.flops import flop_indices
 from engine.design.conv import default_image, im2col_view, image_size
 from engine.design.model import Design
-from engine.nn.export import (_HEX, _IMPORTS, _INIT_AND_RESET, _Source, _activation_source, _equation, _ident,
-                              _init_stds, _int, _lit, class_name, delta_buffer_name, operand_names)
+from engine.nn.export import (_IMPORTS, _INIT_AND_RESET, _Source, _activation_source, _add_design_constants,
+                              _add_layer_tables, _add_snippet_layer, _equation, _finish_module, _ident, _int,
+                              _layer_tables, _network_kind, class_name, operand_names)
 
 _SYMBOLS = ("B", "H", "W", "Ho", "Wo")
 
@@ -75,7 +75,10 @@ def program_terms(prog: ConvProgram) -> tuple[tuple[tuple[int, tuple[str, ...]],
             counted: Any = s.counted
         else:
             a, b = (set(ix) for ix in s.in_indices)
-            counted = tuple(flop_indices(a, b, set(s.out_indices), prog.dims) or ())
+            chosen = flop_indices(a, b, set(s.out_indices), prog.dims) or ()
+            # in the order the step names them: a set's order changes with the process's hash seed, and the
+            # exported source must not
+            counted = tuple(i for i in dict.fromkeys(s.in_indices[0] + s.in_indices[1]) if i in chosen)
         flops.append(_term(prog, s.flops, tuple(counted), syms))
     return tuple(flops), tuple(sizes)
 
@@ -150,6 +153,11 @@ def plan(cls, batch: int, height: int, width: int) -> str:
     return min(order, key=lambda k: (cls.flops(k, batch, height, width), cls.largest(k, batch, height, width),
                                      order.index(k)))'''
 
+_CONV_TABLE_NOTES = {
+    "TENSORS": "# tensor id -> (parameter key or buffer name, kind, activation, indices)",
+    "INIT_STD": "# per-core init std (engine.nn.init): K gets nn.Conv2d's scale, 1 / sqrt(3 in_channels kh kw)",
+}
+
 _CONV_FORWARD = '''\
 def forward(self, x: torch.Tensor) -> torch.Tensor:
     """x: (B, in_channels, H, W) or (in_channels, H, W) -> (B, out_channels, H', W')."""
@@ -170,8 +178,6 @@ def to_conv_torch_source(design: Design, batch: int = 64, image: Any = None, cla
                          source: str = "") -> str:
     """Source text of a standalone ``nn.Module`` computing the conv ``design`` (torch only; see the module
     docstring)."""
-    from engine.nn.linear import id_to_key
-
     design.check()
     conv = design.conv
     if conv is None:
@@ -185,18 +191,8 @@ def to_conv_torch_source(design: Design, batch: int = 64, image: Any = None, cla
                              f"indices, more than torch.einsum can name (`tnstudio cost` shows the path)")
     mat = programs["materialise"]
     names = operand_names(design)
-    keys = {t.id: id_to_key(t.id) for t in design.tensors}
-    shapes = {keys[t.id]: tuple(design.shape(t.id)) for t in design.tensors if t.kind != "delta"}
-    deltas = {_ident(delta_buffer_name(t.id)): tuple(design.shape(t.id)) for t in design.tensors
-              if t.kind == "delta"}
-    stds = {keys[k]: float(v) for k, v in _init_stds(im2col_view(design)).items()}
-    tensors = {t.id: (keys[t.id] if t.kind != "delta" else delta_buffer_name(t.id), t.kind, t.activation,
-                      tuple(t.indices)) for t in design.tensors}
-    fingerprint = design.fingerprint()
-    if not _HEX.fullmatch(fingerprint):
-        raise ValueError(f"cannot export: fingerprint {fingerprint!r} is not hexadecimal")
+    tables = _layer_tables(design, im2col_view(design))
     kh, kw = conv.kernel_size
-    kind = "linear" if design.is_linear else "nonlinear (activations inside the network)"
     terms = {k: program_terms(p) for k, p in programs.items()}
 
     src = _Source()
@@ -205,16 +201,12 @@ def to_conv_torch_source(design: Design, batch: int = 64, image: Any = None, cla
     src.add()
     src.add(f"Design: conv {_int(kh)}x{_int(kw)}, {_int(conv.in_channels)} -> {_int(conv.out_channels)} channels, "
             f"{_int(len(design.tensors))} tensors, {design.params:,} parameters (dense {design.dense_params:,}, "
-            f"{design.compression:,.1f}x compression), {kind};\nits name, tensors and fingerprint are the constants "
-            "below. K = weight() is nn.Conv2d.weight's (out, in, kh, kw); every step\nis one step of TN Studio's conv "
-            "programs (engine.contract.conv). Parameter names (cores.<key>, bias) equal those of\n"
-            'engine.nn.conv.TNConv2d, so state dicts load either way. Depends on torch only.\n"""')
+            f"{design.compression:,.1f}x compression), {_network_kind(design)};\nits name, tensors and "
+            "fingerprint are the constants below. K = weight() is nn.Conv2d.weight's (out, in, kh, kw); every step\n"
+            "is one step of TN Studio's conv programs (engine.contract.conv). Parameter names (cores.<key>, bias) "
+            'equal those of\nengine.nn.conv.TNConv2d, so state dicts load either way. Depends on torch only.\n"""')
     src.add(_IMPORTS)
-    src.add(f"DESIGN_NAME = {_lit(design.name)}")
-    src.add(f"DESIGN_FINGERPRINT = {_lit(fingerprint)}  # of everything that changes the maths")
-    src.add(f"EXPORTED_FROM = {_lit(source or None)}  # where the weights beside this file come from, if any")
-    src.add()
-    src.add()
+    _add_design_constants(src, design, tables.fingerprint, source)
     src.add(f"class {cls}(nn.Module):")
     src.add(f'"""A TN Studio conv design as a layer: {_int(conv.in_channels)} -> {_int(conv.out_channels)} channels, '
             f'{design.params:,} parameters (its name: DESIGN_NAME)."""', 4)
@@ -228,30 +220,13 @@ def to_conv_torch_source(design: Design, batch: int = 64, image: Any = None, cla
     src.add(f"in_features = {_int(conv.in_features)}  # the fan-in, in_channels * kh * kw (bias init, as nn.Conv2d)", 4)
     src.add(f"out_features = {_int(conv.out_channels)}", 4)
     src.add("design_name = DESIGN_NAME", 4)
-    src.add("# tensor id -> (parameter key or buffer name, kind, activation, indices)", 4)
-    src.add("TENSORS = {", 4)
-    for tid, row in tensors.items():
-        src.add(f"{_lit(tid)}: {_lit(row)},", 8)
-    src.add("}", 4)
-    src.add("CORE_SHAPES = {", 4)
-    for key, shape in shapes.items():
-        src.add(f"{_lit(key)}: {_lit(shape)},", 8)
-    src.add("}", 4)
-    src.add(f"DELTA_SHAPES = {_lit(deltas)}", 4)
-    src.add("# per-core init std (engine.nn.init): K gets nn.Conv2d's scale, 1 / sqrt(3 in_channels kh kw)", 4)
-    src.add("INIT_STD = {", 4)
-    for key in shapes:
-        src.add(f"{_lit(key)}: {_lit(stds[key])},", 8)
-    src.add("}", 4)
+    _add_layer_tables(src, tables, _CONV_TABLE_NOTES)
     src.add("# each program's FLOPs as a sum, and its largest intermediate as a max, of c * prod(sizes) terms; sizes: "
             "B (batch),", 4)
     src.add("# H, W (input image), Ho, Wo (output image). Programs: " + "; ".join(
         f"{k} = {PROGRAM_TITLES[k]}" for k in programs) .replace("\n", " "), 4)
     for label, idx in (("PROGRAM_FLOPS", 0), ("PROGRAM_SIZES", 1)):
-        src.add(f"{label} = {{", 4)
-        for k in (s for s in CONV_SCHEDULES if s in programs):
-            src.add(f"{_lit(k)}: {_lit(terms[k][idx])},", 8)
-        src.add("}", 4)
+        src.add_dict(label, {k: terms[k][idx] for k in CONV_SCHEDULES if k in programs}, 4)
     src.add()
     src.add(_INIT_AND_RESET, 4)
     src.add()
@@ -279,13 +254,7 @@ def to_conv_torch_source(design: Design, batch: int = 64, image: Any = None, cla
     src.add(_CONV_PLANNING, 4)
     src.add()
     src.add(_CONV_FORWARD, 4)
-    if cls != "Layer":
-        src.add()
-        src.add()
-        src.add(f"Layer = {cls}  # a fixed name for loaders")
-    text = src.text()
-    ast.parse(text)
-    return text
+    return _finish_module(src, cls)
 
 
 def to_conv_snippet(design: Design, design_path: str = "design.json", weights_path: str | None = None) -> str:
@@ -297,19 +266,7 @@ def to_conv_snippet(design: Design, design_path: str = "design.json", weights_pa
     src.add(f'"""A TN Studio conv layer through the engine: {_int(conv.in_channels)} -> {_int(conv.out_channels)} '
             f'channels, {design.params:,} parameters ({design.compression:,.1f}x compression). Exported by TN '
             f'Studio."""')
-    src.add("import torch")
-    src.add()
-    src.add("from engine.design import load_design")
-    src.add("from engine.nn.conv import TNConv2d")
-    src.add()
-    src.add(f"DESIGN_NAME = {_lit(design.name)}")
-    src.add(f"layer = TNConv2d(load_design({_lit(str(design_path))}))")
-    if weights_path:
-        src.add(f"layer.load_state_dict(torch.load({_lit(str(weights_path))}, weights_only=True))")
-    else:
-        src.add('# layer.load_state_dict(torch.load("weights.pt", weights_only=True))  # trained weights, if any')
+    _add_snippet_layer(src, design, "engine.nn.conv.TNConv2d", design_path, weights_path)
     src.add(f"y = layer(torch.randn(2, {_int(conv.in_channels)}, {_int(h)}, {_int(w)}))  # (2, "
             f"{_int(conv.out_channels)}, H', W')")
-    text = src.text()
-    ast.parse(text)
-    return text
+    return src.checked_text()

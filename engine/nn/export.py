@@ -26,6 +26,7 @@ import ast
 import keyword
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,21 @@ class _Source:
         for line in text.split("\n"):
             self.lines.append((" " * indent + line) if line else "")
 
+    def add_dict(self, label: str, mapping: dict[Any, Any], indent: int = 0) -> None:
+        """``LABEL = {`` and one ``key: value,`` line per entry (both :func:`_lit`), then ``}``."""
+        self.add(f"{label} = {{", indent)
+        for key, value in mapping.items():
+            self.add(f"{_lit(key)}: {_lit(value)},", indent + 4)
+        self.add("}", indent)
+
     def text(self) -> str:
         return "\n".join(self.lines).rstrip("\n") + "\n"
+
+    def checked_text(self) -> str:
+        """The text, parsed first: a guard, what is returned always parses."""
+        text = self.text()
+        ast.parse(text)
+        return text
 
 
 # --------------------------------------------------------------------- names
@@ -321,14 +335,101 @@ def extra_repr(self) -> str:
 _PICK_PLAN = 'y = getattr(self, "forward_" + self.plan(x.shape[0]))(x)'
 _PICK_MATERIALISE = "y = self.forward_materialise(x)  # the last tensor absorbed is activated: W must be generated"
 
+_TABLE_NOTES = {
+    "TENSORS": "# tensor id -> (parameter key or buffer name, kind, activation, indices)",
+    "CORE_SHAPES": "# parameter key -> shape (cores.<key>)",
+    "DELTA_SHAPES": "# copy tensors (1 where all indices are equal): fixed buffers, named as in TNLinear",
+    "INIT_STD": "# per-core init std (engine.nn.init): W gets nn.Linear's scale, 1 / sqrt(3 in_features)",
+}
+
+
+# --------------------------------------------------------------------- parts shared with the conv exporter
+@dataclass(frozen=True)
+class _LayerTables:
+    """The design data a generated module carries as class constants (keys and names as in TNLinear)."""
+
+    tensors: dict[str, tuple]  # tensor id -> (parameter key or buffer name, kind, activation, indices)
+    core_shapes: dict[str, tuple[int, ...]]  # parameter key -> shape
+    delta_shapes: dict[str, tuple[int, ...]]  # buffer name -> shape
+    init_std: dict[str, float]  # parameter key -> init std, in the order of core_shapes
+    fingerprint: str  # the design's, checked hexadecimal
+
+
+def _layer_tables(design: Design, init_view: Design) -> _LayerTables:
+    """The class constants of ``design``'s module; init stds from ``init_view`` (the design, or its im2col view)."""
+    from engine.nn.linear import id_to_key
+
+    keys = {t.id: id_to_key(t.id) for t in design.tensors}
+    shapes = {keys[t.id]: tuple(design.shape(t.id)) for t in design.tensors if t.kind != "delta"}
+    deltas = {_ident(delta_buffer_name(t.id)): tuple(design.shape(t.id)) for t in design.tensors
+              if t.kind == "delta"}
+    stds = {keys[k]: float(v) for k, v in _init_stds(init_view).items()}
+    tensors = {t.id: (keys[t.id] if t.kind != "delta" else delta_buffer_name(t.id), t.kind, t.activation,
+                      tuple(t.indices)) for t in design.tensors}
+    fingerprint = design.fingerprint()
+    if not _HEX.fullmatch(fingerprint):
+        raise ValueError(f"cannot export: fingerprint {fingerprint!r} is not hexadecimal")
+    return _LayerTables(tensors, shapes, deltas, {key: stds[key] for key in shapes}, fingerprint)
+
+
+def _network_kind(design: Design) -> str:
+    """How the design's docstring names its network: linear, or nonlinear."""
+    return "linear" if design.is_linear else "nonlinear (activations inside the network)"
+
+
+def _add_design_constants(src: _Source, design: Design, fingerprint: str, source: str) -> None:
+    """The module constants DESIGN_NAME, DESIGN_FINGERPRINT and EXPORTED_FROM (``source``: where weights come from)."""
+    src.add(f"DESIGN_NAME = {_lit(design.name)}")
+    src.add(f"DESIGN_FINGERPRINT = {_lit(fingerprint)}  # of everything that changes the maths")
+    src.add(f"EXPORTED_FROM = {_lit(source or None)}  # where the weights beside this file come from, if any")
+    src.add()
+    src.add()
+
+
+def _add_layer_tables(src: _Source, tables: _LayerTables, notes: dict[str, str]) -> None:
+    """The class constants TENSORS, CORE_SHAPES, DELTA_SHAPES and INIT_STD, each after its comment in ``notes``."""
+    for label, value in (("TENSORS", tables.tensors), ("CORE_SHAPES", tables.core_shapes),
+                         ("DELTA_SHAPES", tables.delta_shapes), ("INIT_STD", tables.init_std)):
+        if label in notes:
+            src.add(notes[label], 4)
+        if label == "DELTA_SHAPES":  # usually empty: on one line
+            src.add(f"{label} = {_lit(value)}", 4)
+        else:
+            src.add_dict(label, value, 4)
+
+
+def _finish_module(src: _Source, cls: str) -> str:
+    """The generated module's text: ``Layer`` names class ``cls`` for loaders; parsed before it is returned."""
+    if cls != "Layer":
+        src.add()
+        src.add()
+        src.add(f"Layer = {cls}  # a fixed name for loaders")
+    return src.checked_text()
+
+
+def _add_snippet_layer(src: _Source, design: Design, layer_class: str, design_path: str,
+                       weights_path: str | None) -> None:
+    """A snippet's imports and ``layer = <class>(load_design(...))`` (``layer_class``: the class's dotted path),
+    with the weights loaded when ``weights_path`` is given."""
+    *module, name = (_ident(part) for part in layer_class.split("."))
+    src.add("import torch")
+    src.add()
+    src.add("from engine.design import load_design")
+    src.add(f"from {'.'.join(module)} import {name}")
+    src.add()
+    src.add(f"DESIGN_NAME = {_lit(design.name)}")
+    src.add(f"layer = {name}(load_design({_lit(str(design_path))}))")
+    if weights_path:
+        src.add(f"layer.load_state_dict(torch.load({_lit(str(weights_path))}, weights_only=True))")
+    else:
+        src.add('# layer.load_state_dict(torch.load("weights.pt", weights_only=True))  # trained weights, if any')
+
 
 def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = None, source: str = "",
                     memory_budget: int | str | None = None) -> str:
     """Source text of a standalone ``nn.Module`` computing ``design`` (depends on torch only; see the module
     docstring for why no design string can become code). Conv2d designs: :func:`engine.nn.conv_export.
     to_conv_torch_source`."""
-    from engine.nn.linear import id_to_key
-
     if design.conv is not None:
         from engine.nn.conv_export import to_conv_torch_source
 
@@ -350,28 +451,18 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     gen_steps = [s for s in mat.steps if s.phase == "generate"]
     app_steps = [s for s in mat.steps if s.phase == "apply"]
     names = operand_names(design)
-    keys = {t.id: id_to_key(t.id) for t in design.tensors}
-    shapes = {keys[t.id]: tuple(design.shape(t.id)) for t in design.tensors if t.kind != "delta"}
-    deltas = {_ident(delta_buffer_name(t.id)): tuple(design.shape(t.id)) for t in design.tensors
-              if t.kind == "delta"}
-    stds = {keys[k]: float(v) for k, v in _init_stds(design).items()}
-    tensors = {t.id: (keys[t.id] if t.kind != "delta" else delta_buffer_name(t.id), t.kind, t.activation,
-                      tuple(t.indices)) for t in design.tensors}
-    fingerprint = design.fingerprint()
-    if not _HEX.fullmatch(fingerprint):
-        raise ValueError(f"cannot export: fingerprint {fingerprint!r} is not hexadecimal")
-    kind = "linear" if design.is_linear else "nonlinear (activations inside the network)"
+    tables = _layer_tables(design, design)
 
     src = _Source()
     src.add('"""A tensor-network linear layer, y = x @ W + b, exported by TN Studio (`tnstudio export --to torch`).')
     src.add()
     src.add(f"Design: {_int(design.in_features)} -> {_int(design.out_features)}, {_int(len(design.tensors))} tensors, "
             f"{design.params:,} core params (the weight alone, no bias; dense {design.dense_params:,}, "
-            f"{design.compression:,.1f}x compression), "
-            f"{kind};\nits name, tensors and fingerprint are the constants below. Every einsum is one step of the "
-            "contraction program of\nengine.contract.program.compile_program, the same steps TN Studio runs and "
-            "costs. Parameter names (cores.<key>,\nbias) equal those of engine.nn.TNLinear, so state dicts load "
-            'either way. Depends on torch only.\n"""')
+            f"{design.compression:,.1f}x compression), {_network_kind(design)};\nits name, tensors and fingerprint "
+            "are the constants below. Every einsum is one step of the contraction program of\n"
+            "engine.contract.program.compile_program, the same steps TN Studio runs and costs. Parameter names "
+            "(cores.<key>,\nbias) equal those of engine.nn.TNLinear, so state dicts load either way. Depends on torch "
+            'only.\n"""')
     src.add(_IMPORTS)
     if mat.slicing is not None:
         from engine.nn.sliced_export import HELPERS, activations_used, slicing_spec
@@ -386,11 +477,7 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
         src.add(HELPERS)
         src.add()
         src.add()
-    src.add(f"DESIGN_NAME = {_lit(design.name)}")
-    src.add(f"DESIGN_FINGERPRINT = {_lit(fingerprint)}  # of everything that changes the maths")
-    src.add(f"EXPORTED_FROM = {_lit(source or None)}  # where the weights beside this file come from, if any")
-    src.add()
-    src.add()
+    _add_design_constants(src, design, tables.fingerprint, source)
     src.add(f"class {cls}(nn.Module):")
     src.add(f'"""A TN Studio design as a layer: {_int(design.in_features)} -> {_int(design.out_features)}, '
             f'{design.params:,} core params (its name: DESIGN_NAME)."""', 4)
@@ -398,34 +485,12 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     src.add(f"in_features = {_int(design.in_features)}", 4)
     src.add(f"out_features = {_int(design.out_features)}", 4)
     src.add("design_name = DESIGN_NAME", 4)
-    src.add("# tensor id -> (parameter key or buffer name, kind, activation, indices)", 4)
-    src.add("TENSORS = {", 4)
-    for tid, row in tensors.items():
-        src.add(f"{_lit(tid)}: {_lit(row)},", 8)
-    src.add("}", 4)
-    src.add("# parameter key -> shape (cores.<key>)", 4)
-    src.add("CORE_SHAPES = {", 4)
-    for key, shape in shapes.items():
-        src.add(f"{_lit(key)}: {_lit(shape)},", 8)
-    src.add("}", 4)
-    src.add("# copy tensors (1 where all indices are equal): fixed buffers, named as in TNLinear", 4)
-    src.add(f"DELTA_SHAPES = {_lit(deltas)}", 4)
-    src.add("# per-core init std (engine.nn.init): W gets nn.Linear's scale, 1 / sqrt(3 in_features)", 4)
-    src.add("INIT_STD = {", 4)
-    for key in shapes:
-        src.add(f"{_lit(key)}: {_lit(stds[key])},", 8)
-    src.add("}", 4)
+    _add_layer_tables(src, tables, _TABLE_NOTES)
     if streams:
         programs = {"materialise": mat, **streams}
         src.add(_SCHEDULE_NOTE, 4)
-        src.add("SCHEDULE_FLOPS = {", 4)
-        for key, prog in programs.items():
-            src.add(f"{_lit(key)}: {_lit(flops_by_batch(prog))},", 8)
-        src.add("}", 4)
-        src.add("SCHEDULE_SIZES = {", 4)
-        for key, prog in programs.items():
-            src.add(f"{_lit(key)}: {_lit(sizes_by_batch(prog))},", 8)
-        src.add("}", 4)
+        src.add_dict("SCHEDULE_FLOPS", {key: flops_by_batch(prog) for key, prog in programs.items()}, 4)
+        src.add_dict("SCHEDULE_SIZES", {key: sizes_by_batch(prog) for key, prog in programs.items()}, 4)
     src.add()
     src.add(_INIT_AND_RESET, 4)
     src.add()
@@ -469,13 +534,7 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
         src.add(_PLANNING, 4)
     src.add()
     src.add(_FORWARD.replace("PICK", _PICK_PLAN if streams else _PICK_MATERIALISE), 4)
-    if cls != "Layer":
-        src.add()
-        src.add()
-        src.add(f"Layer = {cls}  # a fixed name for loaders")
-    text = src.text()
-    ast.parse(text)  # a guard: what is returned always parses
-    return text
+    return _finish_module(src, cls)
 
 
 # --------------------------------------------------------------------- json and snippet
@@ -493,21 +552,9 @@ def to_snippet(design: Design, design_path: str = "design.json", weights_path: s
     src = _Source()
     src.add(f'"""A TN Studio layer through the engine: {_int(design.in_features)} -> {_int(design.out_features)}, '
             f'{design.params:,} parameters ({design.compression:,.1f}x compression). Exported by TN Studio."""')
-    src.add("import torch")
-    src.add()
-    src.add("from engine.design import load_design")
-    src.add("from engine.nn import TNLinear")
-    src.add()
-    src.add(f"DESIGN_NAME = {_lit(design.name)}")
-    src.add(f"layer = TNLinear(load_design({_lit(str(design_path))}))")
-    if weights_path:
-        src.add(f"layer.load_state_dict(torch.load({_lit(str(weights_path))}, weights_only=True))")
-    else:
-        src.add('# layer.load_state_dict(torch.load("weights.pt", weights_only=True))  # trained weights, if any')
+    _add_snippet_layer(src, design, "engine.nn.TNLinear", design_path, weights_path)
     src.add(f"y = layer(torch.randn(32, {_int(design.in_features)}))  # (32, {_int(design.out_features)})")
-    text = src.text()
-    ast.parse(text)
-    return text
+    return src.checked_text()
 
 
 def export_source(design: Design, fmt: str, **kw: Any) -> str:
