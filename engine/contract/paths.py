@@ -29,7 +29,11 @@ REFINE_FIRST = 4  # the local re-optimisation replaces every subtree of this man
 REFINE_DEEP = 6  # then, on networks of at most REFINE_DEEP_ALWAYS tensors or where the first pass improved the
 REFINE_DEEP_ALWAYS = 32  # tree, every subtree of REFINE_DEEP leaves (cheap with cotengra's Rust backend; measured on
 # the templates: it brings the 78-127-tensor aTTN, MERA and TTN streams from 2-57x to within 2x of cotengra's 2 s
-# hyper-search, chains and rings are left as they were)
+# hyper-search, chains and rings are left as they were). On networks of more than REFINE_LARGE tensors only where
+# the first pass gained more than REFINE_DEEP_LARGE_GAIN: the 128-site chains' streams gain 2% there and nothing
+# from the deeper pass, which took a third of their report (the trees that profit gained 1.8x to 10^5x)
+REFINE_LARGE = 96
+REFINE_DEEP_LARGE_GAIN = 1.1
 # Loopy networks (random graphs): one greedy trial and a local refinement can be orders of magnitude off there, so
 # a network whose cores (x left out) have a cyclomatic number of at least LOOPY_RATIO x tensors (and at least
 # LOOPY_MIN tensors) gets LOOPY_GREEDY greedy trials, the best of LOOPY_SAMPLED randomised ones and the refinement
@@ -233,7 +237,9 @@ def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dim
         out = [[tuple(p) for p in tree.get_path()]]
         # the deeper pass only where the first one found something (or on small networks, where it is cheap): a
         # tree no subtree of 4 improves (e.g. a chain's sweep) is rarely improved by larger subtrees
-        if len(inputs) <= REFINE_DEEP_ALWAYS or tree.total_flops() < before:
+        gained = before / max(tree.total_flops(), 1)
+        if len(inputs) <= REFINE_DEEP_ALWAYS or gained > (REFINE_DEEP_LARGE_GAIN if len(inputs) > REFINE_LARGE
+                                                          else 1.0):
             tree = tree.subtree_reconfigure(subtree_size=REFINE_DEEP, select="descend", minimize="flops", seed=0)
             out.append([tuple(p) for p in tree.get_path()])
         return out
@@ -284,8 +290,10 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
         path = [tuple(p) for p in path]
         if len(path) != n - 1 or any(len(p) != 2 for p in path):
             return  # not a complete pairwise path
-        rank = path_cost(sets, path, keep, dims) + (tuple(path),)
-        seen.setdefault(tuple(path), rank)
+        key = tuple(path)
+        rank = seen.get(key)
+        if rank is None:  # a path proposed again (e.g. a refinement that changed nothing) is not counted again
+            rank = seen[key] = path_cost(sets, path, keep, dims) + (key,)
         if best is None or rank < best[0]:
             best = (rank, path, name)
 
