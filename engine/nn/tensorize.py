@@ -222,19 +222,22 @@ def tensorize(model: nn.Module, designs: dict[str, Design | dict | str | Path], 
         if (design.in_features, design.out_features) != (old.in_features, old.out_features):
             raise ValueError(f"design {design.name!r} is {design.in_features}x{design.out_features} but module "
                              f"{name!r} is {old.in_features}x{old.out_features}")
-        if pretrained:
-            new = TNLinear.from_linear(old, design, **fit)
-        else:
-            new = TNLinear(design, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype,
-                           seed=fit.get("seed"))
-        parent, child = _parent(model, name)
-        setattr(parent, child, new)
-        row = {"params_before": sum(p.numel() for p in old.parameters()),
-               "params_after": sum(p.numel() for p in new.parameters())}
-        if pretrained:
-            row.update(new.fit_report)
-        report[name] = row
+        new = TNLinear.from_linear(old, design, **fit) if pretrained else \
+            TNLinear(design, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype,
+                     seed=fit.get("seed"))
+        report[name] = _put(model, name, old, new, pretrained)
     return report
+
+
+def _put(model: nn.Module, name: str, old: nn.Module, new: nn.Module, fitted: bool) -> dict[str, Any]:
+    """Put ``new`` where ``old`` was; its report row (parameters before and after, the fit's numbers)."""
+    parent, child = _parent(model, name)
+    setattr(parent, child, new)
+    row = {"params_before": sum(p.numel() for p in old.parameters()),
+           "params_after": sum(p.numel() for p in new.parameters())}
+    if fitted:
+        row.update(new.fit_report)
+    return row
 
 
 def _swap_conv(model: nn.Module, name: str, old: nn.Module, design: Design, pretrained: bool,
@@ -251,15 +254,7 @@ def _swap_conv(model: nn.Module, name: str, old: nn.Module, design: Design, pret
         check_fits(old, design)
     except ValueError as e:
         raise ValueError(f"module {name!r}: {e}") from None
-    if pretrained:
-        new = TNConv2d.from_conv(old, design, **fit)
-    else:
-        new = TNConv2d(design, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype,
-                       seed=fit.get("seed"))
-    parent, child = _parent(model, name)
-    setattr(parent, child, new)
-    row = {"params_before": sum(p.numel() for p in old.parameters()),
-           "params_after": sum(p.numel() for p in new.parameters())}
-    if pretrained:
-        row.update(new.fit_report)
-    return row
+    new = TNConv2d.from_conv(old, design, **fit) if pretrained else \
+        TNConv2d(design, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype,
+                 seed=fit.get("seed"))
+    return _put(model, name, old, new, pretrained)
