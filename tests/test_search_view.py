@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import panel as pn
@@ -142,3 +143,46 @@ def test_launch_runs_workers_and_stop(state):
     assert view.report.counts["trained"] >= 2 and view.report.done and len(view.source.data["number"]) >= 1
     assert view.stop() and "stop" in view.message
     assert view.studies.options == ["live"]
+
+
+def test_random_forms_build_a_search_or_say_why_and_names_stay_in_the_search_folder(state, _tnstudio_home):
+    """The form as an input surface (hypothesis): any name, sizes, kinds, legs, activations and budgets either
+    describe a search whose spec mirrors the form, or are refused with a ValueError naming the problem; an accepted
+    name's embedded storage lies inside ``<home>/search`` (no name reaches another folder)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    view = SearchView(state)
+    folder = (view.home / "search").resolve()
+    outcomes: set[str] = set()
+    names = st.one_of(st.sampled_from(["s1", "../x", "a/b", "..", ".hidden", "a..b", "x" * 101, "", " s ", "é",
+                                       "a\nb", "con", "a;rm -rf"]), st.text(max_size=12))
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(name=names, n_in=st.integers(1, 10 ** 7), n_out=st.integers(1, 10 ** 7),
+           kinds=st.lists(st.sampled_from(view.param.kinds.objects), unique=True, max_size=3),
+           legs=st.lists(st.sampled_from(view.param.legs.objects), unique=True, max_size=3),
+           acts=st.lists(st.sampled_from(view.param.activations.objects), unique=True, max_size=2),
+           max_params=st.one_of(st.none(), st.integers(1, 10 ** 12)),
+           max_mem=st.one_of(st.none(), st.floats(0, 1e6)))
+    def run(name, n_in, n_out, kinds, legs, acts, max_params, max_mem):
+        view.param.update(study_name=name, in_features=n_in, out_features=n_out, kinds=kinds, legs=legs,
+                          activations=acts, max_params=max_params, max_train_memory_mib=max_mem)
+        try:
+            spec = view.spec()
+        except ValueError as e:
+            assert str(e) and "\n" not in str(e)
+            outcomes.add("refused")
+            return
+        assert spec.name == name.strip() and spec.space.kinds == tuple(kinds)
+        assert (spec.space.in_features, spec.space.out_features) == (n_in, n_out)
+        assert spec.budget.max_params == max_params
+        try:
+            path = Path(view.url(spec.name)).resolve()
+        except ValueError:
+            return  # a name storage refuses (the launch says so)
+        assert path.parent == folder, path
+        outcomes.add("accepted")
+
+    run()
+    assert outcomes == {"refused", "accepted"}
