@@ -263,6 +263,8 @@ class TrainView(Viewer):
         self.lr = FloatField(label="Learning rate", value=3e-3, css_class="tn-train-lr", width=140)
         self.device = styled(pn.widgets.Select(label="Device", options=device_options(), value="auto", width=140))
         self.baseline = Tick(label="also run the dense baseline", css_class="tn-train-baseline")
+        self.compiled = Tick(label="compile the step (torch.compile: CUDA graphs on a GPU)",
+                             css_class="tn-train-compile")
         self.launch_button = button("▶  Launch run", self.launch, once=True, color="primary", height=40, **w,
                                     css_classes=["tn-train-launch"], key=self._situation)
         self.plan = pn.pane.HTML(stylesheets=[css("train", "notes")], **w, margin=(4, 10),
@@ -315,7 +317,8 @@ class TrainView(Viewer):
     def _situation(self) -> tuple:
         """What Launch acts on: the form and the design (a double click launches once)."""
         return (self.dataset.value, self.model.value, self.hidden.value, self.layer.value, self.epochs.value,
-                self.batch_size.value, self.lr.value, self.device.value, self.baseline.value, self.state.version)
+                self.batch_size.value, self.lr.value, self.device.value, self.baseline.value, self.compiled.value,
+                self.state.version)
 
     def config(self) -> RunConfig:
         """The run config the form describes; its checks raise ConfigError naming the field (ValueError for
@@ -325,7 +328,7 @@ class TrainView(Viewer):
         layer = None if self.layer.value in ("auto", None) or not is_mlp else int(self.layer.value)
         return RunConfig(dataset=self.dataset.value, model=self.model.value, hidden=hidden, layer=layer,
                          epochs=self.epochs.value, batch_size=self.batch_size.value, lr=self.lr.value,
-                         device=self.device.value, baseline=False)
+                         device=self.device.value, compile=self.compiled.value, baseline=False)
 
     def _layer_options(self) -> None:
         is_mlp = self.model.value == "mlp"
@@ -575,7 +578,7 @@ class TrainView(Viewer):
             self.dataset, self.model, self.hidden, self.layer,
             pn.Row(self.epochs, self.batch_size, margin=0),
             pn.Row(self.lr, self.device, margin=0),
-            self.baseline, self.plan, self.launch_button, self.feedback, sizing_mode="stretch_width",
+            self.baseline, self.compiled, self.plan, self.launch_button, self.feedback, sizing_mode="stretch_width",
             margin=(0, 0, 8, 0)))
         net = self.network.train_panel() if self.network is not None else None
         self._cards = (form, net)

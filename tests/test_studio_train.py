@@ -53,6 +53,10 @@ def test_form_describes_the_model_and_refuses_what_does_not_fit(state):
     view.hidden.value = "a, b"
     assert "hidden sizes must be integers" in view.plan.object
     assert parse_hidden(" 256 128 ") == [256, 128] and parse_hidden("") is None
+    view.hidden.value = ""
+    assert not view.config().compile
+    view.compiled.value = True  # the tick reaches the run's config
+    assert view.config().compile
     assert elapsed_text(5) == "5 s" and elapsed_text(125) == "2 min 05 s" and elapsed_text(3700) == "1 h 01 min"
 
 

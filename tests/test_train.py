@@ -98,7 +98,8 @@ def test_run_config_is_typed_frozen_and_round_trips_through_json():
            "nproc": 1, "eval_every": 0, "log_every": 10, "max_steps": None, "threads": None}
     loaded = RunConfig.from_dict(old).to_dict()
     assert loaded == RunConfig().to_dict() and {k: loaded[k] for k in old} == old
-    assert all(loaded[k] is None for k in loaded if k not in old)  # fields added since default to None
+    # fields added since default to None (switches to off)
+    assert all(loaded[k] is (False if k == "compile" else None) for k in loaded if k not in old)
     base = replace(config, baseline=True)
     assert base.baseline and base.hidden == config.hidden and not config.baseline
     with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
@@ -117,6 +118,7 @@ def test_run_config_is_typed_frozen_and_round_trips_through_json():
     ("warmup", 1.0, r"warmup must be a fraction in \[0, 1\)"), ("device", "cuda:x", "device must be auto, cpu"),
     ("model", "rnn", "model must be one of mlp, cnn"), ("hidden_activation", "zap", "must be one of relu, gelu"),
     ("baseline", "yes", "baseline must be True or False"), ("amp", 2, "amp must be True or False"),
+    ("compile", "yes", "compile must be True or False"),
     ("data_dir", 3, "data_dir must be None or a folder"),
 ])
 def test_run_config_rejects_each_bad_value_naming_the_key(key, value, match):
@@ -290,6 +292,28 @@ def test_regression_cnn_and_amp_runs(tmp_path):
                      log_every=10)
     run = run_training(rid, tmp_path)  # bfloat16 autocast on CPU
     assert run["status"] == "completed" and math.isfinite(run["results"]["test_loss"])
+
+
+@pytest.mark.slow
+def test_a_compiled_step_trains_as_the_eager_one(tmp_path):
+    """``compile=True`` runs the step through torch.compile (inductor on the CPU): the same losses as the eager
+    run, step by step, within float32 reordering, and the run records it."""
+    d = make_template("ttn", 256, 256, 4, activation="gelu")
+    config = dict(epochs=1, batch_size=64, max_steps=12, log_every=4, eval_every=12, lr=1e-3)
+    store, eager = _record(tmp_path, d, **config)
+    assert run_training(eager, tmp_path)["status"] == "completed"
+    _, compiled = _record(tmp_path, d, compile=True, **config)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    run = run_training(compiled, tmp_path)
+    assert run["status"] == "completed", run["reason"]
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the model's forward
+    assert run["config"]["compile"] is True
+    a, b = store.metrics(eager), store.metrics(compiled)
+    assert [(m["step"], m["split"]) for m in a] == [(m["step"], m["split"]) for m in b]
+    for ma, mb in zip(a, b):
+        assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-3)
 
 
 def test_cnn_learns_the_synthetic_images_quickly(tmp_path):

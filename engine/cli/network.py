@@ -234,8 +234,8 @@ def run_config(args: argparse.Namespace, spec: NetworkSpec) -> RunConfig:
     try:
         return network_config(spec, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                               batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                              device=args.device, amp=args.amp, seed=args.seed, nproc=args.nproc,
-                              eval_every=args.eval_every)
+                              device=args.device, amp=args.amp, compile=args.compile, seed=args.seed,
+                              nproc=args.nproc, eval_every=args.eval_every)
     except ConfigError as e:
         raise UserError(str(e)) from None
     except ValueError as e:

@@ -106,8 +106,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
     try:
         return RunConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, hidden=hidden,
                          layer=args.layer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, device=args.device, amp=args.amp, seed=args.seed,
-                         nproc=args.nproc, eval_every=args.eval_every)
+                         weight_decay=args.weight_decay, device=args.device, amp=args.amp, compile=args.compile,
+                         seed=args.seed, nproc=args.nproc, eval_every=args.eval_every)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
@@ -285,6 +285,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=d.seed, help=f"seed of initialisation and data order (default {d.seed})")
     t.add_argument("--device", default=d.device, help="auto (CUDA when available; the default), cpu, cuda or cuda:N")
     t.add_argument("--amp", action="store_true", help="mixed precision (bfloat16 autocast)")
+    t.add_argument("--compile", action="store_true",
+                   help="run the model's step through torch.compile (CUDA graphs on a GPU; compiles first)")
     t.add_argument("--nproc", type=int, default=d.nproc, help="data-parallel processes (torch.distributed)")
     t.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate every N steps (default: each epoch)")
     t.add_argument("--baseline", action="store_true", help="also train the dense baseline and compare")

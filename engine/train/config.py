@@ -30,7 +30,8 @@ class RunConfig:
     None: ``<TNSTUDIO_HOME>/data``), model (a registered kind: mlp, cnn), hidden (MLP hidden sizes; None: built
     around the design), layer (MLP layer the design replaces; None: the first that fits), hidden_activation,
     epochs, batch_size (global), lr (AdamW peak), weight_decay, warmup (fraction of the steps), grad_clip (0: off),
-    device (auto|cpu|cuda|cuda:N), amp, seed, baseline (nn.Linear in place of the design), nproc (data-parallel
+    device (auto|cpu|cuda|cuda:N), amp, compile (run the model's forward and backward through torch.compile: CUDA
+    graphs on a GPU, fused kernels on the CPU; the first steps pay the compilation), seed, baseline (nn.Linear in place of the design), nproc (data-parallel
     processes), eval_every (steps; 0: each epoch), log_every (steps), max_steps (stop early; None: all epochs),
     threads (CPU threads per process; None: one thread for small MLPs, whose steps are too short to gain from
     more, else torch's default), init_from (None: a fresh initialisation; else a ``.pt`` file holding the whole
@@ -57,6 +58,7 @@ class RunConfig:
     grad_clip: float = field(default=1.0, metadata=_label("gradient clipping"))
     device: str = field(default="auto", metadata=_label("device"))
     amp: bool = field(default=False, metadata=_label("mixed precision"))
+    compile: bool = field(default=False, metadata=_label("compiled step"))
     seed: int = field(default=0, metadata=_label("seed"))
     baseline: bool = field(default=False, metadata=_label("dense baseline"))
     nproc: int = field(default=1, metadata=_label("processes"))
@@ -108,7 +110,7 @@ class RunConfig:
         self._need("device", dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
                    "auto, cpu, cuda or cuda:N")
         self._set("device", dev)
-        for key in ("baseline", "amp"):
+        for key in ("baseline", "amp", "compile"):
             value = getattr(self, key)
             self._need(key, isinstance(value, bool) or (_is_int(value) and value in (0, 1)), "True or False")
             self._set(key, bool(value))

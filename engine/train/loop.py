@@ -183,6 +183,10 @@ class Trainer:
 
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                if self.device.type == "cuda" else None)
+        if config.compile:
+            # CUDA graphs on a GPU, where TN layers' small kernels are launch-bound (measured on an H200: 1.6-3.4x
+            # off a TN layer's step); inductor's fused kernels on the CPU. Evaluation and checkpoints use the model
+            self.net = torch.compile(self.net, mode="reduce-overhead" if self.device.type == "cuda" else "default")
         self.x_train = self.data.x_train.to(self.device)
         self.y_train = self.data.y_train.to(self.device)
         self.x_test = self.data.x_test.to(self.device)
