@@ -9,9 +9,11 @@ and computes a fresh report. The worker never touches the studio's state or view
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 QUIET_S = 0.3  # a search starts once the design has not changed for this long (it shares the GIL with edits)
 MIN_TENSORS = 4  # smaller networks are searched exactly by the fast search already
+EXIT_WAIT_S = 10.0  # at interpreter exit, how long running searches may take to finish (see _finish_at_exit)
+_LIVE: weakref.WeakSet[PathRefiner] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class PathRefiner:
         self._stamp = 0.0  # when it was made
         self._thread: threading.Thread | None = None
         self._closed = False
+        _LIVE.add(self)
 
     def request(self, job: RefineJob) -> bool:
         """Queue ``job`` (replacing a waiting one); False when it is not worth a search or the refiner is closed."""
@@ -118,3 +123,16 @@ class PathRefiner:
             log.warning("background path search failed for %r (%d tensors); keeping the live report",
                         job.design.name, len(job.design.tensors), exc_info=True)
             return None
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Let running searches end before the interpreter does. A daemon thread still inside cotengra's Rust backend
+    when Python finalises is torn down mid-call, which aborts the whole process ("FATAL: exception not rethrown")
+    after everything else succeeded; atexit runs while threads still run, so close every refiner and wait."""
+    refiners = list(_LIVE)
+    for r in refiners:
+        r.close()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for r in refiners:
+        r.wait(max(deadline - time.monotonic(), 0.0))

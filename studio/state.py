@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import operator
 import os
 import time
@@ -59,7 +58,7 @@ from engine.contract.cost import CostReport, cost_report
 from engine.contract.schedule import SCHEDULE_CHOICES
 from engine.design import edit
 from engine.design.edit import EditError, typical_bond, with_bond
-from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError
+from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, is_position
 from engine.design.templates import make_template
 from engine.format import nbytes, si
 from engine.home import tnstudio_home
@@ -496,8 +495,8 @@ class StudioState(param.Parameterized):
         pos = (round(float(x), 1), round(float(y), 1))
         kind, _, name = key.partition(":")
         known = name in self.design.indices if kind in ("L", "H") else any(t.id == key for t in self.design.tensors)
-        if not known or not all(math.isfinite(v) for v in pos):
-            return  # a late event from a canvas that showed another design, or a position that is no position
+        if not known or not is_position(pos):
+            return  # a late event from a canvas that showed another design, or a position the format cannot keep
         for d in (self.design, self._history[self._pos]):
             if any(t.id == key for t in d.tensors):
                 d.tensor(key).position = pos

@@ -149,7 +149,7 @@ def test_random_forms_build_a_search_or_say_why_and_names_stay_in_the_search_fol
     """The form as an input surface (hypothesis): any name, sizes, kinds, legs, activations and budgets either
     describe a search whose spec mirrors the form, or are refused with a ValueError naming the problem; an accepted
     name's embedded storage lies inside ``<home>/search`` (no name reaches another folder)."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
     view = SearchView(state)
@@ -165,6 +165,9 @@ def test_random_forms_build_a_search_or_say_why_and_names_stay_in_the_search_fol
            acts=st.lists(st.sampled_from(view.param.activations.objects), unique=True, max_size=2),
            max_params=st.one_of(st.none(), st.integers(1, 10 ** 12)),
            max_mem=st.one_of(st.none(), st.floats(0, 1e6)))
+    @example(name="s1", n_in=256, n_out=256, kinds=["ttn"], legs=[4], acts=["gelu"], max_params=2000, max_mem=None)
+    @example(name="../s1", n_in=256, n_out=256, kinds=["ttn"], legs=[4], acts=["gelu"], max_params=2000,
+             max_mem=None)
     def run(name, n_in, n_out, kinds, legs, acts, max_params, max_mem):
         view.param.update(study_name=name, in_features=n_in, out_features=n_out, kinds=kinds, legs=legs,
                           activations=acts, max_params=max_params, max_train_memory_mib=max_mem)

@@ -68,20 +68,28 @@ def test_random_canvas_messages_keep_the_state_true(tmp_path):
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(data=st.data(), template=st.sampled_from(["mera", "tensor_ring", "cp", "ttn"]))
     def run(data, template):
-        state = StudioState(make_template(template, 64, 64, 3), home=str(tmp_path))
+        state = StudioState(make_template(template, 64, 64, 3), home=str(tmp_path), refine_s=0, autosave=False)
         canvas = Canvas(state=state)
-        for n in range(12):
-            if data.draw(st.integers(0, 9), label="switch") == 0:  # the canvas may still send the old ids after
-                other = data.draw(st.sampled_from(["mpo", "tucker", "mera"]), label="generate")
-                state.generate(other, 64, 32, 2)
-                step = f"{n}: generate {other}"
-            elif data.draw(st.integers(0, 9), label="undo") == 0:
-                state.undo()
-                step = f"{n}: undo"
-            else:
-                msg = data.draw(canvas_message(*ids_of(state)), label="message")
-                canvas.flow._process_msg(msg)
-                step = f"{n}: {msg}"
-            assert_consistent(state, canvas, step)
+        try:
+            steps(state, canvas, data)
+        finally:
+            state.close()
 
     run()
+
+
+def steps(state: StudioState, canvas: Canvas, data) -> None:
+    """Twelve things the browser (or someone posing as it) may send, the state checked after each."""
+    for n in range(12):
+        if data.draw(st.integers(0, 9), label="switch") == 0:  # the canvas may still send the old ids after
+            other = data.draw(st.sampled_from(["mpo", "tucker", "mera"]), label="generate")
+            state.generate(other, 64, 32, 2)
+            step = f"{n}: generate {other}"
+        elif data.draw(st.integers(0, 9), label="undo") == 0:
+            state.undo()
+            step = f"{n}: undo"
+        else:
+            msg = data.draw(canvas_message(*ids_of(state)), label="message")
+            canvas.flow._process_msg(msg)
+            step = f"{n}: {msg}"
+        assert_consistent(state, canvas, step)

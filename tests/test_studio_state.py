@@ -276,6 +276,7 @@ def test_selecting_what_the_design_lacks_keeps_only_what_it_has(state):
     state.move(tid + "_old", 10, 20)  # a late drag event from the previous canvas
     state.move("L:no_such_leg", 10, 20)
     state.move(state.design.tensors[0].id, float("nan"), 0)
+    state.move(state.design.tensors[0].id, 0, 1.35e9)  # finite, but beyond what the format keeps (found by fuzzing)
     assert state.design.to_dict() == before
     state.move(state.design.tensors[0].id, 10, 20)
     assert state.design.tensors[0].position == (10.0, 20.0)
@@ -306,3 +307,26 @@ def test_uploads_have_a_size_limit(state):
     text = json.dumps(big) + " " * MAX_UPLOAD_BYTES
     assert not state.load_json(text, source="big.json")
     assert "big.json" in state.field_errors["open"] and "2 MiB" in state.field_errors["open"]
+
+
+def test_exit_during_a_background_search_is_clean(tmp_path):
+    """The interpreter exiting while the refiner thread is inside cotengra's Rust backend used to abort the process
+    ("FATAL: exception not rethrown", exit 134) after all work had succeeded; the refiners now finish first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import time\n"
+        "from engine.design.templates import make_template\n"
+        "from studio.state import StudioState\n"
+        f"s = StudioState(make_template('mera', 2 ** 10, 2 ** 10, 3, in_factors=[2] * 10, out_factors=[2] * 10),"
+        f" home={str(tmp_path)!r}, refine_s=1.0, autosave=False)\n"
+        "s.set_dim('s0', 4)\n"
+        "time.sleep(0.6)\n"  # the search has started (quiet time 0.3 s)
+        "assert s.refiner.busy\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    for _ in range(3):
+        p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0 and "FATAL" not in p.stderr, (p.returncode, p.stderr[-2000:])

@@ -82,6 +82,7 @@ MAX_TENSORS = 1024
 MAX_TENSOR_INDICES = 52  # torch.einsum names at most 52 indices (a-z, A-Z)
 MAX_NAME_LENGTH = 256  # the design's name
 MAX_META_DEPTH = 32  # nesting of the free-form ``meta`` object
+MAX_POSITION = 1e9  # a drawing coordinate (canvas units), either sign
 MAX_FILE_BYTES = 16 * 2 ** 20  # a design file (the largest template with 1024 tensors is about 0.3 MiB)
 TOP_KEYS = ("format", "version", "name", "target", "indices", "tensors", "order", "root", "meta")
 TARGET_KEYS = ("kind", "in_features", "out_features")
@@ -565,10 +566,9 @@ def _parse(d: Any) -> Design:
             act = None
         pos = t.get("position")
         if pos is not None:
-            if not (isinstance(pos, (list, tuple)) and len(pos) == 2
-                    and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p)
-                            and abs(p) <= 1e9 for p in pos)):
-                probs.append(f"{where}: position must be [x, y], two finite numbers")
+            if not is_position(pos):
+                probs.append(f"{where}: position must be [x, y], two finite numbers of at most {MAX_POSITION:g} "
+                             f"in size")
                 pos = None
             else:
                 pos = (float(pos[0]), float(pos[1]))
@@ -590,6 +590,13 @@ def _parse(d: Any) -> Design:
         raise DesignError(probs)
     return Design(name=name, in_features=inf, out_features=outf, indices=indices, tensors=tensors,
                   order=list(order) if order is not None else None, root=root, meta=dict(meta or {}), conv=conv)
+
+
+def is_position(pos: Any) -> bool:
+    """Whether ``pos`` is a drawing position the format keeps: ``[x, y]``, finite numbers within ``MAX_POSITION``."""
+    return (isinstance(pos, (list, tuple)) and len(pos) == 2
+            and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p)
+                    and abs(p) <= MAX_POSITION for p in pos))
 
 
 def _in_range(x: Any, lo: int, hi: int) -> bool:
