@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from engine.design.model import NAME_RULE, RESERVED_INDEX_NAMES, Design, DesignError, valid_name
 from engine.design.schema import design_schema
-from engine.nn.export import to_snippet, to_torch_source, write_export
+from engine.nn.export import class_name, to_snippet, to_torch_source, write_export
 from engine.nn.linear import TNLinear
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,3 +197,60 @@ def test_presets_and_templates_follow_the_id_rule():
             except ValueError:
                 continue  # tucker and cp take no activation
             assert all(valid_name(t.id) for t in d.tensors) and all(valid_name(k) for k in d.indices)
+
+
+def test_conv_exports_carry_design_strings_only_as_literals(tmp_path):
+    """The conv exporter (its own module text around the helpers it shares with the linear one): a conv design with
+    a hostile name and rule-abiding but code-like ids and index names exports a module and a snippet in which
+    every such string sits inside a string literal (tokenized: never a name, an operator or a comment; the class
+    name made from the design's name is the one validated identifier), and both
+    import in a fresh interpreter without running anything a design says."""
+    import io
+    import tokenize
+
+    from engine.design.conv import make_conv_template
+    from engine.nn.conv_export import to_conv_snippet, to_conv_torch_source
+
+    base = make_conv_template("cp", 4, 3, 3, 2).to_dict()
+    literal = {tokenize.STRING} | {getattr(tokenize, k) for k in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
+                                   if hasattr(tokenize, k)}  # string tokens (3.12 splits f-strings into parts)
+    files = []
+
+    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(name=TEXT, names=st.lists(VALID, min_size=16, max_size=16, unique=True))
+    def case(name, names):
+        old_ids = [t["id"] for t in base["tensors"]]
+        old_idx = list(base["indices"])
+        new = iter(names)
+        ren = {k: next(new) for k in old_ids + old_idx}
+        d = json.loads(json.dumps(base))
+        d["name"] = name
+        d["indices"] = {ren[k]: v for k, v in d["indices"].items()}
+        for t in d["tensors"]:
+            t["id"], t["indices"] = ren[t["id"]], [ren[i] for i in t["indices"]]
+        d.pop("order", None), d.pop("root", None)
+        try:
+            design = Design.from_dict(d)
+        except DesignError:
+            return  # e.g. a renamed leg that the conv target needs by name: refused, nothing exported
+        cls = class_name(design)  # the one identifier made from the name: letters and digits only, validated
+        module = to_conv_torch_source(design, source=name)
+        for src in (module, to_conv_snippet(design, design_path=name or "d.json", weights_path=name or None)):
+            ast.parse(src)
+            for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+                if tok.type in literal:
+                    continue
+                assert MARKER not in tok.string or (tok.type == tokenize.NAME and tok.string == cls), (tok, name)
+        path = tmp_path / f"conv_{len(files)}.py"  # the module is imported below (the snippet needs the files)
+        path.write_text(module)
+        files.append(str(path))
+
+    case()
+    assert len(files) >= 10, "too few conv designs passed validation to test the export"
+    code = ("import runpy, sys\n"
+            "for f in sys.argv[1:]:\n"
+            "    runpy.run_path(f)['Layer']()\n")
+    proc = subprocess.run([sys.executable, "-c", code, *files], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(tmp_path.rglob(MARKER)) and not (ROOT / MARKER).exists(), "a design string ran as code"
