@@ -199,8 +199,7 @@ class StudioState(param.Parameterized):
                    save: bool = True) -> None:
         """Make ``design`` the draft and update everything that follows from it, as one batch of changes."""
         probs = design.problems()
-        sel = {"tensors": [t for t in self.selection.get("tensors", []) if any(x.id == t for x in design.tensors)],
-               "indices": [i for i in self.selection.get("indices", []) if i in design.indices]}
+        sel = _selection_in(design, self.selection.get("tensors", []), self.selection.get("indices", []))
         updates: dict[str, Any] = {"design": design, "problems": probs, "selection": sel}
         if message is not None:
             updates["message"] = message
@@ -541,10 +540,7 @@ class StudioState(param.Parameterized):
     def select(self, tensors: Iterable[str] = (), indices: Iterable[str] = ()) -> None:
         """Select tensors and indices of the current design; ids it does not have are dropped (a canvas event
         can still name the nodes of the design it showed before a new one replaced it)."""
-        d = self.design
-        known = {t.id for t in d.tensors}
-        sel = {"tensors": [t for t in dict.fromkeys(tensors) if t in known],
-               "indices": [i for i in dict.fromkeys(indices) if i in d.indices]}
+        sel = _selection_in(self.design, tensors, indices)
         if sel == self.selection:
             return
         updates: dict[str, Any] = {"selection": sel}
@@ -554,6 +550,14 @@ class StudioState(param.Parameterized):
             self._pending = None
             updates.update(field_errors={}, pending={})
         self.param.update(**updates)
+
+
+def _selection_in(design: Design, tensors: Iterable[str], indices: Iterable[str]) -> dict[str, list[str]]:
+    """The selection ``{"tensors": [...], "indices": [...]}`` of those of ``tensors`` and ``indices`` that
+    ``design`` has, each once, in the given order."""
+    known = {t.id for t in design.tensors}
+    return {"tensors": [t for t in dict.fromkeys(tensors) if t in known],
+            "indices": [i for i in dict.fromkeys(indices) if i in design.indices]}
 
 
 __all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES", "SCHEDULE_CHOICES", "SWEEP_CHI", "MAX_UPLOAD_BYTES",

@@ -171,15 +171,10 @@ def structure_hints(design: Design, with_x: bool) -> dict[str, ContractionPath]:
     return hints
 
 
-def _equation(operands: Sequence[Operand], out_idx: Sequence[str]) -> str:
-    """The network as an opt_einsum equation (one symbol per index name)."""
-    sym: dict[str, str] = {}
-    for _, ix in operands:
-        for i in ix:
-            sym.setdefault(i, oe.get_symbol(len(sym)))
-    for i in out_idx:
-        sym.setdefault(i, oe.get_symbol(len(sym)))
-    return ",".join("".join(sym[i] for i in ix) for _, ix in operands) + "->" + "".join(sym[i] for i in out_idx)
+def _equation(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mapping[str, int]) -> str:
+    """The network as an opt_einsum equation (one symbol per index name, as :func:`_symbolic` names them)."""
+    inputs, output, _ = _symbolic([ix for _, ix in operands], out_idx, dims)
+    return ",".join("".join(ix) for ix in inputs) + "->" + "".join(output)
 
 
 def _symbolic(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str],
@@ -300,7 +295,7 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
     consider("sequential", sequential_path(n))
     for name, path in (hints or {}).items():
         consider(name, path)
-    eq = _equation(operands, out_idx)
+    eq = _equation(operands, out_idx, dims)
     shapes = [tuple(dims[i] for i in ix) for ix in sets]
     methods = (["optimal"] if n <= 4 else ["dp"] if n <= 7 else []) + (["greedy"] if n <= 24 else [])
     for m in methods:
