@@ -263,8 +263,7 @@ class TrainView(Viewer):
         self.lr = FloatField(label="Learning rate", value=3e-3, css_class="tn-train-lr", width=140)
         self.device = styled(pn.widgets.Select(label="Device", options=device_options(), value="auto", width=140))
         self.baseline = Tick(label="also run the dense baseline", css_class="tn-train-baseline")
-        self.compiled = Tick(label="compile the step (torch.compile: CUDA graphs on a GPU)",
-                             css_class="tn-train-compile")
+        self.compiled = Tick(label="compile the step (torch.compile)", css_class="tn-train-compile")
         self.launch_button = button("▶  Launch run", self.launch, once=True, color="primary", height=40, **w,
                                     css_classes=["tn-train-launch"], key=self._situation)
         self.plan = pn.pane.HTML(stylesheets=[css("train", "notes")], **w, margin=(4, 10),
