@@ -174,3 +174,20 @@ def drag(page, source, target, steps: int = 12) -> None:
     page.mouse.down()
     page.mouse.move(b["x"] + b["width"] / 2, b["y"] + b["height"] / 2, steps=steps)
     page.mouse.up()
+
+
+def choose_template(page, kind: str, timeout_s: float = 30.0) -> None:
+    """Pick ``kind`` in the gallery and wait until the form has answered: its options shown or hidden and its
+    activation enabled or disabled as the kind says. The server hides the options of kinds without them, which moves
+    the Generate button up; a click computed before that move lands beside the button (seen as a lost Generate
+    click in loaded full-suite runs)."""
+    from engine.design.templates import TEMPLATES
+
+    spec = TEMPLATES[kind]
+    page.locator(".tn-g-kind select").select_option(label=spec.label)
+    page.locator(".tn-g-lateral").wait_for(state="visible" if spec.options else "hidden", timeout=timeout_s * 1000)
+    activation = page.locator(".tn-g-activation select")
+    deadline = time.monotonic() + timeout_s
+    while activation.is_disabled() == spec.nonlinear:
+        assert time.monotonic() < deadline, f"the gallery's activation never followed the kind {kind!r}"
+        time.sleep(0.05)

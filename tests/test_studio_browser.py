@@ -20,9 +20,11 @@ from studio.app import create_app
 from studio.state import StudioState
 
 try:
-    from tests.browser import Console, ServerLog, browser_page, drag, require_browser, screenshot, serve_app
+    from tests.browser import (Console, ServerLog, browser_page, choose_template, drag, require_browser, screenshot,
+                               serve_app)
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from browser import Console, ServerLog, browser_page, drag, require_browser, screenshot, serve_app
+    from browser import (Console, ServerLog, browser_page, choose_template, drag, require_browser, screenshot,
+                         serve_app)
 
 pytestmark = pytest.mark.browser
 CANVAS = ".tn-canvas"
@@ -69,7 +71,7 @@ def wait_params(page, value: int) -> None:
 
 
 def generate(page, kind: str, inf: int = 256, outf: int = 256, bond: int = 4, lateral: str | None = None) -> None:
-    page.locator(".tn-g-kind select").select_option(label=TEMPLATES[kind].label)
+    choose_template(page, kind)
     for sel, v in ((".tn-g-in input", inf), (".tn-g-out input", outf), (".tn-g-bond input", bond)):
         field = page.locator(sel)
         if field.input_value() != str(v):

@@ -28,9 +28,11 @@ from studio.app import create_app
 from studio.state import StudioState
 
 try:
-    from tests.browser import Console, ServerLog, browser_page, drag, require_browser, screenshot, serve_app
+    from tests.browser import (Console, ServerLog, browser_page, choose_template, drag, require_browser, screenshot,
+                               serve_app)
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from browser import Console, ServerLog, browser_page, drag, require_browser, screenshot, serve_app
+    from browser import (Console, ServerLog, browser_page, choose_template, drag, require_browser, screenshot,
+                         serve_app)
 
 pytestmark = pytest.mark.browser
 
@@ -240,7 +242,7 @@ def generate(ui: Studio, rng: random.Random) -> str:
     kind = rng.choice(list(TEMPLATES))
     spec = TEMPLATES[kind]
     inf, outf, bond = rng.choice([64, 128, 256, 784]), rng.choice([32, 64, 256]), rng.choice([2, 3, 4])
-    p.locator(".tn-g-kind select").select_option(label=spec.label)
+    choose_template(p, kind)
     ui.fill(".tn-g-in input", inf)
     ui.fill(".tn-g-out input", outf)
     ui.fill(".tn-g-bond input", bond)

@@ -142,8 +142,20 @@ class Replay:
 
 
 def replay(prog: Program, training: bool = False, input_grad: bool = False) -> Replay:
-    """Replay the forward pass over buffers; with ``training``, keep what autograd saves for backward."""
+    """Replay the forward pass over buffers; with ``training``, keep what autograd saves for backward.
+
+    Remembered on the program (a compiled program is never changed, as its cached plan assumes too): one report
+    asks for the inference, training and traffic replays of the same program. Treat the result as read-only."""
+    memo = prog.__dict__.setdefault("_replays", {})
+    key = (training, input_grad)
+    if key not in memo:
+        memo[key] = _replay(prog, training, input_grad)
+    return memo[key]
+
+
+def _replay(prog: Program, training: bool, input_grad: bool) -> Replay:
     dims = prog.dims
+    layouts = prog.__dict__.setdefault("_einsum_layouts", {})  # step -> torch's layout: the same in every replay
     grad = grad_operands(prog, input_grad) if training else set()
     bufs: dict[int, _Buf] = {}
     where: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}  # operand -> (buffer, indices, memory)
@@ -202,7 +214,9 @@ def replay(prog: Program, training: bool = False, input_grad: bool = False) -> R
                 bind(s.output, new(s.size), s.out_indices, s.out_indices)
         else:
             (ba, ia, ma), (bb, ib, mb) = ins
-            made, order, kind, summed, swap = einsum_layout(ia, ma, ib, mb, s.out_indices, dims)
+            if n not in layouts:
+                layouts[n] = einsum_layout(ia, ma, ib, mb, s.out_indices, dims)
+            made, order, kind, summed, swap = layouts[n]
             info[n] = (kind, order, summed, swap)
             feeds = [ba, bb]  # the buffer each operand finally hands to the matmul (or product)
             for k in range(2):

@@ -75,11 +75,17 @@ def path_cost(index_sets: Sequence[Sequence[str]], path: Sequence[Sequence[int]]
     for pair in path:
         i, j = sorted(pair, reverse=True)
         a, b = ops.pop(i), ops.pop(j)
+        gone = []  # indices no other operand holds any more
         for x in a:
-            holders[x] -= 1
+            c = holders[x] = holders[x] - 1
+            if not c:
+                gone.append(x)
         for x in b:
-            holders[x] -= 1
-        out = frozenset(x for x in a | b if holders[x] or x in keep)
+            c = holders[x] = holders[x] - 1
+            if not c:
+                gone.append(x)
+        union = a | b
+        out = union.difference(gone).union(keep.intersection(gone)) if gone else union
         size = 1
         for x in out:
             holders[x] += 1
