@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return rc
-    except (UserError, StoreError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, StoreError) as e:  # one line, whatever a message quotes (e.g. a library's own error text)
+        print("error: " + " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()), file=sys.stderr)
         return 2
     except BrokenPipeError:
         _discard_stdout()

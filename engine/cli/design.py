@@ -27,7 +27,8 @@ def cmd_template(args: argparse.Namespace) -> int:
                                    dilation=_pair_arg(args.dilation, "dilation", 1), name=args.name,
                                    image=args.image, **options)
         elif conv_flags:
-            raise UserError(f"{', '.join(conv_flags)} apply to conv layers: add --kernel K (then --in and --out are "
+            verb = "applies" if len(conv_flags) == 1 else "apply"
+            raise UserError(f"{', '.join(conv_flags)} {verb} to conv layers: add --kernel K (then --in and --out are "
                             f"channels)")
         else:
             d = make_template(args.kind, args.in_features, args.out_features, bond, args.activation,

@@ -102,8 +102,17 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     from optuna.storages.journal import JournalFileBackend
 
     if not is_rdb(url):
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(url))
+        if Path(url).is_dir():
+            raise StorageError(f"search storage {url} is a folder: give a journal file's path or a database URL")
+        try:
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        except OSError as e:  # a file where a folder should be, no permission: one line for the user
+            raise StorageError(f"cannot open search storage {url}: {e.strerror or e}") from None
+        except Exception as e:  # noqa: BLE001 - another kind of file: Optuna's journal replay raises whatever its
+            # content makes it raise (JSON errors, KeyError 'op_code', ...), so say it in one line
+            raise StorageError(f"search storage {url} is not a search journal (Optuna's journal file): "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
