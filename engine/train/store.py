@@ -482,14 +482,14 @@ def _repair(root: Path) -> str:
 
 def open_runs_dir(root: str | os.PathLike | None = None) -> Path:
     """The runs folder (created), or :class:`StoreError` when the path is a file or cannot be made."""
+    where = os.fspath(root) if root else f"{runs_dir(None, create=False)} (the default)"
     try:
         return runs_dir(root)
     except (FileExistsError, NotADirectoryError):
-        raise StoreError(f"runs folder {os.fspath(root) if root else 'default'}: a file is in the way of the folder "
-                         f"(give --runs-dir a folder)") from None
+        raise StoreError(f"runs folder {where}: a file is in the way of the folder (give --runs-dir a folder)") \
+            from None
     except OSError as e:
-        raise StoreError(f"cannot use the runs folder {os.fspath(root) if root else ''}: "
-                         f"{e.strerror or e}") from None
+        raise StoreError(f"cannot use the runs folder {where}: {e.strerror or e}") from None
 
 
 def _file_error(path: Path, e: sqlite3.DatabaseError) -> StoreError:
