@@ -1,4 +1,5 @@
-"""Readable numbers for reports and the UI: ``1.23k``, ``3.4 GFLOP``, ``12 MiB``, ``71.9x``."""
+"""Readable numbers for reports and the UI (``1.23k``, ``3.4 GFLOP``, ``12 MiB``, ``71.9x``) and one-line reasons
+from other libraries' errors."""
 from __future__ import annotations
 
 _SI = (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))  # uppercase M: mega, never milli
@@ -45,3 +46,11 @@ def ratio(x: float) -> str:
     if huge is not None:
         return huge + "x"
     return f"{x:,.3g}x" if x < 1000 else f"{x:,.0f}x"
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-blank line of an error's text (a library's message can run to paragraphs), or the error's type
+    name when it has no text: for one-line messages that quote it."""
+    text = str(error)
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()),
+                type(error).__name__ if isinstance(error, BaseException) else "")

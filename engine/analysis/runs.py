@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.design.model import Design, DesignError
+from engine.format import first_line
 
 
 class RunError(ValueError):
@@ -132,8 +133,8 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RunError(f"run {layer.run_id}'s checkpoint does not fit its model on {data.name} ({first})") from None
+        raise RunError(f"run {layer.run_id}'s checkpoint does not fit its model on {data.name} "
+                       f"({first_line(e)})") from None
     tn = getattr(model, "tn_layer", None)
     if tn is None:
         raise RunError(f"run {layer.run_id}'s model has no TN layer")

@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.design.factorize import parse_factors
 from engine.design.model import Design, DesignError, load_design
+from engine.format import first_line
 
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,7 @@ def _load_failure(e: Exception) -> str:
         reason = " ".join(reason.split(". Please use")[0].split())
         if reason:
             return reason
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+    return first_line(text) or type(e).__name__
 
 
 def load_state_file(path: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ each pair appended last). Every candidate, whichever optimiser proposed it, is s
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Mapping, Sequence
@@ -76,11 +77,7 @@ def path_cost(index_sets: Sequence[Sequence[str]], path: Sequence[Sequence[int]]
         i, j = sorted(pair, reverse=True)
         a, b = ops.pop(i), ops.pop(j)
         gone = []  # indices no other operand holds any more
-        for x in a:
-            c = holders[x] = holders[x] - 1
-            if not c:
-                gone.append(x)
-        for x in b:
+        for x in itertools.chain(a, b):
             c = holders[x] = holders[x] - 1
             if not c:
                 gone.append(x)
@@ -177,16 +174,20 @@ def structure_hints(design: Design, with_x: bool) -> dict[str, ContractionPath]:
     return hints
 
 
-def _equation(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mapping[str, int]) -> str:
-    """The network as an opt_einsum equation (one symbol per index name, as :func:`_symbolic` names them)."""
-    inputs, output, _ = _symbolic([ix for _, ix in operands], out_idx, dims)
+# a network with one character per index name: (inputs, output, size_dict), as _symbolic makes it
+Symbolic = tuple[list[tuple[str, ...]], tuple[str, ...], dict[str, int]]
+
+
+def _equation(symbolic: Symbolic) -> str:
+    """The network (as :func:`_symbolic` names it) as an opt_einsum equation."""
+    inputs, output, _ = symbolic
     return ",".join("".join(ix) for ix in inputs) + "->" + "".join(output)
 
 
-def _symbolic(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str],
-              dims: Mapping[str, int]) -> tuple[list[tuple[str, ...]], tuple[str, ...], dict[str, int]]:
+def _symbolic(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dims: Mapping[str, int]) -> Symbolic:
     """The network with one character per index name (opt_einsum's symbols), for cotengra: its Rust backend
-    (cotengrust) takes only single-character indices. Paths name tensors by position, so they carry over."""
+    (cotengrust) takes only single-character indices. Paths name tensors by position, so they carry over.
+    :func:`search_path` makes it once and hands it to each finder (``symbolic``); called alone they make it."""
     sym: dict[str, str] = {}
     for ix in list(index_sets) + [out_idx]:
         for i in ix:
@@ -196,8 +197,8 @@ def _symbolic(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str],
 
 
 def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mapping[str, int],
-                  time_budget: float, seed: int = 0,
-                  methods: Sequence[str] | None = HYPER_METHODS) -> ContractionPath:
+                  time_budget: float, seed: int = 0, methods: Sequence[str] | None = HYPER_METHODS,
+                  symbolic: Symbolic | None = None) -> ContractionPath:
     """cotengra's HyperOptimizer (FLOPs objective) under ``time_budget`` seconds, as a linear path; ``methods``:
     the path finders it samples (``None``: cotengra's default, with kahypar when it is installed)."""
     import warnings
@@ -211,13 +212,13 @@ def cotengra_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Map
         opt = ctg.HyperOptimizer(max_time=time_budget, max_repeats=1_000_000, minimize="flops", progbar=False,
                                  parallel=False, seed=seed, optlib="sbplx",
                                  **({"methods": list(methods)} if methods is not None else {}))
-    inputs, output, size_dict = _symbolic([ix for _, ix in operands], out_idx, dims)
+    inputs, output, size_dict = symbolic or _symbolic([ix for _, ix in operands], out_idx, dims)
     tree = opt.search(inputs, output, size_dict)
     return [tuple(p) for p in tree.get_path()]
 
 
 def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dims: Mapping[str, int],
-                path: Sequence[Sequence[int]]) -> list[ContractionPath]:
+                path: Sequence[Sequence[int]], symbolic: Symbolic | None = None) -> list[ContractionPath]:
     """Locally re-optimised versions of ``path`` (cotengra's subtree reconfiguration, deterministic).
 
     Walking from the root down, every subtree of up to ``REFINE_FIRST`` leaves is replaced by its optimal
@@ -230,7 +231,7 @@ def refine_path(index_sets: Sequence[Sequence[str]], out_idx: Sequence[str], dim
         import cotengra as ctg
     except ImportError:  # pragma: no cover - cotengra is a dependency; the unrefined path stays valid
         return []
-    inputs, output, size_dict = _symbolic(index_sets, out_idx, dims)
+    inputs, output, size_dict = symbolic or _symbolic(index_sets, out_idx, dims)
     try:
         tree = ctg.ContractionTree.from_path(inputs, output, size_dict, path=[tuple(p) for p in path])
         before = tree.total_flops()
@@ -301,7 +302,8 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
     consider("sequential", sequential_path(n))
     for name, path in (hints or {}).items():
         consider(name, path)
-    eq = _equation(operands, out_idx, dims)
+    sym = _symbolic(sets, out_idx, dims)  # the network as cotengra takes it, made once for every finder
+    eq = _equation(sym)
     shapes = [tuple(dims[i] for i in ix) for ix in sets]
     methods = (["optimal"] if n <= 4 else ["dp"] if n <= 7 else []) + (["greedy"] if n <= 24 else [])
     for m in methods:
@@ -312,18 +314,18 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
             log.debug("opt_einsum's %s path failed on a %d-tensor network: %r", m, n, e)
             continue
         consider(m, path)
-    for name, path in _greedy_paths(sets, out_idx, dims, LOOPY_GREEDY if loopy else None):
+    for name, path in _greedy_paths(sets, out_idx, dims, LOOPY_GREEDY if loopy else None, sym):
         consider(name, path)
     if n > 7:
-        for path in _sampled_greedy(sets, out_idx, dims, LOOPY_SAMPLED if loopy else min(SAMPLED_MAX,
-                                                                                          SAMPLED_WORK // n)):
+        trials = LOOPY_SAMPLED if loopy else min(SAMPLED_MAX, SAMPLED_WORK // n)
+        for path in _sampled_greedy(sets, out_idx, dims, trials, sym):
             consider("sampled-greedy", path)
     if n >= REFINE_MIN_TENSORS:  # local re-optimisation of the best tree so far, always (a pure function)
         tops = [list(p) for p, _ in sorted(seen.items(), key=lambda kv: kv[1])[:LOOPY_REFINE]] if loopy else []
         starts = [best[1]] + [t for t in tops if t != best[1]] + [hints[h] for h in refine_hints
                                                                     if hints and h in hints]
         for start in starts:
-            for path in refine_path(sets, out_idx, dims, start):
+            for path in refine_path(sets, out_idx, dims, start, sym):
                 consider("reconfigured", path)
     structure = (tuple(tuple(ix) for ix in sets), tuple(out_idx))
     if search == "thorough" and n > 3:
@@ -333,9 +335,9 @@ def search_path(operands: Sequence[Operand], out_idx: Sequence[str], dims: Mappi
         # the reconfiguration of its tree (at least a tenth of the budget, so it always runs)
         left = max(0.9 * time_budget - (time.perf_counter() - started), 0.1 * time_budget)
         try:
-            found = cotengra_path(operands, out_idx, dims, left)
+            found = cotengra_path(operands, out_idx, dims, left, symbolic=sym)
             consider("cotengra", found)
-            for path in refine_path(sets, out_idx, dims, found):  # its local structure re-optimised by our count
+            for path in refine_path(sets, out_idx, dims, found, sym):  # its local structure re-optimised by our count
                 consider("cotengra, reconfigured", path)
         except Exception as e:  # noqa: BLE001 - cotengra's failure modes are not documented; the fast search's
             # path stays valid, so warn (the user asked for more) and keep it
@@ -374,7 +376,7 @@ def is_loopy(operands: Sequence[Operand]) -> bool:
 
 
 def _sampled_greedy(sets: Sequence[Sequence[str]], out_idx: Sequence[str], dims: Mapping[str, int],
-                    trials: int) -> list[ContractionPath]:
+                    trials: int, symbolic: Symbolic | None = None) -> list[ContractionPath]:
     """The best of ``trials`` seeded randomised greedy paths (cotengra's batch with its own FLOP tracking), only
     with its Rust backend: the Python one takes milliseconds per trial, too slow for the live report."""
     import importlib.util
@@ -383,7 +385,7 @@ def _sampled_greedy(sets: Sequence[Sequence[str]], out_idx: Sequence[str], dims:
         return []
     from cotengra.pathfinders.path_basic import get_optimize_random_greedy_track_flops
 
-    inputs, output, size_dict = _symbolic(sets, out_idx, dims)
+    inputs, output, size_dict = symbolic or _symbolic(sets, out_idx, dims)
     try:
         path, _ = get_optimize_random_greedy_track_flops()(inputs, output, size_dict, ntrials=trials, seed=0,
                                                            simplify=False)
@@ -394,7 +396,8 @@ def _sampled_greedy(sets: Sequence[Sequence[str]], out_idx: Sequence[str], dims:
 
 
 def _greedy_paths(sets: Sequence[Sequence[str]], out_idx: Sequence[str],
-                  dims: Mapping[str, int], trials: int | None = None) -> list[tuple[str, ContractionPath]]:
+                  dims: Mapping[str, int], trials: int | None = None,
+                  symbolic: Symbolic | None = None) -> list[tuple[str, ContractionPath]]:
     """cotengra's greedy, then seeded randomised variants (a fixed number: the result is reproducible).
 
     Runs through cotengra's ``get_optimize_greedy``: its Rust backend (cotengrust, a dependency: 10-50x faster
@@ -405,7 +408,7 @@ def _greedy_paths(sets: Sequence[Sequence[str]], out_idx: Sequence[str],
     except ImportError:  # pragma: no cover - cotengra is a dependency; opt_einsum's greedy still ran
         return []
     n = len(sets)
-    inputs, output, size_dict = _symbolic(sets, out_idx, dims)
+    inputs, output, size_dict = symbolic or _symbolic(sets, out_idx, dims)
     if trials is None:
         trials = 1 if n <= 7 else max(1, min(len(GREEDY_TRIALS), GREEDY_WORK // n))
     greedy = get_optimize_greedy()

@@ -122,7 +122,6 @@ class TNConv2d(TNCores):
         if hasattr(self, "_programs"):
             self._programs.clear()
 
-
     def _compile(self, batch: int, image: tuple[int, int], schedule: str) -> ConvProgram:
         prog = compile_conv_program(self.design, batch, image, schedule, self.search)
         self._programs[(batch, image, schedule)] = prog

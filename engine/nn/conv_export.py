@@ -29,7 +29,7 @@ from engine.design.conv import default_image, im2col_view, image_size
 from engine.design.model import Design
 from engine.nn.export import (_IMPORTS, _INIT_AND_RESET, _Source, _activation_source, _add_design_constants,
                               _add_layer_tables, _add_snippet_layer, _equation, _finish_module, _ident, _int,
-                              _layer_tables, _network_kind, class_name, operand_names)
+                              _layer_tables, _network_kind, _TABLE_NOTES, class_name, operand_names)
 
 _SYMBOLS = ("B", "H", "W", "Ho", "Wo")
 
@@ -154,7 +154,7 @@ def plan(cls, batch: int, height: int, width: int) -> str:
                                      order.index(k)))'''
 
 _CONV_TABLE_NOTES = {
-    "TENSORS": "# tensor id -> (parameter key or buffer name, kind, activation, indices)",
+    "TENSORS": _TABLE_NOTES["TENSORS"],
     "INIT_STD": "# per-core init std (engine.nn.init): K gets nn.Conv2d's scale, 1 / sqrt(3 in_channels kh kw)",
 }
 

@@ -154,7 +154,6 @@ class TNLinear(TNCores):
     def schedule(self, value: ScheduleChoice) -> None:
         self._schedule = check_schedule(self.design, value)
 
-
     def _compile(self, batch: int, schedule: ScheduleChoice) -> Program:
         if self.memory_budget is not None:
             item = next((p.element_size() for p in self.cores.values()), 4)

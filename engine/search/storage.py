@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.format import first_line
 from engine.home import tnstudio_home
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
         except Exception as e:  # noqa: BLE001 - another kind of file: Optuna's journal replay raises whatever its
             # content makes it raise (JSON errors, KeyError 'op_code', ...), so say it in one line
             raise StorageError(f"search storage {url} is not a search journal (Optuna's journal file): "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                               f"{first_line(e)}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -126,8 +127,7 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
         raise StorageError(f"cannot open {redact(url)}: {e} (PostgreSQL needs psycopg 3: "
                            f"pip install 'psycopg[binary]')") from None
     except Exception as e:  # noqa: BLE001 - a server that is down, bad credentials: one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"cannot open {redact(url)}: {first}") from None
+        raise StorageError(f"cannot open {redact(url)}: {first_line(e)}") from None
 
 
 def list_studies(url: str | None = None) -> list[str]:
