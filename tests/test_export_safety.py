@@ -1,7 +1,8 @@
 """Exported code is safe by construction: names, ids and index names from hostile alphabets (quotes, newlines,
 backslashes, unicode, ``__import__(...)``) either break the id rule and are refused by validation with the rule
-named, or are exported as literals: the torch module and the snippet compile, import in a fresh interpreter without
-running anything a design says (no marker file appears), and compute TNLinear's outputs."""
+named, or are exported as literals: tokenized, the torch module and the snippet carry a design string only inside
+string literals (repr) or as the validated class name, never as code or in a comment; they compile, import in a
+fresh interpreter without running anything a design says (no marker file appears), and compute TNLinear's outputs."""
 from __future__ import annotations
 
 import ast
@@ -53,6 +54,20 @@ def chain(name: str, ids: list[str], idx: list[str], act: str | None) -> dict:
     return {"format": "tnstudio-design", "version": 1, "name": name,
             "target": {"kind": "linear", "in_features": 6, "out_features": 4}, "indices": indices,
             "tensors": tensors}
+
+
+def assert_marker_only_in_literals(src: str, cls: str) -> None:
+    """Tokenized, ``src`` holds the MARKER (which only design strings carry) inside string literals only, or as the
+    class name ``cls`` made from the design's name (the one validated identifier): never as a name, an operator or a
+    comment."""
+    import io
+    import tokenize
+
+    literal = {tokenize.STRING} | {getattr(tokenize, k) for k in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
+                                   if hasattr(tokenize, k)}  # string tokens (3.12 splits f-strings into parts)
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type not in literal:
+            assert MARKER not in tok.string or (tok.type == tokenize.NAME and tok.string == cls), tok
 
 
 def _schema_ok(d: dict) -> bool:
@@ -134,10 +149,13 @@ def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
         src = to_torch_source(design, source=f"run {name}")
         ast.parse(src)
         assert MARKER not in {node.id for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Name)}
+        assert_marker_only_in_literals(src, class_name(design))
         (folder / "layer.py").write_text(src)
         torch.save(layer.state_dict(), folder / "layer.pt")
         write_export(design, "snippet", folder / "use.py", weights=layer.state_dict())
-        ast.parse(to_snippet(design, design_path=name or "d.json", weights_path=name or None))
+        snippet = to_snippet(design, design_path=name or "d.json", weights_path=name or None)
+        ast.parse(snippet)
+        assert_marker_only_in_literals(snippet, class_name(design))
         x = torch.randn(3, 6, generator=torch.Generator().manual_seed(n))
         torch.save(x, folder / "x.pt")
         jobs.append({"n": n, "name": design.name, "torch": str(folder / "layer.py"), "state": str(folder / "layer.pt"),
@@ -205,15 +223,10 @@ def test_conv_exports_carry_design_strings_only_as_literals(tmp_path):
     every such string sits inside a string literal (tokenized: never a name, an operator or a comment; the class
     name made from the design's name is the one validated identifier), and both
     import in a fresh interpreter without running anything a design says."""
-    import io
-    import tokenize
-
     from engine.design.conv import make_conv_template
     from engine.nn.conv_export import to_conv_snippet, to_conv_torch_source
 
     base = make_conv_template("cp", 4, 3, 3, 2).to_dict()
-    literal = {tokenize.STRING} | {getattr(tokenize, k) for k in ("FSTRING_START", "FSTRING_MIDDLE", "FSTRING_END")
-                                   if hasattr(tokenize, k)}  # string tokens (3.12 splits f-strings into parts)
     files = []
 
     @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -237,10 +250,7 @@ def test_conv_exports_carry_design_strings_only_as_literals(tmp_path):
         module = to_conv_torch_source(design, source=name)
         for src in (module, to_conv_snippet(design, design_path=name or "d.json", weights_path=name or None)):
             ast.parse(src)
-            for tok in tokenize.generate_tokens(io.StringIO(src).readline):
-                if tok.type in literal:
-                    continue
-                assert MARKER not in tok.string or (tok.type == tokenize.NAME and tok.string == cls), (tok, name)
+            assert_marker_only_in_literals(src, cls)
         path = tmp_path / f"conv_{len(files)}.py"  # the module is imported below (the snippet needs the files)
         path.write_text(module)
         files.append(str(path))
