@@ -78,7 +78,7 @@ class Canvas(Viewer):
             default_edge_options={"type": "straight"}, viewport=self._fit(boxes))
         for name, fn in (("edge_added", self._edge_added), ("node_deleted", self._node_deleted),
                          ("edge_deleted", self._edge_deleted), ("node_moved", self._node_moved),
-                         ("selection_changed", self._selection_changed)):
+                         ("selection_changed", self._selection_changed), ("sync", self._synced)):
             self.flow.on(name, fn)
         self.probe = CanvasProbe(width=0, height=0, margin=0)
         self.probe.param.watch(self._measured, "size")
@@ -178,8 +178,21 @@ class Canvas(Viewer):
         if kind and all(isinstance(pos.get(k), (int, float)) for k in ("x", "y")):
             self.state.move(name if kind == "T" else f"{kind}:{name}", *design_position(pos["x"], pos["y"]))
 
+    def _synced(self, payload: dict[str, Any]) -> None:
+        """The browser sent its whole graph, which panel-reactflow makes the flow's nodes and edges. One sent before
+        a redraw reached the browser holds the design it showed before (seen after Generate: the page kept the old
+        drawing while the state held the new design): the state's design is shown again."""
+        nodes, edges, _ = canvas_layout(self.state.design, self.state.problems, self.state.selection)
+        if _ids(self.flow.nodes) != _ids(nodes) or _ids(self.flow.edges) != _ids(edges):
+            self.redraw()
+
     def _selection_changed(self, payload: dict[str, Any]) -> None:
         sel = selection_from_canvas(payload.get("nodes") or [], payload.get("edges") or [])
         self._from_canvas = sel
         if sel != self.state.selection:
             self.state.select(sel["tensors"], sel["indices"])
+
+
+def _ids(items: list[Any]) -> list[str]:
+    """The ids of a graph's nodes or edges (dicts, or panel-reactflow's Node / Edge objects), in order."""
+    return [str(i.get("id") if isinstance(i, dict) else getattr(i, "id", None)) for i in items]

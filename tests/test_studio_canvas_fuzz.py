@@ -1,6 +1,7 @@
 """The canvas as an attacker's input surface: random sequences of the messages the browser sends (moves,
-selections, drawn and deleted edges and nodes), naming current, stale and made-up ids with well- and ill-formed
-payloads, interleaved with Generate / undo. After every message the state must still agree with the engine."""
+selections, drawn and deleted edges and nodes, whole-graph syncs), naming current, stale and made-up ids with well-
+and ill-formed payloads, interleaved with Generate / undo. After every message the state must still agree with the
+engine, and the canvas must show the state's design."""
 from __future__ import annotations
 
 import json
@@ -30,7 +31,8 @@ def ids_of(state: StudioState) -> tuple[list[str], list[str]]:
 def canvas_message(draw, nodes: list[str], edges: list[str]) -> dict:
     node_id = st.sampled_from(nodes + STALE) if nodes else st.sampled_from(STALE)
     edge_id = st.sampled_from(edges + STALE) if edges else st.sampled_from(STALE)
-    kind = draw(st.sampled_from(["node_moved", "selection_changed", "edge_added", "node_deleted", "edge_deleted"]))
+    kind = draw(st.sampled_from(["node_moved", "selection_changed", "edge_added", "node_deleted", "edge_deleted",
+                                 "sync"]))
     msg: dict = {"type": kind}
     if kind == "node_moved":
         pos = draw(st.one_of(st.fixed_dictionaries({"x": st.floats(-1e4, 1e4), "y": st.floats(-1e4, 1e4)}),
@@ -42,6 +44,11 @@ def canvas_message(draw, nodes: list[str], edges: list[str]) -> dict:
         msg["edge"] = {"id": draw(st.text(max_size=4)), "source": draw(node_id), "target": draw(node_id)}
     elif kind == "node_deleted":
         msg["node_ids"] = draw(st.lists(node_id, max_size=2))
+    elif kind == "sync":  # the browser's whole graph: the one shown now, or one it showed before (stale ids)
+        msg["nodes"] = [{"id": i, "position": {"x": draw(st.floats(-1e4, 1e4)), "y": 0.0}, "type": "tensor",
+                         "data": {}} for i in draw(st.lists(node_id, max_size=4, unique=True))]
+        msg["edges"] = [{"id": i, "source": draw(node_id), "target": draw(node_id)}
+                        for i in draw(st.lists(edge_id, max_size=3, unique=True))]
     else:
         msg["edge_ids"] = draw(st.lists(edge_id, max_size=2))
     return msg
@@ -60,6 +67,8 @@ def assert_consistent(state: StudioState, canvas: Canvas, step: str) -> None:
     assert Design.from_dict(json.loads(json.dumps(d.to_dict())), validate=False).to_dict() == d.to_dict(), step
     shown = sorted(n["id"] for n in canvas.flow.nodes)
     assert shown == sorted(ids_of(state)[0]), f"{step}: canvas nodes {shown} are not the design's"
+    drawn = sorted(e["id"] for e in canvas.flow.edges)
+    assert drawn == sorted(ids_of(state)[1]), f"{step}: canvas edges {drawn} are not the design's"
     if not state.problems:
         assert state.valid_design is d and state.report.params == independent_params(d), step
 
