@@ -42,12 +42,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from engine.contract.flops import flop_indices
-from engine.contract.memory import ADAM_STATE, Replay, _reshape_blocks, _viewable, dtype_bytes, einsum_layout
-from engine.contract.program import LETTERS, Step, StepCounts, StepRow, _absorb, _core_operands, _generate, _StepBuilder
+from engine.contract.memory import ADAM_STATE, BufferReplay, Replay, dtype_bytes
+from engine.contract.program import LETTERS, Step, last_use, StepCounts, StepRow, _absorb, _core_operands, _generate, _StepBuilder
 from engine.contract.paths import SEARCHES, path_cost, search_path, structure_hints
 from engine.contract.schedule import can_stream
 from engine.contract.cost import CostReport, Scaling, ScheduleCost
-from engine.design.activations import activation as activation_info
 from engine.design.conv import default_image, im2col_view, image_size, kernel_view
 from engine.design.model import MAX_DIM, Design
 from engine.format import nbytes, si
@@ -178,11 +177,7 @@ class ConvProgram(StepCounts):
         return all(not isinstance(s, Step) or s.op != "einsum" or s.n_indices <= len(LETTERS) for s in self.steps)
 
     def last_use(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for n, s in enumerate(self.steps):
-            for i in s.inputs:
-                out[i] = n
-        return out
+        return last_use(self.steps)
 
     def describe(self) -> tuple[StepRow, ...]:
         """The steps as rows (a conv step's ``einsum`` column says what it does in words)."""
@@ -710,131 +705,38 @@ def conv_backward_flops(prog: ConvProgram, input_grad: bool = True) -> int:
 
 
 # ----------------------------------------------------------------------------- memory
-@dataclass
-class _Buf:
-    size: int
-    resident: bool = False
-    saved: bool = False
-    views: set = dataclasses.field(default_factory=set)
+class _ConvReplay(BufferReplay):
+    """The shared replay, with conv and unfold steps: each writes a new output; an operand whose memory order is
+    not its listed order is copied first (reshaping it to 4-d); a conv keeps its input and weight for backward,
+    unfold nothing."""
+
+    def other_step(self, n: int, s, ins: list) -> list[int]:
+        transient, feeds = [], []
+        for (buf, idx, mem) in ins:
+            if mem != tuple(i for i in idx if self.dims[i] > 1):  # not laid out as listed: the 4-d view copies
+                buf = self.new(math.prod(self.dims[i] for i in idx))
+                transient.append(buf)
+                self.rep.copies += self.bufs[buf].size
+            feeds.append(buf)
+        self.bind(s.output, self.new(s.size), s.out_indices, s.out_indices)
+        if s.op == "conv2d" and any(i in self.grad for i in s.inputs):
+            for buf in feeds:
+                self.save(buf, n)
+        return transient
 
 
 def conv_replay(prog: ConvProgram, training: bool = False, input_grad: bool = False) -> Replay:
     """Replay the forward pass over buffers as :func:`engine.contract.memory.replay` does, conv and unfold steps
-    included (each writes a new output; an operand whose memory order is not its listed order is copied first; a
-    conv keeps its input and weight for backward, unfold nothing); with ``training``, also the backward peak."""
-    dims = prog.dims
+    included (:class:`_ConvReplay`); with ``training``, also the backward peak."""
     grad = conv_grad_operands(prog, input_grad) if training else set()
-    bufs: dict[int, _Buf] = {}
-    where: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}
-    nid = 0
-    total = 0
-    big = lambda idx: tuple(i for i in idx if dims[i] > 1)  # noqa: E731
-
-    def new(size: int, resident: bool = False) -> int:
-        nonlocal nid, total
-        nid += 1
-        bufs[nid] = _Buf(size, resident)
-        if not resident:
-            total += size
-        return nid
-
-    def bind(name: str, buf: int, idx: Sequence[str], mem: Sequence[str]) -> None:
-        where[name] = (buf, tuple(idx), big(mem))
-        bufs[buf].views.add(name)
-
-    def drop_if_dead(buf: int) -> None:
-        nonlocal total
-        bb = bufs.get(buf)
-        if bb is not None and not bb.views and not bb.saved and not bb.resident:
-            total -= bb.size
-            del bufs[buf]
-
-    for cid, idx in prog.cores.items():
-        bind(f"core:{cid}", new(math.prod(dims[i] for i in idx), True), idx, idx)
-    bind("x", new(prog.in_elements, True), prog.x_indices, prog.x_indices)
-    last = prog.last_use()
-    rep = Replay()
-    final = prog.steps[-1].output if prog.steps else None
-    saved_at: dict[int, int] = {}
-
-    def save(buf: int, step: int) -> None:
-        bufs[buf].saved = True
-        saved_at.setdefault(buf, step)
-
-    for k, s in enumerate(prog.steps):
-        ins = [where[i] for i in s.inputs]
-        transient: list[int] = []
-        if isinstance(s, ConvStep):
-            feeds = []
-            for (buf, idx, mem) in ins:
-                if mem != big(idx):  # not laid out as listed: reshaping it to 4-d copies it
-                    size = math.prod(dims[i] for i in idx)
-                    buf = new(size)
-                    transient.append(buf)
-                    rep.copies += size
-                feeds.append(buf)
-            bind(s.output, new(s.size), s.out_indices, s.out_indices)
-            if training and s.op == "conv2d" and any(i in grad for i in s.inputs):
-                for buf in feeds:
-                    save(buf, k)
-        elif s.op == "reshape":
-            buf, idx, mem = ins[0]
-            blocks = _reshape_blocks(idx, s.out_indices, dims)
-            if _viewable(mem, [bs for bs, _ in blocks], dims):
-                pos = {i: p for p, i in enumerate(mem)}
-                order = sorted(blocks, key=lambda bl: pos[bl[0][0]]) if blocks else []
-                bind(s.output, buf, s.out_indices, [i for _, bd in order for i in bd])
-            else:
-                bind(s.output, new(s.size), s.out_indices, s.out_indices)
-                rep.copies += s.size
-        elif len(ins) == 1:
-            buf, idx, mem = ins[0]
-            if set(s.out_indices) == set(idx):
-                bind(s.output, buf, s.out_indices, mem)
-            else:
-                bind(s.output, new(s.size), s.out_indices, s.out_indices)
-        else:
-            (ba, ia, ma), (bb, ib, mb) = ins
-            made, order, kind, _summed, _swap = einsum_layout(ia, ma, ib, mb, s.out_indices, dims)
-            feeds = [ba, bb]
-            for j in range(2):
-                for size in made[j]:
-                    feeds[j] = new(size)
-                    transient.append(feeds[j])
-                    rep.copies += size
-            bind(s.output, new(s.size), s.out_indices, order)
-            if training:
-                for j in range(2):
-                    if s.inputs[1 - j] in grad:
-                        save(feeds[j], k)
-        rep.peak = max(rep.peak, total)
-        for t in transient:  # operand copies are gone before the activation runs (unless saved)
-            drop_if_dead(t)
-        transient = []
-        if s.activation is not None:
-            pre, idx, mem = where[s.output]
-            rep.peak = max(rep.peak, total + s.size)
-            post = new(s.size)
-            bufs[pre].views.discard(s.output)
-            bind(s.output, post, idx, mem)
-            if training and s.output in grad:
-                save(pre if activation_info(s.activation).saves == "input" else post, k)
-            drop_if_dead(pre)
-        rep.peak = max(rep.peak, total)
-        for t in transient:
-            drop_if_dead(t)
-        for name in [i for i in s.inputs if last.get(i) == k and i != final]:
-            bid = where.pop(name)[0]
-            bufs[bid].views.discard(name)
-            drop_if_dead(bid)
-        rep.timeline.append(total)
-    rep.saved = sum(bb.size for bb in bufs.values() if bb.saved and not bb.resident and not bb.views)
+    r = _ConvReplay(prog, grad, prog.in_elements, prog.x_indices)
+    rep = r.run()
     if training:
-        rep.backward_peak = _conv_backward_peak(prog, grad, bufs, saved_at)
+        rep.backward_peak = _conv_backward_peak(prog, grad, r.bufs, r.first_saver)
     return rep
 
 
-def _conv_backward_peak(prog: ConvProgram, grad: set[str], bufs: dict[int, _Buf], saved_at: dict[int, int]) -> int:
+def _conv_backward_peak(prog: ConvProgram, grad: set[str], bufs: dict, saved_at: dict[int, int]) -> int:
     """Peak of non-resident elements during backward: the saved tensors (each freed once the earliest step that
     saved it has run backward), the gradient entering each step, and the gradients it writes for its inputs (not
     for cores: the training total counts parameter gradients in full)."""

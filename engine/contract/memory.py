@@ -154,106 +154,123 @@ def replay(prog: Program, training: bool = False, input_grad: bool = False) -> R
 
 
 def _replay(prog: Program, training: bool, input_grad: bool) -> Replay:
-    dims = prog.dims
-    layouts = prog.__dict__.setdefault("_einsum_layouts", {})  # step -> torch's layout: the same in every replay
     grad = grad_operands(prog, input_grad) if training else set()
-    bufs: dict[int, _Buf] = {}
-    where: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}  # operand -> (buffer, indices, memory)
-    nid = 0
-    total = 0  # elements of the non-resident buffers alive now
-
-    def new(size: int, resident: bool = False) -> int:
-        nonlocal nid, total
-        nid += 1
-        bufs[nid] = _Buf(size, resident)
-        if not resident:
-            total += size
-        return nid
-
-    def bind(name: str, buf: int, idx: Sequence[str], mem: Sequence[str]) -> None:
-        where[name] = (buf, tuple(idx), tuple(i for i in mem if dims[i] > 1))
-        bufs[buf].views.add(name)
-
-    def drop_if_dead(buf: int) -> None:
-        nonlocal total
-        b = bufs.get(buf)
-        if b is not None and not b.views and not b.saved and not b.resident:
-            total -= b.size
-            del bufs[buf]
-
-    for cid, idx in prog.cores.items():
-        bind(f"core:{cid}", new(math.prod(dims[i] for i in idx), True), idx, idx)
-    bind("x", new(prog.batch * prog.in_features, True), ("_b", "_in"), ("_b", "_in"))
-    last = prog.last_use()
-    rep = Replay()
-    final = prog.steps[-1].output if prog.steps else None
-    first_saver: dict[int, int] = {}  # saved buffer -> earliest step saving it (the last to run in backward)
-    info: dict[int, tuple[str, tuple[str, ...], list[str], bool]] = {}  # two-operand steps: torch's layout choices
-
-    def save(buf: int, step: int) -> None:
-        bufs[buf].saved = True
-        first_saver.setdefault(buf, step)
-    for n, s in enumerate(prog.steps):
-        ins = [where[i] for i in s.inputs]
-        transient: list[int] = []  # buffers alive only during this step (unless saved)
-        if s.op == "reshape":
-            buf, idx, mem = ins[0]
-            blocks = _reshape_blocks(idx, s.out_indices, dims)
-            if _viewable(mem, [bs for bs, _ in blocks], dims):
-                pos = {i: k for k, i in enumerate(mem)}
-                order = sorted(blocks, key=lambda bl: pos[bl[0][0]])
-                bind(s.output, buf, s.out_indices, [i for _, bd in order for i in bd])
-            else:
-                bind(s.output, new(s.size), s.out_indices, s.out_indices)
-                rep.copies += s.size
-        elif len(ins) == 1:
-            buf, idx, mem = ins[0]
-            if set(s.out_indices) == set(idx):  # identity or permutation: a view
-                bind(s.output, buf, s.out_indices, mem)
-            else:  # a sum over some indices writes a new tensor
-                bind(s.output, new(s.size), s.out_indices, s.out_indices)
-        else:
-            (ba, ia, ma), (bb, ib, mb) = ins
-            if n not in layouts:
-                layouts[n] = einsum_layout(ia, ma, ib, mb, s.out_indices, dims)
-            made, order, kind, summed, swap = layouts[n]
-            info[n] = (kind, order, summed, swap)
-            feeds = [ba, bb]  # the buffer each operand finally hands to the matmul (or product)
-            for k in range(2):
-                for size in made[k]:
-                    feeds[k] = new(size)
-                    transient.append(feeds[k])
-                    rep.copies += size
-            bind(s.output, new(s.size), s.out_indices, order)
-            if training:  # autograd keeps each operand whose partner needs a gradient
-                for k in range(2):
-                    if s.inputs[1 - k] in grad:
-                        save(feeds[k], n)
-        rep.peak = max(rep.peak, total)
-        for t in transient:  # einsum's operand copies are gone before the activation runs (unless saved)
-            drop_if_dead(t)
-        transient = []
-        if s.activation is not None:  # the activation writes a new buffer while the pre-activation still exists
-            pre, idx, mem = where[s.output]
-            rep.peak = max(rep.peak, total + s.size)
-            post = new(s.size)
-            bufs[pre].views.discard(s.output)
-            bind(s.output, post, idx, mem)
-            if training and s.output in grad:  # what the activation's backward reads stays alive
-                save(pre if activation(s.activation).saves == "input" else post, n)
-            drop_if_dead(pre)
-        rep.peak = max(rep.peak, total)
-        for t in transient:
-            drop_if_dead(t)
-        for name in [i for i in s.inputs if last.get(i) == n and i != final]:
-            b = where.pop(name)[0]
-            bufs[b].views.discard(name)
-            drop_if_dead(b)
-        rep.timeline.append(total)
-    rep.saved = sum(b.size for b in bufs.values() if b.saved and not b.resident and not b.views)
+    r = BufferReplay(prog, grad, prog.batch * prog.in_features, ("_b", "_in"))
+    rep = r.run()
     if training:
-        rep.backward_peak = _backward_peak(prog, grad, bufs, first_saver, info)
+        rep.backward_peak = _backward_peak(prog, grad, r.bufs, r.first_saver, r.info)
     return rep
+
+
+class BufferReplay:
+    """One forward replay over buffers: cores and x are resident, each step binds its output to a buffer (a view
+    or a new one), a buffer is dropped once no operand views it and autograd does not keep it. Knows reshapes,
+    einsums and activations; a program with other steps (:mod:`engine.contract.conv`) replays them in
+    :meth:`other_step`."""
+
+    def __init__(self, prog: Program, grad: set[str], x_size: int, x_indices: Sequence[str]):  # or a ConvProgram
+        self.prog = prog
+        self.dims: dict[str, int] = prog.dims
+        self.grad = grad
+        self.bufs: dict[int, _Buf] = {}
+        self.where: dict[str, tuple[int, tuple[str, ...], tuple[str, ...]]] = {}  # operand -> (buffer, idx, memory)
+        self.nid = 0
+        self.total = 0  # elements of the non-resident buffers alive now
+        self.rep = Replay()
+        self.first_saver: dict[int, int] = {}  # saved buffer -> earliest step saving it (the last to run backward)
+        self.info: dict[int, tuple[str, tuple[str, ...], list[str], bool]] = {}  # two-operand steps: torch's layout
+        self.layouts = prog.__dict__.setdefault("_einsum_layouts", {})  # step -> torch's layout, as in every replay
+        for cid, idx in prog.cores.items():
+            self.bind(f"core:{cid}", self.new(math.prod(self.dims[i] for i in idx), True), idx, idx)
+        self.bind("x", self.new(x_size, True), x_indices, x_indices)
+
+    def new(self, size: int, resident: bool = False) -> int:
+        self.nid += 1
+        self.bufs[self.nid] = _Buf(size, resident)
+        if not resident:
+            self.total += size
+        return self.nid
+
+    def bind(self, name: str, buf: int, idx: Sequence[str], mem: Sequence[str]) -> None:
+        self.where[name] = (buf, tuple(idx), tuple(i for i in mem if self.dims[i] > 1))
+        self.bufs[buf].views.add(name)
+
+    def drop_if_dead(self, buf: int) -> None:
+        b = self.bufs.get(buf)
+        if b is not None and not b.views and not b.saved and not b.resident:
+            self.total -= b.size
+            del self.bufs[buf]
+
+    def save(self, buf: int, step: int) -> None:
+        self.bufs[buf].saved = True
+        self.first_saver.setdefault(buf, step)
+
+    def other_step(self, n: int, s, ins: list) -> list[int]:
+        """Replay a step that is neither a reshape nor an einsum; returns the buffers alive only during it."""
+        raise ValueError(f"cannot replay a {s.op!r} step")
+
+    def run(self) -> Replay:
+        dims, rep, steps = self.dims, self.rep, self.prog.steps
+        last = self.prog.last_use()
+        final = steps[-1].output if steps else None
+        for n, s in enumerate(steps):
+            ins = [self.where[i] for i in s.inputs]
+            transient: list[int] = []  # buffers alive only during this step (unless saved)
+            if s.op == "reshape":
+                buf, idx, mem = ins[0]
+                blocks = _reshape_blocks(idx, s.out_indices, dims)
+                if _viewable(mem, [bs for bs, _ in blocks], dims):
+                    pos = {i: k for k, i in enumerate(mem)}
+                    order = sorted(blocks, key=lambda bl: pos[bl[0][0]])
+                    self.bind(s.output, buf, s.out_indices, [i for _, bd in order for i in bd])
+                else:
+                    self.bind(s.output, self.new(s.size), s.out_indices, s.out_indices)
+                    rep.copies += s.size
+            elif s.op != "einsum":
+                transient = self.other_step(n, s, ins)
+            elif len(ins) == 1:
+                buf, idx, mem = ins[0]
+                if set(s.out_indices) == set(idx):  # identity or permutation: a view
+                    self.bind(s.output, buf, s.out_indices, mem)
+                else:  # a sum over some indices writes a new tensor
+                    self.bind(s.output, self.new(s.size), s.out_indices, s.out_indices)
+            else:
+                (ba, ia, ma), (bb, ib, mb) = ins
+                if n not in self.layouts:
+                    self.layouts[n] = einsum_layout(ia, ma, ib, mb, s.out_indices, dims)
+                made, order, kind, summed, swap = self.layouts[n]
+                self.info[n] = (kind, order, summed, swap)
+                feeds = [ba, bb]  # the buffer each operand finally hands to the matmul (or product)
+                for k in range(2):
+                    for size in made[k]:
+                        feeds[k] = self.new(size)
+                        transient.append(feeds[k])
+                        rep.copies += size
+                self.bind(s.output, self.new(s.size), s.out_indices, order)
+                if self.grad:  # autograd keeps each operand whose partner needs a gradient
+                    for k in range(2):
+                        if s.inputs[1 - k] in self.grad:
+                            self.save(feeds[k], n)
+            rep.peak = max(rep.peak, self.total)
+            for t in transient:  # operand copies are gone before the activation runs (unless saved)
+                self.drop_if_dead(t)
+            if s.activation is not None:  # the activation writes a new buffer while the pre-activation still exists
+                pre, idx, mem = self.where[s.output]
+                rep.peak = max(rep.peak, self.total + s.size)
+                post = self.new(s.size)
+                self.bufs[pre].views.discard(s.output)
+                self.bind(s.output, post, idx, mem)
+                if s.output in self.grad:  # what the activation's backward reads stays alive
+                    self.save(pre if activation(s.activation).saves == "input" else post, n)
+                self.drop_if_dead(pre)
+            rep.peak = max(rep.peak, self.total)
+            for name in [i for i in s.inputs if last.get(i) == n and i != final]:
+                b = self.where.pop(name)[0]
+                self.bufs[b].views.discard(name)
+                self.drop_if_dead(b)
+            rep.timeline.append(self.total)
+        rep.saved = sum(b.size for b in self.bufs.values() if b.saved and not b.resident and not b.views)
+        return rep
 
 
 def _backward_peak(prog: Program, grad: set[str], bufs: dict[int, _Buf], first_saver: dict[int, int],

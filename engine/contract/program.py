@@ -163,11 +163,7 @@ class Program(StepCounts):
 
     def last_use(self) -> dict[str, int]:
         """Operand name -> index of the last step that reads it."""
-        out: dict[str, int] = {}
-        for n, s in enumerate(self.steps):
-            for i in s.inputs:
-                out[i] = n
-        return out
+        return last_use(self.steps)
 
     def describe(self) -> tuple[StepRow, ...]:
         """The steps as rows (for JSON, tables and the CLI)."""
@@ -335,6 +331,11 @@ def _natural_last_step(b: _StepBuilder) -> None:
     name = b.fresh()
     b.steps[-1] = dataclasses.replace(s, output=name, out_indices=natural)
     b.steps.append(Step("einsum", (name,), "Wt", (natural,), tuple(s.out_indices), None, s.phase, 0, s.size))
+
+
+def last_use(steps: Sequence[Any]) -> dict[str, int]:
+    """Operand name -> index of the last of ``steps`` that reads it."""
+    return {i: n for n, s in enumerate(steps) for i in s.inputs}
 
 
 def program_rank(prog: Program) -> tuple[int, int, int]:

@@ -37,7 +37,7 @@ from typing import Any, Iterator, Sequence
 
 from engine.contract.cache import CACHE
 from engine.contract.flops import einsum_flops, grad_operands
-from engine.contract.program import BATCH, FLAT_IN, FLAT_OUT, Program, Step, compile_program, program_rank
+from engine.contract.program import BATCH, FLAT_IN, FLAT_OUT, Program, compile_program, program_rank
 from engine.contract.schedule import SCHEDULES, can_stream
 from engine.design.model import Design
 from engine.types import Indices, ScheduleChoice, Search
