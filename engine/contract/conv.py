@@ -41,7 +41,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-from engine.contract.flops import flop_indices
+from engine.contract.flops import flop_indices, grad_operands
 from engine.contract.memory import ADAM_STATE, BufferReplay, Replay, dtype_bytes
 from engine.contract.program import LETTERS, Step, last_use, StepCounts, StepRow, _absorb, _core_operands, _generate, _StepBuilder
 from engine.contract.paths import SEARCHES, path_cost, search_path, structure_hints
@@ -674,19 +674,9 @@ def clear_conv_cache() -> None:
 
 
 # ----------------------------------------------------------------------------- FLOPs backward
-def conv_grad_operands(prog: ConvProgram, input_grad: bool = True) -> set[str]:
-    grad = {f"core:{c}" for c in prog.cores if c not in prog.fixed_cores}
-    if input_grad:
-        grad.add("x")
-    for s in prog.steps:
-        if any(i in grad for i in s.inputs):
-            grad.add(s.output)
-    return grad
-
-
 def conv_backward_flops(prog: ConvProgram, input_grad: bool = True) -> int:
     """FLOPs of the backward pass as FlopCounterMode counts it (module docstring)."""
-    grad = conv_grad_operands(prog, input_grad)
+    grad = grad_operands(prog, input_grad)  # type: ignore[arg-type]
     total = 0
     for s in prog.steps:
         if isinstance(s, ConvStep):
@@ -728,7 +718,7 @@ class _ConvReplay(BufferReplay):
 def conv_replay(prog: ConvProgram, training: bool = False, input_grad: bool = False) -> Replay:
     """Replay the forward pass over buffers as :func:`engine.contract.memory.replay` does, conv and unfold steps
     included (:class:`_ConvReplay`); with ``training``, also the backward peak."""
-    grad = conv_grad_operands(prog, input_grad) if training else set()
+    grad = grad_operands(prog, input_grad) if training else set()  # type: ignore[arg-type]
     r = _ConvReplay(prog, grad, prog.in_elements, prog.x_indices)
     rep = r.run()
     if training:

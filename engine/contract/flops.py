@@ -49,7 +49,8 @@ def einsum_flops(in_indices: Sequence[Sequence[str]], out_indices: Sequence[str]
 
 
 def grad_operands(prog: Program, input_grad: bool = True) -> set[str]:
-    """Operand names that require a gradient: trainable cores, x (with ``input_grad``) and what they feed."""
+    """Operand names that require a gradient: trainable cores, x (with ``input_grad``) and what they feed (of a
+    linear or a conv program)."""
     grad = {f"core:{c}" for c in prog.cores if c not in prog.fixed_cores}
     if input_grad:
         grad.add("x")
