@@ -17,6 +17,7 @@ from engine.contract.conv import (compile_conv_program, conv_backward_flops, con
 from engine.design.conv import im2col_view, kernel_view, make_conv_template
 from engine.design.model import Design, DesignError, load_design
 from engine.nn.conv import TNConv2d, run_conv_program
+from engine.train.optim import adamw
 
 KINDS = ("cp", "tucker", "mpo", "tensor_ring", "ttn", "attn", "mera")
 NONLINEAR = ("ttn", "attn", "mera")
@@ -454,7 +455,7 @@ def test_memory_against_the_cpu_allocator(kind, act, one_thread):
             assert model == measured, (kind, sched, model, measured)
         else:
             assert 0.4 <= model / measured <= 1.0, (kind, sched, model, measured)
-        opt = torch.optim.Adam(list(cores.values()), lr=1e-3)
+        opt = adamw(list(cores.values()), lr=1e-3)
 
         def step():
             opt.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ from engine.design.templates import make_template
 from engine.nn.execute import run_program
 from engine.nn.export import to_torch_source
 from engine.nn.linear import TNLinear
+from engine.train.optim import adamw
 from tests.test_cost import measured_peak_bytes
 
 # (kind, size, bond, activation, slicings): open legs, legs cut to single entries (dropped in a slice), bonds summed
@@ -100,7 +101,7 @@ def test_sliced_memory_against_the_allocator(kind, size, bond, act, legs, one_th
         inference = measured_peak_bytes(lambda: run_program(prog, cores, x))
     model = memory(prog, 4, d.params, training=True)
     assert model.peak_forward_bytes == inference + (d.params + batch * size) * 4
-    opt = torch.optim.Adam(list(cores.values()), lr=1e-3)
+    opt = adamw(list(cores.values()), lr=1e-3)
 
     def step():
         opt.zero_grad(set_to_none=True)

@@ -259,17 +259,11 @@ def cost_report(design: Design, batch: int = 64, dtype: str = "float32", schedul
 
 
 def dense_train_bytes(in_features: int, out_features: int, batch: int, itemsize: int) -> int:
-    """Bytes of an Adam training step of ``nn.Linear(in, out)`` at ``batch``: weight and bias with their gradients
-    and Adam's two moments, Adam's two temporaries of the weight's size (torch's single-tensor Adam computes
-    ``sqrt(exp_avg_sq)`` and its quotient by the bias correction into new tensors while the gradient is alive: a
-    4096 x 4096 layer at batch 64 peaks at 387 MiB on the CPU allocator, 6 weights plus x, y and dL/dx), and x, y
-    and dL/dx (checked against the CPU allocator in tests/test_cost.py)."""
+    """Bytes of an AdamW training step of ``nn.Linear(in, out)`` at ``batch`` as :mod:`engine.train` runs it (torch's
+    fused AdamW, which makes no parameter-sized temporaries): weight and bias with their gradients and AdamW's two
+    moments, and x, y and dL/dx (checked against the CPU allocator in tests/test_cost.py)."""
     params = in_features * out_features + out_features
-    return ((2 + ADAM_STATE) * params + ADAM_TEMPORARIES * in_features * out_features
-            + batch * (2 * in_features + out_features)) * itemsize
-
-
-ADAM_TEMPORARIES = 2  # parameter-sized temporaries of torch's Adam step, for the largest parameter
+    return ((2 + ADAM_STATE) * params + batch * (2 * in_features + out_features)) * itemsize
 
 
 def init_memory_bytes(design: Design) -> int:

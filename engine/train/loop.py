@@ -4,10 +4,11 @@ A run is recorded in the :class:`~engine.train.store.RunStore` first (its :class
 and design, see :mod:`engine.train.launcher`); this module trains it and writes everything back there: status,
 metric rows, checkpoints, results.
 
-Training: AdamW, linear warm-up then cosine decay to zero (per step), gradient-norm clipping, seeded (data order,
-initialisation), CUDA when available (``device="auto"``), optional AMP (bfloat16 autocast; float16 with a grad
-scaler on GPUs without bfloat16). Train rows are logged every ``log_every`` steps, a test evaluation (and a
-checkpoint) every ``eval_every`` steps (0: at every epoch end) and at the end.
+Training: AdamW (torch's fused kernel, :mod:`engine.train.optim`), linear warm-up then cosine decay to zero (per
+step), gradient-norm clipping, seeded (data order, initialisation), CUDA when available (``device="auto"``), optional
+AMP (bfloat16 autocast; float16 with a grad scaler on GPUs without bfloat16). Train rows are logged every
+``log_every`` steps, a test evaluation (and a checkpoint) every ``eval_every`` steps (0: at every epoch end) and at
+the end.
 
 Endings: ``completed`` (results recorded); ``failed`` with the reason when the loss or the gradient norm stops
 being finite, or on any error (traceback in the run's log.txt); ``stopped`` on SIGTERM / SIGINT or the store's
@@ -46,6 +47,7 @@ from engine.design.model import Design
 from engine.train.config import ConfigError, RunConfig, device_problem
 from engine.train.data import Dataset, load_dataset
 from engine.train.models import build_model
+from engine.train.optim import adamw
 from engine.train.store import RunStore, process_start_time
 
 log = logging.getLogger(__name__)
@@ -197,7 +199,7 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.opt = adamw(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, config.warmup))
         self.amp_dtype = None
         if config.amp:
