@@ -143,6 +143,7 @@ class StudioState(param.Parameterized):
         first = restored or design or arrange(make_template("mera", 256, 256, 4))
         self._history: list[Design] = [first.copy().layout()]
         self._labels: list[str] = ["start"]
+        self._replaced: list[bool] = [True]  # per history entry: whether it replaced the whole design (a new view)
         self._pos = 0
         self._last_merge: tuple[str, float] | None = None
         self._pending: tuple | None = None
@@ -167,7 +168,9 @@ class StudioState(param.Parameterized):
             return False
         self._pos -= 1
         self._clear_notes()
-        self._set_draft(self._history[self._pos].copy(), f"undid {self._labels[self._pos + 1]}")
+        # undoing a whole-design replacement (Generate, open, new) brings back another drawing: fit the view to it
+        self._set_draft(self._history[self._pos].copy(), f"undid {self._labels[self._pos + 1]}",
+                        layout=self._replaced[self._pos + 1])
         return True
 
     def redo(self) -> bool:
@@ -175,10 +178,11 @@ class StudioState(param.Parameterized):
             return False
         self._pos += 1
         self._clear_notes()
-        self._set_draft(self._history[self._pos].copy(), f"redid {self._labels[self._pos]}")
+        self._set_draft(self._history[self._pos].copy(), f"redid {self._labels[self._pos]}",
+                        layout=self._replaced[self._pos])
         return True
 
-    def _push(self, design: Design, label: str, merge: str | None) -> None:
+    def _push(self, design: Design, label: str, merge: str | None, replaced: bool = False) -> None:
         now = time.monotonic()
         if merge and self._last_merge and self._last_merge[0] == merge and now - self._last_merge[1] < MERGE_WINDOW_S \
                 and self._pos > 0:
@@ -186,11 +190,14 @@ class StudioState(param.Parameterized):
         else:
             del self._history[self._pos + 1:]
             del self._labels[self._pos + 1:]
+            del self._replaced[self._pos + 1:]
             self._history.append(design.copy())
             self._labels.append(label)
+            self._replaced.append(replaced)
             if len(self._history) > HISTORY_MAX:
                 self._history.pop(0)
                 self._labels.pop(0)
+                self._replaced.pop(0)
             self._pos = len(self._history) - 1
         self._last_merge = (merge, now) if merge else None
 
@@ -233,7 +240,7 @@ class StudioState(param.Parameterized):
                                   field_errors={}, message=f"confirm: {why}")
                 return False
         self._clear_notes()
-        self._push(candidate, label, merge)
+        self._push(candidate, label, merge, replaced=layout)
         self._set_draft(candidate.copy(), label, layout=layout, fresh=fresh)
         return True
 

@@ -82,6 +82,20 @@ def test_undo_redo_restore_exact_designs(state):
     assert state.report.params == independent_params(json.loads(j1))
 
 
+def test_undo_and_redo_of_a_whole_design_refit_the_view_and_edits_do_not(state):
+    """Undoing a Generate brings back another drawing: the canvas must fit it (layout_version), as after Generate
+    itself; undoing an edit of the same drawing keeps the user's view."""
+    state.set_dim("s0", 6)
+    state.generate("tucker", 128, 32, 3)
+    fits = state.layout_version
+    assert state.undo() and state.layout_version == fits + 1 and state.design.indices["s0"].dim == 6
+    assert state.undo() and state.layout_version == fits + 1  # the bond edit: same drawing, same view
+    assert state.redo() and state.layout_version == fits + 1
+    assert state.redo() and state.layout_version == fits + 2 and state.design.name.startswith("tucker")
+    state.set_dim(next(k for k, v in state.design.indices.items() if v.role == "bond"), 2)
+    assert state.undo() and state.layout_version == fits + 2
+
+
 def test_delete_tensor_removes_its_bonds_and_undo_brings_them_back(state):
     j0 = state.to_json()
     state.delete(tensors=["D0_0"])
