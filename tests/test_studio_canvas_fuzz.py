@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.design.model import Design
 from engine.design.templates import make_template
-from studio.canvas import Canvas
+from studio.canvas import EDGE_KEYS, NODE_KEYS, Canvas
 from studio.graph import canvas_layout
 from studio.state import StudioState
 
@@ -65,10 +65,11 @@ def assert_consistent(state: StudioState, canvas: Canvas, step: str) -> None:
     assert set(state.selection["indices"]) <= set(d.indices), step
     assert state.problems == d.problems(), step
     assert Design.from_dict(json.loads(json.dumps(d.to_dict())), validate=False).to_dict() == d.to_dict(), step
-    shown = sorted(n["id"] for n in canvas.flow.nodes)
-    assert shown == sorted(ids_of(state)[0]), f"{step}: canvas nodes {shown} are not the design's"
-    drawn = sorted(e["id"] for e in canvas.flow.edges)
-    assert drawn == sorted(ids_of(state)[1]), f"{step}: canvas edges {drawn} are not the design's"
+    nodes, edges, _ = canvas_layout(state.design, state.problems, state.selection)
+    for what, got, want, keys in (("nodes", canvas.flow.nodes, nodes, NODE_KEYS), ("edges", canvas.flow.edges, edges,
+                                                                                    EDGE_KEYS)):
+        got, want = [[tuple(str(x.get(k)) for k in keys) for x in xs] for xs in (got, want)]
+        assert got == want, f"{step}: the canvas's {what} {sorted(got)} are not the design's {sorted(want)}"
     if not state.problems:
         assert state.valid_design is d and state.report.params == independent_params(d), step
 
@@ -89,11 +90,19 @@ def test_random_canvas_messages_keep_the_state_true(tmp_path):
 
 def steps(state: StudioState, canvas: Canvas, data) -> None:
     """Twelve things the browser (or someone posing as it) may send, the state checked after each."""
+    before: list = []  # drawings shown before (nodes, edges), as a stale property change from the page may bring back
     for n in range(12):
+        before.append((list(canvas.flow.nodes), list(canvas.flow.edges)))
         if data.draw(st.integers(0, 9), label="switch") == 0:  # the canvas may still send the old ids after
             other = data.draw(st.sampled_from(["mpo", "tucker", "mera"]), label="generate")
             state.generate(other, 64, 32, 2)
             step = f"{n}: generate {other}"
+        elif data.draw(st.integers(0, 5), label="stale") == 0:  # the flow's nodes or edges set back to an old drawing
+            old_nodes, old_edges = data.draw(st.sampled_from(before), label="drawing")
+            which = data.draw(st.sampled_from(["nodes", "edges", "both"]), label="which")
+            canvas.flow.param.update(**({"nodes": old_nodes} if which != "edges" else {}),
+                                     **({"edges": old_edges} if which != "nodes" else {}))
+            step = f"{n}: the flow's {which} set back to drawing {before.index((old_nodes, old_edges))}"
         elif data.draw(st.integers(0, 9), label="undo") == 0:
             state.undo()
             step = f"{n}: undo"
