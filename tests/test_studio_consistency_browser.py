@@ -219,11 +219,60 @@ class Studio:
         self.wait(lambda: not self.state.pending, "the confirmation to go")
         return " + " + ("apply anyway" if which == "tn-confirm" else "cancel")
 
+    def browser_graph(self) -> str:
+        """What the page's ReactFlow Bokeh models hold (node and edge counts), and the server's flows."""
+        page = self.page.evaluate("""() => { const out = [];
+            for (const doc of (window.Bokeh ? Bokeh.documents : [])) for (const m of doc._all_models.values()) {
+                if (!String(m.type).includes('ReactFlow')) continue;
+                const d = m.data || m; out.push([String(m.type), (d.nodes || []).length, (d.edges || []).length]); }
+            return out; }""")
+        server = [(len(a.design.canvas.flow.nodes), len(a.design.canvas.flow.edges)) for a in self.apps]
+        return f"page {page}, server flows {server}"
+
+    def selection_seen(self) -> str:
+        """What the server and the page hold as selected (for a failure's message)."""
+        page_sel = self.page.locator(".tn-canvas .react-flow__node.selected, .tn-canvas .react-flow__edge.selected"
+                                     ).evaluate_all("els => els.map(e => e.getAttribute('data-id'))")
+        box = ("e => { const r = e.getBoundingClientRect(); return [Math.round(r.x), Math.round(r.y), "
+               "Math.round(r.width), Math.round(r.height)]; }")
+        c = self.page.locator(".tn-canvas .react-flow").first
+        geo = {"canvas": c.evaluate(box), "scroll": c.evaluate("e => [e.scrollLeft, e.scrollTop]"),
+               "transform": self.page.locator(".tn-canvas .react-flow__viewport").first.evaluate(
+                   "e => e.style.transform"),
+               "labels": self.page.locator(".tn-canvas .react-flow__edge").evaluate_all(
+                   f"els => els.map(e => [e.getAttribute('data-id'), "
+                   f"(e.querySelector('.react-flow__edge-textwrapper') ? ({box})(e.querySelector("
+                   f"'.react-flow__edge-textwrapper')) : null)])")}
+        return f"server selection {self.state.selection}, selected in the page {page_sel}, geometry {geo}"
+
+    def in_canvas(self, target) -> bool:
+        """Whether ``target``'s centre lies inside the canvas's visible area."""
+        box, c = target.bounding_box(), self.page.locator(".tn-canvas .react-flow").first.bounding_box()
+        if not box or not c:
+            return False
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        return c["x"] <= x <= c["x"] + c["width"] and c["y"] <= y <= c["y"] + c["height"]
+
+    def show(self, target, what: str) -> None:
+        """A user clicks only what the canvas shows: when ``target`` lies outside it, fit the view first (the
+        canvas's own fit button). A click there lands beside the canvas and selects nothing (seen: a node right
+        of the canvas after an undo that brought back a wider drawing without fitting the view)."""
+        if self.in_canvas(target):
+            return
+        self.page.locator(".tn-canvas .react-flow__controls-fitview").click()
+        deadline = time.monotonic() + 5
+        while not self.in_canvas(target):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} is outside the canvas even after fitting the view")
+            self.page.wait_for_timeout(100)
+
     def click_node(self, tid: str) -> None:
         node = self.page.locator(".tn-canvas").get_by_test_id(f"rf__node-T:{tid}")
+        self.show(node, f"tensor {tid}")
         try:
             node.click(timeout=5000)
-        except Exception:  # covered by another node or a label: the click goes to its centre anyway
+        except Exception as e:  # covered by another node or a label: the click goes to its centre anyway
+            print("click_node fallback", tid, str(e)[:600])
             node.dispatch_event("click")
         self.wait(lambda: self.state.selection["tensors"] == [tid], f"selecting {tid}")
         # and the inspector in the page shows it (not the previous selection's widgets)
@@ -231,9 +280,11 @@ class Studio:
 
     def click_bond(self, name: str) -> None:
         label = self.page.locator(".tn-canvas").get_by_test_id(f"rf__edge-B:{name}").locator(".react-flow__edge-textwrapper")
+        self.show(label, f"bond {name}")
         try:
             label.click(timeout=5000)
-        except Exception:  # covered: dispatch the click on the label itself
+        except Exception as e:  # covered: dispatch the click on the label itself
+            print("click_bond fallback", name, str(e)[:600])
             label.dispatch_event("click")
         self.wait(lambda: self.state.selection == {"tensors": [], "indices": [name]}, f"selecting {name}")
 
@@ -427,9 +478,49 @@ ACTIONS = [(generate, 5), (set_legs, 3), (set_bond, 5), (set_activation, 3), (ad
 
 
 @pytest.mark.slow
-def test_randomised_edits_keep_every_view_true(tmp_path):
+def _trace_canvas(monkeypatch) -> list[str]:
+    """The canvas's gestures and redraws as the server sees them (time, what, selection after), for a failure's
+    message: a click that selected nothing says whether the browser reported it and what was redrawn after."""
+    import collections
+    import functools
+
+    from studio.canvas import Canvas
+
+    trace: collections.deque = collections.deque(maxlen=30)
+    t0 = time.monotonic()
+
+    def traced(name: str, fn):
+        @functools.wraps(fn)  # keeps param.depends' watch on redraw
+        def run(self, *args):
+            fn(self, *args)
+            payload = args[0] if args and isinstance(args[0], dict) else {}
+            brief = {k: ([n.get("id") if isinstance(n, dict) else n for n in v] if isinstance(v, list) else v)
+                     for k, v in payload.items() if k in ("nodes", "edges", "node_id")}
+            trace.append(f"{time.monotonic() - t0:7.2f} {name} {brief} -> {self.state.selection}, flow "
+                         f"{len(self.flow.nodes)} nodes, {len(self.flow.edges)} edges")
+        return run
+
+    for name in ("_selection_changed", "_check_drawing", "redraw"):
+        monkeypatch.setattr(Canvas, name, traced(name, getattr(Canvas, name)))
+    init = Canvas.__init__
+
+    def watched_init(self, **params):
+        init(self, **params)
+        import traceback
+
+        def edges_set(event):
+            where = [f"{f.name}" for f in traceback.extract_stack()[-14:-1]]
+            trace.append(f"{time.monotonic() - t0:7.2f} flow.edges {len(event.old)} -> {len(event.new)} via {where}")
+        self.flow.param.watch(edges_set, "edges")
+
+    monkeypatch.setattr(Canvas, "__init__", watched_init)
+    return trace
+
+
+def test_randomised_edits_keep_every_view_true(tmp_path, monkeypatch):
     require_browser()
     apps = []
+    trace = _trace_canvas(monkeypatch)
 
     def factory():
         app = create_app(state=StudioState(home=str(tmp_path / "home")))
@@ -451,14 +542,20 @@ def test_randomised_edits_keep_every_view_true(tmp_path):
         for n in range(STEPS):
             fn = generate if not ui.state.design.tensors or n == 0 else rng.choices(funcs, weights)[0]
             t0 = time.monotonic()
-            what = fn(ui, rng, saved) if fn is upload else fn(ui, rng)
+            try:
+                what = fn(ui, rng, saved) if fn is upload else fn(ui, rng)
+            except AssertionError as e:
+                screenshot(page, "consistency_action")
+                raise AssertionError(f"{e} (step {n}, {fn.__name__}; {ui.selection_seen()})\nsteps so far:\n"
+                                     + "\n".join(done[-12:]) + "\ncanvas events:\n" + "\n".join(trace)) from None
             t1 = time.monotonic()
             done.append(f"{n}: {what}")
             try:
                 ui.check(what)
                 timings.append((what, round(t1 - t0, 2), round(time.monotonic() - t1, 2)))
             except AssertionError as e:
-                raise AssertionError(f"{e}\nsteps so far:\n" + "\n".join(done[-12:])) from None
+                raise AssertionError(f"{e}\nsteps so far:\n" + "\n".join(done[-12:]) + "\ncanvas events:\n"
+                                     + "\n".join(trace) + f"\nbrowser models: {ui.browser_graph()}") from None
             if not ui.state.problems and len(saved) < 8:
                 saved.append(ui.state.design.to_dict())
         # the draft survives a reload
