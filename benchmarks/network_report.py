@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     conv_rows = [(f"conv layers too: {rule} + FC {fc_rule}", network_report(base.with_rules([fc_rule, rule])))
                  for fc_rule, rule in (("linear:ttn:4:gelu", CONV_RULE), ("linear:ttn:4:gelu", CONV_RULE_TUCKER))]
     print("| VGG-16 (torchvision, 224x224, batch 1) | params | compression | FC params | conv params | forward FLOPs "
-          "| FLOPs ratio | inference memory | training memory (Adam) |")
+          "| FLOPs ratio | inference memory | training memory (AdamW) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, rep in (("dense", dense), ("FC layers as the TTN presets (vgg16_fc6/7/8_ttn)", preset),
                        ("FC layers by rule linear:ttn:4:gelu", ttn), *conv_rows):

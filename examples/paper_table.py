@@ -10,7 +10,7 @@ generator with gelu (ADNTN). It prints what each costs and saves every design un
 studio lists them as presets.
 
 Every number comes from the cost model: parameters, compression, generation FLOPs (building W or K from the cores),
-forward FLOPs at batch 64 and the memory of one training step (float32, Adam) at batch 64 (``cost_report``; for
+forward FLOPs at batch 64 and the memory of one training step (float32, AdamW) at batch 64 (``cost_report``; for
 the convolutions ``conv_cost_report`` at the layer's real input size, batch 64 images, with the program the cost
 model picks).
 

@@ -60,7 +60,7 @@ def cards_html(rep: CostReport | None) -> str:
         _card("Backward", si(rep.backward_flops, "FLOP"), "gradients of cores and x", raw=rep.backward_flops),
         _card("Peak memory", nbytes(rep.peak_memory_bytes), f"forward, {rep.dtype}", raw=rep.peak_memory_bytes),
         _card("Training memory", nbytes(rep.train_memory_bytes),
-              f"with Adam · dense {nbytes(rep.dense_train_memory_bytes)}", raw=rep.train_memory_bytes),
+              f"with AdamW · dense {nbytes(rep.dense_train_memory_bytes)}", raw=rep.train_memory_bytes),
         _card("Schedule", html.escape(program or rep.schedule), html.escape(rep.method), raw=program or rep.schedule),
         _card("Scaling", chi_text(rep.scaling), chi_text(rep.scaling_detail.leading) + " FLOPs", raw=rep.scaling),
     ] + _budget_cards(rep)) + "</div>"

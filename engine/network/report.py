@@ -143,7 +143,7 @@ class NetworkReport:
                   f"forward      {si(t.forward_flops, 'FLOP')} (dense {si(t.dense_forward_flops, 'FLOP')}; "
                   + (f"{ratio(t.flops_ratio)} fewer)" if t.flops_ratio >= 1 else f"{ratio(1 / t.flops_ratio)} more)"),
                   f"inference    {nbytes(t.inference_bytes)} (dense {nbytes(t.dense_inference_bytes)})",
-                  f"training     {nbytes(t.train_bytes)} (dense {nbytes(t.dense_train_bytes)}, Adam)",
+                  f"training     {nbytes(t.train_bytes)} (dense {nbytes(t.dense_train_bytes)}, AdamW)",
                   f"TN layers    {t.tn_layers}"]
         return "\n".join(lines)
 
