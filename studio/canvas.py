@@ -17,9 +17,11 @@ from panel.custom import JSComponent
 from panel.viewable import Viewer
 from panel_reactflow import NodeType, ReactFlow
 
+from engine.design import edit
+
 from .graph import (SOURCE_HANDLES, TARGET_HANDLES, canvas_layout, design_position, parse_edge, parse_node,
                     selection_from_canvas)
-from .layout import SCALE, TENSOR_H, bounds, fit_viewport, free_box, visible_centre
+from .layout import SCALE, bounds, fit_viewport, free_box, tensor_label, text_box, visible_centre
 from .state import StudioState
 from .style import css
 
@@ -127,9 +129,9 @@ class Canvas(Viewer):
         """The centre of what the canvas shows now, in design units (None before the view is known)."""
         return visible_centre(self.flow.viewport, *self.size)
 
-    def free_position(self) -> tuple[float, float]:
-        """Where a new tensor goes: the free spot nearest the centre of the visible area, clear of every box and
-        bond label (design units, top-left corner)."""
+    def free_position(self, kind: str = "core") -> tuple[float, float]:
+        """Where a new ``kind`` tensor goes: the free spot nearest the centre of the visible area, clear of every
+        box and bond label by the size its box will have (design units, top-left corner)."""
         centre = self.visible_centre()
         _, edges, boxes = canvas_layout(self.state.design)
         if centre is None:
@@ -139,11 +141,13 @@ class Canvas(Viewer):
                     + boxes[e["target"]][2] / 2) / 2,
                    (boxes[e["source"]][1] + boxes[e["source"]][3] / 2 + boxes[e["target"]][1]
                     + boxes[e["target"]][3] / 2) / 2) for e in edges if e.get("label")]
-        x, y = free_box((centre[0] * SCALE, centre[1] * SCALE), (84.0, TENSOR_H), boxes.values(), labels)
+        new, tid = edit.add_tensor(self.state.design, kind, (0.0, 0.0))
+        x, y = free_box((centre[0] * SCALE, centre[1] * SCALE), text_box(tensor_label(new, tid), "T"),
+                        boxes.values(), labels)
         return design_position(x, y)
 
     def add_tensor(self, kind: str = "core") -> str | None:
-        return self.state.add_tensor(kind, self.free_position())
+        return self.state.add_tensor(kind, self.free_position(kind))
 
     # ------------------------------------------------------------------ gestures
     def _edge_added(self, payload: dict[str, Any]) -> None:
