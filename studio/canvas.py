@@ -9,6 +9,7 @@ canvas size, which a tiny probe component reports from the browser.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import panel as pn
@@ -191,7 +192,9 @@ class Canvas(Viewer):
         pos = pos if isinstance(pos, dict) else {}
         if kind and all(isinstance(pos.get(k), (int, float)) for k in ("x", "y")):
             self.state.move(name if kind == "T" else f"{kind}:{name}", *design_position(pos["x"], pos["y"]))
-            self._check_drawing()  # its bonds now leave from the sides that face their other ends
+        # its legs follow it and its bonds leave from the sides that face their other ends; a position the design
+        # cannot keep (refused above) is put back
+        self._check_drawing()
 
     def _graph_changed(self, *_: Any) -> None:
         """The flow's nodes or edges were set by another hand than :meth:`redraw`: panel-reactflow applying a
@@ -206,11 +209,12 @@ class Canvas(Viewer):
         self.state.dispatch(self._check_drawing)
 
     def _check_drawing(self) -> None:
-        """Show the state's design where the flow shows something else (only the edges, when only they differ:
-        after a move, which side of a tensor a bond leaves from)."""
+        """Show the state's design where the flow shows something else: other nodes, or nodes elsewhere (after a
+        tensor is dragged, its open legs follow it), or only other edges (after a move, which side of a tensor a
+        bond leaves from)."""
         self._check_queued = False
         nodes, edges, _ = canvas_layout(self.state.design, self.state.problems, self.state.selection)
-        if _drawn(self.flow.nodes, NODE_KEYS) != _drawn(nodes, NODE_KEYS):
+        if _drawn(self.flow.nodes, NODE_KEYS) != _drawn(nodes, NODE_KEYS) or _misplaced(self.flow.nodes, nodes):
             self.redraw()
         elif _drawn(self.flow.edges, EDGE_KEYS) != _drawn(edges, EDGE_KEYS):
             self._draw(edges=edges)
@@ -224,6 +228,28 @@ class Canvas(Viewer):
 
 NODE_KEYS = ("id", "type", "label", "className")  # what a node shows (not where it is or whether it is selected)
 EDGE_KEYS = ("id", "source", "target", "sourceHandle", "targetHandle", "label", "className")
+
+
+def _misplaced(shown: list[Any], nodes: list[dict], tolerance: float = 1.0) -> bool:
+    """Whether a node of ``shown`` (the flow's) lies more than ``tolerance`` px from where ``nodes`` put it (the
+    design keeps positions to a tenth of a unit, so a dragged node's own place may differ by less)."""
+    def place(n: Any) -> tuple[float, float] | None:  # None: no usable position (a malformed message's)
+        p = n.get("position") if isinstance(n, dict) else getattr(n, "position", None)
+        x, y = (p.get("x"), p.get("y")) if isinstance(p, dict) else (None, None)
+        ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (x, y))
+        return (float(x), float(y)) if ok else None  # type: ignore[arg-type]
+
+    want = {n["id"]: place(n) for n in nodes}
+    for n in shown:
+        nid = n.get("id") if isinstance(n, dict) else getattr(n, "id", None)
+        if nid in want:
+            got, wanted = place(n), want[nid]
+            if got is None or wanted is None:
+                if got != wanted:
+                    return True
+            elif abs(got[0] - wanted[0]) > tolerance or abs(got[1] - wanted[1]) > tolerance:
+                return True
+    return False
 
 
 def _drawn(items: list[Any], keys: tuple[str, ...]) -> list[tuple]:

@@ -181,10 +181,16 @@ class Palette(Viewer):
         self.bond = IntField(label="new bond χ", value=self.state.new_bond_dim, minimum=lo, maximum=hi, width=112,
                              css_class="tn-p-bond")
         self.bond.param.watch(lambda e: setattr(self.state, "new_bond_dim", e.new), "value")
+        # what the canvas and these buttons did, refused or waiting for confirmation: a drawn bond ("connect"), an
+        # added tensor ("tensor"), and edits with no field of their own ("edit": a delete, an opened design)
+        self.notes = [FieldNote(state=self.state, field=f) for f in CANVAS_FIELDS]
 
     def __panel__(self) -> pn.viewable.Viewable:
         return section("Palette", pn.Column(
             pn.Row(self.kind, self.add_button, margin=0), self.bond,
             hint("Drag from a tensor's dot to another tensor to make a bond. Select and press <b>Delete</b> to "
                  "remove; <b>Shift</b>-click or drag a box with <b>Shift</b> to select several."),
-            margin=0, sizing_mode="stretch_width"))
+            *self.notes, margin=0, sizing_mode="stretch_width"))
+
+
+CANVAS_FIELDS = ("connect", "tensor", "edit")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.design.model import Design
 from engine.design.templates import make_template
-from studio.canvas import EDGE_KEYS, NODE_KEYS, Canvas
+from studio.canvas import EDGE_KEYS, NODE_KEYS, Canvas, _misplaced
 from studio.graph import canvas_layout
 from studio.state import StudioState
 
@@ -70,6 +70,7 @@ def assert_consistent(state: StudioState, canvas: Canvas, step: str) -> None:
                                                                                     EDGE_KEYS)):
         got, want = [[tuple(str(x.get(k)) for k in keys) for x in xs] for xs in (got, want)]
         assert got == want, f"{step}: the canvas's {what} {sorted(got)} are not the design's {sorted(want)}"
+    assert not _misplaced(canvas.flow.nodes, nodes), f"{step}: a node is not where the design puts it"
     if not state.problems:
         assert state.valid_design is d and state.report.params == independent_params(d), step
 

@@ -236,6 +236,31 @@ def test_new_tensors_never_overlap_however_many_are_added(tmp_path, kind, n_in, 
     st.close()
 
 
+@pytest.mark.parametrize("field", ["connect", "tensor", "edit", "open", "library", "template", "name", "factors:in",
+                                   "factors:out", "memory_budget"])
+def test_every_field_note_has_a_place_on_the_design_tab(tmp_path, field):
+    """A refusal or a pending confirmation at any field the Design tab's actions use is shown there, with Apply
+    anyway / Cancel for a confirmation: a bond drawn on the canvas that would make the layer larger than dense waited
+    for a confirmation nobody could see or answer (seen in a randomised browser run, seed 17)."""
+    from studio.app import DesignTab
+
+    st = StudioState(make_template("mpo", 64, 64, 2), home=str(tmp_path), refine_s=0, autosave=False)
+    view = pn.panel(DesignTab(state=st))
+
+    def notes(kind: str) -> list[str]:
+        return [o.object for o in view.select(pn.pane.HTML) if f"data-field='{field}'" in str(o.object)
+                or f'data-field="{field}"' in str(o.object)]
+
+    st.refuse(field, "refused for a reason")
+    assert any("refused for a reason" in n for n in notes("error")), f"no note for a refusal at {field!r}"
+    st.param.update(field_errors={}, pending={"field": field, "message": "the layer gets larger"})
+    assert any("the layer gets larger" in n for n in notes("warn")), f"no note for a confirmation at {field!r}"
+    confirms = [r for r in view.select(pn.Row) if r.visible and any(
+        isinstance(b, pn.widgets.Button) and "tn-confirm" in b.css_classes and b.visible for b in r.objects)]
+    assert confirms, f"no visible Apply anyway for {field!r}"
+    st.close()
+
+
 # ---------------------------------------------------------------------------------------------- inspector
 def _notes(insp):
     return [html.unescape(o.object) for o in insp.body.objects
