@@ -263,7 +263,10 @@ class Studio:
         deadline = time.monotonic() + 5
         while not self.in_canvas(target):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{what} is outside the canvas even after fitting the view")
+                flow = self.apps[-1].design.canvas.flow
+                xs = [n["position"]["x"] for n in flow.nodes if isinstance(n.get("position"), dict)]
+                raise AssertionError(f"{what} is outside the canvas even after fitting the view (server viewport "
+                                     f"{flow.viewport}, node x from {min(xs, default=None)} to {max(xs, default=None)})")
             self.page.wait_for_timeout(100)
 
     def click_node(self, tid: str) -> None:
