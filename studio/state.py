@@ -551,12 +551,26 @@ class StudioState(param.Parameterized):
         if sel == self.selection:
             return
         updates: dict[str, Any] = {"selection": sel}
-        if self.message.startswith(("refused:", "confirm:")):
-            updates["message"] = ""  # the field it was about is no longer shown
-        if self.field_errors or self.pending:
+        # old refusals go; a question goes only when the inspector stops showing its field: one asked elsewhere
+        # (the gallery, the palette, files) stays, so a selection (or a late selection event from the page) never
+        # cancels, say, a Generate waiting to be confirmed
+        keep = bool(self.pending) and not _inspector_field(self.pending.get("field", ""))
+        if self.message.startswith("refused:") or (self.message.startswith("confirm:") and not keep):
+            updates["message"] = ""
+        if self.field_errors:
+            updates["field_errors"] = {}
+        if self.pending and not keep:
             self._pending = None
-            updates.update(field_errors={}, pending={})
+            updates["pending"] = {}
         self.param.update(**updates)
+
+
+INSPECTOR_FIELDS = ("dim:", "kind:", "activation:", "factors:", "name", "open_leg", "fit")
+
+
+def _inspector_field(field: str) -> bool:
+    """Whether ``field`` is shown by the inspector (which shows other fields when the selection changes)."""
+    return field.startswith(INSPECTOR_FIELDS)
 
 
 def _selection_in(design: Design, tensors: Iterable[str], indices: Iterable[str]) -> dict[str, list[str]]:

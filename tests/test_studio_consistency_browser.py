@@ -547,7 +547,7 @@ def test_randomised_edits_keep_every_view_true(tmp_path, monkeypatch):
             t0 = time.monotonic()
             try:
                 what = fn(ui, rng, saved) if fn is upload else fn(ui, rng)
-            except AssertionError as e:
+            except Exception as e:  # noqa: BLE001 - an assertion or playwright's timeout: report what happened
                 screenshot(page, "consistency_action")
                 raise AssertionError(f"{e} (step {n}, {fn.__name__}; {ui.selection_seen()})\nsteps so far:\n"
                                      + "\n".join(done[-12:]) + "\ncanvas events:\n" + "\n".join(trace)) from None

@@ -96,6 +96,25 @@ def test_undo_and_redo_of_a_whole_design_refit_the_view_and_edits_do_not(state):
     assert state.undo() and state.layout_version == fits + 2
 
 
+def test_a_selection_cancels_only_the_inspector_fields_questions(state):
+    """Selecting on the canvas (or a late selection event from the page) cancels a question of a field the
+    inspector stops showing, never one of the gallery's: a Generate waiting for confirmation stays answerable (a
+    late selection event cancelled it in a loaded browser run, and its Apply anyway vanished)."""
+    assert not state.generate("mpo", 2 ** 15, 2 ** 14, 2)  # W of 2^29 entries: asks first
+    assert state.pending["field"] == "template"
+    state.select(["L0"], [])
+    assert state.pending["field"] == "template" and state.confirm()
+    bond = next(k for k, v in state.design.indices.items() if v.role == "bond")
+    state.select([], [bond])
+    assert not state.set_dim(bond, "abc") and f"dim:{bond}" in state.field_errors
+    state.select([], [])
+    assert f"dim:{bond}" not in state.field_errors
+    state.select([], [bond])
+    assert state.set_dim(bond, 3) and not state.set_dim(bond, 2 ** 20) and state.pending["field"] == f"dim:{bond}"
+    state.select([], [])  # the inspector no longer shows that bond: its question goes
+    assert state.pending == {}
+
+
 def test_delete_tensor_removes_its_bonds_and_undo_brings_them_back(state):
     j0 = state.to_json()
     state.delete(tensors=["D0_0"])
