@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.design.model import Design
 from engine.design.templates import make_template
-from studio.canvas import EDGE_KEYS, NODE_KEYS, Canvas, _misplaced
+from studio.canvas import EDGE_KEYS, NODE_KEYS, Canvas, _drawn, _misplaced
 from studio.graph import canvas_layout
 from studio.state import StudioState
 
@@ -66,9 +66,9 @@ def assert_consistent(state: StudioState, canvas: Canvas, step: str) -> None:
     assert state.problems == d.problems(), step
     assert Design.from_dict(json.loads(json.dumps(d.to_dict())), validate=False).to_dict() == d.to_dict(), step
     nodes, edges, _ = canvas_layout(state.design, state.problems, state.selection)
-    for what, got, want, keys in (("nodes", canvas.flow.nodes, nodes, NODE_KEYS), ("edges", canvas.flow.edges, edges,
-                                                                                    EDGE_KEYS)):
-        got, want = [[tuple(str(x.get(k)) for k in keys) for x in xs] for xs in (got, want)]
+    for what, shown, drawn, keys in (("nodes", canvas.flow.nodes, nodes, NODE_KEYS),
+                                     ("edges", canvas.flow.edges, edges, EDGE_KEYS)):
+        got, want = _drawn(shown, keys), _drawn(drawn, keys)
         assert got == want, f"{step}: the canvas's {what} {sorted(got)} are not the design's {sorted(want)}"
     assert not _misplaced(canvas.flow.nodes, nodes), f"{step}: a node is not where the design puts it"
     if not state.problems:

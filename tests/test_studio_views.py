@@ -247,9 +247,9 @@ def test_every_field_note_has_a_place_on_the_design_tab(tmp_path, field):
     st = StudioState(make_template("mpo", 64, 64, 2), home=str(tmp_path), refine_s=0, autosave=False)
     view = pn.panel(DesignTab(state=st))
 
-    def notes(kind: str) -> list[str]:
-        return [o.object for o in view.select(pn.pane.HTML) if f"data-field='{field}'" in str(o.object)
-                or f'data-field="{field}"' in str(o.object)]
+    def notes(kind: str) -> list[str]:  # the notes of that kind (tn-error: a refusal, tn-warn: a question) there
+        return [str(o.object) for o in view.select(pn.pane.HTML)
+                if f"class='tn-{kind}' data-field='{html.escape(field, quote=True)}'" in str(o.object)]
 
     st.refuse(field, "refused for a reason")
     assert any("refused for a reason" in n for n in notes("error")), f"no note for a refusal at {field!r}"

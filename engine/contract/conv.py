@@ -43,7 +43,8 @@ from typing import Any, Literal, Sequence
 
 from engine.contract.flops import flop_indices, grad_operands
 from engine.contract.memory import ADAM_STATE, BufferReplay, Replay, dtype_bytes
-from engine.contract.program import LETTERS, Step, last_use, StepCounts, StepRow, _absorb, _core_operands, _generate, _StepBuilder
+from engine.contract.program import (LETTERS, Step, StepCounts, StepRow, _absorb, _core_operands, _generate,
+                                     _StepBuilder, last_use)
 from engine.contract.paths import SEARCHES, path_cost, search_path, structure_hints
 from engine.contract.schedule import can_stream
 from engine.contract.cost import CostReport, Scaling, ScheduleCost

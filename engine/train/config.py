@@ -32,7 +32,8 @@ class RunConfig:
     epochs, batch_size (global), lr (AdamW peak), weight_decay, warmup (fraction of the steps), grad_clip (0: off),
     device (auto|cpu|cuda|cuda:N), amp, compile (run the model's forward and backward through torch.compile: CUDA
     graphs on a GPU, fused kernels on the CPU; the first steps pay the compilation), seed, baseline (nn.Linear in
-    place of the design), nproc (data-parallel processes), eval_every (steps; 0: each epoch), log_every (steps), max_steps (stop early; None: all epochs),
+    place of the design), nproc (data-parallel processes), eval_every (steps; 0: each epoch), log_every (steps),
+    max_steps (stop early; None: all epochs),
     threads (CPU threads per process; None: one thread for small MLPs, whose steps are too short to gain from
     more, else torch's default), init_from (None: a fresh initialisation; else a ``.pt`` file holding the whole
     model's state dict, loaded strictly with ``weights_only=True`` before the first step, e.g. a truncated layer
