@@ -55,6 +55,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -98,6 +99,7 @@ _COLUMNS = {"runs": ("id", "status") + _FIELDS, "metrics": ("seq", "run_id") + M
 _IDENTIFYING = {"runs": ("id", "status", "config"), "metrics": ("seq", "run_id", "step", "split")}
 RECORD, CONFIG, DESIGN, METRICS = "run.json", "config.json", "design.json", "metrics.jsonl"
 DB_NAME = "runs.db"
+LOCK_WAIT_S = 30.0  # how long a connection waits for another process's lock before giving up
 
 
 class StoreError(ValueError):
@@ -156,7 +158,7 @@ class RunStore:
         if self.path.is_dir():
             raise StoreDamaged(f"{self.path} is a folder, not the run store's database: {_repair(self.root)}")
         with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
+            _use_wal(con)
             con.executescript(_SCHEMA)
             _check_schema(con, self.path)
         if recover:
@@ -172,9 +174,9 @@ class RunStore:
         """One connection per call: a transaction committed on exit (rolled back on error), then closed. sqlite's
         errors about the file itself become :class:`StoreError` / :class:`StoreDamaged` naming it."""
         try:
-            with closing(sqlite3.connect(self.path, timeout=30.0)) as con:
+            with closing(sqlite3.connect(self.path, timeout=LOCK_WAIT_S)) as con:
                 con.row_factory = sqlite3.Row
-                con.execute("PRAGMA busy_timeout=30000")
+                con.execute(f"PRAGMA busy_timeout={int(LOCK_WAIT_S * 1000)}")
                 con.execute("PRAGMA synchronous=NORMAL")
                 with con:
                     yield con
@@ -492,11 +494,26 @@ def open_runs_dir(root: str | os.PathLike | None = None) -> Path:
         raise StoreError(f"cannot use the runs folder {where}: {e.strerror or e}") from None
 
 
+def _use_wal(con: sqlite3.Connection) -> None:
+    """Put the store in WAL mode. sqlite answers a switch that another process's open races with "database is
+    locked" at once, without waiting in its busy handler (two search workers opening a new store together did, about
+    1 open in 25 with four at once), so the switch is retried here for as long as a lock is waited for elsewhere."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
+
+
 def _file_error(path: Path, e: sqlite3.DatabaseError) -> StoreError:
     """What a sqlite error about the file means for the user."""
     text = str(e)
     if "locked" in text or "busy" in text:
-        return StoreError(f"{path} stayed locked by another process for 30 s ({text}): try again")
+        return StoreError(f"{path} stayed locked by another process for {LOCK_WAIT_S:g} s ({text}): try again")
     if "readonly" in text or "read-only" in text:
         return StoreError(f"{path} is read-only ({text}): make it and its folder writable")
     if "unable to open" in text:
@@ -570,7 +587,7 @@ def _healthy(path: Path) -> str | None:
     if not path.is_file():
         return "it is not a file"
     try:
-        with closing(sqlite3.connect(path, timeout=30.0)) as con:
+        with closing(sqlite3.connect(path, timeout=LOCK_WAIT_S)) as con:
             check = con.execute("PRAGMA quick_check").fetchone()
             if not check or check[0] != "ok":
                 return f"quick_check: {check[0] if check else 'no answer'}"
