@@ -138,6 +138,11 @@ def canvas_graph(design: Design, problems: list[str] | None = None,
     return nodes, edges
 
 
+def _size(w: float, h: float) -> dict[str, str]:
+    """A node's drawn size: the layout's box, so spacing and overlap checks hold in the page."""
+    return {"width": f"{w:g}px", "height": f"{h:g}px"}
+
+
 def canvas_layout(design: Design, problems: list[str] | None = None,
                   selection: dict[str, list[str]] | None = None) -> tuple[list[dict], list[dict], dict[str, Box]]:
     """Nodes, edges and every node's box (x, y, w, h in px) for ``design``."""
@@ -159,7 +164,8 @@ def canvas_layout(design: Design, problems: list[str] | None = None,
             style["--tn-act"] = f'"{t.activation}"'
         if f"'{t.id}'" in bad:
             cls.append("tn-problem")
-        x, y, _, _ = tboxes[t.id]
+        x, y, w, h = tboxes[t.id]
+        style.update(_size(w, h))
         nodes.append({"id": f"T:{t.id}", "type": "tensor", "position": {"x": round(x, 1), "y": round(y, 1)},
                       "label": tensor_label(design, t.id), "data": {}, "className": " ".join(cls),
                       "style": style, "selected": t.id in sel_t})
@@ -193,7 +199,7 @@ def canvas_layout(design: Design, problems: list[str] | None = None,
             box = place(f"L:{name}", default)
             boxes[f"L:{name}"] = box
             nodes.append({"id": f"L:{name}", "type": "leg", "position": {"x": round(box[0], 1), "y": round(box[1], 1)},
-                          "label": label, "data": {}, "selected": name in sel_i,
+                          "label": label, "data": {}, "selected": name in sel_i, "style": _size(*box[2:]),
                           "className": f"tn-leg tn-leg-{role}" + (" tn-problem" if dangling or not who else "")})
             if who:
                 edges.append(edge(f"LE:{name}", f"T:{who[0]}", f"L:{name}", "",
@@ -207,7 +213,8 @@ def canvas_layout(design: Design, problems: list[str] | None = None,
             box = place(f"H:{name}", (cx - w / 2, cy - h / 2, w, h))
             boxes[f"H:{name}"] = box
             nodes.append({"id": f"H:{name}", "type": "hub", "position": {"x": round(box[0], 1), "y": round(box[1], 1)},
-                          "label": label, "data": {}, "className": "tn-hub", "selected": name in sel_i})
+                          "label": label, "data": {}, "className": "tn-hub", "selected": name in sel_i,
+                          "style": _size(*box[2:])})
             for u in who:
                 edges.append(edge(f"HE:{name}:{u}", f"T:{u}", f"H:{name}", "", "tn-edge-hyper"))
     return nodes, edges, boxes

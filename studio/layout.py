@@ -2,7 +2,9 @@
 
 Positions in a design are in *design units*; the canvas draws them ``SCALE`` times larger, in pixels (React Flow's
 flow coordinates, a node's position being its top-left corner). Box sizes are estimated from the labels the canvas
-shows (the same font metrics as ``studio.css``), which is all a layout or a fit needs.
+shows (:mod:`studio.glyphs`: the widest common UI font's glyph widths, at ``studio.css``'s sizes), and the canvas
+draws every box at exactly that size (its label cut with an ellipsis in the rare font wider still), so what a layout,
+an overlap check or a fit computes is what the page shows whatever fonts the browser has.
 
 :func:`arrange` lays out a generated design: a *star* (every tensor joined to one hub, CP; or to one core tensor,
 Tucker) gets the tensors carrying input legs in a row above the centre and those carrying output legs in a row
@@ -16,6 +18,8 @@ from typing import Iterable
 
 from engine.design.model import Design
 from engine.format import si
+
+from .glyphs import text_width
 
 SCALE = 1.35  # design units -> canvas pixels
 TENSOR_H = 62.0  # px: three label lines (13.5 px bold, then 10.5 px) and the padding
@@ -37,14 +41,16 @@ def tensor_label(design: Design, tid: str) -> str:
 
 
 def text_box(label: str, kind: str) -> tuple[float, float]:
-    """Estimated (width, height) in px of a node showing ``label`` (``kind``: T tensor, L leg, H hub)."""
-    if kind == "T":
+    """(width, height) in px of the box the canvas draws for ``label`` (``kind``: T tensor, L leg, H hub): the
+    widest line at ``studio.css``'s font sizes, plus the box's padding and borders and 2 px to spare."""
+    if kind == "T":  # padding 11 + 11, borders 2 + 2; the id in 13.5 px bold, the other lines in 10.5 px
         first, *rest = label.split("\n")
-        width = max(8.2 * len(first), *(6.3 * len(r) for r in rest)) + 26
-        return max(84.0, width), TENSOR_H
-    if kind == "H":
-        return max(36.0, 6.6 * len(label) + 22), HUB_H
-    return max(30.0, 6.4 * len(label) + 20), LEG_H
+        text = max(text_width(first, 13.5, bold=True), *(text_width(r, 10.5) for r in rest))
+        return max(84.0, float(math.ceil(text + 28))), TENSOR_H
+    if kind == "H":  # padding 8 + 8, borders 2 + 2; 11 px, bold
+        return max(36.0, float(math.ceil(text_width(label, 11.0, bold=True) + 22))), HUB_H
+    # a leg: padding 8 + 8, borders 1.5 + 1.5; 10.5 px, bold
+    return max(30.0, float(math.ceil(text_width(label, 10.5, bold=True) + 21))), LEG_H
 
 
 def tensor_boxes(design: Design) -> dict[str, tuple[float, float, float, float]]:

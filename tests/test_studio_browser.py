@@ -123,6 +123,38 @@ def test_every_template_fits_the_view_without_overlaps(studio, size):
     page.set_viewport_size({"width": 1600, "height": 1000})
 
 
+DRAWN = ("els => els.map(e => { const l = e.querySelector('.rf-node-label'); return [e.getAttribute('data-id'), "
+         "[e.offsetWidth, e.offsetHeight, l ? l.scrollWidth - l.clientWidth : 0]] })")
+
+
+@pytest.mark.parametrize("kind, inf, outf, bond", [("mpo", 1024, 1024, 16), ("tensor_ring", 4096, 1024, 32),
+                                                   ("cp", 256, 256, 4), ("mera", 512, 256, 4)])
+def test_the_canvas_draws_every_box_at_the_layouts_size(studio, kind, inf, outf, bond):
+    """The layout's spacing, overlap checks and fits use the boxes the page draws: every node (tensors with long
+    shape lines, legs, CP's hub) is drawn at its layout box's size, and no label is cut in this browser's font
+    (DejaVu Sans, the widest common one). Before, a tensor's box grew with the browser's font (here up to 1.29x
+    the layout's width), so boxes placed apart could overlap."""
+    from studio.graph import canvas_layout
+
+    page, apps = studio
+    expected = make_template(kind, inf, outf, bond)
+    generate(page, kind, inf=inf, outf=outf, bond=bond)
+    wait_params(page, expected.params)
+    deadline, mismatch = time.monotonic() + 30, None
+    while True:
+        _, _, planned = canvas_layout(apps[-1].state.design)
+        drawn = dict(page.locator(f"{CANVAS} .react-flow__node").evaluate_all(DRAWN))
+        mismatch = [(nid, drawn.get(nid), [round(v) for v in box[2:]]) for nid, box in planned.items()
+                    if nid not in drawn or abs(drawn[nid][0] - box[2]) > 1 or abs(drawn[nid][1] - box[3]) > 1]
+        if not mismatch and set(drawn) == set(planned):
+            break
+        assert time.monotonic() < deadline, (kind, mismatch[:5], sorted(set(drawn) ^ set(planned))[:5])
+        page.wait_for_timeout(200)
+    assert any(nid.startswith("T:") for nid in drawn)
+    cut = {nid: v[2] for nid, v in drawn.items() if v[2] > 0}
+    assert not cut, (kind, cut)  # px of label beyond its box
+
+
 def test_generate_mera_and_change_bond_on_canvas(studio):
     page, apps = studio
     generate(page, "mera", inf=512)
