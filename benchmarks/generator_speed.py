@@ -34,6 +34,7 @@ from engine.design.model import load_design  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
 from engine.format import nbytes  # noqa: E402
 from engine.nn.linear import TNLinear  # noqa: E402
+from engine.nn.measure import peak_bytes  # noqa: E402
 
 CASES = {  # name -> (design factory, batch, budgets)
     "mera4096": (lambda: make_template("mera", 4096, 4096, 2, activation="gelu"), 64, ["256MiB"]),
@@ -43,29 +44,6 @@ CASES = {  # name -> (design factory, batch, budgets)
     # sliced vs unsliced is measured where VGG-16's unsliced 18 GiB cannot run
     "alexnet_fc6_mera": (lambda: load_design(presets()["alexnet_fc6_mera"]), 64, ["2GiB"]),
 }
-
-
-def measured_peak(fn, device: str) -> int:
-    """Peak bytes allocated while ``fn`` runs (CPU: the profiler's allocator events; CUDA: the caching allocator)."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    cur = peak = 0
-    for e in events:
-        cur += e.nbytes()
-        peak = max(peak, cur)
-    return peak
 
 
 def available_bytes(device: str) -> int:
@@ -122,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         unsliced = med.get("TN (auto)")
         for label, layer, text, model, traffic in rows:
             params = sum(q.numel() for q in layer.parameters()) * 4
-            peak = measured_peak(lambda: layer(x).backward(g), dev) + params + x.numel() * 4
+            peak = peak_bytes(lambda: layer(x).backward(g), dev) + params + x.numel() * 4
             vs_un = f"{med[label] / unsliced:.2f}x" if unsliced and label.startswith("TN, budget") else "-"
             print(f"| {label} | {text} | {med[label]:.1f} | {min(times[label]):.1f} | "
                   f"{med[label] / med['nn.Linear']:.2f}x | {vs_un} | {nbytes(model)} | {nbytes(peak)} | "

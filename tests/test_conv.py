@@ -17,6 +17,7 @@ from engine.contract.conv import (compile_conv_program, conv_backward_flops, con
 from engine.design.conv import im2col_view, kernel_view, make_conv_template
 from engine.design.model import Design, DesignError, load_design
 from engine.nn.conv import TNConv2d, run_conv_program
+from engine.nn.measure import peak_bytes
 from engine.train.optim import adamw
 
 KINDS = ("cp", "tucker", "mpo", "tensor_ring", "ttn", "attn", "mera")
@@ -413,29 +414,6 @@ def test_cli_template_refuses_bad_conv_arguments_in_one_line(argv, message, caps
     assert message in err and err.count("\n") == 1, err
 
 
-def _measured_peak_bytes(fn) -> int:
-    """Peak bytes the CPU allocator holds while ``fn`` runs (profiler memory events; gc paused), as in
-    tests/test_cost.py."""
-    import gc
-
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    gc.disable()
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    finally:
-        gc.enable()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    cur = peak = 0
-    for e in events:
-        cur += e.nbytes()
-        peak = max(peak, cur)
-    return peak
-
-
 @pytest.mark.parametrize("kind,act", [("cp", None), ("tucker", None), ("mpo", None), ("ttn", "gelu")])
 def test_memory_against_the_cpu_allocator(kind, act, one_thread):
     """einsum, unfold and 1x1-conv programs replay exactly; a dense conv's backend workspace (oneDNN) is not
@@ -449,7 +427,7 @@ def test_memory_against_the_cpu_allocator(kind, act, one_thread):
         cores = {k: torch.nn.Parameter(v) for k, v in init_cores(im2col_view(d), seed=0).items()}
         x = torch.randn(8, 32, 16, 16)
         with torch.no_grad():
-            measured = _measured_peak_bytes(lambda: run_conv_program(prog, cores, x))
+            measured = peak_bytes(lambda: run_conv_program(prog, cores, x))
         model = conv_replay(prog).peak * 4
         if sched in ("im2col", "cp"):
             assert model == measured, (kind, sched, model, measured)
@@ -467,4 +445,4 @@ def test_memory_against_the_cpu_allocator(kind, act, one_thread):
         resident = sum(p.numel() * 4 for p in cores.values()) + x.numel() * 4 + sum(
             t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
         train = conv_memory(prog, 4, d.params, training=True)[1]
-        assert 0.4 <= train / (resident + _measured_peak_bytes(step)) <= 1.3, (kind, sched)
+        assert 0.4 <= train / (resident + peak_bytes(step)) <= 1.3, (kind, sched)

@@ -1,14 +1,11 @@
 """The cost report: closed-form counts, memory against measured allocator peaks, the CLI."""
 from __future__ import annotations
 
-import gc
-from collections import Counter
 import json
 import math
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from engine.cli import main
 from engine.contract.cost import cost_report
@@ -17,44 +14,11 @@ from engine.contract.memory import dtype_bytes, memory, replay
 from engine.contract.program import compile_program
 from engine.design.model import save_design
 from engine.nn.execute import run_program
+from engine.nn.measure import peak_bytes
 from engine.design.templates import TEMPLATE_KINDS, make_template
 from engine.train.optim import adamw
 
 TRAIN_TOLERANCE = (0.70, 1.25)  # model / measured peak of a training step; see the README's cost section
-
-
-def measured_peak_bytes(fn) -> int:
-    """Peak of bytes allocated on the CPU while ``fn`` runs, from the profiler's allocator events
-    (c10's ProfiledCPUMemoryReporter reports every allocation and free made while profiling). The garbage collector
-    is run before and paused during the measurement: a collection inside it would free tensors of earlier tests and
-    lower the count (seen as rare failures that depended on which modules the session had imported). Callers run on
-    one torch thread (the ``one_thread`` fixture): with several, intra-op workers allocate concurrently and the peak
-    depends on how the OS schedules them (seen as rare failures on a loaded machine)."""
-    gc.collect()
-    gc.disable()
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    finally:
-        gc.enable()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    # a free counts only against a block of that size allocated while profiling and not yet freed: the reporter
-    # remembers block sizes by address across profiling sessions, so freeing a block allocated before this session
-    # at a reused address can be reported with a stale size (seen as rare, too low peaks late in long sessions)
-    live: Counter = Counter()
-    cur = peak = 0
-    for e in events:
-        n = e.nbytes()
-        if n > 0:
-            live[n] += 1
-        elif live[-n] > 0:
-            live[-n] -= 1
-        else:
-            continue
-        cur += n
-        peak = max(peak, cur)
-    return peak
 
 
 def _setup(d, batch, sched, grad):
@@ -78,13 +42,13 @@ def test_forward_memory_equals_measured_peak(kind, act, sched, one_thread):
     for batch in (1, 24):
         prog, cores, x = _setup(d, batch, sched, grad=False)
         with torch.no_grad():
-            measured = measured_peak_bytes(lambda: run_program(prog, cores, x))
+            measured = peak_bytes(lambda: run_program(prog, cores, x))
         assert replay(prog).peak * 4 == measured
         peak_fwd = memory(prog, 4, d.params).peak_forward_bytes
         assert peak_fwd == measured + (d.params + batch * d.in_features) * 4
         prog, cores, x = _setup(d, batch, sched, grad=True)
         keep = []
-        assert replay(prog, training=True).peak * 4 == measured_peak_bytes(lambda: keep.append(run_program(prog, cores, x)))
+        assert replay(prog, training=True).peak * 4 == peak_bytes(lambda: keep.append(run_program(prog, cores, x)))
 
 
 @pytest.mark.parametrize("kind,act,sched", CASES)
@@ -105,7 +69,7 @@ def test_training_memory_within_documented_tolerance(kind, act, sched, one_threa
         step()  # Adam's state exists from the first step on
         resident = sum(p.numel() * 4 for p in cores.values()) + x.numel() * 4 + sum(
             t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
-        measured = resident + measured_peak_bytes(step)
+        measured = resident + peak_bytes(step)
         model = memory(prog, 4, d.params, training=True).train_bytes
         lo, hi = TRAIN_TOLERANCE
         assert lo <= model / measured <= hi, (model, measured)
@@ -255,7 +219,7 @@ def test_dense_training_memory_against_the_allocator(in_f, out_f, batch, one_thr
     step()
     resident = sum(p.numel() * 4 for p in lin.parameters()) + x.numel() * 4 + sum(
         t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
-    measured = resident + measured_peak_bytes(step)
+    measured = resident + peak_bytes(step)
     model = dense_train_bytes(in_f, out_f, batch, 4)
     assert 0.9 <= model / measured <= 1.1, (model, measured)
     d = make_template("mpo", in_f, out_f, 4)

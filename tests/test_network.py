@@ -29,6 +29,7 @@ from engine.network.layers import discover
 from engine.network.report import network_report
 from engine.network.rules import RuleError, parse_rule
 from engine.nn.linear import TNLinear
+from engine.nn.measure import peak_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 VGG16_PARAMS = 138_357_544
@@ -200,26 +201,6 @@ def test_flops_on_a_real_cpu_forward(one_thread):
     assert network_report(spec, batch=6).totals.forward_flops == counter.get_total_flops()
 
 
-def _peak(fn) -> int:
-    import gc
-
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    gc.disable()
-    try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    finally:
-        gc.enable()
-    cur = peak = 0
-    for e in sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns()):
-        cur += e.nbytes()
-        peak = max(peak, cur)
-    return peak
-
-
 @pytest.mark.parametrize("arch,rules,batch", [("mlp", ["linear:ttn:4:gelu:min=20000"], 256),
                                               ("cnn1d", ["linear:ttn:4:gelu"], 128),
                                               ("transformer", ["attention:mpo:4", "linear:ttn:4:gelu"], 32)])
@@ -233,7 +214,7 @@ def test_memory_estimates_within_documented_range(arch, rules, batch, one_thread
     resident = sum(p.numel() for p in model.parameters()) * 4 + x.numel() * 4
     model.eval()
     with torch.no_grad():
-        inference = resident + _peak(lambda: model(x))
+        inference = resident + peak_bytes(lambda: model(x))
     model.train()
     opt = torch.optim.Adam(model.parameters())
     y = torch.randint(0, 10, (batch,))
@@ -245,7 +226,7 @@ def test_memory_estimates_within_documented_range(arch, rules, batch, one_thread
 
     step()
     state = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
-    train = resident + state + _peak(step)
+    train = resident + state + peak_bytes(step)
     assert 0.45 <= t.inference_bytes / inference <= 1.3, (t.inference_bytes, inference)
     assert 0.9 <= t.train_bytes / train <= 1.8, (t.train_bytes, train)
 

@@ -22,8 +22,8 @@ from engine.design.templates import make_template
 from engine.nn.execute import run_program
 from engine.nn.export import to_torch_source
 from engine.nn.linear import TNLinear
+from engine.nn.measure import peak_bytes
 from engine.train.optim import adamw
-from tests.test_cost import measured_peak_bytes
 
 # (kind, size, bond, activation, slicings): open legs, legs cut to single entries (dropped in a slice), bonds summed
 # inside the sliced region (the slices' results added up), linear designs (any bond of the generation)
@@ -98,7 +98,7 @@ def test_sliced_memory_against_the_allocator(kind, size, bond, act, legs, one_th
              for c, idx in prog.cores.items()}
     x = torch.randn(batch, size, generator=g)
     with torch.no_grad():
-        inference = measured_peak_bytes(lambda: run_program(prog, cores, x))
+        inference = peak_bytes(lambda: run_program(prog, cores, x))
     model = memory(prog, 4, d.params, training=True)
     assert model.peak_forward_bytes == inference + (d.params + batch * size) * 4
     opt = adamw(list(cores.values()), lr=1e-3)
@@ -112,7 +112,7 @@ def test_sliced_memory_against_the_allocator(kind, size, bond, act, legs, one_th
     step()
     resident = sum(p.numel() * 4 for p in cores.values()) + x.numel() * 4 + sum(
         t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
-    measured = resident + measured_peak_bytes(step)
+    measured = resident + peak_bytes(step)
     assert 0.9 <= model.train_bytes / measured <= 1.1, (model.train_bytes, measured)
     unsliced = memory(compile_program(d, batch, "materialise"), 4, d.params, training=True).train_bytes
     assert model.train_bytes < unsliced
@@ -230,8 +230,8 @@ def test_initialisation_keeps_to_the_memory_budget(one_thread):
     budget = 12 << 20
     assert init_memory_bytes(d) > 2 * budget  # the unsliced calibration would not fit
     free, lean = {}, {}
-    unsliced = measured_peak_bytes(lambda: free.update(init_cores(d, seed=3)))
-    peak = measured_peak_bytes(lambda: lean.update(init_cores(d, seed=3, memory_budget=budget)))
+    unsliced = peak_bytes(lambda: free.update(init_cores(d, seed=3)))
+    peak = peak_bytes(lambda: lean.update(init_cores(d, seed=3, memory_budget=budget)))
     # the budget prices a training step (W, its gradient, the slices); the calibration's own temporaries (W's
     # statistics, the recorded pre-activations) may add a few percent
     assert peak <= 1.1 * budget < unsliced / 2, (peak, unsliced)
