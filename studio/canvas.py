@@ -226,7 +226,8 @@ class Canvas(Viewer):
             self.state.select(sel["tensors"], sel["indices"])
 
 
-NODE_KEYS = ("id", "type", "label", "className")  # what a node shows (not where it is or whether it is selected)
+NODE_KEYS = ("id", "type", "label", "className", "style")  # what a node shows (its size and activation badge
+# are in its style; not where it is or whether it is selected)
 EDGE_KEYS = ("id", "source", "target", "sourceHandle", "targetHandle", "label", "className")
 
 

@@ -95,9 +95,10 @@ def steps(state: StudioState, canvas: Canvas, data) -> None:
     for n in range(12):
         before.append((list(canvas.flow.nodes), list(canvas.flow.edges)))
         if data.draw(st.integers(0, 9), label="switch") == 0:  # the canvas may still send the old ids after
-            other = data.draw(st.sampled_from(["mpo", "tucker", "mera"]), label="generate")
-            state.generate(other, 64, 32, 2)
-            step = f"{n}: generate {other}"
+            other, act = data.draw(st.sampled_from([("mpo", None), ("tucker", None), ("mera", None),
+                                                    ("ttn", "relu"), ("ttn", "gelu")]), label="generate")
+            state.generate(other, 256 if act else 64, 32, 2, activation=act)  # 256: a TTN with activated tensors
+            step = f"{n}: generate {other} {act or ''}"
         elif data.draw(st.integers(0, 5), label="stale") == 0:  # the flow's nodes or edges set back to an old drawing
             old_nodes, old_edges = data.draw(st.sampled_from(before), label="drawing")
             which = data.draw(st.sampled_from(["nodes", "edges", "both"]), label="which")
@@ -112,3 +113,27 @@ def steps(state: StudioState, canvas: Canvas, data) -> None:
             canvas.flow._process_msg(msg)
             step = f"{n}: {msg}"
         assert_consistent(state, canvas, step)
+
+
+def test_a_drawing_that_differs_only_in_its_node_styles_is_drawn_again(tmp_path):
+    """A node's activation badge and box size are in its style: a drawing from the page that differs from the
+    design's only there (a relu badge for gelu, another width) is noticed and drawn again."""
+    state = StudioState(make_template("ttn", 256, 256, 3, activation="gelu"), home=str(tmp_path), refine_s=0,
+                        autosave=False)
+    canvas = Canvas(state=state)
+    try:
+        def restyled(n: dict) -> dict:
+            style = dict(n.get("style") or {})
+            if "--tn-act" in style:
+                style["--tn-act"] = '"relu"'
+            elif n["id"].startswith("T:"):
+                style["width"] = "300px"
+            return dict(n, style=style)
+
+        stale = [restyled(dict(n)) for n in canvas.flow.nodes]
+        canvas.flow.param.update(nodes=stale)
+        assert_consistent(state, canvas, "the flow's nodes restyled")
+        styles = [str(n.get("style") if isinstance(n, dict) else n.style) for n in canvas.flow.nodes]
+        assert any('"gelu"' in s for s in styles) and not any('"relu"' in s or "300px" in s for s in styles)
+    finally:
+        state.close()
