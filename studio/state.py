@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -60,6 +59,7 @@ from engine.design import edit
 from engine.design.edit import EditError, typical_bond, with_bond
 from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, is_position
 from engine.design.templates import make_template
+from engine.files import atomic_write_text
 from engine.format import nbytes, si
 from engine.home import tnstudio_home
 
@@ -363,10 +363,8 @@ class StudioState(param.Parameterized):
             return
         path = draft_path(self.home)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"saved": time.time(), "design": self.design.to_dict()}))
-            os.replace(tmp, path)
+            # every session of a served studio autosaves to the same home: a temporary file of its own each time
+            atomic_write_text(path, json.dumps({"saved": time.time(), "design": self.design.to_dict()}))
         except OSError as e:  # a read-only home: keep working, say it once in the log
             log.warning("could not autosave the draft to %s: %s", path, e)
 

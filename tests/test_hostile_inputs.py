@@ -404,3 +404,42 @@ def test_template_sizes_factorise_in_bounded_time(n, words):
         assert rc == 0 and json.loads(out)["target"]["in_features"] == n
     else:
         assert rc == 2 and words in one_line_error(err)
+
+
+FULL_DISK = """
+import resource, signal, sys
+from engine.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_write_that_fails_part_way_keeps_the_old_file_whole(tmp_path):
+    """Fault injection: a file size limit makes every write of more than 100 bytes fail part way (EFBIG, as a full
+    disk does). Writing a design, a truncated layer and a network over files that exist must exit 2 with one line
+    and leave each old file as it was, with no temporary file beside it. Before, `template -o` and `network
+    assign` truncated the old file first (a half-written file replaced the user's work) and `truncate -o` ended
+    in a traceback."""
+    import torch
+
+    from engine.design.model import save_design
+    from engine.nn.linear import TNLinear
+
+    design = make_template("mpo", 64, 64, 4)
+    save_design(design, tmp_path / "d.json")
+    torch.save(TNLinear(design, seed=0).state_dict(), tmp_path / "w.pt")
+    assert run_cli(["network", "new", "mlp", "-o", str(tmp_path / "net.json")])[0] == 0
+    for name in ("t.json", "s.json", "s.pt"):
+        (tmp_path / name).write_text("the user's earlier work\n")
+    commands = [["template", "ttn", "--in", "256", "--out", "256", "-o", str(tmp_path / "t.json")],
+                ["truncate", str(tmp_path / "d.json"), "--weights", str(tmp_path / "w.pt"), "--max-bond", "2", "-o",
+                 str(tmp_path / "s.json")],
+                ["network", "assign", str(tmp_path / "net.json"), "--rule", "linear:ttn:4"]]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for args in commands:
+        r = subprocess.run([sys.executable, "-c", FULL_DISK, "100", *args], capture_output=True, text=True,
+                           cwd=ROOT, env=env, timeout=120)
+        assert r.returncode == 2 and "cannot write" in one_line_error(r.stderr), (args, r.stderr[-2000:])
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, args

@@ -20,7 +20,7 @@ import engine
 ROOT = Path(__file__).resolve().parents[1]
 # a layer may import itself and the layers listed before it (engine.types / home / format / assets: any layer)
 LAYERS = ["design", "contract", "nn", "network", "train", "analysis", "search", "cli"]
-SHARED = {"engine", "engine.types", "engine.home", "engine.format", "engine.assets", "engine.resources"}
+SHARED = {"engine", "engine.types", "engine.home", "engine.format", "engine.files", "engine.assets", "engine.resources"}
 
 
 def _engine_modules() -> list[str]:

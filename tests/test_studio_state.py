@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -273,6 +274,34 @@ def test_the_draft_is_autosaved_and_restored(tmp_path):
     off = StudioState(home=str(tmp_path / "other"), autosave=False)
     off.generate("cp", 16, 16, 2)
     assert not (tmp_path / "other" / "draft.json").exists()
+
+
+def test_sessions_autosaving_at_once_keep_a_whole_draft(tmp_path, caplog):
+    """`make serve` gives every browser session its own state in one process, all autosaving to one home: their
+    writes must not share a temporary file (one session's rename moved the file another was writing, whose own
+    rename then failed and whose draft could be cut short)."""
+    import threading
+
+    states = [StudioState(make_template(kind, 64, 64, 2), home=str(tmp_path)) for kind in ("mpo", "ttn")]
+    names = {st.design.name for st in states}
+    start = threading.Barrier(len(states))
+
+    def save(st: StudioState) -> None:
+        start.wait()
+        for _ in range(300):
+            st._save_draft()
+
+    with caplog.at_level(logging.WARNING):
+        threads = [threading.Thread(target=save, args=(st,)) for st in states]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [r.getMessage() for r in caplog.records if "autosave" in r.getMessage()] == []
+    assert json.loads((tmp_path / "draft.json").read_text())["design"]["name"] in names
+    assert not list(tmp_path.glob("*.tmp"))
+    for st in states:
+        st.close()
 
 
 def test_new_design_starts_empty_and_forgets_the_old_numbers(state):

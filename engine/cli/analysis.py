@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from engine.cli.common import UserError, load_state_file, read_design
+from engine.cli.common import UserError, cannot_write, load_state_file, output_file, read_design
 
 
 # --------------------------------------------------------------------- loading
@@ -105,6 +105,7 @@ def cmd_truncate(args: argparse.Namespace) -> int:
 
     from engine.analysis.truncate import truncate
     from engine.design.model import save_design
+    from engine.files import atomic_write
 
     if args.max_bond is None and args.tol is None:
         raise UserError("give --max-bond K (or BOND=K,...) or --tol T (a relative error budget for W)")
@@ -112,7 +113,7 @@ def cmd_truncate(args: argparse.Namespace) -> int:
         raise UserError("--finetune continues a training run: give the layer with --run ID")
     if args.finetune is not None and args.finetune < 1:
         raise UserError(f"--finetune needs a number of epochs >= 1, got {args.finetune}")
-    out = Path(args.output)
+    out = output_file(args.output)
     if out.suffix != ".json":
         raise UserError(f"-o must name a .json design file (the weights go beside it as .pt), got {args.output}")
     design, state, source = _layer(args)
@@ -121,8 +122,11 @@ def cmd_truncate(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     weights_path = out.with_suffix(".pt")
-    save_design(res.design, out)
-    torch.save(res.state_dict(bias=state.get("bias")), weights_path)
+    try:
+        save_design(res.design, out)
+        atomic_write(weights_path, lambda f: torch.save(res.state_dict(bias=state.get("bias")), f))
+    except OSError as e:
+        raise cannot_write(getattr(e, "filename", None) or out, e) from None
     child = _finetune(args, res) if args.finetune is not None else None
     if args.json:
         report = dict(res.to_dict(), source=source, design_file=str(out), weights_file=str(weights_path))

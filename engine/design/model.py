@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.design.activations import ACTIVATIONS as ACTIVATION_REGISTRY
+from engine.files import atomic_write_text
 
 FORMAT = "tnstudio-design"
 VERSION = 2  # the newest format version; linear designs are written as version 1 (see the module docstring)
@@ -805,7 +806,6 @@ def load_design(path: str | Path) -> Design:
 
 
 def save_design(design: Design, path: str | Path) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(design.to_json() + "\n")
-    return p
+    """Write ``design`` to ``path`` as JSON, atomically: a write that fails (a full disk, a killed process) leaves
+    the file that was there whole; nothing half-written ever replaces it."""
+    return atomic_write_text(path, design.to_json() + "\n")

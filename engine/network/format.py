@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from engine.design.model import Design, DesignError
+from engine.files import atomic_write_text
 from engine.network.catalogue import (ArchRef, CatalogueError, architecture, architecture_names, architectures,
                                       check_import_path)
 from engine.network.rules import DENSE, Resolved, RuleError, apply_rules, parse_rule
@@ -306,10 +307,8 @@ def load_network(path: str | Path) -> NetworkSpec:
 
 
 def save_network(spec: NetworkSpec, path: str | Path, inline: bool = False) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(spec.to_json(inline=inline) + "\n")
-    return p
+    """Write ``spec`` to ``path`` as JSON, atomically (a failed write leaves the file that was there whole)."""
+    return atomic_write_text(path, spec.to_json(inline=inline) + "\n")
 
 
 def is_network_file(path: str | Path) -> bool:

@@ -32,7 +32,6 @@ import math
 import os
 import random
 import shutil
-import uuid
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
+from engine.files import atomic_write
 from engine.home import tnstudio_home
 
 if TYPE_CHECKING:
@@ -256,19 +256,6 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _atomic_write(path: Path, write: Callable[[object], None]) -> None:
-    """Write a file through ``write(fileobj)`` into a temporary file beside it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # created with the umask's permissions, unlike mkstemp's 0600
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # ----------------------------------------------------------------------------- digits
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The digits data without importing scikit-learn (2 s) when its data file can be found directly."""
@@ -332,7 +319,7 @@ def _gunzip_missing(files: dict[str, Path]) -> None:
                     shutil.copyfileobj(g, f)
 
             try:
-                _atomic_write(path.with_name(name), write)
+                atomic_write(path.with_name(name), write)
             except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
                 raise DataError(f"could not unpack {path} beside itself: {e}") from None
 
@@ -465,7 +452,7 @@ def load_mnist1d(root: Path | None = None) -> Dataset:
     if arrays is None:
         arrays = generate_mnist1d()
         try:
-            _atomic_write(path, lambda f: np.savez(f, version=np.array(version), **arrays))
+            atomic_write(path, lambda f: np.savez(f, version=np.array(version), **arrays))
         except OSError as e:  # a read-only home: train from the generated arrays anyway
             log.warning("could not cache MNIST-1D in %s: %s", path, e)
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}

@@ -66,6 +66,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
+from engine.files import atomic_write_text
 from engine.home import runs_dir
 
 log = logging.getLogger(__name__)
@@ -537,9 +538,7 @@ def _check_schema(con: sqlite3.Connection, path: Path) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a temporary file renamed over ``path``)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def _read_json(path: Path) -> Any:
