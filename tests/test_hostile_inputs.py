@@ -417,10 +417,10 @@ sys.exit(main(sys.argv[2:]))
 
 def test_a_write_that_fails_part_way_keeps_the_old_file_whole(tmp_path):
     """Fault injection: a file size limit makes every write of more than 100 bytes fail part way (EFBIG, as a full
-    disk does). Writing a design, a truncated layer and a network over files that exist must exit 2 with one line
-    and leave each old file as it was, with no temporary file beside it. Before, `template -o` and `network
-    assign` truncated the old file first (a half-written file replaced the user's work) and `truncate -o` ended
-    in a traceback."""
+    disk does). Writing a design, a truncated layer, a network and an export over files that exist must exit 2
+    with one line and leave each old file as it was, with no temporary file beside it. Before, `template -o`,
+    `network assign` and `export -o` cut the old file short (a half-written file replaced the user's work) and
+    `truncate -o` ended in a traceback."""
     import torch
 
     from engine.design.model import save_design
@@ -430,12 +430,13 @@ def test_a_write_that_fails_part_way_keeps_the_old_file_whole(tmp_path):
     save_design(design, tmp_path / "d.json")
     torch.save(TNLinear(design, seed=0).state_dict(), tmp_path / "w.pt")
     assert run_cli(["network", "new", "mlp", "-o", str(tmp_path / "net.json")])[0] == 0
-    for name in ("t.json", "s.json", "s.pt"):
+    for name in ("t.json", "s.json", "s.pt", "e.py"):
         (tmp_path / name).write_text("the user's earlier work\n")
     commands = [["template", "ttn", "--in", "256", "--out", "256", "-o", str(tmp_path / "t.json")],
                 ["truncate", str(tmp_path / "d.json"), "--weights", str(tmp_path / "w.pt"), "--max-bond", "2", "-o",
                  str(tmp_path / "s.json")],
-                ["network", "assign", str(tmp_path / "net.json"), "--rule", "linear:ttn:4"]]
+                ["network", "assign", str(tmp_path / "net.json"), "--rule", "linear:ttn:4"],
+                ["export", str(tmp_path / "d.json"), "-o", str(tmp_path / "e.py")]]
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for args in commands:

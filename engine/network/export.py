@@ -24,6 +24,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from engine.files import atomic_write, atomic_write_text
 from engine.network.format import NetworkSpec
 
 if TYPE_CHECKING:
@@ -309,7 +310,8 @@ def export_network(spec: NetworkSpec, output: str | Path, state_dict: Mapping[st
             raise ExportError(f"the weights lack {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}: they "
                               f"are not this network's state dict")
         wpath = out.with_name(out.stem + ".pt")
-        torch.save(exported_state_dict(model, state_dict, keys), wpath)
+        exported = exported_state_dict(model, state_dict, keys)
+        atomic_write(wpath, lambda f: torch.save(exported, f))
         written.append(wpath)
-    out.write_text(text)
+    atomic_write_text(out, text)
     return written

@@ -34,6 +34,7 @@ from engine.contract.program import BATCH, Program, Step, compile_program
 from engine.contract.schedule import can_stream
 from engine.design.activations import activation
 from engine.design.model import Design
+from engine.files import atomic_write, atomic_write_text
 
 FORMATS = ("torch", "json", "snippet")
 DEFAULT_SUFFIX = {"torch": ".py", "json": ".json", "snippet": ".py"}
@@ -626,10 +627,8 @@ def save_weights(state: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` a layer state dict (tensors only, so ``torch.load(..., weights_only=True)`` reads it)."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, path)
-    return path
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def write_export(design: Design, fmt: str, output: str | Path, weights: dict[str, Any] | None = None,
@@ -641,12 +640,12 @@ def write_export(design: Design, fmt: str, output: str | Path, weights: dict[str
     wpath = out.with_name(out.stem + ".pt") if weights is not None else None
     if fmt == "snippet":
         dpath = out.with_name(out.stem + ".design.json")
-        dpath.write_text(to_json_source(design))
+        atomic_write_text(dpath, to_json_source(design))
         written.append(dpath)
         text = to_snippet(design, dpath.name, wpath.name if wpath else None)
     else:
         text = export_source(design, fmt, batch=batch, source=source, memory_budget=memory_budget)
-    out.write_text(text)
+    atomic_write_text(out, text)
     written.insert(0, out)
     if weights is not None and wpath is not None:
         written.append(save_weights(weights, wpath))
