@@ -113,7 +113,7 @@ def cmd_truncate(args: argparse.Namespace) -> int:
         raise UserError("--finetune continues a training run: give the layer with --run ID")
     if args.finetune is not None and args.finetune < 1:
         raise UserError(f"--finetune needs a number of epochs >= 1, got {args.finetune}")
-    out = output_file(args.output)
+    out = output_file(args.output, "truncated.json")
     if out.suffix != ".json":
         raise UserError(f"-o must name a .json design file (the weights go beside it as .pt), got {args.output}")
     design, state, source = _layer(args)

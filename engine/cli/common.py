@@ -45,12 +45,12 @@ def read_factors(text: str | None) -> list[int] | None:
         raise UserError(str(e)) from None
 
 
-def output_file(text: str) -> Path:
-    """``-o`` as a file path: an existing folder, or a path ending in a separator, is a :class:`UserError`
-    (missing parent folders are created when the file is written)."""
+def output_file(text: str, example: str = "layer.py") -> Path:
+    """``-o`` as a file path: an existing folder, or a path ending in a separator, is a :class:`UserError` that
+    suggests ``example`` inside it (missing parent folders are created when the file is written)."""
     p = Path(text)
     if text.endswith(("/", os.sep)) or p.is_dir():
-        raise UserError(f"-o {text}: is a folder; give a file name inside it (e.g. {p / 'layer.py'})")
+        raise UserError(f"-o {text}: is a folder; give a file name inside it (e.g. {p / example})")
     return p
 
 

@@ -36,7 +36,7 @@ def cmd_template(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.output:
-        out = output_file(args.output)
+        out = output_file(args.output, "layer.json")
         try:
             save_design(d, out)
         except OSError as e:
