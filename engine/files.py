@@ -2,7 +2,8 @@
 
 A write that fails part way (a full disk, a file size limit, a killed process) leaves the file that was there
 untouched and no temporary file behind; readers never see half a file. Every file the engine or the studio
-rewrites (designs, networks, run records, the studio's draft, prepared datasets) goes through here.
+rewrites (designs, networks, exports, run records and checkpoints, the studio's draft, prepared datasets) goes
+through here.
 """
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from engine.design.model import Design
+from engine.files import atomic_write
 from engine.train.config import ConfigError, RunConfig, device_problem
 from engine.train.data import Dataset, load_dataset
 from engine.train.models import build_model
@@ -223,9 +224,7 @@ class Trainer:
                  "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
                  "elapsed": self.elapsed, "best": self.best, "total_steps": self.total_steps,
                  "rng": torch.get_rng_state()}
-        tmp = self.ckpt_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt_path)
+        atomic_write(self.ckpt_path, lambda f: torch.save(state, f))
         self.store.update(self.run_id, checkpoint=str(self.ckpt_path))
 
     def init_path(self, path: str) -> Path:

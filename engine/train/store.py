@@ -654,9 +654,7 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
                 _write_json(folder / CONFIG, json.loads(row[0]) if row and row[0] else {})
                 rows = [dict(r) for r in con.execute(f"SELECT {', '.join(METRIC_FIELDS)} FROM metrics "
                                                       f"WHERE run_id = ? ORDER BY seq", (rid,)).fetchall()]
-                tmp = folder / f"{METRICS}.{os.getpid()}.tmp"
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-                os.replace(tmp, folder / METRICS)
+                atomic_write_text(folder / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
                 store._write_record(con, rid)
             recorded.append(rid)
             continue
