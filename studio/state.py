@@ -48,7 +48,7 @@ import logging
 import operator
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import param
 from param.parameterized import Comparator
@@ -141,13 +141,11 @@ class StudioState(param.Parameterized):
         self.refiner = PathRefiner(self._refined)
         restored = None if design is not None or not self.autosave else self._read_draft()
         first = restored or design or arrange(make_template("mera", 256, 256, 4))
-        self._history: list[Design] = [first.copy().layout()]
-        self._labels: list[str] = ["start"]
-        self._replaced: list[bool] = [True]  # per history entry: whether it replaced the whole design (a new view)
+        self._history: list[_Step] = [_Step(first.copy().layout(), "start", replaced=True)]
         self._pos = 0
         self._last_merge: tuple[str, float] | None = None
         self._pending: tuple | None = None
-        self._set_draft(self._history[0].copy(), "restored your unsaved draft" if restored else None, save=False)
+        self._set_draft(self._history[0].design.copy(), "restored your unsaved draft" if restored else None, save=False)
         self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule", "image", "memory_budget"])
 
     # ------------------------------------------------------------------ history
@@ -161,16 +159,16 @@ class StudioState(param.Parameterized):
 
     @property
     def history_labels(self) -> list[str]:
-        return list(self._labels[: self._pos + 1])
+        return [step.label for step in self._history[: self._pos + 1]]
 
     def undo(self) -> bool:
         if not self.can_undo:
             return False
         self._pos -= 1
         self._clear_notes()
+        undone = self._history[self._pos + 1]
         # undoing a whole-design replacement (Generate, open, new) brings back another drawing: fit the view to it
-        self._set_draft(self._history[self._pos].copy(), f"undid {self._labels[self._pos + 1]}",
-                        layout=self._replaced[self._pos + 1])
+        self._set_draft(self._history[self._pos].design.copy(), f"undid {undone.label}", layout=undone.replaced)
         return True
 
     def redo(self) -> bool:
@@ -178,26 +176,21 @@ class StudioState(param.Parameterized):
             return False
         self._pos += 1
         self._clear_notes()
-        self._set_draft(self._history[self._pos].copy(), f"redid {self._labels[self._pos]}",
-                        layout=self._replaced[self._pos])
+        redone = self._history[self._pos]
+        self._set_draft(redone.design.copy(), f"redid {redone.label}", layout=redone.replaced)
         return True
 
     def _push(self, design: Design, label: str, merge: str | None, replaced: bool = False) -> None:
         now = time.monotonic()
         if merge and self._last_merge and self._last_merge[0] == merge and now - self._last_merge[1] < MERGE_WINDOW_S \
                 and self._pos > 0:
-            self._history[self._pos] = design.copy()  # one undo step for a burst (multi-delete)
+            # one undo step for a burst (multi-delete)
+            self._history[self._pos] = self._history[self._pos]._replace(design=design.copy())
         else:
             del self._history[self._pos + 1:]
-            del self._labels[self._pos + 1:]
-            del self._replaced[self._pos + 1:]
-            self._history.append(design.copy())
-            self._labels.append(label)
-            self._replaced.append(replaced)
+            self._history.append(_Step(design.copy(), label, replaced))
             if len(self._history) > HISTORY_MAX:
                 self._history.pop(0)
-                self._labels.pop(0)
-                self._replaced.pop(0)
             self._pos = len(self._history) - 1
         self._last_merge = (merge, now) if merge else None
 
@@ -501,7 +494,7 @@ class StudioState(param.Parameterized):
         known = name in self.design.indices if kind in ("L", "H") else any(t.id == key for t in self.design.tensors)
         if not known or not is_position(pos):
             return  # a late event from a canvas that showed another design, or a position the format cannot keep
-        for d in (self.design, self._history[self._pos]):
+        for d in (self.design, self._history[self._pos].design):
             if any(t.id == key for t in d.tensors):
                 d.tensor(key).position = pos
             else:
@@ -561,6 +554,15 @@ class StudioState(param.Parameterized):
             self._pending = None
             updates["pending"] = {}
         self.param.update(**updates)
+
+
+class _Step(NamedTuple):
+    """One entry of the undo history: the design after it, what it did, and whether it replaced the whole design
+    (Generate, open, new: undoing or redoing it fits the view to the drawing it brings)."""
+
+    design: Design
+    label: str
+    replaced: bool = False
 
 
 INSPECTOR_FIELDS = ("dim:", "kind:", "activation:", "factors:", "name", "open_leg", "fit")
