@@ -2,6 +2,9 @@
 from other libraries' errors."""
 from __future__ import annotations
 
+import re
+from typing import Sequence
+
 _SI = (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))  # uppercase M: mega, never milli
 _BINARY = (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
 
@@ -54,3 +57,34 @@ def first_line(error: BaseException | str) -> str:
     text = str(error)
     return next((ln.strip() for ln in text.splitlines() if ln.strip()),
                 type(error).__name__ if isinstance(error, BaseException) else "")
+
+
+# a literal as repr() writes it: opened after a non-word character (so "the layer's" opens nothing), closed before one
+_QUOTED = re.compile(r"""(?<!\w)(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")(?!\w)""")
+
+
+def clip_quotes(message: str, limit: int = 48) -> str:
+    """``message`` with every quoted literal longer than ``limit`` characters cut in its middle (``'aaaa…aaaa'``): a
+    refusal quotes what was typed, which can be kilobytes pasted into a field; the reason must stay readable."""
+    def clip(m: re.Match) -> str:
+        text = m.group(0)
+        if len(text) <= limit:
+            return text
+        keep = (limit - 3) // 2
+        return f"{text[:keep + 1]}…{text[-keep - 1:]}"
+
+    return _QUOTED.sub(clip, message)
+
+
+def dims_text(dims: Sequence[int], limit: int = 12) -> str:
+    """``[4, 8, 8] -> '4 x 8 x 8'``; a longer list shows its ends and its length (``'7 x 7 x … x 7 (2000 dims)'``)."""
+    dims = list(dims)
+    if len(dims) <= limit:
+        return " x ".join(map(str, dims))
+    return " x ".join(map(str, dims[:limit // 2])) + " x … x " + " x ".join(map(str, dims[-2:])) + \
+        f" ({len(dims)} dims)"
+
+
+def int_text(n: int) -> str:
+    """An integer in a message: exact up to 15 digits, else its power of two (``'about 2^6942'``)."""
+    return str(n) if abs(n) < 10 ** 15 else f"about {'-' if n < 0 else ''}2^{abs(n).bit_length() - 1}"

@@ -26,7 +26,7 @@ from .fmt import ratio
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
-from .widgets import section
+from .widgets import error_html, section
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class ExportView(Viewer):
 
     def _show(self, fmt: str, design: Design | None, run: dict[str, Any] | None, note: str, error: str) -> None:
         if error or design is None:
-            self.info.object = f"<div class='tn-error'>{html.escape(error or 'nothing to export')}</div>"
+            self.info.object = error_html(error or 'nothing to export')
             self.code.object = ""
             self.download.disabled = True
             self.download_weights.visible = False

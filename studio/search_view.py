@@ -45,7 +45,7 @@ from engine.train.data import dataset_specs
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
-from .widgets import Tick, button, section
+from .widgets import Tick, button, error_html, note_html, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
@@ -186,6 +186,8 @@ class SearchView(pn.viewable.Viewer):
             "accuracy against size) as soon as it has been trained.</div>", stylesheets=text, height=300, **w,
             css_classes=["tn-search-empty"])
         self.plot = pn.pane.Bokeh(self.figure, visible=False, **w, css_classes=["tn-search-plot"])
+        self.storage_note = pn.pane.HTML(stylesheets=text, **w, margin=(0, 10), css_classes=["tn-search-storage-note"])
+        self.param.watch(lambda *_: self._show_storage_problem(), ["storage"])
         self.param.watch(lambda *_: self._show_feedback(), ["message", "error"])
         self.param.watch(lambda *_: self.request_refresh(), ["shown"])
         self.param.watch(lambda *_: self._show_detail(), ["selected_trial"])
@@ -201,9 +203,24 @@ class SearchView(pn.viewable.Viewer):
         journal ``<home>/search/<name>.journal``."""
         from engine.search.storage import check_name
 
+        problem = self.storage_problem()
+        if problem:
+            raise ValueError(problem)
         if self.storage.strip():
             return self.storage.strip()
         return str(self.home / "search" / f"{check_name(name or self.shown)}.journal")
+
+    def storage_problem(self) -> str:
+        """Why the storage field cannot be used ('' when it can): it takes a database URL or nothing. A file path
+        is refused: the server would create files wherever the page asked (and, polled each second, at every
+        half-typed name)."""
+        from engine.search.storage import is_rdb
+
+        text = self.storage.strip()
+        if text and not is_rdb(text):
+            return (f"the storage must be a database URL such as postgresql://user@host/db (empty: a journal in "
+                    f"the studio home), got {text!r}")
+        return ""
 
     def spec_key(self) -> tuple:
         """The form's values (a second click of a double click on Launch acts on the same form: ignored)."""
@@ -300,6 +317,8 @@ class SearchView(pn.viewable.Viewer):
         if not self.storage.strip():
             folder = self.home / "search"
             return sorted(p.stem for p in folder.glob("*.journal")) if folder.exists() else []
+        if self.storage_problem():  # shown under the field; nothing to read
+            return []
         from sqlalchemy.exc import SQLAlchemyError  # optuna's RDB storage runs on SQLAlchemy
 
         try:
@@ -381,7 +400,7 @@ class SearchView(pn.viewable.Viewer):
     def _apply(self, report: StudyReport | Exception | None) -> None:
         self.applied_on = threading.get_ident()  # tests check that this is the session's thread
         if isinstance(report, Exception):
-            self.counts.object = f"<div class='tn-error'>{html.escape(str(report))}</div>"
+            self.counts.object = error_html(str(report))
             return
         self.report = report
         if report is None:
@@ -508,7 +527,7 @@ class SearchView(pn.viewable.Viewer):
 
     def _show_feedback(self) -> None:
         if self.error:
-            self.feedback.object = f"<div class='tn-error'>{html.escape(self.error)}</div>"
+            self.feedback.object = error_html(self.error)
         elif self.message:
             self.feedback.object = f"<div class='tn-search-ok'>{html.escape(self.message)}</div>"
         else:
@@ -576,6 +595,7 @@ class SearchView(pn.viewable.Viewer):
             styled(pn.widgets.Select.from_param(self.param.pruner, label="Pruner", **w)),
             styled(pn.widgets.TextInput.from_param(self.param.storage, label="Storage (RDB URL, optional)", **w,
                                                    placeholder="empty: a journal file in the studio home")),
+            self.storage_note,
             pn.Row(self.launch_button, self.stop_button, margin=0, **w), self.feedback, margin=(0, 0, 6, 0), **w))
         left = pn.Column(space, budgets, run, width=340, margin=(10, 8, 10, 10), scroll=True,
                          sizing_mode="stretch_height", css_classes=["tn-search-form"])
@@ -589,6 +609,10 @@ class SearchView(pn.viewable.Viewer):
         if self.dispatcher.served:
             pn.state.add_periodic_callback(self._periodic, period=POLL_MS)
         return self._layout
+
+    def _show_storage_problem(self) -> None:
+        problem = self.storage_problem()
+        self.storage_note.object = note_html(problem, "storage") if problem else ""
 
     @param.depends("active", watch=True)
     def _shown_again(self) -> None:

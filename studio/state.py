@@ -60,7 +60,7 @@ from engine.design.edit import EditError, typical_bond, with_bond
 from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, is_position
 from engine.design.templates import make_template
 from engine.files import atomic_write_text
-from engine.format import nbytes, si
+from engine.format import clip_quotes, nbytes, si
 from engine.home import tnstudio_home
 
 from .layout import arrange, overlapping
@@ -253,6 +253,7 @@ class StudioState(param.Parameterized):
     def refuse(self, field: str, message: str) -> None:
         """Show why an edit of ``field`` was refused (under the field, and in the status line)."""
         self._pending = None
+        message = clip_quotes(message)  # what was typed can be kilobytes: the reason stays readable
         self.param.update(field_errors={**self.field_errors, field: message}, pending={},
                           message=f"refused: {message}")
 

@@ -42,7 +42,7 @@ from .fmt import ratio
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
-from .widgets import FloatField, IntField, Tick, button, section
+from .widgets import FloatField, IntField, Tick, button, error_html, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
@@ -348,13 +348,13 @@ class TrainView(Viewer):
         self._layer_options()
         design = self.state.valid_design
         if design is None:
-            self.plan.object = "<div class='tn-error'>The design has problems: fix them on the Design tab first.</div>"
+            self.plan.object = error_html("The design has problems: fix them on the Design tab first.")
             self.launch_button.disabled = True
             return
         try:
             arch = model_plan(self.config(), design)
         except ValueError as e:  # ConfigError, ModelError, DataError, bad hidden sizes
-            self.plan.object = f"<div class='tn-error'>{html.escape(form_error(e))}</div>"
+            self.plan.object = error_html(form_error(e))
             self.launch_button.disabled = True
             return
         self.launch_button.disabled = False
@@ -376,11 +376,11 @@ class TrainView(Viewer):
             if self.baseline.value:
                 ids.append(launch(replace(config, baseline=True), design, runs_dir=self.root, parent=ids[0]))
         except ValueError as e:  # config, device, data, fit or the store: the user's to fix, said in one line
-            self.feedback.object = f"<div class='tn-error'>Not launched: {html.escape(form_error(e))}</div>"
+            self.feedback.object = error_html(f"Not launched: {form_error(e)}")
             return []
         except OSError as e:  # the process could not be started: say so, keep the traceback in the log
             log.exception("starting a training process failed")
-            self.feedback.object = f"<div class='tn-error'>Not launched: {html.escape(str(e))}</div>"
+            self.feedback.object = error_html(f"Not launched: {e}")
             return []
         self.feedback.object = (f"<div class='tn-launched'>Launched {', '.join(ids)} — "
                                 f"{'with its dense baseline, ' if len(ids) > 1 else ''}follow it below.</div>")
@@ -399,7 +399,7 @@ class TrainView(Viewer):
                     if stop(rid, runs_dir=self.root):
                         stopped.append(rid)
                 except (OSError, KeyError, ValueError) as e:  # gone meanwhile, or the store refused
-                    self.feedback.object = f"<div class='tn-error'>Could not stop {rid}: {html.escape(str(e))}</div>"
+                    self.feedback.object = error_html(f"Could not stop {rid}: {e}")
         if stopped:
             self.feedback.object = (f"<div class='tn-launched'>Asked {', '.join(stopped)} to stop: "
                                     f"it checkpoints and ends.</div>")
@@ -460,13 +460,13 @@ class TrainView(Viewer):
         except Exception as e:  # noqa: BLE001 - a periodic callback that raises is dropped by nobody and logged
             # by Bokeh without context: say what failed (traceback in the log) and keep polling
             log.exception("polling the run store failed")
-            self.table_hint.object = f"<div class='tn-error'>Could not refresh the runs: {html.escape(str(e))}</div>"
+            self.table_hint.object = error_html(f"Could not refresh the runs: {e}")
 
     def _poll(self) -> None:
         try:
             runs = self.store.list_runs()
         except (StoreError, sqlite3.Error, OSError) as e:  # the store is busy or broken: say so, keep what is shown
-            self.table_hint.object = f"<div class='tn-error'>Run store unavailable: {html.escape(str(e))}</div>"
+            self.table_hint.object = error_html(f"Run store unavailable: {e}")
             return
         self.runs = runs
         ids = [r["id"] for r in runs]

@@ -11,6 +11,8 @@ import panel as pn
 import param
 from panel.viewable import Viewer
 
+from engine.format import clip_quotes
+
 from .state import StudioState
 from .style import css, styled
 
@@ -37,7 +39,12 @@ def note_html(message: str | None, field: str = "", kind: str = "error") -> str:
     if not message:
         return ""
     return (f"<div class='tn-{kind}' data-field='{html.escape(field, quote=True)}'>"
-            f"{html.escape(message)}</div>")
+            f"{html.escape(clip_quotes(message))}</div>")
+
+
+def error_html(message: str) -> str:
+    """A refusal or failure shown in a panel of its own (quoted input clipped, escaped)."""
+    return f"<div class='tn-error'>{html.escape(clip_quotes(message))}</div>"
 
 
 def field_note_html(state: StudioState, field: str) -> str:

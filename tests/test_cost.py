@@ -197,6 +197,18 @@ def test_number_formats():
     assert ratio(71.9) == "71.9x" and ratio(12345) == "12,345x"
 
 
+def test_long_quoted_literals_in_a_reason_are_cut_in_their_middle():
+    from engine.format import clip_quotes
+
+    long = "ab'c" * 40
+    out = clip_quotes(f"factors must be integers, got {long!r}; the layer's name is {'n' * 9!r}")
+    head, _, tail = out.partition("…")
+    assert repr(long).startswith(head.split("got ")[1]) and repr(long).endswith(tail.split(";")[0])
+    assert len(out) < 120 and out.endswith("the layer's name is 'nnnnnnnnn'")  # short quotes and prose stay
+    prose = "the design's " + "long " * 30 + "name isn't quoted"
+    assert clip_quotes(prose) == prose  # apostrophes inside words open nothing
+
+
 @pytest.mark.parametrize("in_f,out_f,batch", [(512, 768, 64), (1024, 1024, 16)])
 def test_dense_training_memory_against_the_allocator(in_f, out_f, batch, one_thread):
     """The dense baseline's training memory (params, grads, AdamW's moments, x, y and dL/dx) against a measured

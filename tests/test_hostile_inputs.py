@@ -118,6 +118,33 @@ def test_each_reported_input_exits_2_with_one_line(case, data, words, command, t
     assert words in line, line
 
 
+def _thousands_of_legs():
+    d = copy.deepcopy(BASE)  # 2,000 more in legs of 2 on G0: W's in legs multiply to 12 * 2^2000, not 12
+    for k in range(2000):
+        d["indices"][f"e{k}"] = {"dim": 2, "role": "in", "axis": 2 + k}
+        d["tensors"][0]["indices"].append(f"e{k}")
+    return d
+
+
+@pytest.mark.parametrize("args, words", [
+    (["template", "mera", "--in", "256", "--out", "256", "--in-factors", "7x" * 2000], "(2000 dims) multiply to about 2^"),
+    (["template", "mera", "--in", "256", "--out", "256", "--in-factors", "a" * 5000], "'aaaaaaaaaa"),
+    (["template", "mera", "--in", "256", "--out", "256", "--name", "n", "--activation", "g" * 5000], "activation"),
+    (["cost", "DESIGN", "--memory-budget", "9" * 3000 + "x"], "memory"),
+    (["validate", "LEGS"], "(2002 dims) multiply to about 2^"),
+])
+def test_pasted_kilobytes_give_a_short_line(args, words, tmp_path):
+    """A reason quotes what was typed by its ends and a long list of dims by its ends and length: one short line."""
+    design, legs = tmp_path / "d.json", tmp_path / "legs.json"
+    design.write_text(json.dumps(BASE))
+    legs.write_text(json.dumps(_thousands_of_legs()))
+    args = [str(design) if a == "DESIGN" else str(legs) if a == "LEGS" else a for a in args]
+    rc, out, err = run_cli(args)
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert rc == 2 and "Traceback" not in err and words in lines[-1], err[:2000]
+    assert len(lines[-1]) < 600, lines[-1][:2000]
+
+
 def test_the_same_through_the_console_script(tmp_path):
     """The installed `tnstudio` (a fresh process): no traceback, one line, exit 2."""
     f = tmp_path / "bad.json"

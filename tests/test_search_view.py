@@ -61,6 +61,29 @@ def test_form_builds_the_search_and_says_what_is_wrong(state):
     assert view.figure.x_range.start > 0  # explicit ranges, valid on the log axis before any data
 
 
+def test_the_storage_field_takes_a_database_url_and_never_creates_files(state, tmp_path, monkeypatch):
+    """Typing a name into the storage field (the page polls the searches each second) created a journal file of that
+    name in the server's working folder; a path is refused next to the field, and Launch says why."""
+    monkeypatch.chdir(tmp_path)
+    view = SearchView(state)
+    view.param.update(study_name="s", kinds=["ttn"], legs=[5], activations=["none"], max_params=500)
+    for typed in ("abc", "../../tmp/evil.journal", str(tmp_path / "j.journal")):
+        view.storage = typed
+        assert view._study_names() == [] and "database URL" in view.storage_note.object
+        assert view.launch() == [] and "database URL" in view.error
+    view.storage = "sqlite:///" + str(tmp_path / "s.db")  # a URL: taken (optuna's RDB storage)
+    assert view.storage_note.object == "" and view._study_names() == []
+    view.storage = ""
+    assert view.storage_note.object == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # nothing but the database the URL named
+
+
+def test_listing_a_journal_that_does_not_exist_creates_nothing(tmp_path):
+    from engine.search.storage import list_studies
+
+    assert list_studies(str(tmp_path / "typo.journal")) == [] and not (tmp_path / "typo.journal").exists()
+
+
 def test_ranges_follow_the_data():
     assert log_span([]) == (1.0, 1e4)
     lo, hi = log_span([200, 5000])

@@ -359,6 +359,23 @@ def test_gallery_fields_refuse_with_a_reason_and_keep_the_last_value(state):
     assert not g.generate() and "2^63" in state.field_errors["template"]
 
 
+def test_a_pasted_kilobyte_value_is_refused_with_a_short_reason(state):
+    """Every refusal quotes what was typed; a pasted page of text is quoted by its ends, not whole."""
+    pasted = "7y" * 2000
+    g = Gallery(state=state)
+    g.in_factors.value = pasted
+    assert not g.generate()
+    shown = state.field_errors["template"]
+    assert "factors must be integers" in shown and len(shown) < 200 and "…" in shown
+    assert shown in state.message and len(state.message) < 220
+    g.in_factors.value = "7x" * 2000  # 2,000 factors: shown by their ends and their number
+    assert not g.generate()
+    assert "(2000 dims) multiply to about 2^5614, not 256" in state.field_errors["template"]
+    assert len(state.field_errors["template"]) < 200
+    g.bond.input.value = pasted
+    assert g.bond.value == 4 and "whole number" in g.bond.note.object and len(g.bond.note.object) < 300
+
+
 def test_a_double_click_starts_the_work_once(state):
     calls = []
     b = button("Go", lambda: calls.append(1), once=True)

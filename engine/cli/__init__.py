@@ -15,6 +15,7 @@ import sys
 from importlib.metadata import entry_points
 
 from engine.cli.common import UserError
+from engine.format import clip_quotes
 from engine.train.store import StoreError
 
 COMMAND_MODULES = ("engine.cli.design", "engine.cli.train", "engine.cli.runs", "engine.cli.export",
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return rc
     except (UserError, StoreError) as e:  # one line, whatever a message quotes (e.g. a library's own error text)
-        print("error: " + " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()), file=sys.stderr)
+        text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+        print("error: " + clip_quotes(text), file=sys.stderr)
         return 2
     except BrokenPipeError:
         _discard_stdout()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from engine.format import dims_text, int_text
+
 
 TRIAL_LIMIT = 1 << 16  # trial division up to here; a cofactor below TRIAL_LIMIT^2 left over is then prime
 RHO_STEPS = 1 << 18  # Pollard-Brent iterations per attempt before giving up on a cofactor
@@ -124,6 +126,6 @@ def parse_factors(text: str | None) -> list[int] | None:
 
 def check_factors(features: int, factors: list[int], what: str) -> list[int]:
     if math.prod(factors) != features:
-        raise ValueError(f"{what} factors {' x '.join(map(str, factors))} multiply to {math.prod(factors)}, "
+        raise ValueError(f"{what} factors {dims_text(factors)} multiply to {int_text(math.prod(factors))}, "
                          f"not {features}")
     return list(factors)

@@ -59,6 +59,7 @@ from typing import Any
 
 from engine.design.activations import ACTIVATIONS as ACTIVATION_REGISTRY
 from engine.files import atomic_write_text
+from engine.format import dims_text, int_text
 
 FORMAT = "tnstudio-design"
 VERSION = 2  # the newest format version; linear designs are written as version 1 (see the module docstring)
@@ -686,8 +687,8 @@ def _problems(design: Design) -> list[str]:
             probs.append(f"'{role}' leg axes must be 0..{len(legs) - 1} without gaps or repeats, got {axes}")
         dims = [idx[k].dim for k in legs]
         if all(_in_range(x, 1, MAX_DIM) for x in dims) and math.prod(dims) != feats:
-            shown = " x ".join(str(idx[k].dim) for k in _legs(idx, role))
-            probs.append(f"'{role}' leg dims {shown} multiply to {math.prod(dims)}, but {what} is {feats}")
+            shown = dims_text([idx[k].dim for k in _legs(idx, role)])
+            probs.append(f"'{role}' leg dims {shown} multiply to {int_text(math.prod(dims))}, but {what} is {feats}")
     ids: set[str] = set()
     for t in design.tensors:
         if not isinstance(t.id, str) or not t.id:

@@ -137,6 +137,9 @@ def list_studies(url: str | None = None) -> list[str]:
     if url is None and not os.environ.get(ENV_STORAGE):
         return sorted(p.stem for p in search_dir(create=False).glob("*.journal")) \
             if search_dir(create=False).exists() else []
-    storage = open_storage(storage_url("x", url), heartbeat=False)
+    url = storage_url("x", url)
+    if not is_rdb(url) and not Path(url).exists():  # reading never creates a journal (a typo would leave a file)
+        return []
+    storage = open_storage(url, heartbeat=False)
     return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
                   if COMPANION_MARK not in s.study_name)
