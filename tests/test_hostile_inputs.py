@@ -145,6 +145,15 @@ def test_pasted_kilobytes_give_a_short_line(args, words, tmp_path):
     assert len(lines[-1]) < 600, lines[-1][:2000]
 
 
+@pytest.mark.parametrize("args", [["mlp", "--input", "99999999,99999999"],
+                                  ["cnn1d", "--option", "channels=999999999"]])
+def test_a_network_torch_cannot_build_is_one_line(args, tmp_path):
+    """Shapes whose weights torch cannot count (its storage size overflows while the network is built on the meta
+    device) were a traceback from `network new` (and the studio's New network)."""
+    rc, out, err = run_cli(["network", "new", *args, "-o", str(tmp_path / "n.json")])
+    assert rc == 2 and "cannot be built" in one_line_error(err) and not (tmp_path / "n.json").exists()
+
+
 def test_the_same_through_the_console_script(tmp_path):
     """The installed `tnstudio` (a fresh process): no traceback, one line, exit 2."""
     f = tmp_path / "bad.json"

@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from engine.format import first_line
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -408,7 +410,12 @@ def build_architecture(ref: ArchRef, input_shape: Sequence[int], num_classes: in
         opts = arch.check_options(ref.options)
         if arch.check_input:
             arch.check_input(tuple(input_shape), opts)
-        model = arch.factory(tuple(input_shape), num_classes, **opts)
+        try:
+            model = arch.factory(tuple(input_shape), num_classes, **opts)
+        except (RuntimeError, ValueError, OverflowError) as e:  # torch refusing a layer's shape, e.g. a weight of
+            # more entries than it can count (an input of 99999999 x 99999999 flattened into an MLP)
+            raise CatalogueError(f"architecture {ref.label!r} cannot be built for input {list(input_shape)} and "
+                                 f"{num_classes} classes with options {opts}: {first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise CatalogueError(f"architecture {ref.label!r} built a {type(model).__name__}, not a torch nn.Module")
     return model
