@@ -66,14 +66,15 @@ _QUOTED = re.compile(r"""(?<!\w)(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")(?!\w
 def clip_quotes(message: str, limit: int = 48) -> str:
     """``message`` with every quoted literal longer than ``limit`` characters cut in its middle (``'aaaa…aaaa'``): a
     refusal quotes what was typed, which can be kilobytes pasted into a field; the reason must stay readable."""
-    def clip(m: re.Match) -> str:
-        text = m.group(0)
-        if len(text) <= limit:
-            return text
-        keep = (limit - 3) // 2
-        return f"{text[:keep + 1]}…{text[-keep - 1:]}"
+    return _QUOTED.sub(lambda m: clip_middle(m.group(0), limit), message)
 
-    return _QUOTED.sub(clip, message)
+
+def clip_middle(text: str, limit: int = 48) -> str:
+    """``text`` cut in its middle to about ``limit`` characters (``'99999…99999'``); short text unchanged."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 1) // 2
+    return f"{text[:keep]}…{text[-keep:]}"
 
 
 def dims_text(dims: Sequence[int], limit: int = 12) -> str:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from engine.design.model import MAX_DIM
+from engine.format import clip_middle
 from engine.train.data import DataError, dataset_name
 from engine.train.models import HIDDEN_ACTIVATIONS, model_names
 
@@ -79,7 +81,7 @@ class RunConfig:
 
     def _need(self, key: str, ok: bool, what: str) -> None:
         if not ok:
-            raise ConfigError(f"{key} must be {what}, got {getattr(self, key)!r}", key)
+            raise ConfigError(f"{key} must be {what}, got {clip_middle(repr(getattr(self, key)))}", key)
 
     def _validate(self) -> None:
         try:
@@ -100,7 +102,7 @@ class RunConfig:
         self._need("warmup", self.warmup < 1, "a fraction in [0, 1)")
         self._need("max_steps", self.max_steps is None or _is_int(self.max_steps, 1), "None or an integer >= 1")
         self._need("hidden", self.hidden is None or (isinstance(self.hidden, (list, tuple)) and all(
-            _is_int(h, 1) for h in self.hidden)), "None or a list of integers >= 1")
+            _is_int(h, 1) and h <= MAX_DIM for h in self.hidden)), "None or a list of integers from 1 to 2^31 - 1")
         if self.hidden is not None:
             self._set("hidden", tuple(self.hidden))
         self._need("threads", self.threads is None or _is_int(self.threads, 1), "None or an integer >= 1")
