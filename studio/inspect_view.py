@@ -120,9 +120,7 @@ class InspectView(Viewer):
         state = state or StudioState()
         root = Path(runs_dir) if runs_dir else Path(state.home) / "runs"
         super().__init__(state=state, runs_dir=str(root), **params)
-        from engine.train.store import RunStore
-
-        self.store = RunStore(self.runs_dir)
+        self._store = None  # opened on first use (a damaged store must not keep the page away)
         self.dispatcher = SessionDispatcher.current()  # results and plot changes are handed to the session
         self._fast = ThreadPoolExecutor(1, thread_name_prefix="inspect")
         self._slow = ThreadPoolExecutor(1, thread_name_prefix="inspect-features")
@@ -336,6 +334,15 @@ class InspectView(Viewer):
                 except Exception as e:  # noqa: BLE001 - timeouts and failures: loop and check again
                     log.debug("waiting for background work: %r", e)
         return False
+
+    @property
+    def store(self) -> Any:
+        """The run store (:class:`engine.train.store.RunStore`), opened on first use; its errors reach the caller."""
+        if self._store is None:
+            from engine.train.store import RunStore
+
+            self._store = RunStore(self.runs_dir)
+        return self._store
 
     # ------------------------------------------------------------------ sources
     def refresh_runs(self) -> None:

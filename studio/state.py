@@ -57,10 +57,10 @@ from engine.contract.cost import CostReport, cost_report
 from engine.contract.schedule import SCHEDULE_CHOICES
 from engine.design import edit
 from engine.design.edit import EditError, typical_bond, with_bond
-from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, is_position
+from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, is_position, parse_json
 from engine.design.templates import make_template
 from engine.files import atomic_write_text
-from engine.format import clip_quotes, nbytes, si
+from engine.format import clip_quotes, first_line, nbytes, si
 from engine.home import tnstudio_home
 
 from .layout import arrange, overlapping
@@ -139,13 +139,13 @@ class StudioState(param.Parameterized):
         #: runs a callable on the thread that owns this state (the browser session's); default: at once
         self.dispatch: Callable[[Callable[[], Any]], None] = dispatch or (lambda fn: fn())
         self.refiner = PathRefiner(self._refined)
-        restored = None if design is not None or not self.autosave else self._read_draft()
+        restored, note = (None, None) if design is not None or not self.autosave else self._read_draft()
         first = restored or design or arrange(make_template("mera", 256, 256, 4))
         self._history: list[_Step] = [_Step(first.copy().layout(), "start", replaced=True)]
         self._pos = 0
         self._last_merge: tuple[str, float] | None = None
         self._pending: tuple | None = None
-        self._set_draft(self._history[0].design.copy(), "restored your unsaved draft" if restored else None, save=False)
+        self._set_draft(self._history[0].design.copy(), "restored your unsaved draft" if restored else note, save=False)
         self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule", "image", "memory_budget"])
 
     # ------------------------------------------------------------------ history
@@ -362,16 +362,27 @@ class StudioState(param.Parameterized):
         except OSError as e:  # a read-only home: keep working, say it once in the log
             log.warning("could not autosave the draft to %s: %s", path, e)
 
-    def _read_draft(self) -> Design | None:
+    def _read_draft(self) -> tuple[Design | None, str | None]:
+        """The autosaved draft (restored with whatever problems it has) and a note; a draft that cannot be read or
+        drawn is set aside as ``draft.damaged.json`` (never overwritten by the next autosave) and the note says so."""
         path = draft_path(self.home)
         if not path.is_file():
-            return None
+            return None, None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return Design.from_dict(data["design"], validate=False)
-        except (OSError, ValueError, KeyError, TypeError) as e:  # DesignError is a ValueError
-            log.warning("ignoring the autosaved draft %s: %s", path, e)
-            return None
+            data = parse_json(path.read_bytes())  # bounded size and nesting, no NaN, UTF-8
+            draft = Design.from_dict(data["design"], validate=False)
+            draft.copy().layout()  # what starting with it does first
+            return draft, None
+        except Exception as e:  # noqa: BLE001 - a damaged draft of any kind (bad JSON, wrong types, numbers beyond
+            # a float, ...) must not keep the studio from opening: keep the file aside, start afresh, say so
+            aside = path.with_name("draft.damaged.json")
+            try:
+                path.replace(aside)
+            except OSError:
+                aside = path
+            log.warning("the autosaved draft %s could not be restored, kept as %s: %s", path, aside, first_line(e))
+            return None, clip_quotes(f"your autosaved draft could not be restored ({first_line(e)}); it is kept as "
+                                     f"{aside}")
 
     # ------------------------------------------------------------------ whole designs
     def replace(self, design: Design, label: str = "open") -> bool:

@@ -33,6 +33,7 @@ from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
 from engine.design.model import Design, DesignError
+from engine.home import runs_dir
 from engine.train.config import ConfigError, RunConfig
 from engine.train.data import dataset_spec, dataset_specs
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan, model_kinds
@@ -235,8 +236,8 @@ class TrainView(Viewer):
 
     def __init__(self, state: StudioState | None = None, runs_root: str | Path | None = None, **params: Any):
         super().__init__(state=state, **params)
-        self.store = RunStore(runs_root or Path(self.state.home) / "runs")
-        self.root = self.store.root
+        self.root = runs_dir(runs_root or Path(self.state.home) / "runs", create=False)
+        self._store: RunStore | None = None  # opened on first use: a damaged store must not keep the page away
         self.dispatcher = SessionDispatcher.current()
         self.network: Any = None  # the Network tab's view, once attached: "Current network" trains its network
         self.what = styled(pn.widgets.RadioButtonGroup(options={"Current design": "design",
@@ -311,6 +312,14 @@ class TrainView(Viewer):
         self.table.param.watch(self._on_selection, "selection")
         self.update_plan()
         self.poll()
+
+    @property
+    def store(self) -> RunStore:
+        """The run store, opened on first use (:class:`StoreError` while it cannot be: the page says why and polls
+        again, so a store repaired meanwhile is picked up)."""
+        if self._store is None:
+            self._store = RunStore(self.root)
+        return self._store
 
     # ------------------------------------------------------------------ the form
     def _situation(self) -> tuple:

@@ -231,3 +231,155 @@ def test_processes_opening_a_new_store_together_all_open_it(tmp_path):
             p.join()
         failures += [g for g in got if g != "ok"]
     assert not failures, failures
+
+
+# ----------------------------------------------------------------------------- faults found by an adversarial sweep
+@pytest.mark.parametrize("column, value, words", [("summary", "{not json", "summary is not JSON"),
+                                                  ("created", "yesterday", "created is 'yesterday', not a time"),
+                                                  ("status", "zombie", "status is 'zombie'"),
+                                                  ("step", "12a", "step is '12a', not an integer")])
+def test_a_hand_edited_row_is_named_and_repair_rebuilds_it(column, value, words, tmp_path):
+    """Values of the wrong type in a well-formed runs.db were tracebacks in every command (even `runs show` of another
+    run, which lists the runs for baselines), and repair called the index whole."""
+    store, before = _populate(tmp_path)
+    a = next(r["id"] for r in store.list_runs() if r["name"] == "tn")
+    with closing_db(tmp_path / "runs.db") as con:
+        con.execute(f"UPDATE runs SET {column} = ? WHERE id = ?", (value, a))
+    with pytest.raises(StoreDamaged, match=words) as e:
+        store.list_runs()
+    assert a in str(e.value) and "repair` moves it aside" in str(e.value)
+    rc, out, err = cli("runs", "--runs-dir", str(tmp_path), "list")
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1
+    report = repair_store(tmp_path)
+    assert report["moved"] and words in report["reason"] and sorted(report["restored"]) == sorted(before)
+    _same_runs(RunStore(tmp_path), before)
+
+
+@contextlib.contextmanager
+def closing_db(path: Path):
+    con = sqlite3.connect(path)
+    try:
+        with con:
+            yield con
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("line", ['{"step": Infinity, "split": "train", "loss": 1.0}',
+                                  '{"step": NaN, "split": "train", "loss": 1.0}',
+                                  '{"step": 1e300, "split": "train", "loss": 1.0}',
+                                  '{"step": 99999999999999999999999, "split": "train"}',
+                                  '{"step": 9, "split": "train", "epoch": {"a": 1}}',
+                                  '{"step": 9, "split": "train", "accuracy": [1]}',
+                                  '{"step": 9, "split": "train", "loss": "abc"}',
+                                  '{"step": 9, "split": 3}'])
+def test_metric_lines_of_the_wrong_type_are_skipped(line, tmp_path):
+    """A hand-edited metrics.jsonl line was imported unchecked: OverflowError / ProgrammingError tracebacks from
+    `runs list` and `runs repair` (with an empty index every command failed), or a run whose later `runs metrics`
+    failed on a text loss."""
+    store, before = _populate(tmp_path)
+    for rid in before:
+        with open(tmp_path / rid / METRICS, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    assert all(len(read_metrics_file(tmp_path / rid / METRICS)) == len(before[rid]) for rid in before)
+    (tmp_path / "runs.db").write_bytes(b"")  # an empty index: rebuilt from the folders on open
+    _same_runs(RunStore(tmp_path), before)
+    rc, out, err = cli("runs", "--runs-dir", str(tmp_path), "repair")
+    assert rc == 0 and "Traceback" not in err
+    with pytest.raises(ValueError, match="is not"):
+        RunStore(tmp_path).log_metrics(next(iter(before)), json.loads(line.replace("Infinity", "1e999")
+                                                                      .replace("NaN", "1e999")))
+
+
+def test_a_diverged_runs_nan_loss_is_still_a_metric(tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"}, None)
+    store.log_metrics(rid, {"step": 1, "split": "train", "loss": float("nan"), "epoch": None})
+    assert len(store.metrics(rid)) == 1 and len(read_metrics_file(tmp_path / rid / METRICS)) == 1
+    store.log_metrics(rid, {"step": 2, "split": "test", "loss": 0.5, "accuracy": 0.7})  # no epoch: the API allows it
+    rc, out, err = cli("runs", "--runs-dir", str(tmp_path), "show", rid)
+    assert rc == 0 and "epoch -  loss 0.5000" in out
+
+
+def test_a_full_disk_is_not_called_damage():
+    from engine.train.store import _file_error
+
+    for text in ("database or disk is full", "disk I/O error"):
+        e = _file_error(Path("/x/runs.db"), sqlite3.OperationalError(text))
+        assert type(e) is StoreError and "free disk space" in str(e) and "repair" not in str(e)
+
+
+def test_repair_leaves_the_metrics_of_a_live_run_to_its_trainer(tmp_path):
+    """The trainer appends a row to metrics.jsonl before committing it to the index: a repair in between saw more
+    rows in the file, deleted and re-inserted them all, and the trainer's commit then landed twice."""
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"}, None)
+    store.set_status(rid, "running", pid=os.getpid(), pid_start=None)  # this live process, on this host
+    store.log_metrics(rid, [{"step": s, "split": "train", "loss": 1.0} for s in (1, 2)])
+    with open(tmp_path / rid / METRICS, "a", encoding="utf-8") as f:  # the row the trainer is about to commit
+        f.write(json.dumps({"step": 3, "split": "train", "loss": 1.0}) + "\n")
+    seqs = [r["seq"] for r in store.metrics(rid)]
+    assert repair_store(tmp_path)["resynced"] == []
+    assert [r["seq"] for r in store.metrics(rid)] == seqs  # untouched (the trainer commits its row itself)
+    store.set_status(rid, "stopped")  # once it has ended, the file is the truth again
+    assert repair_store(tmp_path)["resynced"] == [rid] and len(store.metrics(rid)) == 3
+
+
+def test_a_delete_the_index_refuses_keeps_the_runs_record(tmp_path, monkeypatch):
+    import engine.train.store as store_mod
+
+    store, before = _populate(tmp_path)
+    b = next(r["id"] for r in store.list_runs() if r["name"] == "dense")
+    monkeypatch.setattr(store_mod, "LOCK_WAIT_S", 0.2)
+    con = sqlite3.connect(tmp_path / "runs.db", timeout=0.1)
+    try:
+        con.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StoreError, match="locked"):
+            RunStore(tmp_path, recover=False).delete_run(b)
+    finally:
+        con.rollback()
+        con.close()
+    assert (tmp_path / b / RECORD).is_file() and not (tmp_path / b / (RECORD + ".deleting")).exists()
+    (tmp_path / "runs.db").unlink()  # the index lost: the run comes back from its record
+    assert b in {r["id"] for r in RunStore(tmp_path).list_runs()}
+
+
+def test_two_resumes_at_once_start_one_trainer(tmp_path):
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"}, None)
+    store.set_status(rid, "stopped")
+    assert [store.claim_for_resume(rid), RunStore(tmp_path).claim_for_resume(rid)] == [True, False]
+    assert store.get_run(rid)["status"] == "queued"
+
+
+@pytest.mark.parametrize("damage", ["random", "half", "empty", "folder", "gone"])
+def test_resuming_from_a_damaged_checkpoint_is_refused_up_front(damage, tmp_path):
+    import torch
+
+    from engine.train.launcher import resume
+
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits", "epochs": 1}, make_template("mpo", 64, 64, 2))
+    store.log_metrics(rid, {"step": 1, "split": "test", "loss": 1.0, "accuracy": 0.5})
+    store.set_status(rid, "stopped")
+    ckpt = tmp_path / rid / "checkpoint.pt"
+    torch.save({"model": {"w": torch.zeros(3)}, "step": 1}, ckpt)
+    whole = ckpt.read_bytes()
+    if damage == "random":
+        ckpt.write_bytes(os.urandom(len(whole)))
+    elif damage == "half":
+        ckpt.write_bytes(whole[: len(whole) // 2])
+    elif damage == "empty":
+        ckpt.write_bytes(b"")
+    elif damage == "folder":
+        ckpt.unlink()
+        ckpt.mkdir()
+    else:
+        import shutil
+
+        shutil.rmtree(tmp_path / rid)
+    with pytest.raises(ValueError) as e:
+        resume(rid, tmp_path)
+    text = str(e.value)
+    assert ("is gone" if damage == "gone" else f"checkpoint {ckpt} is damaged") in text and "\n" not in text
+    assert store.get_run(rid)["status"] == "stopped"  # nothing was started or changed

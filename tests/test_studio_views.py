@@ -474,6 +474,50 @@ def test_files_download_upload_and_library(state):
 
 
 # ---------------------------------------------------------------------------------------------- the app
+@pytest.mark.parametrize("damage", ["garbage", "folder", "bad row"])
+def test_the_studio_opens_on_a_damaged_run_store_and_says_how_to_repair_it(damage, tmp_path):
+    """A damaged runs.db made the whole page blank (the Train tab opened the store while the app was built)."""
+    import sqlite3
+
+    from engine.train.store import RunStore
+
+    runs = tmp_path / "runs"
+    if damage == "bad row":
+        store = RunStore(runs)
+        rid = store.create_run({"dataset": "digits"}, None)
+        con = sqlite3.connect(runs / "runs.db")
+        with con:
+            con.execute("UPDATE runs SET summary = '{not json' WHERE id = ?", (rid,))
+        con.close()
+    else:
+        runs.mkdir()
+        if damage == "folder":
+            (runs / "runs.db").mkdir()
+        else:
+            (runs / "runs.db").write_bytes(b"garbage " * 512)
+    app = create_app(home=str(tmp_path))
+    hint = app.components["Train"].table_hint.object
+    assert "Run store unavailable" in hint and "repair" in hint
+    assert app.state.design.tensors  # the Design tab works as ever
+    inspect = app.components["Inspect"]
+    inspect.refresh_runs()
+    assert "cannot read the runs" in inspect.error
+
+
+@pytest.mark.parametrize("draft", [b'{"design": ' + b"[" * 5000 + b"]" * 5000 + b"}", b"\xff\xfe garbage",
+                                   b'{"design": {"format": "tnstudio-design", "version": 1, "name": "d", '
+                                   b'"target": {"kind": "linear", "in_features": 4, "out_features": 4}, '
+                                   b'"indices": {"i": {"dim": 4, "role": "in", "axis": 0}, "o": {"dim": 4, '
+                                   b'"role": "out", "axis": 0}}, "tensors": [{"id": "A", "indices": ["i", "o"], '
+                                   b'"position": [1e400, 0]}]}}'])
+def test_a_damaged_draft_is_set_aside_and_the_studio_says_so(draft, tmp_path):
+    (tmp_path / "draft.json").write_bytes(draft)
+    app = create_app(home=str(tmp_path))
+    assert app.state.design.tensors and "could not be restored" in app.state.message
+    assert (tmp_path / "draft.damaged.json").read_bytes() == draft  # kept, not overwritten by the next autosave
+    assert len(app.state.message) < 300
+
+
 def test_app_components_and_tabs(tmp_path):
     app = create_app(home=str(tmp_path))
     assert isinstance(app, StudioApp) and app.state.home == str(tmp_path)

@@ -55,7 +55,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     if tests:
         print("  last evaluations:")
         for m in tests[-5:]:
-            print(f"    step {m['step']:>6}  epoch {m['epoch']:.2f}  loss {m['loss']:.4f}  "
+            print(f"    step {m['step']:>6}  epoch {_num(m['epoch'], '.2f')}  loss {_num(m['loss'], '.4f')}  "
                   f"accuracy {_pct(m['accuracy'])}")
     print(f"  folder   {run['dir']}")
     pairs = [r for r in store.list_runs() if r.get("parent") == run["id"] and (r["config"] or {}).get("baseline")]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from engine.design.model import Design
+from engine.format import first_line
 from engine.train.config import RunConfig
 from engine.train.data import check_dataset, dataset_spec
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan
@@ -169,13 +170,34 @@ def resume(run_id: str, runs_dir: str | os.PathLike | None = None) -> str:
         raise ValueError(f"run {run['id']} is {run['status']}: nothing to resume")
     if run["status"] == "completed":
         raise ValueError(f"run {run['id']} has completed: start a new run to train longer")
-    if not (store.run_dir(run["id"]) / "checkpoint.pt").exists():
+    folder = store.run_dir(run["id"])
+    if not folder.is_dir():
+        raise ValueError(f"run {run['id']}'s folder {folder} is gone (its checkpoint with it): start it again instead")
+    ckpt = folder / "checkpoint.pt"
+    if not ckpt.exists():
         raise ValueError(f"run {run['id']} has no checkpoint to resume from (it ended before its first "
                          f"evaluation): start it again instead")
+    check_checkpoint(ckpt)
     RunConfig.from_dict(run["config"]).check_device()
-    store.set_status(run["id"], "queued", None, stop_requested=0, finished=None)
+    if not store.claim_for_resume(run["id"]):  # another resume got there first (one atomic check-and-set)
+        raise ValueError(f"run {run['id']} is already being resumed: nothing to do")
     start_process(run["id"], store, resume=True)
     return run["id"]
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint torch cannot load (cut short, overwritten, a folder) before a process is started for
+    it, in one line naming it (torch's own message runs to paragraphs and names no file)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load's failures on a damaged file are of many kinds
+        # (EOFError, OSError, UnpicklingError, RuntimeError from the zip reader, IsADirectoryError): one answer
+        raise ValueError(f"checkpoint {path} is damaged ({first_line(e)}): it cannot be resumed; start the run "
+                         f"again instead") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"checkpoint {path} is not a TN Studio checkpoint (no model state): it cannot be resumed")
 
 
 def wait(run_id: str, runs_dir: str | os.PathLike | None = None, timeout: float | None = None,

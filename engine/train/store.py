@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -67,6 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from engine.files import atomic_write_text
+from engine.format import clip_middle
 from engine.home import runs_dir
 
 log = logging.getLogger(__name__)
@@ -268,10 +270,10 @@ class RunStore:
         return True
 
     def _row_to_run(self, row: sqlite3.Row, with_design: bool) -> dict[str, Any]:
-        run = {k: row[k] for k in row.keys()}
-        for k in _JSON_FIELDS:
-            if k in run:
-                run[k] = json.loads(run[k]) if run[k] else None
+        try:
+            run = row_values(row)
+        except ValueError as e:  # a row another program (or a hand) wrote: name it, say how to rebuild it
+            raise StoreDamaged(f"{self.path}: {e}; {_repair(self.root)}") from None
         design = run.get("design")
         run["design_name"] = design.get("name") if isinstance(design, dict) else None
         if not with_design:
@@ -392,6 +394,17 @@ class RunStore:
             fields.setdefault("finished", now)
         self.update(run_id, status=status, reason=reason, **fields)
 
+    def claim_for_resume(self, run_id: str) -> bool:
+        """Queue a stopped or failed run again, in one check-and-set (two resumes at once: one wins, the other gets
+        False), clearing its stop flag and end time."""
+        now = time.time()
+        with self._connect() as con:
+            cur = con.execute("UPDATE runs SET status='queued', reason=NULL, stop_requested=0, finished=NULL, "
+                              "updated=? WHERE id=? AND status IN ('stopped', 'failed')", (now, run_id))
+            if cur.rowcount:
+                self._write_record(con, run_id)
+        return bool(cur.rowcount)
+
     def stop_run(self, run_id: str) -> bool:
         """Ask a run to stop: sets its stop flag and sends SIGTERM to its process; the run then checkpoints and
         records ``stopped``. A queued run without a live process is marked stopped directly. Returns whether
@@ -419,13 +432,20 @@ class RunStore:
         run = self.get_run(run_id, with_design=False)
         if run["status"] in ACTIVE:
             raise ValueError(f"run {run['id']} is {run['status']}: stop it before deleting it")
-        try:  # the record first, so a folder left behind is never restored as a run
-            (self.run_dir(run["id"]) / RECORD).unlink(missing_ok=True)
+        record = self.run_dir(run["id"]) / RECORD
+        held = record.with_name(RECORD + ".deleting")
+        try:  # the record out of the way first, so a folder left behind is never restored as a run ...
+            os.replace(record, held)
         except OSError:
-            pass
-        with self._connect() as con:
-            con.execute("DELETE FROM metrics WHERE run_id = ?", (run["id"],))
-            con.execute("DELETE FROM runs WHERE id = ?", (run["id"],))
+            held = None
+        try:
+            with self._connect() as con:
+                con.execute("DELETE FROM metrics WHERE run_id = ?", (run["id"],))
+                con.execute("DELETE FROM runs WHERE id = ?", (run["id"],))
+        except StoreError:  # ... and back when the index keeps the run (locked, full): nothing is half deleted
+            if held is not None:
+                os.replace(held, record)
+            raise
         shutil.rmtree(self.run_dir(run["id"]), ignore_errors=True)
 
     # ----------------------------------------------------------------- metrics
@@ -442,6 +462,9 @@ class RunStore:
                 raise ValueError(f"unknown metric field(s): {', '.join(sorted(bad))}")
             if "step" not in r or "split" not in r:
                 raise ValueError("a metric row needs 'step' and 'split'")
+            problem = metric_row_problem(r)
+            if problem:
+                raise ValueError(f"metric row of run {run_id}: {problem}")
             values.append(tuple(now if f == "time" and r.get(f) is None else r.get(f) for f in METRIC_FIELDS))
         # the run's folder first: a row the index commits is always in metrics.jsonl too
         self._append_metrics(run_id, [dict(zip(METRIC_FIELDS, v)) for v in values])
@@ -517,6 +540,9 @@ def _file_error(path: Path, e: sqlite3.DatabaseError) -> StoreError:
         return StoreError(f"{path} stayed locked by another process for {LOCK_WAIT_S:g} s ({text}): try again")
     if "readonly" in text or "read-only" in text:
         return StoreError(f"{path} is read-only ({text}): make it and its folder writable")
+    if "disk is full" in text or "disk I/O error" in text:  # a full disk (or a file size limit) while writing
+        return StoreError(f"cannot write {path} ({text}): free disk space and try again (the store itself is kept "
+                          f"as it was)")
     if "unable to open" in text:
         return StoreError(f"cannot open {path} ({text}): check that its folder is writable and that "
                           f"{path.name} is a file")
@@ -567,15 +593,69 @@ def read_metrics_file(path: str | os.PathLike) -> list[dict[str, Any]]:
             if "truncate_after" in row:
                 cut = row["truncate_after"]
                 rows = [r for r in rows if isinstance(cut, (int, float)) and r["step"] <= cut]
-            elif isinstance(row.get("step"), (int, float)) and isinstance(row.get("split"), str):
+            elif metric_row_problem(row) is None:
                 rows.append({k: row.get(k) for k in METRIC_FIELDS})
     return rows
+
+
+_INT64 = 2 ** 63
+
+
+def metric_row_problem(row: Mapping[str, Any]) -> str | None:
+    """Why ``row`` is not a metric row (None when it is): ``step`` a whole number within 64 bits, ``split`` text,
+    every other field a number (a float of any value: a diverged run's loss is NaN; an integer within 64 bits, as
+    sqlite stores them) or missing. A hand-edited ``metrics.jsonl`` line (a NaN step, a list where a loss belongs)
+    is skipped by readers instead of breaking the index or every command that shows it."""
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) \
+            or step != int(step) or not -_INT64 <= step < _INT64:
+        return f"step {clip_middle(repr(step))} is not a whole number"
+    if not isinstance(row.get("split"), str):
+        return f"split {clip_middle(repr(row.get('split')))} is not text"
+    for k in METRIC_FIELDS:
+        v = row.get(k)
+        if k in ("step", "split") or v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, int) and abs(v) >= _INT64):
+            return f"{k} {clip_middle(repr(v))} is not a number"
+    return None
 
 
 def _insert_metrics(con: sqlite3.Connection, run_id: str, rows: list[dict[str, Any]]) -> None:
     con.executemany(f"INSERT INTO metrics (run_id, {', '.join(METRIC_FIELDS)}) "
                     f"VALUES (?, {', '.join('?' * len(METRIC_FIELDS))})",
                     [(run_id,) + tuple(r.get(f) for f in METRIC_FIELDS) for r in rows])
+
+
+_NUMBER_FIELDS = ("created", "started", "finished", "updated")
+_INT_FIELDS = ("pid", "pid_start", "step", "total_steps", "stop_requested")
+
+
+def row_values(row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
+    """A ``runs`` row as a run dict (JSON fields parsed); ``ValueError`` naming the run and the field when a value
+    has the wrong type (text where a time belongs, a JSON field that is not JSON)."""
+    run = {k: row[k] for k in row.keys()}
+    rid = run.get("id")
+    for k in _JSON_FIELDS:
+        if k in run:
+            try:
+                run[k] = json.loads(run[k]) if run[k] else None
+            except (TypeError, ValueError, RecursionError):
+                raise ValueError(f"run {rid}'s {k} is not JSON") from None
+            if run[k] is not None and not isinstance(run[k], dict):
+                raise ValueError(f"run {rid}'s {k} is not a JSON object")
+    for k in _NUMBER_FIELDS:
+        v = run.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise ValueError(f"run {rid}'s {k} is {clip_middle(repr(v))}, not a time in seconds")
+    for k in _INT_FIELDS:
+        v = run.get(k)
+        if v is not None and not isinstance(v, int):
+            raise ValueError(f"run {rid}'s {k} is {clip_middle(repr(v))}, not an integer")
+    if "status" in run and run["status"] not in STATUSES:
+        raise ValueError(f"run {rid}'s status is {clip_middle(repr(run['status']))}, not one of "
+                         f"{', '.join(STATUSES)}")
+    return run
 
 
 def _healthy(path: Path) -> str | None:
@@ -594,10 +674,17 @@ def _healthy(path: Path) -> str | None:
                 have = {r[1] for r in con.execute(f"PRAGMA table_info({table})").fetchall()}
                 if have and any(c not in have for c in _IDENTIFYING[table]):
                     return f"its table {table!r} is not a run store's"
+            con.row_factory = sqlite3.Row
+            try:  # values of the wrong type (written by hand or by another program) make the index unusable too
+                for row in con.execute("SELECT * FROM runs"):
+                    row_values(row)
+            except ValueError as e:
+                return str(e)
     except sqlite3.DatabaseError as e:
-        if "locked" in str(e) or "busy" in str(e):
-            raise _file_error(path, e) from None
-        return str(e)
+        text = str(e)
+        if any(w in text for w in ("locked", "busy", "readonly", "read-only", "unable to open")):
+            raise _file_error(path, e) from None  # the file is fine; it cannot be used now: say why, move nothing
+        return text
     return None
 
 
@@ -622,11 +709,15 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
         while moved.exists():
             n += 1
             moved = path.with_name(f"{DB_NAME}.damaged-{stamp}-{n}")
-        os.replace(path, moved)
-        for suffix in ("-wal", "-shm"):
-            extra = path.with_name(DB_NAME + suffix)
-            if extra.exists():
-                os.replace(extra, moved.with_name(moved.name + suffix))
+        try:
+            os.replace(path, moved)
+            for suffix in ("-wal", "-shm"):
+                extra = path.with_name(DB_NAME + suffix)
+                if extra.exists():
+                    os.replace(extra, moved.with_name(moved.name + suffix))
+        except OSError as e:
+            raise StoreError(f"cannot move {path} aside ({reason}): {e.strerror or e}; make {root_path} writable "
+                             f"and repair again") from None
     store = RunStore(root_path, recover=False)
     with store._connect() as con:
         known = {r[0] for r in con.execute("SELECT id FROM runs").fetchall()}
@@ -661,6 +752,10 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
         rows = read_metrics_file(folder / METRICS)
         with store._connect() as con:
             con.execute("BEGIN IMMEDIATE")
+            row = con.execute("SELECT status, pid, pid_start, host FROM runs WHERE id = ?", (rid,)).fetchone()
+            if row["status"] in ACTIVE and row["host"] == socket.gethostname() \
+                    and pid_alive(row["pid"], row["pid_start"]):
+                continue  # its trainer appends to the file before each commit: a count taken now is no evidence
             count = con.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?", (rid,)).fetchone()[0]
             if len(rows) > count:
                 con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
