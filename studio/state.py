@@ -359,8 +359,11 @@ class StudioState(param.Parameterized):
         try:
             # every session of a served studio autosaves to the same home: a temporary file of its own each time
             atomic_write_text(path, json.dumps({"saved": time.time(), "design": self.design.to_dict()}))
-        except OSError as e:  # a read-only home: keep working, say it once in the log
+        except OSError as e:  # a read-only home or a full disk: keep working (the last draft stays whole), say so
             log.warning("could not autosave the draft to %s: %s", path, e)
+            note = f"not autosaved ({e.strerror or e}): download or save the design to keep it"
+            if note not in self.message:
+                self.message = f"{self.message} · {note}" if self.message else note
 
     def _read_draft(self) -> tuple[Design | None, str | None]:
         """The autosaved draft (restored with whatever problems it has) and a note; a draft that cannot be read or

@@ -276,6 +276,25 @@ def test_the_draft_is_autosaved_and_restored(tmp_path):
     assert not (tmp_path / "other" / "draft.json").exists()
 
 
+def test_a_draft_that_cannot_be_autosaved_says_so_in_the_status_line(tmp_path, monkeypatch):
+    """A full disk (or a read-only home) kept the last draft whole but told only the server log."""
+    import errno
+
+    import studio.state as state_mod
+
+    s = StudioState(home=str(tmp_path))
+    s.generate("mpo", 64, 32, 3)
+    saved = (tmp_path / "draft.json").read_bytes()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_mod, "atomic_write_text", full)
+    s.add_tensor()
+    assert s.message.startswith("add tensor T0 · not autosaved (No space left on device)")
+    assert (tmp_path / "draft.json").read_bytes() == saved
+
+
 def test_sessions_autosaving_at_once_keep_a_whole_draft(tmp_path, caplog):
     """`make serve` gives every browser session its own state in one process, all autosaving to one home: their
     writes must not share a temporary file (one session's rename moved the file another was writing, whose own
