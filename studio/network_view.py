@@ -338,10 +338,10 @@ class NetworkView(Viewer):
 
         try:
             spec = self.spec.with_rules([text])
-            self._check(spec)
+            warning = self._check(spec)
         except (RuleError, NetworkError, ValueError) as e:
             return self._refuse(str(e))
-        self._apply(spec, f"rule {text.strip()} applied")
+        self._apply(spec, f"rule {text.strip()} applied{warning}")
         return True
 
     def remove_rule(self, index: int) -> bool:
@@ -364,11 +364,11 @@ class NetworkView(Viewer):
         """Give ``layer`` ``design`` (None: dense) as a per-layer override."""
         try:
             spec = self.spec.with_layer(layer, design)
-            self._check(spec)
+            warning = self._check(spec)
         except (NetworkError, ValueError) as e:
             return self._refuse(str(e))
         what = "dense" if design is None else f"{design.name} ({design.params:,} core params)"
-        self._apply(spec, f"{layer} is now {what}")
+        self._apply(spec, f"{layer} is now {what}{warning}")
         return True
 
     def set_dense(self, layer: str) -> bool:
@@ -472,12 +472,15 @@ class NetworkView(Viewer):
         self.message = "canvas no longer linked to a layer"
 
     # ------------------------------------------------------------------ recomputing and rendering
-    def _check(self, spec: NetworkSpec) -> None:
-        """Resolve ``spec`` against its architecture (raises NetworkError / ValueError with the reasons)."""
+    def _check(self, spec: NetworkSpec) -> str:
+        """Resolve ``spec`` against its architecture (raises NetworkError / ValueError with the reasons); returns
+        a warning for layers the assignment makes larger than dense ('' when none)."""
         from engine.network.analysis import analyse
         from engine.network.format import resolve
+        from engine.network.rules import growth_warning
 
-        resolve(spec, analyse(spec).layers)
+        grown = growth_warning(resolve(spec, analyse(spec).layers))
+        return f" · warning: {grown}" if grown else ""
 
     def _apply(self, spec: NetworkSpec, message: str) -> None:
         self.error = ""

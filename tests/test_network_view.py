@@ -41,6 +41,32 @@ def test_rules_update_totals_and_bad_rules_are_refused_with_the_reason(view):
     assert view.clear_rules() and view.report.totals.params == 78_858 and view.error == ""
 
 
+def test_a_rule_that_makes_layers_larger_than_dense_is_applied_with_a_warning(view, tmp_path):
+    """A bond of 99999 on the MLP's layers was taken silently (about 10^15 parameters per layer)."""
+    from engine.cli import main
+    from engine.network.format import save_network
+
+    assert view.apply_rule("linear:ttn:4:gelu") and "warning" not in view.message  # every layer smaller
+    assert view.apply_rule("linear:ttn:999:gelu")
+    grown = [r for r in view.report.rows if r.params > r.dense_params]  # (both with the same bias)
+    worst = max(grown, key=lambda r: r.params / r.dense_params)
+    assert grown and "warning:" in view.message and all(r.name in view.message for r in grown)
+    assert f"largest growth: {worst.name}" in view.message
+    path = tmp_path / "n.json"
+    save_network(new_network("mlp", [1, 40], 10), path)
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["network", "assign", str(path), "--rule", "linear:ttn:999:gelu"]) == 0
+    assert err.getvalue().startswith("warning: fc1, fc2, fc3 get more parameters than the dense weights")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["network", "assign", str(path), "--clear-rules", "--rule", "linear:ttn:4:gelu"]) == 0
+    assert err.getvalue() == ""
+
+
 def test_clicking_a_layer_opens_its_design_and_canvas_edits_flow_back(view):
     state = view.state
     view.apply_rule("linear:ttn:4:gelu:min=20000")

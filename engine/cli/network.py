@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 from engine.cli.common import UserError, read_design, read_factors
@@ -143,7 +144,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from engine.network.format import NetworkError
-    from engine.network.rules import RuleError
+    from engine.network.rules import RuleError, growth_warning
 
     spec = read_network(args.file)
     if not (args.rule or args.layer or args.clear_rules):
@@ -180,6 +181,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
     tn = sum(1 for r in res.values() if r.design is not None)
     print(f"wrote {out}: {len(spec.rules)} rule(s), {len(spec.layers)} layer override(s); {tn} of {len(res)} "
           f"layers are TN")
+    grown = growth_warning(res)
+    if grown:
+        print(f"warning: {grown}", file=sys.stderr)
     return 0
 
 

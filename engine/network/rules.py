@@ -30,7 +30,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from engine.design.model import ACTIVATIONS, Design
 from engine.design.conv import make_conv_template
@@ -229,3 +229,17 @@ def apply_rules(rules: Sequence[Rule], layers: Sequence[LayerInfo]) -> dict[str,
             if rule.matches(info):
                 out[info.name] = Resolved(rule.design(info), f"rule {n}: {rule.text}")
     return out
+
+
+def growth_warning(resolved: Mapping[str, Resolved]) -> str | None:
+    """A warning naming the layers whose design has more parameters than the dense weight it replaces (a rule with
+    a large bond on small layers: allowed, since a user may want it, but never silently), or None."""
+    grown = [(name, r.design) for name, r in resolved.items()
+             if r.design is not None and r.design.params > r.design.dense_params]
+    if not grown:
+        return None
+    name, worst = max(grown, key=lambda nd: nd[1].params / max(nd[1].dense_params, 1))
+    names = ", ".join(n for n, _ in grown[:6]) + (f" and {len(grown) - 6} more" if len(grown) > 6 else "")
+    return (f"{names} get{'s' if len(grown) == 1 else ''} more parameters than the dense weight"
+            f"{'' if len(grown) == 1 else 's'} (largest growth: {name}, {worst.params:,} instead of "
+            f"{worst.dense_params:,}): lower the bond dimension")
