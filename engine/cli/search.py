@@ -124,8 +124,18 @@ def _progress_printer(out=None):
 def _errors():
     from engine.search.spec import SpecError
     from engine.search.storage import StorageError
+    from engine.search.study import WorkerFailed
 
-    return (SpecError, StorageError)
+    return (SpecError, StorageError, WorkerFailed)
+
+
+def _mend(name: str, url: str | None) -> None:
+    """Before a search writes: a torn last line of its journal (a crash mid-write) is set aside, said in a line."""
+    from engine.search.storage import mend_journal, storage_url
+
+    notice = mend_journal(storage_url(name, url))
+    if notice:
+        print(f"notice: {notice}", file=sys.stderr, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -135,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     try:
+        _mend(spec.name, args.storage)
         study = create_search(spec, args.storage)
         del study
         procs = start_workers(spec.name, args.workers, args.storage, args.runs_dir)
@@ -151,6 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped: continue with tnstudio search join {spec.name}", file=sys.stderr)
         return 130
+    except _errors() as e:  # a worker that failed (its cause), a journal that became unreadable
+        raise UserError(str(e)) from None
     if args.refit:
         rep = _refit(spec.name, args)
     print(json.dumps(rep.to_dict(), indent=2) if args.json else "\n" + rep.format())
@@ -205,6 +218,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     from engine.search.study import resume_search, start_workers, wait_workers
 
     try:
+        _mend(args.study, args.storage)
         resume_search(args.study, args.storage, args.trials)
         procs = start_workers(args.study, args.workers, args.storage, args.runs_dir, first_index=args.first_index)
     except _errors() as e:
@@ -216,6 +230,8 @@ def cmd_join(args: argparse.Namespace) -> int:
         rep = wait_workers(procs, args.study, args.storage, progress=None if args.json else _progress_printer())
     except KeyboardInterrupt:
         return 130
+    except _errors() as e:  # a worker that failed (its cause), a journal that became unreadable
+        raise UserError(str(e)) from None
     print(json.dumps(rep.to_dict(), indent=2) if args.json else "\n" + rep.format())
     return 0
 

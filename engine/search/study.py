@@ -17,6 +17,7 @@ log to ``<TNSTUDIO_HOME>/search/<name>.worker<i>.log``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -27,11 +28,24 @@ from typing import Callable
 
 from engine.search.report import StudyReport, study_report
 from engine.search.spec import REFIT_ATTR, SPEC_ATTR, STOP_ATTR, SearchSpec, SpecError
-from engine.search.storage import ENV_STORAGE, StorageError, open_storage, redact, search_dir, storage_url
+from engine.search.storage import (ENV_STORAGE, StorageError, mend_journal, open_storage, redact, search_dir,
+                                   storage_url)
 from engine.search.worker import load_spec
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 DIRECTIONS = ("maximize", "minimize")  # validation accuracy, params (or FLOPs)
+log = logging.getLogger(__name__)
+_LOG_TAIL = 1 << 16  # bytes of a worker's log read for its last error line
+
+
+class WorkerFailed(RuntimeError):
+    """Workers of a search ended with an error (a non-zero exit status); the message names the first one, its
+    cause (the last ``error:`` line of its log) and its log."""
+
+
+def _say(notice: str | None) -> None:
+    if notice:
+        log.warning("%s", notice)
 
 
 def _differences(a: SearchSpec, b: SearchSpec) -> list[str]:
@@ -52,6 +66,7 @@ def create_search(spec: SearchSpec, url: str | None = None):
     import optuna
 
     url = storage_url(spec.name, url)
+    _say(mend_journal(url))  # a torn last line (a crash mid-write) is set aside before anything is appended
     storage = open_storage(url)
     try:
         study = optuna.create_study(study_name=spec.name, storage=storage, directions=list(DIRECTIONS))
@@ -105,7 +120,9 @@ def stop_search(name: str, url: str | None = None) -> bool:
 
 
 def resume_search(name: str, url: str | None = None, trials: int | None = None):
-    """Clear the stop flag (and set a new size); returns the study."""
+    """Clear the stop flag (and set a new size); returns the study. A torn last line of its journal is set aside
+    first (:func:`engine.search.storage.mend_journal`)."""
+    _say(mend_journal(storage_url(name, url)))
     study, spec = open_search(name, url)
     if study.user_attrs.get(STOP_ATTR):
         study.set_user_attr(STOP_ATTR, None)
@@ -156,17 +173,58 @@ def start_workers(name: str, n: int, url: str | None = None, runs_dir: str | Non
         cmd = [sys.executable, "-m", "engine.search", "--study", name, "--index", str(i)]
         if runs_dir:
             cmd += ["--runs-dir", str(runs_dir)]
-        with open(worker_log(name, i), "ab") as log:
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          env=env, start_new_session=True))
+        with open(worker_log(name, i), "ab") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+        proc.worker_index = i  # type: ignore[attr-defined]  # for wait_workers: which log is whose
+        procs.append(proc)
     return procs
+
+
+def _last_error_line(log: Path) -> str | None:
+    """The cause a worker's log ends with: its last ``error: ...`` line (what a worker prints before it exits
+    with an error), else the last line of a traceback, else its last line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _LOG_TAIL))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    for ln in reversed(lines):
+        if ln.startswith("error: "):
+            return ln[len("error: "):]
+    return lines[-1] if lines else None
+
+
+def worker_failures(procs: list[subprocess.Popen], name: str) -> str | None:
+    """One line on the workers in ``procs`` that ended with an error (None when every one ended well)."""
+    import signal
+
+    bad = [p for p in procs if p.returncode not in (None, 0)]
+    if not bad:
+        return None
+    p = bad[0]
+    index = getattr(p, "worker_index", None)
+    if p.returncode < 0:
+        try:
+            how = f"was killed ({signal.Signals(-p.returncode).name})"
+        except ValueError:
+            how = f"was killed (signal {-p.returncode})"
+    else:
+        how = f"failed (exit status {p.returncode})"
+    who = f"worker {index}" if index is not None else f"worker pid {p.pid}"
+    cause = _last_error_line(worker_log(name, index)) if index is not None else None
+    more = f"; {len(bad) - 1} more worker(s) failed too" if len(bad) > 1 else ""
+    where = f" (log {worker_log(name, index)})" if index is not None else ""
+    return f"search {name}: {who} {how}" + (f": {cause}" if cause and p.returncode > 0 else "") + where + more
 
 
 def wait_workers(procs: list[subprocess.Popen], name: str, url: str | None = None,
                  progress: Callable[[StudyReport], None] | None = None, poll: float = 1.0,
                  timeout: float | None = None) -> StudyReport:
     """Wait for the workers to end, calling ``progress(report)`` whenever a trial finished; returns the final
-    report. On KeyboardInterrupt the search is stopped and the workers are waited for."""
+    report. A worker that ended with an error raises :class:`WorkerFailed` (once all have ended) naming its cause.
+    On KeyboardInterrupt the search is stopped and the workers are waited for."""
     deadline = None if timeout is None else time.monotonic() + timeout
     seen = -1
     try:
@@ -185,6 +243,9 @@ def wait_workers(procs: list[subprocess.Popen], name: str, url: str | None = Non
         for p in procs:
             p.wait()
         raise
+    failure = worker_failures(procs, name)
+    if failure:
+        raise WorkerFailed(failure)
     return study_report(name, url)
 
 
@@ -202,5 +263,5 @@ def run_search(spec: SearchSpec, url: str | None = None, workers: int = 2, runs_
     return wait_workers(procs, spec.name, url, progress=progress, timeout=timeout)
 
 
-__all__ = ["DIRECTIONS", "create_search", "open_search", "refit_front", "resume_search", "run_search", "start_workers",
-           "stop_search", "wait_workers", "worker_log"]
+__all__ = ["DIRECTIONS", "WorkerFailed", "create_search", "open_search", "refit_front", "resume_search", "run_search",
+           "start_workers", "stop_search", "wait_workers", "worker_failures", "worker_log"]

@@ -7,8 +7,11 @@ runs ``study.optimize`` with the :class:`~engine.search.objective.SearchObjectiv
 ``trials`` candidates (counted over all workers, so the study ends after at least that many and at most
 ``workers - 1`` more), proposed ``max_candidates``, or was stopped (``tnstudio search stop``; SIGTERM / SIGINT
 stop this worker alone). A trial interrupted by a stop is queued again, so a restarted worker continues where the
-study was. Finished trials are in the storage the moment they finish: killing a worker loses only the trial it
-was training (RDB storages: failed and queued again through heartbeats, see :mod:`engine.search.storage`).
+study was. A worker whose trials keep failing (:data:`MAX_FAILED_IN_ROW` in a row: a damaged run store, a
+device gone) ends with exit status 2 and a last line ``error: ...`` naming the last failure, as it does when it
+cannot start at all; ``tnstudio search`` reports that line. Finished trials are in the storage the moment they
+finish: killing a worker loses only the trial it was training (RDB storages: failed and queued again through
+heartbeats, see :mod:`engine.search.storage`).
 
 Sampler: Optuna's multi-objective TPE (multivariate, grouped for the kind-dependent parameters, constant liar so
 parallel workers spread out), ``startup_trials`` random candidates first; each worker seeds its own.
@@ -23,15 +26,17 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from engine.search.spec import SPEC_ATTR, STOP_ATTR, SearchSpec
-from engine.search.storage import StorageError, open_storage, redact, storage_url
+from engine.search.storage import StorageError, mend_journal, open_storage, redact, storage_url
 
 log = logging.getLogger(__name__)
 UNCLAIMED_GRACE_S = 120  # a RUNNING trial without a worker record this old is taken as dead (journal storages)
+MAX_FAILED_IN_ROW = 3  # trials of one worker failing one after another: the worker ends (the cause is not the design)
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,20 @@ class WorkerResult:
     study: str
     trials_run: int
     reaped: tuple[int, ...]
-    stopped_by: str  # "target", "candidates", "stop", "signal"
+    stopped_by: str  # "target", "candidates", "stop", "signal", "failures"
+    error: str | None = None  # stopped_by "failures": the last trial's error, one line
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "trials_run": self.trials_run, "reaped": list(self.reaped),
-                "stopped_by": self.stopped_by}
+                "stopped_by": self.stopped_by, "error": self.error}
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error's text on one line (a message may span several)."""
+    text = " ".join(ln.strip() for ln in str(error).splitlines() if ln.strip())
+    if isinstance(error, BaseException) and not isinstance(error, (StorageError, ValueError)):
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text or type(error).__name__
 
 
 def make_sampler(spec: SearchSpec, index: int = 0):
@@ -168,6 +182,9 @@ def run_worker(name: str, url: str | None = None, runs_dir: str | None = None, i
     from engine.search.objective import SearchObjective
 
     url = storage_url(name, url)
+    notice = mend_journal(url)  # a torn last line (a crash mid-write) is set aside before this worker appends
+    if notice:
+        log.warning("%s", notice)
     storage = open_storage(url)
     try:
         probe = optuna.load_study(study_name=name, storage=storage)
@@ -187,12 +204,29 @@ def run_worker(name: str, url: str | None = None, runs_dir: str | None = None, i
     objective = SearchObjective(study, spec, url, runs_dir, stop_check=lambda: flag["signal"] is not None)
     ran = {"n": 0}
     why: dict[str, str | None] = {"reason": finished_reason(study, spec)}
+    failed = {"in_row": 0, "error": None}
+
+    def run_trial(trial):
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:  # noqa: BLE001 - remembered for the worker's last word, raised on to Optuna
+            failed["error"] = one_line(e)
+            raise
 
     def after_trial(st, trial) -> None:
         ran["n"] += 1
+        if trial.state == optuna.trial.TrialState.FAIL and not str(
+                trial.user_attrs.get("reason") or "").startswith("interrupted"):
+            failed["in_row"] += 1
+        else:
+            failed["in_row"] = 0
         reaped.extend(reap_dead_trials(st))  # a worker beside this one may have died meanwhile
         if flag["signal"]:
             why["reason"] = "signal"
+        elif failed["in_row"] >= MAX_FAILED_IN_ROW:
+            why["reason"] = "failures"
         else:
             why["reason"] = finished_reason(st, spec)
         if why["reason"]:
@@ -202,12 +236,15 @@ def run_worker(name: str, url: str | None = None, runs_dir: str | None = None, i
         if why["reason"] is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.optimize(objective, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
+                study.optimize(run_trial, callbacks=[after_trial], catch=(Exception,), gc_after_trial=False)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+    error = None
+    if why["reason"] == "failures":
+        error = (f"{failed['in_row']} trials in a row failed, the last: {failed['error'] or 'see the log above'}")
     return WorkerResult(study=name, trials_run=ran["n"], reaped=tuple(reaped),
-                        stopped_by=why["reason"] or ("signal" if flag["signal"] else "stop"))
+                        stopped_by=why["reason"] or ("signal" if flag["signal"] else "stop"), error=error)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,10 +258,21 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from engine.search.spec import SpecError
+    from engine.train.store import StoreError
+
+    # The last line of a worker that fails is "error: <cause>" (its log is where the CLI reads it from):
     try:
         res = run_worker(args.study, None, args.runs_dir, args.index)
-    except StorageError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except (StorageError, SpecError, StoreError) as e:  # said in words already (e.g. runs.db and its repair)
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as e:  # noqa: BLE001 - anything else: the traceback for the log, then the one line
+        traceback.print_exc()
+        print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+        return 2
+    if res.error:
+        print(f"error: {res.error}", file=sys.stderr, flush=True)
         return 2
     print(f"worker {args.index} (pid {os.getpid()}): {res.trials_run} trials, ended by {res.stopped_by}"
           + (f", reaped {list(res.reaped)}" if res.reaped else ""), flush=True)
