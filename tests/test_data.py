@@ -313,6 +313,38 @@ def test_mnist1d_is_generated_with_the_published_defaults_without_network(tmp_pa
     assert torch.equal(load_dataset("mnist1d").y_train, ds.y_train) and calls == [1]  # and rewritten
 
 
+@pytest.mark.parametrize("damage, reason", [
+    (lambda z: z.update(y_train=z["y_train"][:7]), "y_train has shape (7,), expected (4000,)"),
+    (lambda z: z.update(x_train=z["x_train"].astype(str)), "x_train holds <U32 values, not real numbers"),
+    (lambda z: z.update(y_train=z["y_train"] * 1000), "y_train holds labels from 0 to 9000, outside 0 to 9"),
+    (lambda z: z.update(y_test=z["y_test"].astype(np.float64)), "y_test holds float64 values, not integer labels"),
+    (lambda z: z["x_test"].__setitem__((3, 4), np.nan), "x_test holds values that are not finite"),
+])
+def test_a_damaged_but_readable_mnist1d_cache_is_regenerated(damage, reason, tmp_path, monkeypatch, caplog):
+    """A cache that loads but holds the wrong data (too few labels, text, labels out of range, NaN) is checked
+    whole, named in a logged notice, regenerated and rewritten: later runs do not fail the same way."""
+    from engine.train import data
+
+    rng = np.random.default_rng(0)
+    good = {"x_train": rng.standard_normal((4000, 40)).astype(np.float32), "y_train": rng.integers(0, 10, 4000),
+            "x_test": rng.standard_normal((1000, 40)).astype(np.float32), "y_test": rng.integers(0, 10, 1000)}
+    calls = []
+    monkeypatch.setattr(data, "generate_mnist1d", lambda: calls.append(1) or {k: v.copy() for k, v in good.items()})
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path))
+    cache = tmp_path / "data" / "mnist1d.npz"
+    cache.parent.mkdir()
+    bad = {k: v.copy() for k, v in good.items()}
+    damage(bad)
+    np.savez(cache, version=np.array(data._mnist1d_version()), **bad)
+    with caplog.at_level("WARNING", logger="engine.train.data"):
+        ds = load_dataset("mnist1d")
+    assert calls == [1] and reason in caplog.text and "regenerating it" in caplog.text, caplog.text
+    assert torch.equal(ds.y_train, torch.from_numpy(good["y_train"])) and ds.x_train.dtype == torch.float32
+    caplog.clear()
+    again = load_dataset("mnist1d")  # the rewritten cache is good: no second regeneration, no notice
+    assert calls == [1] and not caplog.text and torch.equal(again.x_test[:, 0], torch.from_numpy(good["x_test"]))
+
+
 def test_synthetic_images_are_seeded_balanced_and_standardised():
     a, b = load_dataset("synthetic_images"), load_dataset("synthetic")
     assert a.input_shape == (3, 16, 16) and a.is_image and a.num_outputs == 10

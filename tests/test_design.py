@@ -213,3 +213,29 @@ def test_committed_schema_is_generated_from_the_registries():
     assert tensor["activation"]["enum"] == [None, *ACTIVATIONS]
     assert tensor["kind"]["enum"] == list(KINDS)
     assert schema["properties"]["indices"]["additionalProperties"]["properties"]["role"]["enum"] == list(ROLES)
+
+
+@pytest.mark.parametrize("pos", [[10 ** 400, 0], [0, -10 ** 400], [10 ** 10, 0], [float("nan"), 0]])
+def test_position_out_of_range_is_a_problem_not_a_crash(pos, tmp_path, capsys, monkeypatch):
+    """An integer position too big for a float (10**400) is named like any other bad position: in the model, in
+    the design library (the studio's Files tab opens files through it) and by validate, cost and train --dry-run."""
+    from engine.cli import main
+    from engine.design.library import open_design
+    from engine.design.model import is_position
+
+    assert not is_position(pos)
+    d = mpo_dict()
+    d["tensors"][0]["position"] = pos
+    assert problems_of(d) == ["tensor 'G0': position must be [x, y], two finite numbers of at most 1e+09 in size"]
+    if pos[0] != pos[0]:
+        return  # NaN is not JSON: the file cases below need a number
+    p = tmp_path / "big.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(DesignError, match="position must be"):
+        open_design(p)
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "home"))
+    for args in (["validate", str(p)], ["cost", str(p)], ["train", str(p), "--dry-run"]):
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "position must be [x, y]" in err and "Traceback" not in err, (args, err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -68,6 +69,45 @@ def test_every_problem_is_named_at_once(tmp_path):
         NetworkSpec.from_dict({"format": FORMAT, "version": 9})
     with pytest.raises(NetworkError, match="not a TN Studio network"):
         NetworkSpec.from_dict({"format": "tnstudio-design", "version": 1})
+
+
+def test_hostile_files_are_one_line_refusals(tmp_path, capsys):
+    """Deep nesting, sizes beyond 2^31 - 1 and an inline design with a position too big for a float are refused in
+    one line by network show and network cost (they were RecursionError, torch and OverflowError tracebacks)."""
+    base = {"format": FORMAT, "version": 1, "architecture": {"name": "mlp"}}
+    design = make_template("mpo", 40, 256, 2).to_dict()
+    design["tensors"][0]["position"] = [10 ** 400, 0]
+    files = {
+        "deep.json": ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        "deep_meta.json": (json.dumps(base)[:-1] + ', "meta": {"x": ' + "[" * 5000 + "]" * 5000 + "}}",
+                           "nested too deeply"),
+        "nested.json": (json.dumps({**base, "meta": {"x": json.loads("[" * 200 + "]" * 200)}}),
+                        "nested more than 64 levels deep"),
+        "meta.json": (json.dumps({**base, "meta": {"x": json.loads("[" * 40 + "]" * 40)}}),
+                      "'meta' is nested more than 32 levels deep"),
+        "shape.json": (json.dumps({**base, "input_shape": [10 ** 400, 40]}),
+                       "'input_shape' must be a list of 1 to 4 integers from 1 to 2147483647"),
+        "shape31.json": (json.dumps({**base, "input_shape": [1, 2 ** 31]}), "got [1, 2147483648]"),
+        "classes.json": (json.dumps({**base, "num_classes": 10 ** 400}),
+                         "'num_classes' must be an integer from 1 to 2147483647, got about 2^1328"),
+        "inline.json": (json.dumps({**base, "layers": {"fc1": {"design": design}}}),
+                        "layer 'fc1': invalid inline design: tensor 'G0': position must be [x, y]"),
+        "digits.json": ('{"format": ' + "9" * 5000 + "}", "not valid JSON"),
+    }
+    for name, (text, message) in files.items():
+        (tmp_path / name).write_text(text)
+        for command in ("show", "cost"):
+            capsys.readouterr()
+            assert main(["network", command, str(tmp_path / name)]) == 2, (name, command)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and message in err and len(err) < 400, (name, command, err)
+        with pytest.raises(NetworkError, match=re.escape(message)):
+            NetworkSpec.from_json(text)
+    for ok in ({**base, "input_shape": [1, 2 ** 31 - 1]}, {**base, "num_classes": 2 ** 31 - 1},
+               {**base, "meta": {"x": json.loads("[" * 31 + "]" * 31)}}):
+        NetworkSpec.from_dict(ok)  # the bounds themselves are allowed
+    with pytest.raises(NetworkError, match="must be an integer from 1 to 2147483647"):
+        new_network("mlp", [1, 40], 2 ** 31)
 
 
 def test_schema_is_generated_from_code_and_validates_files():

@@ -596,9 +596,10 @@ def _parse(d: Any) -> Design:
 
 def is_position(pos: Any) -> bool:
     """Whether ``pos`` is a drawing position the format keeps: ``[x, y]``, finite numbers within ``MAX_POSITION``."""
+    # the bound first: an int too big for a float (10**400) compares exactly but overflows math.isfinite
     return (isinstance(pos, (list, tuple)) and len(pos) == 2
-            and all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p)
-                    and abs(p) <= MAX_POSITION for p in pos))
+            and all(isinstance(p, (int, float)) and not isinstance(p, bool) and abs(p) <= MAX_POSITION
+                    and math.isfinite(p) for p in pos))
 
 
 def _in_range(x: Any, lo: int, hi: int) -> bool:

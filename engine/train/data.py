@@ -11,7 +11,8 @@ Built in (``tnstudio train --help`` lists them with their descriptions):
 - ``digits``: scikit-learn's 8x8 handwritten digits, fixed stratified split 1,438 / 359.
 - ``teacher``: synthetic teacher-student regression (64 -> 8).
 - ``mnist1d``: the MNIST-1D benchmark regenerated locally by the ``mnist1d`` package with its published default
-  arguments (4,000 / 1,000 signals of length 40, 10 classes); cached in ``<TNSTUDIO_HOME>/data/mnist1d.npz``.
+  arguments (4,000 / 1,000 signals of length 40, 10 classes); cached in ``<TNSTUDIO_HOME>/data/mnist1d.npz``
+  (checked whole when read: a damaged cache is regenerated, with a logged notice).
 - ``synthetic_images``: seeded class-dependent colour gratings, 3x16x16, 500 / 200, for fast CNN checks.
 - ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: read by torchvision's dataset classes with
   ``download=False`` from ``data_dir`` (default ``<TNSTUDIO_HOME>/data``) in torchvision's layout
@@ -430,10 +431,32 @@ def _read_mnist1d_cache(path: Path, version: str) -> dict[str, np.ndarray] | Non
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # a damaged cache: regenerate it
         log.warning("ignoring the MNIST-1D cache %s (%s): regenerating it", path, e)
         return None
-    if arrays["x_train"].shape != (4000, 40) or arrays["x_test"].shape != (1000, 40):
-        log.warning("ignoring the MNIST-1D cache %s: unexpected shapes", path)
+    problem = _mnist1d_problem(arrays)
+    if problem:  # readable but damaged: trusting it would fail every run the same way
+        log.warning("ignoring the MNIST-1D cache %s (%s): regenerating it", path, problem)
         return None
-    return arrays
+    return {k: v.astype(np.int64 if k.startswith("y") else np.float32, copy=False) for k, v in arrays.items()}
+
+
+def _mnist1d_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with MNIST-1D arrays read from a cache (None: nothing): per split, x is real numbers of shape
+    (N, 40), all finite, and y is N integer labels from 0 to 9."""
+    classes = dataset_spec("mnist1d").num_outputs
+    for split, n in (("train", 4000), ("test", 1000)):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype.kind not in "iuf":
+            return f"x_{split} holds {x.dtype} values, not real numbers"
+        if y.dtype.kind not in "iu":
+            return f"y_{split} holds {y.dtype} values, not integer labels"
+        if x.shape != (n, 40):
+            return f"x_{split} has shape {x.shape}, expected {(n, 40)}"
+        if y.shape != (n,):
+            return f"y_{split} has shape {y.shape}, expected {(n,)} (one label per example)"
+        if not np.isfinite(x).all():
+            return f"x_{split} holds values that are not finite"
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            return f"y_{split} holds labels from {y.min()} to {y.max()}, outside 0 to {classes - 1}"
+    return None
 
 
 @register_dataset("mnist1d", input_shape=(1, 40), num_outputs=10, task="classification",
