@@ -22,6 +22,7 @@ from engine.design.model import NAME_RULE, RESERVED_INDEX_NAMES, Design, DesignE
 from engine.design.schema import design_schema
 from engine.nn.export import class_name, to_snippet, to_torch_source, write_export
 from engine.nn.linear import TNLinear
+from engine.design.templates import make_template
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "PWNED"
@@ -264,3 +265,44 @@ def test_conv_exports_carry_design_strings_only_as_literals(tmp_path):
                           timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not list(tmp_path.rglob(MARKER)) and not (ROOT / MARKER).exists(), "a design string ran as code"
+
+
+@pytest.mark.parametrize("name, budget", [("f", None), ("F", None), ("SlicedGeneration", 0.5), ("sliced generation", 0.5),
+                                          ("SLICING", 0.5), ("SLICE_ACTIVATIONS", 0.5), ("Layer", None),
+                                          ("ValueError", 0.5)])
+def test_a_design_named_like_a_name_of_the_module_gets_a_free_class_name(name, budget, tmp_path):
+    """A design named "f" became class F, which replaced `torch.nn.functional as F` (forward failed: no attribute
+    'gelu'); "SlicedGeneration" / "SLICING" replaced the sliced generation's helper and its table. The class gets
+    a free name (Layer appended) and the module runs, in a fresh interpreter, as TNLinear does."""
+    from engine.contract.cost import cost_report
+    from engine.nn.export import _other_names
+
+    design = make_template("mera", 256, 256, 2, activation="gelu", name=name)
+    mem = None if budget is None else int(cost_report(design, batch=64).train_memory_bytes * budget)
+    src = to_torch_source(design, memory_budget=mem)
+    cls = next(node.name for node in ast.parse(src).body if isinstance(node, ast.ClassDef)
+               and any(getattr(b, "attr", None) == "Module" for b in node.bases))
+    assert cls not in _other_names(src, cls) and (mem is None or "SlicedGeneration.apply" in src)
+    layer = TNLinear(design, seed=1)
+    (tmp_path / "layer.py").write_text(src)
+    torch.save(layer.state_dict(), tmp_path / "layer.pt")
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
+    torch.save(x, tmp_path / "x.pt")
+    out = _run_fresh(tmp_path, [{"n": 0, "name": design.name, "torch": str(tmp_path / "layer.py"),
+                                 "state": str(tmp_path / "layer.pt"), "x": str(tmp_path / "x.pt")}], "torch")
+    with torch.no_grad():
+        torch.testing.assert_close(out["0"], layer(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="uses that name"):  # a class name the caller chose is refused instead
+        to_torch_source(design, class_name_="F")
+
+
+def test_a_conv_design_named_f_exports_a_working_module(tmp_path):
+    from engine.design.conv import make_conv_template
+
+    design = make_conv_template("cp", 4, 6, 3, 3, padding=1, name="f")
+    src = to_torch_source(design)
+    assert "class FLayer(nn.Module)" in src
+    ns: dict = {}
+    exec(compile(src, "layer.py", "exec"), ns)  # noqa: S102 - the module this test just generated
+    y = ns["Layer"]()(torch.randn(2, 4, 8, 8))
+    assert y.shape == (2, 6, 8, 8) and torch.isfinite(y).all()

@@ -33,6 +33,15 @@ LETTERS = string.ascii_letters  # torch.einsum accepts a-z and A-Z
 BATCH, FLAT_IN, FLAT_OUT = "_b", "_in", "_out"
 assert {BATCH, FLAT_IN, FLAT_OUT} == set(RESERVED_INDEX_NAMES), "validation must reserve the program's index names"
 MAX_TIME_BUDGET = 3600.0  # seconds of cotengra per network, at most
+# a stream path is searched at its batch's power-of-two bucket: one path serves every batch of a bucket, so the
+# exported module carries all of them (13) and runs the engine's program at any batch size
+PATH_BATCHES = tuple(2 ** k for k in range(13))  # 1, 2, 4, ..., 4096
+
+
+def path_batch(batch: int) -> int:
+    """The batch a stream path for ``batch`` rows is searched at: the smallest power of two >= ``batch``, at most
+    4096 (larger batches take 4096's path: x's terms dominate the FLOPs there already)."""
+    return PATH_BATCHES[min(max(batch - 1, 0).bit_length(), len(PATH_BATCHES) - 1)]
 StepOp = Literal["einsum", "reshape"]
 
 
@@ -373,7 +382,8 @@ def compile_program(design: Design, batch: int = 1, schedule: ScheduleChoice = "
 
     A ``fast`` program is a pure function of (design, batch, schedule): no process history (earlier batches, other
     designs, remembered paths) changes it, so ``tnstudio cost``, a fresh ``TNLinear`` and the exporter agree in any
-    process. ``time_budget``: seconds of wall time a ``thorough`` search may take in all (``auto`` shares them
+    process. A stream path is searched at the batch's power-of-two bucket (:func:`path_batch`) and costed at the
+    batch itself, so the exported module, which carries the path of every bucket, runs the same program at any batch. ``time_budget``: seconds of wall time a ``thorough`` search may take in all (``auto`` shares them
     between the schedules). Results are cached by design fingerprint, batch, schedule and search effort. The one
     exception is documented: once a ``thorough`` program was compiled in this process (the studio's background refinement), a
     ``fast`` request is answered with it; it is never worse by :func:`program_rank`, since the thorough search
@@ -430,12 +440,13 @@ def _compile(design: Design, fp: str, batch: int, schedule: Schedule, search: Se
     else:
         xs = b.reshape(x, (BATCH,) + in_legs, "xs", "apply")
         out = (BATCH,) + out_legs
+        searched = {**dims, BATCH: path_batch(batch)}  # the path of the batch's bucket (see PATH_BATCHES)
         if design.is_linear:
             ops = [xs] + _core_operands(design)
-            path, method = search_path(ops, out, dims, search, time_budget, structure_hints(design, True))
+            path, method = search_path(ops, out, searched, search, time_budget, structure_hints(design, True))
         else:  # generate the activated fragments, then stream x through them and the linear remainder
             ops = [xs] + _absorb(b, design, in_legs + out_legs)
-            path, method = search_path(ops, out, dims, search, time_budget)
+            path, method = search_path(ops, out, searched, search, time_budget)
             method = f"evaluation order, then {method}"
         b.contract(ops, path, set(out), out, phase="apply", final_name="ys")
         b.reshape(("ys", out), (BATCH, FLAT_OUT), "y", "apply")

@@ -29,7 +29,8 @@ from engine.design.conv import default_image, im2col_view, image_size
 from engine.design.model import Design
 from engine.nn.export import (_IMPORTS, _INIT_AND_RESET, _Source, _activation_source, _add_design_constants,
                               _add_layer_tables, _add_snippet_layer, _equation, _finish_module, _ident, _int,
-                              _layer_tables, _network_kind, _TABLE_NOTES, class_name, operand_names)
+                              _layer_tables, _network_kind, _TABLE_NOTES, class_name, operand_names,
+                              with_free_class_name)
 
 _SYMBOLS = ("B", "H", "W", "Ho", "Wo")
 
@@ -179,10 +180,14 @@ def to_conv_torch_source(design: Design, batch: int = 64, image: Any = None, cla
     """Source text of a standalone ``nn.Module`` computing the conv ``design`` (torch only; see the module
     docstring)."""
     design.check()
-    conv = design.conv
-    if conv is None:
+    if design.conv is None:
         raise ValueError(f"design {design.name!r} is not a conv2d design")
-    cls = _ident(class_name_ or class_name(design))
+    return with_free_class_name(lambda cls: _conv_module(design, batch, image, cls, source),
+                                class_name_ or class_name(design), explicit=class_name_ is not None)
+
+
+def _conv_module(design: Design, batch: int, image: Any, cls: str, source: str) -> str:
+    conv = design.conv
     img = default_image(design) if image is None else image_size(image)
     programs = {s: compile_conv_program(design, batch, img, s) for s in conv_schedules(design)}
     for name, prog in programs.items():

@@ -15,10 +15,12 @@ A-Z only (checked) and activations come from the registry (checked). The result 
 Schedules. For every batch size the engine runs the program that wins :func:`engine.contract.program.program_rank`
 (fewer FLOPs, then a smaller largest intermediate, then materialise). When the design can stream (linear designs,
 and nonlinear ones whose W is linear in what follows the last activation, :func:`engine.contract.schedule.can_stream`),
-the exported module carries the ``materialise`` program and every distinct ``stream`` program the engine plans at
-batch sizes 1 to 4096 (its stream path can change with the batch), with the FLOPs of each as ``a + b * batch`` and
-the largest intermediate as ``max(c, d * batch)`` (exact: a step either involves the batch index or not), and runs
-the best by the same rank. Otherwise it materialises W.
+the exported module carries the ``materialise`` program and the ``stream`` path the engine plans for each batch
+bucket (it searches a batch's stream path at the batch's power-of-two bucket, 1 to 4096:
+:func:`engine.contract.program.path_batch`), with the FLOPs of each as ``a + b * batch`` and the largest
+intermediate as ``max(c, d * batch)`` (exact: a step either involves the batch index or not), and runs the better of
+materialise and the batch's stream path by the same rank: the engine's program at any batch. Otherwise it
+materialises W.
 """
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from engine.contract.program import BATCH, Program, Step, compile_program
+from engine.contract.program import BATCH, PATH_BATCHES, Program, Step, compile_program
 from engine.contract.schedule import can_stream
 from engine.design.activations import activation
 from engine.design.model import Design
@@ -154,21 +156,19 @@ def sizes_by_batch(prog: Program) -> tuple[int, int]:
     return fixed, per_row
 
 
-def stream_variants(design: Design, batch: int = 64,
-                    batches: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096)) -> dict[str, Program]:
-    """The distinct stream programs the engine plans at these batch sizes (and ``batch``), named by batch.
-
-    One variant is named ``stream``; several are ``stream_b<first batch that chose it>``.
-    """
+def stream_variants(design: Design) -> tuple[dict[str, Program], dict[int, str]]:
+    """The distinct stream programs the engine plans for the batch buckets (``PATH_BATCHES``: it searches a batch's
+    stream path at its power-of-two bucket), named ``stream`` when there is one, else ``stream_b<first bucket that
+    has it>``; and bucket -> variant name."""
     found: dict[tuple, Program] = {}
-    for b in sorted(set(batches) | {batch}):
+    bucket_sig: dict[int, tuple] = {}
+    for b in PATH_BATCHES:
         prog = compile_program(design, b, "stream")
         sig = tuple((s.op, s.inputs, s.in_indices, s.out_indices) for s in prog.steps)
         found.setdefault(sig, prog)
-    progs = list(found.values())
-    if len(progs) == 1:
-        return {"stream": progs[0]}
-    return {f"stream_b{p.batch}": p for p in progs}
+        bucket_sig[b] = sig
+    name = {sig: "stream" if len(found) == 1 else f"stream_b{p.batch}" for sig, p in found.items()}
+    return {name[sig]: p for sig, p in found.items()}, {b: name[sig] for b, sig in bucket_sig.items()}
 
 
 # --------------------------------------------------------------------- code lines
@@ -281,18 +281,22 @@ def reset_parameters(self) -> None:
 
 _SCHEDULE_NOTE = """\
 # Each contraction program's FLOPs at batch B as (a, b), i.e. a + b * B, and its largest intermediate as (c, d),
-# i.e. max(c, d * B) elements, counted from its steps. forward() runs the best one: fewer FLOPs, then a smaller
-# largest intermediate, then the first listed (materialise first): the rule of the TN Studio engine
-# (engine.contract.program.program_rank), which re-plans the stream path per batch size; the stream variants
-# below are the distinct paths it plans at batch sizes 1 to 4096, so the choice matches the engine's."""
+# i.e. max(c, d * B) elements, counted from its steps. The TN Studio engine searches a stream path at the batch's
+# power-of-two bucket (1, 2, 4, ..., 4096; larger batches take 4096's): STREAM_BY_BUCKET names the path of each
+# bucket. forward() runs the better of materialise and the batch's stream path: fewer FLOPs, then a smaller
+# largest intermediate, then materialise (engine.contract.program.program_rank): the engine's program, at any batch."""
 
 _STREAM_DISPATCH = '''\
 def forward_stream(self, x: torch.Tensor) -> torch.Tensor:
-    """y = x @ W with the best stream path for this batch size."""
-    streams = [k for k in self.SCHEDULE_FLOPS if k != "materialise"]
-    return getattr(self, "forward_" + min(streams, key=lambda k: self.rank(k, x.shape[0])))(x)'''
+    """y = x @ W with the stream path of this batch size."""
+    return getattr(self, "forward_" + self.stream_for(x.shape[0]))(x)'''
 
 _PLANNING = '''\
+@classmethod
+def stream_for(cls, batch: int) -> str:
+    """The stream path the engine runs at this batch size: its power-of-two bucket's (at most 4096)."""
+    return cls.STREAM_BY_BUCKET[1 << min(max(batch - 1, 0).bit_length(), 12)]
+
 @classmethod
 def flops(cls, program: str, batch: int) -> int:
     """Forward FLOPs (2 x multiply-adds) of one program at this batch size."""
@@ -313,7 +317,7 @@ def rank(cls, program: str, batch: int) -> tuple[int, int, int]:
 @classmethod
 def plan(cls, batch: int) -> str:
     """The program forward() runs at this batch size."""
-    return min(cls.SCHEDULE_FLOPS, key=lambda k: cls.rank(k, batch))
+    return min(("materialise", cls.stream_for(batch)), key=lambda k: cls.rank(k, batch))
 
 @classmethod
 def schedule(cls, batch: int) -> str:
@@ -426,6 +430,43 @@ def _add_snippet_layer(src: _Source, design: Design, layer_class: str, design_pa
         src.add('# layer.load_state_dict(torch.load("weights.pt", weights_only=True))  # trained weights, if any')
 
 
+def with_free_class_name(build: Callable[[str], str], cls: str, explicit: bool) -> str:
+    """``build(cls)``, the generated module's text, with a class name nothing else in it uses: a design named "f"
+    became class ``F`` and replaced ``torch.nn.functional as F`` (forward() then failed), "SlicedGeneration" the
+    sliced-generation helper. A derived name gets "Layer" appended until it is free; a name the caller chose is
+    refused (``ValueError``)."""
+    cls = _ident(cls)
+    while True:
+        text = build(cls)
+        if cls not in _other_names(text, cls):
+            return text
+        if explicit:
+            raise ValueError(f"cannot export as class {cls!r}: the generated module uses that name for something "
+                             f"else; choose another class name")
+        cls += "Layer"
+
+
+def _other_names(text: str, cls: str) -> set[str]:
+    """Every name the module ``text`` binds or reads (imports, helpers, constants, builtins its methods call, locals),
+    apart from class ``cls``'s own definition and the ``Layer = cls`` alias."""
+    tree = ast.parse(text)
+    alias = {id(node.value) for node in tree.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name)
+             and [getattr(t, "id", None) for t in node.targets] == ["Layer"]}
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and id(node) not in alias:
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add(node.asname or node.name.split(".")[0])
+        elif isinstance(node, ast.FunctionDef) or (isinstance(node, ast.ClassDef) and node.name != cls):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    if sum(isinstance(node, ast.ClassDef) and node.name == cls for node in ast.walk(tree)) > 1:
+        names.add(cls)  # a helper class of the same name
+    return names
+
+
 def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = None, source: str = "",
                     memory_budget: int | str | None = None) -> str:
     """Source text of a standalone ``nn.Module`` computing ``design`` (depends on torch only; see the module
@@ -436,9 +477,13 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
 
         return to_conv_torch_source(design, batch=batch, class_name_=class_name_, source=source)
     design.check()
-    cls = _ident(class_name_ or class_name(design))
+    return with_free_class_name(lambda cls: _torch_module(design, batch, cls, source, memory_budget),
+                                class_name_ or class_name(design), explicit=class_name_ is not None)
+
+
+def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budget: int | str | None) -> str:
     mat = compile_program(design, batch, "materialise")
-    streams = stream_variants(design, batch) if can_stream(design) else {}
+    streams, buckets = stream_variants(design) if can_stream(design) else ({}, {})
     if memory_budget is not None:  # the program that trains within the budget at this batch; sliced: W only
         from engine.contract.slicing import budget_program, parse_bytes
 
@@ -492,6 +537,7 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
         src.add(_SCHEDULE_NOTE, 4)
         src.add_dict("SCHEDULE_FLOPS", {key: flops_by_batch(prog) for key, prog in programs.items()}, 4)
         src.add_dict("SCHEDULE_SIZES", {key: sizes_by_batch(prog) for key, prog in programs.items()}, 4)
+        src.add_dict("STREAM_BY_BUCKET", buckets, 4)
     src.add()
     src.add(_INIT_AND_RESET, 4)
     src.add()
