@@ -7,7 +7,9 @@ through here.
 """
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -16,13 +18,36 @@ from typing import BinaryIO, Callable
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Write ``path`` through ``write(fileobj)`` (binary) into a temporary file beside it, then rename it into
     place (missing folders are made). The temporary name is unique per call, so threads and processes writing the
-    same file at once never share one: the last rename wins, whole."""
+    same file at once never share one: the last rename wins, whole.
+
+    A symlink is written through (its target is replaced, the link stays), an existing file keeps its permissions,
+    and a device or fifo (``-o /dev/stdout``, ``/dev/null``) is written to directly, as a shell would: renaming over
+    it would replace the device node itself. A folder is an ``IsADirectoryError``."""
     p = Path(path)
+    mode = None
+    try:
+        st = p.stat()  # through symlinks
+    except FileNotFoundError:
+        if p.is_symlink():  # a dangling link: create the file it names, as a shell's redirection does
+            p = Path(os.path.realpath(p))
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a folder", str(p))
+        if not stat.S_ISREG(st.st_mode):  # nothing to keep whole: a stream (a full device says so: ENOSPC)
+            with open(p, "wb") as f:
+                write(f)
+            return p
+        mode = stat.S_IMODE(st.st_mode)
+        if p.is_symlink():  # replace the file the link names, not the link
+            p = Path(os.path.realpath(p))
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # at most 82 characters whatever the target's length (a name of 250 is fine; the file system allows 255)
+    tmp = p.with_name(f".{p.name[:64]}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, "xb") as f:  # created with the umask's permissions, unlike mkstemp's 0600
             write(f)
+        if mode is not None:
+            os.chmod(tmp, mode)  # a private file stays private
         os.replace(tmp, p)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -49,7 +49,11 @@ def output_file(text: str, example: str = "layer.py") -> Path:
     """``-o`` as a file path: an existing folder, or a path ending in a separator, is a :class:`UserError` that
     suggests ``example`` inside it (missing parent folders are created when the file is written)."""
     p = Path(text)
-    if text.endswith(("/", os.sep)) or p.is_dir():
+    try:
+        folder = text.endswith(("/", os.sep)) or p.is_dir()
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise cannot_write(p, e) from None
+    if folder:
         raise UserError(f"-o {text}: is a folder; give a file name inside it (e.g. {p / example})")
     return p
 

@@ -793,10 +793,17 @@ def load_design(path: str | Path) -> Design:
     """Read and validate a design JSON file; a missing or unreadable file raises ``FileNotFoundError`` (a missing
     one) or :class:`DesignError` (a folder, an unreadable or oversized file, bad text, an invalid design)."""
     p = Path(path)
-    if p.is_dir():
-        raise DesignError(f"{p} is a folder, not a design file")
-    if not p.is_file():
-        raise FileNotFoundError(f"design file not found: {p}")
+    try:
+        if p.is_dir():
+            raise DesignError(f"{p} is a folder, not a design file")
+        if p.exists() and not p.is_file():  # a fifo would block the reader, /dev/zero never ends
+            raise DesignError(f"{p} is not a regular file (a device, fifo or socket), not a design file")
+        if not p.is_file():
+            raise FileNotFoundError(f"design file not found: {p}")
+    except OSError as e:  # a name longer than the file system allows, a folder that cannot be searched
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DesignError(f"cannot read {p}: {e.strerror or e}") from None
     try:
         size = p.stat().st_size
         if size > MAX_FILE_BYTES:

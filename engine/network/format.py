@@ -333,9 +333,25 @@ def _assignment(lname: str, value: Any, base: Path | None) -> tuple[Assignment, 
 def load_network(path: str | Path) -> NetworkSpec:
     """Read and validate a network file (design paths relative to its folder)."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"network file not found: {p}")
-    return NetworkSpec.from_json(p.read_text(), base_dir=p.resolve().parent)
+    try:
+        if p.exists() and not p.is_file():
+            raise NetworkError(f"{p} is not a regular file (a folder, device, fifo or socket)")
+        if not p.is_file():
+            raise FileNotFoundError(f"network file not found: {p}")
+        if p.stat().st_size > MAX_NETWORK_PEEK:
+            raise NetworkError(f"{p} is {p.stat().st_size:,} bytes, more than a network file's "
+                               f"{MAX_NETWORK_PEEK // 2 ** 20} MiB")
+        data = p.read_bytes()
+    except OSError as e:  # unreadable, a name longer than the file system allows
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise NetworkError(f"cannot read {p}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise NetworkError(f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at position {e.start} cannot be "
+                           f"decoded (save the file as UTF-8)") from None
+    return NetworkSpec.from_json(text, base_dir=p.resolve().parent)
 
 
 def save_network(spec: NetworkSpec, path: str | Path, inline: bool = False) -> Path:
@@ -343,10 +359,16 @@ def save_network(spec: NetworkSpec, path: str | Path, inline: bool = False) -> P
     return atomic_write_text(path, spec.to_json(inline=inline) + "\n")
 
 
+MAX_NETWORK_PEEK = 64 * 2 ** 20  # bytes: a network file is small (inline designs are at most 16 MiB each)
+
+
 def is_network_file(path: str | Path) -> bool:
     """Whether ``path`` holds a JSON object whose ``format`` is a network's (False for designs or unreadable)."""
     try:
-        data = json.loads(Path(path).read_text())
+        p = Path(path)
+        if not p.is_file() or p.stat().st_size > MAX_NETWORK_PEEK:  # a fifo or /dev/zero would never end
+            return False
+        data = json.loads(p.read_text())
     except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8 or JSON, too deep: not a network file
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
