@@ -104,6 +104,8 @@ CASES = [
     ("a tensor of 2^65 entries", json.dumps(_huge_tensor()).encode(), "about 2^65 entries"),
     ("not an object", b"[1, 2]", "must be a JSON object"),
     ("empty", b"", "not valid JSON"),
+    ("a lone surrogate in the name", json.dumps(_with(name="run \ud800")).encode(), "lone surrogate"),
+    ("a lone surrogate in meta", json.dumps(_with(meta={"a": ["\udfff"]})).encode(), "lone surrogate"),
 ]
 
 
@@ -152,6 +154,17 @@ def test_a_network_torch_cannot_build_is_one_line(args, tmp_path):
     device) were a traceback from `network new` (and the studio's New network)."""
     rc, out, err = run_cli(["network", "new", *args, "-o", str(tmp_path / "n.json")])
     assert rc == 2 and "cannot be built" in one_line_error(err) and not (tmp_path / "n.json").exists()
+
+
+def test_a_run_name_of_undecodable_bytes_is_refused_before_anything_is_made(tmp_path):
+    """`train --name $'bad\\xffname'` (argv decodes the byte to a lone surrogate) failed after making the run's folder,
+    which `runs repair` then listed as a folder without a record."""
+    d = tmp_path / "d.json"
+    d.write_text(json.dumps(make_template("mpo", 64, 64, 2).to_dict()))
+    rc, out, err = run_cli(["train", str(d), "--dataset", "digits", "--epochs", "1", "--runs-dir",
+                            str(tmp_path / "runs"), "--name", "bad\udcffname"])
+    assert rc == 2 and "not Unicode text" in one_line_error(err)
+    assert [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()] == []
 
 
 def test_the_same_through_the_console_script(tmp_path):

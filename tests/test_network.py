@@ -480,3 +480,15 @@ def test_torchrun_two_processes_rank0_writes_the_store(tmp_path):
     assert run["status"] == "completed" and run["summary"]["nproc"] == 2
     assert run["summary"]["torchrun"]["world"] == 2 and run["summary"]["tn_layers"] == 1
     assert "completed" in r.stdout
+
+
+def test_a_network_name_with_a_lone_surrogate_is_a_problem_not_a_traceback():
+    """`network show` / `network cost` printed the name and failed with UnicodeEncodeError."""
+    import json as _json
+
+    from engine.network.format import NetworkError, NetworkSpec, new_network
+
+    data = new_network("mlp", [1, 40], 10).to_dict()
+    data["name"] = "net \ud800"
+    with pytest.raises(NetworkError, match="lone surrogate"):
+        NetworkSpec.from_json(_json.dumps(data))

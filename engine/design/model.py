@@ -629,6 +629,18 @@ def _name_problems(design: Design) -> list[str]:
     return probs
 
 
+def _is_text(value: Any) -> bool:
+    """Whether every string in ``value`` (nested dicts and lists too) can be written as UTF-8: JSON's \\ud800 escapes
+    read into lone surrogates, which every print or save then fails on."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    except (TypeError, ValueError, RecursionError):  # not JSON data at all: other checks name that
+        return True
+    return True
+
+
 def _problems(design: Design) -> list[str]:
     probs: list[str] = []
     idx = design.indices
@@ -638,6 +650,11 @@ def _problems(design: Design) -> list[str]:
         probs.append(f"the design has {len(design.tensors)} tensors, more than {MAX_TENSORS}")
     if not isinstance(design.name, str) or len(design.name) > MAX_NAME_LENGTH:
         probs.append(f"the design's name must be text of at most {MAX_NAME_LENGTH} characters")
+    elif not _is_text(design.name):
+        probs.append("the design's name holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text: it "
+                     "could not be printed or saved")
+    if not _is_text(design.meta):
+        probs.append("'meta' holds a lone surrogate (\\ud800-\\udfff) in a string, which is no Unicode text")
     conv = design.conv
     if conv is not None:
         cprobs = conv.problems() if isinstance(conv, ConvTarget) else ["the conv target must be a ConvTarget"]

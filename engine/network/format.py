@@ -216,6 +216,12 @@ def _parse(data: Any, base_dir: str | Path | None) -> tuple[NetworkSpec | None, 
     if not isinstance(name, str):
         probs.append(f"'name' must be a string, got {_got(name)}")
         name = "network"
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # JSON's \ud800 escapes read into lone surrogates: no print or save would work
+        probs.append("a string of the file holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text")
+    except (TypeError, ValueError, RecursionError):  # other checks name these
+        pass
     # architecture
     arch = data.get("architecture")
     ref = ArchRef("mlp")

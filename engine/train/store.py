@@ -289,6 +289,11 @@ class RunStore:
         JSON (a :class:`~engine.train.config.RunConfig` through ``to_dict``; a dict as it is)."""
         config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         design_dict = design.to_dict() if hasattr(design, "to_dict") else design
+        try:  # before anything is made: a name from a terminal can hold undecodable bytes (lone surrogates)
+            json.dumps([name, config, design_dict], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the run's name or config holds characters that are not Unicode text (bytes that were "
+                             "not UTF-8)") from None
         run_id = uuid.uuid4().hex[:8]
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=False)
