@@ -383,3 +383,30 @@ def test_resuming_from_a_damaged_checkpoint_is_refused_up_front(damage, tmp_path
     text = str(e.value)
     assert ("is gone" if damage == "gone" else f"checkpoint {ckpt} is damaged") in text and "\n" not in text
     assert store.get_run(rid)["status"] == "stopped"  # nothing was started or changed
+
+
+def test_a_copied_store_reads_its_own_checkpoints(tmp_path):
+    """runs.db holds the absolute path a checkpoint was written at: a copied store read the original's checkpoint
+    (spectra, export --run, features), or said "no checkpoint yet" once the original had moved."""
+    import shutil
+
+    store = RunStore(tmp_path / "runs")
+    rid = store.create_run({"dataset": "digits"}, None)
+    (tmp_path / "runs" / rid / "checkpoint.pt").write_bytes(b"original")
+    store.update(rid, checkpoint=str(tmp_path / "runs" / rid / "checkpoint.pt"))
+    shutil.copytree(tmp_path / "runs", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "runs")
+    copy = RunStore(tmp_path / "copy")
+    for run in (copy.get_run(rid), copy.list_runs()[0]):
+        assert run["checkpoint"] == str(tmp_path / "copy" / rid / "checkpoint.pt")
+
+
+def test_reading_a_runs_folder_that_does_not_exist_makes_nothing(tmp_path):
+    """`runs --runs-dir TYPO list` (and show, metrics, export --run) made the folder and an empty runs.db there,
+    then said "no runs"."""
+    typo = tmp_path / "runz"
+    for args in (["runs", "--runs-dir", str(typo), "list"], ["runs", "--runs-dir", str(typo), "show", "ab"],
+                 ["runs", "--runs-dir", str(typo), "metrics", "ab"]):
+        rc, out, err = cli(*args)
+        assert rc == 2 and "no runs folder" in err and len(err.strip().splitlines()) == 1
+    assert not typo.exists()

@@ -18,9 +18,9 @@ from engine.nn.export import FORMATS, export_source, layer_state_dict, write_exp
 
 def run_weights(run_id: str, runs_dir: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model state dict of a run's checkpoint, and the run (with its design)."""
-    from engine.train.store import RunNotFound, RunStore
+    from engine.train.store import RunNotFound, existing_store
 
-    store = RunStore(runs_dir)
+    store = existing_store(runs_dir)
     try:
         run = store.get_run(run_id)
     except RunNotFound as e:
@@ -88,10 +88,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _network_run(args: argparse.Namespace) -> bool:
-    from engine.train.store import RunNotFound, RunStore
+    from engine.train.store import RunNotFound, existing_store
 
     try:
-        return (RunStore(args.runs_dir).get_run(args.run, with_design=False).get("config") or {}).get(
+        return (existing_store(args.runs_dir).get_run(args.run, with_design=False).get("config") or {}).get(
             "network") is not None
     except RunNotFound:
         return False

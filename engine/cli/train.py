@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 
 
 def _store(args: argparse.Namespace):
-    """The run store of ``--runs-dir`` (a damaged one raises StoreError: one line, exit 2)."""
-    from engine.train.store import RunStore
+    """The run store of ``--runs-dir`` for the commands that read it (a damaged or missing one raises StoreError:
+    one line, exit 2)."""
+    from engine.train.store import existing_store
 
-    return RunStore(args.runs_dir)
+    return existing_store(args.runs_dir)
 
 
 def _get(store, run_id: str, with_design: bool = False) -> dict[str, Any]:

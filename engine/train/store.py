@@ -274,6 +274,9 @@ class RunStore:
             run = row_values(row)
         except ValueError as e:  # a row another program (or a hand) wrote: name it, say how to rebuild it
             raise StoreDamaged(f"{self.path}: {e}; {_repair(self.root)}") from None
+        if run.get("checkpoint"):  # kept in the run's own folder: a copied or moved store reads its own copy (the
+            # index holds the absolute path it was written at)
+            run["checkpoint"] = str(self.run_dir(run["id"]) / Path(run["checkpoint"]).name)
         design = run.get("design")
         run["design_name"] = design.get("name") if isinstance(design, dict) else None
         if not with_design:
@@ -509,6 +512,20 @@ def _repair(root: Path) -> str:
     where = "" if root == default else f" --runs-dir {root}"
     return (f"your runs are kept in their folders: `tnstudio runs{where} repair` moves it aside (never deleting it) "
             f"and rebuilds the index from them")
+
+
+def existing_store(root: str | os.PathLike | None = None) -> RunStore:
+    """The run store at ``root`` for reading: a ``root`` that names no folder is a :class:`StoreError` (a mistyped
+    ``--runs-dir`` made an empty store there and reported "no runs"); the default folder is made as ever."""
+    if root is not None:
+        p = Path(root).expanduser()
+        try:
+            missing = not p.exists()
+        except OSError as e:
+            raise StoreError(f"cannot use the runs folder {p}: {e.strerror or e}") from None
+        if missing:
+            raise StoreError(f"no runs folder {p}: nothing has run there (check --runs-dir)")
+    return RunStore(root)
 
 
 def open_runs_dir(root: str | os.PathLike | None = None) -> Path:
