@@ -94,3 +94,119 @@ def test_design_commands_do_not_import_torch(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# --------------------------------------------------------------------- bad input to analysis, search and serve
+def _one_error_line(capsys, *words):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["spectra", "--tol", "nan"], ["--tol must be a number >= 0", "nan"]),
+    (["spectra", "--tol", "-1"], ["--tol must be a number >= 0", "-1"]),
+    (["spectra", "--show", "-1"], ["--show must be", "-1"]),
+    (["truncate", "--tol", "inf", "-o", "OUT"], ["--tol must be a number >= 0", "inf"]),
+    (["features", "--samples", "0"], ["--samples must be", ">= 1", "got 0"]),
+    (["features", "--samples", "-1"], ["--samples must be", "got -1"]),
+])
+def test_analysis_options_out_of_range_exit_2_before_loading_anything(tmp_path, capsys, extra, words):
+    """The run does not exist: the option is refused before the run is looked up (which would say 'no run')."""
+    extra = [str(tmp_path / "t.json") if a == "OUT" else a for a in extra]
+    assert main(extra + ["--run", "nope", "--runs-dir", str(tmp_path / "runs")]) == 2
+    _one_error_line(capsys, *words)
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_unloadable_checkpoint_is_one_line_without_unsafe_advice(tmp_path, capsys):
+    import datetime
+
+    import torch
+
+    from engine.train.store import RunStore
+
+    runs = tmp_path / "runs"
+    store = RunStore(runs)
+    rid = store.create_run({"dataset": "digits", "epochs": 1}, make_template("mpo", 64, 64, 2))
+    bad = runs / rid / "checkpoint.pt"
+    torch.save({"model": {}, "when": datetime.date(2020, 1, 1)}, bad)  # not loadable with weights_only=True
+    store.set_status(rid, "completed", checkpoint=str(bad))
+    for cmd in (["spectra"], ["features"], ["truncate", "--tol", "0.1", "-o", str(tmp_path / "t.json")]):
+        assert main(cmd + ["--run", rid, "--runs-dir", str(runs)]) == 2
+        line = _one_error_line(capsys, f"checkpoint {bad} is damaged", "GLOBAL datetime.date")
+        assert "False" not in line and "arbitrary code" not in line and "\x1b" not in line, line
+    bad.write_bytes(b"PK\x03\x04 not a zip")  # a torn file
+    assert main(["spectra", "--run", rid, "--runs-dir", str(runs)]) == 2
+    _one_error_line(capsys, f"checkpoint {bad} is damaged")
+
+
+def _search_args(tmp_path, *extra):
+    return (["search", "--in", "64", "--out", "64", "--name", "s1", "--trials", "1", "--storage",
+             str(tmp_path / "s1.journal"), "--runs-dir", str(tmp_path / "runs")] + list(extra))
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--kinds", "ttn", "--lateral", "zz", "--legs", "3"], ["lateral must be", "'zz'"]),
+    (["--kinds", "ttn", "--lateral", "none,sideways", "--legs", "3"], ["lateral must be", "'sideways'"]),
+    (["--seed", "99999999999999999999999"], ["seed must be from 0 to 2^32 - 1"]),
+    (["--seed", "-1"], ["seed must be from 0 to 2^32 - 1"]),
+    (["--epochs", "99999999999999999999999"], ["epochs must be at most 2^31 - 1"]),
+])
+def test_search_refuses_bad_options_before_starting_workers(tmp_path, capsys, monkeypatch, extra, words):
+    import engine.search.study as study
+
+    monkeypatch.setattr(study, "start_workers", lambda *a, **kw: pytest.fail("workers started"))
+    assert main(_search_args(tmp_path, *extra)) == 2
+    _one_error_line(capsys, *words)
+    assert not (tmp_path / "s1.journal").exists() and not (tmp_path / "runs").exists()
+
+
+def test_search_space_keeps_good_lateral_values():
+    from engine.search.space import LayerSpace, SpaceError
+
+    space = LayerSpace(64, 64, kinds=("ttn",), options=(("lateral", ("none", "ALL", "0")),))
+    assert dict(space.options)["lateral"] == ("none", "all", "0")
+    with pytest.raises(SpaceError, match="unknown template option 'sideways'"):
+        LayerSpace(64, 64, kinds=("ttn",), options=(("sideways", ("all",)),))
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--port", "-1"], ["--port must be from 0 to 65535", "-1"]),
+    (["--port", "99999"], ["--port must be from 0 to 65535", "99999"]),
+    (["--address", "not an address"], ["--address 'not an address'"]),
+    (["--address", "999.1.1.1"], ["--address '999.1.1.1'"]),
+    (["--oauth-provider", "nope", "--cookie-secret", "s3cret"], ["--oauth-provider 'nope'", "github"]),
+    (["--oauth-provider", ""], ["--oauth-provider is empty"]),
+    (["--basic-auth", ""], ["--basic-auth is empty", "without authentication"]),
+    (["--basic-auth", "BAD", "--cookie-secret", "s3cret"], ["not a JSON file of user: password"]),
+    (["--basic-auth", "LIST", "--cookie-secret", "s3cret"], ["expected a JSON object of user: password"]),
+    (["--basic-auth", "MISSING", "--cookie-secret", "s3cret"], ["no such file"]),
+    (["--basic-auth", "pw"], ["needs --cookie-secret"]),
+    (["--basic-auth", "pw", "--oauth-provider", "github", "--cookie-secret", "s"], ["not both"]),
+])
+def test_serve_refuses_bad_arguments_before_a_server_starts(tmp_path, capsys, monkeypatch, extra, words):
+    import studio.app
+
+    monkeypatch.delenv("PANEL_COOKIE_SECRET", raising=False)
+    monkeypatch.delenv("BOKEH_COOKIE_SECRET", raising=False)
+    monkeypatch.setattr(studio.app, "serve", lambda *a, **kw: pytest.fail(f"a server was started with {kw}"))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "list.json").write_text('["alice"]')
+    files = {"BAD": tmp_path / "bad.json", "LIST": tmp_path / "list.json", "MISSING": tmp_path / "users.json"}
+    assert main(["serve"] + [str(files.get(a, a)) for a in extra]) == 2
+    _one_error_line(capsys, *words)
+
+
+def test_serve_passes_good_arguments_on(tmp_path, capsys, monkeypatch):
+    import studio.app
+
+    seen = {}
+    monkeypatch.setattr(studio.app, "serve", lambda **kw: seen.update(kw))
+    users = tmp_path / "users.json"
+    users.write_text('{"alice": "wonderland"}')
+    assert main(["serve", "--port", "0", "--basic-auth", str(users), "--cookie-secret", "s3cret"]) == 0
+    assert seen["basic_auth"] == str(users) and seen["cookie_secret"] == "s3cret" and seen["port"] == 0

@@ -151,3 +151,46 @@ def test_detached_run_can_be_stopped(tmp_path, ttn_file, capsys):
     assert main(["runs", "--runs-dir", runs, "stop", rid, "--wait", "60"]) == 0
     assert "stopped" in capsys.readouterr().out
     assert RunStore(runs).get_run(rid)["status"] == "stopped"
+
+
+def test_runs_metrics_since_out_of_64_bit_range_exits_2(tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    _, (tn, _) = _fake_finished_pair(runs)
+    for since in ("99999999999999999999999", "-99999999999999999999999", str(2 ** 63)):
+        assert main(["runs", "--runs-dir", runs, "metrics", tn, "--since", since]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --since {since}: out of range") and err.count("\n") == 1
+    assert main(["runs", "--runs-dir", runs, "metrics", tn, "--since", str(2 ** 63 - 1), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["runs", "--runs-dir", runs, "metrics", tn, "--since", "-5", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--seed", "99999999999999999999999"], "seed must be from 0 to 2^32 - 1, got 99999999999999999999999"),
+    (["--seed", str(2 ** 32)], "seed must be from 0 to 2^32 - 1"),
+    (["--seed", "-1"], "seed must be from 0 to 2^32 - 1, got -1"),
+    (["--epochs", "99999999999999999999999", "--detach"], "epochs must be at most 2^31 - 1"),
+    (["--batch-size", str(2 ** 31)], "batch_size must be at most 2^31 - 1"),
+    (["--eval-every", str(2 ** 31)], "eval_every must be at most 2^31 - 1"),
+    (["--nproc", "99999"], "nproc must be at most 1024"),
+])
+def test_out_of_range_counts_and_seeds_are_refused_before_a_run_is_recorded(tmp_path, ttn_file, capsys, extra,
+                                                                            message):
+    runs = str(tmp_path / "runs")
+    for dry in ([], ["--dry-run"]):
+        assert main(["train", str(ttn_file), "--dataset", "digits", "--runs-dir", runs] + extra + dry) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert RunStore(runs).list_runs() == []
+
+
+def test_run_config_bounds_hold_what_training_takes():
+    from engine.train.config import ConfigError, RunConfig
+
+    top = RunConfig(seed=2 ** 32 - 1, epochs=2 ** 31 - 1, max_steps=2 ** 31 - 1, log_every=2 ** 31 - 1,
+                    threads=1024)
+    assert top.seed == 2 ** 32 - 1 and top.epochs == 2 ** 31 - 1
+    for key, value in (("max_steps", 2 ** 31), ("log_every", 2 ** 31), ("threads", 1025), ("seed", 2 ** 63)):
+        with pytest.raises(ConfigError, match=f"{key} must be"):
+            RunConfig(**{key: value})

@@ -9,6 +9,7 @@ Problems a user can cause (unknown run, no checkpoint, a dense run, a data set t
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,27 @@ def _checkpoint(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types; the user gets the one-line reason
-        raise RunError(f"{path}: not a checkpoint torch can load with weights_only=True ({e})") from None
+        raise RunError(f"run {run['id']}'s checkpoint {path} is damaged: torch cannot load it with "
+                       f"weights_only=True ({_load_reason(e)})") from None
     model = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(model, dict):
         raise RunError(f"{path}: the checkpoint holds no model state dict")
     return Path(path), model
+
+
+def _load_reason(e: BaseException) -> str:
+    """torch.load's reason in one line: its unpickler's own sentence when it has one, else the first line of its
+    text; never its advice on loading the file with weights_only=False, nor its terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        reason = " ".join(reason.split(". Please use")[0].split())
+        if reason:
+            return reason
+    line = first_line(text) or type(e).__name__
+    if "weights_only" in line or "can still be loaded" in line:  # advice, not a reason
+        return type(e).__name__
+    return line
 
 
 def get_run(run_id: str, runs_dir: str | Path | None = None) -> dict[str, Any]:
@@ -114,6 +131,8 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
     from engine.train.data import load_dataset
     from engine.train.models import build_model
 
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise RunError(f"the number of samples must be an integer >= 1, got {limit!r}")
     bad = [s for s in splits if s not in ("train", "test")]
     if bad:
         raise RunError(f"splits must be train or test, got {', '.join(map(repr, bad))}")

@@ -54,9 +54,18 @@ def _fmt(v: float) -> str:
 
 
 # --------------------------------------------------------------------- spectra
+def _check_tol(tol: float | None) -> None:
+    """``--tol`` as truncate takes it: a finite number >= 0 (NaN, infinities and negatives refused up front)."""
+    if tol is not None and not (tol >= 0 and math.isfinite(tol)):
+        raise UserError(f"--tol must be a number >= 0, got {tol!r}")
+
+
 def cmd_spectra(args: argparse.Namespace) -> int:
     from engine.analysis.spectra import bond_spectra
 
+    _check_tol(args.tol)
+    if args.show < 0:
+        raise UserError(f"--show must be a number of values >= 0, got {args.show}")
     design, state, source = _layer(args)
     try:
         rep = bond_spectra(design, state)
@@ -109,6 +118,7 @@ def cmd_truncate(args: argparse.Namespace) -> int:
 
     if args.max_bond is None and args.tol is None:
         raise UserError("give --max-bond K (or BOND=K,...) or --tol T (a relative error budget for W)")
+    _check_tol(args.tol)
     if args.finetune is not None and not args.run:
         raise UserError("--finetune continues a training run: give the layer with --run ID")
     if args.finetune is not None and args.finetune < 1:
@@ -197,6 +207,8 @@ def cmd_features(args: argparse.Namespace) -> int:
 
     if not args.run:
         raise UserError("features streams a run's data: give --run ID")
+    if args.samples < 1:
+        raise UserError(f"--samples must be a number of samples >= 1, got {args.samples}")
     design = read_design(args.file) if args.file else None
     try:
         layer = load_run_layer(args.run, args.runs_dir, design, args.layer)

@@ -104,6 +104,24 @@ class Candidate:
                    options=tuple(sorted((d.get("options") or {}).items())))
 
 
+def _option_values(name: str, values: Any) -> tuple[str, ...]:
+    """A template option's values to try, each checked by the option itself (as the templates parse it) and
+    written as the CLI takes it: a value no template accepts is refused here, not by every candidate later."""
+    known = {o.name: o for spec in TEMPLATES.values() for o in spec.options}
+    if name not in known:
+        raise SpaceError(f"unknown template option {name!r}: choose from {', '.join(sorted(known)) or '(none)'}")
+    option = known[name]
+    if isinstance(values, str):
+        values = (values,)
+    out = []
+    for v in values:
+        try:
+            out.append(option.text(option.parse(v)))
+        except ValueError as e:
+            raise SpaceError(str(e)) from None
+    return tuple(dict.fromkeys(out))
+
+
 def n_bonds(kind: str, in_factors: Sequence[int], out_factors: Sequence[int]) -> int:
     """How many bonds a per-bond template has (a chain of k sites: k - 1; a ring: k)."""
     k = max(len(in_factors), len(out_factors))
@@ -155,7 +173,7 @@ class LayerSpace:
                 raise SpaceError(f"bond range of {k} must be integers 1 <= low <= high, got {lo}..{hi}")
         set_("bond_ranges", tuple(sorted((template_kind(k), (int(lo), int(hi))) for k, (lo, hi) in ranges.items())))
         opts = dict(self.options) if not isinstance(self.options, Mapping) else dict(self.options)
-        set_("options", tuple(sorted((k, tuple(v)) for k, v in opts.items())))
+        set_("options", tuple(sorted((k, _option_values(k, v)) for k, v in opts.items())))
         if self.factorisations:
             pairs = []
             for a, b in self.factorisations:

@@ -20,6 +20,14 @@ class ConfigError(ValueError):
         self.key = key
 
 
+MAX_COUNT = 2 ** 31 - 1  # epochs, batch size, steps and intervals: the run store keeps 64-bit integers, and step
+# counts are products of these
+MAX_SEED = 2 ** 32 - 1  # what every seeded step takes: torch.manual_seed, the data order's generator (seed x 100003
+# + epoch, at most 2^64 - 1) and numpy's generators (no negatives)
+MAX_PROCESSES = 1024  # data-parallel processes of one run
+MAX_THREADS = 1024  # CPU threads per process
+
+
 def _label(text: str) -> dict[str, str]:
     return {"label": text}
 
@@ -33,9 +41,9 @@ class RunConfig:
     around the design), layer (MLP layer the design replaces; None: the first that fits), hidden_activation,
     epochs, batch_size (global), lr (AdamW peak), weight_decay, warmup (fraction of the steps), grad_clip (0: off),
     device (auto|cpu|cuda|cuda:N), amp, compile (run the model's forward and backward through torch.compile: CUDA
-    graphs on a GPU, fused kernels on the CPU; the first steps pay the compilation), seed, baseline (nn.Linear in
-    place of the design), nproc (data-parallel processes), eval_every (steps; 0: each epoch), log_every (steps),
-    max_steps (stop early; None: all epochs),
+    graphs on a GPU, fused kernels on the CPU; the first steps pay the compilation), seed (0 to 2^32 - 1),
+    baseline (nn.Linear in place of the design), nproc (data-parallel processes), eval_every (steps; 0: each
+    epoch), log_every (steps), max_steps (stop early; None: all epochs; these counts go up to 2^31 - 1),
     threads (CPU threads per process; None: one thread for small MLPs, whose steps are too short to gain from
     more, else torch's default), init_from (None: a fresh initialisation; else a ``.pt`` file holding the whole
     model's state dict, loaded strictly with ``weights_only=True`` before the first step, e.g. a truncated layer
@@ -94,6 +102,11 @@ class RunConfig:
             self._need(key, _is_int(getattr(self, key), 1), "an integer >= 1")
         self._need("eval_every", _is_int(self.eval_every, 0), "an integer >= 0")
         self._need("seed", _is_int(self.seed), "an integer")
+        for key, most, text in (("epochs", MAX_COUNT, "2^31 - 1"), ("batch_size", MAX_COUNT, "2^31 - 1"),
+                                ("log_every", MAX_COUNT, "2^31 - 1"), ("eval_every", MAX_COUNT, "2^31 - 1"),
+                                ("nproc", MAX_PROCESSES, str(MAX_PROCESSES))):
+            self._need(key, getattr(self, key) <= most, f"at most {text}")
+        self._need("seed", 0 <= self.seed <= MAX_SEED, "from 0 to 2^32 - 1")
         for key in ("lr", "weight_decay", "grad_clip", "warmup"):
             value = getattr(self, key)
             self._need(key, _is_number(value) and value >= 0 and math.isfinite(value), "a number >= 0")
@@ -101,11 +114,13 @@ class RunConfig:
         self._need("lr", self.lr > 0, "a number > 0")
         self._need("warmup", self.warmup < 1, "a fraction in [0, 1)")
         self._need("max_steps", self.max_steps is None or _is_int(self.max_steps, 1), "None or an integer >= 1")
+        self._need("max_steps", self.max_steps is None or self.max_steps <= MAX_COUNT, "at most 2^31 - 1")
         self._need("hidden", self.hidden is None or (isinstance(self.hidden, (list, tuple)) and all(
             _is_int(h, 1) and h <= MAX_DIM for h in self.hidden)), "None or a list of integers from 1 to 2^31 - 1")
         if self.hidden is not None:
             self._set("hidden", tuple(self.hidden))
         self._need("threads", self.threads is None or _is_int(self.threads, 1), "None or an integer >= 1")
+        self._need("threads", self.threads is None or self.threads <= MAX_THREADS, f"at most {MAX_THREADS}")
         self._need("layer", self.layer is None or _is_int(self.layer, 0), "None or an integer >= 0")
         self._need("hidden_activation", self.hidden_activation in HIDDEN_ACTIVATIONS,
                    f"one of {', '.join(HIDDEN_ACTIVATIONS)}")
