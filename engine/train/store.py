@@ -258,6 +258,8 @@ class RunStore:
         now = time.time()
         values["created"] = values.get("created") or now
         values["updated"] = now
+        row_values({"id": run_id, **{k: json.dumps(v) if k in _JSON_FIELDS and v is not None else v
+                                     for k, v in values.items()}})  # a hand-edited record: ValueError naming it
         cols = ("id",) + tuple(values)
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
@@ -620,8 +622,6 @@ def read_metrics_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-_INT64 = 2 ** 63
-
 
 def metric_row_problem(row: Mapping[str, Any]) -> str | None:
     """Why ``row`` is not a metric row (None when it is): ``step`` a whole number within 64 bits, ``split`` text,
@@ -650,6 +650,10 @@ def _insert_metrics(con: sqlite3.Connection, run_id: str, rows: list[dict[str, A
 
 
 _NUMBER_FIELDS = ("created", "started", "finished", "updated")
+_INT64 = 2 ** 63  # sqlite's integers are 64-bit
+_LAST_TIME = 1e11  # seconds since 1970: the year 5138 (a time beyond it is no time a run was made)
+_SUMMARY_NUMBERS = ("params", "core_params", "layer_params", "layer_dense_params", "forward_flops",
+                    "train_examples", "test_examples", "nproc")
 _INT_FIELDS = ("pid", "pid_start", "step", "total_steps", "stop_requested")
 
 
@@ -668,12 +672,19 @@ def row_values(row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"run {rid}'s {k} is not a JSON object")
     for k in _NUMBER_FIELDS:
         v = run.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < _LAST_TIME):
             raise ValueError(f"run {rid}'s {k} is {clip_middle(repr(v))}, not a time in seconds")
     for k in _INT_FIELDS:
         v = run.get(k)
-        if v is not None and not isinstance(v, int):
-            raise ValueError(f"run {rid}'s {k} is {clip_middle(repr(v))}, not an integer")
+        if v is not None and (not isinstance(v, int) or not -_INT64 <= v < _INT64):
+            raise ValueError(f"run {rid}'s {k} is {clip_middle(repr(v))}, not a 64-bit integer")
+    for k, v in (run.get("results") or {}).items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"run {rid}'s result {clip_middle(repr(k))} is {clip_middle(repr(v))}, not a number")
+    for k in _SUMMARY_NUMBERS:
+        v = (run.get("summary") or {}).get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise ValueError(f"run {rid}'s summary {k} is {clip_middle(repr(v))}, not a number")
     if "status" in run and run["status"] not in STATUSES:
         raise ValueError(f"run {rid}'s status is {clip_middle(repr(run['status']))}, not one of "
                          f"{', '.join(STATUSES)}")
