@@ -48,9 +48,9 @@ class LayerInputs:
 
 
 def _store(runs_dir: str | Path | None):
-    from engine.train.store import RunStore
+    from engine.train.store import existing_store
 
-    return RunStore(runs_dir)
+    return existing_store(runs_dir)  # reading: a mistyped --runs-dir is refused, not made
 
 
 def _checkpoint(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
