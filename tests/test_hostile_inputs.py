@@ -167,6 +167,21 @@ def test_a_run_name_of_undecodable_bytes_is_refused_before_anything_is_made(tmp_
     assert [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()] == []
 
 
+@pytest.mark.parametrize("text, words", [('{"format": "tnstudio-design", "version": NaN}', "NaN is not a JSON number"),
+                                         ('{"name": "a", "name": "b"}', "the key 'name' appears twice")])
+def test_a_json_refusal_is_named_once(text, words, tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(text)
+    rc, out, err = run_cli(["validate", str(f)])
+    line = one_line_error(err)
+    assert rc == 2 and words in line and line.count("not valid JSON") <= 1 and line.count("invalid design") == 1
+
+
+def test_an_empty_bond_is_refused_not_defaulted(tmp_path):
+    rc, out, err = run_cli(["template", "mpo", "--in", "12", "--out", "6", "--bond", "", "-o", str(tmp_path / "d.json")])
+    assert rc == 2 and "--bond needs a bond dimension" in one_line_error(err) and not (tmp_path / "d.json").exists()
+
+
 def test_the_same_through_the_console_script(tmp_path):
     """The installed `tnstudio` (a fresh process): no traceback, one line, exit 2."""
     f = tmp_path / "bad.json"

@@ -12,7 +12,9 @@ from engine.design.model import save_design
 def cmd_template(args: argparse.Namespace) -> int:
     from engine.design.templates import TEMPLATE_OPTIONS, make_template
 
-    vals = read_factors(args.bond) or [4]
+    vals = read_factors(args.bond)
+    if not vals:  # --bond '' (or ',') named no bond: say so rather than take the default
+        raise UserError(f"--bond needs a bond dimension or a comma list of them, got {args.bond!r}")
     bond: int | list[int] = vals[0] if len(vals) == 1 else vals
     options = {o.name: getattr(args, o.name) for o in TEMPLATE_OPTIONS if getattr(args, o.name) is not None}
     conv_flags = [f"--{k}" for k in ("stride", "padding", "dilation", "image") if getattr(args, k) is not None]

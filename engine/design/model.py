@@ -802,6 +802,8 @@ def parse_json(text: str | bytes) -> Any:
         raise DesignError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise DesignError("not a design: the JSON is nested too deeply") from None
+    except DesignError:  # the hooks' own refusals (NaN, a key twice): already one line
+        raise
     except ValueError as e:  # e.g. an integer of more than 4300 digits
         raise DesignError(f"not valid JSON: {e}") from None
 
