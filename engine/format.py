@@ -89,3 +89,19 @@ def dims_text(dims: Sequence[int], limit: int = 12) -> str:
 def int_text(n: int) -> str:
     """An integer in a message: exact up to 15 digits, else its power of two (``'about 2^6942'``)."""
     return str(n) if abs(n) < 10 ** 15 else f"about {'-' if n < 0 else ''}2^{abs(n).bit_length() - 1}"
+
+
+def torch_load_reason(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line: its unpickler's own sentence when it
+    has one (e.g. "Unsupported global: GLOBAL datetime.date ..."), else the first line of its text; never its advice
+    to load the file with weights_only=False (unsafe for a file from elsewhere), nor its terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        reason = " ".join(reason.split(". Please use")[0].split())
+        if reason:
+            return reason
+    line = first_line(text) or type(error).__name__
+    if "weights_only" in line or "can still be loaded" in line:  # advice, not a reason
+        return type(error).__name__
+    return line

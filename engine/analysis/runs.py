@@ -9,13 +9,12 @@ Problems a user can cause (unknown run, no checkpoint, a dense run, a data set t
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.design.model import Design, DesignError
-from engine.format import first_line
+from engine.format import first_line, torch_load_reason
 
 
 class RunError(ValueError):
@@ -64,26 +63,11 @@ def _checkpoint(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types; the user gets the one-line reason
         raise RunError(f"run {run['id']}'s checkpoint {path} is damaged: torch cannot load it with "
-                       f"weights_only=True ({_load_reason(e)})") from None
+                       f"weights_only=True ({torch_load_reason(e)})") from None
     model = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(model, dict):
         raise RunError(f"{path}: the checkpoint holds no model state dict")
     return Path(path), model
-
-
-def _load_reason(e: BaseException) -> str:
-    """torch.load's reason in one line: its unpickler's own sentence when it has one, else the first line of its
-    text; never its advice on loading the file with weights_only=False, nor its terminal escape codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    if "WeightsUnpickler error:" in text:
-        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
-        reason = " ".join(reason.split(". Please use")[0].split())
-        if reason:
-            return reason
-    line = first_line(text) or type(e).__name__
-    if "weights_only" in line or "can still be loaded" in line:  # advice, not a reason
-        return type(e).__name__
-    return line
 
 
 def get_run(run_id: str, runs_dir: str | Path | None = None) -> dict[str, Any]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from engine.design.factorize import parse_factors
 from engine.design.model import Design, DesignError, load_design
-from engine.format import first_line
+from engine.format import torch_load_reason
 
 
 log = logging.getLogger(__name__)
@@ -64,19 +63,6 @@ def cannot_write(path: str | os.PathLike, e: OSError) -> UserError:
     return UserError(f"cannot write {os.fspath(path)}: {e.strerror or e}")
 
 
-def _load_failure(e: Exception) -> str:
-    """The reason in torch.load's error, in one plain line: its unpickler's own sentence (e.g. "Unsupported global:
-    GLOBAL datetime.date was not an allowed global by default") rather than its advice on loading untrusted files,
-    and without the terminal escape codes it adds."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    if "WeightsUnpickler error:" in text:
-        reason = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
-        reason = " ".join(reason.split(". Please use")[0].split())
-        if reason:
-            return reason
-    return first_line(text) or type(e).__name__
-
-
 def load_state_file(path: str) -> dict[str, Any]:
     """A state dict (name -> tensor) from a weights file, loaded with ``weights_only=True`` (never code from data); a
     training checkpoint's ``model`` / ``state_dict`` entry is unwrapped. Anything else is a one-line UserError."""
@@ -90,7 +76,7 @@ def load_state_file(path: str) -> dict[str, Any]:
     except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, zip errors):
         log.debug("torch.load(%s) failed", p, exc_info=True)  # the user gets the one-line reason below
         raise UserError(f"{path}: not a state dict torch can load with weights_only=True "
-                        f"({_load_failure(e)})") from None
+                        f"({torch_load_reason(e)})") from None
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -26,7 +26,6 @@ import signal
 import socket
 import sys
 import threading
-import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -268,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
     except Exception as e:  # noqa: BLE001 - anything else: the traceback for the log, then the one line
-        traceback.print_exc()
+        log.exception("worker %s failed", args.index)
         print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
     if res.error:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from engine.design.model import Design
-from engine.format import first_line
+from engine.format import torch_load_reason
 from engine.train.config import RunConfig
 from engine.train.data import check_dataset, dataset_spec
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan
@@ -194,7 +194,7 @@ def check_checkpoint(path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load's failures on a damaged file are of many kinds
         # (EOFError, OSError, UnpicklingError, RuntimeError from the zip reader, IsADirectoryError): one answer
-        raise ValueError(f"checkpoint {path} is damaged ({first_line(e)}): it cannot be resumed; start the run "
+        raise ValueError(f"checkpoint {path} is damaged ({torch_load_reason(e)}): it cannot be resumed; start the run "
                          f"again instead") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"checkpoint {path} is not a TN Studio checkpoint (no model state): it cannot be resumed")
