@@ -237,3 +237,24 @@ def test_initialisation_keeps_to_the_memory_budget(one_thread):
     assert peak <= 1.1 * budget < unsliced / 2, (peak, unsliced)
     for k, v in free.items():
         torch.testing.assert_close(lean[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_a_budgeted_layer_replans_when_its_dtype_changes():
+    """The slices a memory budget needs depend on the bytes per entry: a layer that ran in float32, then `.double()`,
+    kept its float32 plan (unsliced) and needed 54% more than its budget to train."""
+    from engine.contract.cost import cost_report
+    from engine.design.templates import make_template
+    from engine.nn.linear import TNLinear
+
+    d = make_template("ttn", 256, 256, 3, activation="gelu", lateral="all")
+    budget = 10_017_056
+    want64 = cost_report(d, batch=8, dtype="float64", memory_budget=budget)
+    want32 = cost_report(d, batch=8, dtype="float32", memory_budget=budget)
+    assert want64.slices > want32.slices  # the case: float64 needs more slices under the same budget
+    layer = TNLinear(d, memory_budget=budget, seed=0)
+    layer(torch.randn(8, 256))
+    assert layer.program(8).slicing is None or layer.program(8).slicing.count == want32.slices
+    layer = layer.double()
+    layer(torch.randn(8, 256, dtype=torch.float64))
+    prog = layer.program(8)
+    assert prog.slicing is not None and prog.slicing.count == want64.slices

@@ -136,7 +136,7 @@ class TNLinear(TNCores):
         self.schedule = schedule
         self.search = search
         self.memory_budget = None if memory_budget is None else parse_bytes(memory_budget)
-        self._programs: dict[tuple[int, str], Program] = {}
+        self._programs: dict[tuple, Program] = {}  # (batch, schedule[, itemsize under a memory budget]) -> program
         self._thorough_seen = CACHE.thorough_stored
         dtype = dtype or torch.get_default_dtype()
         if seed is None:
@@ -154,14 +154,20 @@ class TNLinear(TNCores):
     def schedule(self, value: ScheduleChoice) -> None:
         self._schedule = check_schedule(self.design, value)
 
+    def _itemsize(self) -> int:
+        """Bytes per entry of the cores now (a budget's slicing depends on it: ``.double()`` doubles the bytes)."""
+        return next((p.element_size() for p in self.cores.values()), 4)
+
+    def _key(self, batch: int, schedule: ScheduleChoice) -> tuple:
+        return (batch, schedule, self._itemsize()) if self.memory_budget is not None else (batch, schedule)
+
     def _compile(self, batch: int, schedule: ScheduleChoice) -> Program:
         if self.memory_budget is not None:
-            item = next((p.element_size() for p in self.cores.values()), 4)
             prog = budget_program(self.design, batch, schedule, self.search, memory_budget=self.memory_budget,
-                                  itemsize=item)
+                                  itemsize=self._itemsize())
         else:
             prog = compile_program(self.design, batch, schedule, self.search)
-        self._programs[(batch, schedule)] = prog
+        self._programs[self._key(batch, schedule)] = prog
         return prog
 
     def program(self, batch: int, schedule: ScheduleChoice | None = None) -> Program:
@@ -172,7 +178,7 @@ class TNLinear(TNCores):
         if CACHE.thorough_stored != self._thorough_seen:
             self._programs.clear()
             self._thorough_seen = CACHE.thorough_stored
-        prog = self._programs.get((batch, schedule))
+        prog = self._programs.get(self._key(batch, schedule))
         if prog is not None:
             return prog
         if torch.compiler.is_compiling():  # plan (pure-Python path search) outside the traced graph
