@@ -185,6 +185,25 @@ def test_tnconv2d_equals_f_conv2d_for_every_geometry_and_program(kind):
         torch.testing.assert_close(m(x[0]), ref[0], rtol=1e-5, atol=1e-10)  # unbatched
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("cin, cout", [(1, 8), (6, 1), (1, 1)])
+def test_one_channel_in_or_out_builds_for_every_kind(kind, cin, cout):
+    """A grayscale first layer (1 input channel) or a 1-channel output: the chain and tree templates failed with "the
+    design has no 'in' legs" (their channel leg of 1 was merged away and the kernel took the site)."""
+    d = conv_design(kind, "gelu" if kind in NONLINEAR else None, cin=cin, cout=cout, padding=1)
+    m = TNConv2d(d, dtype=torch.float64, seed=2)
+    x = torch.randn(2, cin, 7, 5, dtype=torch.float64)
+    k = m.weight()
+    assert k.shape == (cout, cin, 3, 3)
+    if kind not in NONLINEAR:
+        np.testing.assert_allclose(k.detach().numpy(), kernel_by_numpy(d, m.core_tensors()), rtol=1e-10,
+                                   atol=1e-14)
+    ref = F.conv2d(x, k, m.bias, 1, 1)
+    for sched in conv_schedules(d):
+        m.schedule = sched
+        torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-10)
+
+
 def test_programs_each_kind_can_run():
     got = {k: conv_schedules(conv_design(k, "gelu" if k in NONLINEAR else None)) for k in KINDS}
     assert got["cp"] == ("materialise", "cp", "kernel", "im2col")
