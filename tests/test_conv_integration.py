@@ -103,7 +103,7 @@ def test_exported_conv_module_matches_tnconv2d_in_a_fresh_interpreter(exported, 
 def test_snippet_and_cli_export_of_a_conv_design(tmp_path, capsys):
     d = make_conv_template("cp", 8, 8, 3, 2, padding=1)
     text = to_snippet(d, "d.json")
-    assert "TNConv2d(load_design('d.json'))" in text and "torch.randn(2, 8, 32, 32)" in text
+    assert "TNConv2d(load_design(HERE / 'd.json'))" in text and "torch.randn(2, 8, 32, 32)" in text
     path = tmp_path / "d.json"
     path.write_text(d.to_json())
     assert main(["export", str(path), "--to", "torch", "-o", str(tmp_path / "layer.py")]) == 0

@@ -252,7 +252,7 @@ def test_cli_export_all_formats_with_weights(tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text()) == d.to_dict()
     capsys.readouterr()
     assert cli_main(["export", str(tmp_path / "d.json"), "--to", "snippet"]) == 0
-    assert "TNLinear(load_design('design.json'))" in capsys.readouterr().out
+    assert "TNLinear(load_design(HERE / 'design.json'))" in capsys.readouterr().out
 
 
 def test_cli_export_errors_are_clear(tmp_path, capsys):
@@ -323,3 +323,16 @@ def test_the_exported_module_runs_the_engines_program_at_every_batch(kind, n_in,
             steps = [(s.op, s.inputs, s.in_indices, s.out_indices) for s in variants[picked].steps]
             assert steps == [(s.op, s.inputs, s.in_indices, s.out_indices) for s in engine.steps], batch
             assert cls.STREAM_BY_BUCKET[path_batch(batch)] == picked
+
+
+def test_a_snippet_runs_from_any_working_folder(tmp_path):
+    """A snippet loaded its design and weights relative to the working folder: `python sub/use.py` failed."""
+    sub = tmp_path / "sub"
+    d = make_template("mpo", 12, 6, 2)
+    layer = TNLinear(d, seed=0)
+    write_export(d, "snippet", sub / "use.py", weights=layer.state_dict())
+    code = "import runpy, sys; ns = runpy.run_path(sys.argv[1]); print(float(ns['layer'].bias.sum()))"
+    r = subprocess.run([sys.executable, "-c", code, str(Path("sub") / "use.py")], cwd=tmp_path, capture_output=True,
+                       text=True, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert abs(float(r.stdout.split()[-1]) - float(layer.bias.sum())) < 1e-6  # the saved weights, not fresh ones

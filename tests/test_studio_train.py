@@ -151,7 +151,7 @@ def test_export_view_previews_and_downloads_with_a_runs_weights(state):
     view.format.value = "json"
     assert view._code_file().read().decode() == design.to_json() + "\n"
     view.format.value = "snippet"
-    assert "TNLinear(load_design('mpo_64x32_chi_4.json'))" in view._text
+    assert "TNLinear(load_design(HERE / 'mpo_64x32_chi_4.json'))" in view._text
     # a trained run of this design: its weights come with the export
     store = RunStore(view.runs_root)
     rid = _run(store, design, status="completed")

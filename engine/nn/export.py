@@ -417,15 +417,19 @@ def _add_snippet_layer(src: _Source, design: Design, layer_class: str, design_pa
     """A snippet's imports and ``layer = <class>(load_design(...))`` (``layer_class``: the class's dotted path),
     with the weights loaded when ``weights_path`` is given."""
     *module, name = (_ident(part) for part in layer_class.split("."))
+    src.add("from pathlib import Path")
+    src.add()
     src.add("import torch")
     src.add()
     src.add("from engine.design import load_design")
     src.add(f"from {'.'.join(module)} import {name}")
     src.add()
+    src.add("# relative paths are the snippet's neighbours (run from anywhere); pasted without a file: the working folder")
+    src.add('HERE = Path(globals().get("__file__", "x")).resolve().parent')
     src.add(f"DESIGN_NAME = {_lit(design.name)}")
-    src.add(f"layer = {name}(load_design({_lit(str(design_path))}))")
+    src.add(f"layer = {name}(load_design(HERE / {_lit(str(design_path))}))")
     if weights_path:
-        src.add(f"layer.load_state_dict(torch.load({_lit(str(weights_path))}, weights_only=True))")
+        src.add(f"layer.load_state_dict(torch.load(HERE / {_lit(str(weights_path))}, weights_only=True))")
     else:
         src.add('# layer.load_state_dict(torch.load("weights.pt", weights_only=True))  # trained weights, if any')
 
