@@ -484,9 +484,10 @@ def network_schema() -> dict[str, Any]:
             "version": {"const": VERSION},
             "name": {"type": "string"},
             "architecture": {"oneOf": arch_variants},
-            "input_shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1,
+            "input_shape": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
+                            "minItems": 1,
                             "maxItems": 4, "description": "per example, e.g. [3, 32, 32]"},
-            "num_classes": {"type": "integer", "minimum": 1},
+            "num_classes": {"type": "integer", "minimum": 1, "maximum": MAX_SIZE},
             "rules": {"type": "array", "items": {"type": "string", "pattern": r"^[A-Za-z0-9]+:[A-Za-z_-]+(:.*)?$"},
                       "description": "SELECTOR:TEMPLATE[:BOND[:ACTIVATION]][:key=value], applied in order; "
                                      f"selectors: {', '.join(selectors)}, convKxL, convK"},
