@@ -182,6 +182,23 @@ def test_an_empty_bond_is_refused_not_defaulted(tmp_path):
     assert rc == 2 and "--bond needs a bond dimension" in one_line_error(err) and not (tmp_path / "d.json").exists()
 
 
+def test_range_refusals_quote_what_was_typed_and_rules_take_each_option_once(tmp_path):
+    """--memory-budget 0.5 was refused as "got 0" and 1e29 as its float; a network --batch of 10^23 was taken;
+    a rule's min=1:min=2 kept the last silently."""
+    from engine.network.format import new_network, save_network
+
+    d, n = tmp_path / "d.json", tmp_path / "n.json"
+    d.write_text(json.dumps(BASE))
+    save_network(new_network("mlp", [1, 40], 10), n)
+    for budget in ("0.5", "9" * 29):
+        rc, out, err = run_cli(["cost", str(d), "--memory-budget", budget])
+        assert rc == 2 and f"got '{budget}'" in one_line_error(err)
+    rc, out, err = run_cli(["network", "cost", str(n), "--batch", str(10 ** 23)])
+    assert rc == 2 and "--batch must be an integer from 1 to 2147483647" in one_line_error(err)
+    rc, out, err = run_cli(["network", "assign", str(n), "--rule", "linear:mpo:2:gelu:min=1:min=2"])
+    assert rc == 2 and "option 'min' is given twice" in one_line_error(err)
+
+
 def test_the_same_through_the_console_script(tmp_path):
     """The installed `tnstudio` (a fresh process): no traceback, one line, exit 2."""
     f = tmp_path / "bad.json"

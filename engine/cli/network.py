@@ -216,8 +216,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from engine.network.report import network_report
 
     spec = read_network(args.file)
-    if args.batch < 1:
-        raise UserError(f"--batch must be >= 1, got {args.batch}")
+    from engine.design.model import MAX_DIM
+
+    if not 1 <= args.batch <= MAX_DIM:  # as `tnstudio cost` (a batch is a dimension: at most 2^31 - 1)
+        raise UserError(f"--batch must be an integer from 1 to {MAX_DIM}, got {args.batch}")
     try:
         rep = network_report(spec, batch=args.batch, dtype=args.dtype)
     except ValueError as e:

@@ -369,7 +369,10 @@ def parse_bytes(text: str | int | float) -> int:
     if not m or unit not in _UNITS:
         raise ValueError(f"a memory size must be a number with an optional unit (B, KiB, MiB, GiB, TiB, or KB, MB, "
                          f"GB, TB), e.g. 2GiB, got {text!r}")
-    return check_memory_budget(int(float(m.group(1)) * _UNITS[unit]))
+    value = float(m.group(1)) * _UNITS[unit]
+    if not 1 <= value <= MAX_MEMORY_BUDGET:  # say it as typed (0.5 -> 0, 1e29 -> its float, were shown)
+        raise ValueError(f"the memory budget must be from 1 byte to 2^60 bytes (1 EiB), got {str(text).strip()!r}")
+    return check_memory_budget(int(value))
 
 
 def check_memory_budget(value: Any) -> int:

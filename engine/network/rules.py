@@ -188,9 +188,13 @@ def parse_rule(text: str) -> Rule:
         activation = None if act in ("none", "") else act
     kw: dict[str, Any] = {}
     tpl: dict[str, Any] = {}
+    seen: set[str] = set()
     for opt in options:
         key, _, value = (s.strip() for s in opt.partition("="))
         key = key.lower()
+        if key in seen:  # min=1:min=2 would keep the last silently
+            raise RuleError(f"rule {rule!r}: option {key!r} is given twice: keep one")
+        seen.add(key)
         if key not in _KNOWN_OPTIONS:
             raise RuleError(f"rule {rule!r}: unknown option {key!r} (known: {', '.join(_KNOWN_OPTIONS)})")
         if key in ("min", "max"):
