@@ -155,6 +155,7 @@ class SearchView(pn.viewable.Viewer):
         self._layout: pn.viewable.Viewable | None = None
         self._selecting = False
         self._storage_problem = ""
+        self._failures_shown: set[str] = set()
 
         self.source = ColumnDataSource({c: [] for c in SCATTER_COLUMNS})
         self.front_source = ColumnDataSource({"x": [], "accuracy": []})
@@ -257,6 +258,7 @@ class SearchView(pn.viewable.Viewer):
             self.param.update(error=f"Not launched: {e}", message="")
             return []
         for p in procs:  # reap them when they end: no zombies in the studio's process
+            p.search_name = spec.name  # type: ignore[attr-defined]  # whose log tells why it failed
             threading.Thread(target=p.wait, daemon=True, name=f"reap-{p.pid}").start()
         self.procs += procs
         self._refresh_studies(select=spec.name)
@@ -619,10 +621,25 @@ class SearchView(pn.viewable.Viewer):
         if self.active:
             self.request_refresh()
 
+    def check_workers(self) -> str | None:
+        """Why a worker launched here ended with an error (its log's last ``error:`` line, e.g. a damaged run
+        store and its repair command), shown as the form's error once; None when none did. Without this, workers
+        that died at once left the page saying "Launched"."""
+        from engine.search.study import worker_failures
+
+        for name in dict.fromkeys(getattr(p, "search_name", "") for p in self.procs):
+            failed = worker_failures([p for p in self.procs if getattr(p, "search_name", "") == name], name)
+            if failed and failed not in self._failures_shown:
+                self._failures_shown.add(failed)
+                self.param.update(error=failed, message="")
+                return failed
+        return None
+
     def _periodic(self) -> None:
         if not self.active:
             return
         try:
+            self.check_workers()
             self.poll()
             if self.report is None or not self.report.done:
                 self._refresh_studies()

@@ -212,3 +212,20 @@ def test_random_forms_build_a_search_or_say_why_and_names_stay_in_the_search_fol
 
     run()
     assert outcomes == {"refused", "accepted"}
+
+
+def test_workers_that_fail_say_why_on_the_page(state, _tnstudio_home):
+    """Workers that died at once (here: a damaged run store) left the page saying "Launched"; their cause is now the
+    form's error, with the repair command the store's message gives."""
+    runs = Path(state.home) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    (runs / "runs.db").write_bytes(b"garbage " * 512)
+    view = SearchView(state)
+    view.param.update(study_name="broken", kinds=["ttn"], legs=[5], activations=["none"], per_bond=False,
+                      max_params=500, trials=2, epochs=1, workers=1)
+    procs = view.launch()
+    assert len(procs) == 1 and procs[0].wait(timeout=120) == 2
+    failed = view.check_workers()
+    assert failed and "worker 0 failed (exit status 2)" in failed and "runs.db" in failed and "repair" in failed
+    assert view.error == failed and "worker 0 failed (exit status 2)" in view.feedback.object
+    assert view.check_workers() is None  # said once
