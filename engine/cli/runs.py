@@ -95,11 +95,10 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
     return 0 if end["status"] in ("completed", "stopped") else 1
 
 
-_INT64 = 2 ** 63  # SQLite INTEGER is a signed 64-bit number
-
-
 def cmd_runs_metrics(args: argparse.Namespace) -> int:
-    if args.since is not None and not -_INT64 <= args.since < _INT64:
+    from engine.train.store import INT64
+
+    if args.since is not None and not -INT64 <= args.since < INT64:
         raise UserError(f"--since {args.since}: out of range; give a step from -2^63 to 2^63 - 1")
     store = _store(args)
     run = _get(store, args.id)

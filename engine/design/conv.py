@@ -91,8 +91,8 @@ def _kernel_site(linear: Design, target: ConvTarget) -> Design:
         legs = d.in_legs if role == "in" else d.out_legs
         if not legs and kernel_leg in d.indices:  # one channel: the template merged its leg of 1 away, and the
             # kernel took the site: give the kernel's tensor the channel leg back, of dim 1 (as cp and tucker have)
-            name = ("i0" if role == "in" else "o0") if ("i0" if role == "in" else "o0") not in d.indices \
-                else f"{role}_channel"
+            first = "i0" if role == "in" else "o0"
+            name = first if first not in d.indices else f"{role}_channel"
             d.indices[name] = Index(dim=1, role=role, axis=0)
             next(t for t in d.tensors if kernel_leg in t.indices).indices.append(name)
     return _as_conv(d, target)

@@ -813,16 +813,15 @@ def load_design(path: str | Path) -> Design:
     one) or :class:`DesignError` (a folder, an unreadable or oversized file, bad text, an invalid design)."""
     p = Path(path)
     try:
-        if p.is_dir():
-            raise DesignError(f"{p} is a folder, not a design file")
-        if p.exists() and not p.is_file():  # a fifo would block the reader, /dev/zero never ends
-            raise DesignError(f"{p} is not a regular file (a device, fifo or socket), not a design file")
-        if not p.is_file():
-            raise FileNotFoundError(f"design file not found: {p}")
+        exists, folder, regular = p.exists(), p.is_dir(), p.is_file()
     except OSError as e:  # a name longer than the file system allows, a folder that cannot be searched
-        if isinstance(e, FileNotFoundError):
-            raise
         raise DesignError(f"cannot read {p}: {e.strerror or e}") from None
+    if folder:
+        raise DesignError(f"{p} is a folder, not a design file")
+    if exists and not regular:  # a fifo would block the reader, /dev/zero never ends
+        raise DesignError(f"{p} is not a regular file (a device, fifo or socket), not a design file")
+    if not regular:
+        raise FileNotFoundError(f"design file not found: {p}")
     try:
         size = p.stat().st_size
         if size > MAX_FILE_BYTES:

@@ -340,17 +340,19 @@ def load_network(path: str | Path) -> NetworkSpec:
     """Read and validate a network file (design paths relative to its folder)."""
     p = Path(path)
     try:
-        if p.exists() and not p.is_file():
-            raise NetworkError(f"{p} is not a regular file (a folder, device, fifo or socket)")
-        if not p.is_file():
-            raise FileNotFoundError(f"network file not found: {p}")
-        if p.stat().st_size > MAX_NETWORK_PEEK:
-            raise NetworkError(f"{p} is {p.stat().st_size:,} bytes, more than a network file's "
-                               f"{MAX_NETWORK_PEEK // 2 ** 20} MiB")
+        exists, regular = p.exists(), p.is_file()
+        size = p.stat().st_size if regular else 0
+    except OSError as e:  # a name longer than the file system allows, a folder that cannot be searched
+        raise NetworkError(f"cannot read {p}: {e.strerror or e}") from None
+    if exists and not regular:
+        raise NetworkError(f"{p} is not a regular file (a folder, device, fifo or socket)")
+    if not regular:
+        raise FileNotFoundError(f"network file not found: {p}")
+    if size > MAX_NETWORK_PEEK:
+        raise NetworkError(f"{p} is {size:,} bytes, more than a network file's {MAX_NETWORK_PEEK // 2 ** 20} MiB")
+    try:
         data = p.read_bytes()
-    except OSError as e:  # unreadable, a name longer than the file system allows
-        if isinstance(e, FileNotFoundError):
-            raise
+    except OSError as e:  # unreadable
         raise NetworkError(f"cannot read {p}: {e.strerror or e}") from None
     try:
         text = data.decode("utf-8-sig")

@@ -187,11 +187,12 @@ def resume(run_id: str, runs_dir: str | os.PathLike | None = None) -> str:
 
 def check_checkpoint(path: Path) -> None:
     """Refuse a checkpoint torch cannot load (cut short, overwritten, a folder) before a process is started for
-    it, in one line naming it (torch's own message runs to paragraphs and names no file)."""
+    it, in one line naming it (torch's own message runs to paragraphs and names no file). Memory-mapped: the
+    archive and its pickled structure are read, the tensors' bytes are left to the trainer, which loads them."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - torch.load's failures on a damaged file are of many kinds
         # (EOFError, OSError, UnpicklingError, RuntimeError from the zip reader, IsADirectoryError): one answer
         raise ValueError(f"checkpoint {path} is damaged ({torch_load_reason(e)}): it cannot be resumed; start the run "

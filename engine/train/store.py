@@ -622,15 +622,13 @@ def read_metrics_file(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-
 def metric_row_problem(row: Mapping[str, Any]) -> str | None:
     """Why ``row`` is not a metric row (None when it is): ``step`` a whole number within 64 bits, ``split`` text,
     every other field a number (a float of any value: a diverged run's loss is NaN; an integer within 64 bits, as
     sqlite stores them) or missing. A hand-edited ``metrics.jsonl`` line (a NaN step, a list where a loss belongs)
     is skipped by readers instead of breaking the index or every command that shows it."""
     step = row.get("step")
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) \
-            or step != int(step) or not -_INT64 <= step < _INT64:
+    if not _is_number(step) or not math.isfinite(step) or step != int(step) or not -INT64 <= step < INT64:
         return f"step {clip_middle(repr(step))} is not a whole number"
     if not isinstance(row.get("split"), str):
         return f"split {clip_middle(repr(row.get('split')))} is not text"
@@ -638,7 +636,7 @@ def metric_row_problem(row: Mapping[str, Any]) -> str | None:
         v = row.get(k)
         if k in ("step", "split") or v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, int) and abs(v) >= _INT64):
+        if not _is_number(v) or (isinstance(v, int) and abs(v) >= INT64):
             return f"{k} {clip_middle(repr(v))} is not a number"
     return None
 
@@ -650,11 +648,15 @@ def _insert_metrics(con: sqlite3.Connection, run_id: str, rows: list[dict[str, A
 
 
 _NUMBER_FIELDS = ("created", "started", "finished", "updated")
-_INT64 = 2 ** 63  # sqlite's integers are 64-bit
+INT64 = 2 ** 63  # sqlite's integers are 64-bit: from -INT64 to INT64 - 1
 _LAST_TIME = 1e11  # seconds since 1970: the year 5138 (a time beyond it is no time a run was made)
 _SUMMARY_NUMBERS = ("params", "core_params", "layer_params", "layer_dense_params", "forward_flops",
                     "train_examples", "test_examples", "nproc")
 _INT_FIELDS = ("pid", "pid_start", "step", "total_steps", "stop_requested")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def row_values(row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
@@ -672,18 +674,18 @@ def row_values(row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"run {rid}'s {k} is not a JSON object")
     for k in _NUMBER_FIELDS:
         v = run.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < _LAST_TIME):
+        if v is not None and (not _is_number(v) or not 0 <= v < _LAST_TIME):
             raise ValueError(f"run {rid}'s {k} is {clip_middle(repr(v))}, not a time in seconds")
     for k in _INT_FIELDS:
         v = run.get(k)
-        if v is not None and (not isinstance(v, int) or not -_INT64 <= v < _INT64):
+        if v is not None and (not isinstance(v, int) or not -INT64 <= v < INT64):
             raise ValueError(f"run {rid}'s {k} is {clip_middle(repr(v))}, not a 64-bit integer")
     for k, v in (run.get("results") or {}).items():
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        if v is not None and not _is_number(v):
             raise ValueError(f"run {rid}'s result {clip_middle(repr(k))} is {clip_middle(repr(v))}, not a number")
     for k in _SUMMARY_NUMBERS:
         v = (run.get("summary") or {}).get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        if v is not None and not _is_number(v):
             raise ValueError(f"run {rid}'s summary {k} is {clip_middle(repr(v))}, not a number")
     if "status" in run and run["status"] not in STATUSES:
         raise ValueError(f"run {rid}'s status is {clip_middle(repr(run['status']))}, not one of "
