@@ -129,6 +129,7 @@ def run_sliced(program: Program, env: dict[str, torch.Tensor], acts: Mapping[str
         if activation is not None:
             val = acts[activation](val)
         env[output] = val
+        del val  # env holds it; a local would keep the last shared intermediate alive until y is made
         for i in frees:  # a shared intermediate the region reads is last read in the region: not freed here
             env.pop(i, None)
     ins = [env[i] for i in sl.inputs]
