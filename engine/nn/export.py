@@ -518,7 +518,8 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
         from engine.nn.sliced_export import HELPERS, activations_used, slicing_spec
 
         src.add("# W is generated slice by slice under a memory budget (TN Studio's engine.contract.slicing):")
-        src.add(f"# {_lit(mat.slicing.describe())}, each slice recomputed in backward")
+        src.add(f"# {_lit(mat.slicing.describe())}, each slice recomputed in backward; planned for batch {_int(batch)}")
+        src.add("# and run at every batch (TN Studio re-plans for each batch: export at the batch you train at)")
         src.add(f"SLICING = {_lit(slicing_spec(mat))}")
         acts = ", ".join(f"{_lit(a)}: {_activation_source(a)}" for a in activations_used(mat))
         src.add(f"SLICE_ACTIVATIONS = {{{acts}}}")
