@@ -20,6 +20,11 @@ from engine.nn.measure import peak_bytes
 from engine.design.templates import TEMPLATE_KINDS, make_template
 from engine.train.optim import adamw
 
+try:
+    from tests.drawn import linear_drawn
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from drawn import linear_drawn
+
 TRAIN_TOLERANCE = (0.70, 1.25)  # model / measured peak of a training step; see the README's cost section
 
 
@@ -289,36 +294,8 @@ def test_memory_of_a_design_with_an_outer_product_step(one_thread):
             assert replay(prog).peak * 4 == peak_bytes(lambda: run_program(prog, cores, x))
 
 
-@st.composite
-def _hand_drawn(draw):
-    """A random connected linear design as a user might draw it: 2-5 tensors on a random spanning tree, up to two
-    more bonds (loops), 1-3 in and out legs on random tensors, every dimension 2-4, indices in random order."""
-    n = draw(st.integers(2, 5))
-    legs: dict[int, list[str]] = {k: [] for k in range(n)}
-    indices: dict[str, dict] = {}
-    pairs = [(k, draw(st.integers(0, k - 1))) for k in range(1, n)]
-    pairs += draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)).filter(lambda p: p[0] != p[1]),
-                           max_size=2))
-    for b, (u, v) in enumerate(pairs):
-        indices[f"b{b}"] = {"dim": draw(st.integers(2, 4)), "role": "bond"}
-        legs[u].append(f"b{b}")
-        legs[v].append(f"b{b}")
-    features = {}
-    for role in ("in", "out"):
-        features[role] = 1
-        for a in range(draw(st.integers(1, 3))):
-            dim = draw(st.integers(2, 4))
-            indices[f"{role[0]}{a}"] = {"dim": dim, "role": role, "axis": a}
-            legs[draw(st.integers(0, n - 1))].append(f"{role[0]}{a}")
-            features[role] *= dim
-    tensors = [{"id": f"T{k}", "indices": draw(st.permutations(legs[k]))} for k in range(n)]
-    return {"format": "tnstudio-design", "version": 1, "name": "drawn",
-            "target": {"kind": "linear", "in_features": features["in"], "out_features": features["out"]},
-            "indices": indices, "tensors": tensors}
-
-
 @settings(max_examples=12, deadline=None)
-@given(_hand_drawn())
+@given(linear_drawn())
 def test_memory_of_hand_drawn_designs_equals_the_allocators_peak(data):
     """The replay is exact beyond the templates: random hand-drawn designs (loops, legs anywhere, any index order),
     both schedules, inference and a forward pass under autograd, against the CPU allocator."""

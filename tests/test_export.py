@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 
 from engine.cli import main as cli_main
 from engine.design.model import Design, save_design
@@ -20,6 +21,11 @@ from engine.nn.linear import TNLinear
 from engine.contract.program import compile_program
 from engine.contract.schedule import can_stream
 from engine.design.templates import make_template
+
+try:
+    from tests.drawn import nonlinear_drawn
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from drawn import nonlinear_drawn
 
 IN, OUT = 64, 12
 FACTORS = {"in_factors": [4, 4, 4], "out_factors": [2, 2, 3]}
@@ -336,3 +342,31 @@ def test_a_snippet_runs_from_any_working_folder(tmp_path):
                        text=True, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert r.returncode == 0, r.stderr[-2000:]
     assert abs(float(r.stdout.split()[-1]) - float(layer.bias.sum())) < 1e-6  # the saved weights, not fresh ones
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=nonlinear_drawn())
+def test_exported_random_nonlinear_designs_run_the_engines_program(data, tmp_path_factory):
+    """Beyond the templates: a random hand-drawn nonlinear design's exported module, loaded from its file with
+    TNLinear's state dict, gives TNLinear's outputs (float64) and runs its FLOPs (FlopCounterMode) at batches 1-64."""
+    import importlib.util
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    d = Design.from_dict(data)
+    path = tmp_path_factory.mktemp("drawn") / "m.py"
+    path.write_text(to_torch_source(d))
+    spec = importlib.util.spec_from_file_location("exported_drawn", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ref = TNLinear(d, seed=0).double()
+    layer = mod.Layer().double()
+    layer.load_state_dict(ref.state_dict())
+    for batch in (1, 3, 8, 17, 64):
+        x = torch.randn(batch, d.in_features, dtype=torch.float64)
+        with FlopCounterMode(display=False) as theirs:
+            y = layer(x)
+        with FlopCounterMode(display=False) as ours:
+            y_ref = ref(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+        assert theirs.get_total_flops() == ours.get_total_flops(), batch

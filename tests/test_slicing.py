@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 from hypothesis import example, given, settings
-from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.cli import main
@@ -26,6 +25,11 @@ from engine.nn.export import to_torch_source
 from engine.nn.linear import TNLinear
 from engine.nn.measure import peak_bytes
 from engine.train.optim import adamw
+
+try:
+    from tests.drawn import nonlinear_drawn
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from drawn import nonlinear_drawn
 
 # (kind, size, bond, activation, slicings): open legs, legs cut to single entries (dropped in a slice), bonds summed
 # inside the sliced region (the slices' results added up), linear designs (any bond of the generation)
@@ -262,41 +266,6 @@ def test_a_budgeted_layer_replans_when_its_dtype_changes():
     assert prog.slicing is not None and prog.slicing.count == want64.slices
 
 
-_ACTIVATIONS = ("gelu", "relu", "tanh", "sigmoid", "silu")
-
-
-@st.composite
-def _nonlinear_drawn(draw):
-    """A random nonlinear design as a user might draw it: 3-6 tensors on a random spanning tree plus up to two more
-    bonds, legs on random tensors, every dimension 2-4, a random evaluation order, an activation on about half the
-    tensors (not the last)."""
-    n = draw(st.integers(3, 6))
-    legs: dict[int, list[str]] = {k: [] for k in range(n)}
-    indices: dict[str, dict] = {}
-    pairs = [(k, draw(st.integers(0, k - 1))) for k in range(1, n)]
-    pairs += draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)).filter(lambda p: p[0] != p[1]),
-                           max_size=2))
-    for b, (u, v) in enumerate(pairs):
-        indices[f"b{b}"] = {"dim": draw(st.integers(2, 4)), "role": "bond"}
-        legs[u].append(f"b{b}")
-        legs[v].append(f"b{b}")
-    features = {}
-    for role in ("in", "out"):
-        features[role] = 1
-        for a in range(draw(st.integers(1, 3))):
-            dim = draw(st.integers(2, 4))
-            indices[f"{role[0]}{a}"] = {"dim": dim, "role": role, "axis": a}
-            legs[draw(st.integers(0, n - 1))].append(f"{role[0]}{a}")
-            features[role] *= dim
-    order = draw(st.permutations(range(n)))
-    tensors = [{"id": f"T{k}", "indices": draw(st.permutations(legs[k])),
-                "activation": draw(st.sampled_from((None,) + _ACTIVATIONS)) if k != order[-1] else None}
-               for k in range(n)]
-    return {"format": "tnstudio-design", "version": 1, "name": "drawn",
-            "target": {"kind": "linear", "in_features": features["in"], "out_features": features["out"]},
-            "indices": indices, "tensors": tensors, "order": [f"T{k}" for k in order]}
-
-
 # found by the fuzz below: a shared intermediate (T2 and T1's product) that the region reads stayed alive through
 # x @ W, held by the executor's loop variable (measured 1040 bytes against the model's 1008)
 _KEPT_ALIVE = {
@@ -314,7 +283,7 @@ _KEPT_ALIVE = {
 
 @settings(max_examples=15, deadline=None)
 @example(_KEPT_ALIVE)
-@given(_nonlinear_drawn())
+@given(nonlinear_drawn())
 def test_slicing_hand_drawn_nonlinear_designs(data):
     """Beyond the templates: every sliced program of a random nonlinear design (up to two per design) gives the
     unsliced W, outputs and gradients (float64), runs the FLOPs it counts, and its inference peak is the allocator's

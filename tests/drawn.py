@@ -1,0 +1,55 @@
+"""Hypothesis strategies for random designs as a user might draw them (the fuzz tests' inputs)."""
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+ACTIVATIONS = ("gelu", "relu", "tanh", "sigmoid", "silu")
+
+
+def _drawn(draw, tensors: tuple[int, int], nonlinear: bool) -> dict:
+    """A random connected design: tensors on a random spanning tree plus up to two more bonds (loops), 1-3 in and
+    out legs on random tensors, every dimension 2-4, indices in random order; ``nonlinear``: a random evaluation
+    order and an activation on about half the tensors (not the last)."""
+    n = draw(st.integers(*tensors))
+    legs: dict[int, list[str]] = {k: [] for k in range(n)}
+    indices: dict[str, dict] = {}
+    pairs = [(k, draw(st.integers(0, k - 1))) for k in range(1, n)]
+    pairs += draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)).filter(lambda p: p[0] != p[1]),
+                           max_size=2))
+    for b, (u, v) in enumerate(pairs):
+        indices[f"b{b}"] = {"dim": draw(st.integers(2, 4)), "role": "bond"}
+        legs[u].append(f"b{b}")
+        legs[v].append(f"b{b}")
+    features = {}
+    for role in ("in", "out"):
+        features[role] = 1
+        for a in range(draw(st.integers(1, 3))):
+            dim = draw(st.integers(2, 4))
+            indices[f"{role[0]}{a}"] = {"dim": dim, "role": role, "axis": a}
+            legs[draw(st.integers(0, n - 1))].append(f"{role[0]}{a}")
+            features[role] *= dim
+    order = draw(st.permutations(range(n))) if nonlinear else None
+    tensors_ = []
+    for k in range(n):
+        t = {"id": f"T{k}", "indices": draw(st.permutations(legs[k]))}
+        if nonlinear:
+            t["activation"] = draw(st.sampled_from((None,) + ACTIVATIONS)) if k != order[-1] else None
+        tensors_.append(t)
+    design = {"format": "tnstudio-design", "version": 1, "name": "drawn",
+              "target": {"kind": "linear", "in_features": features["in"], "out_features": features["out"]},
+              "indices": indices, "tensors": tensors_}
+    if nonlinear:
+        design["order"] = [f"T{k}" for k in order]
+    return design
+
+
+@st.composite
+def linear_drawn(draw) -> dict:
+    """A random linear design of 2-5 tensors (see :func:`_drawn`)."""
+    return _drawn(draw, (2, 5), nonlinear=False)
+
+
+@st.composite
+def nonlinear_drawn(draw) -> dict:
+    """A random nonlinear design of 3-6 tensors (see :func:`_drawn`)."""
+    return _drawn(draw, (3, 6), nonlinear=True)
