@@ -79,8 +79,9 @@ def _product_order(out: Sequence[str], amem: Sequence[str], bmem: Sequence[str],
     """Memory order (outer to inner) of an elementwise product's result, as ATen's TensorIterator lays out a new
     output: dimensions sorted innermost first by the first operand's strides, then the second's where the first
     broadcasts (stride 0) or ties; an insertion sort that stops at the first operand ordering a pair, as
-    ``TensorIteratorBase::reorder_dimensions`` does. Size-1 dimensions are left out (their strides depend on how
-    each tensor was made): right for about 98% of random products, against 65% for the output's index order."""
+    ``TensorIteratorBase::reorder_dimensions`` does. Exact when every dimension is > 1 (tested against torch);
+    size-1 dimensions are left out (their strides depend on how each tensor was made), which leaves it right for
+    about 98% of random products that have them, against 65% for the output's index order."""
     big = [i for i in out if dims[i] > 1]
     strides = []
     for mem in (amem, bmem):
@@ -90,7 +91,7 @@ def _product_order(out: Sequence[str], amem: Sequence[str], bmem: Sequence[str],
             acc *= dims[i]
         strides.append(st)
 
-    def order(d0: str, d1: str) -> int:  # 1: d0 belongs inside d1, -1: outside, 0: no operand orders them
+    def order(d0: str, d1: str) -> int:  # 1: d0 belongs outside d1 (larger stride), -1: inside, 0: undecided
         for st in strides:
             s0, s1 = st.get(d0, 0), st.get(d1, 0)
             if s0 and s1 and s0 != s1:
