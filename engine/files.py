@@ -59,3 +59,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """:func:`atomic_write` of ``text`` as UTF-8."""
     data = text.encode("utf-8")
     return atomic_write(path, lambda f: f.write(data))
+
+
+def read_input_file(path: str | os.PathLike, limit: int, error: type[Exception], what: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes (``what`` names it in the
+    messages, e.g. "design file"). A missing file is ``FileNotFoundError``; a folder, a device, fifo or socket (a
+    fifo would block the reader, /dev/zero never ends), a larger or unreadable file, or a name the file system cannot
+    hold is ``error`` with a one-line reason."""
+    p = Path(path)
+    try:
+        exists, folder, regular = p.exists(), p.is_dir(), p.is_file()
+    except OSError as e:  # a name longer than the file system allows, a folder that cannot be searched
+        raise error(f"cannot read {p}: {e.strerror or e}") from None
+    if folder:
+        raise error(f"{p} is a folder, not a {what}")
+    if exists and not regular:
+        raise error(f"{p} is not a regular file (a device, fifo or socket), not a {what}")
+    if not regular:
+        raise FileNotFoundError(f"{what} not found: {p}")
+    try:
+        size = p.stat().st_size
+        if size > limit:
+            raise error(f"the {what} is {size:,} bytes, more than {limit // 2 ** 20} MiB")
+        return p.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {p}: {e.strerror or e}") from None

@@ -1,9 +1,10 @@
-"""Readable numbers for reports and the UI (``1.23k``, ``3.4 GFLOP``, ``12 MiB``, ``71.9x``) and one-line reasons
-from other libraries' errors."""
+"""Readable numbers for reports and the UI (``1.23k``, ``3.4 GFLOP``, ``12 MiB``, ``71.9x``), one-line reasons
+from other libraries' errors, and whether data is text that can be printed and saved."""
 from __future__ import annotations
 
+import json
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 _SI = (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))  # uppercase M: mega, never milli
 _BINARY = (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
@@ -105,3 +106,16 @@ def torch_load_reason(error: BaseException) -> str:
     if "weights_only" in line or "can still be loaded" in line:  # advice, not a reason
         return type(error).__name__
     return line
+
+
+def is_unicode_text(value: Any) -> bool:
+    """Whether every string in ``value`` (nested dicts and lists too) can be written as UTF-8: JSON's \\ud800
+    escapes, and bytes a terminal could not decode, read into lone surrogates, which every print or save then fails
+    on. Data that is not JSON at all counts as text here (other checks name that)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    except (TypeError, ValueError, RecursionError):
+        return True
+    return True

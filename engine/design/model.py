@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.design.activations import ACTIVATIONS as ACTIVATION_REGISTRY
-from engine.files import atomic_write_text
-from engine.format import dims_text, int_text
+from engine.files import atomic_write_text, read_input_file
+from engine.format import dims_text, int_text, is_unicode_text
 
 FORMAT = "tnstudio-design"
 VERSION = 2  # the newest format version; linear designs are written as version 1 (see the module docstring)
@@ -629,18 +629,6 @@ def _name_problems(design: Design) -> list[str]:
     return probs
 
 
-def _is_text(value: Any) -> bool:
-    """Whether every string in ``value`` (nested dicts and lists too) can be written as UTF-8: JSON's \\ud800 escapes
-    read into lone surrogates, which every print or save then fails on."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    except (TypeError, ValueError, RecursionError):  # not JSON data at all: other checks name that
-        return True
-    return True
-
-
 def _problems(design: Design) -> list[str]:
     probs: list[str] = []
     idx = design.indices
@@ -650,10 +638,10 @@ def _problems(design: Design) -> list[str]:
         probs.append(f"the design has {len(design.tensors)} tensors, more than {MAX_TENSORS}")
     if not isinstance(design.name, str) or len(design.name) > MAX_NAME_LENGTH:
         probs.append(f"the design's name must be text of at most {MAX_NAME_LENGTH} characters")
-    elif not _is_text(design.name):
+    elif not is_unicode_text(design.name):
         probs.append("the design's name holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text: it "
                      "could not be printed or saved")
-    if not _is_text(design.meta):
+    if not is_unicode_text(design.meta):
         probs.append("'meta' holds a lone surrogate (\\ud800-\\udfff) in a string, which is no Unicode text")
     conv = design.conv
     if conv is not None:
@@ -811,24 +799,7 @@ def parse_json(text: str | bytes) -> Any:
 def load_design(path: str | Path) -> Design:
     """Read and validate a design JSON file; a missing or unreadable file raises ``FileNotFoundError`` (a missing
     one) or :class:`DesignError` (a folder, an unreadable or oversized file, bad text, an invalid design)."""
-    p = Path(path)
-    try:
-        exists, folder, regular = p.exists(), p.is_dir(), p.is_file()
-    except OSError as e:  # a name longer than the file system allows, a folder that cannot be searched
-        raise DesignError(f"cannot read {p}: {e.strerror or e}") from None
-    if folder:
-        raise DesignError(f"{p} is a folder, not a design file")
-    if exists and not regular:  # a fifo would block the reader, /dev/zero never ends
-        raise DesignError(f"{p} is not a regular file (a device, fifo or socket), not a design file")
-    if not regular:
-        raise FileNotFoundError(f"design file not found: {p}")
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise DesignError(f"the design file is {size:,} bytes, more than {MAX_FILE_BYTES // 2 ** 20} MiB")
-        data = p.read_bytes()
-    except OSError as e:
-        raise DesignError(f"cannot read {p}: {e.strerror or e}") from None
+    data = read_input_file(path, MAX_FILE_BYTES, DesignError, "design file")
     return Design.from_json(data)
 
 

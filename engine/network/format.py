@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from engine.design.model import MAX_DIM, MAX_META_DEPTH, Design, DesignError, _depth
-from engine.files import atomic_write_text
-from engine.format import clip_middle, int_text
+from engine.files import atomic_write_text, read_input_file
+from engine.format import clip_middle, int_text, is_unicode_text
 from engine.network.catalogue import (ArchRef, CatalogueError, architecture, architecture_names, architectures,
                                       check_import_path)
 from engine.network.rules import DENSE, Resolved, RuleError, apply_rules, parse_rule
@@ -216,12 +216,8 @@ def _parse(data: Any, base_dir: str | Path | None) -> tuple[NetworkSpec | None, 
     if not isinstance(name, str):
         probs.append(f"'name' must be a string, got {_got(name)}")
         name = "network"
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:  # JSON's \ud800 escapes read into lone surrogates: no print or save would work
+    if not is_unicode_text(data):  # JSON's \ud800 escapes read into lone surrogates: no print or save would work
         probs.append("a string of the file holds a lone surrogate (\\ud800-\\udfff), which is no Unicode text")
-    except (TypeError, ValueError, RecursionError):  # other checks name these
-        pass
     # architecture
     arch = data.get("architecture")
     ref = ArchRef("mlp")
@@ -336,24 +332,13 @@ def _assignment(lname: str, value: Any, base: Path | None) -> tuple[Assignment, 
 
 
 # ----------------------------------------------------------------------------- files
+MAX_NETWORK_PEEK = 64 * 2 ** 20  # bytes: a network file is small (inline designs are at most 16 MiB each)
+
+
 def load_network(path: str | Path) -> NetworkSpec:
     """Read and validate a network file (design paths relative to its folder)."""
     p = Path(path)
-    try:
-        exists, regular = p.exists(), p.is_file()
-        size = p.stat().st_size if regular else 0
-    except OSError as e:  # a name longer than the file system allows, a folder that cannot be searched
-        raise NetworkError(f"cannot read {p}: {e.strerror or e}") from None
-    if exists and not regular:
-        raise NetworkError(f"{p} is not a regular file (a folder, device, fifo or socket)")
-    if not regular:
-        raise FileNotFoundError(f"network file not found: {p}")
-    if size > MAX_NETWORK_PEEK:
-        raise NetworkError(f"{p} is {size:,} bytes, more than a network file's {MAX_NETWORK_PEEK // 2 ** 20} MiB")
-    try:
-        data = p.read_bytes()
-    except OSError as e:  # unreadable
-        raise NetworkError(f"cannot read {p}: {e.strerror or e}") from None
+    data = read_input_file(p, MAX_NETWORK_PEEK, NetworkError, "network file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -365,9 +350,6 @@ def load_network(path: str | Path) -> NetworkSpec:
 def save_network(spec: NetworkSpec, path: str | Path, inline: bool = False) -> Path:
     """Write ``spec`` to ``path`` as JSON, atomically (a failed write leaves the file that was there whole)."""
     return atomic_write_text(path, spec.to_json(inline=inline) + "\n")
-
-
-MAX_NETWORK_PEEK = 64 * 2 ** 20  # bytes: a network file is small (inline designs are at most 16 MiB each)
 
 
 def is_network_file(path: str | Path) -> bool:

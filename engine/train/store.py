@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from engine.files import atomic_write_text
-from engine.format import clip_middle
+from engine.format import clip_middle, is_unicode_text
 from engine.home import runs_dir
 
 log = logging.getLogger(__name__)
@@ -294,11 +294,10 @@ class RunStore:
         JSON (a :class:`~engine.train.config.RunConfig` through ``to_dict``; a dict as it is)."""
         config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         design_dict = design.to_dict() if hasattr(design, "to_dict") else design
-        try:  # before anything is made: a name from a terminal can hold undecodable bytes (lone surrogates)
-            json.dumps([name, config, design_dict], ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_unicode_text([name, config, design_dict]):  # before anything is made: a name from a terminal
+            # can hold undecodable bytes (lone surrogates)
             raise ValueError("the run's name or config holds characters that are not Unicode text (bytes that were "
-                             "not UTF-8)") from None
+                             "not UTF-8)")
         run_id = uuid.uuid4().hex[:8]
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=False)
