@@ -20,13 +20,13 @@ def _flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _check_address(address: str, port: int) -> None:
-    """``--address`` as the server will bind it (getaddrinfo, passive, as tornado does): a name that resolves to
-    nothing, or no address at all, is refused; no socket is opened."""
+def _check_address(address: str, port: int) -> list[tuple]:
+    """``--address`` as the server will bind it (getaddrinfo, passive, as tornado does), returned for
+    :func:`_check_free`: a name that resolves to nothing, or no address at all, is refused; no socket is opened."""
     if not address.strip():
         raise UserError("--address is empty: give an address to listen on, e.g. 127.0.0.1")
     try:
-        socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        return socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except (OSError, UnicodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise UserError(f"--address {address!r}: not an address this machine can listen on ({reason})") from None
@@ -59,11 +59,12 @@ def _check_basic_auth(value: str) -> None:
                         f"least one user)")
 
 
-def _check(args: argparse.Namespace) -> None:
-    """Every argument, before anything starts: one line (exit status 2) for the first problem."""
+def _check(args: argparse.Namespace) -> list[tuple]:
+    """Every argument, before anything starts: one line (exit status 2) for the first problem. Returns the
+    addresses ``--address`` resolves to."""
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be from 0 to 65535 (0: any free port), got {args.port}")
-    _check_address(args.address, args.port)
+    where = _check_address(args.address, args.port)
     for key in AUTH_OPTIONS:
         value = getattr(args, key)
         if value is not None and key != "basic_auth" and not value.strip():
@@ -83,15 +84,16 @@ def _check(args: argparse.Namespace) -> None:
         if args.oauth_provider not in AUTH_PROVIDERS:
             raise UserError(f"--oauth-provider {args.oauth_provider!r}: not a provider Panel knows; choose from "
                             f"{', '.join(sorted(AUTH_PROVIDERS))}")
+    return where
 
 
-def _check_free(address: str, port: int) -> None:
-    """Whether the server could listen on ``address:port`` (a port in use, an address this machine lacks): a
-    socket is bound as tornado binds it and closed at once, before the server starts."""
+def _check_free(address: str, port: int, resolved: list[tuple]) -> None:
+    """Whether the server could listen on ``address:port`` (a port in use, an address this machine lacks): on each
+    of the addresses ``address`` resolved to (:func:`_check_address`), a socket is bound as tornado binds it and
+    closed at once, before the server starts."""
     if port == 0:
         return
-    for family, kind, proto, _, where in socket.getaddrinfo(address, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                                                             socket.AI_PASSIVE):
+    for family, kind, proto, _, where in resolved:
         try:
             with socket.socket(family, kind, proto) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -105,8 +107,7 @@ def _check_free(address: str, port: int) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    _check(args)
-    _check_free(args.address, args.port)
+    _check_free(args.address, args.port, _check(args))
     from studio.app import serve
 
     auth = {k: getattr(args, k) for k in AUTH_OPTIONS if getattr(args, k)}
