@@ -1,6 +1,11 @@
-"""Hypothesis strategies for random designs as a user might draw them (the fuzz tests' inputs)."""
+"""Hypothesis strategies for random designs as a user might draw them (the fuzz tests' inputs), and the one-thread
+setting those tests measure under."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
 from hypothesis import strategies as st
 
 ACTIVATIONS = ("gelu", "relu", "tanh", "sigmoid", "silu")
@@ -53,3 +58,15 @@ def linear_drawn(draw) -> dict:
 def nonlinear_drawn(draw) -> dict:
     """A random nonlinear design of 3-6 tensors (see :func:`_drawn`)."""
     return _drawn(draw, (3, 6), nonlinear=True)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside, as the ``one_thread`` fixture sets it (hypothesis runs a function-scoped fixture
+    only once for all its examples, so the fuzz tests set it themselves)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -21,9 +21,9 @@ from engine.design.templates import TEMPLATE_KINDS, make_template
 from engine.train.optim import adamw
 
 try:
-    from tests.drawn import linear_drawn
+    from tests.drawn import linear_drawn, one_torch_thread
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from drawn import linear_drawn
+    from drawn import linear_drawn, one_torch_thread
 
 TRAIN_TOLERANCE = (0.70, 1.25)  # model / measured peak of a training step; see the README's cost section
 
@@ -303,21 +303,13 @@ def test_memory_of_hand_drawn_designs_equals_the_allocators_peak(data):
     from engine.design.model import Design
 
     d = Design.from_dict(data)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the one_thread fixture (hypothesis runs a function-scoped fixture only once)
-    try:
-        _check_hand_drawn(d, ("materialise", "stream") if can_stream(d) else ("materialise",))
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _check_hand_drawn(d, schedules):
-    for sched in schedules:
-        for batch in (1, 5):
-            prog, cores, x = _setup(d, batch, sched, grad=False)
-            with torch.no_grad():
-                assert replay(prog).peak * 4 == peak_bytes(lambda: run_program(prog, cores, x)), (sched, batch)
-            prog, cores, x = _setup(d, batch, sched, grad=True)
-            keep = []
-            measured = peak_bytes(lambda: keep.append(run_program(prog, cores, x)))
-            assert replay(prog, training=True).peak * 4 == measured, (sched, batch)
+    with one_torch_thread():
+        for sched in ("materialise", "stream") if can_stream(d) else ("materialise",):
+            for batch in (1, 5):
+                prog, cores, x = _setup(d, batch, sched, grad=False)
+                with torch.no_grad():
+                    assert replay(prog).peak * 4 == peak_bytes(lambda: run_program(prog, cores, x)), (sched, batch)
+                prog, cores, x = _setup(d, batch, sched, grad=True)
+                keep = []
+                measured = peak_bytes(lambda: keep.append(run_program(prog, cores, x)))
+                assert replay(prog, training=True).peak * 4 == measured, (sched, batch)

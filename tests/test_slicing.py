@@ -27,9 +27,9 @@ from engine.nn.measure import peak_bytes
 from engine.train.optim import adamw
 
 try:
-    from tests.drawn import nonlinear_drawn
+    from tests.drawn import nonlinear_drawn, one_torch_thread
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from drawn import nonlinear_drawn
+    from drawn import nonlinear_drawn, one_torch_thread
 
 # (kind, size, bond, activation, slicings): open legs, legs cut to single entries (dropped in a slice), bonds summed
 # inside the sliced region (the slices' results added up), linear designs (any bond of the generation)
@@ -297,9 +297,7 @@ def test_slicing_hand_drawn_nonlinear_designs(data):
     g = torch.randn(3, d.out_features, dtype=torch.float64)
     y0 = run_program(prog, cores, x)
     grads0 = torch.autograd.grad(y0, [x, *cores.values()], g)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the one_thread fixture (hypothesis runs a function-scoped fixture only once)
-    try:
+    with one_torch_thread():
         for sp in slicing_sequence(prog, 8, d.params)[:2]:
             y1 = run_program(sp, cores, x)
             torch.testing.assert_close(y1, y0, rtol=1e-10, atol=1e-12)
@@ -313,5 +311,3 @@ def test_slicing_hand_drawn_nonlinear_designs(data):
             with torch.no_grad():
                 measured = peak_bytes(lambda: run_program(sp, c32, x32))
             assert memory(sp, 4, d.params).peak_forward_bytes == measured + (d.params + x32.numel()) * 4
-    finally:
-        torch.set_num_threads(threads)
