@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -338,8 +339,9 @@ def test_a_snippet_runs_from_any_working_folder(tmp_path):
     layer = TNLinear(d, seed=0)
     write_export(d, "snippet", sub / "use.py", weights=layer.state_dict())
     code = "import runpy, sys; ns = runpy.run_path(sys.argv[1]); print(float(ns['layer'].bias.sum()))"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     r = subprocess.run([sys.executable, "-c", code, str(Path("sub") / "use.py")], cwd=tmp_path, capture_output=True,
-                       text=True, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                       text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert abs(float(r.stdout.split()[-1]) - float(layer.bias.sum())) < 1e-6  # the saved weights, not fresh ones
 

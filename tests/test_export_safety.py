@@ -1,8 +1,9 @@
 """Exported code is safe by construction: names, ids and index names from hostile alphabets (quotes, newlines,
 backslashes, unicode, ``__import__(...)``) either break the id rule and are refused by validation with the rule
-named, or are exported as literals: tokenized, the torch module and the snippet carry a design string only inside
-string literals (repr) or as the validated class name, never as code or in a comment; they compile, import in a
-fresh interpreter without running anything a design says (no marker file appears), and compute TNLinear's outputs."""
+named, or are exported as literals: tokenized, the torch module (sliced under a memory budget too) and the snippet
+carry a design string (valid ids and index names that carry the marker too) only inside string literals (repr) or
+as the validated class name, never as code or in a comment; they compile, import in a fresh interpreter without
+running anything a design says (no marker file appears), and compute TNLinear's outputs."""
 from __future__ import annotations
 
 import ast
@@ -23,6 +24,9 @@ from engine.design.schema import design_schema
 from engine.nn.export import class_name, to_snippet, to_torch_source, write_export
 from engine.nn.linear import TNLinear
 from engine.design.templates import make_template
+from engine.contract.memory import memory
+from engine.contract.program import compile_program
+from engine.contract.slicing import slicing_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "PWNED"
@@ -39,8 +43,11 @@ CHARS = st.sampled_from(list("abcXYZ019_.-\"'\\\n\r\t #{}()%$éü中\u2028\x00")
 TEXT = st.one_of(st.sampled_from(PAYLOADS), st.text(CHARS, min_size=0, max_size=12),
                  st.builds(lambda a, b: a + b, st.sampled_from(PAYLOADS), st.text(CHARS, max_size=6)))
 NAMES = st.one_of(st.sampled_from(CODE_LIKE), st.text(CHARS, min_size=1, max_size=10), st.sampled_from(PAYLOADS))
+# ids and index names that follow the rule and carry the MARKER, so the checks below see where valid names go too
+MARKED = st.builds(lambda a, b: a + MARKER + b, st.sampled_from(["", "x", "_", "a."]),
+                   st.sampled_from(["", "0", "_b", "-c", ".d"]))
 VALID = st.one_of(st.sampled_from([n for n in CODE_LIKE if valid_name(n) and n not in RESERVED_INDEX_NAMES]),
-                  st.from_regex(NAME_RULE, fullmatch=True).filter(lambda n: n not in RESERVED_INDEX_NAMES))
+                  st.from_regex(NAME_RULE, fullmatch=True).filter(lambda n: n not in RESERVED_INDEX_NAMES), MARKED)
 
 
 def chain(name: str, ids: list[str], idx: list[str], act: str | None) -> dict:
@@ -115,7 +122,7 @@ def _run_fresh(tmp: Path, jobs: list[dict], kind: str) -> dict:
 
 
 def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
-    jobs, layers = [], {}
+    jobs, sliced_jobs, layers = [], [], {}
 
     @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -153,6 +160,15 @@ def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
         assert_marker_only_in_literals(src, class_name(design))
         (folder / "layer.py").write_text(src)
         torch.save(layer.state_dict(), folder / "layer.pt")
+        # under a memory budget the generation is sliced: its plan names the sliced index (a literal, never a
+        # comment), and the sliced module computes the same outputs in a fresh interpreter too
+        seq = slicing_sequence(compile_program(design, 64, "materialise"), 4, design.params)
+        if seq:
+            sliced = to_torch_source(design, memory_budget=memory(seq[0], 4, design.params, training=True).train_bytes)
+            assert "SLICING = " in sliced
+            ast.parse(sliced)
+            assert_marker_only_in_literals(sliced, class_name(design))
+            (folder / "sliced.py").write_text(sliced)
         write_export(design, "snippet", folder / "use.py", weights=layer.state_dict())
         snippet = to_snippet(design, design_path=name or "d.json", weights_path=name or None)
         ast.parse(snippet)
@@ -161,14 +177,16 @@ def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
         torch.save(x, folder / "x.pt")
         jobs.append({"n": n, "name": design.name, "torch": str(folder / "layer.py"), "state": str(folder / "layer.pt"),
                      "snippet": str(folder / "use.py"), "dir": str(folder), "x": str(folder / "x.pt")})
+        if seq:
+            sliced_jobs.append({**jobs[-1], "torch": str(folder / "sliced.py")})
         with torch.no_grad():
             layers[n] = layer(x)
 
     case()
-    assert len(jobs) >= 5, "too few examples passed validation to test the exports"
-    for kind in ("torch", "snippet"):
-        out = _run_fresh(tmp_path, jobs, kind)
-        for job in jobs:
+    assert len(jobs) >= 5 and sliced_jobs, "too few examples passed validation to test the exports"
+    for kind, these in (("torch", jobs), ("snippet", jobs), ("torch", sliced_jobs)):
+        out = _run_fresh(tmp_path, these, kind)
+        for job in these:
             torch.testing.assert_close(out[str(job["n"])], layers[job["n"]], rtol=1e-5, atol=1e-6)
     assert not list(tmp_path.rglob(MARKER)), "a design string ran as code"
     assert not (ROOT / MARKER).exists()

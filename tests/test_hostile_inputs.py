@@ -178,7 +178,8 @@ def test_a_json_refusal_is_named_once(text, words, tmp_path):
 
 
 def test_an_empty_bond_is_refused_not_defaulted(tmp_path):
-    rc, out, err = run_cli(["template", "mpo", "--in", "12", "--out", "6", "--bond", "", "-o", str(tmp_path / "d.json")])
+    rc, out, err = run_cli(["template", "mpo", "--in", "12", "--out", "6", "--bond", "", "-o",
+                            str(tmp_path / "d.json")])
     assert rc == 2 and "--bond needs a bond dimension" in one_line_error(err) and not (tmp_path / "d.json").exists()
 
 

@@ -424,7 +424,8 @@ def _add_snippet_layer(src: _Source, design: Design, layer_class: str, design_pa
     src.add("from engine.design import load_design")
     src.add(f"from {'.'.join(module)} import {name}")
     src.add()
-    src.add("# relative paths are the snippet's neighbours (run from anywhere); pasted without a file: the working folder")
+    src.add("# relative paths are the snippet's neighbours (run from anywhere); pasted without a file: the working")
+    src.add("# folder")
     src.add('HERE = Path(globals().get("__file__", "x")).resolve().parent')
     src.add(f"DESIGN_NAME = {_lit(design.name)}")
     src.add(f"layer = {name}(load_design(HERE / {_lit(str(design_path))}))")
@@ -517,9 +518,10 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
     if mat.slicing is not None:
         from engine.nn.sliced_export import HELPERS, activations_used, slicing_spec
 
-        src.add("# W is generated slice by slice under a memory budget (TN Studio's engine.contract.slicing):")
-        src.add(f"# {_lit(mat.slicing.describe())}, each slice recomputed in backward; planned for batch {_int(batch)}")
-        src.add("# and run at every batch (TN Studio re-plans for each batch: export at the batch you train at)")
+        src.add("# W is generated slice by slice under a memory budget (TN Studio's engine.contract.slicing),")
+        src.add(f"# each slice recomputed in backward; planned for batch {_int(batch)} and run at every batch")
+        src.add("# (TN Studio re-plans for each batch: export at the batch you train at)")
+        src.add(f"SLICED_PLAN = {_lit(mat.slicing.describe())}")  # it names indices: a literal, never a comment
         src.add(f"SLICING = {_lit(slicing_spec(mat))}")
         acts = ", ".join(f"{_lit(a)}: {_activation_source(a)}" for a in activations_used(mat))
         src.add(f"SLICE_ACTIVATIONS = {{{acts}}}")
