@@ -514,8 +514,11 @@ class TrainView(Viewer):
                     changed = [(k, new[col].iloc[k]) for k in range(len(new)) if old[col].iloc[k] != new[col].iloc[k]]
                     if changed:
                         patch[col] = changed
-                if patch:
+                if patch and self.table._models:  # shown: send the changed cells only
                     self.table.patch(patch, as_index=False)
+                elif patch:  # not shown yet (the tab never opened): Panel 1.9.4's patch would leave stale the
+                    # data the table's view is built from when the tab opens, and no later patch repeats these cells
+                    self.table.value = new
             else:
                 self.table.value = new
             if sorted(self.table.selection) != want_sel:

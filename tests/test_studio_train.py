@@ -240,3 +240,24 @@ def test_form_fields_refuse_with_a_reason(state):
         assert field.value == before and reason in field.note.object.replace("&gt;", ">")
     view.epochs.input.value = "3"
     assert view.config().epochs == 3 and view.epochs.note.object == ""
+
+
+def test_the_table_opened_after_a_run_changed_shows_the_run_as_it_is(state):
+    """The run table polls before its tab is first opened (a page loaded, or reloaded, while a run is active): the
+    view built when the tab opens shows the run's present status, not the one of the first poll."""
+    from bokeh.document import Document
+
+    view = TrainView(state)
+    store = RunStore(view.root)
+    rid = _run(store, state.valid_design, status="running")
+    view.poll()  # the session starts: the table holds the running run, nothing is shown yet
+    store.update(rid, step=100)
+    store.set_status(rid, "completed")
+    view.poll()
+    assert "completed" in view.table.value.iloc[0]["status"]
+    model = view.table.get_root(Document())  # the tab opens
+    (status,) = model.source.data["status"]
+    assert "completed" in status and "100%" in model.source.data["progress"][0]
+    store.log_metrics(rid, _rows(10, 1))
+    view.poll()  # and a view that exists gets the changes as they come
+    assert "completed" in model.source.data["status"][0]
