@@ -27,7 +27,7 @@ from .export_view import ExportView
 from .files_view import Files
 from .gallery import Gallery, Palette
 from .inspector import Inspector
-from .session import SessionDispatcher, on_session_end
+from .session import SessionDispatcher, on_session_end, quiet_closed_tab_writes
 from .state import StudioState
 from .style import css
 from .train_view import TrainView
@@ -55,6 +55,7 @@ def keep_stylesheets_local() -> None:
 
 
 keep_stylesheets_local()
+quiet_closed_tab_writes()
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 AUTH_HELP = ("anyone who can reach it can read and write designs and start training processes on this machine: "
              "serve on 127.0.0.1 (the default), or protect it with --basic-auth PASSWORD_OR_FILE (Panel's basic "

@@ -19,6 +19,7 @@ import logging
 from typing import Any, Callable
 
 import panel as pn
+from tornado.websocket import WebSocketClosedError
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +66,26 @@ def on_session_end(callback: Callable[[], Any]) -> None:
     doc = pn.state.curdoc
     if doc is not None and getattr(doc, "session_context", None) is not None:
         doc.on_session_destroyed(lambda _ctx: callback())
+
+
+class ClosedTabWrites(logging.Filter):
+    """Drops asyncio's error for a write to a closed browser tab's websocket (a Panel 1.9.4 bug, worked around here).
+
+    Panel sends a session's changes as websocket writes and awaits them on the document's next tick. A tab closed or
+    reloaded before that tick ends the session, the awaiting callback never runs, and asyncio logs each failed
+    write (``WebSocketClosedError``) as "Task exception was never retrieved", an error with a traceback, when the
+    write is collected. Nothing was lost (the tab is gone), so the record goes to this module's debug log instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], WebSocketClosedError):
+            log.debug("a write to a closed browser tab was dropped: %s", record.getMessage())
+            return False
+        return True
+
+
+def quiet_closed_tab_writes() -> None:
+    """Install :class:`ClosedTabWrites` on asyncio's logger (once)."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, ClosedTabWrites) for f in logger.filters):
+        logger.addFilter(ClosedTabWrites())
