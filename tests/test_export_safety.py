@@ -1,8 +1,8 @@
 """Exported code is safe by construction: names, ids and index names from hostile alphabets (quotes, newlines,
 backslashes, unicode, ``__import__(...)``) either break the id rule and are refused by validation with the rule
 named, or are exported as literals: tokenized, the torch module (sliced under a memory budget too) and the snippet
-carry a design string (valid ids and index names that carry the marker too) only inside string literals (repr) or
-as the validated class name, never as code or in a comment; they compile, import in a fresh interpreter without
+carry a design string (valid ids and index names that carry the marker too, a copy tensor's id among them) only
+inside string literals (repr) or as the validated class name, never as code or in a comment; they compile, import in a fresh interpreter without
 running anything a design says (no marker file appears), and compute TNLinear's outputs."""
 from __future__ import annotations
 
@@ -51,14 +51,20 @@ VALID = st.one_of(st.sampled_from([n for n in CODE_LIKE if valid_name(n) and n n
 
 
 def chain(name: str, ids: list[str], idx: list[str], act: str | None) -> dict:
-    """Three tensors A - B - C: A holds in leg 0, B in leg 1 and out leg 0, C out leg 1."""
-    i0, i1, o0, o1, r0, r1 = idx
+    """Three tensors A - B - C: A holds in leg 0, B in leg 1 and out leg 0, C out leg 1. With a fourth id and a
+    seventh index name, a copy tensor (``delta``, a fixed buffer of the module) sits between B and C."""
+    i0, i1, o0, o1, r0, r1 = idx[:6]
     indices = {i0: {"dim": 2, "role": "in", "axis": 0}, i1: {"dim": 3, "role": "in", "axis": 1},
                o0: {"dim": 2, "role": "out", "axis": 0}, o1: {"dim": 2, "role": "out", "axis": 1},
                r0: {"dim": 2, "role": "bond"}, r1: {"dim": 3, "role": "bond"}}
     tensors = [{"id": ids[0], "indices": [i0, r0], "activation": act},
                {"id": ids[1], "indices": [r0, i1, o0, r1]},
                {"id": ids[2], "indices": [r1, o1]}]
+    if len(ids) > 3:
+        r2 = idx[6]
+        indices[r2] = {"dim": 3, "role": "bond"}
+        tensors[2]["indices"] = [r2, o1]
+        tensors.append({"id": ids[3], "kind": "delta", "indices": [r1, r2]})
     return {"format": "tnstudio-design", "version": 1, "name": name,
             "target": {"kind": "linear", "in_features": 6, "out_features": 4}, "indices": indices,
             "tensors": tensors}
@@ -122,23 +128,25 @@ def _run_fresh(tmp: Path, jobs: list[dict], kind: str) -> dict:
 
 
 def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
-    jobs, sliced_jobs, layers = [], [], {}
+    jobs, sliced_jobs, layers, deltas = [], [], {}, []
 
     @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-    @given(name=TEXT, ids=st.lists(VALID, min_size=3, max_size=3, unique=True),
-           idx=st.lists(VALID, min_size=6, max_size=6, unique=True), act=st.sampled_from([None, "tanh"]),
-           bad=st.one_of(st.none(), st.tuples(st.integers(0, 8), NAMES)))
+    @given(name=TEXT, ids=st.lists(VALID, min_size=3, max_size=4, unique=True),
+           idx=st.lists(VALID, min_size=7, max_size=7, unique=True), act=st.sampled_from([None, "tanh"]),
+           bad=st.one_of(st.none(), st.tuples(st.integers(0, 10), NAMES)))
     def case(name, ids, idx, act, bad):
+        n_ids = len(ids)  # a fourth id is a copy (delta) tensor's
         if bad is not None:  # one name (an id or an index name) from the hostile alphabet
             k, text = bad
             names = ids + idx
             if text in names:
                 return
-            names[k] = text
-            ids, idx = names[:3], names[3:]
+            names[k % len(names)] = text
+            ids, idx = names[:n_ids], names[n_ids:]
         d = chain(name, ids, idx, act)
-        rule_ok = all(valid_name(n) for n in ids + idx) and not set(idx) & set(RESERVED_INDEX_NAMES)
+        used = ids + idx[:7 if n_ids > 3 else 6]
+        rule_ok = all(valid_name(n) for n in used) and not set(used[n_ids:]) & set(RESERVED_INDEX_NAMES)
         try:
             design = Design.from_dict(d)
         except DesignError as e:
@@ -150,6 +158,7 @@ def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
             return
         assert rule_ok and _schema_ok(d)
         n = len(jobs)
+        deltas.extend(t.id for t in design.tensors if t.kind == "delta")
         folder = tmp_path / f"j{n}"
         folder.mkdir()
         torch.manual_seed(n)
@@ -184,6 +193,7 @@ def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
 
     case()
     assert len(jobs) >= 5 and sliced_jobs, "too few examples passed validation to test the exports"
+    assert deltas, "no exported example had a copy (delta) tensor"
     for kind, these in (("torch", jobs), ("snippet", jobs), ("torch", sliced_jobs)):
         out = _run_fresh(tmp_path, these, kind)
         for job in these:

@@ -123,10 +123,12 @@ def delta_buffer_name(tid: str) -> str:
 
 def operand_names(design: Design) -> dict[str, str]:
     """Program operand ``core:<id>`` -> its Python expression in the generated module, named as in TNLinear:
-    trainable cores are ``self.cores[<key>]``, copy (``delta``) tensors the fixed buffers ``self.delta_<key>``."""
+    trainable cores are ``self.cores[<key>]``, copy (``delta``) tensors the fixed buffers ``delta_<key>``, reached
+    as ``getattr(self, <name>)``: a name made from a tensor id stays inside a string literal, like every design
+    string."""
     from engine.nn.linear import id_to_key
 
-    return {f"core:{t.id}": (f"self.{_ident(delta_buffer_name(t.id))}" if t.kind == "delta"
+    return {f"core:{t.id}": (f"getattr(self, {_lit(_ident(delta_buffer_name(t.id)))})" if t.kind == "delta"
                              else f"self.cores[{_lit(id_to_key(t.id))}]") for t in design.tensors}
 
 
