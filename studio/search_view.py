@@ -45,7 +45,7 @@ from engine.train.data import dataset_specs
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
-from .widgets import Tick, button, error_html, note_html, section
+from .widgets import IntField, Tick, button, error_html, note_html, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
@@ -571,8 +571,8 @@ class SearchView(pn.viewable.Viewer):
         space = section("Space", pn.Column(
             styled(pn.widgets.TextInput.from_param(self.param.study_name, label="Search name", **w,
                                                    css_classes=["tn-search-name"])),
-            pn.Row(styled(pn.widgets.IntInput.from_param(self.param.in_features, label="In", **w)),
-                   styled(pn.widgets.IntInput.from_param(self.param.out_features, label="Out", **w)), margin=0, **w),
+            pn.Row(self._int_field("in_features", "In", width=140),
+                   self._int_field("out_features", "Out", width=140), margin=0, **w),
             labelled("Kinds", styled(pn.widgets.CheckBoxGroup.from_param(self.param.kinds, **box,
                                                                          css_classes=["tn-search-kinds"]), "wrap")),
             labelled("Legs", styled(pn.widgets.CheckBoxGroup.from_param(self.param.legs, **box,
@@ -581,18 +581,19 @@ class SearchView(pn.viewable.Viewer):
                                                                          css_classes=["tn-search-activations"]), "wrap")),
             self.per_bond_tick, margin=(0, 0, 6, 0), **w))
         budgets = section("Budgets (priced before training)", pn.Column(
-            styled(pn.widgets.IntInput.from_param(self.param.max_params, label="Max params", **w)),
+            styled(pn.widgets.IntInput.from_param(self.param.max_params, label="Max params", **w,
+                                                  placeholder="no limit")),
             styled(pn.widgets.FloatInput.from_param(self.param.max_flops, label="Max forward FLOPs", **w,
                                                     placeholder="no limit")),
             styled(pn.widgets.FloatInput.from_param(self.param.max_train_memory_mib, label="Max training memory (MiB)",
                                                     **w, placeholder="no limit")),
-            styled(pn.widgets.IntInput.from_param(self.param.budget_batch, label="at batch", **w)),
+            self._int_field("budget_batch", "at batch"),
             margin=(0, 0, 6, 0), **w))
         run = section("Run", pn.Column(
             styled(pn.widgets.Select.from_param(self.param.dataset, label="Data set", **w)),
-            pn.Row(styled(pn.widgets.IntInput.from_param(self.param.trials, label="Trials", **w)),
-                   styled(pn.widgets.IntInput.from_param(self.param.epochs, label="Epochs", **w)), margin=0, **w),
-            pn.Row(styled(pn.widgets.IntInput.from_param(self.param.workers, label="Workers", **w)),
+            pn.Row(self._int_field("trials", "Trials", width=140),
+                   self._int_field("epochs", "Epochs", width=140), margin=0, **w),
+            pn.Row(self._int_field("workers", "Workers", width=140),
                    styled(pn.widgets.Select.from_param(self.param.objective, label="Size", **w)), margin=0, **w),
             styled(pn.widgets.Select.from_param(self.param.pruner, label="Pruner", **w)),
             styled(pn.widgets.TextInput.from_param(self.param.storage, label="Storage (RDB URL, optional)", **w,
@@ -611,6 +612,16 @@ class SearchView(pn.viewable.Viewer):
         if self.dispatcher.served:
             pn.state.add_periodic_callback(self._periodic, period=POLL_MS)
         return self._layout
+
+    def _int_field(self, name: str, label: str, width: int | None = None) -> IntField:
+        """A whole-number field bound to parameter ``name`` both ways: a refused entry (empty, ``abc``, out of the
+        parameter's bounds) shows why under the field, which returns to the value in force."""
+        low, high = self.param[name].bounds
+        field = IntField(label=label, value=getattr(self, name), minimum=low, maximum=high,
+                         css_class=f"tn-search-{name.replace('_', '-')}", width=width)
+        field.param.watch(lambda e: setattr(self, name, e.new), "value")
+        self.param.watch(lambda e: setattr(field, "value", e.new), name)
+        return field
 
     def _show_storage_problem(self) -> None:
         problem = self.storage_problem()

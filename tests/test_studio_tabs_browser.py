@@ -6,7 +6,8 @@ Train and Inspect tabs and points on the Search tab's scatter). The page must as
 no page error, no console error or warning (Bokeh's range warnings, a deprecation, a stylesheet that failed to
 load), and the server must log no error: a Bokeh model written from a click's callback, which Panel runs without the
 document lock, shows up there (``_pending_writes should be non-None``), so the Inspect tab's bond clicks, slider and
-Reset are exercised too. Screenshots of every tab at 1280 x 800 and 1600 x 1000 land in $TNSTUDIO_SCREENSHOTS
+Reset are exercised too; every field of the Search form is emptied (each once raised a ValueError on the server) and
+its whole-number fields refuse empty, ``abc`` and out-of-range entries with the reason under the field. Screenshots of every tab at 1280 x 800 and 1600 x 1000 land in $TNSTUDIO_SCREENSHOTS
 (``tab_<name>_<width>x<height>.png``).
 
 A second test opens files of 25 MB, over the websocket's 20 MB message limit, in the Design tab's and the Network
@@ -106,6 +107,26 @@ def test_every_tab_opens_clean(home, size, monkeypatch):
             page.locator(".tn-inspect-readout .tn-i-readout[data-params]").wait_for(timeout=60000)
             page.locator(".tn-inspect-reset button").click()
             page.locator(".tn-inspect-readout", has_text="no truncation planned").wait_for(timeout=30000)
+        if size == (1600, 1000):  # every field of the Search form emptied (the server once raised on each)
+            show(page, "Search")
+            fields = page.locator(".tn-search-form input[type=text], .tn-search-form input[type=number], "
+                                  ".tn-search-form input:not([type])")
+            assert fields.count() >= 9
+            for k in range(fields.count()):
+                fields.nth(k).fill("")
+                fields.nth(k).press("Enter")
+                page.wait_for_timeout(150)
+            workers = page.locator(".tn-search-workers input")
+            page.locator(".tn-int-note", has_text="Workers must be a whole number").wait_for(timeout=10000)
+            assert workers.input_value() == "2"  # the value in force comes back
+            for typed, reason in (("abc", "Workers must be a whole number"), ("99", "at most 64")):
+                workers.fill(typed)
+                workers.press("Enter")
+                page.locator(".tn-int-note", has_text=reason).wait_for(timeout=10000)
+            workers.fill("3")
+            workers.press("Enter")
+            page.locator(".tn-int-note", has_text="at most 64").wait_for(state="detached", timeout=10000)
+            screenshot(page, f"search_fields_refused_{w}x{h}")
         # the whole network: the Network tab sends the user to the Train and Export tabs, set to the network
         show(page, "Network")
         page.locator(".tn-net-goto-train button").click()
