@@ -50,7 +50,7 @@ from .layout import bounds, fit_viewport
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
-from .widgets import button, section
+from .widgets import IntField, button, section
 
 log = logging.getLogger(__name__)
 
@@ -226,9 +226,10 @@ class InspectView(Viewer):
                                  css_classes=["tn-inspect-apply-tol"], key=lambda: (self.tol, self._gen))
         self.reset_button = button("Reset", lambda: self.param.update(plan={}, error=""), width=70, align="end",
                                    css_classes=["tn-inspect-reset"], dedupe=False)
-        self.epochs_input = styled(pn.widgets.IntInput(label="fine-tune epochs", value=self.epochs, start=1, width=130,
-                                                       css_classes=["tn-inspect-epochs"]))
-        self.epochs_input.param.watch(lambda e: setattr(self, "epochs", max(1, int(e.new or 1))), "value")
+        low, high = self.param["epochs"].bounds  # a refused entry (empty, abc, over the bound) says why under it
+        self.epochs_input = IntField(label="fine-tune epochs", value=self.epochs, minimum=low, maximum=high, width=130,
+                                     css_class="tn-inspect-epochs")
+        self.epochs_input.param.watch(lambda e: setattr(self, "epochs", e.new), "value")
         self.finetune_button = button("Truncate and fine-tune", self.truncate_and_finetune, color="primary", width=190,
                                       align="end", css_classes=["tn-inspect-finetune"],
                                       key=lambda: (dict(self.plan), self.epochs, self.source))

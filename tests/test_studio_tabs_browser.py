@@ -7,7 +7,8 @@ no page error, no console error or warning (Bokeh's range warnings, a deprecatio
 load), and the server must log no error: a Bokeh model written from a click's callback, which Panel runs without the
 document lock, shows up there (``_pending_writes should be non-None``), so the Inspect tab's bond clicks, slider and
 Reset are exercised too; every field of the Search form is emptied (each once raised a ValueError on the server) and
-its whole-number fields refuse empty, ``abc`` and out-of-range entries with the reason under the field. Screenshots of every tab at 1280 x 800 and 1600 x 1000 land in $TNSTUDIO_SCREENSHOTS
+its whole-number fields, like the Inspect tab's fine-tune epochs, refuse empty, ``abc`` and out-of-range entries with
+the reason under the field. Screenshots of every tab at 1280 x 800 and 1600 x 1000 land in $TNSTUDIO_SCREENSHOTS
 (``tab_<name>_<width>x<height>.png``).
 
 A second test opens files of 25 MB, over the websocket's 20 MB message limit, in the Design tab's and the Network
@@ -107,6 +108,11 @@ def test_every_tab_opens_clean(home, size, monkeypatch):
             page.locator(".tn-inspect-readout .tn-i-readout[data-params]").wait_for(timeout=60000)
             page.locator(".tn-inspect-reset button").click()
             page.locator(".tn-inspect-readout", has_text="no truncation planned").wait_for(timeout=30000)
+            epochs = page.locator(".tn-inspect-epochs input")  # over its bound: refused with the reason (was a
+            epochs.fill("99999999999")  # ValueError on the server)
+            epochs.press("Enter")
+            page.locator(".tn-int-note", has_text="fine-tune epochs must be at most 10,000").wait_for(timeout=10000)
+            assert epochs.input_value() == "3"
         if size == (1600, 1000):  # every field of the Search form emptied (the server once raised on each)
             show(page, "Search")
             fields = page.locator(".tn-search-form input[type=text], .tn-search-form input[type=number], "
