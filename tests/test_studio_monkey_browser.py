@@ -1,0 +1,111 @@
+"""A random user in chromium: clicks, typing, choices and ticks anywhere in the studio, on every tab.
+
+Each step picks, with a seeded generator, one of: open a tab, click a visible button (not those that start long
+work: training, a search, a fine-tune, or downloads), type a hostile or ordinary value into a visible field and
+press Enter (empty, ``0``, ``-1``, ``abc``, ``nan``, ``2GiB``, ``8,8``, 11 digits, 80 characters, ...), choose an
+option of a visible select, or tick a checkbox; then waits 50-600 ms. Whatever it does, the page must log no error
+and the server no error record: every refusal is a message in the page, never a traceback. Such a session found a
+``ValueError`` on the server for an emptied whole-number field of the Search tab and for fine-tune epochs over
+their bound on the Inspect tab (both now refused under the field); against the code before those fixes, this test
+fails for seeds 2 and 3 at 150 steps. ``$TNSTUDIO_MONKEY_SEEDS`` (default ``0``) and
+``$TNSTUDIO_MONKEY_STEPS`` (default 60) make longer sessions; a failure names the seed and the last steps, and
+leaves a screenshot (``monkey_<seed>.png``).
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from studio.app import create_app
+from studio.state import StudioState
+
+try:
+    from tests.browser import Console, ServerLog, browser_page, require_browser, screenshot, serve_app
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from browser import Console, ServerLog, browser_page, require_browser, screenshot, serve_app
+
+pytestmark = pytest.mark.browser
+SEEDS = [int(s) for s in os.environ.get("TNSTUDIO_MONKEY_SEEDS", "0").split(",") if s.strip()]
+STEPS = int(os.environ.get("TNSTUDIO_MONKEY_STEPS", "60"))
+VALUES = ["", " ", "0", "-1", "1", "2", "3", "4", "7", "64", "256", "1.5", "1e9", "nan", "abc", "2,2", "4,4,4",
+          "8,8", "2GiB", "0B", "99999999999", "x" * 80]
+LONG_WORK = ("Launch", "Start", "fine-tune", "Train", "Download", "Stop")  # buttons that start (or end) real work
+FIELDS = "input[type=text]:visible, input[type=number]:visible, input:not([type]):visible"
+
+
+def _step(page, rng: random.Random) -> str:
+    """One random action on whatever is visible; returns what it did."""
+    r = rng.random()
+    if r < 0.12:
+        tabs = page.locator(".bk-tab")
+        tab = tabs.nth(rng.randrange(tabs.count()))
+        name = tab.inner_text()
+        tab.click()
+        return f"tab {name}"
+    if r < 0.5:
+        buttons = page.locator("button:visible")
+        if not buttons.count():
+            return "no button"
+        b = buttons.nth(rng.randrange(buttons.count()))
+        text = " ".join((b.inner_text() or "").split())[:40]
+        if any(w in text for w in LONG_WORK):
+            return f"left {text!r}"
+        b.click(timeout=3000)
+        return f"click {text!r}"
+    if r < 0.8:
+        fields = page.locator(FIELDS)
+        if not fields.count():
+            return "no field"
+        field = fields.nth(rng.randrange(fields.count()))
+        value = rng.choice(VALUES)
+        label = field.get_attribute("placeholder") or field.input_value()[:20]
+        field.fill(value)
+        field.press("Enter")
+        return f"type {value[:20]!r} into the field showing {label!r}"
+    if r < 0.9:
+        selects = page.locator("select:visible")
+        if not selects.count():
+            return "no select"
+        select = selects.nth(rng.randrange(selects.count()))
+        options = select.locator("option").all_inner_texts()
+        if not options:
+            return "empty select"
+        choice = rng.choice(options)
+        select.select_option(label=choice)
+        return f"choose {choice!r}"
+    boxes = page.locator("input[type=checkbox]:visible")
+    if not boxes.count():
+        return "no checkbox"
+    boxes.nth(rng.randrange(boxes.count())).click(timeout=3000)
+    return "tick a checkbox"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_random_user_never_meets_a_traceback(seed, tmp_path, monkeypatch):
+    require_browser()
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path))
+    rng = random.Random(seed)
+    done: list[str] = []
+    with ServerLog() as server, serve_app(lambda: create_app(state=StudioState(home=str(tmp_path)))) as url, \
+            browser_page(1400, 900) as page:
+        console = Console(page)
+        page.set_default_timeout(5000)
+        page.goto(url, timeout=90000)
+        page.locator(".tn-canvas .react-flow__node").first.wait_for(timeout=90000)
+        for _ in range(STEPS):
+            try:
+                done.append(_step(page, rng))
+            except Exception as e:  # noqa: BLE001 - an element that moved or hid meanwhile: the next step goes on
+                done.append(f"(skipped: {type(e).__name__})")
+            page.wait_for_timeout(rng.choice([50, 200, 600]))
+            if console.page_errors or server.records:
+                break
+        page.wait_for_timeout(2000)  # late answers of the last steps
+        if console.page_errors or console.errors or server.records:
+            screenshot(page, f"monkey_{seed}")
+    last = "\n".join(done[-15:])
+    assert console.page_errors == [] and console.errors == [], (seed, console.page_errors, console.errors, last)
+    assert console.noise() == [], (seed, console.noise()[:5], last)
+    assert server.records == [], f"seed {seed}, last steps:\n{last}\n\n" + "\n".join(server.records)[:4000]
