@@ -2,8 +2,9 @@
 backslashes, unicode, ``__import__(...)``) either break the id rule and are refused by validation with the rule
 named, or are exported as literals: tokenized, the torch module (sliced under a memory budget too) and the snippet
 carry a design string (valid ids and index names that carry the marker too, a copy tensor's id among them) only
-inside string literals (repr) or as the validated class name, never as code or in a comment; they compile, import in a fresh interpreter without
-running anything a design says (no marker file appears), and compute TNLinear's outputs."""
+inside string literals (repr) or as the validated class name, never as code or in a comment; they compile, import
+in a fresh interpreter without running anything a design says (no marker file appears), and compute TNLinear's
+outputs."""
 from __future__ import annotations
 
 import ast
