@@ -35,50 +35,46 @@ LONG_WORK = ("Launch", "Start", "fine-tune", "Train", "Download", "Stop")  # but
 FIELDS = "input[type=text]:visible, input[type=number]:visible, input:not([type]):visible"
 
 
+def _pick(page, rng: random.Random, selector: str):
+    """One of the elements ``selector`` finds, at random; ``None`` when there is none."""
+    found = page.locator(selector)
+    n = found.count()
+    return found.nth(rng.randrange(n)) if n else None
+
+
 def _step(page, rng: random.Random) -> str:
     """One random action on whatever is visible; returns what it did."""
     r = rng.random()
-    if r < 0.12:
-        tabs = page.locator(".bk-tab")
-        tab = tabs.nth(rng.randrange(tabs.count()))
-        name = tab.inner_text()
-        tab.click()
+    kind = ("tab" if r < 0.12 else "button" if r < 0.5 else "field" if r < 0.8 else "select" if r < 0.9
+            else "checkbox")
+    el = _pick(page, rng, {"tab": ".bk-tab", "button": "button:visible", "field": FIELDS, "select": "select:visible",
+                           "checkbox": "input[type=checkbox]:visible"}[kind])
+    if el is None:
+        return f"no {kind}"
+    if kind == "tab":
+        name = el.inner_text()
+        el.click()
         return f"tab {name}"
-    if r < 0.5:
-        buttons = page.locator("button:visible")
-        if not buttons.count():
-            return "no button"
-        b = buttons.nth(rng.randrange(buttons.count()))
-        text = " ".join((b.inner_text() or "").split())[:40]
+    if kind == "button":
+        text = " ".join((el.inner_text() or "").split())[:40]
         if any(w in text for w in LONG_WORK):
             return f"left {text!r}"
-        b.click(timeout=3000)
+        el.click(timeout=3000)
         return f"click {text!r}"
-    if r < 0.8:
-        fields = page.locator(FIELDS)
-        if not fields.count():
-            return "no field"
-        field = fields.nth(rng.randrange(fields.count()))
+    if kind == "field":
         value = rng.choice(VALUES)
-        label = field.get_attribute("placeholder") or field.input_value()[:20]
-        field.fill(value)
-        field.press("Enter")
+        label = el.get_attribute("placeholder") or el.input_value()[:20]
+        el.fill(value)
+        el.press("Enter")
         return f"type {value[:20]!r} into the field showing {label!r}"
-    if r < 0.9:
-        selects = page.locator("select:visible")
-        if not selects.count():
-            return "no select"
-        select = selects.nth(rng.randrange(selects.count()))
-        options = select.locator("option").all_inner_texts()
+    if kind == "select":
+        options = el.locator("option").all_inner_texts()
         if not options:
             return "empty select"
         choice = rng.choice(options)
-        select.select_option(label=choice)
+        el.select_option(label=choice)
         return f"choose {choice!r}"
-    boxes = page.locator("input[type=checkbox]:visible")
-    if not boxes.count():
-        return "no checkbox"
-    boxes.nth(rng.randrange(boxes.count())).click(timeout=3000)
+    el.click(timeout=3000)
     return "tick a checkbox"
 
 
