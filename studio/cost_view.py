@@ -184,9 +184,7 @@ class CostPanel(Viewer):
                                                          width=100))
         self.schedule = styled(pn.widgets.Select.from_param(s.param.schedule, label="schedule",
                                                             options=list(SCHEDULE_CHOICES), width=110))
-        lo, hi = s.param.image.bounds
-        self.image = IntField(label="image", value=s.image, minimum=lo, maximum=hi, width=80, css_class="tn-image")
-        self.image.param.watch(lambda e: setattr(s, "image", e.new), "value")
+        self.image = IntField.for_param(s, "image", label="image", width=80, css_class="tn-image")
         self.image_box = pn.Column(self.image, margin=0)
         # a memory budget (linear designs): the report shows the program that trains within it (sliced generation)
         self.budget = BytesField(label="memory budget", value=s.memory_budget, width=120, css_class="tn-budget",

@@ -177,10 +177,7 @@ class Palette(Viewer):
         self.add_button = button("+ Tensor", lambda: adder(self.kind.value), color="success", width=112,
                                  align="end", css_classes=["tn-add-tensor"],
                                  key=lambda: (self.kind.value, self.state.version))
-        lo, hi = self.state.param.new_bond_dim.bounds
-        self.bond = IntField(label="new bond χ", value=self.state.new_bond_dim, minimum=lo, maximum=hi, width=112,
-                             css_class="tn-p-bond")
-        self.bond.param.watch(lambda e: setattr(self.state, "new_bond_dim", e.new), "value")
+        self.bond = IntField.for_param(self.state, "new_bond_dim", label="new bond χ", width=112, css_class="tn-p-bond")
         # what the canvas and these buttons did, refused or waiting for confirmation: a drawn bond ("connect"), an
         # added tensor ("tensor"), and edits with no field of their own ("edit": a delete, an opened design)
         self.notes = [FieldNote(state=self.state, field=f) for f in CANVAS_FIELDS]

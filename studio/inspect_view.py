@@ -226,10 +226,8 @@ class InspectView(Viewer):
                                  css_classes=["tn-inspect-apply-tol"], key=lambda: (self.tol, self._gen))
         self.reset_button = button("Reset", lambda: self.param.update(plan={}, error=""), width=70, align="end",
                                    css_classes=["tn-inspect-reset"], dedupe=False)
-        low, high = self.param["epochs"].bounds  # a refused entry (empty, abc, over the bound) says why under it
-        self.epochs_input = IntField(label="fine-tune epochs", value=self.epochs, minimum=low, maximum=high, width=130,
-                                     css_class="tn-inspect-epochs")
-        self.epochs_input.param.watch(lambda e: setattr(self, "epochs", e.new), "value")
+        self.epochs_input = IntField.for_param(self, "epochs", label="fine-tune epochs", width=130,
+                                               css_class="tn-inspect-epochs")
         self.finetune_button = button("Truncate and fine-tune", self.truncate_and_finetune, color="primary", width=190,
                                       align="end", css_classes=["tn-inspect-finetune"],
                                       key=lambda: (dict(self.plan), self.epochs, self.source))

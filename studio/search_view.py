@@ -616,10 +616,8 @@ class SearchView(pn.viewable.Viewer):
     def _int_field(self, name: str, label: str, width: int | None = None) -> IntField:
         """A whole-number field bound to parameter ``name`` both ways: a refused entry (empty, ``abc``, out of the
         parameter's bounds) shows why under the field, which returns to the value in force."""
-        low, high = self.param[name].bounds
-        field = IntField(label=label, value=getattr(self, name), minimum=low, maximum=high,
-                         css_class=f"tn-search-{name.replace('_', '-')}", width=width)
-        field.param.watch(lambda e: setattr(self, name, e.new), "value")
+        field = IntField.for_param(self, name, label=label, css_class=f"tn-search-{name.replace('_', '-')}",
+                                   width=width)
         self.param.watch(lambda e: setattr(field, "value", e.new), name)
         return field
 

@@ -199,6 +199,15 @@ class IntField(TextField):
     def parse(self, text: str) -> int:
         return parse_int(text, self.label or "the value", self.minimum, self.maximum)
 
+    @classmethod
+    def for_param(cls, owner: param.Parameterized, name: str, **params: Any) -> "IntField":
+        """A field for ``owner``'s integer parameter ``name``: its value and bounds, and each accepted value written
+        back to the parameter (a refused one says why under the field)."""
+        low, high = owner.param[name].bounds
+        field = cls(value=getattr(owner, name), minimum=low, maximum=high, **params)
+        field.param.watch(lambda e: setattr(owner, name, e.new), "value")
+        return field
+
 
 class BytesField(TextField):
     """A text field holding a memory size in bytes (``2GiB``, ``512MiB``, plain bytes), or nothing (``None``)."""
