@@ -9,6 +9,7 @@ foreign run store (:class:`engine.train.store.StoreError`), and stdout closed ea
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -21,6 +22,8 @@ from engine.train.store import StoreError
 COMMAND_MODULES = ("engine.cli.design", "engine.cli.train", "engine.cli.runs", "engine.cli.export",
                    "engine.cli.analysis", "engine.cli.search", "engine.cli.network")
 ENTRY_POINT_GROUP = "tnstudio.commands"
+
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # a write failed: no space, a size limit, a quota
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _discard_stdout()
         print("error: the output was closed before it was all written (broken pipe)", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _DISK_FULL:
+            raise
+        # a write the command does not make itself (e.g. numba's cache, written on quimb's first import)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: cannot write: {e.strerror or e}{where}: free some disk space or raise the file size limit",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
