@@ -175,7 +175,7 @@ def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
         seq = slicing_sequence(compile_program(design, 64, "materialise"), 4, design.params)
         if seq:
             sliced = to_torch_source(design, memory_budget=memory(seq[0], 4, design.params, training=True).train_bytes)
-            assert "SLICING = " in sliced
+            assert "SLICINGS = {" in sliced
             ast.parse(sliced)
             assert_marker_only_in_literals(sliced, class_name(design))
             (folder / "sliced.py").write_text(sliced)
@@ -297,12 +297,12 @@ def test_conv_exports_carry_design_strings_only_as_literals(tmp_path):
 
 
 @pytest.mark.parametrize("name, budget", [("f", None), ("F", None), ("SlicedGeneration", 0.5), ("sliced generation", 0.5),
-                                          ("SLICING", 0.5), ("SLICE_ACTIVATIONS", 0.5), ("Layer", None),
-                                          ("ValueError", 0.5)])
+                                          ("SLICING", 0.5), ("SLICINGS", 0.5), ("SLICE_ACTIVATIONS", 0.5),
+                                          ("Layer", None), ("ValueError", 0.5)])
 def test_a_design_named_like_a_name_of_the_module_gets_a_free_class_name(name, budget, tmp_path):
     """A design named "f" became class F, which replaced `torch.nn.functional as F` (forward failed: no attribute
-    'gelu'); "SlicedGeneration" / "SLICING" replaced the sliced generation's helper and its table. The class gets
-    a free name (Layer appended) and the module runs, in a fresh interpreter, as TNLinear does."""
+    'gelu'); "SlicedGeneration" / "SLICING" (now "SLICINGS") replaced the sliced generation's helper and its table. The
+    class gets a free name (Layer appended) and the module runs, in a fresh interpreter, as TNLinear does."""
     from engine.contract.cost import cost_report
     from engine.nn.export import _other_names
 

@@ -209,7 +209,7 @@ def test_cost_report_and_cli_show_the_sliced_plan(tmp_path, capsys):
 def test_export_carries_the_sliced_generation(tmp_path):
     d = make_template("mera", 1024, 1024, 2, "gelu")
     src = to_torch_source(d, batch=16, memory_budget="10MiB")
-    assert "SlicedGeneration.apply(SLICING" in src and "import engine" not in src
+    assert "SlicedGeneration.apply(SLICINGS[" in src and "import engine" not in src
     ns: dict = {}
     exec(compile(src, "<export>", "exec"), ns)
     layer = ns["Layer"](dtype=torch.float64)
@@ -223,7 +223,95 @@ def test_export_carries_the_sliced_generation(tmp_path):
     g1 = torch.autograd.grad(y1.square().sum(), [n1[k] for k in sorted(n0)])
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert to_torch_source(d, batch=16, memory_budget="1GiB") == to_torch_source(d, batch=16)  # fits unsliced
+    roomy = _load_module(to_torch_source(d, batch=16, memory_budget="1GiB"), tmp_path / "roomy.py").Layer
+    assert roomy.budget_plan(16, 4) == "materialise" and not roomy.SLICED_PLANS  # fits unsliced
+
+
+def _load_module(text, path):
+    import importlib.util
+
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# (design, budget): sliced plans and nothing-fits (no stream); stream paths per bucket, the materialise fallback,
+# two slicings (one for weight()); W too big for the budget in float64 (weight() refused)
+BUDGETED = [(("mera", 1024, 1024, 2, "gelu"), "10MiB"), (("tucker", 300, 300, 6), "2MiB"),
+            (("mpo", 1024, 1024, 8), "12MiB")]
+
+
+def _variant(mod, name: str, prog) -> str:
+    """What the module's variant ``name`` is, checked against the engine's program ``prog`` (same schedule, same
+    slicing, same FLOPs at its batch): "sliced", "stream" or "materialise"."""
+    if name.startswith("sliced"):
+        legs = tuple((i, c) for i, c, _ in mod.SLICINGS[name]["legs"])
+        assert prog.slicing is not None and legs == prog.slicing.legs, (name, prog.method)
+        return "sliced"
+    assert prog.slicing is None and prog.schedule == ("stream" if name.startswith("stream") else "materialise")
+    if hasattr(mod.Layer, "flops"):
+        assert mod.Layer.flops(name, prog.batch) == prog.flops, (name, prog.batch)
+    return prog.schedule
+
+
+@pytest.mark.parametrize("args, budget", BUDGETED)
+def test_the_budgeted_export_runs_the_engines_plan_at_every_batch_and_dtype(args, budget, tmp_path):
+    """Under a memory budget the export ran the plan made for `--batch` at every batch and dtype, while the engine
+    plans for each batch and entry size it sees (a fuzz found them running different programs at batch 1 or 17 for
+    3 of 30 random designs; the plan for float32 ran in float64). The engine now plans per power-of-two bucket (at
+    its largest batch, so the plan fits every batch of it) and the module carries every bucket's plan at 2, 4 and 8
+    bytes per entry: the same program (schedule, stream path, slicing) or the same refusal at every batch, and
+    weight() generates W as TNLinear.weight() does."""
+    d = make_template(*args)
+    budget = parse_bytes(budget)
+    mod = _load_module(to_torch_source(d, batch=64, memory_budget=budget), tmp_path / "m.py")
+    seen, names = set(), set()
+    batches = list(range(1, 40)) + [63, 64, 65, 127, 128, 129, 255, 257, 511, 513, 1000, 1025, 2049, 4097, 10 ** 5]
+    for itemsize in (2, 4, 8):
+        for batch in batches:
+            try:
+                want = budget_program(d, batch, memory_budget=budget, itemsize=itemsize)
+            except ValueError:
+                with pytest.raises(ValueError, match="no program of this layer trains at batch"):
+                    mod.Layer.budget_plan(batch, itemsize)
+                seen.add("refused")
+                continue
+            assert memory(want, itemsize, d.params, training=True).train_bytes <= budget
+            got = mod.Layer.budget_plan(batch, itemsize)
+            names.add(got)
+            seen.add(_variant(mod, got, want) + (" fallback" if got != mod.Layer.plan(batch) else ""))
+        try:
+            want = budget_program(d, 1, "materialise", memory_budget=budget, itemsize=itemsize)
+        except ValueError:
+            assert mod.Layer.WEIGHT_PLANS[itemsize] is None
+            seen.add("weight refused")
+        else:
+            _variant(mod, mod.Layer.WEIGHT_PLANS[itemsize], want)
+    assert "refused" in seen and len(names) >= 2, (seen, names)  # each case plans differently across batches
+    # run at the first batch whose plan is a fallback (float64, else float32): y and gradients are TNLinear's
+    dtype, batch = next((t, b) for t in (torch.float64, torch.float32) for b in batches
+                        if _fallback(mod.Layer, b, t.itemsize))
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-6)
+    ref = TNLinear(d, seed=0, dtype=dtype, memory_budget=budget)
+    layer = mod.Layer(dtype=dtype)
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(batch, d.in_features, dtype=dtype)
+    y0, y1 = ref(x), layer(x)
+    torch.testing.assert_close(y1, y0, **tol)
+    keys = sorted(dict(ref.named_parameters()))
+    g0 = torch.autograd.grad(y0.square().sum(), [dict(ref.named_parameters())[k] for k in keys])
+    g1 = torch.autograd.grad(y1.square().sum(), [dict(layer.named_parameters())[k] for k in keys])
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def _fallback(cls, batch: int, itemsize: int) -> bool:
+    try:
+        return cls.budget_plan(batch, itemsize) != cls.plan(batch)
+    except ValueError:
+        return False
 
 
 def test_initialisation_keeps_to_the_memory_budget(one_thread):
@@ -243,6 +331,22 @@ def test_initialisation_keeps_to_the_memory_budget(one_thread):
     assert peak <= 1.1 * budget < unsliced / 2, (peak, unsliced)
     for k, v in free.items():
         torch.testing.assert_close(lean[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_a_budgeted_export_calibrates_within_the_budget(one_thread):
+    """Exporting a nonlinear design under --memory-budget calibrated its init stds with the unsliced generation:
+    VGG-16 fc6 as MERA took 18 GB (and 68 s) to export "within 2 GiB". The calibration now runs the budget's plan,
+    as TNLinear(memory_budget=...) does: the export's peak stays within the budget."""
+    from engine.nn import export
+
+    d = make_template("mera", 1024, 1024, 2, "gelu")
+    budget = 12 << 20
+    export._STD_CACHE.clear()
+    unsliced = peak_bytes(lambda: export._init_stds(d))
+    peak = peak_bytes(lambda: export._init_stds(d, budget))
+    assert peak <= 1.1 * budget < unsliced / 2, (peak, unsliced)
+    lean, free = export._init_stds(d, budget), export._init_stds(d)
+    assert lean.keys() == free.keys() and all(abs(lean[k] / free[k] - 1) < 1e-3 for k in free)
 
 
 def test_a_budgeted_layer_replans_when_its_dtype_changes():

@@ -650,7 +650,12 @@ def test_memory_budget_field_shows_the_plan_the_cost_model_picks():
     assert (s.report.slices, s.report.train_memory_bytes) == (want.slices, want.train_memory_bytes)
     assert s.report.train_memory_bytes <= budget
     text = re.sub(r"<[^>]+>", " ", panel.cards.object)
-    assert "Memory budget" in text and f"{want.slices} slices" in text
+    assert "Memory budget" in text and f"{want.slices} slices" in text and "planned for" not in text
+    s.batch = 20  # not a power of two: the engine plans for the batch's bucket (up to 32), and the card says so
+    text = re.sub(r"<[^>]+>", " ", panel.cards.object)
+    assert "planned for batches up to 32" in text
+    assert s.report.slices == cost_report(d, batch=20, memory_budget=budget).slices
+    s.batch = 64
     panel.budget.input.value = "two gigs"  # refused: the note says why, the last budget stays
     assert "memory size" in panel.budget.note.object and s.memory_budget == budget
     assert panel.budget.input.value == panel.budget.show(budget)

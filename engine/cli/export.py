@@ -113,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--batch", type=int, default=64,
                    help="reference batch size for the stream contraction path (default 64)")
     e.add_argument("--memory-budget", default=None, metavar="BYTES",
-                   help="--to torch: the program that trains within BYTES at --batch (e.g. 2GiB); when it slices "
-                        "W's generation, the module carries the slicing (recomputed in backward)")
+                   help="--to torch: the programs that train within BYTES (e.g. 2GiB) at every batch and dtype, as "
+                        "the engine plans them (per power-of-two bucket of batches); a plan that slices W's "
+                        "generation is carried too (recomputed in backward); refused when none fits at --batch")
     e.set_defaults(handler=cmd_export)

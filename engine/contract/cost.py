@@ -15,7 +15,7 @@ from engine.contract.flops import backward_flops, flop_indices
 from engine.contract.memory import ADAM_STATE, dtype_bytes, memory
 from engine.contract.program import Program, StepRow, check_time_budget, compile_program, pick_program
 from engine.contract.schedule import SCHEDULES, can_stream, check_schedule
-from engine.contract.slicing import budget_program, parse_bytes
+from engine.contract.slicing import budget_program, parse_bytes, plan_batch
 from engine.contract.traffic import traffic
 from engine.design.model import Design
 from engine.format import nbytes, si
@@ -122,7 +122,9 @@ class CostReport:
             how = (f"generation in {self.slices} slices ({', '.join(f'{i}/{c}' for i, c in self.slicing['legs'])}"
                    f"{'; summed: ' + ', '.join(self.slicing['summed']) if self.slicing['summed'] else ''}), "
                    f"recomputed in backward" if self.slicing else "not sliced")
-            lines.insert(2, f"  memory budget   {nbytes(self.memory_budget)} per training step: {how}")
+            top = plan_batch(self.batch)  # the plan holds for the batch's whole power-of-two bucket
+            bucket = f"; planned for batches up to {top:,} (the batch's power-of-two bucket)" if top != self.batch else ""
+            lines.insert(2, f"  memory budget   {nbytes(self.memory_budget)} per training step: {how}{bucket}")
         if not self.executable:
             lines.append("  note            a step has more than 52 indices: torch.einsum cannot run it (cost only)")
         lines.append("  path:")

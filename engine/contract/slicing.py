@@ -23,7 +23,9 @@ steps, one slice as a program of its own, the full ``Wt`` and the apply step, fo
 :func:`budget_program` picks the program under a memory budget (bytes of a training step, as
 :class:`~engine.contract.cost.CostReport` counts them): the unbudgeted choice when it fits, else the fitting program
 with the fewest training FLOPs among the other schedule and the slicings of the materialise program with the fewest
-slices that fit, found greedily (each further split is the one that lowers the training peak most).
+slices that fit, found greedily (each further split is the one that lowers the training peak most). The budget is
+checked at the largest batch of the batch's power-of-two bucket (:func:`plan_batch`), so one plan per bucket
+(:class:`BudgetPlan`) holds at each of its batches and an exported module carries the engine's plan for every batch.
 """
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ from typing import Any, Iterator, Sequence
 
 from engine.contract.cache import CACHE
 from engine.contract.flops import einsum_flops, grad_operands
-from engine.contract.program import BATCH, FLAT_IN, FLAT_OUT, Program, compile_program, program_rank
+from engine.contract.program import (BATCH, FLAT_IN, FLAT_OUT, Program, check_batch, compile_program,
+                                     program_rank)
 from engine.contract.schedule import SCHEDULES, can_stream
-from engine.design.model import Design
+from engine.design.model import MAX_DIM, Design
 from engine.types import Indices, ScheduleChoice, Search
 
 MAX_SLICES = 1 << 16  # at most this many slices (the Python loop's overhead grows with the count)
@@ -272,11 +275,15 @@ def slicing_sequence(prog: Program, itemsize: int, params: int, max_slices: int 
     """Sliced versions of ``prog`` with more and more slices, each split (an index cut by one more prime factor)
     the one that lowers the training peak most (ties: fewer training FLOPs, then the index name); ends when no
     split lowers it or ``max_slices`` is reached. Deterministic: a pure function of ``prog``."""
+    return list(_slicings(prog, itemsize, params, max_slices))
+
+
+def _slicings(prog: Program, itemsize: int, params: int, max_slices: int = MAX_SLICES) -> Iterator[Program]:
+    """:func:`slicing_sequence` one program at a time (a budget stops at the first that fits)."""
     names = sliceable_indices(prog)
     if not names:
-        return []
+        return
     chunks = {i: 1 for i in names}
-    out: list[Program] = []
     best_bytes = _train_bytes(prog, itemsize, params)
     while True:
         count = math.prod(chunks.values())
@@ -292,16 +299,75 @@ def slicing_sequence(prog: Program, itemsize: int, params: int, max_slices: int 
             cand = slice_program(prog, [(k, legs[k]) for k in names])
             trials.append((_train_bytes(cand, itemsize, params), train_flops(cand), i, legs, cand))
         if not trials:
-            return out
+            return
         b, _, _, legs, cand = min(trials, key=lambda t: t[:3])
         if b >= best_bytes:
-            return out
+            return
         best_bytes, chunks = b, legs
-        out.append(cand)
+        yield cand
 
 
-_PLANS: dict[tuple, Program] = {}
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What a memory budget decides for one power-of-two bucket of batch sizes (see :func:`plan_batch`): whether
+    each unsliced schedule fits at the bucket's largest batch, and the program to run when the unbudgeted choice
+    does not (``fallback``: a schedule and the materialise program's slicing legs; ``None``: nothing fits, and
+    ``least`` is the fewest bytes the cost model found)."""
+
+    top: int  # the largest batch of the bucket: the plan is made there, so it holds at every batch of the bucket
+    fits: dict[str, bool]  # schedule -> its unsliced program trains within the budget at ``top``
+    fallback: tuple[str, tuple[tuple[str, int], ...]] | None  # (schedule, slicing legs) or None: nothing fits
+    least: int  # the fewest training bytes found at ``top`` (0 when the unbudgeted choice fits)
+
+    def choose(self, schedule: str) -> tuple[str, tuple[tuple[str, int], ...]] | None:
+        """The program for a batch whose unbudgeted choice is ``schedule``: it, when it fits, else the fallback."""
+        return (schedule, ()) if self.fits.get(schedule) else self.fallback
+
+
+def plan_batch(batch: int) -> int:
+    """The batch a memory budget's plan for ``batch`` rows is made at: the largest of its power-of-two bucket (the
+    smallest power of two >= ``batch``, at most 2^31 - 1). Training memory grows with the batch, so the plan fits
+    every batch of the bucket, and an exported module can carry one plan per bucket (the engine's, at any batch)."""
+    return min(1 << (check_batch(batch) - 1).bit_length(), MAX_DIM)
+
+
+_PLANS: dict[tuple, BudgetPlan] = {}
 _PLANS_LOCK = threading.Lock()
+
+
+def budget_plan(design: Design, top: int, schedule: ScheduleChoice = "auto", search: Search = "fast",
+                time_budget: float = 2.0, memory_budget: int = 0, itemsize: int = 4) -> BudgetPlan:
+    """The :class:`BudgetPlan` of the bucket whose largest batch is ``top``: each allowed schedule's unsliced
+    program at ``top`` checked against the budget, and the fallback: among the fitting unsliced programs and the
+    materialise program sliced as little as fits (:func:`slicing_sequence`), the one with the fewest training FLOPs
+    (then :func:`~engine.contract.program.program_rank`). A pure function of its arguments."""
+    budget = check_memory_budget(memory_budget)
+    key = (design.fingerprint(), top, schedule, search, budget, itemsize, CACHE.thorough_stored)
+    hit = _PLANS.get(key)
+    if hit is not None:
+        return hit
+    params = design.params
+    scheds = [s for s in SCHEDULES if (schedule in ("auto", s)) and (s == "materialise" or can_stream(design))]
+    unsliced = {s: compile_program(design, top, s, search, time_budget) for s in scheds}
+    need = {s: _train_bytes(p, itemsize, params) for s, p in unsliced.items()}
+    fits = {s: need[s] <= budget for s in scheds}
+    least = min(need.values())
+    cands = [p for s, p in unsliced.items() if fits[s]]
+    if "materialise" in scheds and not fits["materialise"]:
+        for cand in _slicings(unsliced["materialise"], itemsize, params):
+            b = _train_bytes(cand, itemsize, params)
+            least = min(least, b)
+            if b <= budget:
+                cands.append(cand)
+                break
+    best = min(cands, key=lambda p: (train_flops(p), program_rank(p))) if cands else None
+    fallback = None if best is None else (best.schedule, best.slicing.legs if best.slicing else ())
+    plan = BudgetPlan(top, fits, fallback, 0 if all(fits.values()) else least)
+    with _PLANS_LOCK:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def budget_program(design: Design, batch: int, schedule: ScheduleChoice = "auto", search: Search = "fast",
@@ -309,45 +375,27 @@ def budget_program(design: Design, batch: int, schedule: ScheduleChoice = "auto"
     """The program to run under ``memory_budget`` bytes of a training step (``None``: no budget, which is
     :func:`~engine.contract.program.compile_program`'s choice).
 
-    The unbudgeted choice when it fits; else, among the unsliced programs of the allowed schedules and the
-    materialise program sliced as little as fits (:func:`slicing_sequence`), the one with the fewest training
-    FLOPs (then :func:`~engine.contract.program.program_rank`). Nothing fits: ``ValueError`` with the least
+    Planned for the batch's bucket (:func:`plan_batch`, :func:`budget_plan`) and compiled at ``batch``: the
+    unbudgeted choice at ``batch`` when it fits at the bucket's largest batch, else the bucket's fallback (the other
+    schedule, or the materialise program sliced as little as fits). Nothing fits: ``ValueError`` with the least
     memory found. A pure function of its arguments, like ``compile_program``.
     """
     base = compile_program(design, batch, schedule, search, time_budget)
     if memory_budget is None:
         return base
-    budget = check_memory_budget(memory_budget)
-    key = (design.fingerprint(), batch, schedule, search, budget, itemsize, CACHE.thorough_stored)
-    hit = _PLANS.get(key)
-    if hit is not None:
-        return hit
-    params = design.params
-    if _train_bytes(base, itemsize, params) <= budget:
-        prog = base
-    else:
-        scheds = [s for s in SCHEDULES if (schedule in ("auto", s)) and (s == "materialise" or can_stream(design))]
-        unsliced = [compile_program(design, batch, s, search, time_budget) for s in scheds]
-        fits = [p for p in unsliced if _train_bytes(p, itemsize, params) <= budget]
-        least = min(_train_bytes(p, itemsize, params) for p in unsliced)
-        if "materialise" in scheds:
-            for cand in slicing_sequence(unsliced[0], itemsize, params):
-                b = _train_bytes(cand, itemsize, params)
-                least = min(least, b)
-                if b <= budget:
-                    fits.append(cand)
-                    break
-        if not fits:
-            from engine.format import nbytes
+    top = plan_batch(batch)
+    plan = budget_plan(design, top, schedule, search, time_budget, check_memory_budget(memory_budget), itemsize)
+    choice = plan.choose(base.schedule)
+    if choice is None:
+        from engine.format import nbytes
 
-            raise ValueError(f"no program of design {design.name!r} trains at batch {batch} within "
-                             f"{nbytes(budget)}: the least the cost model finds is {nbytes(least)}")
-        prog = min(fits, key=lambda p: (train_flops(p), program_rank(p)))
-    with _PLANS_LOCK:
-        if len(_PLANS) > 256:
-            _PLANS.clear()
-        _PLANS[key] = prog
-    return prog
+        bucket = f" (planned for its bucket, batches up to {top:,})" if top != batch else ""
+        raise ValueError(f"no program of design {design.name!r} trains at batch {batch}{bucket} within "
+                         f"{nbytes(memory_budget)}: the least the cost model finds is {nbytes(plan.least)}")
+    sched, legs = choice
+    if sched == base.schedule and not legs:
+        return base
+    return slice_program(compile_program(design, batch, sched, search, time_budget), legs)
 
 
 # --------------------------------------------------------------------- budgets as text
@@ -383,5 +431,5 @@ def check_memory_budget(value: Any) -> int:
     return int(value)
 
 
-__all__ = ["MAX_SLICES", "Slicing", "budget_program", "check_memory_budget", "parse_bytes", "slice_program",
-           "sliceable_indices", "sliced_memory", "slicing_sequence", "train_flops"]
+__all__ = ["MAX_SLICES", "BudgetPlan", "Slicing", "budget_plan", "budget_program", "check_memory_budget", "parse_bytes",
+           "plan_batch", "slice_program", "sliceable_indices", "sliced_memory", "slicing_sequence", "train_flops"]

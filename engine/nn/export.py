@@ -214,33 +214,35 @@ def _step_lines(prog: Program, steps: list[Step], names: dict[str, str]) -> list
     return lines
 
 
-_STD_CACHE: dict[str, dict[str, float]] = {}
+_STD_CACHE: dict[tuple[str, int | None], dict[str, float]] = {}
 
 
-def _init_stds(design: Design) -> dict[str, float]:
-    """Per-core init std (cached by design fingerprint: nonlinear designs are calibrated, which builds W)."""
-    key = design.fingerprint()
+def _init_stds(design: Design, memory_budget: int | None = None) -> dict[str, float]:
+    """Per-core init std (cached by design fingerprint and budget: nonlinear designs are calibrated, which builds W)."""
+    key = (design.fingerprint(), memory_budget)
     if key not in _STD_CACHE:
         if len(_STD_CACHE) > 256:
             _STD_CACHE.clear()
-        _STD_CACHE[key] = _compute_init_stds(design)
+        _STD_CACHE[key] = _compute_init_stds(design, memory_budget)
     return dict(_STD_CACHE[key])
 
 
-def _compute_init_stds(design: Design) -> dict[str, float]:
+def _compute_init_stds(design: Design, memory_budget: int | None = None) -> dict[str, float]:
     """Per-core std of the exported module's Gaussian initialisation, from :mod:`engine.nn.init`.
 
     Linear designs: the closed form of :func:`engine.nn.init.linear_core_stds`, which gives W ``nn.Linear``'s
     variance in expectation. Nonlinear designs: the std of each core after the engine's calibrated
     initialisation (seed 0), so activations see inputs of the calibrated scale; that builds W, so a design whose
-    calibration would not fit in this machine's memory is refused first, with the cost model's number.
+    calibration would not fit in this machine's memory is refused first, with the cost model's number. Under a
+    memory budget the calibration generates W as the budget's plan does (sliced), like ``TNLinear``'s.
     """
     from engine.nn.init import check_init_memory, init_cores, linear_core_stds, target_std
 
     if design.is_linear:
         return linear_core_stds(design, target_std(design.in_features))
-    check_init_memory(design, "exporting this nonlinear design (its initialisation is calibrated on W)")
-    cores = init_cores(design, seed=0)
+    if memory_budget is None:
+        check_init_memory(design, "exporting this nonlinear design (its initialisation is calibrated on W)")
+    cores = init_cores(design, seed=0, memory_budget=memory_budget)
     return {t.id: float(cores[t.id].std()) if cores[t.id].numel() > 1 else float(cores[t.id].abs().mean())
             for t in design.tensors if t.kind != "delta"}
 
@@ -340,6 +342,16 @@ def extra_repr(self) -> str:
     return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"'''
 
 _PICK_PLAN = 'y = getattr(self, "forward_" + self.plan(x.shape[0]))(x)'
+_SCHEDULE_DOC = '"""The schedule forward() uses at this batch size: "materialise" or "stream"."""'
+_SCHEDULE_DOC_BUDGET = '"""plan(batch)\'s schedule, "materialise" or "stream" (forward() runs budget_plan())."""'
+_PICK_BUDGET = 'y = getattr(self, "forward_" + self.budget_plan(x.shape[0], self.itemsize()))(x)'
+_BUDGET_NOTE = """\
+# Under a memory budget (bytes of a training step: parameters, gradients, Adam's state, x and the replayed peak, as
+# TN Studio's cost model counts them) the engine plans per power-of-two bucket of batch sizes at its largest batch,
+# per bytes per entry: BUDGET_PLANS[itemsize][bucket's largest batch] = (materialise fits, the bucket's stream path
+# fits, the program to run when the unbudgeted choice does not fit, or None: nothing fits; the least bytes found).
+# Buckets missing from a table: x and the parameters' training state alone exceed the budget. WEIGHT_PLANS: the
+# program weight() generates W with (the plan at batch 1 that materialises)."""
 _PICK_MATERIALISE = "y = self.forward_materialise(x)  # the last tensor absorbed is activated: W must be generated"
 
 _TABLE_NOTES = {
@@ -362,15 +374,16 @@ class _LayerTables:
     fingerprint: str  # the design's, checked hexadecimal
 
 
-def _layer_tables(design: Design, init_view: Design) -> _LayerTables:
-    """The class constants of ``design``'s module; init stds from ``init_view`` (the design, or its im2col view)."""
+def _layer_tables(design: Design, init_view: Design, memory_budget: int | None = None) -> _LayerTables:
+    """The class constants of ``design``'s module; init stds from ``init_view`` (the design, or its im2col view),
+    calibrated within ``memory_budget`` bytes when one is given."""
     from engine.nn.linear import id_to_key
 
     keys = {t.id: id_to_key(t.id) for t in design.tensors}
     shapes = {keys[t.id]: tuple(design.shape(t.id)) for t in design.tensors if t.kind != "delta"}
     deltas = {_ident(delta_buffer_name(t.id)): tuple(design.shape(t.id)) for t in design.tensors
               if t.kind == "delta"}
-    stds = {keys[k]: float(v) for k, v in _init_stds(init_view).items()}
+    stds = {keys[k]: float(v) for k, v in _init_stds(init_view, memory_budget).items()}
     tensors = {t.id: (keys[t.id] if t.kind != "delta" else delta_buffer_name(t.id), t.kind, t.activation,
                       tuple(t.indices)) for t in design.tensors}
     fingerprint = design.fingerprint()
@@ -491,12 +504,15 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
 def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budget: int | str | None) -> str:
     mat = compile_program(design, batch, "materialise")
     streams, buckets = stream_variants(design) if can_stream(design) else ({}, {})
-    if memory_budget is not None:  # the program that trains within the budget at this batch; sliced: W only
+    tables = None
+    if memory_budget is not None:  # the engine's plan for every batch bucket and entry size (sliced: W only)
         from engine.contract.slicing import budget_program, parse_bytes
+        from engine.nn.sliced_export import budget_tables
 
-        planned = budget_program(design, batch, "auto", memory_budget=parse_bytes(memory_budget))
-        if planned.slicing is not None:
-            mat, streams = planned, {}
+        budget = parse_bytes(memory_budget)
+        budget_program(design, batch, "auto", memory_budget=budget)  # nothing fits at --batch: refused, as before
+        tables = budget_tables(design, mat, buckets, budget)
+    sliced = tables.sliced if tables else {}
     for prog in [mat, *streams.values()]:
         if not prog.executable:
             raise ValueError(f"cannot export design {design.name!r}: a step of its contraction program joins more "
@@ -504,7 +520,7 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
     gen_steps = [s for s in mat.steps if s.phase == "generate"]
     app_steps = [s for s in mat.steps if s.phase == "apply"]
     names = operand_names(design)
-    tables = _layer_tables(design, design)
+    tables_ = _layer_tables(design, design, tables.budget if tables else None)
 
     src = _Source()
     src.add('"""A tensor-network linear layer, y = x @ W + b, exported by TN Studio (`tnstudio export --to torch`).')
@@ -517,22 +533,21 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
             "(cores.<key>,\nbias) equal those of engine.nn.TNLinear, so state dicts load either way. Depends on torch "
             'only.\n"""')
     src.add(_IMPORTS)
-    if mat.slicing is not None:
+    if sliced:
         from engine.nn.sliced_export import HELPERS, activations_used, slicing_spec
 
-        src.add("# W is generated slice by slice under a memory budget (TN Studio's engine.contract.slicing),")
-        src.add(f"# each slice recomputed in backward; planned for batch {_int(batch)} and run at every batch")
-        src.add("# (TN Studio re-plans for each batch: export at the batch you train at)")
-        src.add(f"SLICED_PLAN = {_lit(mat.slicing.describe())}")  # it names indices: a literal, never a comment
-        src.add(f"SLICING = {_lit(slicing_spec(mat))}")
-        acts = ", ".join(f"{_lit(a)}: {_activation_source(a)}" for a in activations_used(mat))
-        src.add(f"SLICE_ACTIVATIONS = {{{acts}}}")
+        src.add("# Under the memory budget some batches generate W slice by slice (TN Studio's")
+        src.add("# engine.contract.slicing), each slice recomputed in backward: SLICINGS holds each such plan")
+        src.add("# (the class's SLICED_PLANS describes them)")
+        src.add_dict("SLICINGS", {key: slicing_spec(prog) for key, prog in sliced.items()})
+        acts = sorted({a for prog in sliced.values() for a in activations_used(prog)})
+        src.add(f"SLICE_ACTIVATIONS = {{{', '.join(f'{_lit(a)}: {_activation_source(a)}' for a in acts)}}}")
         src.add()
         src.add()
         src.add(HELPERS)
         src.add()
         src.add()
-    _add_design_constants(src, design, tables.fingerprint, source)
+    _add_design_constants(src, design, tables_.fingerprint, source)
     src.add(f"class {cls}(nn.Module):")
     src.add(f'"""A TN Studio design as a layer: {_int(design.in_features)} -> {_int(design.out_features)}, '
             f'{design.params:,} core params (its name: DESIGN_NAME)."""', 4)
@@ -540,39 +555,47 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
     src.add(f"in_features = {_int(design.in_features)}", 4)
     src.add(f"out_features = {_int(design.out_features)}", 4)
     src.add("design_name = DESIGN_NAME", 4)
-    _add_layer_tables(src, tables, _TABLE_NOTES)
+    _add_layer_tables(src, tables_, _TABLE_NOTES)
     if streams:
         programs = {"materialise": mat, **streams}
         src.add(_SCHEDULE_NOTE, 4)
         src.add_dict("SCHEDULE_FLOPS", {key: flops_by_batch(prog) for key, prog in programs.items()}, 4)
         src.add_dict("SCHEDULE_SIZES", {key: sizes_by_batch(prog) for key, prog in programs.items()}, 4)
         src.add_dict("STREAM_BY_BUCKET", buckets, 4)
+    if tables:
+        _add_budget_tables(src, tables)
     src.add()
     src.add(_INIT_AND_RESET, 4)
     src.add()
-    src.add("def weight(self) -> torch.Tensor:", 4)
+    generate = "generate_materialise" if tables else "weight"
+    src.add(f"def {generate}(self) -> torch.Tensor:", 4)
     src.add(f'"""The dense weight W ({_int(design.in_features)} x {_int(design.out_features)}) generated from the '
             f'cores."""', 8)
-    if mat.slicing is None:
-        for line in _step_lines(mat, gen_steps, names):
-            src.add(line, 8)
-    else:  # the shared steps once, the sliced ones through SlicedGeneration
-        region = set(mat.slicing.region)
-        shared = [s for n, s in enumerate(mat.steps) if s.phase == "generate" and n not in region and s.op == "einsum"]
-        for line in _step_lines(mat, shared, names):
-            src.add(line, 8)
-        args = ", ".join(names[i] if i in names else _ident(i) for i in mat.slicing.inputs)
-        src.add(f"{_ident(mat.slicing.output)} = SlicedGeneration.apply(SLICING, {args})", 8)
-        for line in _step_lines(mat, [s for s in gen_steps if s.op == "reshape"], names):
-            src.add(line, 8)
-    src.add("return W", 8)
-    src.add()
-    src.add("def forward_materialise(self, x: torch.Tensor) -> torch.Tensor:", 4)
-    src.add('"""y = x @ W for x of shape (B, in_features): generate W, then one matmul."""', 8)
-    src.add("W = self.weight()", 8)
-    for line in _step_lines(mat, app_steps, names):
+    for line in _step_lines(mat, gen_steps, names):
         src.add(line, 8)
-    src.add("return y", 8)
+    src.add("return W", 8)
+    for key, prog in sliced.items():  # the shared steps once, the sliced ones through SlicedGeneration
+        src.add()
+        src.add(f"def generate_{_ident(key)}(self) -> torch.Tensor:", 4)
+        src.add(f'"""W generated slice by slice (SLICED_PLANS[{_lit(key)}]), each slice recomputed in backward."""',
+                8)
+        region = set(prog.slicing.region)
+        shared = [s for n, s in enumerate(prog.steps) if s.phase == "generate" and n not in region and s.op == "einsum"]
+        for line in _step_lines(prog, shared, names):
+            src.add(line, 8)
+        args = ", ".join(names[i] if i in names else _ident(i) for i in prog.slicing.inputs)
+        src.add(f"{_ident(prog.slicing.output)} = SlicedGeneration.apply(SLICINGS[{_lit(key)}], {args})", 8)
+        for line in _step_lines(prog, [s for s in prog.steps if s.phase == "generate" and s.op == "reshape"], names):
+            src.add(line, 8)
+        src.add("return W", 8)
+    for key in ["materialise", *sliced]:
+        src.add()
+        src.add(f"def forward_{_ident(key)}(self, x: torch.Tensor) -> torch.Tensor:", 4)
+        src.add('"""y = x @ W for x of shape (B, in_features): generate W, then one matmul."""', 8)
+        src.add(f"W = self.{generate if key == 'materialise' else 'generate_' + _ident(key)}()", 8)
+        for line in _step_lines(mat, app_steps, names):
+            src.add(line, 8)
+        src.add("return y", 8)
     for key, prog in streams.items():
         src.add()
         src.add(f"def forward_{_ident(key)}(self, x: torch.Tensor) -> torch.Tensor:", 4)
@@ -587,10 +610,34 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
         src.add(_STREAM_DISPATCH, 4)
     if streams:
         src.add()
-        src.add(_PLANNING, 4)
+        src.add(_PLANNING if not tables else _PLANNING.replace(_SCHEDULE_DOC, _SCHEDULE_DOC_BUDGET), 4)
+    if tables:
+        from engine.nn.sliced_export import BUDGET_PLANNING, plan_materialise_source
+
+        if not streams:
+            src.add()
+            src.add(plan_materialise_source(), 4)
+        src.add()
+        src.add(BUDGET_PLANNING, 4)
+    pick = _PICK_BUDGET if tables else _PICK_PLAN if streams else _PICK_MATERIALISE
     src.add()
-    src.add(_FORWARD.replace("PICK", _PICK_PLAN if streams else _PICK_MATERIALISE), 4)
+    src.add(_FORWARD.replace("PICK", pick), 4)
     return _finish_module(src, cls)
+
+
+def _add_budget_tables(src: _Source, tables: Any) -> None:
+    """The class constants MEMORY_BUDGET, BUDGET_PLANS, WEIGHT_PLANS and SLICED_PLANS of a budgeted module."""
+    src.add(_BUDGET_NOTE, 4)
+    src.add(f"MEMORY_BUDGET = {_int(tables.budget)}", 4)
+    src.add("BUDGET_PLANS = {", 4)
+    for itemsize, plans in tables.plans.items():
+        src.add(f"{_int(itemsize)}: {{", 8)
+        for top, entry in plans.items():
+            src.add(f"{_int(top)}: {_lit(entry)},", 12)
+        src.add("},", 8)
+    src.add("}", 4)
+    src.add_dict("WEIGHT_PLANS", tables.weight_plans, 4)
+    src.add_dict("SLICED_PLANS", {key: prog.slicing.describe() for key, prog in tables.sliced.items()}, 4)
 
 
 # --------------------------------------------------------------------- json and snippet
