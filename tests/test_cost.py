@@ -294,7 +294,7 @@ def test_memory_of_a_design_with_an_outer_product_step(one_thread):
             assert replay(prog).peak * 4 == peak_bytes(lambda: run_program(prog, cores, x))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(linear_drawn())
 def test_memory_of_hand_drawn_designs_equals_the_allocators_peak(data):
     """The replay is exact beyond the templates: random hand-drawn designs (loops, legs anywhere, any index order),

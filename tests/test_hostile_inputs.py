@@ -459,7 +459,9 @@ def test_fuzzed_designs_never_traceback(tmp_path):
             seen["refused"] += 1
 
     case()
-    assert seen["refused"] > 10 and seen["ok"] > 10  # the fuzz reached both sides
+    # the fuzz reached both sides: 22-48 of 70 each in four runs, but one fresh-clone run had only 10 on one side
+    # (hypothesis draws fewer complete examples on some runs), so a side is required 5 times, not 11
+    assert seen["refused"] >= 5 and seen["ok"] >= 5, seen
     assert math.isfinite(seen["ok"])
 
 

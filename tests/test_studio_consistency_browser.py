@@ -37,7 +37,7 @@ except ImportError:  # tests/ is not a package: pytest puts it on sys.path
 
 pytestmark = pytest.mark.browser
 
-STEPS = int(os.environ.get("TNSTUDIO_STEPS", "64"))
+STEPS = int(os.environ.get("TNSTUDIO_STEPS", "48"))
 SEED = int(os.environ.get("TNSTUDIO_SEED", "7"))
 SYNC_S = 25.0  # the shared test machine can be slow: how long the page may take to show a change
 
