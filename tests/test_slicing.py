@@ -415,3 +415,33 @@ def test_slicing_hand_drawn_nonlinear_designs(data):
             with torch.no_grad():
                 measured = peak_bytes(lambda: run_program(sp, c32, x32))
             assert memory(sp, 4, d.params).peak_forward_bytes == measured + (d.params + x32.numel()) * 4
+
+
+def test_a_budget_reaches_the_snippet_and_is_refused_where_it_does_not_apply(tmp_path, capsys):
+    """`export --memory-budget` was ignored for snippets, conv2d designs, the design JSON and networks (exit 0, no
+    budget in what was written). The snippet now builds TNLinear(..., memory_budget=bytes), which runs the budget's
+    plan; the others are refused with one line and write nothing."""
+    import runpy
+
+    from engine.design.conv import make_conv_template
+
+    d = make_template("mera", 1024, 1024, 2, "gelu")
+    save_design(d, tmp_path / "m.json")
+    assert main(["export", str(tmp_path / "m.json"), "--to", "snippet", "--memory-budget", "10MiB", "-o",
+                 str(tmp_path / "use.py")]) == 0
+    layer = runpy.run_path(str(tmp_path / "use.py"))["layer"]
+    assert layer.memory_budget == 10 << 20
+    want = budget_program(d, 16, memory_budget=10 << 20)
+    assert want.slicing is not None and layer.program(16).slicing.legs == want.slicing.legs
+    save_design(make_conv_template("cp", 16, 8, 3, 2), tmp_path / "c.json")
+    assert main(["network", "new", "mlp", "-o", str(tmp_path / "net.json")]) == 0
+    capsys.readouterr()
+    for args, reason in [(["c.json", "--to", "torch", "-o", "c.py"], "conv2d target"),
+                         (["c.json", "--to", "snippet", "-o", "cs.py"], "conv2d target"),
+                         (["m.json", "--to", "json", "-o", "j.json"], "not to the design JSON"),
+                         (["net.json", "-o", "n.py"], "not to a network")]:
+        args = [str(tmp_path / args[0]), *args[1:-1], str(tmp_path / args[-1])]
+        assert main(["export", *args, "--memory-budget", "1GiB"]) == 2
+        err = capsys.readouterr().err
+        assert reason in err and err.count("\n") == 1, err
+    assert not {"c.py", "cs.py", "cs.design.json", "j.json", "n.py"} & {p.name for p in tmp_path.iterdir()}

@@ -43,6 +43,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if (args.file and is_network_file(args.file)) or (args.run and not args.file and _network_run(args)):
         from engine.cli.network import export_network_cli  # a whole network: one torch-only module file
 
+        if args.memory_budget is not None:
+            raise UserError("--memory-budget applies to one linear design (--to torch or snippet), not to a network")
         return export_network_cli(args)
 
     if args.run and args.weights:
@@ -115,5 +117,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--memory-budget", default=None, metavar="BYTES",
                    help="--to torch: the programs that train within BYTES (e.g. 2GiB) at every batch and dtype, as "
                         "the engine plans them (per power-of-two bucket of batches); a plan that slices W's "
-                        "generation is carried too (recomputed in backward); refused when none fits at --batch")
+                        "generation is carried too (recomputed in backward); refused when none fits at --batch. "
+                        "--to snippet: TNLinear(..., memory_budget=BYTES). Linear targets only")
     e.set_defaults(handler=cmd_export)

@@ -39,6 +39,7 @@ from engine.design.model import Design
 from engine.files import atomic_write, atomic_write_text
 
 FORMATS = ("torch", "json", "snippet")
+_CONV_BUDGET = ("design {name!r} has a conv2d target: memory budgets (sliced generation) apply to linear designs")
 DEFAULT_SUFFIX = {"torch": ".py", "json": ".json", "snippet": ".py"}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EQUATION = re.compile(r"[A-Za-z,]*->[A-Za-z]*")
@@ -428,7 +429,7 @@ def _finish_module(src: _Source, cls: str) -> str:
 
 
 def _add_snippet_layer(src: _Source, design: Design, layer_class: str, design_path: str,
-                       weights_path: str | None) -> None:
+                       weights_path: str | None, memory_budget: int | None = None) -> None:
     """A snippet's imports and ``layer = <class>(load_design(...))`` (``layer_class``: the class's dotted path),
     with the weights loaded when ``weights_path`` is given."""
     *module, name = (_ident(part) for part in layer_class.split("."))
@@ -443,7 +444,8 @@ def _add_snippet_layer(src: _Source, design: Design, layer_class: str, design_pa
     src.add("# folder")
     src.add('HERE = Path(globals().get("__file__", "x")).resolve().parent')
     src.add(f"DESIGN_NAME = {_lit(design.name)}")
-    src.add(f"layer = {name}(load_design(HERE / {_lit(str(design_path))}))")
+    budget = "" if memory_budget is None else f", memory_budget={_int(memory_budget)}"  # bytes per training step
+    src.add(f"layer = {name}(load_design(HERE / {_lit(str(design_path))}){budget})")
     if weights_path:
         src.add(f"layer.load_state_dict(torch.load(HERE / {_lit(str(weights_path))}, weights_only=True))")
     else:
@@ -495,6 +497,8 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
     if design.conv is not None:
         from engine.nn.conv_export import to_conv_torch_source
 
+        if memory_budget is not None:
+            raise ValueError(_CONV_BUDGET.format(name=design.name))
         return to_conv_torch_source(design, batch=batch, class_name_=class_name_, source=source)
     design.check()
     return with_free_class_name(lambda cls: _torch_module(design, batch, cls, source, memory_budget),
@@ -645,17 +649,26 @@ def to_json_source(design: Design) -> str:
     return design.to_json() + "\n"
 
 
-def to_snippet(design: Design, design_path: str = "design.json", weights_path: str | None = None) -> str:
-    """A short script using the TN Studio engine: ``TNLinear(load_design(...))`` (strings as literals only);
-    ``TNConv2d`` for conv2d designs (:func:`engine.nn.conv_export.to_conv_snippet`)."""
+def to_snippet(design: Design, design_path: str = "design.json", weights_path: str | None = None,
+               memory_budget: int | str | None = None) -> str:
+    """A short script using the TN Studio engine: ``TNLinear(load_design(...))`` (strings as literals only), with
+    ``memory_budget=<bytes>`` when one is given; ``TNConv2d`` for conv2d designs
+    (:func:`engine.nn.conv_export.to_conv_snippet`)."""
     if design.conv is not None:
+        if memory_budget is not None:
+            raise ValueError(_CONV_BUDGET.format(name=design.name))
         from engine.nn.conv_export import to_conv_snippet
 
         return to_conv_snippet(design, design_path, weights_path)
     src = _Source()
     src.add(f'"""A TN Studio layer through the engine: {_int(design.in_features)} -> {_int(design.out_features)}, '
             f'{design.params:,} parameters ({design.compression:,.1f}x compression). Exported by TN Studio."""')
-    _add_snippet_layer(src, design, "engine.nn.TNLinear", design_path, weights_path)
+    budget = None
+    if memory_budget is not None:
+        from engine.contract.slicing import parse_bytes
+
+        budget = parse_bytes(memory_budget)
+    _add_snippet_layer(src, design, "engine.nn.TNLinear", design_path, weights_path, budget)
     src.add(f"y = layer(torch.randn(32, {_int(design.in_features)}))  # (32, {_int(design.out_features)})")
     return src.checked_text()
 
@@ -666,9 +679,12 @@ def export_source(design: Design, fmt: str, **kw: Any) -> str:
         keys = ("batch", "source", "memory_budget")
         return to_torch_source(design, **{k: v for k, v in kw.items() if k in keys})
     if fmt == "json":
+        if kw.get("memory_budget") is not None:
+            raise ValueError("--memory-budget applies to --to torch and --to snippet, not to the design JSON")
         return to_json_source(design)
     if fmt == "snippet":
-        return to_snippet(design, **{k: v for k, v in kw.items() if k in ("design_path", "weights_path")})
+        keys = ("design_path", "weights_path", "memory_budget")
+        return to_snippet(design, **{k: v for k, v in kw.items() if k in keys})
     raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
 
 
@@ -740,11 +756,11 @@ def write_export(design: Design, fmt: str, output: str | Path, weights: dict[str
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     wpath = out.with_name(out.stem + ".pt") if weights is not None else None
-    if fmt == "snippet":
+    if fmt == "snippet":  # the snippet's text first: nothing is written when it is refused
         dpath = out.with_name(out.stem + ".design.json")
+        text = to_snippet(design, dpath.name, wpath.name if wpath else None, memory_budget)
         atomic_write_text(dpath, to_json_source(design))
         written.append(dpath)
-        text = to_snippet(design, dpath.name, wpath.name if wpath else None)
     else:
         text = export_source(design, fmt, batch=batch, source=source, memory_budget=memory_budget)
     atomic_write_text(out, text)
