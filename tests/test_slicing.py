@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.cli import main
@@ -27,9 +28,9 @@ from engine.nn.measure import peak_bytes
 from engine.train.optim import adamw
 
 try:
-    from tests.drawn import nonlinear_drawn, one_torch_thread
+    from tests.drawn import linear_drawn, nonlinear_drawn, one_torch_thread
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from drawn import nonlinear_drawn, one_torch_thread
+    from drawn import linear_drawn, nonlinear_drawn, one_torch_thread
 
 # (kind, size, bond, activation, slicings): open legs, legs cut to single entries (dropped in a slice), bonds summed
 # inside the sliced region (the slices' results added up), linear designs (any bond of the generation)
@@ -445,3 +446,33 @@ def test_a_budget_reaches_the_snippet_and_is_refused_where_it_does_not_apply(tmp
         err = capsys.readouterr().err
         assert reason in err and err.count("\n") == 1, err
     assert not {"c.py", "cs.py", "cs.design.json", "j.json", "n.py"} & {p.name for p in tmp_path.iterdir()}
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=st.one_of(nonlinear_drawn(), linear_drawn()), share=st.floats(0.6, 4.0),
+       batches=st.lists(st.integers(1, 3000), min_size=6, max_size=12))
+def test_budgeted_exports_of_random_designs_run_the_engines_plan(data, share, batches, tmp_path_factory):
+    """Beyond the templates: a random hand-drawn design under a random budget (a share of its unsliced training
+    memory at batch 8), exported and loaded from its file, plans what the engine plans at random batches and every
+    entry size: the same program, or the same refusal."""
+    from engine.design.model import Design
+
+    d = Design.from_dict(data)
+    budget = max(1, int(share * memory(compile_program(d, 8), 4, d.params, training=True).train_bytes))
+    try:
+        text = to_torch_source(d, batch=1, memory_budget=budget)
+    except ValueError as e:  # nothing fits even at batch 1: the engine says the same
+        assert "least the cost model finds" in str(e)
+        with pytest.raises(ValueError):
+            budget_program(d, 1, memory_budget=budget)
+        return
+    mod = _load_module(text, tmp_path_factory.mktemp("budgeted") / "m.py")
+    for itemsize in (2, 4, 8):
+        for batch in batches:
+            try:
+                want = budget_program(d, batch, memory_budget=budget, itemsize=itemsize)
+            except ValueError:
+                with pytest.raises(ValueError, match="no program of this layer trains at batch"):
+                    mod.Layer.budget_plan(batch, itemsize)
+                continue
+            _variant(mod, mod.Layer.budget_plan(batch, itemsize), want)
