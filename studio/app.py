@@ -27,7 +27,7 @@ from .export_view import ExportView
 from .files_view import Files
 from .gallery import Gallery, Palette
 from .inspector import Inspector
-from .session import SessionDispatcher, on_session_end, quiet_closed_tab_writes
+from .session import SessionDispatcher, on_session_end, quiet_closed_tab_writes, tab_draft_id
 from .state import StudioState
 from .style import css
 from .train_view import TrainView
@@ -177,7 +177,7 @@ class StudioApp(Viewer):
                  **params: Any):
         params.setdefault("state", None)
         if params["state"] is None:
-            params["state"] = StudioState(home=home)
+            params["state"] = StudioState(home=home, draft_id=tab_draft_id())
         super().__init__(**params)
         pn.extension("tabulator", notifications=False)  # the Train tab's table (bundled, served locally)
         self.dispatcher = SessionDispatcher.current()

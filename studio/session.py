@@ -16,10 +16,13 @@ with :class:`SessionDispatcher`, which runs them on the session's event loop, un
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any, Callable
 
 import panel as pn
 from tornado.websocket import WebSocketClosedError
+
+from .state import TAB_DRAFT_ID
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,23 @@ def on_session_end(callback: Callable[[], Any]) -> None:
     doc = pn.state.curdoc
     if doc is not None and getattr(doc, "session_context", None) is not None:
         doc.on_session_destroyed(lambda _ctx: callback())
+
+
+def tab_draft_id() -> str:
+    """The browser tab's draft id: the ``?draft=`` of the URL that opened the session (a reload keeps it), else a new
+    one, written into the tab's URL (``pn.state.location``, once the page has loaded) so that a reload finds this
+    tab's draft. Empty outside a server session."""
+    doc = pn.state.curdoc
+    if doc is None or getattr(doc, "session_context", None) is None:
+        return ""
+    given = [v.decode("ascii", "replace") for v in pn.state.session_args.get("draft", [])]
+    if given and TAB_DRAFT_ID.fullmatch(given[-1]):
+        return given[-1]
+    draft = secrets.token_hex(6)
+    location = pn.state.location
+    if location is not None:  # once the page has loaded: the page sends its own URL first, which would undo it
+        pn.state.onload(lambda: location.update_query(draft=draft))
+    return draft
 
 
 class ClosedTabWrites(logging.Filter):

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -77,6 +78,9 @@ CONFIRM_PARAMS = 5_000_000  # crossing this many core parameters asks first
 CONFIRM_W_ENTRIES = 2 ** 28  # crossing this many entries of W (1 GiB in float32) asks first
 SMALL_LAYER = 4096  # layers with fewer core params than this are not asked about being larger than dense
 DRAFT_FILE = "draft.json"
+TAB_DRAFTS = "drafts"  # <home>/drafts/<tab id>.json: each browser tab's own draft (its id is in the tab's URL)
+KEEP_TAB_DRAFTS = 32  # the newest tab drafts kept; older ones are removed when a tab first saves
+TAB_DRAFT_ID = re.compile(r"[0-9a-f]{12}")
 # param compares reports by value: watchers fire only when a number changes
 Comparator.equalities.setdefault(CostReport, operator.eq)
 
@@ -102,8 +106,9 @@ def oversize(before: Design | None, after: Design) -> str | None:
     return None
 
 
-def draft_path(home: str | Path) -> Path:
-    return Path(home) / DRAFT_FILE
+def draft_path(home: str | Path, draft_id: str = "") -> Path:
+    """``<home>/draft.json`` (the newest draft of any tab), or a tab's own ``<home>/drafts/<id>.json``."""
+    return Path(home) / TAB_DRAFTS / f"{draft_id}.json" if draft_id else Path(home) / DRAFT_FILE
 
 
 class StudioState(param.Parameterized):
@@ -131,6 +136,9 @@ class StudioState(param.Parameterized):
     layout_version = param.Integer(default=0, doc="Bumps when the whole design is replaced.")
     refine_s = param.Number(default=2.0, bounds=(0, None), doc="Background path-search seconds (0: off).")
     autosave = param.Boolean(default=True, doc="Keep the draft in <home>/draft.json and restore it on start.")
+    draft_id = param.String(default="", regex=r"^([0-9a-f]{12})?$", doc="A browser tab's draft id (its URL's "
+                            "?draft=): the tab's own draft is kept too and restored first, so a tab reloaded "
+                            "after another tab edited comes back to its own design.")
 
     def __init__(self, design: Design | None = None, home: str | Path | None = None,
                  dispatch: Callable[[Callable[[], Any]], None] | None = None, **params: Any):
@@ -355,10 +363,18 @@ class StudioState(param.Parameterized):
     def _save_draft(self) -> None:
         if not self.autosave:
             return
+        text = json.dumps({"saved": time.time(), "design": self.design.to_dict()})
         path = draft_path(self.home)
         try:
             # every session of a served studio autosaves to the same home: a temporary file of its own each time
-            atomic_write_text(path, json.dumps({"saved": time.time(), "design": self.design.to_dict()}))
+            if self.draft_id:
+                mine = draft_path(self.home, self.draft_id)
+                first = not mine.exists()
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(mine, text)
+                if first:
+                    _prune_tab_drafts(mine.parent)
+            atomic_write_text(path, text)
         except OSError as e:  # a read-only home or a full disk: keep working (the last draft stays whole), say so
             log.warning("could not autosave the draft to %s: %s", path, e)
             note = f"not autosaved ({e.strerror or e}): download or save the design to keep it"
@@ -366,9 +382,12 @@ class StudioState(param.Parameterized):
                 self.message = f"{self.message} · {note}" if self.message else note
 
     def _read_draft(self) -> tuple[Design | None, str | None]:
-        """The autosaved draft (restored with whatever problems it has) and a note; a draft that cannot be read or
-        drawn is set aside as ``draft.damaged.json`` (never overwritten by the next autosave) and the note says so."""
-        path = draft_path(self.home)
+        """The autosaved draft (restored with whatever problems it has) and a note: the tab's own draft when it has
+        one, else the newest of any tab; a draft that cannot be read or drawn is set aside as
+        ``<name>.damaged.json`` (never overwritten by the next autosave) and the note says so."""
+        path = draft_path(self.home, self.draft_id)
+        if not path.is_file():
+            path = draft_path(self.home)
         if not path.is_file():
             return None, None
         try:
@@ -378,7 +397,7 @@ class StudioState(param.Parameterized):
             return draft, None
         except Exception as e:  # noqa: BLE001 - a damaged draft of any kind (bad JSON, wrong types, numbers beyond
             # a float, ...) must not keep the studio from opening: keep the file aside, start afresh, say so
-            aside = path.with_name("draft.damaged.json")
+            aside = path.with_name(path.stem + ".damaged.json")
             try:
                 path.replace(aside)
             except OSError:
@@ -596,5 +615,17 @@ def _selection_in(design: Design, tensors: Iterable[str], indices: Iterable[str]
             "indices": [i for i in dict.fromkeys(indices) if i in design.indices]}
 
 
+def _prune_tab_drafts(folder: Path) -> None:
+    """Keep the newest ``KEEP_TAB_DRAFTS`` tab drafts in ``folder`` (damaged ones set aside are kept)."""
+    try:
+        drafts = sorted((p for p in folder.glob("*.json") if TAB_DRAFT_ID.fullmatch(p.stem)),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in drafts[KEEP_TAB_DRAFTS:]:
+            old.unlink(missing_ok=True)
+    except OSError as e:  # another tab pruned at the same time, or the folder went: nothing is lost
+        log.debug("could not prune the tab drafts in %s: %s", folder, e)
+
+
 __all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES", "SCHEDULE_CHOICES", "SWEEP_CHI", "MAX_UPLOAD_BYTES",
            "CONFIRM_PARAMS", "CONFIRM_W_ENTRIES", "oversize", "safe_params", "draft_path"]
+

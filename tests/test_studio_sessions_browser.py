@@ -150,3 +150,40 @@ def test_two_tabs_share_a_server_and_a_home_and_closing_one_logs_nothing(tmp_pat
     (run,) = RunStore(tmp_path / "runs").list_runs()
     assert run["status"] == "completed"
     assert server.records == [], "\n".join(server.records)
+
+
+@pytest.mark.browser
+def test_a_reloaded_tab_comes_back_to_its_own_draft(tmp_path):
+    """Two tabs on one home autosaved to one draft: tab a, reloaded after tab b had edited, showed b's design and
+    a's last edits were gone. A tab's URL now carries its draft id (?draft=...), which a reload keeps: a comes back
+    to its own design, and a tab opened afresh starts from the newest draft."""
+    path = require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with ServerLog() as server, serve_app(lambda: create_app(home=str(tmp_path))) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            pages = []
+            for _ in range(2):
+                page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+                page.set_default_timeout(60000)
+                page.goto(url, timeout=90000)
+                page.locator(".tn-canvas .react-flow__node").first.wait_for(timeout=90000)
+                pages.append(page)
+            a, b = pages
+            generate(a, "ttn", 256, 256, 3)
+            wait_params(a, make_template("ttn", 256, 256, 3).params)
+            generate(b, "cp", 512, 256, 5)
+            wait_params(b, make_template("cp", 512, 256, 5).params)
+            assert "draft=" in a.url and "draft=" in b.url and a.url != b.url, (a.url, b.url)
+            a.reload(timeout=90000)
+            a.locator(".tn-canvas .react-flow__node").first.wait_for(timeout=90000)
+            wait_params(a, make_template("ttn", 256, 256, 3).params)  # its own draft, not b's newer one
+            fresh = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+            fresh.goto(url, timeout=90000)
+            fresh.locator(".tn-canvas .react-flow__node").first.wait_for(timeout=90000)
+            wait_params(fresh, make_template("cp", 512, 256, 5).params)  # a new tab: the newest draft
+        finally:
+            browser.close()
+        gc.collect()
+    assert server.records == [], "\n".join(server.records)

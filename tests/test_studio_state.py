@@ -276,6 +276,35 @@ def test_the_draft_is_autosaved_and_restored(tmp_path):
     assert not (tmp_path / "other" / "draft.json").exists()
 
 
+def test_each_browser_tab_keeps_its_own_draft(tmp_path, monkeypatch):
+    """Every tab of a served studio autosaved to one draft.json: a tab reloaded after another tab had edited came
+    back with the other tab's design, its own last edits lost. A tab's draft is now kept under its id (the tab's
+    URL carries it) and restored first; a new tab starts from the newest draft of any tab, as before."""
+    import studio.state as state_mod
+
+    ttn, cp = make_template("ttn", 256, 256, 3), make_template("cp", 512, 256, 5)
+    a = StudioState(home=str(tmp_path), draft_id="a" * 12, refine_s=0)
+    a.generate("ttn", 256, 256, 3)
+    b = StudioState(home=str(tmp_path), draft_id="b" * 12, refine_s=0)  # a new tab: the newest draft (a's)
+    assert b.design.params == ttn.params and "restored" in b.message
+    b.generate("cp", 512, 256, 5)
+    assert StudioState(home=str(tmp_path), draft_id="a" * 12).design.params == ttn.params  # a reloaded: its own
+    assert StudioState(home=str(tmp_path), draft_id="c" * 12).design.params == cp.params  # a new tab: the newest
+    assert StudioState(home=str(tmp_path)).design.params == cp.params  # no tab (a script): the newest
+    assert sorted(p.name for p in (tmp_path / "drafts").iterdir()) == ["a" * 12 + ".json", "b" * 12 + ".json"]
+    (tmp_path / "drafts" / ("a" * 12 + ".json")).write_text("{broken")  # damaged: set aside, said, not fatal
+    again = StudioState(home=str(tmp_path), draft_id="a" * 12)
+    assert (tmp_path / "drafts" / ("a" * 12 + ".damaged.json")).exists() and "could not be restored" in again.message
+    for bad in ("../../etc/passwd", "A" * 12, "a" * 13):
+        with pytest.raises(ValueError):
+            StudioState(home=str(tmp_path), draft_id=bad)
+    monkeypatch.setattr(state_mod, "KEEP_TAB_DRAFTS", 3)  # a tab's first save keeps only the newest drafts
+    for k in range(5):
+        StudioState(home=str(tmp_path), draft_id=f"{k:012x}", refine_s=0).set_name(f"tab {k}")
+    kept = sorted(p.stem for p in (tmp_path / "drafts").glob("*.json") if "damaged" not in p.name)
+    assert kept == [f"{k:012x}" for k in (2, 3, 4)], kept
+
+
 def test_a_draft_that_cannot_be_autosaved_says_so_in_the_status_line(tmp_path, monkeypatch):
     """A full disk (or a read-only home) kept the last draft whole but told only the server log."""
     import errno
