@@ -336,7 +336,7 @@ _PLANS_LOCK = threading.Lock()
 
 
 def budget_plan(design: Design, top: int, schedule: ScheduleChoice = "auto", search: Search = "fast",
-                time_budget: float = 2.0, memory_budget: int = 0, itemsize: int = 4) -> BudgetPlan:
+                time_budget: float = 2.0, *, memory_budget: int, itemsize: int = 4) -> BudgetPlan:
     """The :class:`BudgetPlan` of the bucket whose largest batch is ``top``: each allowed schedule's unsliced
     program at ``top`` checked against the budget, and the fallback: among the fitting unsliced programs and the
     materialise program sliced as little as fits (:func:`slicing_sequence`), the one with the fewest training FLOPs
@@ -384,7 +384,8 @@ def budget_program(design: Design, batch: int, schedule: ScheduleChoice = "auto"
     if memory_budget is None:
         return base
     top = plan_batch(batch)
-    plan = budget_plan(design, top, schedule, search, time_budget, check_memory_budget(memory_budget), itemsize)
+    plan = budget_plan(design, top, schedule, search, time_budget, memory_budget=check_memory_budget(memory_budget),
+                       itemsize=itemsize)
     choice = plan.choose(base.schedule)
     if choice is None:
         from engine.format import nbytes

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.contract.program import Program, compile_program, path_batch
+from engine.contract.program import Program, path_batch
 from engine.design.model import MAX_DIM, Design
 
 ITEMSIZES = (2, 4, 8)  # bytes per entry the export plans for: float16/bfloat16, float32, float64
