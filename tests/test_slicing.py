@@ -257,6 +257,21 @@ def _variant(mod, name: str, prog) -> str:
     return prog.schedule
 
 
+def _plans(mod, d, budget: int, batches):
+    """At every entry size and batch, the module's ``budget_plan`` against the engine's ``budget_program``: yields
+    (itemsize, batch, the module's variant, the engine's program), or None for both when both refuse (checked)."""
+    for itemsize in (2, 4, 8):
+        for batch in batches:
+            try:
+                want = budget_program(d, batch, memory_budget=budget, itemsize=itemsize)
+            except ValueError:
+                with pytest.raises(ValueError, match="no program of this layer trains at batch"):
+                    mod.Layer.budget_plan(batch, itemsize)
+                yield itemsize, batch, None, None
+                continue
+            yield itemsize, batch, mod.Layer.budget_plan(batch, itemsize), want
+
+
 @pytest.mark.parametrize("args, budget", BUDGETED)
 def test_the_budgeted_export_runs_the_engines_plan_at_every_batch_and_dtype(args, budget, tmp_path):
     """Under a memory budget the export ran the plan made for `--batch` at every batch and dtype, while the engine
@@ -270,19 +285,14 @@ def test_the_budgeted_export_runs_the_engines_plan_at_every_batch_and_dtype(args
     mod = _load_module(to_torch_source(d, batch=64, memory_budget=budget), tmp_path / "m.py")
     seen, names = set(), set()
     batches = list(range(1, 40)) + [63, 64, 65, 127, 128, 129, 255, 257, 511, 513, 1000, 1025, 2049, 4097, 10 ** 5]
+    for itemsize, batch, got, want in _plans(mod, d, budget, batches):
+        if got is None:
+            seen.add("refused")
+            continue
+        assert memory(want, itemsize, d.params, training=True).train_bytes <= budget
+        names.add(got)
+        seen.add(_variant(mod, got, want) + (" fallback" if got != mod.Layer.plan(batch) else ""))
     for itemsize in (2, 4, 8):
-        for batch in batches:
-            try:
-                want = budget_program(d, batch, memory_budget=budget, itemsize=itemsize)
-            except ValueError:
-                with pytest.raises(ValueError, match="no program of this layer trains at batch"):
-                    mod.Layer.budget_plan(batch, itemsize)
-                seen.add("refused")
-                continue
-            assert memory(want, itemsize, d.params, training=True).train_bytes <= budget
-            got = mod.Layer.budget_plan(batch, itemsize)
-            names.add(got)
-            seen.add(_variant(mod, got, want) + (" fallback" if got != mod.Layer.plan(batch) else ""))
         try:
             want = budget_program(d, 1, "materialise", memory_budget=budget, itemsize=itemsize)
         except ValueError:
@@ -467,12 +477,6 @@ def test_budgeted_exports_of_random_designs_run_the_engines_plan(data, share, ba
             budget_program(d, 1, memory_budget=budget)
         return
     mod = _load_module(text, tmp_path_factory.mktemp("budgeted") / "m.py")
-    for itemsize in (2, 4, 8):
-        for batch in batches:
-            try:
-                want = budget_program(d, batch, memory_budget=budget, itemsize=itemsize)
-            except ValueError:
-                with pytest.raises(ValueError, match="no program of this layer trains at batch"):
-                    mod.Layer.budget_plan(batch, itemsize)
-                continue
-            _variant(mod, mod.Layer.budget_plan(batch, itemsize), want)
+    for _, _, got, want in _plans(mod, d, budget, batches):
+        if got is not None:
+            _variant(mod, got, want)
