@@ -19,6 +19,7 @@ import param
 from panel.viewable import Viewer
 
 from engine.design.model import Design, DesignError
+from engine.format import nbytes
 from engine.nn.export import export_source, layer_state_dict, to_snippet
 from engine.train.store import StoreError
 
@@ -135,7 +136,7 @@ class ExportView(Viewer):
             self.weights.value = keep
 
     # ------------------------------------------------------------------ generation
-    @param.depends("state.version", "active", watch=True)
+    @param.depends("state.version", "state.memory_budget", "active", watch=True)
     def refresh(self) -> None:
         """Regenerate the export (in a worker thread: compiling a large design's programs can take a second);
         while the tab is not in front, only note that it is out of date."""
@@ -168,11 +169,16 @@ class ExportView(Viewer):
             if self.state.problems and run is None:
                 note = "The draft has problems: this is the last valid design."
             stem = file_stem(design)
+            # the Live cost card's memory budget, where one applies (a linear target; code, not the design JSON)
+            budget = self.state.memory_budget if design.conv is None and fmt != "json" else None
             if fmt == "snippet":
-                text = to_snippet(design, f"{stem}.json", f"{stem}.pt" if state_dict is not None else None)
+                text = to_snippet(design, f"{stem}.json", f"{stem}.pt" if state_dict is not None else None, budget)
             else:
                 source = f"run {run['id']} ({run['name']})" if run is not None else ""
-                text = export_source(design, fmt, source=source)
+                text = export_source(design, fmt, source=source, memory_budget=budget)
+            if budget is not None:
+                note = " ".join(filter(None, [note, f"Planned within the Live cost's memory budget ({nbytes(budget)} "
+                                                    f"per training step) at every batch."]))
         except (DesignError, ValueError, OSError, KeyError) as e:  # no valid design, a bad or missing checkpoint
             text, error = "", str(e)
         except Exception as e:  # noqa: BLE001 - this may run in a worker thread, where an uncaught exception
@@ -214,7 +220,9 @@ class ExportView(Viewer):
                 "json": "the design file (load with <code>engine.design.load_design</code> or open in the studio)",
                 "snippet": f"a script using the engine: <code>TNLinear(load_design('{stem}.json'))</code>; "
                            f"save the design JSON beside it"}[fmt]
-        cli = f"tnstudio export {stem}.json --to {fmt} -o {fname}" + (f" --run {run['id']}" if run else "")
+        budget = self.state.memory_budget if design.conv is None and fmt != "json" else None
+        cli = (f"tnstudio export {stem}.json --to {fmt} -o {fname}" + (f" --run {run['id']}" if run else "")
+               + (f" --memory-budget {budget}" if budget is not None else ""))
         weights = (f"<div>Weights: <span class='file'>{stem}.pt</span> from run <b>{run['id']}</b> "
                    f"(<code>torch.load(..., weights_only=True)</code>)</div>" if run else
                    "<div class='muted'>Train this design on the Train tab to export its weights too.</div>")

@@ -12,7 +12,7 @@ import torch
 from engine.nn.export import layer_state_dict, to_torch_source
 from engine.nn.linear import TNLinear
 from engine.train.store import RunStore, process_start_time
-from studio.export_view import NO_WEIGHTS, ExportView
+from studio.export_view import NO_WEIGHTS, ExportView, file_stem
 from studio.state import StudioState
 from studio.train_view import TrainView, elapsed_text, parse_hidden
 
@@ -261,3 +261,26 @@ def test_the_table_opened_after_a_run_changed_shows_the_run_as_it_is(state):
     store.log_metrics(rid, _rows(10, 1))
     view.poll()  # and a view that exists gets the changes as they come
     assert "completed" in model.source.data["status"][0]
+
+
+def test_the_export_carries_the_live_costs_memory_budget(tmp_path):
+    """The Live cost card's memory budget did not reach the Export tab: the module shown and downloaded was the
+    unbudgeted one. Now the torch module and the snippet are planned within it (the CLI line says so too), the design
+    JSON is not, and a budget nothing fits shows the engine's reason instead of code."""
+    from engine.nn.export import to_snippet
+
+    s = StudioState(home=str(tmp_path), autosave=False, refine_s=0)
+    s.generate("mera", 1024, 1024, 2, activation="gelu")
+    view = ExportView(s, background=False)
+    view.active = True
+    assert "BUDGET_PLANS" not in view._text
+    s.memory_budget = 10 << 20
+    assert view._text == to_torch_source(s.valid_design, memory_budget=10 << 20)
+    assert "SlicedGeneration.apply" in view._text and "--memory-budget 10485760" in view.info.object
+    view.format.value = "snippet"
+    assert view._text == to_snippet(s.valid_design, f"{file_stem(s.valid_design)}.json", None, 10 << 20)
+    view.format.value = "json"
+    assert view._code_file().read().decode() == s.valid_design.to_json() + "\n"
+    view.format.value = "torch"
+    s.memory_budget = 1 << 10  # nothing trains within 1 KiB: the reason, no code
+    assert "within 1 KiB" in view.info.object and view.download.disabled
