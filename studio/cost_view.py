@@ -15,7 +15,6 @@ import param
 from panel.viewable import Viewer
 
 from engine.contract.cost import CostReport
-from engine.contract.slicing import plan_batch
 from engine.format import nbytes, ratio, si
 
 from .state import DTYPES, SCHEDULE_CHOICES, StudioState
@@ -72,8 +71,7 @@ def _budget_cards(rep: CostReport) -> list[str]:
     if getattr(rep, "memory_budget", None) is None:
         return []
     legs = ", ".join(f"{i}/{c}" for i, c in (rep.slicing or {}).get("legs", []))
-    top = plan_batch(rep.batch)  # the engine plans a budget for the batch's power-of-two bucket
-    bucket = f"; planned for batches up to {top:,}" if top != rep.batch else ""
+    bucket = f"; planned for batches up to {rep.planned_up_to:,}" if rep.planned_up_to else ""
     return [_card("Memory budget", nbytes(rep.memory_budget),
                   (f"{rep.slices} slices ({html.escape(legs)}), recomputed in backward" if rep.slicing
                    else "fits without slicing") + bucket, raw=rep.slices, slug="slices")]

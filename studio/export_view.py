@@ -152,6 +152,10 @@ class ExportView(Viewer):
         else:
             self._generate(gen)
 
+    def _budget(self, design: Design, fmt: str) -> int | None:
+        """The Live cost card's memory budget where one applies: a linear target, exported as code (not JSON)."""
+        return self.state.memory_budget if design.conv is None and fmt != "json" else None
+
     def _selected_run(self) -> dict[str, Any] | None:
         return self._runs.get(self.weights.value) if self.weights.value != NO_WEIGHTS else None
 
@@ -169,8 +173,7 @@ class ExportView(Viewer):
             if self.state.problems and run is None:
                 note = "The draft has problems: this is the last valid design."
             stem = file_stem(design)
-            # the Live cost card's memory budget, where one applies (a linear target; code, not the design JSON)
-            budget = self.state.memory_budget if design.conv is None and fmt != "json" else None
+            budget = self._budget(design, fmt)
             if fmt == "snippet":
                 text = to_snippet(design, f"{stem}.json", f"{stem}.pt" if state_dict is not None else None, budget)
             else:
@@ -220,7 +223,7 @@ class ExportView(Viewer):
                 "json": "the design file (load with <code>engine.design.load_design</code> or open in the studio)",
                 "snippet": f"a script using the engine: <code>TNLinear(load_design('{stem}.json'))</code>; "
                            f"save the design JSON beside it"}[fmt]
-        budget = self.state.memory_budget if design.conv is None and fmt != "json" else None
+        budget = self._budget(design, fmt)
         cli = (f"tnstudio export {stem}.json --to {fmt} -o {fname}" + (f" --run {run['id']}" if run else "")
                + (f" --memory-budget {budget}" if budget is not None else ""))
         weights = (f"<div>Weights: <span class='file'>{stem}.pt</span> from run <b>{run['id']}</b> "

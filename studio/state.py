@@ -136,7 +136,7 @@ class StudioState(param.Parameterized):
     layout_version = param.Integer(default=0, doc="Bumps when the whole design is replaced.")
     refine_s = param.Number(default=2.0, bounds=(0, None), doc="Background path-search seconds (0: off).")
     autosave = param.Boolean(default=True, doc="Keep the draft in <home>/draft.json and restore it on start.")
-    draft_id = param.String(default="", regex=r"^([0-9a-f]{12})?$", doc="A browser tab's draft id (its URL's "
+    draft_id = param.String(default="", regex=f"^({TAB_DRAFT_ID.pattern})?$", doc="A browser tab's draft id (its URL's "
                             "?draft=): the tab's own draft is kept too and restored first, so a tab reloaded "
                             "after another tab edited comes back to its own design.")
 

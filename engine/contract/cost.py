@@ -100,6 +100,13 @@ class CostReport:
         out["path"] = [row.to_dict() for row in self.path]
         return out
 
+    @property
+    def planned_up_to(self) -> int | None:
+        """Under a memory budget at a batch that is not a power of two: the largest batch of its power-of-two bucket,
+        which the budget's plan was made for (:func:`engine.contract.slicing.plan_batch`); else ``None``."""
+        top = plan_batch(self.batch) if self.memory_budget is not None else self.batch
+        return top if top != self.batch else None
+
     def format(self) -> str:
         """A short human-readable summary (``tnstudio cost`` without ``--json``)."""
         others = ", ".join(f"{k} {si(v.forward_flops)}" for k, v in self.schedules.items() if k != self.schedule)
@@ -122,8 +129,8 @@ class CostReport:
             how = (f"generation in {self.slices} slices ({', '.join(f'{i}/{c}' for i, c in self.slicing['legs'])}"
                    f"{'; summed: ' + ', '.join(self.slicing['summed']) if self.slicing['summed'] else ''}), "
                    f"recomputed in backward" if self.slicing else "not sliced")
-            top = plan_batch(self.batch)  # the plan holds for the batch's whole power-of-two bucket
-            bucket = f"; planned for batches up to {top:,} (the batch's power-of-two bucket)" if top != self.batch else ""
+            top = self.planned_up_to
+            bucket = f"; planned for batches up to {top:,} (the batch's power-of-two bucket)" if top else ""
             lines.insert(2, f"  memory budget   {nbytes(self.memory_budget)} per training step: {how}{bucket}")
         if not self.executable:
             lines.append("  note            a step has more than 52 indices: torch.einsum cannot run it (cost only)")

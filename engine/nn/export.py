@@ -30,13 +30,16 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from engine.contract.program import BATCH, PATH_BATCHES, Program, Step, compile_program
 from engine.contract.schedule import can_stream
 from engine.design.activations import activation
 from engine.design.model import Design
 from engine.files import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from engine.nn.sliced_export import BudgetTables
 
 FORMATS = ("torch", "json", "snippet")
 _CONV_BUDGET = ("design {name!r} has a conv2d target: memory budgets (sliced generation) apply to linear designs")
@@ -326,7 +329,7 @@ def plan(cls, batch: int) -> str:
 
 @classmethod
 def schedule(cls, batch: int) -> str:
-    """The schedule forward() uses at this batch size: "materialise" or "stream"."""
+    SCHEDULE_DOC
     return "materialise" if cls.plan(batch) == "materialise" else "stream"'''
 
 _FORWARD = '''\
@@ -508,15 +511,15 @@ def to_torch_source(design: Design, batch: int = 64, class_name_: str | None = N
 def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budget: int | str | None) -> str:
     mat = compile_program(design, batch, "materialise")
     streams, buckets = stream_variants(design) if can_stream(design) else ({}, {})
-    tables = None
+    plans = None
     if memory_budget is not None:  # the engine's plan for every batch bucket and entry size (sliced: W only)
         from engine.contract.slicing import budget_program, parse_bytes
         from engine.nn.sliced_export import budget_tables
 
         budget = parse_bytes(memory_budget)
         budget_program(design, batch, "auto", memory_budget=budget)  # nothing fits at --batch: refused, as before
-        tables = budget_tables(design, mat, buckets, budget)
-    sliced = tables.sliced if tables else {}
+        plans = budget_tables(design, mat, buckets, budget)
+    sliced = plans.sliced if plans else {}
     for prog in [mat, *streams.values()]:
         if not prog.executable:
             raise ValueError(f"cannot export design {design.name!r}: a step of its contraction program joins more "
@@ -524,7 +527,7 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
     gen_steps = [s for s in mat.steps if s.phase == "generate"]
     app_steps = [s for s in mat.steps if s.phase == "apply"]
     names = operand_names(design)
-    tables_ = _layer_tables(design, design, tables.budget if tables else None)
+    tables = _layer_tables(design, design, plans.budget if plans else None)
 
     src = _Source()
     src.add('"""A tensor-network linear layer, y = x @ W + b, exported by TN Studio (`tnstudio export --to torch`).')
@@ -551,7 +554,7 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
         src.add(HELPERS)
         src.add()
         src.add()
-    _add_design_constants(src, design, tables_.fingerprint, source)
+    _add_design_constants(src, design, tables.fingerprint, source)
     src.add(f"class {cls}(nn.Module):")
     src.add(f'"""A TN Studio design as a layer: {_int(design.in_features)} -> {_int(design.out_features)}, '
             f'{design.params:,} core params (its name: DESIGN_NAME)."""', 4)
@@ -559,19 +562,19 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
     src.add(f"in_features = {_int(design.in_features)}", 4)
     src.add(f"out_features = {_int(design.out_features)}", 4)
     src.add("design_name = DESIGN_NAME", 4)
-    _add_layer_tables(src, tables_, _TABLE_NOTES)
+    _add_layer_tables(src, tables, _TABLE_NOTES)
     if streams:
         programs = {"materialise": mat, **streams}
         src.add(_SCHEDULE_NOTE, 4)
         src.add_dict("SCHEDULE_FLOPS", {key: flops_by_batch(prog) for key, prog in programs.items()}, 4)
         src.add_dict("SCHEDULE_SIZES", {key: sizes_by_batch(prog) for key, prog in programs.items()}, 4)
         src.add_dict("STREAM_BY_BUCKET", buckets, 4)
-    if tables:
-        _add_budget_tables(src, tables)
+    if plans:
+        _add_budget_tables(src, plans)
     src.add()
     src.add(_INIT_AND_RESET, 4)
     src.add()
-    generate = "generate_materialise" if tables else "weight"
+    generate = "generate_materialise" if plans else "weight"
     src.add(f"def {generate}(self) -> torch.Tensor:", 4)
     src.add(f'"""The dense weight W ({_int(design.in_features)} x {_int(design.out_features)}) generated from the '
             f'cores."""', 8)
@@ -614,8 +617,8 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
         src.add(_STREAM_DISPATCH, 4)
     if streams:
         src.add()
-        src.add(_PLANNING if not tables else _PLANNING.replace(_SCHEDULE_DOC, _SCHEDULE_DOC_BUDGET), 4)
-    if tables:
+        src.add(_PLANNING.replace("SCHEDULE_DOC", _SCHEDULE_DOC_BUDGET if plans else _SCHEDULE_DOC), 4)
+    if plans:
         from engine.nn.sliced_export import BUDGET_PLANNING, plan_materialise_source
 
         if not streams:
@@ -623,25 +626,25 @@ def _torch_module(design: Design, batch: int, cls: str, source: str, memory_budg
             src.add(plan_materialise_source(), 4)
         src.add()
         src.add(BUDGET_PLANNING, 4)
-    pick = _PICK_BUDGET if tables else _PICK_PLAN if streams else _PICK_MATERIALISE
+    pick = _PICK_BUDGET if plans else _PICK_PLAN if streams else _PICK_MATERIALISE
     src.add()
     src.add(_FORWARD.replace("PICK", pick), 4)
     return _finish_module(src, cls)
 
 
-def _add_budget_tables(src: _Source, tables: Any) -> None:
+def _add_budget_tables(src: _Source, plans: BudgetTables) -> None:
     """The class constants MEMORY_BUDGET, BUDGET_PLANS, WEIGHT_PLANS and SLICED_PLANS of a budgeted module."""
     src.add(_BUDGET_NOTE, 4)
-    src.add(f"MEMORY_BUDGET = {_int(tables.budget)}", 4)
+    src.add(f"MEMORY_BUDGET = {_int(plans.budget)}", 4)
     src.add("BUDGET_PLANS = {", 4)
-    for itemsize, plans in tables.plans.items():
+    for itemsize, by_top in plans.plans.items():
         src.add(f"{_int(itemsize)}: {{", 8)
-        for top, entry in plans.items():
+        for top, entry in by_top.items():
             src.add(f"{_int(top)}: {_lit(entry)},", 12)
         src.add("},", 8)
     src.add("}", 4)
-    src.add_dict("WEIGHT_PLANS", tables.weight_plans, 4)
-    src.add_dict("SLICED_PLANS", {key: prog.slicing.describe() for key, prog in tables.sliced.items()}, 4)
+    src.add_dict("WEIGHT_PLANS", plans.weight_plans, 4)
+    src.add_dict("SLICED_PLANS", {key: prog.slicing.describe() for key, prog in plans.sliced.items()}, 4)
 
 
 # --------------------------------------------------------------------- json and snippet
