@@ -384,6 +384,24 @@ def test_a_double_click_starts_the_work_once(state):
     assert calls == [1] and not b.disabled
 
 
+def test_a_double_clicks_second_half_processed_late_by_a_loaded_server_is_still_ignored(state, monkeypatch):
+    """A loaded server processed the second half of a double click on Launch 0.93 s after the first launch ended
+    (a second run was launched); the same click with nothing changed is ignored, a later one runs again."""
+    import studio.widgets as widgets
+
+    now = [100.0]
+    monkeypatch.setattr(widgets, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    calls = []
+    b = button("Launch", lambda: calls.append(1), once=True, key=lambda: "same form")
+    b.clicks += 1
+    now[0] += 0.93
+    b.clicks += 1
+    assert calls == [1]
+    now[0] += widgets.COOLDOWN_S + 0.1  # a deliberate repeat, later
+    b.clicks += 1
+    assert calls == [1, 1] and not b.disabled
+
+
 def test_palette_bond_field(state):
     p = Palette(state=state)
     p.bond.input.value = "0"
