@@ -10,10 +10,16 @@ from scipy.special import erf
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.design.model import Design
+from hypothesis import assume, given, settings
 from engine.nn.execute import run_program
 from engine.nn.init import init_cores, linear_core_stds, raw_cores, target_std
 from engine.nn.linear import TNLinear, id_to_key, key_to_id
 from engine.design.templates import TEMPLATE_KINDS, make_template
+
+try:
+    from tests.drawn import nonlinear_drawn, one_torch_thread
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from drawn import nonlinear_drawn, one_torch_thread
 
 NP_ACT = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0),
           "gelu": lambda v: 0.5 * v * (1.0 + erf(v / math.sqrt(2.0)))}
@@ -233,6 +239,42 @@ def test_init_is_deterministic_under_a_seed_and_isometries_start_orthogonal():
     torch.testing.assert_close(iso.T @ iso, torch.eye(iso.shape[1]), atol=1e-5, rtol=0)
     dis = raw["D0_0"].reshape(16, 16)
     assert float((dis - torch.eye(16)).abs().max()) < 0.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=nonlinear_drawn())
+def test_calibration_in_one_pass_equals_measuring_each_prefix(data):
+    """An unsliced program's calibration rescales each activation's input as it arrives, in one pass; measuring each
+    activation's input again after rescaling the tensors before it (what a sliced program's calibration does) gives
+    the same cores, and then every activation's input has unit RMS, mean(W) = 0 and std(W) = the target."""
+    from engine.contract.program import compile_program
+    from engine.nn.init import PRE_ACTIVATION_RMS, _pre_activation_rms, _recording, _remove_mean, calibrate
+
+    d = Design.from_dict(data)
+    std = target_std(d.in_features)
+    prog = compile_program(d, 1, "materialise")
+    order = d.evaluation_order()
+    activated = [t for t in order if d.tensor(t).activation is not None]
+    assume(activated and sum(s.activation is not None for s in prog.steps) == len(activated))
+    with one_torch_thread():
+        one = raw_cores(d, std, seed=3)
+        calibrate(d, one, std)
+        seq = raw_cores(d, std, seed=3)
+        for k, tid in enumerate(activated):
+            rms = _pre_activation_rms(prog, seq, k)
+            if rms > 0 and math.isfinite(rms):
+                seq[tid].mul_(PRE_ACTIVATION_RMS / rms)
+        _remove_mean(prog, seq, order[-1])
+        with torch.no_grad():
+            w = run_program(prog, seq, until_weight=True)
+            assume(float(w.std()) > 0)
+            seq[order[-1]].mul_(std / float(w.std()))
+            for k in one:
+                torch.testing.assert_close(one[k], seq[k], rtol=1e-4, atol=1e-6 * float(seq[k].abs().max()))
+            rec: list[float] = []
+            w = run_program(prog, one, activations=_recording(rec, None), until_weight=True)
+    assert len(rec) == len(activated) and all(r == 0 or abs(r - PRE_ACTIVATION_RMS) < 1e-4 for r in rec), rec
+    assert abs(float(w.mean())) < 1e-4 * std and abs(float(w.std()) / std - 1) < 1e-4
 
 
 # ------------------------------------------------------------------------- training, AMP, compile
