@@ -1,11 +1,12 @@
-# Two entry points for a fresh machine: `make serve` runs the studio, `make test` runs every test.
+# Two entry points for a fresh machine: `make serve` runs the studio, `make test` runs the test suite (everything
+# but the tests marked `long`, which repeat bounded tests at length; `make test-all` runs those too).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 5006
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install browser postgres bench clean
+.PHONY: serve test test-all install browser postgres bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,9 @@ serve: $(STAMP)
 	$(VENV)/bin/tnstudio serve --port $(PORT)
 
 test: $(STAMP) browser postgres
+	$(PY) -m pytest -q -m "not long"
+
+test-all: $(STAMP) browser postgres
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -294,11 +294,23 @@ def test_memory_of_a_design_with_an_outer_product_step(one_thread):
             assert replay(prog).peak * 4 == peak_bytes(lambda: run_program(prog, cores, x))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(linear_drawn())
 def test_memory_of_hand_drawn_designs_equals_the_allocators_peak(data):
     """The replay is exact beyond the templates: random hand-drawn designs (loops, legs anywhere, any index order),
     both schedules, inference and a forward pass under autograd, against the CPU allocator."""
+    _check_hand_drawn_memory(data)
+
+
+@pytest.mark.long
+@settings(max_examples=40, deadline=None)
+@given(linear_drawn())
+def test_memory_of_many_hand_drawn_designs_equals_the_allocators_peak(data):
+    """The same at length (``make test-all``)."""
+    _check_hand_drawn_memory(data)
+
+
+def _check_hand_drawn_memory(data: dict) -> None:
     from engine.contract.schedule import can_stream
     from engine.design.model import Design
 

@@ -185,6 +185,7 @@ def test_train_digits_example(tmp_path):
     assert "TN ttn" in text and "dense" in text and f"{accs[0]:.3f}" in text
 
 
+@pytest.mark.long
 def test_truncate_finetune_example(tmp_path):
     out = tmp_path / "out"
     runs = tmp_path / "tf_runs"
@@ -202,6 +203,7 @@ def test_truncate_finetune_example(tmp_path):
     assert "TTN (gelu)" in text and "MPO" in text and "fine-tuned" in text
 
 
+@pytest.mark.long
 def test_digits_sweep_example(tmp_path):
     out = tmp_path / "sweep"
     text = run_example("digits_sweep.py", "--quick", "--out", str(out), home=tmp_path)
@@ -227,6 +229,7 @@ def test_every_example_has_a_docstring_and_main(script):
 
 # ----------------------------------------------------------------------------- whole networks on MNIST-1D
 @pytest.mark.slow
+@pytest.mark.long
 def test_mnist1d_networks_quick(tmp_path):
     out = run_example("mnist1d_networks.py", "--quick", "--runs-dir", str(tmp_path / "runs"), home=tmp_path,
                       timeout=600)

@@ -296,9 +296,13 @@ def test_conv_exports_carry_design_strings_only_as_literals(tmp_path):
     assert not list(tmp_path.rglob(MARKER)) and not (ROOT / MARKER).exists(), "a design string ran as code"
 
 
-@pytest.mark.parametrize("name, budget", [("f", None), ("F", None), ("SlicedGeneration", 0.5), ("sliced generation", 0.5),
-                                          ("SLICING", 0.5), ("SLICINGS", 0.5), ("SLICE_ACTIVATIONS", 0.5),
-                                          ("Layer", None), ("ValueError", 0.5)])
+def _long(*args):
+    return pytest.param(*args, marks=pytest.mark.long)
+
+
+@pytest.mark.parametrize("name, budget", [("f", None), _long("F", None), ("SlicedGeneration", 0.5),
+                                          _long("sliced generation", 0.5), _long("SLICING", 0.5), ("SLICINGS", 0.5),
+                                          _long("SLICE_ACTIVATIONS", 0.5), ("Layer", None), _long("ValueError", 0.5)])
 def test_a_design_named_like_a_name_of_the_module_gets_a_free_class_name(name, budget, tmp_path):
     """A design named "f" became class F, which replaced `torch.nn.functional as F` (forward failed: no attribute
     'gelu'); "SlicedGeneration" / "SLICING" (now "SLICINGS") replaced the sliced generation's helper and its table. The

@@ -461,6 +461,7 @@ def test_cli_trains_an_mnist1d_network_with_tn_layers(tmp_path, capsys):
     assert out.is_file() and out.with_suffix(".pt").is_file()
 
 
+@pytest.mark.long
 def test_torchrun_two_processes_rank0_writes_the_store(tmp_path):
     """``torchrun --standalone --nproc-per-node 2 -m engine.cli train NET ...`` on the CPU: both ranks train,
     rank 0 records one completed run."""

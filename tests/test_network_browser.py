@@ -4,7 +4,8 @@
 optional-tab list (``studio.app.OPTIONAL_TABS``) shows ``studio.network_view.NetworkView`` as the Network tab; it
 fails with that reason if the tab is missing. There the network is trained on the Train tab (the Network tab's
 "Train it" button shows it, set to the current network). ``test_network_view_trains_an_mnist1d_network`` serves the
-tab's view alone, with its own train card.
+tab's view alone, with its own train card (``long``: ``make test-all``; the whole studio's test covers the tab in
+``make test``).
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def _train_in_page(page, name: str, on_train_tab: bool = False) -> None:
     assert "completed: test accuracy" in status, status
 
 
+@pytest.mark.long
 def test_network_view_trains_an_mnist1d_network(tmp_path):
     import panel as pn
 

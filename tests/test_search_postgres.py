@@ -125,6 +125,7 @@ def test_two_workers_finish_one_study_on_postgresql(postgres_url):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_killed_worker_is_failed_by_heartbeats_and_a_restarted_worker_finishes(postgres_url, monkeypatch):
     import signal
 

@@ -91,7 +91,8 @@ def test_only_indices_outside_activated_sums_can_be_sliced():
 
 
 SLICED_MEMORY = [("mera", 4096, 2, "gelu", [("i0", 8)]), ("mera", 4096, 2, "gelu", [("u0_0", 2), ("i0", 4)]),
-                 ("mera", 4096, 2, "gelu", [("i3", 8), ("o3", 8)]), ("attn", 1024, 2, "gelu", [("o0", 2), ("i1", 2)])]
+                 pytest.param("mera", 4096, 2, "gelu", [("i3", 8), ("o3", 8)], marks=pytest.mark.long),
+                 ("attn", 1024, 2, "gelu", [("o0", 2), ("i1", 2)])]
 
 
 @pytest.mark.parametrize("kind,size,bond,act,legs", SLICED_MEMORY)

@@ -93,7 +93,7 @@ def overlap(a: dict, b: dict, margin: float = 0.0) -> bool:
             and a["y"] < b["y"] + b["h"] - margin and b["y"] < a["y"] + a["h"] - margin)
 
 
-@pytest.mark.parametrize("size", [(1600, 1000), (1280, 800)])
+@pytest.mark.parametrize("size", [(1600, 1000), pytest.param((1280, 800), marks=pytest.mark.long)])
 def test_every_template_fits_the_view_without_overlaps(studio, size):
     page, apps = studio
     page.set_viewport_size({"width": size[0], "height": size[1]})

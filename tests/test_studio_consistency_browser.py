@@ -8,7 +8,8 @@ layer size, start a new design. After each step the test downloads the design JS
 that the canvas (every tensor with its kind, shape and parameters, every leg and bond label), the header, the
 inspector, the save-as name and the cost cards show what the engine computes from that JSON. It fails on any
 browser page error, on the console noise the studio must not make, and on any error or traceback in the server's
-log. ``TNSTUDIO_STEPS`` and ``TNSTUDIO_SEED`` change the length and the sequence.
+log. ``make test`` runs a bounded sequence; the ``long`` one (``make test-all``) runs 200 steps of another seed.
+``TNSTUDIO_STEPS``, ``TNSTUDIO_LONG_STEPS`` and ``TNSTUDIO_SEED`` change their lengths and the sequence.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ except ImportError:  # tests/ is not a package: pytest puts it on sys.path
 
 pytestmark = pytest.mark.browser
 
-STEPS = int(os.environ.get("TNSTUDIO_STEPS", "48"))
+STEPS = int(os.environ.get("TNSTUDIO_STEPS", "24"))
+LONG_STEPS = int(os.environ.get("TNSTUDIO_LONG_STEPS", "200"))
 SEED = int(os.environ.get("TNSTUDIO_SEED", "7"))
 SYNC_S = 25.0  # the shared test machine can be slow: how long the page may take to show a change
 
@@ -520,7 +522,9 @@ def _trace_canvas(monkeypatch) -> list[str]:
     return trace
 
 
-def test_randomised_edits_keep_every_view_true(tmp_path, monkeypatch):
+@pytest.mark.parametrize("steps, seed", [(STEPS, SEED), pytest.param(LONG_STEPS, SEED + 1, marks=pytest.mark.long,
+                                                                      id="long")])
+def test_randomised_edits_keep_every_view_true(tmp_path, monkeypatch, steps, seed):
     require_browser()
     apps = []
     trace = _trace_canvas(monkeypatch)
@@ -530,7 +534,7 @@ def test_randomised_edits_keep_every_view_true(tmp_path, monkeypatch):
         apps.append(app)
         return app
 
-    rng = random.Random(SEED)
+    rng = random.Random(seed)
     saved: list[dict] = []
     done: list[str] = []
     timings: list[tuple] = []
@@ -542,7 +546,7 @@ def test_randomised_edits_keep_every_view_true(tmp_path, monkeypatch):
         ui = Studio(page, apps, tmp_path)
         ui.check("start")
         funcs, weights = zip(*ACTIONS)
-        for n in range(STEPS):
+        for n in range(steps):
             fn = generate if not ui.state.design.tensors or n == 0 else rng.choices(funcs, weights)[0]
             t0 = time.monotonic()
             try:
@@ -571,7 +575,7 @@ def test_randomised_edits_keep_every_view_true(tmp_path, monkeypatch):
     assert console.errors == [], console.errors
     assert console.noise() == [], console.noise()
     assert server.records == [], "\n".join(server.records)
-    assert len(done) >= min(60, STEPS) and len(ui.kinds) >= min(4, STEPS // 10), (len(done), ui.kinds)
+    assert len(done) >= min(60, steps) and len(ui.kinds) >= min(4, steps // 10), (len(done), ui.kinds)
     print(f"{len(done)} steps in {time.monotonic() - started:.0f} s")
     if os.environ.get("TNSTUDIO_TIMINGS"):
         for row in timings:

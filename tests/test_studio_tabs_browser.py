@@ -79,7 +79,8 @@ def clean(console: Console, server: ServerLog, outside: list[str]) -> None:
     assert server.records == [], "\n".join(server.records)
 
 
-@pytest.mark.parametrize("size", [(1280, 800), (1600, 1000)], ids=["1280x800", "1600x1000"])
+@pytest.mark.parametrize("size", [(1280, 800), pytest.param((1600, 1000), marks=pytest.mark.long)],
+                         ids=["1280x800", "1600x1000"])
 def test_every_tab_opens_clean(home, size, monkeypatch):
     monkeypatch.setenv("TNSTUDIO_HOME", str(home))
     w, h = size
