@@ -20,6 +20,7 @@ import secrets
 from typing import Any, Callable
 
 import panel as pn
+from bokeh.models import CustomJS
 from tornado.websocket import WebSocketClosedError
 
 from .state import TAB_DRAFT_ID
@@ -71,10 +72,22 @@ def on_session_end(callback: Callable[[], Any]) -> None:
         doc.on_session_destroyed(lambda _ctx: callback())
 
 
+# run in the browser once the page is ready: the tab's URL gets its draft id without a new history entry
+_SET_DRAFT_IN_URL = """
+const url = new URL(window.location.href)
+url.searchParams.set("draft", draft)
+window.history.replaceState(window.history.state, "", url.toString())
+"""
+
+
 def tab_draft_id() -> str:
     """The browser tab's draft id: the ``?draft=`` of the URL that opened the session (a reload keeps it), else a new
-    one, written into the tab's URL (``pn.state.location``, once the page has loaded) so that a reload finds this
-    tab's draft. Empty outside a server session."""
+    one, written into the tab's URL once the page is ready so that a reload finds this tab's draft. Empty outside a
+    server session.
+
+    The URL is rewritten in the browser (``history.replaceState``, the id passed as the callback's argument, never
+    formatted into its code): ``pn.state.location.update_query`` pushed a second history entry, so the browser's
+    Back button led to the bare URL, where a reload restored the newest draft instead of the tab's own."""
     doc = pn.state.curdoc
     if doc is None or getattr(doc, "session_context", None) is None:
         return ""
@@ -82,9 +95,7 @@ def tab_draft_id() -> str:
     if given and TAB_DRAFT_ID.fullmatch(given[-1]):
         return given[-1]
     draft = secrets.token_hex(6)
-    location = pn.state.location
-    if location is not None:  # once the page has loaded: the page sends its own URL first, which would undo it
-        pn.state.onload(lambda: location.update_query(draft=draft))
+    doc.js_on_event("document_ready", CustomJS(args={"draft": draft}, code=_SET_DRAFT_IN_URL))
     return draft
 
 

@@ -156,7 +156,8 @@ def test_two_tabs_share_a_server_and_a_home_and_closing_one_logs_nothing(tmp_pat
 def test_a_reloaded_tab_comes_back_to_its_own_draft(tmp_path):
     """Two tabs on one home autosaved to one draft: tab a, reloaded after tab b had edited, showed b's design and
     a's last edits were gone. A tab's URL now carries its draft id (?draft=...), which a reload keeps: a comes back
-    to its own design, and a tab opened afresh starts from the newest draft."""
+    to its own design, and a tab opened afresh starts from the newest draft. The id replaces the tab's URL without
+    a history entry of its own."""
     path = require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -176,6 +177,9 @@ def test_a_reloaded_tab_comes_back_to_its_own_draft(tmp_path):
             generate(b, "cp", 512, 256, 5)
             wait_params(b, make_template("cp", 512, 256, 5).params)
             assert "draft=" in a.url and "draft=" in b.url and a.url != b.url, (a.url, b.url)
+            # the id replaced the URL in the history (entries: about:blank, the studio): Back leaves the studio
+            # rather than landing on the bare URL, where a reload would restore the newest draft (a pushed entry did)
+            assert a.evaluate("window.history.length") == 2 == b.evaluate("window.history.length")
             a.reload(timeout=90000)
             a.locator(".tn-canvas .react-flow__node").first.wait_for(timeout=90000)
             wait_params(a, make_template("ttn", 256, 256, 3).params)  # its own draft, not b's newer one
