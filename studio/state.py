@@ -628,4 +628,3 @@ def _prune_tab_drafts(folder: Path) -> None:
 
 __all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES", "SCHEDULE_CHOICES", "SWEEP_CHI", "MAX_UPLOAD_BYTES",
            "CONFIRM_PARAMS", "CONFIRM_W_ENTRIES", "oversize", "safe_params", "draft_path"]
-

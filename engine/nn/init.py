@@ -187,18 +187,27 @@ class _Stop(Exception):
     pass
 
 
-def _recording(record: list[float], stop_after: int | None) -> dict[str, Callable]:
+def _rms(v: torch.Tensor) -> float:
+    """Root mean square of a tensor's entries (in float32 at least)."""
+    return float(v.detach().float().pow(2).mean().sqrt())
+
+
+def _before_each_activation(hook: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, Callable]:
+    """Every activation function by name (for :func:`run_program`'s ``activations``), applied to ``hook(input)``."""
     from engine.nn.activations import ACTIVATION_FNS
 
-    def wrap(fn: Callable) -> Callable:
-        def rec(v: torch.Tensor) -> torch.Tensor:
-            record.append(float(v.detach().float().pow(2).mean().sqrt()))
-            if stop_after is not None and len(record) > stop_after:
-                raise _Stop
-            return fn(v)
-        return rec
+    return {k: (lambda v, fn=fn: fn(hook(v))) for k, fn in ACTIVATION_FNS.items()}
 
-    return {k: wrap(f) for k, f in ACTIVATION_FNS.items()}
+
+def _recording(record: list[float], stop_after: int | None) -> dict[str, Callable]:
+    """Activations that append their input's RMS to ``record`` (and stop the run after ``stop_after`` + 1)."""
+    def rec(v: torch.Tensor) -> torch.Tensor:
+        record.append(_rms(v))
+        if stop_after is not None and len(record) > stop_after:
+            raise _Stop
+        return v
+
+    return _before_each_activation(rec)
 
 
 def _activation_calls(prog: Program) -> list[int]:
@@ -255,15 +264,15 @@ def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterat
         activated = []  # the k-th activation step is no longer the k-th activated tensor: only rescale W
     last = order[-1]
     linear_last = design.tensor(last).activation is None
-    one_pass = bool(activated) and prog.slicing is None
-    if one_pass:
+    if activated and prog.slicing is None:
         _rescale_in_one_pass(prog, cores, activated, last if linear_last else None)
-    for k, tid in enumerate(activated if not one_pass else ()):
-        rms = _pre_activation_rms(prog, cores, k)
-        if rms > 0 and math.isfinite(rms):
-            cores[tid].mul_(PRE_ACTIVATION_RMS / rms)
-    if linear_last and not one_pass:
-        _remove_mean(prog, cores, last)
+    else:
+        for k, tid in enumerate(activated):
+            rms = _pre_activation_rms(prog, cores, k)
+            if rms > 0 and math.isfinite(rms):
+                cores[tid].mul_(PRE_ACTIVATION_RMS / rms)
+        if linear_last:
+            _remove_mean(prog, cores, last)
     achieved = float("nan")
     for _ in range(iterations if not linear_last else 1):
         w = run_program(prog, cores, until_weight=True)
@@ -291,23 +300,19 @@ def _rescale_in_one_pass(prog: Program, cores: dict[str, torch.Tensor], activate
     Intermediates are scaled in place unless they share a core's storage or autograd needs them. Before, one run
     per activated tensor and one more for the mean (an AlexNet fc6 MERA's initialisation: 42 s, now 25 s).
     """
-    from engine.nn.activations import ACTIVATION_FNS
-
     factors: list[float] = []
     core_storage = {v.untyped_storage().data_ptr() for v in cores.values()}
 
-    def wrap(fn: Callable) -> Callable:
-        def rescaled(v: torch.Tensor) -> torch.Tensor:
-            rms = float(v.detach().float().pow(2).mean().sqrt())
-            f = PRE_ACTIVATION_RMS / rms if rms > 0 and math.isfinite(rms) else 1.0
-            factors.append(f)
-            if f != 1.0:
-                shared = v.requires_grad or v.untyped_storage().data_ptr() in core_storage
-                v = v * f if shared else v.mul_(f)
-            return fn(v)
-        return rescaled
+    def rescale(v: torch.Tensor) -> torch.Tensor:
+        rms = _rms(v)
+        f = PRE_ACTIVATION_RMS / rms if rms > 0 and math.isfinite(rms) else 1.0
+        factors.append(f)
+        if f == 1.0:
+            return v
+        shared = v.requires_grad or v.untyped_storage().data_ptr() in core_storage
+        return v * f if shared else v.mul_(f)
 
-    acts = {k: wrap(f) for k, f in ACTIVATION_FNS.items()}
+    acts = _before_each_activation(rescale)
     if last is None:
         run_program(prog, cores, activations=acts, until_weight=True)
     else:
