@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 5006
+# test processes (pytest-xdist): one per core of the 2-core CI machine, each with one torch thread (tests/conftest.py)
+TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
 .PHONY: serve test test-all install browser postgres bench clean
@@ -34,10 +36,10 @@ serve: $(STAMP)
 	$(VENV)/bin/tnstudio serve --port $(PORT)
 
 test: $(STAMP) browser postgres
-	$(PY) -m pytest -q -m "not long"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not long"
 
 test-all: $(STAMP) browser postgres
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cost_latency.py

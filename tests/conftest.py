@@ -14,7 +14,10 @@ def _tnstudio_home(tmp_path_factory, monkeypatch):
 
 
 def pytest_configure(config):
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # pytest-xdist's workers (`make test` runs one per core) take one thread each: two workers with two OpenMP
+    # threads apiece on two cores spin-wait against each other (set here in the controller, which the workers inherit)
+    workers = os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None)
+    os.environ.setdefault("OMP_NUM_THREADS", "1" if workers else "2")
 
 
 @pytest.fixture
