@@ -27,7 +27,8 @@ from .export_view import ExportView
 from .files_view import Files
 from .gallery import Gallery, Palette
 from .inspector import Inspector
-from .session import SessionDispatcher, on_session_end, quiet_closed_tab_writes, tab_draft_id
+from .session import (SessionDispatcher, on_session_end, quiet_closed_tab_writes, swallow_double_clicks,
+                      tab_draft_id)
 from .state import StudioState
 from .style import css
 from .train_view import TrainView
@@ -194,6 +195,7 @@ class StudioApp(Viewer):
         self.tabs.param.watch(lambda *_: self._activate(), "active")
         self._activate()
         on_session_end(self.close)
+        swallow_double_clicks()
 
     @property
     def design(self) -> DesignTab:

@@ -99,6 +99,32 @@ def tab_draft_id() -> str:
     return draft
 
 
+# run in the browser once the page is ready: the second (third, ...) click of a multiple click on a button that starts
+# work (class tn-once) stops at the document, in the capture phase, before the button's own listener sends it
+_SWALLOW_DOUBLE_CLICKS = """
+if (!window.tnSwallowsDoubleClicks) {
+  window.tnSwallowsDoubleClicks = true
+  document.addEventListener("click", (event) => {
+    if (event.detail > 1 && event.composedPath().some((el) => el.classList && el.classList.contains("tn-once"))) {
+      event.stopPropagation()
+      event.preventDefault()
+    }
+  }, true)
+}
+"""
+
+
+def swallow_double_clicks() -> None:
+    """Make the page drop the second click of a double click on buttons that start work (class ``tn-once``), so
+    that the server never receives it. The server's own guard (:func:`studio.widgets.guard`) tells a double click's
+    second half by time and can be outrun by a loaded server; the browser tells it by the click's count
+    (``MouseEvent.detail``: 2 for a double click's second click, 0 for Enter or Space). No-op outside a server
+    session."""
+    doc = pn.state.curdoc
+    if doc is not None and getattr(doc, "session_context", None) is not None:
+        doc.js_on_event("document_ready", CustomJS(code=_SWALLOW_DOUBLE_CLICKS))
+
+
 class ClosedTabWrites(logging.Filter):
     """Drops asyncio's error for a write to a closed browser tab's websocket (a Panel 1.9.4 bug, worked around here).
 

@@ -62,8 +62,11 @@ def field_note_html(state: StudioState, field: str) -> str:
 def button(label: str, action: Callable[[], Any] | None = None, *, once: bool = False,
            key: Callable[[], Any] | None = None, dedupe: bool = True, **kw: Any) -> pn.widgets.Button:
     """A styled button running ``action`` on a click. With ``once`` (buttons that start work), the button is
-    disabled while ``action`` runs. With ``dedupe`` (the default), the second click of a double click is ignored:
-    see :func:`guard` (``key`` describes the situation a click acts on)."""
+    disabled while ``action`` runs, and the page does not even send the second click of a double click (class
+    ``tn-once``, see :func:`studio.session.swallow_double_clicks`). With ``dedupe`` (the default), the server ignores
+    the second click of a double click: see :func:`guard` (``key`` describes the situation a click acts on)."""
+    if once:
+        kw["css_classes"] = [*kw.get("css_classes", []), "tn-once"]
     b = styled(pn.widgets.Button(label=label, **kw))
     if action is not None:
         guard(b, action, disable=once, key=key, dedupe=dedupe)
