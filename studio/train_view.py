@@ -273,13 +273,14 @@ class TrainView(Viewer):
                                      css_classes=["tn-train-feedback"])
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=TABLE_COLUMNS), selectable="checkbox", show_index=False, disabled=True,
-            layout="fit_data_stretch", height=230, sizing_mode="stretch_width", css_classes=["tn-run-table"],
+            layout="fit_columns", height=230, sizing_mode="stretch_width", css_classes=["tn-run-table"],
             titles={"id": "run", "name": "name", "status": "status", "design": "design", "params": "core params",
                     "compression": "compr.", "best": "best", "progress": "progress", "elapsed": "elapsed"},
             formatters={"status": {"type": "html"}, "progress": {"type": "html"}},
-            # every column fits at 1280 x 800 (long names end in an ellipsis)
-            widths={"id": 78, "name": 112, "status": 112, "design": 110, "params": 106, "compression": 80, "best": 62,
-                    "progress": 96, "elapsed": 80},
+            # every column fits at 1280 x 800 (long names end in an ellipsis); name and design share what a wider
+            # window adds (with the last column stretched, a 1600-wide window gave it 350 px and cut the names)
+            widths={"id": 78, "status": 112, "params": 106, "compression": 80, "best": 62, "progress": 96,
+                    "elapsed": 80},
             text_align={"params": "right", "compression": "right", "best": "right", "elapsed": "right"},
             stylesheets=[css("progress", "table")])
         self.stop_button = button("■  Stop selected", self.stop_selected, once=True, color="danger",

@@ -80,6 +80,10 @@ def test_launch_a_run_follow_it_and_download_the_export(tmp_path):
         assert page.locator(".tn-run-table .tabulator-row").count() == 1
         page.locator(".tn-run-table .tn-progress", has_text="100%").wait_for()
         page.locator(".tn-curve-legend", has_text=rid).wait_for()
+        # a 1600-wide window gives its width to the run's name and design, not to the last column: both show whole
+        for field in ("name", "design"):
+            cell = page.locator(f".tn-run-table .tabulator-row .tabulator-cell[tabulator-field='{field}']")
+            assert cell.evaluate("el => el.scrollWidth <= el.clientWidth"), (field, cell.inner_text())
         screenshot(page, "studio_train")
 
         # Export tab: pick the run's weights, download the module and the weights, check they reproduce the run
