@@ -34,9 +34,11 @@ from panel.viewable import Viewer
 
 from engine.design.model import Design, DesignError
 from engine.home import runs_dir
+from engine.network.format import NetworkError
 from engine.train.config import ConfigError, RunConfig
 from engine.train.data import dataset_spec, dataset_specs
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan, model_kinds
+from engine.train.networks import tn_layer_totals
 from engine.train.store import ACTIVE, RunNotFound, RunStore, StoreError
 
 from .fmt import ratio
@@ -422,10 +424,23 @@ class TrainView(Viewer):
         self.dispatcher(self.poll)
 
     def _design_of(self, run: dict[str, Any]) -> tuple[str, int | None, float | None]:
-        """(design name, core params, compression) of a run, from its design (read once)."""
+        """(design name, core params, compression) of a run, from its design or, for a network run, from its
+        network's TN layers together (read once)."""
         if run["id"] not in self._design_info:
             name, params, comp = run.get("design_name") or "dense", None, None
-            if run.get("design_name"):
+            config = run.get("config") or {}
+            if config.get("model") == "network":
+                try:
+                    t = tn_layer_totals(config.get("network") or {})
+                except (NetworkError, DesignError, KeyError, TypeError, ValueError) as e:
+                    log.debug("run %s: no network to count (%s)", run["id"], e)
+                    name = "network"
+                else:
+                    name = f"network · {t.layers} TN layer{'s' if t.layers != 1 else ''}" if t.layers else "network"
+                    if t.layers:
+                        params, comp = ((t.dense_weights, 1.0) if config.get("baseline")
+                                        else (t.core_params, t.compression))
+            elif run.get("design_name"):
                 try:
                     d = Design.from_dict(self.store.get_run(run["id"])["design"], validate=False)
                 except (RunNotFound, StoreError, DesignError, KeyError, TypeError) as e:

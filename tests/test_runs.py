@@ -211,3 +211,26 @@ def test_killing_the_attached_cli_leaves_the_run_training(tmp_path):
     assert end["status"] == "completed" and end["results"]["test_accuracy"] > 0.5
     steps = [m["step"] for m in store.metrics(run["id"], split="train")]
     assert steps == sorted(steps) and steps[-1] == end["total_steps"]
+
+
+def test_a_network_run_is_named_after_its_network_and_shown_in_one_line(tmp_path, capsys):
+    """A network run recorded without a name is named after its network (not "dense"), and `runs show` prints its
+    network file (designs inline, kilobytes) as the network's name and TN layers, their cores counted on the built
+    model; `--json` keeps the whole file."""
+    import json
+
+    from engine.cli import main
+    from engine.network.build import build_network
+    from engine.network.format import new_network
+    from engine.train.networks import network_config
+
+    spec = new_network("mlp", [1, 40], 10, name="small mlp").with_rules(["linear:ttn:4:min=3000"])
+    cores = sum(p.numel() for n, p in build_network(spec).named_parameters() if ".cores." in n)
+    store = RunStore(tmp_path / "runs")
+    rid = store.create_run(network_config(spec, dataset="mnist1d"), None)
+    assert store.get_run(rid)["name"] == "small mlp on mnist1d"
+    assert main(["runs", "--runs-dir", str(tmp_path / "runs"), "show", rid]) == 0
+    (config,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("config")]
+    assert config.endswith(f"network=small mlp (2 TN layers, {cores:,} core params)") and "'format'" not in config
+    assert main(["runs", "--runs-dir", str(tmp_path / "runs"), "show", rid, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["network"] == network_config(spec, dataset="mnist1d").network

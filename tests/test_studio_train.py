@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from engine.format import ratio
 from engine.nn.export import layer_state_dict, to_torch_source
 from engine.nn.linear import TNLinear
 from engine.train.store import RunStore, process_start_time
@@ -284,3 +285,29 @@ def test_the_export_carries_the_live_costs_memory_budget(tmp_path):
     view.format.value = "torch"
     s.memory_budget = 1 << 10  # nothing trains within 1 KiB: the reason, no code
     assert "within 1 KiB" in view.info.object and view.download.disabled
+
+
+def test_a_network_run_shows_its_tn_layers_not_dense(state):
+    """A run of a whole network (Network tab or `tnstudio network train`) has no single design: its row names the
+    network's TN layers with their cores counted on the built model, not "dense" with blank counts."""
+    from engine.network.build import build_network
+    from engine.network.format import new_network
+    from engine.train.networks import network_config
+
+    spec = new_network("mlp", [1, 40], 10, name="mlp on mnist1d").with_rules(["linear:ttn:4:min=3000"])
+    model = build_network(spec)
+    cores = sum(p.numel() for n, p in model.named_parameters() if ".cores." in n)
+    tn = [m for m in model.modules() if hasattr(m, "design")]
+    weights = sum(m.in_features * m.out_features for m in tn)
+    view = TrainView(state)
+    store = RunStore(view.root)
+    config = network_config(spec, dataset="mnist1d").to_dict()
+    rid = _run(store, None, **{**config, "dataset": "mnist1d"})
+    base = _run(store, None, **{**config, "dataset": "mnist1d", "baseline": True})
+    dense = _run(store, None, **network_config(new_network("mlp", [1, 40], 10), dataset="mnist1d").to_dict())
+    view.poll()
+    rows = {r["id"]: r for r in view.table.value.to_dict("records")}
+    assert len(tn) == 2 and rows[rid]["design"] == "network · 2 TN layers"
+    assert rows[rid]["params"] == f"{cores:,}" and rows[rid]["compression"] == ratio(weights / cores)
+    assert rows[base]["design"] == "network · 2 TN layers (dense)" and rows[base]["params"] == f"{weights:,}"
+    assert rows[dense]["design"] == "network" and rows[dense]["params"] == "" == rows[dense]["compression"]

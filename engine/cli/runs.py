@@ -32,6 +32,21 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_value(key: str, value: object) -> str:
+    """A config value as ``runs show`` prints it: a network run's network file (designs inline, kilobytes) by its
+    name and TN layers (``--json`` prints it whole)."""
+    if key != "network" or not isinstance(value, dict):
+        return str(value)
+    from engine.train.networks import tn_layer_totals
+
+    try:
+        t = tn_layer_totals(value)
+    except (ValueError, KeyError, TypeError):
+        return f"{value.get('name', '?')!s} (not a readable network file)"
+    layers = f"{t.layers} TN layer{'s' if t.layers != 1 else ''}"
+    return f"{value.get('name', '?')!s} ({layers}, {t.core_params:,} core params)"
+
+
 def cmd_runs_show(args: argparse.Namespace) -> int:
     store = _store(args)
     run = _get(store, args.id, with_design=args.json)
@@ -43,7 +58,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     print(f"  created  {_when(run['created'])}   started {_when(run['started'])}   finished {_when(run['finished'])}")
     print(f"  progress step {run.get('step') or 0} of {run.get('total_steps') or '?'}")
     config = run["config"] or {}
-    print("  config   " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
+    print("  config   " + ", ".join(f"{k}={_config_value(k, v)}" for k, v in config.items() if v is not None))
     if run.get("summary"):
         s = run["summary"]
         core = f"{s['core_params']:,} core params, " if s.get("core_params") is not None else ""

@@ -10,12 +10,15 @@ with ``--nproc`` and torchrun (:func:`engine.train.loop.torchrun_main`), CUDA an
   the data set);
 - :func:`check_network_fit`: the data set's input shape and classes must be the network's (no torch);
 - :func:`memory_estimate`: bytes of one training process by the whole-network report (no allocation);
-- :func:`launch_network`: check, record and start a run in its own process (as :func:`engine.train.launcher.launch`).
+- :func:`launch_network`: check, record and start a run in its own process (as :func:`engine.train.launcher.launch`);
+- :func:`tn_layer_totals`: how many TN layers a run's network has, their core params and the dense weights they
+  replace (no torch: what the studio's run table shows for a network run).
 """
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
 
 from engine.network.format import NetworkSpec
 
@@ -35,6 +38,27 @@ def network_config(spec: NetworkSpec, **fields: Any) -> "RunConfig":
 
     resolved = spec.resolved_copy(analyse(spec).layers)
     return RunConfig(**{**fields, "model": "network", "network": resolved.to_dict(inline=True)})
+
+
+@dataclass(frozen=True)
+class TNLayerTotals:
+    """A network's TN layers counted together."""
+
+    layers: int  # how many layers a design replaces
+    core_params: int  # their cores' parameters
+    dense_weights: int  # the dense weights those layers had
+
+    @property
+    def compression(self) -> float | None:
+        return self.dense_weights / self.core_params if self.core_params else None
+
+
+def tn_layer_totals(network: Mapping[str, Any]) -> TNLayerTotals:
+    """:class:`TNLayerTotals` of a network file whose designs are inline (a network run's ``config.network``);
+    :class:`~engine.network.format.NetworkError` for one that is not a network file."""
+    designs = [a.design for a in NetworkSpec.from_dict(dict(network)).layers.values() if a.design is not None]
+    return TNLayerTotals(len(designs), sum(d.params for d in designs),
+                         sum(d.in_features * d.out_features for d in designs))
 
 
 def check_network_fit(config: "RunConfig", data: "DatasetSpec", design: "Design | None") -> None:

@@ -306,7 +306,9 @@ class RunStore:
         _write_json(folder / CONFIG, config)
         now = time.time()
         if name is None:
-            what = design_dict.get("name", "design") if design_dict else "dense"
+            network = config.get("network") if isinstance(config.get("network"), dict) else {}
+            what = (design_dict.get("name", "design") if design_dict
+                    else str(network.get("name") or "network") if network else "dense")
             name = f"{what} on {config.get('dataset', '?')}" + (" (dense baseline)" if config.get("baseline")
                                                                 else "")
         with self._connect() as con:
