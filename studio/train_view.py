@@ -34,7 +34,6 @@ from panel.viewable import Viewer
 
 from engine.design.model import Design, DesignError
 from engine.home import runs_dir
-from engine.network.format import NetworkError
 from engine.train.config import ConfigError, RunConfig
 from engine.train.data import dataset_spec, dataset_specs
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan, model_kinds
@@ -430,14 +429,14 @@ class TrainView(Viewer):
             name, params, comp = run.get("design_name") or "dense", None, None
             config = run.get("config") or {}
             if config.get("model") == "network":
+                name = "network"
                 try:
                     t = tn_layer_totals(config.get("network") or {})
-                except (NetworkError, DesignError, KeyError, TypeError, ValueError) as e:
+                except (ValueError, KeyError, TypeError) as e:  # NetworkError and DesignError are ValueErrors
                     log.debug("run %s: no network to count (%s)", run["id"], e)
-                    name = "network"
                 else:
-                    name = f"network · {t.layers} TN layer{'s' if t.layers != 1 else ''}" if t.layers else "network"
                     if t.layers:
+                        name = f"network · {t.label}"
                         params, comp = ((t.dense_weights, 1.0) if config.get("baseline")
                                         else (t.core_params, t.compression))
             elif run.get("design_name"):

@@ -43,8 +43,7 @@ def _config_value(key: str, value: object) -> str:
         t = tn_layer_totals(value)
     except (ValueError, KeyError, TypeError):
         return f"{value.get('name', '?')!s} (not a readable network file)"
-    layers = f"{t.layers} TN layer{'s' if t.layers != 1 else ''}"
-    return f"{value.get('name', '?')!s} ({layers}, {t.core_params:,} core params)"
+    return f"{value.get('name', '?')!s} ({t.label}, {t.core_params:,} core params)"
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:

@@ -52,6 +52,11 @@ class TNLayerTotals:
     def compression(self) -> float | None:
         return self.dense_weights / self.core_params if self.core_params else None
 
+    @property
+    def label(self) -> str:
+        """``"2 TN layers"``."""
+        return f"{self.layers} TN layer{'s' if self.layers != 1 else ''}"
+
 
 def tn_layer_totals(network: Mapping[str, Any]) -> TNLayerTotals:
     """:class:`TNLayerTotals` of a network file whose designs are inline (a network run's ``config.network``);
