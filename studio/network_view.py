@@ -49,6 +49,7 @@ from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
 
+from .session import session_doc
 from .style import css, styled
 from .upload import Upload, too_large
 from .widgets import FloatField, IntField, Tick, button, hint, section
@@ -620,7 +621,7 @@ class NetworkView(Viewer):
         self.run_ids = ids
         self.message = f"launched run {ids[0]}" + (f" and its dense baseline {ids[1]}" if len(ids) > 1 else "")
         self.refresh_runs()
-        if self._poll is None and pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        if self._poll is None and session_doc() is not None:
             self._poll = pn.state.add_periodic_callback(self.refresh_runs, period=POLL_MS)
         return ids
 

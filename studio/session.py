@@ -28,6 +28,13 @@ from .state import TAB_DRAFT_ID
 log = logging.getLogger(__name__)
 
 
+def session_doc() -> Any:
+    """The document of the browser session being built or served (``pn.state.curdoc``); None outside a server
+    session (tests, scripts, notebooks)."""
+    doc = pn.state.curdoc
+    return doc if doc is not None and getattr(doc, "session_context", None) is not None else None
+
+
 class SessionDispatcher:
     """Runs callables under one browser session's document lock (``doc.add_next_tick_callback``).
 
@@ -42,9 +49,7 @@ class SessionDispatcher:
     @classmethod
     def current(cls) -> "SessionDispatcher":
         """The dispatcher of the session being built (``pn.state.curdoc``), or an immediate one outside a server."""
-        doc = pn.state.curdoc
-        served = doc is not None and getattr(doc, "session_context", None) is not None
-        return cls(doc if served else None)
+        return cls(session_doc())
 
     @property
     def served(self) -> bool:
@@ -67,8 +72,8 @@ class SessionDispatcher:
 
 def on_session_end(callback: Callable[[], Any]) -> None:
     """Call ``callback`` when the current browser session ends (no-op outside a server session)."""
-    doc = pn.state.curdoc
-    if doc is not None and getattr(doc, "session_context", None) is not None:
+    doc = session_doc()
+    if doc is not None:
         doc.on_session_destroyed(lambda _ctx: callback())
 
 
@@ -88,8 +93,8 @@ def tab_draft_id() -> str:
     The URL is rewritten in the browser (``history.replaceState``, the id passed as the callback's argument, never
     formatted into its code): ``pn.state.location.update_query`` pushed a second history entry, so the browser's
     Back button led to the bare URL, where a reload restored the newest draft instead of the tab's own."""
-    doc = pn.state.curdoc
-    if doc is None or getattr(doc, "session_context", None) is None:
+    doc = session_doc()
+    if doc is None:
         return ""
     given = [v.decode("ascii", "replace") for v in pn.state.session_args.get("draft", [])]
     if given and TAB_DRAFT_ID.fullmatch(given[-1]):
@@ -120,8 +125,8 @@ def swallow_double_clicks() -> None:
     second half by time and can be outrun by a loaded server; the browser tells it by the click's count
     (``MouseEvent.detail``: 2 for a double click's second click, 0 for Enter or Space). No-op outside a server
     session."""
-    doc = pn.state.curdoc
-    if doc is not None and getattr(doc, "session_context", None) is not None:
+    doc = session_doc()
+    if doc is not None:
         doc.js_on_event("document_ready", CustomJS(code=_SWALLOW_DOUBLE_CLICKS))
 
 
