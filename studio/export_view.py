@@ -161,7 +161,7 @@ class ExportView(Viewer):
 
     def _generate(self, gen: int) -> None:
         fmt, run = self.format.value, self._selected_run()
-        design, state_dict, note, error = self.state.valid_design, None, "", ""
+        design, state_dict, note, error, budget = self.state.valid_design, None, "", "", None
         try:
             if run is not None:
                 design, state_dict = self._run_weights(run)
@@ -194,9 +194,10 @@ class ExportView(Viewer):
                 return  # a newer request superseded this one
             self._text, self._design, self._state_dict = text, design, state_dict
         if self.background:
-            self.dispatcher(lambda: self._show(fmt, design, run, note, error) if gen == self._generation else None)
+            self.dispatcher(lambda: self._show(fmt, design, run, note, error, budget) if gen == self._generation
+                            else None)
         else:
-            self._show(fmt, design, run, note, error)
+            self._show(fmt, design, run, note, error, budget)
 
     def _run_weights(self, run: dict[str, Any]) -> tuple[Design, dict[str, Any]]:
         import torch
@@ -208,7 +209,10 @@ class ExportView(Viewer):
         ckpt = torch.load(full["checkpoint"], map_location="cpu", weights_only=True)
         return design, layer_state_dict(ckpt.get("model", ckpt), design)
 
-    def _show(self, fmt: str, design: Design | None, run: dict[str, Any] | None, note: str, error: str) -> None:
+    def _show(self, fmt: str, design: Design | None, run: dict[str, Any] | None, note: str, error: str,
+              budget: int | None) -> None:
+        """Show the generated text with its file name and command line (``budget``: the one the text was planned
+        with, not the field's value now, which may have changed while a worker generated it)."""
         if error or design is None:
             self.info.object = error_html(error or 'nothing to export')
             self.code.object = ""
@@ -223,7 +227,6 @@ class ExportView(Viewer):
                 "json": "the design file (load with <code>engine.design.load_design</code> or open in the studio)",
                 "snippet": f"a script using the engine: <code>TNLinear(load_design('{stem}.json'))</code>; "
                            f"save the design JSON beside it"}[fmt]
-        budget = self._budget(design, fmt)
         cli = (f"tnstudio export {stem}.json --to {fmt} -o {fname}" + (f" --run {run['id']}" if run else "")
                + (f" --memory-budget {budget}" if budget is not None else ""))
         weights = (f"<div>Weights: <span class='file'>{stem}.pt</span> from run <b>{run['id']}</b> "

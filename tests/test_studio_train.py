@@ -286,6 +286,32 @@ def test_the_export_carries_the_live_costs_memory_budget(tmp_path):
     s.memory_budget = 1 << 10  # nothing trains within 1 KiB: the reason, no code
     assert "within 1 KiB" in view.info.object and view.download.disabled
 
+def test_the_export_shows_the_budget_its_code_was_planned_with(tmp_path, monkeypatch):
+    """The code is generated in a worker thread and shown later on the session's thread: a budget changed in
+    between made the shown command line (`--memory-budget`) name the new budget beside code planned with the old
+    one. The command line now names the budget the code was planned with."""
+    import studio.export_view as ev
+
+    s = StudioState(home=str(tmp_path), autosave=False, refine_s=0)
+    s.generate("mera", 1024, 1024, 2, activation="gelu")
+    view = ExportView(s, background=False)
+    view.active = True
+    planned = []
+    real = ev.export_source
+
+    def export_then_change_the_budget(design, fmt, **kw):  # the user types a new budget while the worker runs
+        planned.append(kw.get("memory_budget"))
+        text = real(design, fmt, **kw)
+        view.active = False  # (so the change only marks the export out of date instead of generating at once)
+        s.memory_budget = 20 << 20
+        return text
+
+    monkeypatch.setattr(ev, "export_source", export_then_change_the_budget)
+    s.memory_budget = 10 << 20
+    assert planned[-1] == 10 << 20 and view._text == real(s.valid_design, "torch", memory_budget=10 << 20)
+    assert "--memory-budget 10485760" in view.info.object and "20971520" not in view.info.object
+
+
 
 def test_a_network_run_shows_its_tn_layers_not_dense(state):
     """A run of a whole network (Network tab or `tnstudio network train`) has no single design: its row names the
