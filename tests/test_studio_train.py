@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
