@@ -426,6 +426,8 @@ def test_edits_keep_a_conv_target_consistent():
     (["--kernel", "3,4,5"], "--kernel must be an integer or H,W"),
     (["--kernel", "3", "--in-factors", "5,3"], "in factors 5 x 3 multiply to 15, not 12"),
     (["--kernel", "3", "--image", "0"], "image size must be H or H,W"),
+    (["--kernel", "3", "--image", "2"], "an input of 2x2 is smaller than the 3x3 kernel"),
+    (["--kernel", "3", "--dilation", "2", "--padding", "1", "--image", "2,9"], "the output would be 0x7"),
 ])
 def test_cli_template_refuses_bad_conv_arguments_in_one_line(argv, message, capsys):
     assert main(["template", "cp", "--in", "12", "--out", "8", *argv]) == 2

@@ -468,10 +468,9 @@ def _program(design: Design, batch: int, image: tuple[int, int], schedule: str, 
     (kh, kw), st, pad, dil = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     h, w = image
     ho, wo = conv.out_size(h, w)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"an input of {h}x{w} is smaller than the {kh}x{kw} kernel (dilation "
-                         f"{dil[0]}x{dil[1]}, padding {pad[0]}x{pad[1]}) of {design.name!r}: the output would be "
-                         f"{ho}x{wo}")
+    problem = conv.fit_problem(h, w, of=repr(design.name))
+    if problem:
+        raise ValueError(problem)
     dims = {k: v.dim for k, v in design.indices.items()}
     dims.update({"_b": batch, n["c"]: cin, n["h"]: h, n["w"]: w, n["ho"]: ho, n["wo"]: wo, n["co"]: cout,
                  n["ci"]: cin, n["kh"]: kh, n["kw"]: kw, n["l"]: ho * wo})

@@ -171,7 +171,11 @@ def make_conv_template(kind: str, in_channels: int, out_channels: int, kernel_si
     d.name = name or (f"{kind} {target.label} chi={bond if isinstance(bond, int) else ','.join(map(str, bond))}"
                       + (f" {act}" if act else "") + (f" lateral={LATERAL.text(opts)}" if opts != "none" else ""))
     if image is not None:
-        d.meta["image"] = list(image_size(image))
+        h, w = image_size(image)
+        problem = target.fit_problem(h, w)
+        if problem:
+            raise ValueError(f"image size: {problem}")
+        d.meta["image"] = [h, w]
     try:
         return d.check()
     except DesignError as e:

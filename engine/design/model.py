@@ -180,6 +180,16 @@ class ConvTarget:
             (n + 2 * p - d * (k - 1) - 1) // s + 1
             for n, k, s, p, d in zip((height, width), self.kernel_size, self.stride, self.padding, self.dilation))
 
+    def fit_problem(self, height: int, width: int, of: str = "") -> str | None:
+        """Why an input of ``height x width`` has no output (smaller than the dilated kernel), else None; ``of``
+        names the layer in the message."""
+        ho, wo = self.out_size(height, width)
+        if ho >= 1 and wo >= 1:
+            return None
+        (kh, kw), pad, dil = self.kernel_size, self.padding, self.dilation
+        return (f"an input of {height}x{width} is smaller than the {kh}x{kw} kernel (dilation {dil[0]}x{dil[1]}, "
+                f"padding {pad[0]}x{pad[1]}){of and f' of {of}'}: the output would be {ho}x{wo}")
+
     @property
     def label(self) -> str:
         """In words: ``conv 3x3 64->128`` (plus stride, padding and dilation when not the defaults)."""
