@@ -337,12 +337,16 @@ class NetworkView(Viewer):
         """Append a bulk rule (refused with the engine's reason when it cannot be parsed or applied)."""
         from engine.network.rules import RuleError
 
+        from engine.network.analysis import analyse
+        from engine.network.rules import unmatched_warning
+
         try:
             spec = self.spec.with_rules([text])
             warning = self._check(spec)
+            idle = unmatched_warning(spec.rules[-1:], analyse(spec).layers)
         except (RuleError, NetworkError, ValueError) as e:
             return self._refuse(str(e))
-        self._apply(spec, f"rule {text.strip()} applied{warning}")
+        self._apply(spec, f"rule {text.strip()} applied{f' · warning: {idle}' if idle else ''}{warning}")
         return True
 
     def remove_rule(self, index: int) -> bool:

@@ -67,6 +67,33 @@ def test_a_rule_that_makes_layers_larger_than_dense_is_applied_with_a_warning(vi
     assert err.getvalue() == ""
 
 
+def test_a_rule_that_matches_no_layer_is_kept_with_a_warning(view, tmp_path):
+    """A conv rule on the MLP (or a weight range no layer has) was applied silently and changed nothing."""
+    import contextlib
+    import io
+
+    from engine.cli import main
+    from engine.network.format import load_network, save_network
+
+    assert view.apply_rule("conv:cp:8") and view.spec.rules == ("conv:cp:8",) and view.error == ""
+    assert "warning: rule 'conv:cp:8' matches no layer" in view.message and "3 linear" in view.message
+    assert view.report.totals.params == view.report.totals.dense_params  # nothing changed
+    assert view.apply_rule("linear:ttn:4:gelu:min=20000") and "warning" not in view.message  # fc2 matches
+    path = tmp_path / "n.json"
+    save_network(new_network("mlp", [1, 40], 10), path)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["network", "assign", str(path), "--rule", "linear:mpo:2", "--rule", "linear:cp:4:max=100",
+                     "--rule", "conv3x3:cp:4"]) == 0
+    assert err.getvalue() == ("warning: rules 'linear:cp:4:max=100', 'conv3x3:cp:4' match no layer, so they change "
+                              "nothing (assignable layers: 3 linear)\n")
+    assert load_network(path).rules == ("linear:mpo:2", "linear:cp:4:max=100", "conv3x3:cp:4")  # kept
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["network", "assign", str(path), "--rule", "linear:dense:name=fc1"]) == 0
+    assert err.getvalue() == ""  # the older rules that match nothing were reported when they were added
+
+
 def test_clicking_a_layer_opens_its_design_and_canvas_edits_flow_back(view):
     state = view.state
     view.apply_rule("linear:ttn:4:gelu:min=20000")

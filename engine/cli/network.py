@@ -57,11 +57,17 @@ def _problems(path: str, problems: list[str]) -> str:
     return f"{path}: invalid network ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
 
 
-def _resolve(spec: NetworkSpec) -> dict[str, Any]:
+def _infos(spec: NetworkSpec) -> list[Any]:
+    """The network's assignable layers (the analysis is cached per architecture)."""
     from engine.network.analysis import analyse
+
+    return list(analyse(spec).layers)
+
+
+def _resolve(spec: NetworkSpec) -> dict[str, Any]:
     from engine.network.format import resolve
 
-    return resolve(spec, analyse(spec).layers)
+    return resolve(spec, _infos(spec))
 
 
 def _save(spec: NetworkSpec, path: str) -> None:
@@ -144,7 +150,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from engine.network.format import NetworkError
-    from engine.network.rules import RuleError, growth_warning
+    from engine.network.rules import RuleError, growth_warning, unmatched_warning
 
     spec = read_network(args.file)
     if not (args.rule or args.layer or args.clear_rules):
@@ -181,9 +187,9 @@ def cmd_assign(args: argparse.Namespace) -> int:
     tn = sum(1 for r in res.values() if r.design is not None)
     print(f"wrote {out}: {len(spec.rules)} rule(s), {len(spec.layers)} layer override(s); {tn} of {len(res)} "
           f"layers are TN")
-    grown = growth_warning(res)
-    if grown:
-        print(f"warning: {grown}", file=sys.stderr)
+    for warning in (unmatched_warning(args.rule or [], _infos(spec)), growth_warning(res)):
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

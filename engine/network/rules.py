@@ -235,6 +235,21 @@ def apply_rules(rules: Sequence[Rule], layers: Sequence[LayerInfo]) -> dict[str,
     return out
 
 
+def unmatched_warning(rules: Sequence[str], layers: Sequence[LayerInfo]) -> str | None:
+    """A warning naming the rules (as written) that match none of ``layers``, with the layer kinds the network
+    has, or None. Such a rule changes nothing; it is kept (the user may mean it for a later architecture)."""
+    idle = [text for text in rules if not any(parse_rule(text).matches(i) for i in layers)]
+    if not idle:
+        return None
+    counts: dict[str, int] = {}
+    for i in layers:
+        counts[i.kind] = counts.get(i.kind, 0) + 1
+    kinds = ", ".join(f"{n} {k}" for k, n in counts.items()) or "none"
+    shown = ", ".join(repr(t) for t in idle)
+    return (f"rule{'s' if len(idle) > 1 else ''} {shown} match{'' if len(idle) > 1 else 'es'} no layer, so "
+            f"{'they change' if len(idle) > 1 else 'it changes'} nothing (assignable layers: {kinds})")
+
+
 def growth_warning(resolved: Mapping[str, Resolved]) -> str | None:
     """A warning naming the layers whose design has more parameters than the dense weight it replaces (a rule with
     a large bond on small layers: allowed, since a user may want it, but never silently), or None."""
