@@ -178,3 +178,11 @@ def test_cli_features_of_a_trained_run(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(out):
         assert main(["features", "--run", run["id"][:4], "--runs-dir", str(runs), "--samples", "200"]) == 0
     assert "probe" in out.getvalue() and "chance" in out.getvalue()
+    err = io.StringIO()  # another data set's shapes: the message names the tensor that differs, not torch's header
+    with contextlib.redirect_stderr(err):
+        assert main(["features", "--run", run["id"], "--runs-dir", str(runs), "--dataset", "teacher"]) == 2
+    from engine.train.data import load_dataset
+
+    teacher = load_dataset("teacher")
+    assert err.getvalue().count("\n") == 1 and "trained on digits, and its model does not fit teacher" in err.getvalue()
+    assert f"is 10x64 in the checkpoint, {teacher.num_outputs}x64 for teacher's" in err.getvalue(), err.getvalue()

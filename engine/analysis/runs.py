@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from engine.design.model import Design, DesignError
 from engine.format import first_line, torch_load_reason
@@ -104,6 +104,19 @@ def load_run_layer(run_id: str, runs_dir: str | Path | None = None, design: Desi
                     dict(run.get("config") or {}))
 
 
+def _misfit(layer: RunLayer, data_name: str, saved: Mapping[str, Any], built: Mapping[str, Any],
+            error: Exception) -> str:
+    """Why a run's checkpoint does not load into its model built for ``data_name``: the first tensor whose shape
+    differs (another data set's inputs or classes), else torch's first line."""
+    trained = layer.config.get("dataset") or "its own data set"
+    for key, value in saved.items():
+        if key in built and tuple(value.shape) != tuple(built[key].shape):
+            return (f"run {layer.run_id} was trained on {trained}, and its model does not fit {data_name}: "
+                    f"{key} is {'x'.join(map(str, value.shape))} in the checkpoint, "
+                    f"{'x'.join(map(str, built[key].shape))} for {data_name}'s inputs and outputs")
+    return f"run {layer.run_id}'s checkpoint does not fit its model on {data_name} ({first_line(error)})"
+
+
 def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: str | None = None,
                      splits: tuple[str, ...] = ("test",), limit: int | None = None,
                      batch: int = 512) -> dict[str, LayerInputs]:
@@ -136,8 +149,7 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise RunError(f"run {layer.run_id}'s checkpoint does not fit its model on {data.name} "
-                       f"({first_line(e)})") from None
+        raise RunError(_misfit(layer, data.name, state, model.state_dict(), e)) from None
     tn = getattr(model, "tn_layer", None)
     if tn is None:
         raise RunError(f"run {layer.run_id}'s model has no TN layer")
