@@ -141,6 +141,14 @@ def test_runs_commands(tmp_path, capsys):
     assert "no run with id 'nope'" in capsys.readouterr().err
     assert main(["runs", "--runs-dir", runs, "delete", base]) == 0
     assert [r["id"] for r in store.list_runs()] == [tn]
+    # one run left: an empty id is the start of it, and was taken as it (`runs delete ''` deleted it)
+    for argv in (["runs", "--runs-dir", runs, "delete", ""], ["runs", "--runs-dir", runs, "show", " "],
+                 ["spectra", "--run", "", "--runs-dir", runs], ["export", "--run", "", "--runs-dir", runs, "-o",
+                                                                  str(tmp_path / "x.py")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "give a run id (or the start of one)" in err and err.count("\n") == 1, (argv, err)
+    assert [r["id"] for r in store.list_runs()] == [tn] and not (tmp_path / "x.py").exists()
 
 
 def test_detached_run_can_be_stopped(tmp_path, ttn_file, capsys):

@@ -34,6 +34,9 @@ def test_create_get_list_and_prefixes(tmp_path):
     store = RunStore(tmp_path)
     d = make_template("mpo", 64, 64, 4)
     a = store.create_run({"dataset": "digits", "epochs": 1}, d)
+    for empty in ("", "  "):  # the start of every id: with one run it named that run (`runs delete ''` deleted it)
+        with pytest.raises(RunNotFound, match="give a run id"):
+            store.get_run(empty)
     b = store.create_run({"dataset": "digits", "baseline": True}, None, name="dense", parent=a)
     run = store.get_run(a)
     assert run["status"] == "queued" and run["design"] == d.to_dict() and run["design_name"] == d.name
@@ -44,8 +47,15 @@ def test_create_get_list_and_prefixes(tmp_path):
     assert store.get_run(a[:5])["id"] == a
     with pytest.raises(RunNotFound, match="no run"):
         store.get_run("zzzz")
+    with pytest.raises(RunNotFound, match="no run"):
+        store.get_run("%")  # a character, not SQL's wildcard
+    ids = [a, b]
+    while len({i[0] for i in ids}) == len(ids):  # hex ids: two share a first character within 17 runs
+        ids.append(store.create_run({"dataset": "digits"}))
+    first = next(c for c in {i[0] for i in ids} if sum(i[0] == c for i in ids) == 2)
     with pytest.raises(RunNotFound, match="matches 2 runs"):
-        store.get_run("")
+        store.get_run(first)
+
     con = sqlite3.connect(tmp_path / "runs.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if isinstance(getattr(args, "run", None), str) and not args.run.strip():  # "" is no run, not "no --run"
+            raise UserError(f"--run: give a run id (or the start of one), got {args.run!r}")
         rc = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return rc

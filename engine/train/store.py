@@ -320,7 +320,10 @@ class RunStore:
         return run_id
 
     def resolve(self, run_id: str) -> str:
-        """The full id of the one run whose id starts with ``run_id``."""
+        """The full id of the one run whose id starts with ``run_id`` (an empty prefix names no run: it would
+        match every one)."""
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise RunNotFound(f"give a run id (or the start of one), got {run_id!r}")
         with self._connect() as con:
             rows = con.execute("SELECT id FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\'",
                                (run_id, run_id.replace("%", "\\%").replace("_", "\\_") + "%")).fetchall()
