@@ -2,6 +2,8 @@
 with real worker processes on the embedded journal storage (the PostgreSQL test is in test_search_postgres.py)."""
 from __future__ import annotations
 
+import math
+
 import json
 import os
 import signal
@@ -55,6 +57,22 @@ def test_space_proposes_buildable_candidates_with_kind_dependent_parameters():
     assert len(seen_kinds) >= 5 and per_bond > 0
     assert "4x4x4x2x2/4x4x4x2x2" in space.leg_choices()
     assert LayerSpace.from_dict(space.to_dict()) == space
+
+
+@pytest.mark.parametrize("n_in,n_out", [(7, 7), (12, 12), (256, 10), (10, 256), (49, 6), (256, 256)])
+def test_leg_choices_never_pair_size_one_legs(n_in, n_out):
+    """More legs than either side has prime factors made sites with a size-1 leg on both sides (a 7x7 search
+    proposed 7x1x1x1 MERAs: cores and no leg); such counts collapse to the largest useful one, listed once."""
+    from sympy import factorint
+
+    space = LayerSpace(n_in, n_out)
+    choices = [tuple(tuple(map(int, side.split("x"))) for side in c.split("/")) for c in space.leg_choices()]
+    assert len(set(choices)) == len(choices)
+    for a, b in choices:
+        assert math.prod(a) == n_in and math.prod(b) == n_out and len(a) == len(b)
+        assert not any(x == y == 1 for x, y in zip(a, b)) or len(a) == 2, (a, b)
+    useful = max(2, *(sum(factorint(n).values()) for n in (n_in, n_out)))
+    assert sorted(len(a) for a, _ in choices) == sorted({min(k, useful) for k in space.legs})
 
 
 def test_budget_prices_with_the_cost_model_and_names_every_broken_limit():

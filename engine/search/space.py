@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from engine.design.factorize import balanced_factors, check_factors
+from engine.design.factorize import balanced_factors, check_factors, prime_factors
 from engine.design.model import ACTIVATIONS, Design
 from engine.design.templates import TEMPLATES, make_template, template_kind
 
@@ -190,9 +190,13 @@ class LayerSpace:
 
     # ------------------------------------------------------------------ choices
     def leg_choices(self) -> tuple[str, ...]:
-        """The factorisation choices as strings ``"in/out"`` (duplicates, e.g. more legs than prime factors, once)."""
+        """The factorisation choices as strings ``"in/out"``. More legs than either side has prime factors (and
+        than 2) would pair legs of size 1 on both sides: a site that adds cores and no leg, so such a count is
+        taken as that largest useful one (and the choice appears once)."""
+        useful = max(2, len(prime_factors(self.in_features)), len(prime_factors(self.out_features)))
         pairs = self.factorisations or tuple(
-            (tuple(balanced_factors(self.in_features, k)), tuple(balanced_factors(self.out_features, k)))
+            (tuple(balanced_factors(self.in_features, min(k, useful))),
+             tuple(balanced_factors(self.out_features, min(k, useful))))
             for k in self.legs)
         return tuple(dict.fromkeys(f"{_factors_text(a)}/{_factors_text(b)}" for a, b in pairs))
 
