@@ -87,6 +87,26 @@ def _check(args: argparse.Namespace) -> list[tuple]:
     return where
 
 
+def _check_home() -> None:
+    """The home folder the studio keeps drafts, designs, runs and searches in, and the folders it reads at once
+    (runs, searches, drafts): folders it can write (created when missing), else one line instead of a studio whose
+    tabs fail."""
+    from engine.home import tnstudio_home
+
+    home = tnstudio_home()
+    named = " (TNSTUDIO_HOME)" if os.environ.get("TNSTUDIO_HOME") else ""
+    for path in (home, home / "runs", home / "search", home / "drafts"):
+        what = f"home folder {home}{named}" if path == home else f"folder {path}"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise UserError(f"{what}: a file is in the way of the folder") from None
+        except OSError as e:
+            raise UserError(f"cannot use the {what}: {e.strerror or e}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"cannot use the {what}: not writable")
+
+
 def _check_free(address: str, port: int, resolved: list[tuple]) -> None:
     """Whether the server could listen on ``address:port`` (a port in use, an address this machine lacks): on each
     of the addresses ``address`` resolved to (:func:`_check_address`), a socket is bound as tornado binds it and
@@ -108,6 +128,7 @@ def _check_free(address: str, port: int, resolved: list[tuple]) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _check_free(args.address, args.port, _check(args))
+    _check_home()
     from studio.app import serve
 
     auth = {k: getattr(args, k) for k in AUTH_OPTIONS if getattr(args, k)}

@@ -201,6 +201,36 @@ def test_serve_refuses_bad_arguments_before_a_server_starts(tmp_path, capsys, mo
     _one_error_line(capsys, *words)
 
 
+@pytest.mark.parametrize("in_the_way", ["", "runs", "search", "drafts"])
+def test_serve_refuses_a_home_with_a_file_in_the_way(tmp_path, capsys, monkeypatch, in_the_way):
+    """TNSTUDIO_HOME naming a file (or a file where the runs folder goes) served a studio whose tabs logged
+    tracebacks; `tnstudio search` raised NotADirectoryError."""
+    import studio.app
+
+    home = tmp_path / "home"
+    if in_the_way:
+        home.mkdir()
+    (home / in_the_way).write_text("a file")
+    monkeypatch.setenv("TNSTUDIO_HOME", str(home))
+    monkeypatch.setattr(studio.app, "serve", lambda *a, **kw: pytest.fail(f"a server was started with {kw}"))
+    assert main(["serve", "--port", "0"]) == 2
+    _one_error_line(capsys, str(home / in_the_way) if in_the_way else f"home folder {home} (TNSTUDIO_HOME)",
+                    "a file is in the way of the folder")
+    if in_the_way == "search":
+        assert main(["search", "--in", "64", "--out", "64", "--trials", "1", "--name", "s"]) == 2
+        _one_error_line(capsys, f"search folder {home / 'search'}: a file is in the way")
+
+
+def test_serve_creates_the_home_it_keeps_its_files_in(tmp_path, capsys, monkeypatch):
+    import studio.app
+
+    home = tmp_path / "new" / "home"
+    monkeypatch.setenv("TNSTUDIO_HOME", str(home))
+    monkeypatch.setattr(studio.app, "serve", lambda **kw: None)
+    assert main(["serve", "--port", "0"]) == 0
+    assert all((home / sub).is_dir() for sub in ("runs", "search", "drafts"))
+
+
 def test_serve_passes_good_arguments_on(tmp_path, capsys, monkeypatch):
     import studio.app
 

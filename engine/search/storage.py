@@ -72,7 +72,13 @@ def search_dir(create: bool = True) -> Path:
     """``<TNSTUDIO_HOME>/search``: the embedded journals and the workers' logs."""
     path = tnstudio_home() / "search"
     if create:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StorageError(f"search folder {path}: a file is in the way of the folder (set TNSTUDIO_HOME to a "
+                               f"folder, or give --storage)") from None
+        except OSError as e:
+            raise StorageError(f"cannot use the search folder {path}: {e.strerror or e}") from None
     return path
 
 
