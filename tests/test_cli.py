@@ -107,10 +107,10 @@ def _one_error_line(capsys, *words):
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["spectra", "--tol", "nan"], ["--tol must be a number >= 0", "nan"]),
-    (["spectra", "--tol", "-1"], ["--tol must be a number >= 0", "-1"]),
+    (["spectra", "--tol", "nan"], ["--tol must be a finite number >= 0", "nan"]),
+    (["spectra", "--tol", "-1"], ["--tol must be a finite number >= 0", "-1"]),
     (["spectra", "--show", "-1"], ["--show must be", "-1"]),
-    (["truncate", "--tol", "inf", "-o", "OUT"], ["--tol must be a number >= 0", "inf"]),
+    (["truncate", "--tol", "inf", "-o", "OUT"], ["--tol must be a finite number >= 0", "inf"]),
     (["features", "--samples", "0"], ["--samples must be", ">= 1", "got 0"]),
     (["features", "--samples", "-1"], ["--samples must be", "got -1"]),
 ])

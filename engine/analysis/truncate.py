@@ -145,7 +145,7 @@ def truncate(design: Design, weights: Any, max_bond: int | Mapping[str, int] | N
     if max_bond is None and tol is None:
         raise ValueError("truncate needs max_bond or tol (or both)")
     if tol is not None and not (tol >= 0 and math.isfinite(tol)):
-        raise ValueError(f"tol must be a number >= 0, got {tol!r}")
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     bonds = bonds_of(design)
     if isinstance(max_bond, Mapping):
         unknown = [b for b in max_bond if b not in bonds]

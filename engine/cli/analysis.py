@@ -57,7 +57,7 @@ def _fmt(v: float) -> str:
 def _check_tol(tol: float | None) -> None:
     """``--tol`` as truncate takes it: a finite number >= 0 (NaN, infinities and negatives refused up front)."""
     if tol is not None and not (tol >= 0 and math.isfinite(tol)):
-        raise UserError(f"--tol must be a number >= 0, got {tol!r}")
+        raise UserError(f"--tol must be a finite number >= 0, got {tol!r}")
 
 
 def cmd_spectra(args: argparse.Namespace) -> int:

@@ -109,9 +109,10 @@ class RunConfig:
         self._need("seed", 0 <= self.seed <= MAX_SEED, "from 0 to 2^32 - 1")
         for key in ("lr", "weight_decay", "grad_clip", "warmup"):
             value = getattr(self, key)
-            self._need(key, _is_number(value) and value >= 0 and math.isfinite(value), "a number >= 0")
+            positive = key == "lr"
+            self._need(key, _is_number(value) and (value > 0 if positive else value >= 0) and math.isfinite(value),
+                       "a finite number > 0" if positive else "a finite number >= 0")
             self._set(key, float(value))
-        self._need("lr", self.lr > 0, "a number > 0")
         self._need("warmup", self.warmup < 1, "a fraction in [0, 1)")
         self._need("max_steps", self.max_steps is None or _is_int(self.max_steps, 1), "None or an integer >= 1")
         self._need("max_steps", self.max_steps is None or self.max_steps <= MAX_COUNT, "at most 2^31 - 1")
