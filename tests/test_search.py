@@ -266,3 +266,23 @@ def test_report_redacts_passwords():
     study.set_user_attr("tnstudio.spec", _spec("r").to_dict())
     rep = build_report(study, "x")
     assert rep.counts["total"] == 0 and rep.front == [] and counts(study)["trained"] == 0
+
+
+def test_search_reads_memory_budgets_as_cost_does():
+    """`search --max-train-memory 2e6` was taken while `cost --memory-budget 2e6` was refused (two parsers)."""
+    from engine.cli import build_parser
+    from engine.cli.common import UserError
+    from engine.cli.search import build_spec
+    from engine.contract.slicing import parse_bytes
+
+    def spec(memory):
+        args = build_parser().parse_args(["search", "--in", "64", "--out", "64", "--name", "m",
+                                          f"--max-train-memory={memory}", "--max-flops", "5M", "--batch", "8"])
+        return build_spec(args)
+
+    for text, expected in (("2e6", 2_000_000), ("16MiB", 16 << 20), ("1.5G", 1_500_000_000), ("4096", 4096)):
+        assert spec(text).budget.max_train_memory == parse_bytes(text) == expected
+        assert spec(text).budget.max_flops == 5e6
+    for bad in ("0", "-1MiB", "1e30", "lots"):
+        with pytest.raises(UserError, match="--max-train-memory: (a memory size|the memory budget) must be"):
+            spec(bad)

@@ -165,7 +165,8 @@ def test_parse_bytes():
     assert parse_bytes("512MiB") == 512 << 20
     assert parse_bytes("1.5G") == 1_500_000_000
     assert parse_bytes("100") == 100 and parse_bytes(4096) == 4096
-    for bad in ("2XB", "-1GiB", "", "GiB", "1e9", True, 0, float("nan")):
+    assert parse_bytes("1e9") == 10 ** 9 and parse_bytes("2.5E3 KiB") == 2_560_000  # as `search` takes budgets
+    for bad in ("2XB", "-1GiB", "", "GiB", "1e", "e9", "1e9.5", "1e30", True, 0, float("nan")):
         with pytest.raises(ValueError):
             parse_bytes(bad)
 

@@ -40,6 +40,18 @@ def parse_amount(text: str | None, what: str) -> float | None:
     return float(m.group(1)) * _UNITS[unit]
 
 
+def _memory(text: str | None) -> int | None:
+    """``--max-train-memory`` as every memory budget is read (:func:`engine.contract.slicing.parse_bytes`)."""
+    from engine.contract.slicing import parse_bytes
+
+    if text is None:
+        return None
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise UserError(f"--max-train-memory: {e}") from None
+
+
 def _list(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -88,7 +100,7 @@ def build_spec(args: argparse.Namespace):
             space_kw["options"] = (("lateral", tuple(_list(args.lateral))),)
         space = LayerSpace(**space_kw)
         budget = Budget(max_params=args.max_params, max_flops=parse_amount(args.max_flops, "--max-flops"),
-                        max_train_memory=parse_amount(args.max_train_memory, "--max-train-memory"),
+                        max_train_memory=_memory(args.max_train_memory),
                         batch=args.batch or args.batch_size)
         return SearchSpec(name=args.name, space=space, budget=budget, dataset=args.dataset,
                           objective=args.objective, trials=args.trials, epochs=args.epochs,

@@ -402,13 +402,13 @@ def budget_program(design: Design, batch: int, schedule: ScheduleChoice = "auto"
 # --------------------------------------------------------------------- budgets as text
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3,
           "t": 1000 ** 4, "tb": 1000 ** 4, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([A-Za-z]*)\s*")
+_SIZE = re.compile(r"\s*((?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*")
 MAX_MEMORY_BUDGET = 1 << 60
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"2GiB"`` -> 2147483648, ``"512MiB"``, ``"1.5G"`` (powers of 1000), ``"1e9"`` is refused, plain integers are
-    bytes; ``ValueError`` naming the accepted forms otherwise."""
+    """``"2GiB"`` -> 2147483648, ``"512MiB"``, ``"1.5G"`` (powers of 1000), ``"2e9"`` (bytes, as ``tnstudio search``'s
+    budgets take it), plain integers are bytes; ``ValueError`` naming the accepted forms otherwise."""
     if isinstance(text, bool):
         raise ValueError(f"a memory size must be bytes or a number with a unit, got {text!r}")
     if isinstance(text, (int, float)):
@@ -417,7 +417,7 @@ def parse_bytes(text: str | int | float) -> int:
     unit = m.group(2).lower() if m else None
     if not m or unit not in _UNITS:
         raise ValueError(f"a memory size must be a number with an optional unit (B, KiB, MiB, GiB, TiB, or KB, MB, "
-                         f"GB, TB), e.g. 2GiB, got {text!r}")
+                         f"GB, TB), e.g. 2GiB or 2e9, got {text!r}")
     value = float(m.group(1)) * _UNITS[unit]
     if not 1 <= value <= MAX_MEMORY_BUDGET:  # say it as typed (0.5 -> 0, 1e29 -> its float, were shown)
         raise ValueError(f"the memory budget must be from 1 byte to 2^60 bytes (1 EiB), got {str(text).strip()!r}")
