@@ -61,7 +61,7 @@ def test_every_problem_is_named_at_once(tmp_path):
     with pytest.raises(NetworkError) as e:
         NetworkSpec.from_dict(data, base_dir=tmp_path)
     text = "\n".join(e.value.problems)
-    for part in ("unknown key 'extra'", "option 'hidden' must be a non-empty list of integers >= 1",
+    for part in ("unknown key 'extra'", "option 'hidden' must be a non-empty list of integers from 1 to 2^31 - 1",
                  "'input_shape' must be a list", "unknown template 'nope'", "Conv1d layers take no TN designs yet",
                  "unknown activation 'swish'", "design file 'missing.json' not found", "layer 'fc2': an assignment"):
         assert part in text, (part, text)
@@ -437,11 +437,34 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
              (["network", "assign", net, "--layer", "fc9", "--dense"], "no assignable layer named 'fc9'"),
              (["network", "assign", net, "--rule", "linear:ttn:4:nope"], "unknown activation"),
              (["network", "new", "mlp", "--option", "depth=3", "-o", net], "has no option 'depth'"),
+             # a width beyond a dim wrote a 5.1e12-parameter MLP; dropout 5 reached torch's own check
+             (["network", "new", "mlp", "--option", "hidden=99999999999", "-o", net],
+              "option 'hidden' must be a non-empty list of integers from 1 to 2^31 - 1, got '99999999999'"),
+             (["network", "new", "transformer", "--option", "dropout=5", "-o", net],
+              "option 'dropout' must be a number in [0, 1), got '5'"),
+             (["network", "new", "mlp", "--input", "3,x", "-o", net], "--input must be the shape of one example"),
+             (["network", "new", "mlp", "--input", "0", "-o", net], "--input must be the shape of one example"),
              (["train", net, "--dataset", "digits"], "takes examples of shape [1, 40] but digits gives [1, 8, 8]")]
     for argv, message in cases:
         capsys.readouterr()
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, (argv, message)
+
+
+def test_cli_options_as_network_list_shows_them(tmp_path, capsys):
+    """`network list` shows defaults in JSON (hidden=[256, 256], activation="relu"); written so they were refused."""
+    net = tmp_path / "m.json"
+    for option, expected in (("hidden=[128, 64]", [128, 64]), ("hidden=128,64", [128, 64]), ("hidden=32", [32]),
+                             ('activation="gelu"', "gelu"), ("activation=tanh", "tanh")):
+        assert main(["network", "new", "mlp", "--option", option, "-o", str(net)]) == 0, option
+        key = option.split("=")[0]
+        assert json.loads(net.read_text())["architecture"]["options"][key] == expected, option
+    for option, flag in (("batch_norm=false", False), ("batch_norm=0", False), ("batch_norm=true", True)):
+        assert main(["network", "new", "vgg_cifar", "--option", option, "-o", str(net)]) == 0, option
+        assert json.loads(net.read_text())["architecture"]["options"]["batch_norm"] is flag
+    capsys.readouterr()
+    assert main(["network", "list"]) == 0
+    assert 'hidden=[256, 256], activation="relu"' in capsys.readouterr().out
 
 
 def test_cli_trains_an_mnist1d_network_with_tn_layers(tmp_path, capsys):

@@ -192,6 +192,11 @@ def test_balanced_factors(n, k):
 def test_factor_helpers():
     assert prime_factors(25088) == [2] * 9 + [7, 7]
     assert parse_factors("8,8,4") == [8, 8, 4] and parse_factors("8x8") == [8, 8] and parse_factors(" ") is None
-    with pytest.raises(ValueError, match="integers"):
-        parse_factors("8,a")
+    assert parse_factors(" 4 x 8 ") == [4, 8] and parse_factors("2*3") == [2, 3]
+    for bad in ("8,a", "3,x", "4,,4", "4,4,", "x4", "4_0", "+4", "\u0664"):  # "3,x" was read as [3]
+        with pytest.raises(ValueError, match="integers separated by commas"):
+            parse_factors(bad)
+    for bad in ("0", "-1", "4,0"):
+        with pytest.raises(ValueError, match=">= 1"):
+            parse_factors(bad)
     assert default_legs(4096, 4096) == 4 and default_legs(64, 10) == 2

@@ -118,7 +118,13 @@ def _options(arch: str, texts: list[str]) -> dict[str, Any]:
 def cmd_new(args: argparse.Namespace) -> int:
     from engine.network.format import NetworkError, new_network
 
-    shape = read_factors(args.input) if args.input else None
+    try:
+        shape = read_factors(args.input) if args.input is not None else None
+    except UserError:
+        shape = None
+    if args.input is not None and not shape:
+        raise UserError(f"--input must be the shape of one example, integers >= 1 separated by commas (e.g. 3,32,32), "
+                        f"got {args.input!r}")
     classes = args.classes
     if args.dataset:
         from engine.train.data import DataError, dataset_spec

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from engine.format import dims_text, int_text
 
@@ -115,10 +116,9 @@ def parse_factors(text: str | None) -> list[int] | None:
     if text is None or str(text).strip() == "":
         return None
     parts = str(text).replace("x", ",").replace("*", ",").split(",")
-    try:
-        vals = [int(p) for p in parts if p.strip()]
-    except ValueError:
-        raise ValueError(f"factors must be integers separated by commas, got {text!r}") from None
+    if not all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts):  # "3,x" and "4,,4" too: no empty factor
+        raise ValueError(f"factors must be integers separated by commas, got {text!r}")
+    vals = [int(p) for p in parts]
     if any(v < 1 for v in vals):
         raise ValueError(f"factors must be >= 1, got {text!r}")
     return vals

@@ -25,6 +25,7 @@ imported, with the way to allow it.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 OPTION_TYPES = ("int", "ints", "bool", "str", "float")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+MAX_OPTION_INT = 2 ** 31 - 1  # widths, depths, channels: what a dim may be (engine.design.model.MAX_DIM)
 
 
 class CatalogueError(ValueError):
@@ -54,16 +56,20 @@ class ArchOption:
     help: str
     choices: tuple[Any, ...] = ()
     minimum: int | None = 1  # for int / ints
+    maximum: int = MAX_OPTION_INT  # for int / ints
+    below: float | None = None  # for float: values must be less than this (dropout < 1)
+
+    def _int_ok(self, v: Any) -> bool:
+        return _is_int(v) and (self.minimum is None or v >= self.minimum) and v <= self.maximum
 
     def check(self, value: Any) -> Any:
         """The value normalised (lists for ``ints``), or :class:`CatalogueError` naming the option."""
         bad = CatalogueError(f"option {self.name!r} must be {self.describe()}, got {value!r}")
         if self.type == "int":
-            if not _is_int(value) or (self.minimum is not None and value < self.minimum):
+            if not self._int_ok(value):
                 raise bad
         elif self.type == "ints":
-            if not isinstance(value, (list, tuple)) or not value or not all(
-                    _is_int(v) and (self.minimum is None or v >= self.minimum) for v in value):
+            if not isinstance(value, (list, tuple)) or not value or not all(self._int_ok(v) for v in value):
                 raise bad
             value = [int(v) for v in value]
         elif self.type == "bool":
@@ -71,7 +77,7 @@ class ArchOption:
                 raise bad
         elif self.type == "float":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-                    or value < 0:
+                    or value < 0 or (self.below is not None and value >= self.below):
                 raise bad
             value = float(value)
         elif self.type == "str":
@@ -84,9 +90,11 @@ class ArchOption:
     def describe(self) -> str:
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
-        low = f" >= {self.minimum}" if self.minimum is not None else ""
-        return {"int": f"an integer{low}", "ints": f"a non-empty list of integers{low}", "bool": "true or false",
-                "float": "a number >= 0", "str": "a string"}[self.type]
+        top = "2^31 - 1" if self.maximum == MAX_OPTION_INT else str(self.maximum)
+        span = f" from {self.minimum} to {top}" if self.minimum is not None else f" <= {top}"
+        number = f"a number in [0, {self.below:g})" if self.below is not None else "a number >= 0"
+        return {"int": f"an integer{span}", "ints": f"a non-empty list of integers{span}", "bool": "true or false",
+                "float": number, "str": "a string"}[self.type]
 
     def schema(self) -> dict[str, Any]:
         """This option as a JSON Schema fragment."""
@@ -95,14 +103,30 @@ class ArchOption:
         base: dict[str, Any] = {"int": {"type": "integer"}, "bool": {"type": "boolean"},
                                 "float": {"type": "number", "minimum": 0}, "str": {"type": "string"},
                                 "ints": {"type": "array", "items": {"type": "integer"}, "minItems": 1}}[self.type]
-        if self.minimum is not None and self.type in ("int", "ints"):
+        if self.type in ("int", "ints"):
             target = base if self.type == "int" else base["items"]
-            target["minimum"] = self.minimum
+            if self.minimum is not None:
+                target["minimum"] = self.minimum
+            target["maximum"] = self.maximum
+        if self.type == "float" and self.below is not None:
+            base["exclusiveMaximum"] = self.below
         return {**base, "description": self.help}
 
     def parse_text(self, text: str) -> Any:
-        """An option value from command-line text (``256,256``, ``true``, ``4``)."""
+        """An option value from command-line text (``256,256``, ``true``, ``4``), or in JSON as ``tnstudio network
+        list`` shows defaults (``[256, 256]``, ``"relu"``)."""
         text = text.strip()
+        try:
+            as_json = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            if self.type == "ints" and _is_int(as_json):
+                as_json = [as_json]
+            try:
+                return self.check(as_json)
+            except CatalogueError:
+                pass  # read as plain text below (e.g. 1 for a bool), which names the problem when there is one
         try:
             if self.type == "int":
                 return self.check(int(text))
@@ -370,7 +394,7 @@ def _transformer_check(shape: tuple[int, ...], options: dict[str, Any]) -> None:
                                 ArchOption("heads", "int", 4, "attention heads"),
                                 ArchOption("mlp_dim", "int", 128, "hidden width of each block's MLP"),
                                 ArchOption("patch", "int", 4, "patch size (length, or side of a square patch)"),
-                                ArchOption("dropout", "float", 0.0, "dropout")))
+                                ArchOption("dropout", "float", 0.0, "dropout", below=1.0)))
 def _transformer(input_shape: tuple[int, ...], num_classes: int, dim: int, depth: int, heads: int, mlp_dim: int,
                  patch: int, dropout: float) -> "nn.Module":
     from engine.network.nets import TransformerClassifier
