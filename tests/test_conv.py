@@ -419,6 +419,15 @@ def test_edits_keep_a_conv_target_consistent():
     assert any("'kernel' leg dims 3 multiply to 3" in p for p in d5.problems())
 
 
+def test_cli_template_takes_a_zero_padding_in_a_pair(tmp_path):
+    """`--padding 0,1` was refused ('factors must be >= 1'): a pair went through the factor reader."""
+    out = tmp_path / "c.json"
+    assert main(["template", "cp", "--in", "12", "--out", "8", "--kernel", "3x5", "--padding", "0,1",
+                 "--stride", "1*2", "-o", str(out)]) == 0
+    target = json.loads(out.read_text())["target"]
+    assert target["kernel_size"] == [3, 5] and target["padding"] == [0, 1] and target["stride"] == [1, 2]
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--kernel", "0"], "kernel_size must be an integer or a pair"),
     (["--kernel", "3", "--padding", "-1"], "padding must be an integer or a pair"),
@@ -427,6 +436,9 @@ def test_edits_keep_a_conv_target_consistent():
     (["--kernel", "3", "--in-factors", "5,3"], "in factors 5 x 3 multiply to 15, not 12"),
     (["--kernel", "3", "--image", "0"], "image size must be H or H,W"),
     (["--kernel", "3", "--image", "2"], "an input of 2x2 is smaller than the 3x3 kernel"),
+    (["--kernel", "3", "--image", "32,x"], "image size must be H or H,W"),  # was read as 32
+    (["--kernel", "3,"], "--kernel must be an integer or H,W, got '3,'"),
+    (["--kernel", "3", "--bond", "4,"], "--bond: factors must be integers separated by commas"),
     (["--kernel", "3", "--dilation", "2", "--padding", "1", "--image", "2,9"], "the output would be 0x7"),
 ])
 def test_cli_template_refuses_bad_conv_arguments_in_one_line(argv, message, capsys):

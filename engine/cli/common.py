@@ -36,12 +36,13 @@ def design_problems(path: str, problems: list[str]) -> str:
     return f"{path}: invalid design ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
 
 
-def read_factors(text: str | None) -> list[int] | None:
-    """Parse ``"8,8,4"`` into ``[8, 8, 4]`` (``None`` stays ``None``); bad text becomes a :class:`UserError`."""
+def read_factors(text: str | None, flag: str = "") -> list[int] | None:
+    """Parse ``"8,8,4"`` into ``[8, 8, 4]`` (``None`` stays ``None``); bad text becomes a :class:`UserError`
+    (naming ``flag`` when given)."""
     try:
         return parse_factors(text)
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{flag}: {e}" if flag else str(e)) from None
 
 
 def output_file(text: str, example: str = "layer.py") -> Path:

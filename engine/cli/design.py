@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from engine.cli.common import UserError, cannot_write, output_file, read_design, read_factors
 from engine.design.model import save_design
@@ -12,7 +13,7 @@ from engine.design.model import save_design
 def cmd_template(args: argparse.Namespace) -> int:
     from engine.design.templates import TEMPLATE_OPTIONS, make_template
 
-    vals = read_factors(args.bond)
+    vals = read_factors(args.bond, "--bond")
     if not vals:  # --bond '' (or ',') named no bond: say so rather than take the default
         raise UserError(f"--bond needs a bond dimension or a comma list of them, got {args.bond!r}")
     bond: int | list[int] = vals[0] if len(vals) == 1 else vals
@@ -23,8 +24,8 @@ def cmd_template(args: argparse.Namespace) -> int:
             from engine.design.conv import make_conv_template
 
             d = make_conv_template(args.kind, args.in_features, args.out_features, _pair_arg(args.kernel, "kernel"),
-                                   bond, args.activation, read_factors(args.in_factors),
-                                   read_factors(args.out_factors), stride=_pair_arg(args.stride, "stride", 1),
+                                   bond, args.activation, read_factors(args.in_factors, "--in-factors"),
+                                   read_factors(args.out_factors, "--out-factors"), stride=_pair_arg(args.stride, "stride", 1),
                                    padding=_pair_arg(args.padding, "padding", 0),
                                    dilation=_pair_arg(args.dilation, "dilation", 1), name=args.name,
                                    image=args.image, **options)
@@ -34,7 +35,7 @@ def cmd_template(args: argparse.Namespace) -> int:
                             f"channels)")
         else:
             d = make_template(args.kind, args.in_features, args.out_features, bond, args.activation,
-                              read_factors(args.in_factors), read_factors(args.out_factors), name=args.name, **options)
+                              read_factors(args.in_factors, "--in-factors"), read_factors(args.out_factors, "--out-factors"), name=args.name, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.output:
@@ -55,12 +56,9 @@ def _pair_arg(text: str | None, what: str, default: int | None = None) -> int | 
     if text is None:
         assert default is not None
         return default
-    vals = read_factors(text) if any(c in str(text) for c in ",x*") else None
-    try:
-        vals = vals or [int(text)]
-    except ValueError:
-        raise UserError(f"--{what} must be an integer or H,W, got {text!r}") from None
-    if len(vals) not in (1, 2):
+    parts = re.split(r"[,x*]", str(text))
+    vals = [int(p) for p in parts] if all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts) else []
+    if len(vals) not in (1, 2):  # the ranges (padding from 0, the others from 1) are the conv target's to check
         raise UserError(f"--{what} must be an integer or H,W, got {text!r}")
     return vals[0] if len(vals) == 1 else (vals[0], vals[1])
 

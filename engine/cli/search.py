@@ -79,7 +79,7 @@ def build_spec(args: argparse.Namespace):
         raise UserError("a search needs --in, --out and --name (or: tnstudio search show|stop|join|list ...)")
     if args.max_flops is not None and args.batch is None:
         raise UserError("--max-flops needs --batch: the batch size the forward FLOPs are counted at")
-    in_f, out_f = read_factors(args.in_factors), read_factors(args.out_factors)
+    in_f, out_f = read_factors(args.in_factors, "--in-factors"), read_factors(args.out_factors, "--out-factors")
     try:
         legs = tuple(int(v) for v in _list(args.legs)) if args.legs else DEFAULT_LEGS
     except ValueError:

@@ -103,7 +103,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
     """The run config the options describe (the TN run; its baseline is a ``replace`` of it)."""
     from engine.train.config import ConfigError, RunConfig
 
-    hidden = read_factors(args.hidden) if args.hidden else None
+    hidden = read_factors(args.hidden, "--hidden") if args.hidden else None
     try:
         return RunConfig(dataset=args.dataset, data_dir=args.data_dir, model=args.model, hidden=hidden,
                          layer=args.layer, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
