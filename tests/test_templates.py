@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.design.model import Design
 from engine.design.factorize import balanced_factors, default_legs, parse_factors, prime_factors
@@ -200,3 +202,24 @@ def test_factor_helpers():
         with pytest.raises(ValueError, match=">= 1"):
             parse_factors(bad)
     assert default_legs(4096, 4096) == 4 and default_legs(64, 10) == 2
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(vals=st.lists(st.integers(0, 10 ** 6), min_size=1, max_size=6),
+       seps=st.lists(st.sampled_from([",", "x", "*", " , ", " x "]), min_size=5, max_size=5),
+       junk=st.text(st.characters(blacklist_categories=("Nd", "Zs", "Cc"), blacklist_characters=",x*-"), min_size=1,
+                    max_size=3),
+       where=st.integers(0, 10 ** 6))
+def test_parse_factors_reads_exactly_what_is_written(vals, seps, junk, where):
+    """A list written with any of the separators reads back as itself (a 0 is refused); anything else in the text,
+    or an empty part, is refused: nothing is dropped ("3,x" had been read as [3])."""
+    text = str(vals[0]) + "".join(sep + str(v) for sep, v in zip(seps, vals[1:]))
+    if 0 in vals:
+        with pytest.raises(ValueError, match=">= 1"):
+            parse_factors(text)
+    else:
+        assert parse_factors(text) == vals
+    at = where % (len(text) + 1)
+    for bad in (text[:at] + junk + text[at:], text + seps[0], seps[1] + text):
+        with pytest.raises(ValueError, match="integers separated by commas"):
+            parse_factors(bad)
