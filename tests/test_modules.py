@@ -194,6 +194,8 @@ def test_auto_schedule_follows_the_cost_model_and_can_be_forced():
         m.schedule = "fast"
     with pytest.raises(ValueError, match="last dimension 256"):
         m(torch.randn(4, 255))
+    with pytest.raises(ValueError, match=r"last dimension 256, got shape \(\)"):  # was an IndexError
+        m(torch.tensor(1.0))
 
 
 # ------------------------------------------------------------------------- initialisation

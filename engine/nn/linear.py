@@ -191,7 +191,7 @@ class TNLinear(TNCores):
         return run_program(self.program(1, "materialise"), self.core_tensors(), until_weight=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"TNLinear expects inputs with last dimension {self.in_features}, got shape "
                              f"{tuple(x.shape)}")
         lead = x.shape[:-1]
