@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.design.model import load_design
+from engine.design.model import load_design, save_design
 from engine.design.templates import make_template
 
 TNSTUDIO = Path(sys.executable).with_name("tnstudio")
@@ -240,3 +240,19 @@ def test_serve_passes_good_arguments_on(tmp_path, capsys, monkeypatch):
     users.write_text('{"alice": "wonderland"}')
     assert main(["serve", "--port", "0", "--basic-auth", str(users), "--cookie-secret", "s3cret"]) == 0
     assert seen["basic_auth"] == str(users) and seen["cookie_secret"] == "s3cret" and seen["port"] == 0
+
+
+def test_weights_that_are_not_a_regular_file_are_one_line(tmp_path, capsys):
+    """A fifo given as --weights was called 'no such weights file' (it exists); torch.load would block on it."""
+    design = tmp_path / "t.json"
+    save_design(make_template("mpo", 64, 64, 2), design)
+    fifo = tmp_path / "w.fifo"
+    os.mkfifo(fifo)
+    cases = [(fifo, f"{fifo} is not a regular file"), (tmp_path, f"{tmp_path} is not a regular file"),
+             (tmp_path / "none.pt", "no such weights file")]
+    for path, words in cases:
+        for argv in (["export", str(design), "--weights", str(path), "-o", str(tmp_path / "x.py")],
+                     ["spectra", str(design), "--weights", str(path)]):
+            assert main(argv) == 2, argv
+            _one_error_line(capsys, words)
+    assert not (tmp_path / "x.py").exists()

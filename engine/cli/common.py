@@ -70,8 +70,14 @@ def load_state_file(path: str) -> dict[str, Any]:
     import torch
 
     p = Path(path)
-    if not p.is_file():
+    try:
+        exists, regular = p.exists(), p.is_file()
+    except OSError as e:  # a name longer than the file system allows
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    if not exists:
         raise UserError(f"{path}: no such weights file")
+    if not regular:  # a folder, or a fifo that would block torch.load
+        raise UserError(f"{path} is not a regular file (a folder, device, fifo or socket), not a weights file")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types (UnpicklingError, RuntimeError, EOFError, zip errors):
