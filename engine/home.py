@@ -10,9 +10,10 @@ from pathlib import Path
 
 
 def tnstudio_home() -> Path:
-    """The TN Studio home folder (not created)."""
+    """The TN Studio home folder (not created), absolute: a relative ``$TNSTUDIO_HOME`` is taken from the current
+    folder (a run's process, which works in its run folder, is given the absolute one)."""
     env = os.environ.get("TNSTUDIO_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".tnstudio"
+    return Path(env).expanduser().absolute() if env else Path.home() / ".tnstudio"
 
 
 def runs_dir(override: str | os.PathLike | None = None, create: bool = True) -> Path:

@@ -202,3 +202,26 @@ def test_run_config_bounds_hold_what_training_takes():
     for key, value in (("max_steps", 2 ** 31), ("log_every", 2 ** 31), ("threads", 1025), ("seed", 2 ** 63)):
         with pytest.raises(ConfigError, match=f"{key} must be"):
             RunConfig(**{key: value})
+
+
+def test_a_relative_data_dir_is_read_from_where_the_command_ran(tmp_path, monkeypatch, capsys):
+    """The run's process works in its run folder: `--data-dir data` passed the launcher's check there and then
+    failed the run ('MNIST not found')."""
+    from tests.test_data import fake_mnist
+
+    fake_mnist(tmp_path / "work" / "data" / "MNIST" / "raw", n_train=40, n_test=20)
+    design, runs = tmp_path / "mpo.json", tmp_path / "runs"
+    save_design(make_template("mpo", 784, 64, 2), design)
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["train", str(design), "--dataset", "mnist", "--data-dir", "data", "--epochs", "1",
+                 "--runs-dir", str(runs), "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["status"] == "completed", run.get("reason")
+    assert run["config"]["data_dir"] == str(tmp_path / "work" / "data")  # recorded as the folder it named
+    # the default data folder under a relative TNSTUDIO_HOME: the same failure, in the run's process
+    fake_mnist(tmp_path / "work" / "home" / "data" / "MNIST" / "raw", n_train=40, n_test=20)
+    monkeypatch.setenv("TNSTUDIO_HOME", "home")
+    assert main(["train", str(design), "--dataset", "mnist", "--epochs", "1", "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["status"] == "completed", run.get("reason")
+    assert RunStore(tmp_path / "work" / "home" / "runs").get_run(run["id"])["status"] == "completed"

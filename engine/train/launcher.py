@@ -18,6 +18,7 @@ launching process reaps the child in a daemon thread, so a finished run leaves n
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from typing import Any, Mapping
 
 from engine.design.model import Design
 from engine.format import torch_load_reason
+from engine.home import tnstudio_home
 from engine.train.config import RunConfig
 from engine.train.data import check_dataset, dataset_spec
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan
@@ -52,6 +54,8 @@ def start_process(run_id: str, store: RunStore, resume: bool = False) -> subproc
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if env.get("TNSTUDIO_HOME"):  # the process works in its run folder: a relative home would name another one
+        env["TNSTUDIO_HOME"] = str(tnstudio_home())
     log = open(store.run_dir(run_id) / "log.txt", "ab")
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -133,12 +137,21 @@ def check_memory(config: RunConfig, design: Design | None) -> dict[str, int]:
     return need
 
 
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """``config`` with its folder and file paths (``data_dir``, ``init_from``) absolute: the run's process works in
+    its run folder, where a path relative to the launcher's folder (``--data-dir data``) names nothing."""
+    paths = {k: str(Path(v).expanduser().absolute()) for k in ("data_dir", "init_from")
+             if (v := getattr(config, k)) is not None and not Path(v).is_absolute()}
+    return dataclasses.replace(config, **paths) if paths else config
+
+
 def check_launch(config: RunConfig | Mapping[str, Any], design: Design | dict | None = None
                  ) -> tuple[RunConfig, Design | None, dict[str, int]]:
     """Every check :func:`launch` makes before it records a run (config, device, data files, fit, memory);
     returns the checked config, the design and :func:`memory_estimate`. Raises ``ValueError`` subclasses."""
     if not isinstance(config, RunConfig):
         config = RunConfig.from_dict(config)
+    config = absolute_paths(config)
     config.check_device()
     check_dataset(config.dataset, config.data_dir)
     if isinstance(design, dict):
