@@ -207,6 +207,11 @@ def test_cli_errors_are_one_line(trained_run, tmp_path, capsys):
     assert "no run" in capsys.readouterr().err
     assert main(["truncate", "--run", run_id, "--runs-dir", str(runs), "-o", str(tmp_path / "x.json")]) == 2
     assert "--max-bond" in capsys.readouterr().err
+    for bonds in ("r0=1,r0=2", "r0=2, r0 =2"):  # the last one had silently won
+        assert main(["truncate", "--run", run_id, "--runs-dir", str(runs), "--max-bond", bonds, "-o",
+                     str(tmp_path / "x.json")]) == 2
+        assert "gives bond 'r0' twice" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
     other = tmp_path / "other.json"
     _cli("template", "ttn", "--in", "64", "--out", "64", "-o", str(other))
     assert main(["spectra", str(other), "--run", run_id, "--runs-dir", str(runs)]) == 2

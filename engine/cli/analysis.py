@@ -100,9 +100,11 @@ def _max_bond(text: str | None) -> int | dict[str, int] | None:
     try:
         if "=" not in text:
             return int(text)
-        out = {}
+        out: dict[str, int] = {}
         for part in text.split(","):
             name, k = part.split("=")
+            if name.strip() in out:
+                raise UserError(f"--max-bond gives bond {name.strip()!r} twice ({text!r}): give each bond once")
             out[name.strip()] = int(k)
         return out
     except ValueError:
