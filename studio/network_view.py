@@ -85,10 +85,10 @@ def parse_shape(text: str) -> list[int] | None:
     text = (text or "").strip()
     if not text:
         return None
-    try:
-        dims = [int(t) for t in re.split(r"[,x\s]+", text) if t]
-    except ValueError:
-        raise ValueError(f"input shape must be integers such as 3,32,32, got {text!r}") from None
+    parts = re.split(r"\s*[,x]\s*|\s+", text)
+    if not all(re.fullmatch(r"-?[0-9]+", p) for p in parts):  # "3,,32" and "3x" too: no part is dropped
+        raise ValueError(f"input shape must be integers such as 3,32,32, got {text!r}")
+    dims = [int(p) for p in parts]
     if not dims or any(d < 1 for d in dims):
         raise ValueError(f"input shape must be integers >= 1 such as 3,32,32, got {text!r}")
     return dims
@@ -105,6 +105,8 @@ def parse_options(arch: str, text: str) -> dict[str, Any]:
         key, sep, value = part.partition("=")
         if not sep:
             raise ValueError(f"option {part.strip()!r}: write KEY=VALUE, e.g. hidden=256,256")
+        if key.strip() in out:
+            raise ValueError(f"option {key.strip()!r} is given twice: give each option once")
         if ":" in arch:
             try:
                 out[key.strip()] = json.loads(value)

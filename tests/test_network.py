@@ -444,6 +444,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
               "option 'dropout' must be a number in [0, 1), got '5'"),
              (["network", "new", "mlp", "--input", "3,x", "-o", net], "--input must be the shape of one example"),
              (["network", "new", "mlp", "--input", "0", "-o", net], "--input must be the shape of one example"),
+             (["network", "new", "mlp", "--option", "hidden=64", "--option", "hidden=32", "-o", net],
+              "--option hidden is given twice"),  # the last one had silently won
              (["train", net, "--dataset", "digits"], "takes examples of shape [1, 40] but digits gives [1, 8, 8]")]
     for argv, message in cases:
         capsys.readouterr()

@@ -158,6 +158,13 @@ def test_helpers():
     assert parse_options("mlp", "hidden=128,64; activation=gelu") == {"hidden": [128, 64], "activation": "gelu"}
     with pytest.raises(ValueError):
         parse_options("mlp", "hidden")
+    assert parse_shape("3 32 32") == parse_shape(" 3 , 32x 32 ") == [3, 32, 32]
+    for bad in ("3,,32", "3x", "x3", "3,a", "3.5", "0,4"):  # a part was dropped: "3,,32" was [3, 32]
+        with pytest.raises(ValueError, match="input shape must be integers"):
+            parse_shape(bad)
+    assert parse_options("mlp", "hidden=[128, 64]") == {"hidden": [128, 64]}  # as the architecture's help shows it
+    with pytest.raises(ValueError, match="'hidden' is given twice"):
+        parse_options("mlp", "hidden=128; hidden=64")
 
 
 def test_the_studio_app_has_the_network_tab_and_clicks_show_the_design_tab(tmp_path):

@@ -286,3 +286,7 @@ def test_search_reads_memory_budgets_as_cost_does():
     for bad in ("0", "-1MiB", "1e30", "lots"):
         with pytest.raises(UserError, match="--max-train-memory: (a memory size|the memory budget) must be"):
             spec(bad)
+    args = build_parser().parse_args(["search", "--in", "64", "--out", "64", "--name", "m", "--bond-range",
+                                      "mpo=2:3", "--bond-range", "ttn=2:4", "--bond-range", "mpo=5:6"])
+    with pytest.raises(UserError, match="--bond-range gives 'mpo' twice"):  # the last one had silently won
+        build_spec(args)

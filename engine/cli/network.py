@@ -102,6 +102,8 @@ def _options(arch: str, texts: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise UserError(f"--option {text!r}: write KEY=VALUE, e.g. hidden=256,256")
         key = key.strip()
+        if key in out:
+            raise UserError(f"--option {key} is given twice: give each option once")
         if ":" in arch:  # a user factory: JSON values when they parse, else the text
             try:
                 out[key] = json.loads(value)

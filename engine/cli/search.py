@@ -63,6 +63,8 @@ def _bond_ranges(items: list[str] | None) -> dict[str, tuple[int, int]]:
     for item in items or []:
         kind, _, rng = item.partition("=")
         lo, _, hi = rng.partition(":")
+        if kind.strip() in out:
+            raise UserError(f"--bond-range gives {kind.strip()!r} twice: give each kind's range once")
         try:
             out[kind.strip()] = (int(lo), int(hi or lo))
         except ValueError:
