@@ -108,6 +108,19 @@ def torch_load_reason(error: BaseException) -> str:
     return line
 
 
+def int_list(text: str, separators: str = ",x", spaces: bool = False) -> list[int]:
+    """``"3,32x32"`` -> ``[3, 32, 32]``: integers (signed) between any of ``separators`` (whitespace around them
+    allowed; with ``spaces``, whitespace alone separates too). ``ValueError`` when any part is not an integer, an
+    empty one included (``"3,,32"``, ``"3x"``): every list reader takes exactly what is written, none drops a part."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected text, got {type(text).__name__}")
+    split = r"\s*[" + re.escape(separators) + r"]\s*" + (r"|\s+" if spaces else "")
+    parts = re.split(split, text.strip())
+    if not all(re.fullmatch(r"-?[0-9]+", p) for p in parts):
+        raise ValueError(f"not integers separated by {' or '.join(separators)}: {text!r}")
+    return [int(p) for p in parts]
+
+
 def is_unicode_text(value: Any) -> bool:
     """Whether every string in ``value`` (nested dicts and lists too) can be written as UTF-8: JSON's \\ud800
     escapes, and bytes a terminal could not decode, read into lone surrogates, which every print or save then fails

@@ -44,7 +44,7 @@ from panel.viewable import Viewer
 from engine.design.model import Design
 from engine.design.conv import make_conv_template
 from engine.design.templates import make_template
-from engine.format import nbytes, ratio, si
+from engine.format import int_list, nbytes, ratio, si
 from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
@@ -85,10 +85,10 @@ def parse_shape(text: str) -> list[int] | None:
     text = (text or "").strip()
     if not text:
         return None
-    parts = re.split(r"\s*[,x]\s*|\s+", text)
-    if not all(re.fullmatch(r"-?[0-9]+", p) for p in parts):  # "3,,32" and "3x" too: no part is dropped
-        raise ValueError(f"input shape must be integers such as 3,32,32, got {text!r}")
-    dims = [int(p) for p in parts]
+    try:
+        dims = int_list(text, spaces=True)  # "3,,32" and "3x" too: no part is dropped
+    except ValueError:
+        raise ValueError(f"input shape must be integers such as 3,32,32, got {text!r}") from None
     if not dims or any(d < 1 for d in dims):
         raise ValueError(f"input shape must be integers >= 1 such as 3,32,32, got {text!r}")
     return dims

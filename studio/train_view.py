@@ -33,6 +33,7 @@ from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
 from engine.design.model import Design, DesignError
+from engine.format import int_list
 from engine.home import runs_dir
 from engine.train.config import ConfigError, RunConfig
 from engine.train.data import dataset_spec, dataset_specs
@@ -93,11 +94,9 @@ def parse_hidden(text: str) -> list[int] | None:
     if not text:
         return None
     try:
-        sizes = [int(t) for t in text.replace("x", ",").replace(" ", ",").split(",") if t]
+        sizes = int_list(text, spaces=True)  # "256,x" too (it was [256])
     except ValueError:
         raise ValueError(f"hidden sizes must be integers separated by commas, got {text!r}") from None
-    if not sizes:
-        raise ValueError(f"hidden sizes must be integers separated by commas, got {text!r}")
     return sizes  # the run config checks that they are >= 1
 
 

@@ -528,3 +528,42 @@ def test_a_write_that_fails_part_way_keeps_the_old_file_whole(tmp_path):
                            cwd=ROOT, env=env, timeout=120)
         assert r.returncode == 2 and "cannot write" in one_line_error(r.stderr), (args, r.stderr[-2000:])
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before, args
+
+
+# --------------------------------------------------------------------- lists of integers typed as text
+def _list_readers():
+    """Every reader of a typed list of integers, as (name, read(text) -> list of ints)."""
+    from engine.design.conv import image_size
+    from engine.design.factorize import parse_factors
+    from engine.design.templates import LATERAL
+    from engine.network.catalogue import architecture
+    from engine.network.rules import parse_rule
+    from studio.network_view import parse_shape
+    from studio.train_view import parse_hidden
+
+    return [("factors", parse_factors), ("image", lambda t: list(image_size(t))),
+            ("rule bond", lambda t: list(b) if isinstance(b := parse_rule(f"linear:mpo:{t}").bond, tuple) else [b]),
+            ("option ints", lambda t: architecture("mlp").option("hidden").parse_text(t)),
+            ("input shape", parse_shape), ("hidden sizes", parse_hidden),
+            ("lateral levels", lambda t: list(LATERAL.parse(t)))]
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(vals=st.lists(st.integers(1, 99), min_size=1, max_size=2, unique=True).map(sorted),
+       hole=st.sampled_from([",", "x", ",,", "x,"]), where=st.sampled_from(["end", "start", "middle"]))
+def test_every_list_reader_takes_exactly_what_is_written(vals, hole, where):
+    """Each reader drops no part: a list with an empty part ("3,,32", "32,x", "4x") is refused, not read as a
+    shorter list (the rule bond, option widths, image size, factor and shape readers each had their own parser, and
+    several dropped empty parts)."""
+    from engine.format import int_list
+
+    text = ",".join(map(str, vals))
+    if where == "middle" and len(vals) == 1:
+        where = "end"
+    bad = {"end": text + hole, "start": hole + text, "middle": text.replace(",", "," + hole, 1)}[where]
+    with pytest.raises(ValueError):
+        int_list(bad)
+    for name, read in _list_readers():
+        assert list(read(text)) == (vals * 2 if name == "image" and len(vals) == 1 else vals), (name, text)
+        with pytest.raises(ValueError):
+            read(bad)

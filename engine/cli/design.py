@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 from engine.cli.common import UserError, cannot_write, output_file, read_design, read_factors
 from engine.design.model import save_design
+from engine.format import int_list
 
 
 def cmd_template(args: argparse.Namespace) -> int:
@@ -56,8 +56,10 @@ def _pair_arg(text: str | None, what: str, default: int | None = None) -> int | 
     if text is None:
         assert default is not None
         return default
-    parts = re.split(r"[,x*]", str(text))
-    vals = [int(p) for p in parts] if all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts) else []
+    try:
+        vals = int_list(str(text), ",x*")
+    except ValueError:
+        vals = []
     if len(vals) not in (1, 2):  # the ranges (padding from 0, the others from 1) are the conv target's to check
         raise UserError(f"--{what} must be an integer or H,W, got {text!r}")
     return vals[0] if len(vals) == 1 else (vals[0], vals[1])

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from typing import Any, Sequence
 
 from engine.design.model import ConvTarget, Design, DesignError, Index, Tensor
 from engine.design.templates import DX, LATERAL, leg_factors, make_template, template_kind
+from engine.format import int_list
 
 KERNEL_LEGS = ("kh", "kw")
 
@@ -200,10 +200,10 @@ def image_size(image: Any) -> tuple[int, int]:
     """``32`` / ``"32"`` / ``"32,24"`` / ``(32, 24)`` -> ``(H, W)``; ``ValueError`` otherwise."""
     vals: Any = image
     if isinstance(image, str):
-        parts = image.replace("x", ",").split(",")
-        if not all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts):  # "32,x" too (it was read as 32)
-            raise ValueError(f"the image size must be H or H,W (integers), got {image!r}")
-        vals = [int(p) for p in parts]
+        try:
+            vals = int_list(image)  # "32,x" too (it was read as 32)
+        except ValueError:
+            raise ValueError(f"the image size must be H or H,W (integers), got {image!r}") from None
     if isinstance(vals, int) and not isinstance(vals, bool):
         vals = [vals, vals]
     vals = list(vals) if isinstance(vals, (list, tuple)) else None

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import math
-import re
 
-from engine.format import dims_text, int_text
+from engine.format import dims_text, int_list, int_text
 
 
 TRIAL_LIMIT = 1 << 16  # trial division up to here; a cofactor below TRIAL_LIMIT^2 left over is then prime
@@ -115,10 +114,10 @@ def parse_factors(text: str | None) -> list[int] | None:
     """Parse ``"4,8,8"`` (or ``"4x8x8"``) into ``[4, 8, 8]``; ``None`` or empty gives ``None``."""
     if text is None or str(text).strip() == "":
         return None
-    parts = str(text).replace("x", ",").replace("*", ",").split(",")
-    if not all(re.fullmatch(r"\s*-?[0-9]+\s*", p) for p in parts):  # "3,x" and "4,,4" too: no empty factor
-        raise ValueError(f"factors must be integers separated by commas, got {text!r}")
-    vals = [int(p) for p in parts]
+    try:
+        vals = int_list(str(text), ",x*")  # "3,x" and "4,,4" too: no part is dropped
+    except ValueError:
+        raise ValueError(f"factors must be integers separated by commas, got {text!r}") from None
     if any(v < 1 for v in vals):
         raise ValueError(f"factors must be >= 1, got {text!r}")
     return vals

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 from engine.design.model import ACTIVATIONS, Design, DesignError, Index, Tensor
 from engine.design.factorize import balanced_factors, check_factors, default_legs
+from engine.format import int_list
 
 DX, DY = 150.0, 130.0
 
@@ -83,9 +84,8 @@ class TemplateOption:
             text = value.strip().lower()
             if text in self.choices or text == "":
                 return text or self.default
-            items: list[Any] = [t for t in text.replace(" ", ",").split(",") if t]
             try:
-                items = [int(t) for t in items]
+                items: list[Any] = int_list(text, ",", spaces=True)
             except ValueError:
                 raise bad from None
         elif isinstance(value, int):

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from engine.format import first_line
+from engine.format import first_line, int_list
 
 if TYPE_CHECKING:
     from torch import nn
@@ -131,7 +131,7 @@ class ArchOption:
             if self.type == "int":
                 return self.check(int(text))
             if self.type == "ints":
-                return self.check([int(t) for t in text.replace("x", ",").split(",") if t.strip()])
+                return self.check(int_list(text))
             if self.type == "bool":
                 if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError

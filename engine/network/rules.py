@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from engine.design.model import ACTIVATIONS, Design
 from engine.design.conv import make_conv_template
 from engine.design.templates import TEMPLATE_OPTIONS, leg_factors, make_template, template_kind
+from engine.format import int_list
 from engine.network.layers import LayerInfo, layer_kind, layer_kinds
 
 DENSE = "dense"
@@ -176,9 +177,11 @@ def parse_rule(text: str) -> Rule:
     if positional and template == DENSE:
         raise RuleError(f"rule {rule!r}: a dense rule takes no bond or activation")
     if positional:
-        vals = [_int(v, "bond", rule) for v in positional[0].replace("x", ",").split(",") if v]
-        if not vals:
-            raise RuleError(f"rule {rule!r}: bond must be an integer, got {positional[0]!r}")
+        try:
+            texts = [str(v) for v in int_list(positional[0])]  # "4x" was 4
+        except ValueError:
+            raise RuleError(f"rule {rule!r}: bond must be an integer, got {positional[0]!r}") from None
+        vals = [_int(v, "bond", rule) for v in texts]
         bond = vals[0] if len(vals) == 1 else tuple(vals)
     if len(positional) > 1:
         act = positional[1].lower()
