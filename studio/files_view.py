@@ -57,9 +57,16 @@ class Files(Viewer):
         self.saved = pn.pane.HTML("", sizing_mode="stretch_width", margin=(0, 5), stylesheets=[css("text")])
         self.open_note = FieldNote(state=s, field="open")
         self.library_note = FieldNote(state=s, field="library")
+        self._own: str | None = None  # the library file this draft was opened from or last saved to
 
     def _payload(self) -> io.StringIO:
         return io.StringIO(self.state.to_json() + "\n")
+
+    @param.depends("state.layout_version", watch=True)
+    def _design_replaced(self) -> None:
+        """A new, generated or opened design is no longer the library file the draft came from (an open sets it
+        again right after)."""
+        self._own = None
 
     @param.depends("state.version", watch=True)
     def _design_changed(self) -> None:
@@ -82,14 +89,21 @@ class Files(Viewer):
     def refresh(self) -> None:
         self.choice.options = self._options()
 
-    def save(self) -> bool:
-        """Save the design under the name in the save-as field (which becomes the design's name)."""
+    def save(self, replace: bool = False) -> bool:
+        """Save the design under the name in the save-as field (which becomes the design's name). A library file
+        that holds another design (another name mapping to the same file, or other maths) is replaced only after
+        the user confirms, unless it is the file this draft was opened from or last saved to."""
         name = (self.save_name.value or "").strip() or self.state.design.name
         try:
-            safe_name(name)
+            stem = safe_name(name)
         except ValueError as e:
             self.state.refuse("library", str(e))
             return False
+        target = designs_dir(self.state.home) / f"{stem}.json"
+        other = None if replace or str(target) == self._own else self._other_design(target, name)
+        if other:
+            return self.state.ask("library", f"{target.name} holds {other}: replace it?",
+                                  lambda: self.save(replace=True))
         if name != self.state.design.name and not self.state.set_name(name):
             self.state.refuse("library", self.state.field_errors.get("name", f"cannot name the design {name!r}"))
             return False
@@ -98,12 +112,31 @@ class Files(Viewer):
         except (ValueError, OSError) as e:
             self.state.refuse("library", str(e))
             return False
+        self._own = str(path)
         self.state._clear_error("library")
         self.state.note(f"saved {path.name}")
         self.saved.object = f"<div class='tn-note'>saved {path.name} in {designs_dir(self.state.home)}</div>"
         self.refresh()
         self.choice.value = str(path)
         return True
+
+    def _other_design(self, path: Path, name: str) -> str | None:
+        """What ``path`` holds, in words, when it is not this draft under ``name`` (None: no file, or the same)."""
+        try:
+            exists = path.is_file()
+        except OSError:
+            return None  # the save itself says why it cannot write there
+        if not exists:
+            return None
+        try:
+            saved = open_design(path)
+        except (DesignError, FileNotFoundError):
+            return "a file that is not a valid design"
+        if saved.name != name:
+            return f"the design {saved.name!r}"
+        if saved.fingerprint() != self.state.design.fingerprint():
+            return f"another version of {name!r} ({saved.params:,} params)"
+        return None
 
     def open_selected(self) -> bool:
         path = self.choice.value
@@ -115,7 +148,10 @@ class Files(Viewer):
             problems = e.problems if isinstance(e, DesignError) else [str(e)]
             self.state.refuse("library", f"{Path(path).name}: " + "; ".join(problems))
             return False
-        return self.state.replace(d, "opened")
+        opened = self.state.replace(d, "opened")
+        if opened and Path(path).parent == designs_dir(self.state.home):
+            self._own = str(path)  # saving it again replaces it without asking
+        return opened
 
     def __panel__(self) -> pn.viewable.Viewable:
         return section("Files", pn.Column(

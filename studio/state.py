@@ -152,7 +152,7 @@ class StudioState(param.Parameterized):
         self._history: list[_Step] = [_Step(first.copy().layout(), "start", replaced=True)]
         self._pos = 0
         self._last_merge: tuple[str, float] | None = None
-        self._pending: tuple | None = None
+        self._pending: tuple | Callable[[], bool] | None = None  # an edit, or an action (ask())
         self._set_draft(self._history[0].design.copy(), "restored your unsaved draft" if restored else note, save=False)
         self.param.watch(lambda *_: self._update_cost(), ["batch", "dtype", "schedule", "image", "memory_budget"])
 
@@ -245,10 +245,22 @@ class StudioState(param.Parameterized):
         self._set_draft(candidate.copy(), label, layout=layout, fresh=fresh)
         return True
 
+    def ask(self, field: str, question: str, action: Callable[[], bool]) -> bool:
+        """Hold ``action`` (not an edit: e.g. a save that would replace a file) until :meth:`confirm` runs it or
+        :meth:`cancel` (or an edit) drops it; the question shows under ``field``. Returns False (nothing done yet)."""
+        self._pending = action
+        self.param.update(pending={"field": field, "message": question}, field_errors={},
+                          message=f"confirm: {question}")
+        return False
+
     def confirm(self) -> bool:
-        """Apply the edit waiting for confirmation."""
+        """Apply the edit (or run the action) waiting for confirmation."""
         if self._pending is None:
             return False
+        if callable(self._pending):
+            action, self._pending = self._pending, None
+            self.param.update(pending={}, message="")
+            return bool(action())
         candidate, label, _strict, _field, merge, layout, fresh = self._pending
         return self._commit(candidate, label, merge=merge, layout=layout, fresh=fresh, confirm=False)
 

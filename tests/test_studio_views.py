@@ -491,6 +491,42 @@ def test_files_download_upload_and_library(state):
     assert "open" not in state.field_errors  # the refusal was cleared by the next action
 
 
+def test_saving_over_another_library_design_asks_first(state):
+    """Save replaced whatever the library file held: another design whose name maps to the same file ('fc 6' and
+    'fc_6'), or another design saved under the same name. Re-saving the file the draft came from does not ask."""
+    from engine.design.library import designs_dir
+    from engine.design.model import load_design
+
+    files = Files(state=state)
+    first = state.design.copy()
+    files.save_name.value = "fc_6"
+    assert files.save()
+    path = designs_dir(state.home) / "fc_6.json"
+    assert state.generate("ttn", 64, 64, 3, "gelu")  # another design, saved as a name that maps to the same file
+    files.save_name.value = "fc 6"
+    assert not files.save()
+    assert state.pending == {"field": "library", "message": "fc_6.json holds the design 'fc_6': replace it?"}
+    assert load_design(path).fingerprint() == first.fingerprint()  # nothing replaced yet
+    state.cancel()
+    assert load_design(path).fingerprint() == first.fingerprint() and not state.pending
+    assert not files.save() and state.pending["field"] == "library"
+    assert state.confirm()  # Apply anyway
+    saved = load_design(path)
+    assert saved.name == "fc 6" and saved.fingerprint() == state.design.fingerprint() != first.fingerprint()
+    bond = next(k for k, v in state.design.indices.items() if v.role == "bond")
+    assert state.set_dim(bond, 2)  # an edit of the draft saved from that file
+    files.save_name.value = "fc 6"
+    assert files.save() and not state.pending  # its own file: saved again without asking
+    assert load_design(path).fingerprint() == state.design.fingerprint()
+    assert state.generate("mpo", 64, 64, 2)  # a new design under the same name: another version of it
+    files.save_name.value = "fc 6"
+    assert not files.save() and state.pending["message"].startswith("fc_6.json holds another version of 'fc 6'")
+    state.cancel()
+    files.choice.value = str(path)
+    assert files.open_selected()  # opened from the library: its own file again
+    assert state.set_dim(bond, 3) and files.save() and not state.pending
+
+
 # ---------------------------------------------------------------------------------------------- the app
 @pytest.mark.parametrize("damage", ["garbage", "folder", "bad row"])
 def test_the_studio_opens_on_a_damaged_run_store_and_says_how_to_repair_it(damage, tmp_path):
