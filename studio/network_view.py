@@ -242,6 +242,7 @@ class NetworkView(Viewer):
         self._arch_changed()
         if spec is None:
             spec = new_network("mlp", [1, 40], 10, name="mlp on mnist1d")
+        self._own: Path | None = None  # the networks/ file this network was opened from or last saved to
         self.spec = spec
 
     # ------------------------------------------------------------------ the network
@@ -285,6 +286,7 @@ class NetworkView(Viewer):
         except (NetworkError, ValueError) as e:
             return self._refuse(str(e))
         self.editing = self.selected = ""
+        self._own = None
         self._apply(spec, f"new network: {spec.architecture.label}, every layer dense")
         return True
 
@@ -294,6 +296,7 @@ class NetworkView(Viewer):
         except (NetworkError, ValueError) as e:
             return self._refuse(str(e))
         self.editing = self.selected = ""
+        self._own = None  # an opened file sets it again (load_file)
         self._apply(spec, f"{label} {spec.name}")
         return True
 
@@ -312,24 +315,42 @@ class NetworkView(Viewer):
 
     def load_file(self, path: str | Path) -> bool:
         try:
-            return self.load(load_network(path), f"opened {Path(path).name}:")
+            opened = self.load(load_network(path), f"opened {Path(path).name}:")
         except (NetworkError, FileNotFoundError) as e:
             return self._refuse(str(e))
+        self._own = Path(path) if opened else self._own
+        return opened
 
     def save(self, name: str = "") -> Path | None:
-        """Save the network (designs inline) as ``<home>/networks/<name>.json``."""
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (name or self.spec.name).strip()).strip("._")
+        """Save the network (designs inline) as ``<home>/networks/<name>.json``. A file there that holds another
+        network is kept: this one is saved as ``<name>-2.json`` (``-3``, ...) instead, unless that file is the one
+        the network was opened from or last saved to."""
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (name or self.spec.name).strip()).strip("._")[:80]
         if not stem:
             self._refuse("give the network a name made of letters or digits")
             return None
-        path = self.home / "networks" / f"{stem[:80]}.json"
+        path = wanted = self.home / "networks" / f"{stem}.json"
+        n = 1
+        while path != self._own and self._holds_another(path):
+            n += 1
+            path = wanted.with_name(f"{stem}-{n}.json")
         try:
             save_network(self.spec, path, inline=True)
         except OSError as e:
             self._refuse(f"cannot write {path}: {e}")
             return None
-        self.message = f"saved {path}"
+        self._own = path
+        self.message = f"saved {path}" + (f" ({wanted.name} holds another network, kept)" if path != wanted else "")
         return path
+
+    def _holds_another(self, path: Path) -> bool:
+        """Whether ``path`` is a file holding something other than this network (a damaged file counts)."""
+        try:
+            if not path.exists():
+                return False
+            return load_network(path).fingerprint() != self.spec.fingerprint()
+        except (NetworkError, OSError, ValueError):
+            return True
 
     def _download_json(self) -> io.StringIO:
         return io.StringIO(self.spec.to_json(inline=True) + "\n")

@@ -153,6 +153,28 @@ def test_new_network_from_the_form_and_files(view, tmp_path):
     assert not view.new_from_form() and "input shape" in view.error
 
 
+def test_saving_never_replaces_another_network(view):
+    """Save as <name> replaced whatever networks/<name>.json held; now another network there is kept and this one
+    goes to <name>-2.json, while the file the network came from is saved over."""
+    from engine.network.format import load_network
+
+    first = view.save("net")
+    assert first.name == "net.json" and "holds another" not in view.message
+    assert view.apply_rule("linear:ttn:4:gelu")
+    assert view.save("net") == first  # its own file
+    kept = load_network(first).fingerprint()
+    assert kept == view.spec.fingerprint()
+    assert view.new_network("mlp", dataset="mnist1d")  # another network, the same name
+    second = view.save("net")
+    assert second.name == "net-2.json" and "net.json holds another network, kept" in view.message
+    assert load_network(first).fingerprint() == kept and load_network(second).fingerprint() == view.spec.fingerprint()
+    assert view.save("net") == second  # now its own file
+    (first.parent / "bad.json").write_text("{broken")
+    assert view.save("bad").name == "bad-2.json"  # a damaged file is kept too
+    assert view.load_file(first) and view.apply_rule("linear:cp:4") and view.save("net") == first  # opened: its own
+    assert load_network(first).fingerprint() == view.spec.fingerprint() != kept
+
+
 def test_helpers():
     assert parse_shape("3x32x32") == [3, 32, 32] and parse_shape(" ") is None
     assert parse_options("mlp", "hidden=128,64; activation=gelu") == {"hidden": [128, 64], "activation": "gelu"}
