@@ -129,7 +129,9 @@ def _thousands_of_legs():
 
 
 @pytest.mark.parametrize("args, words", [
-    (["template", "mera", "--in", "256", "--out", "256", "--in-factors", "7x" * 2000], "(2000 dims) multiply to about 2^"),
+    (["template", "mera", "--in", "256", "--out", "256", "--in-factors", "x".join(["7"] * 2000)],
+     "(2000 dims) multiply to about 2^"),
+    (["template", "mera", "--in", "256", "--out", "256", "--in-factors", "7x" * 2000], "factors must be integers"),
     (["template", "mera", "--in", "256", "--out", "256", "--in-factors", "a" * 5000], "'aaaaaaaaaa"),
     (["template", "mera", "--in", "256", "--out", "256", "--name", "n", "--activation", "g" * 5000], "activation"),
     (["cost", "DESIGN", "--memory-budget", "9" * 3000 + "x"], "memory"),
