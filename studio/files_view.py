@@ -102,7 +102,7 @@ class Files(Viewer):
         target = designs_dir(self.state.home) / f"{stem}.json"
         other = None if replace or str(target) == self._own else self._other_design(target, name)
         if other:
-            return self.state.ask("library", f"{target.name} holds {other}: replace it?",
+            return self.state.ask("library", f"saving replaces {target.name}, which holds {other}",
                                   lambda: self.save(replace=True))
         if name != self.state.design.name and not self.state.set_name(name):
             self.state.refuse("library", self.state.field_errors.get("name", f"cannot name the design {name!r}"))

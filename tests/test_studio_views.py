@@ -505,7 +505,7 @@ def test_saving_over_another_library_design_asks_first(state):
     assert state.generate("ttn", 64, 64, 3, "gelu")  # another design, saved as a name that maps to the same file
     files.save_name.value = "fc 6"
     assert not files.save()
-    assert state.pending == {"field": "library", "message": "fc_6.json holds the design 'fc_6': replace it?"}
+    assert state.pending == {"field": "library", "message": "saving replaces fc_6.json, which holds the design 'fc_6'"}
     assert load_design(path).fingerprint() == first.fingerprint()  # nothing replaced yet
     state.cancel()
     assert load_design(path).fingerprint() == first.fingerprint() and not state.pending
@@ -520,7 +520,7 @@ def test_saving_over_another_library_design_asks_first(state):
     assert load_design(path).fingerprint() == state.design.fingerprint()
     assert state.generate("mpo", 64, 64, 2)  # a new design under the same name: another version of it
     files.save_name.value = "fc 6"
-    assert not files.save() and state.pending["message"].startswith("fc_6.json holds another version of 'fc 6'")
+    assert not files.save() and state.pending["message"].startswith("saving replaces fc_6.json, which holds another version of 'fc 6'")
     state.cancel()
     files.choice.value = str(path)
     assert files.open_selected()  # opened from the library: its own file again
