@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from pathlib import Path
 
 import pytest
 
@@ -159,6 +161,26 @@ def test_detached_run_can_be_stopped(tmp_path, ttn_file, capsys):
     assert main(["runs", "--runs-dir", runs, "stop", rid, "--wait", "60"]) == 0
     assert "stopped" in capsys.readouterr().out
     assert RunStore(runs).get_run(rid)["status"] == "stopped"
+
+    # --json on stop, resume and delete prints JSON (they printed their text lines)
+    assert main(["runs", "--runs-dir", runs, "stop", rid, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"id": rid, "was_running": False, "status": "stopped",
+                                                   "reason": RunStore(runs).get_run(rid)["reason"]}
+    assert main(["train", str(ttn_file), "--epochs", "50", "--detach", "--json", "--runs-dir", runs]) == 0
+    (rid2,) = json.loads(capsys.readouterr().out)["runs"]
+    deadline = time.monotonic() + 120
+    while not (Path(runs) / rid2 / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # an evaluation (each epoch) writes the checkpoint that resume needs
+    assert main(["runs", "--runs-dir", runs, "stop", rid2, "--wait", "60", "--json"]) == 0
+    stopped = json.loads(capsys.readouterr().out)
+    assert stopped["was_running"] is True and stopped["status"] == "stopped"
+    assert main(["runs", "--runs-dir", runs, "resume", rid2, "--detach", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"runs": [rid2]}
+    assert main(["runs", "--runs-dir", runs, "stop", rid2, "--wait", "60", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "stopped"
+    assert main(["runs", "--runs-dir", runs, "delete", rid2, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": rid2}
+    assert [r["id"] for r in RunStore(runs).list_runs()] == [rid]
 
 
 def test_runs_metrics_since_out_of_64_bit_range_exits_2(tmp_path, capsys):

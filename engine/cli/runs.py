@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import datetime
 from typing import Callable
 
@@ -84,10 +85,15 @@ def cmd_runs_stop(args: argparse.Namespace) -> int:
 
     store = _store(args)
     run = _get(store, args.id)
-    if not stop(run["id"], args.runs_dir, timeout=args.wait):
+    stopping = stop(run["id"], args.runs_dir, timeout=args.wait)
+    after = store.get_run(run["id"], with_design=False) if stopping else run
+    if args.json:  # the run as it stands, and whether it was running when asked
+        print(json.dumps({"id": run["id"], "was_running": stopping, "status": after["status"],
+                          "reason": after.get("reason")}, indent=2))
+        return 0
+    if not stopping:
         print(f"run {run['id']} is not running ({run['status']})")
         return 0
-    after = store.get_run(run["id"], with_design=False)
     print(f"run {run['id']}: {after['status']}" + (f" ({after['reason']})" if after.get("reason") else "")
           if after["status"] != "running" else f"asked run {run['id']} to stop")
     return 0
@@ -102,10 +108,10 @@ def cmd_runs_resume(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.detach:
-        print(f"resumed run {run['id']}")
+        print(json.dumps({"runs": [run["id"]]}) if args.json else f"resumed run {run['id']}")
         return 0
-    end = follow(run["id"], args.runs_dir)
-    print(finish_line(end))
+    end = follow(run["id"], args.runs_dir, out=sys.stderr if args.json else None)  # --json: stdout is the JSON
+    print(json.dumps(end, indent=2) if args.json else finish_line(end))
     return 0 if end["status"] in ("completed", "stopped") else 1
 
 
@@ -136,7 +142,7 @@ def cmd_runs_delete(args: argparse.Namespace) -> int:
         store.delete_run(run["id"])
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(f"deleted run {run['id']}")
+    print(json.dumps({"deleted": run["id"]}) if args.json else f"deleted run {run['id']}")
     return 0
 
 
