@@ -2,9 +2,8 @@
 with real worker processes on the embedded journal storage (the PostgreSQL test is in test_search_postgres.py)."""
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import os
 import signal
 import time
@@ -250,6 +249,9 @@ def test_stop_ends_workers_and_join_continues(capsys):
     run = RunStore().get_run(victim.run_id, with_design=False)
     assert run["status"] == "stopped" and "search was stopped" in run["reason"]
     assert not stop_search("halt")  # asked already
+    capsys.readouterr()
+    assert main(["search", "stop", "halt", "--json"]) == 0  # --json printed the text line
+    assert json.loads(capsys.readouterr().out) == {"search": "halt", "asked": False}
     assert main(["search", "join", "halt", "--workers", "1"]) == 0
     rep = study_report("halt")
     assert not rep.stopped and rep.counts["trained"] >= 2 and rep.counts["waiting"] == 0

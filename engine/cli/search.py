@@ -152,6 +152,14 @@ def _mend(name: str, url: str | None) -> None:
         print(f"notice: {notice}", file=sys.stderr, flush=True)
 
 
+def _started(name: str, procs: list[Any]) -> str:
+    """``--detach --json``: the search and its workers' pids and logs, as JSON."""
+    from engine.search.study import worker_log
+
+    return json.dumps({"search": name, "workers": [
+        {"pid": p.pid, "log": str(worker_log(name, getattr(p, "worker_index", k)))} for k, p in enumerate(procs)]})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.search.study import create_search, start_workers, wait_workers, worker_log
 
@@ -166,7 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except _errors() as e:
         raise UserError(str(e)) from None
     if args.detach:
-        print(f"search {spec.name}: {args.workers} worker(s) started (pids {', '.join(str(p.pid) for p in procs)}; "
+        print(_started(spec.name, procs) if args.json else
+              f"search {spec.name}: {args.workers} worker(s) started (pids {', '.join(str(p.pid) for p in procs)}; "
               f"logs {worker_log(spec.name, 0).parent}); follow with: tnstudio search show {spec.name}")
         return 0
     print(f"search {spec.name}: {spec.space.size():,} candidate designs, budgets {spec.budget.describe()}; "
@@ -223,6 +232,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
         asked = stop_search(args.study, args.storage)
     except _errors() as e:
         raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps({"search": args.study, "asked": bool(asked)}))
+        return 0
     print(f"search {args.study}: " + ("asked every worker to stop (each ends at its next evaluation; the trial it "
                                       "was training is queued again)" if asked else "already asked to stop"))
     return 0
@@ -238,7 +250,8 @@ def cmd_join(args: argparse.Namespace) -> int:
     except _errors() as e:
         raise UserError(str(e)) from None
     if args.detach:
-        print(f"search {args.study}: {args.workers} worker(s) started")
+        print(_started(args.study, procs) if args.json else f"search {args.study}: {args.workers} worker(s) "
+                                                                     f"started")
         return 0
     try:
         rep = wait_workers(procs, args.study, args.storage, progress=None if args.json else _progress_printer())
