@@ -520,7 +520,8 @@ def test_saving_over_another_library_design_asks_first(state):
     assert load_design(path).fingerprint() == state.design.fingerprint()
     assert state.generate("mpo", 64, 64, 2)  # a new design under the same name: another version of it
     files.save_name.value = "fc 6"
-    assert not files.save() and state.pending["message"].startswith("saving replaces fc_6.json, which holds another version of 'fc 6'")
+    assert not files.save()
+    assert state.pending["message"].startswith("saving replaces fc_6.json, which holds another version of 'fc 6'")
     state.cancel()
     files.choice.value = str(path)
     assert files.open_selected()  # opened from the library: its own file again

@@ -14,6 +14,7 @@ def cmd_template(args: argparse.Namespace) -> int:
     from engine.design.templates import TEMPLATE_OPTIONS, make_template
 
     vals = read_factors(args.bond, "--bond")
+    in_f, out_f = read_factors(args.in_factors, "--in-factors"), read_factors(args.out_factors, "--out-factors")
     if not vals:  # --bond '' (or ',') named no bond: say so rather than take the default
         raise UserError(f"--bond needs a bond dimension or a comma list of them, got {args.bond!r}")
     bond: int | list[int] = vals[0] if len(vals) == 1 else vals
@@ -24,8 +25,7 @@ def cmd_template(args: argparse.Namespace) -> int:
             from engine.design.conv import make_conv_template
 
             d = make_conv_template(args.kind, args.in_features, args.out_features, _pair_arg(args.kernel, "kernel"),
-                                   bond, args.activation, read_factors(args.in_factors, "--in-factors"),
-                                   read_factors(args.out_factors, "--out-factors"), stride=_pair_arg(args.stride, "stride", 1),
+                                   bond, args.activation, in_f, out_f, stride=_pair_arg(args.stride, "stride", 1),
                                    padding=_pair_arg(args.padding, "padding", 0),
                                    dilation=_pair_arg(args.dilation, "dilation", 1), name=args.name,
                                    image=args.image, **options)
@@ -34,8 +34,8 @@ def cmd_template(args: argparse.Namespace) -> int:
             raise UserError(f"{', '.join(conv_flags)} {verb} to conv layers: add --kernel K (then --in and --out are "
                             f"channels)")
         else:
-            d = make_template(args.kind, args.in_features, args.out_features, bond, args.activation,
-                              read_factors(args.in_factors, "--in-factors"), read_factors(args.out_factors, "--out-factors"), name=args.name, **options)
+            d = make_template(args.kind, args.in_features, args.out_features, bond, args.activation, in_f, out_f,
+                              name=args.name, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
     if args.output:
