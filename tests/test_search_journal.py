@@ -161,3 +161,16 @@ def test_a_worker_whose_trials_keep_failing_ends_naming_the_cause(monkeypatch, _
     res = result["res"]
     assert res.stopped_by == "failures" and res.trials_run == 3
     assert "3 trials in a row failed" in res.error and "runs.db is damaged" in res.error
+
+
+def test_a_journal_that_records_no_search_says_so(capsys):
+    """A journal cut before its first record, or not a journal at all, was reported as 'no search' alone."""
+    create_search(_spec("whole"))
+    path = Path(storage_url("whole"))
+    for name, data in (("cut", path.read_bytes()[:40]), ("binary", b"\xff\xfe\x00")):
+        Path(storage_url(name)).write_bytes(data)
+        assert main(["search", "show", name]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"no search {name!r} in {storage_url(name)}: the file records no search" in err
+        assert f"{len(data):,} bytes" in err
+    assert main(["search", "show", "whole"]) == 0

@@ -105,7 +105,9 @@ def open_search(name: str, url: str | None = None):
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
     except KeyError:
-        raise StorageError(f"no search {name!r} in {redact(url)}") from None
+        held = "" if "://" in url else (f": the file records no search of that name (cut short, damaged, or not a "
+                                         f"search journal; {Path(url).stat().st_size:,} bytes)")
+        raise StorageError(f"no search {name!r} in {redact(url)}{held}") from None
     return study, load_spec(study)
 
 
