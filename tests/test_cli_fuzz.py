@@ -90,8 +90,8 @@ VALID = {"activation": ["gelu", "relu", "none", "tanh"], "arch": ["mlp", "cnn1d"
          "lateral": ["none", "all", "top", "0"], "layer": ["1", "0", "G0", "fc1"], "lr": ["0.001", "0.1"],
          "max_bond": ["1", "2", "r0=1"], "memory_budget": ["2GiB", "512MiB", "1e9", "64KiB", "1"],
          "name": ["n", "é x"], "nproc": ["1"], "option": ["hidden=16", "activation=relu"],
-         "out_factors": ["3,2", "6"], "out_features": ["6", "8"], "padding": ["0", "1"], "rule": [
-             "fc1=mpo:2", "*=dense", "fc*=ttn:2", "fc1=tucker:2"], "run": ["1", "nope"], "samples": ["8", "64"],
+         "out_factors": ["3,2", "6"], "out_features": ["6", "8"], "padding": ["0", "1"], "rule": [  # rules as written (SELECTOR:TEMPLATE[:BOND...]), so that assign gets past parsing
+             "linear:mpo:2", "linear:dense", "linear:ttn:2:name=fc*", "linear:tucker:2:name=fc1", "conv:cp:2"], "run": ["1", "nope"], "samples": ["8", "64"],
          "seed": ["0", "7"], "show": ["3"], "since": ["0"], "status": ["running", "finished"], "stride": ["1", "2"],
          "study": ["s", "nope"], "tol": ["0.01", "0"], "wait": ["0", "0.1"], "weight_decay": ["0", "0.01"]}
 
