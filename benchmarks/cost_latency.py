@@ -208,7 +208,7 @@ def loopy(args) -> None:
         for seed in seeds:
             d = loopy_design(n, bond, seed)
             wall, cpu = loopy_latency_ms(n, seed, bond, args.batch, args.changes)
-            lat.setdefault(n, []).append(statistics.median(cpu))
+            lat.setdefault(n, []).append((statistics.median(wall), statistics.median(cpu)))
             head = f"{d.name:<22}{statistics.median(wall):>9.1f}{statistics.median(cpu):>8.1f}  "
             if args.no_cotengra:
                 print(head)
@@ -222,8 +222,13 @@ def loopy(args) -> None:
                 refined.append(ref / theirs)
                 print(f"{head if k == 0 else ' ' * len(head)}{name:<14}{ours:>11.3g}{ref:>11.3g}{theirs:>11.3g}"
                       f"{ours / theirs:>8.3g}{ref / theirs:>7.3g}", flush=True)
-    for n, v in lat.items():
-        print(f"loopy n={n}: report latency median {statistics.median(v):.0f} ms cpu (max {max(v):.0f})")
+    for n, v in lat.items():  # wall: what the user waits (the two schedules' searches overlap from 32 tensors)
+        walls, cpus = [w for w, _ in v], [c for _, c in v]
+        print(f"loopy n={n}: report latency median {statistics.median(walls):.0f} ms wall (max {max(walls):.0f}), "
+              f"{statistics.median(cpus):.0f} ms cpu (max {max(cpus):.0f})")
+    small = [w for n, v in lat.items() if n <= 64 for w, _ in v]
+    if small:
+        print(f"loopy networks of <= 64 tensors: median {statistics.median(small):.0f} ms wall (goal < 50 ms)")
     if live:
         print(f"loopy live / cotengra: median {statistics.median(live):.2f}, worst {max(live):.3g}; "
               f"{sum(r <= 1.5 for r in live)}/{len(live)} within 1.5x")

@@ -494,3 +494,52 @@ def test_cotengra_backends_run_on_our_index_names(caplog):
     first, how = search_path(ops, out, dims)
     assert search_path(ops, out, dims) == (first, how)
     assert path_cost(sets, first, keep, dims) <= min(path_cost(sets, p, keep, dims) for _, p in greedy)
+
+
+def _loopy(n: int, seed: int = 0):
+    """A random 3-regular network of ``n`` tensors with one leg each (as benchmarks/cost_latency.py's)."""
+    import networkx as nx
+
+    from engine.design.model import Design
+
+    edges = sorted(tuple(sorted(e)) for e in nx.random_regular_graph(3, n, seed=seed).edges())
+    idx = {f"b{k}": {"dim": 2, "role": "bond"} for k in range(len(edges))}
+    tensors = []
+    for v in range(n):
+        leg = f"i{v}" if v < n // 2 else f"o{v - n // 2}"
+        idx[leg] = {"dim": 2, "role": "in" if v < n // 2 else "out", "axis": v if v < n // 2 else v - n // 2}
+        tensors.append({"id": f"T{v}", "indices": [leg] + [f"b{k}" for k, e in enumerate(edges) if v in e]})
+    return Design.from_dict({"format": "tnstudio-design", "version": 1, "name": f"loopy {n}",
+                             "target": {"kind": "linear", "in_features": 2 ** (n // 2),
+                                        "out_features": 2 ** (n - n // 2)}, "indices": idx, "tensors": tensors})
+
+
+def test_a_loopy_report_searches_its_two_schedules_side_by_side(monkeypatch):
+    """On a loopy network of >= THREAD_MIN_TENSORS tensors the stream path is searched in a thread beside the
+    materialise one; the report is the serial one exactly (the searches are pure functions of the network), and
+    templates and small networks stay serial."""
+    import threading
+
+    import engine.contract.cost as cost
+    from engine.contract.cache import clear_cache
+
+    started: list[str] = []
+    real = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self.name), real(self))[1])
+    loopy = _loopy(cost.THREAD_MIN_TENSORS + 8)
+    reports = {}
+    for threaded in (True, False):
+        monkeypatch.setattr(cost, "THREAD_STREAM_SEARCH", threaded)
+        clear_cache(paths=True)
+        started.clear()
+        reports[threaded] = cost.cost_report(loopy, batch=64)
+        assert started.count("stream-path") == (1 if threaded else 0)
+    a, b = reports[True].to_dict(), reports[False].to_dict()
+    assert a == b and set(a["schedules"]) == {"materialise", "stream"}
+    monkeypatch.setattr(cost, "THREAD_STREAM_SEARCH", True)
+    for serial in (_loopy(cost.THREAD_MIN_TENSORS - 8), make_template("mera", 4096, 4096, 2, "gelu"),
+                   make_template("ttn", 2 ** 16, 2 ** 16, 3)):
+        clear_cache(paths=True)
+        started.clear()
+        cost.cost_report(serial, batch=64)
+        assert "stream-path" not in started, serial.name

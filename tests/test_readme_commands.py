@@ -189,3 +189,25 @@ def test_the_python_examples_import_what_exists():
             exec(line, {})  # noqa: S102 - a fixed import line from the repository's own README
         except ImportError as e:
             pytest.fail(f"{where}:{number}: {line!r}: {e}")
+
+
+@pytest.mark.parametrize("name", DOCS)
+def test_every_table_row_is_one_line(name):
+    """A Markdown table row is one line: a row wrapped like prose (as an edit once did to the README's goal table)
+    ends the table there and shows the rest as text. Outside code blocks, a line that starts a row ends it, and a
+    table's rows have as many cells as its header."""
+    rows, header, fenced = [], None, False
+    for number, line in enumerate(TEXTS[name].splitlines(), 1):
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced:
+            continue
+        if line.startswith("|"):
+            assert line.rstrip().endswith("|"), f"{name}:{number}: a table row wrapped onto the next line"
+            cells = len(re.findall(r"(?<!\\)\|", line)) - 1
+            header = cells if header is None else header
+            rows.append((number, cells))
+            assert cells == header, f"{name}:{number}: {cells} cells, the table's header has {header}"
+        else:
+            header = None
+    assert rows or name != "README.md"

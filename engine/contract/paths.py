@@ -61,7 +61,9 @@ SAMPLED_MAX = 64
 LOOPY_SAMPLED = 64
 # Running a loopy network's sampled trials on a worker thread (cotengrust releases the GIL) while this thread scored
 # the other candidates was measured and left out: 12 ms faster per 40-tensor report on a loaded machine, 6 ms slower
-# on an idle one (the thread's start and the GIL's hand-back cost about what the overlap saved).
+# on an idle one (the thread's start and the GIL's hand-back cost about what the overlap saved). What pays is a
+# coarser split: the report searches the stream schedule's whole path in a thread beside the materialise one
+# (engine.contract.cost.THREAD_STREAM_SEARCH, loopy networks of 32 tensors or more).
 # cotengra's hyper-optimiser samples these path finders (its default adds kahypar's partitioner when kahypar happens
 # to be installed, which made the 2 s background refinement worse on loopy networks: 17 instead of 21 of 24 within
 # 1.1x of cotengra's 10 s search, worst 2.2x instead of 1.15x); pinned, the search does not depend on what else is
