@@ -108,6 +108,12 @@ def torch_load_reason(error: BaseException) -> str:
     return line
 
 
+def printable(text: str) -> str:
+    """``text`` with its non-printable characters escaped (a newline as ``\\n``), so that one name stays on one line
+    of a table."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def int_list(text: str, separators: str = ",x", spaces: bool = False) -> list[int]:
     """``"3,32x32"`` -> ``[3, 32, 32]``: integers (signed) between any of ``separators`` (whitespace around them
     allowed; with ``spaces``, whitespace alone separates too). ``ValueError`` when any part is not an integer, an

@@ -410,6 +410,44 @@ def test_user_models_by_import_path_only_from_trusted_modules(tmp_path, monkeypa
         export_network(spec, tmp_path / "n.py")
 
 
+def test_module_names_from_data_never_become_code(tmp_path, monkeypatch, capsys):
+    """A trusted factory may name its modules after the network file's options (data). torch.fx writes module names
+    into the exported forward unescaped (`getattr(self.layers, "...")`, `self.layers.class`): a crafted name made
+    the export a file that does not parse, or one that runs code. Names other than letters, digits and _ (and
+    Python keywords) are refused before anything is written; a user model whose factory or forward raises is one
+    line, not a traceback."""
+    from engine.network.export import ExportError
+
+    monkeypatch.setenv("TNSTUDIO_TRUSTED_MODULES", "tests")
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    hostile = ['x"), getattr(__import__("os"), "system")("touch pwned"), ("', "class", "a'b\nc"]
+    for name in hostile:
+        spec = NetworkSpec.from_dict({"format": FORMAT, "version": 1, "input_shape": [8], "rules": ["linear:mpo:2"],
+                                      "architecture": {"import": "tests.named_by_data:make",
+                                                       "options": {"names": ["ok_0", name]}}})
+        assert network_report(spec).totals.tn_layers == 2  # analysed and costed as ever
+        with pytest.raises(ExportError, match="letters, digits and _ and no Python keyword"):
+            export_network(spec, tmp_path / "n.py")
+        assert not (tmp_path / "n.py").exists() and not (tmp_path / "pwned").exists()
+        save_network(spec, tmp_path / "h.json")
+        assert main(["export", str(tmp_path / "h.json"), "--to", "torch", "-o", str(tmp_path / "n.py")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot export" in err and "Traceback" not in err
+        assert main(["network", "show", str(tmp_path / "h.json")]) == 0
+        assert all("ok_0" in line or name.split("\n")[0] in line for line in capsys.readouterr().out.splitlines()[2:])
+    fine = NetworkSpec.from_dict({"format": FORMAT, "version": 1, "input_shape": [8], "rules": ["linear:mpo:2"],
+                                  "architecture": {"import": "tests.named_by_data:make",
+                                                   "options": {"names": ["0", "fc_1"]}}})
+    assert export_network(fine, tmp_path / "fine.py")[0].exists()  # nn.Sequential-style "0" is a plain name
+    for factory, words in (("make_raising_factory", "raised RuntimeError: the factory failed"),
+                           ("make_raising_forward", "its forward on one example of shape [8] raised KeyError")):
+        assert main(["network", "new", f"tests.named_by_data:{factory}", "--input", "8", "-o",
+                     str(tmp_path / "r.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_vgg16_must_show(tmp_path, capsys):
     net = str(tmp_path / "v.json")

@@ -26,6 +26,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from engine.cli.common import UserError, read_design, read_factors
+from engine.format import printable
 
 if TYPE_CHECKING:
     from engine.design.model import Design
@@ -220,9 +221,10 @@ def cmd_show(args: argparse.Namespace) -> int:
           f"{spec.resolved_num_classes} classes, {an.dense_params:,} params (dense)")
     for n, r in enumerate(spec.rules, 1):
         print(f"rule {n}: {r}")
-    w = max((len(r["name"]) for r in rows), default=4)
-    for r in rows:
-        print(f"  {r['name']:<{w}}  {r['kind']:<9}  {r['shape']:<22}  {r['assignment']}  ({r['source']})")
+    shown = [(printable(r["name"]), printable(r["assignment"])) for r in rows]  # one line per layer, whatever its name
+    w = max((len(name) for name, _ in shown), default=4)
+    for r, (name, assignment) in zip(rows, shown):
+        print(f"  {name:<{w}}  {r['kind']:<9}  {r['shape']:<22}  {assignment}  ({r['source']})")
     return 0
 
 

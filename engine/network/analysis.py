@@ -108,12 +108,30 @@ def analyse(spec: "NetworkSpec") -> Analysis:
         from engine.network.catalogue import build_architecture
 
         model = build_architecture(spec.architecture, spec.resolved_input_shape, spec.resolved_num_classes or 1)
-        result = analyse_model(model, spec.resolved_input_shape)
+        try:
+            result = analyse_model(model, spec.resolved_input_shape)
+        except Exception as e:  # noqa: BLE001 - the user's own forward, on the CPU this time
+            raise _forward_error(spec, e) from None
+    except Exception as e:  # noqa: BLE001 - a user model's own forward may raise anything: one line, not a traceback
+        if not spec.architecture.import_path or isinstance(e, ValueError):
+            raise
+        raise _forward_error(spec, e) from None
     with _LOCK:
         if len(_CACHE) > 64:
             _CACHE.clear()
         _CACHE[key] = result
     return result
+
+
+def _forward_error(spec: "NetworkSpec", e: BaseException) -> ValueError:
+    """What a user model's forward raised (its analysis by import path), as a one-line refusal."""
+    from engine.format import first_line
+    from engine.network.catalogue import CatalogueError
+
+    if isinstance(e, ValueError):
+        return e
+    return CatalogueError(f"{spec.architecture.label}: its forward on one example of shape "
+                          f"{list(spec.resolved_input_shape)} raised {type(e).__name__}: {first_line(e)}")
 
 
 def _numel(x: Any, seen: set[int] | None = None) -> int:

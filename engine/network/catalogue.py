@@ -428,7 +428,12 @@ def build_architecture(ref: ArchRef, input_shape: Sequence[int], num_classes: in
     from torch import nn
 
     if ref.import_path:
-        model = import_factory(ref.import_path)(**ref.options)
+        factory = import_factory(ref.import_path)
+        try:
+            model = factory(**ref.options)
+        except Exception as e:  # noqa: BLE001 - the user's own code: whatever it raises is a refusal in one line
+            raise CatalogueError(f"{ref.import_path}({', '.join(f'{k}={v!r}' for k, v in ref.options.items())}) "
+                                 f"raised {type(e).__name__}: {first_line(e)}") from None
     else:
         arch = architecture(ref.name or "")
         opts = arch.check_options(ref.options)

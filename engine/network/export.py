@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")  # a module path's part (nn.Sequential's children are "0", "1", ...)
 _ALLOWED_GLOBALS = {"torch": "import torch", "device": "from torch import device", "inf": "inf = float('inf')",
                     "nan": "nan = float('nan')", "NoneType": "NoneType = type(None)", "getattr": "", "operator":
                     "import operator", "math": "import math"}
@@ -164,6 +165,13 @@ def network_source(model: "nn.Module", spec: NetworkSpec, source: str = "") -> s
     except Exception as e:  # fx raises many kinds (TraceError, TypeError on proxies, ...): one clear refusal
         raise ExportError(f"torch.fx cannot trace {spec.architecture.label} ({type(e).__name__}: {e}); the "
                           f"torch-only export needs a model without data-dependent Python control flow") from None
+    for node in graph.nodes:  # fx writes these names into the forward's code: only plain names may get there
+        if node.op in ("call_module", "get_attr"):
+            odd = [part for part in str(node.target).split(".") if not _NAME_PART.match(part) or keyword.iskeyword(part)]
+            if odd:
+                raise ExportError(f"cannot export {node.target!r}: the torch-only file names each module, parameter "
+                                  f"and buffer in its code, so every part of a name must be letters, digits and _ "
+                                  f"and no Python keyword (not {odd[0]!r}); rename it in the model")
     code = graph.python_code(root_module="self")
     prologue = []
     for name, obj in code.globals.items():
@@ -266,7 +274,11 @@ def network_source(model: "nn.Module", spec: NetworkSpec, source: str = "") -> s
                  "    def __init__(self) -> None:\n        super().__init__()\n"
                  + "".join(f"        {line}\n" for line in inits) + "\n" + forward + "\n")
     text = "".join(parts)
-    compile(text, "<exported network>", "exec")  # refuse to write a file Python cannot parse
+    try:
+        compile(text, "<exported network>", "exec")  # refuse to write a file Python cannot parse
+    except SyntaxError as e:
+        raise ExportError(f"the exported code of {spec.architecture.label} does not parse (line {e.lineno}: "
+                          f"{e.msg}); nothing was written") from None
     return text
 
 

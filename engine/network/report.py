@@ -31,7 +31,7 @@ from typing import Any
 
 from engine.contract.cost import cost_report
 from engine.contract.memory import ADAM_STATE, dtype_bytes
-from engine.format import nbytes, ratio, si
+from engine.format import nbytes, printable, ratio, si
 from engine.network.analysis import Analysis, analyse
 from engine.network.format import NetworkSpec, resolve
 
@@ -123,7 +123,8 @@ class NetworkReport:
         for r in self.rows:
             if r.kind == "other" and not all_rows:
                 continue
-            body.append([r.name, r.kind, r.shape, r.assignment, f"{r.dense_params:,}", f"{r.params:,}",
+            body.append([printable(r.name), r.kind, r.shape, printable(r.assignment), f"{r.dense_params:,}",
+                         f"{r.params:,}",
                          ratio(r.compression) if r.params else "-", si(r.dense_flops), si(r.flops),
                          nbytes(r.peak_bytes)])
         if others and not all_rows:
