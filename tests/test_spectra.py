@@ -171,3 +171,61 @@ def test_spectra_of_a_4096_mpo_never_form_w():
     for s in rep:
         assert s.norm ** 2 == pytest.approx(norm2, rel=1e-9)
     json.dumps(rep.to_dict())
+
+
+# --------------------------------------------------------------------- a whole network's run
+def test_spectra_features_and_truncate_of_a_network_run_pick_its_tn_layer(tmp_path, capsys):
+    """A network run's TN layers were 'a dense model (no design): no bonds to analyse'. Its layer is found in the
+    recorded network (the only TN layer, or --layer NAME), its cores read from the checkpoint under that module's
+    name; the spectra equal those of the same cores analysed on their own."""
+    import contextlib
+    import io
+
+    from engine.cli import main
+    from engine.network.build import build_network
+    from engine.network.format import new_network
+    from engine.train.networks import network_config
+    from engine.train.store import RunStore
+
+    spec = new_network("mlp", [1, 40], 10, name="net").with_rules(["linear:mpo:3:min=20000", "linear:ttn:2:max=3000"])
+    config = network_config(spec, dataset="mnist1d", epochs=1)
+    runs = tmp_path / "runs"
+    store = RunStore(runs)
+    rid = store.create_run(config.to_dict(), None)
+    torch.manual_seed(0)
+    model = build_network(spec)
+    ckpt = store.run_dir(rid) / "checkpoint.pt"
+    torch.save({"model": model.state_dict()}, ckpt)
+    store.set_status(rid, "completed", checkpoint=str(ckpt), results={"test_accuracy": 0.5})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["spectra", "--run", rid, "--runs-dir", str(runs), "--json"]) == 2
+    assert "has 2 TN layers (fc2, fc3): name one with --layer NAME" in err.getvalue()
+    for name in ("fc2", "fc3."):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["spectra", "--run", rid, "--runs-dir", str(runs), "--layer", name, "--json"]) == 0
+        got = json.loads(out.getvalue())
+        layer = model.get_submodule(name.rstrip("."))
+        want = bond_spectra(layer.design, {k: v.detach() for k, v in layer.cores.items()})
+        assert [b["bond"] for b in got["bonds"]] == [s.bond for s in want]
+        for b, s in zip(got["bonds"], want):
+            np.testing.assert_allclose(b["values"], s.values, rtol=1e-6)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["spectra", "--run", rid, "--runs-dir", str(runs), "--layer", "fc1"]) == 2
+    assert "no TN layer 'fc1' (its TN layers: fc2, fc3)" in err.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["truncate", "--run", rid, "--runs-dir", str(runs), "--layer", "fc2", "--max-bond", "2",
+                     "--finetune", "1", "-o", str(tmp_path / "t.json")]) == 2
+    assert "fine-tuning one truncated layer of it is not supported yet" in err.getvalue()
+    assert not (tmp_path / "t.json").exists()  # refused before anything was written
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["truncate", "--run", rid, "--runs-dir", str(runs), "--layer", "fc2", "--max-bond", "2", "-o",
+                     str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["target"]["in_features"] == 256
+    out = io.StringIO()  # features: the run's data set streamed through the network up to fc2
+    with contextlib.redirect_stdout(out):
+        assert main(["features", "--run", rid, "--runs-dir", str(runs), "--layer", "fc2", "--samples", "40",
+                     "--json"]) == 0
+    rep = json.loads(out.getvalue())
+    assert rep["dataset"] == "mnist1d" and rep["samples"] == 40 and rep["bonds"]

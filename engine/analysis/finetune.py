@@ -76,6 +76,10 @@ def finetune(parent_id: str, result: Any, epochs: int = 3, runs_dir: str | Path 
     parent = get_run(parent_id, runs_dir)
     if parent["status"] in ("queued", "running"):
         raise RunError(f"run {parent['id']} is {parent['status']}: fine-tune once it has ended")
+    if (parent.get("config") or {}).get("network"):  # the child would have to be a network run with that layer
+        raise RunError(f"run {parent['id']} trained a whole network: fine-tuning one truncated layer of it is not "
+                       f"supported yet; assign the truncated design to the layer (tnstudio network assign NET "
+                       f"--layer NAME --design FILE) and train the network")
     base = RunConfig.from_dict(parent.get("config") or {})
     changes: dict[str, Any] = {"epochs": epochs, "init_from": INIT_FILE, "max_steps": None, "baseline": False,
                                "lr": lr if lr is not None else base.lr * LR_SCALE}

@@ -32,6 +32,7 @@ class RunLayer:
     state: dict[str, Any]
     checkpoint: Path
     config: dict[str, Any]
+    module: str | None = None  # a network run's TN layer: its module name in the model (None: a one-layer run)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ def load_run_layer(run_id: str, runs_dir: str | Path | None = None, design: Desi
     from engine.nn.export import layer_state_dict
 
     run = get_run(run_id, runs_dir)
+    module = None
+    network = (run.get("config") or {}).get("network")
+    if design is None and not run.get("design") and network and not (run.get("config") or {}).get("baseline"):
+        design, module = network_layer(run["id"], network, prefix)
+        prefix = module + "."
     if design is None:
         if not run.get("design"):
             raise RunError(f"run {run['id']} trained a dense model (no design): it has no bonds to analyse")
@@ -101,7 +107,31 @@ def load_run_layer(run_id: str, runs_dir: str | Path | None = None, design: Desi
     except ValueError as e:
         raise RunError(f"run {run['id']}: {e}") from None
     return RunLayer(run["id"], run.get("name") or run["id"], run.get("status", "?"), design, state, path,
-                    dict(run.get("config") or {}))
+                    dict(run.get("config") or {}), module)
+
+
+def network_layer(run_id: str, network: dict[str, Any], layer: str | None) -> tuple[Design, str]:
+    """A network run's TN layer to analyse: ``layer`` (its module name, ``fc2`` or ``fc2.``; an attention
+    projection such as ``blocks.0.attn.q_proj``), or the network's only TN layer; its design and module name."""
+    from engine.network.format import NetworkError, NetworkSpec
+
+    try:
+        spec = NetworkSpec.from_dict(dict(network))
+    except NetworkError as e:
+        raise RunError(f"run {run_id}: its recorded network is invalid: {e}") from None
+    tn = {name: a.design for name, a in spec.layers.items() if a.design is not None}  # recorded resolved, inline
+    if not tn:
+        raise RunError(f"run {run_id} trained network {spec.name!r} with every layer dense: it has no bonds to "
+                       f"analyse")
+    shown = ", ".join(list(tn)[:12]) + (f", ... ({len(tn)} in all)" if len(tn) > 12 else "")
+    name = layer.rstrip(".") if layer else None
+    if name is None:
+        if len(tn) > 1:
+            raise RunError(f"run {run_id}'s network has {len(tn)} TN layers ({shown}): name one with --layer NAME")
+        name = next(iter(tn))
+    if name not in tn:
+        raise RunError(f"run {run_id}'s network has no TN layer {name!r} (its TN layers: {shown})")
+    return tn[name], name
 
 
 def _misfit(layer: RunLayer, data_name: str, saved: Mapping[str, Any], built: Mapping[str, Any],
@@ -119,7 +149,7 @@ def _misfit(layer: RunLayer, data_name: str, saved: Mapping[str, Any], built: Ma
 
 def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: str | None = None,
                      splits: tuple[str, ...] = ("test",), limit: int | None = None,
-                     batch: int = 512) -> dict[str, LayerInputs]:
+                     batch: int = 512, layer_name: str | None = None) -> dict[str, LayerInputs]:
     """What the run's TN layer receives for the samples of each of ``splits`` (``train``, ``test``) of ``dataset``
     (default: the run's own), at most ``limit`` per split, from the run's model with its checkpoint loaded."""
     import torch
@@ -133,7 +163,7 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
     bad = [s for s in splits if s not in ("train", "test")]
     if bad:
         raise RunError(f"splits must be train or test, got {', '.join(map(repr, bad))}")
-    layer = load_run_layer(run_id, runs_dir)
+    layer = load_run_layer(run_id, runs_dir, prefix=layer_name)
     if layer.design.conv is not None:
         raise RunError(f"run {layer.run_id}'s layer is a conv2d design: streaming its inputs (bond features) takes "
                        f"a linear layer's rows, not images (spectra and truncation work on conv designs)")
@@ -142,7 +172,7 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
         if dataset is not None:
             config = dataclasses.replace(config, dataset=dataset)
         data = load_dataset(config.dataset, config.data_dir)
-        model = build_model(config, data, layer.design)
+        model = build_model(config, data, None if layer.module else layer.design)  # a network: from its file
     except (ValueError, FileNotFoundError) as e:  # ConfigError, DataError, ModelError are ValueErrors
         raise RunError(f"run {layer.run_id}: {e}") from None
     _, state = _checkpoint(get_run(layer.run_id, runs_dir))
@@ -150,7 +180,7 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
         model.load_state_dict(state)
     except RuntimeError as e:
         raise RunError(_misfit(layer, data.name, state, model.state_dict(), e)) from None
-    tn = getattr(model, "tn_layer", None)
+    tn = model.get_submodule(layer.module) if layer.module else getattr(model, "tn_layer", None)
     if tn is None:
         raise RunError(f"run {layer.run_id}'s model has no TN layer")
     classification = getattr(data, "task", "classification") == "classification"

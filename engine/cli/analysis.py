@@ -39,7 +39,13 @@ def _layer(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
             layer = load_run_layer(args.run, args.runs_dir, design, args.layer)
         except RunError as e:
             raise UserError(str(e)) from None
-        return layer.design, layer.state, f"run {layer.run_id} ({layer.name}, {layer.status})"
+        if layer.module and getattr(args, "finetune", None) is not None:  # before anything is written
+            raise UserError(f"run {layer.run_id} trained a whole network: fine-tuning one truncated layer of it is "
+                            f"not supported yet; truncate without --finetune, then assign the design to "
+                            f"{layer.module} (tnstudio network assign NET --layer {layer.module} --design "
+                            f"{args.output}) and train the network")
+        where = f"{layer.module} of " if layer.module else ""
+        return layer.design, layer.state, f"{where}run {layer.run_id} ({layer.name}, {layer.status})"
     if design is None:
         raise UserError("--weights needs the design file too: tnstudio COMMAND DESIGN.json --weights FILE")
     try:
@@ -214,7 +220,8 @@ def cmd_features(args: argparse.Namespace) -> int:
     design = read_design(args.file) if args.file else None
     try:
         layer = load_run_layer(args.run, args.runs_dir, design, args.layer)
-        inputs = run_layer_inputs(layer.run_id, args.runs_dir, args.dataset, ("test", "train"), args.samples)
+        inputs = run_layer_inputs(layer.run_id, args.runs_dir, args.dataset, ("test", "train"), args.samples,
+                                  layer_name=layer.module)
         ev, fit = inputs["test"], (inputs["train"] if inputs["test"].classification else None)
     except RunError as e:
         raise UserError(str(e)) from None
