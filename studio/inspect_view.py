@@ -55,6 +55,21 @@ from .widgets import IntField, button, section
 log = logging.getLogger(__name__)
 
 CURRENT = ""  # the source value of "the current design with its initial weights"
+LAYER_SEP = "/"  # a network run's TN layer as a source: "<run id>/<module name>" (ids are hex, module names no "/")
+
+
+def split_source(source: str) -> tuple[str, str | None]:
+    """``"<run id>"`` -> (id, None); ``"<run id>/<module>"`` (a network run's TN layer) -> (id, module)."""
+    run_id, sep, module = source.partition(LAYER_SEP)
+    return run_id, (module if sep else None)
+
+
+def network_tn_layers(config: dict[str, Any]) -> list[str]:
+    """The TN layers (module names) of a network run's recorded network (designs inline); [] for other runs."""
+    layers = (config.get("network") or {}).get("layers") if isinstance(config.get("network"), dict) else None
+    if not isinstance(layers, dict):
+        return []
+    return [name for name, a in layers.items() if isinstance(a, dict) and a.get("design")]
 FEATURE_SAMPLES = 500  # test samples streamed for the bond features (and training samples for the probe)
 NODE_TYPES = {name: NodeType(type=name, label=label, inputs=list(TARGET_HANDLES), outputs=list(SOURCE_HANDLES))
               for name, label in (("tensor", "Tensor"), ("leg", "Leg"), ("hub", "Hyperedge"))}
@@ -355,17 +370,21 @@ class InspectView(Viewer):
             self.error = f"cannot read the runs in {self.runs_dir}: {e}"
             runs = []
         for r in runs:
-            if not r.get("design_name") or (r.get("config") or {}).get("baseline"):
+            config = r.get("config") or {}
+            layers = network_tn_layers(config) if not r.get("design_name") else [None]
+            if not layers or config.get("baseline"):
                 continue
             if not r.get("checkpoint") and r["status"] not in ("queued", "running"):
                 continue  # ended before its first checkpoint: no weights to inspect
             acc = (r.get("results") or {}).get("test_accuracy")
-            label = f"{r['id']} · {r.get('name') or r['design_name']} · {r['status']}"
-            if acc is not None:
-                label += f" · {100 * acc:.1f}%"
-            if r.get("parent"):
-                label += f" · child of {r['parent']}"
-            options[label] = r["id"]
+            for layer in layers:  # a network run: each of its TN layers is a source of its own
+                label = (f"{r['id']} · {r.get('name') or r['design_name']}" + (f" · {layer}" if layer else "")
+                         + f" · {r['status']}")
+                if acc is not None:
+                    label += f" · {100 * acc:.1f}%"
+                if r.get("parent"):
+                    label += f" · child of {r['parent']}"
+                options[label] = f"{r['id']}{LAYER_SEP}{layer}" if layer else r["id"]
         if options == self.source_select.options:
             return
         keep = self.source_select.value
@@ -403,7 +422,8 @@ class InspectView(Viewer):
                     design = design.copy()
                     weights, run = initial_weights(design), None
                 else:
-                    layer = load_run_layer(source, self.runs_dir)
+                    run_id, module = split_source(source)
+                    layer = load_run_layer(run_id, self.runs_dir, prefix=module)
                     design, weights, run = layer.design, layer.state, get_run(layer.run_id, self.runs_dir)
                 spectra = bond_spectra(design, weights)
             except (RunError, ValueError, KeyError, OSError) as e:
@@ -809,7 +829,9 @@ class InspectView(Viewer):
             if gen != self._gen:
                 return
             try:
-                inputs = run_layer_inputs(source, self.runs_dir, splits=("test", "train"), limit=FEATURE_SAMPLES)
+                run_id, module = split_source(source)
+                inputs = run_layer_inputs(run_id, self.runs_dir, splits=("test", "train"), limit=FEATURE_SAMPLES,
+                                          layer_name=module)
                 ev, fit = inputs["test"], inputs["train"]
                 if not ev.classification:
                     raise ValueError(f"{ev.dataset} is not a classification data set: no classes to compare")

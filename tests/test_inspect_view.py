@@ -280,3 +280,42 @@ def test_nothing_loads_while_the_tab_is_behind(tmp_path):
     v.active = True
     assert v.wait_idle(120) and v.design.name == state.valid_design.name
     v.close()
+
+
+def test_a_network_runs_tn_layers_are_sources_of_their_own(tmp_path):
+    """Network runs were not listed (they record no single design); each of their TN layers is now a source
+    ("<run id>/<module>"), loaded from the recorded network and the checkpoint: the spectra are those of the
+    module's own cores; fine-tuning one of them is refused with the reason."""
+    from engine.analysis.spectra import bond_spectra
+    from engine.network.build import build_network
+    from engine.network.format import new_network
+    from engine.train.networks import network_config
+
+    spec = new_network("mlp", [1, 40], 10, name="net").with_rules(["linear:mpo:3:min=20000", "linear:ttn:2:max=3000"])
+    runs = tmp_path / "runs"
+    store = RunStore(runs)
+    rid = store.create_run(network_config(spec, dataset="mnist1d", epochs=1).to_dict(), None, name="net run")
+    torch.manual_seed(1)
+    model = build_network(spec)
+    ckpt = store.run_dir(rid) / "checkpoint.pt"
+    torch.save({"model": model.state_dict()}, ckpt)
+    store.set_status(rid, "completed", checkpoint=str(ckpt), results={"test_accuracy": 0.5})
+    v = InspectView(StudioState(home=str(tmp_path)), runs)
+    assert v.wait_idle(120)
+    sources = {value: label for label, value in v.source_select.options.items() if value != CURRENT}
+    assert set(sources) == {f"{rid}/fc2", f"{rid}/fc3"} and "· fc2 ·" in sources[f"{rid}/fc2"]
+    for module in ("fc2", "fc3"):
+        v.source = f"{rid}/{module}"
+        assert v.wait_idle(120) and v.error == "", v.error
+        layer = model.get_submodule(module)
+        want = bond_spectra(layer.design, {k: c.detach() for k, c in layer.cores.items()})
+        assert v.design.fingerprint() == layer.design.fingerprint()
+        for got, ref in zip(v.spectra, want):
+            np.testing.assert_allclose(got.values, ref.values, rtol=1e-6)
+        assert v.features_error == "" and v.features is not None  # mnist1d streamed through the network to it
+    v.bond = next(s.bond for s in v.spectra if s.dim > 1)
+    v.slider.value = 1
+    assert v.wait_idle(60) and v.plan
+    v.truncate_and_finetune()
+    assert v.wait_idle(60)
+    assert "fine-tuning one truncated layer of it is not supported yet" in v.error
