@@ -6,6 +6,7 @@ as small ones. FLOPs follow :mod:`engine.contract.flops`, bytes :mod:`engine.con
 """
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import Counter
@@ -21,6 +22,8 @@ from engine.contract.traffic import traffic
 from engine.design.model import Design
 from engine.format import nbytes, si
 from engine.types import Schedule, ScheduleChoice, Search
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -212,14 +215,15 @@ def _stream_beside(design: Design, batch: int, search: Search, time_budget: floa
     try:
         if not (is_loopy([(t.id, tuple(t.indices)) for t in design.tensors]) and can_stream(design)):
             return None
-    except Exception:  # noqa: BLE001 - an invalid design: the serial compile says why
+    except Exception as e:  # noqa: BLE001 - an invalid design: the serial compile says why
+        log.debug("no side-by-side search for %r: %r", design.name, e)
         return None
 
     def run() -> None:
         try:
             compile_program(design, batch, "stream", search, time_budget)
-        except Exception:  # noqa: BLE001 - raised again (with its reason) where the report compiles it serially
-            pass
+        except Exception as e:  # noqa: BLE001 - raised again (with its reason) where the report compiles it serially
+            log.debug("the stream path search beside the materialise one failed: %r", e)
 
     t = threading.Thread(target=run, name="stream-path", daemon=True)
     t.start()
