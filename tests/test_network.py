@@ -421,7 +421,7 @@ def test_module_names_from_data_never_become_code(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("TNSTUDIO_TRUSTED_MODULES", "tests")
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.chdir(tmp_path)
-    hostile = ['x"), getattr(__import__("os"), "system")("touch pwned"), ("', "class", "a'b\nc"]
+    hostile = ['x"), getattr(__import__("os"), "system")("touch pwned"), ("', "class", "a'b\nc", "fc\n"]
     for name in hostile:
         spec = NetworkSpec.from_dict({"format": FORMAT, "version": 1, "input_shape": [8], "rules": ["linear:mpo:2"],
                                       "architecture": {"import": "tests.named_by_data:make",

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME_PART = re.compile(r"^[A-Za-z0-9_]+$")  # a module path's part (nn.Sequential's children are "0", "1", ...)
+_NAME_PART = re.compile(r"[A-Za-z0-9_]+")  # a module path part, fullmatched ("$" lets a final newline in); "0" too
 _ALLOWED_GLOBALS = {"torch": "import torch", "device": "from torch import device", "inf": "inf = float('inf')",
                     "nan": "nan = float('nan')", "NoneType": "NoneType = type(None)", "getattr": "", "operator":
                     "import operator", "math": "import math"}
@@ -167,7 +167,8 @@ def network_source(model: "nn.Module", spec: NetworkSpec, source: str = "") -> s
                           f"torch-only export needs a model without data-dependent Python control flow") from None
     for node in graph.nodes:  # fx writes these names into the forward's code: only plain names may get there
         if node.op in ("call_module", "get_attr"):
-            odd = [part for part in str(node.target).split(".") if not _NAME_PART.match(part) or keyword.iskeyword(part)]
+            odd = [part for part in str(node.target).split(".")
+                   if not _NAME_PART.fullmatch(part) or keyword.iskeyword(part)]
             if odd:
                 raise ExportError(f"cannot export {node.target!r}: the torch-only file names each module, parameter "
                                   f"and buffer in its code, so every part of a name must be letters, digits and _ "
