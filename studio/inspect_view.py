@@ -43,6 +43,7 @@ from panel_reactflow import NodeType, ReactFlow
 
 from engine.design.model import Design
 from engine.format import si
+from engine.train.networks import tn_layer_names
 
 from .graph import SOURCE_HANDLES, TARGET_HANDLES, canvas_layout, parse_edge
 from .canvas import CanvasProbe
@@ -63,13 +64,6 @@ def split_source(source: str) -> tuple[str, str | None]:
     run_id, sep, module = source.partition(LAYER_SEP)
     return run_id, (module if sep else None)
 
-
-def network_tn_layers(config: dict[str, Any]) -> list[str]:
-    """The TN layers (module names) of a network run's recorded network (designs inline); [] for other runs."""
-    layers = (config.get("network") or {}).get("layers") if isinstance(config.get("network"), dict) else None
-    if not isinstance(layers, dict):
-        return []
-    return [name for name, a in layers.items() if isinstance(a, dict) and a.get("design")]
 FEATURE_SAMPLES = 500  # test samples streamed for the bond features (and training samples for the probe)
 NODE_TYPES = {name: NodeType(type=name, label=label, inputs=list(TARGET_HANDLES), outputs=list(SOURCE_HANDLES))
               for name, label in (("tensor", "Tensor"), ("leg", "Leg"), ("hub", "Hyperedge"))}
@@ -371,7 +365,7 @@ class InspectView(Viewer):
             runs = []
         for r in runs:
             config = r.get("config") or {}
-            layers = network_tn_layers(config) if not r.get("design_name") else [None]
+            layers = tn_layer_names(config.get("network")) if not r.get("design_name") else [None]
             if not layers or config.get("baseline"):
                 continue
             if not r.get("checkpoint") and r["status"] not in ("queued", "running"):

@@ -325,8 +325,11 @@ class NetworkView(Viewer):
         """Save the network (designs inline) as ``<home>/networks/<name>.json``. A file there that holds another
         network is kept: this one is saved as ``<name>-2.json`` (``-3``, ...) instead, unless that file is the one
         the network was opened from or last saved to."""
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (name or self.spec.name).strip()).strip("._")[:80]
-        if not stem:
+        from engine.design.library import safe_name
+
+        try:
+            stem = safe_name(name or self.spec.name)  # the file stem rule of the design library
+        except ValueError:
             self._refuse("give the network a name made of letters or digits")
             return None
         path = wanted = self.home / "networks" / f"{stem}.json"

@@ -113,16 +113,16 @@ def load_run_layer(run_id: str, runs_dir: str | Path | None = None, design: Desi
 def network_layer(run_id: str, network: dict[str, Any], layer: str | None) -> tuple[Design, str]:
     """A network run's TN layer to analyse: ``layer`` (its module name, ``fc2`` or ``fc2.``; an attention
     projection such as ``blocks.0.attn.q_proj``), or the network's only TN layer; its design and module name."""
-    from engine.network.format import NetworkError, NetworkSpec
+    from engine.network.format import NetworkError
+    from engine.train.networks import tn_layers
 
     try:
-        spec = NetworkSpec.from_dict(dict(network))
+        tn = tn_layers(network)
     except NetworkError as e:
         raise RunError(f"run {run_id}: its recorded network is invalid: {e}") from None
-    tn = {name: a.design for name, a in spec.layers.items() if a.design is not None}  # recorded resolved, inline
     if not tn:
-        raise RunError(f"run {run_id} trained network {spec.name!r} with every layer dense: it has no bonds to "
-                       f"analyse")
+        raise RunError(f"run {run_id} trained network {network.get('name')!r} with every layer dense: it has no "
+                       f"bonds to analyse")
     shown = ", ".join(list(tn)[:12]) + (f", ... ({len(tn)} in all)" if len(tn) > 12 else "")
     name = layer.rstrip(".") if layer else None
     if name is None:
