@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -556,3 +558,40 @@ def test_a_network_name_with_a_lone_surrogate_is_a_problem_not_a_traceback():
     data["name"] = "net \ud800"
     with pytest.raises(NetworkError, match="lone surrogate"):
         NetworkSpec.from_json(_json.dumps(data))
+
+
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(name=st.one_of(st.sampled_from(["class", "0", "fc_1", "x\\n", "a'b", 'q"', "lambda", "_"]),
+                      st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="."), min_size=1,
+                              max_size=12)))
+def test_exported_module_names_reach_the_code_only_as_plain_names(name, tmp_path_factory):
+    """Fuzz: a module name from a network file's data either is refused by the export, or is letters, digits and _
+    and no keyword; then the file parses and runs, and the name appears in it only as that identifier or inside a
+    repr() literal."""
+    import keyword
+    import runpy
+
+    from engine.network.export import ExportError
+
+    tmp = tmp_path_factory.mktemp("names")
+    spec = NetworkSpec.from_dict({"format": FORMAT, "version": 1, "input_shape": [8], "rules": ["linear:mpo:2"],
+                                  "architecture": {"import": "tests.named_by_data:make",
+                                                   "options": {"names": ["ok_0", name]}}})
+    before = os.environ.get("TNSTUDIO_TRUSTED_MODULES")
+    os.environ["TNSTUDIO_TRUSTED_MODULES"] = "tests"
+    sys.path.insert(0, str(ROOT))
+    try:
+        export_network(spec, tmp / "n.py")
+    except ExportError as e:
+        assert not re.fullmatch(r"[A-Za-z0-9_]+", name) or keyword.iskeyword(name), (name, str(e))
+        assert not (tmp / "n.py").exists()
+        return
+    finally:
+        sys.path.remove(str(ROOT))
+        if before is None:
+            os.environ.pop("TNSTUDIO_TRUSTED_MODULES")
+        else:
+            os.environ["TNSTUDIO_TRUSTED_MODULES"] = before
+    assert re.fullmatch(r"[A-Za-z0-9_]+", name) and not keyword.iskeyword(name), name
+    net = runpy.run_path(str(tmp / "n.py"))["Network"]()  # the file parses and runs (torch only)
+    assert tuple(net(torch.randn(2, 8)).shape) == (2, 8)
