@@ -785,8 +785,8 @@ class InspectView(Viewer):
         if not self.plan:
             self.error = "nothing to truncate: move a bond's slider or apply a tolerance"
             return
-        plan, design, weights, run_id, epochs = (dict(self.plan), self.design, self.weights, self.run["id"],
-                                                 int(self.epochs))
+        plan, design, weights, epochs = dict(self.plan), self.design, self.weights, int(self.epochs)
+        run_id, module = self.run["id"], split_source(self.source)[1]  # a network run's TN layer, or None
         self.param.update(launching=True, error="", message="")
 
         def work() -> None:
@@ -795,9 +795,10 @@ class InspectView(Viewer):
 
             try:
                 res = truncate(design, weights, max_bond=plan)
-                child = finetune(run_id, res, epochs, self.runs_dir)
+                child = finetune(run_id, res, epochs, self.runs_dir, layer=module)
+                what = f"{module} of run {run_id}" if module else f"run {run_id}"
                 msg, err = (f"Launched child run {child}: {epochs} epoch{'s' if epochs != 1 else ''} of fine-tuning "
-                            f"from run {run_id}, {res.params_before:,} → {res.params_after:,} params, relative "
+                            f"from {what}, {res.params_before:,} → {res.params_after:,} params, relative "
                             f"error {res.relative_error:.3g} ({res.error})"), ""
             except (ValueError, OSError) as e:  # RunError, ConfigError, DataError, ModelError are ValueErrors
                 child, msg, err = "", "", str(e)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.analysis.finetune import INIT_FILE, LR_SCALE, child_state, finetune, truncation_record
-from engine.analysis.runs import load_run_layer
+from engine.analysis.runs import RunError, load_run_layer
 from engine.analysis.truncate import truncate
 from engine.cli import main
 from engine.design import load_design, make_template
@@ -157,3 +157,85 @@ def test_cli_finetune_errors_are_one_line(parent, tmp_path, capsys):
                  str(tmp_path / "x.json"), "--finetune", "0"]) == 2
     err = capsys.readouterr().err
     assert "epochs >= 1" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------- one TN layer of a whole network
+@pytest.fixture(scope="module")
+def network_parent(tmp_path_factory):
+    """A finished network run (MLP on digits, fc1 and fc2 as MPOs, one epoch): (runs dir, run id)."""
+    from engine.network.format import new_network
+    from engine.train.networks import launch_network
+
+    tmp = tmp_path_factory.mktemp("netparent")
+    spec = new_network("mlp", [1, 8, 8], 10, name="net").with_rules(["linear:mpo:4:min=10000"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TNSTUDIO_HOME", str(tmp / "home"))
+        runs = tmp / "runs"
+        rid = launch_network(spec, runs, dataset="digits", epochs=1)
+        assert wait(rid, runs, timeout=300)["status"] == "completed"
+        yield runs, rid
+
+
+def _network_model(config: dict, state: dict) -> torch.nn.Module:
+    """The model a network run's config builds, with ``state`` loaded strictly (eval mode)."""
+    from engine.network.build import build_network
+    from engine.network.format import NetworkSpec
+
+    model = build_network(NetworkSpec.from_dict(config["network"]))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def test_a_network_layer_is_fine_tuned_as_a_child_network_run(network_parent):
+    """Fine-tuning one truncated layer of a network run was refused. The child trains the parent's network with
+    that layer's design replaced by the truncation, from the parent's checkpoint: at its start it computes what
+    the parent computes with that layer's W replaced by the truncated W (an nn.Linear holding it)."""
+    runs, rid = network_parent
+    with pytest.raises(RunError, match=r"2 TN layers \(fc1, fc2\): name one with --layer NAME"):
+        load_run_layer(rid, runs)
+    layer = load_run_layer(rid, runs, None, "fc2")
+    res = truncate(layer.design, layer.state, max_bond=2)
+    assert res.params_after < res.params_before
+    with pytest.raises(RunError, match="no TN layer 'fc9'"):
+        finetune(rid, res, 1, runs, layer="fc9")
+    with pytest.raises(RunError, match="the truncated design is 256x256 but layer fc1 is 64x256"):
+        finetune(rid, res, 1, runs, layer="fc1")  # fc2's truncation does not fit fc1
+    parent = RunStore(runs).get_run(rid)
+    child_id = finetune(rid, res, epochs=1, runs_dir=runs, layer="fc2")
+    child = RunStore(runs).get_run(child_id)
+    assert child["parent"] == rid and child["design"] is None and "fc2 truncated" in child["name"]
+    layers, before = child["config"]["network"]["layers"], parent["config"]["network"]["layers"]
+    assert layers["fc2"]["design"] == res.design.to_dict() and layers["fc1"] == before["fc1"]
+    assert child["config"]["init_from"] == INIT_FILE and child["config"]["epochs"] == 1
+    assert child["config"]["lr"] == pytest.approx(parent["config"]["lr"] * LR_SCALE)
+    assert truncation_record(child_id, runs)["layer"] == "fc2"
+
+    init = torch.load(RunStore(runs).run_dir(child_id) / INIT_FILE, weights_only=True)
+    ckpt = torch.load(parent["checkpoint"], weights_only=True)["model"]
+    assert {k for k in init if not k.startswith("fc2.")} == {k for k in ckpt if not k.startswith("fc2.")}
+    assert all(torch.equal(init[k], ckpt[k]) for k in init if not k.startswith("fc2."))
+    x = torch.randn(16, 1, 8, 8)
+    dense = res.to_layer(bias=layer.state["bias"])  # the truncated W, put into the parent's model as nn.Linear
+    linear = torch.nn.Linear(res.design.in_features, res.design.out_features)
+    with torch.no_grad():
+        linear.weight.copy_(dense.weight().T)
+        linear.bias.copy_(layer.state["bias"])
+    reference = _network_model(parent["config"], ckpt)
+    reference.fc2 = linear
+    with torch.no_grad():
+        torch.testing.assert_close(_network_model(child["config"], init)(x), reference(x), rtol=1e-4, atol=1e-5)
+    done = wait(child_id, runs, timeout=300)
+    assert done["status"] == "completed", done.get("reason")
+    assert 0 <= done["results"]["test_accuracy"] <= 1
+
+
+def test_cli_truncate_finetune_of_a_network_layer(network_parent, tmp_path):
+    runs, rid = network_parent
+    small = tmp_path / "small.json"
+    rc, out = _cli("truncate", "--run", rid, "--runs-dir", str(runs), "--layer", "fc1", "--max-bond", "2", "-o",
+                   str(small), "--finetune", "1", "--json")
+    assert rc == 0, out
+    ft = json.loads(out)["finetune"]
+    assert ft["status"] == "completed" and ft["parent"] == rid
+    child = RunStore(runs).get_run(ft["run"])
+    assert child["config"]["network"]["layers"]["fc1"]["design"] == load_design(small).to_dict()

@@ -285,7 +285,7 @@ def test_nothing_loads_while_the_tab_is_behind(tmp_path):
 def test_a_network_runs_tn_layers_are_sources_of_their_own(tmp_path):
     """Network runs were not listed (they record no single design); each of their TN layers is now a source
     ("<run id>/<module>"), loaded from the recorded network and the checkpoint: the spectra are those of the
-    module's own cores; fine-tuning one of them is refused with the reason."""
+    module's own cores; fine-tuning one of them trains the network with that layer truncated (a child run)."""
     from engine.analysis.spectra import bond_spectra
     from engine.network.build import build_network
     from engine.network.format import new_network
@@ -316,6 +316,14 @@ def test_a_network_runs_tn_layers_are_sources_of_their_own(tmp_path):
     v.bond = next(s.bond for s in v.spectra if s.dim > 1)
     v.slider.value = 1
     assert v.wait_idle(60) and v.plan
+    plan = dict(v.plan)
     v.truncate_and_finetune()
-    assert v.wait_idle(60)
-    assert "fine-tuning one truncated layer of it is not supported yet" in v.error
+    assert v.wait_idle(60) and v.error == "", v.error
+    assert v.launched and f"fine-tuning from fc3 of run {rid}" in v.message
+    child = RunStore(runs).get_run(v.launched)  # the network again, with fc3's design truncated as planned
+    assert child["parent"] == rid and child["design"] is None
+    layers = child["config"]["network"]["layers"]
+    truncated = Design.from_dict(layers["fc3"]["design"])
+    assert {b: truncated.indices[b].dim for b in plan} == plan
+    assert layers["fc2"] == RunStore(runs).get_run(rid)["config"]["network"]["layers"]["fc2"]
+    assert wait(v.launched, runs, timeout=300)["status"] == "completed"

@@ -214,11 +214,6 @@ def test_spectra_features_and_truncate_of_a_network_run_pick_its_tn_layer(tmp_pa
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["spectra", "--run", rid, "--runs-dir", str(runs), "--layer", "fc1"]) == 2
     assert "no TN layer 'fc1' (its TN layers: fc2, fc3)" in err.getvalue()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-        assert main(["truncate", "--run", rid, "--runs-dir", str(runs), "--layer", "fc2", "--max-bond", "2",
-                     "--finetune", "1", "-o", str(tmp_path / "t.json")]) == 2
-    assert "fine-tuning one truncated layer of it is not supported yet" in err.getvalue()
-    assert not (tmp_path / "t.json").exists()  # refused before anything was written
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["truncate", "--run", rid, "--runs-dir", str(runs), "--layer", "fc2", "--max-bond", "2", "-o",
                      str(tmp_path / "t.json")]) == 0

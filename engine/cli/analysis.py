@@ -39,11 +39,6 @@ def _layer(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
             layer = load_run_layer(args.run, args.runs_dir, design, args.layer)
         except RunError as e:
             raise UserError(str(e)) from None
-        if layer.module and getattr(args, "finetune", None) is not None:  # before anything is written
-            raise UserError(f"run {layer.run_id} trained a whole network: fine-tuning one truncated layer of it is "
-                            f"not supported yet; truncate without --finetune, then assign the design to "
-                            f"{layer.module} (tnstudio network assign NET --layer {layer.module} --design "
-                            f"{args.output}) and train the network")
         where = f"{layer.module} of " if layer.module else ""
         return layer.design, layer.state, f"{where}run {layer.run_id} ({layer.name}, {layer.status})"
     if design is None:
@@ -180,7 +175,9 @@ def _finetune(args: argparse.Namespace, res: Any) -> dict[str, Any]:
 
     parent = get_run(args.run, args.runs_dir)
     try:
-        child_id = finetune(parent["id"], res, args.finetune, args.runs_dir, lr=args.lr)
+        network = bool((parent.get("config") or {}).get("network"))  # --layer names its layer; else a prefix
+        child_id = finetune(parent["id"], res, args.finetune, args.runs_dir, lr=args.lr,
+                            layer=args.layer if network else None)
     except (RunError, ValueError) as e:
         raise UserError(str(e)) from None
     if args.detach:
@@ -255,7 +252,8 @@ def _weights_args(p: argparse.ArgumentParser, weights: bool = True) -> None:
     if weights:
         p.add_argument("--weights", default=None, help="a state dict file holding the layer's cores")
     p.add_argument("--layer", default=None,
-                   help="prefix of the layer inside the weights (e.g. 'net.2.'; default: found by core names)")
+                   help="prefix of the layer inside the weights (e.g. 'net.2.'; default: found by core names); a "
+                        "network run's TN layer by module name (e.g. fc2; default: its only one)")
     p.add_argument("--runs-dir", default=None, help="runs folder (default: <TNSTUDIO_HOME>/runs)")
 
 
