@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 import torch
 
 from engine.analysis.finetune import INIT_FILE, LR_SCALE, child_state, finetune, truncation_record
@@ -239,3 +240,22 @@ def test_cli_truncate_finetune_of_a_network_layer(network_parent, tmp_path):
     assert ft["status"] == "completed" and ft["parent"] == rid
     child = RunStore(runs).get_run(ft["run"])
     assert child["config"]["network"]["layers"]["fc1"]["design"] == load_design(small).to_dict()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(max_size=16).filter(lambda s: s.rstrip(".") not in ("fc1", "fc2")))
+def test_truncate_finetune_with_a_layer_name_that_names_no_tn_layer_writes_nothing(network_parent, tmp_path, name):
+    """Fuzz: ``--layer`` from any text, against a network run with two TN layers: exit code 2 and one line, no
+    file written and no run recorded (the layer is looked up before anything else happens)."""
+    import contextlib
+    import io
+
+    runs, rid = network_parent
+    before = len(RunStore(runs).list_runs())
+    out = tmp_path / "never.json"
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main(["truncate", "--run", rid, "--runs-dir", str(runs), "--layer", name, "--max-bond", "2", "-o",
+                   str(out), "--finetune", "1"])
+    assert rc == 2 and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+    assert not out.exists() and len(RunStore(runs).list_runs()) == before
