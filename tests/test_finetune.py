@@ -240,6 +240,24 @@ def test_cli_truncate_finetune_of_a_network_layer(network_parent, tmp_path):
     assert ft["status"] == "completed" and ft["parent"] == rid
     child = RunStore(runs).get_run(ft["run"])
     assert child["config"]["network"]["layers"]["fc1"]["design"] == load_design(small).to_dict()
+    rc, out = _cli("runs", "show", ft["run"], "--runs-dir", str(runs))  # says what the child started from
+    assert rc == 0
+    assert f"  parent   {rid} (fine-tunes a truncation of its layer fc1: " in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("  parent"))
+    rec = truncation_record(ft["run"], runs)
+    assert f"{rec['params_before']:,} -> {rec['params_after']:,} core params" in line
+    assert f"relative error {rec['relative_error']:.3g} (exact)" in line
+    rc, out = _cli("runs", "show", ft["run"], "--runs-dir", str(runs), "--json")
+    assert json.loads(out)["truncation"] == rec
+    record = RunStore(runs).run_dir(ft["run"]) / "truncation.json"  # hand-edited: still one line, or none
+    record.write_text(json.dumps({"layer": "fc1\nerror: fake", "params_before": "many", "error": "\x1b[31m"}))
+    rc, out = _cli("runs", "show", ft["run"], "--runs-dir", str(runs))
+    line = next(ln for ln in out.splitlines() if ln.startswith("  parent"))
+    assert rc == 0 and "fc1\\nerror: fake" in line and "? -> ? core params" in line and "\x1b" not in out
+    for text in ("[1, 2]", "{", "[" * 100000):
+        record.write_text(text)
+        rc, out = _cli("runs", "show", ft["run"], "--runs-dir", str(runs))
+        assert rc == 0 and f"  parent   {rid}\n" in out
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -255,7 +273,7 @@ def test_truncate_finetune_with_a_layer_name_that_names_no_tn_layer_writes_nothi
     out = tmp_path / "never.json"
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        rc = main(["truncate", "--run", rid, "--runs-dir", str(runs), "--layer", name, "--max-bond", "2", "-o",
+        rc = main(["truncate", "--run", rid, "--runs-dir", str(runs), f"--layer={name}", "--max-bond", "2", "-o",
                    str(out), "--finetune", "1"])
     assert rc == 2 and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
     assert not out.exists() and len(RunStore(runs).list_runs()) == before

@@ -146,12 +146,14 @@ def finetune(parent_id: str, result: Any, epochs: int = 3, runs_dir: str | Path 
 
 
 def truncation_record(run_id: str, runs_dir: str | Path | None = None) -> dict[str, Any] | None:
-    """The truncation a child run was made from (``truncation.json``), or None for other runs."""
+    """The truncation a child run was made from (``truncation.json``), or None for other runs (and for a file that
+    is unreadable or not a JSON object: the record is informational, the run itself stands)."""
     from engine.train.store import RunStore
 
     store = RunStore(runs_dir)
     path = store.run_dir(store.resolve(run_id)) / TRUNCATION_FILE
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return rec if isinstance(rec, dict) else None

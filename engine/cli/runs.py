@@ -47,14 +47,32 @@ def _config_value(key: str, value: object) -> str:
     return f"{value.get('name', '?')!s} ({t.label}, {t.core_params:,} core params)"
 
 
+def _truncation_text(rec: dict) -> str:
+    """What a fine-tuning child run started from, in words (its ``truncation.json``)."""
+    def num(key: str, fmt: str) -> str:
+        v = rec.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "?"
+
+    from engine.format import printable
+
+    where = f"its layer {printable(rec['layer'])}" if isinstance(rec.get("layer"), str) else "its layer"
+    return (f"fine-tunes a truncation of {where}: {num('params_before', ',')} -> {num('params_after', ',')} core "
+            f"params, relative error {num('relative_error', '.3g')} ({printable(str(rec.get('error', '?')))})")
+
+
 def cmd_runs_show(args: argparse.Namespace) -> int:
     store = _store(args)
     run = _get(store, args.id, with_design=args.json)
+    from engine.analysis.finetune import truncation_record
+
+    truncation = truncation_record(run["id"], args.runs_dir) if run.get("parent") else None
     if args.json:
-        print(json.dumps(run, indent=2))
+        print(json.dumps(dict(run, truncation=truncation) if truncation else run, indent=2))
         return 0
     print(f"run {run['id']}: {run['name']}")
     print(f"  status   {run['status']}" + (f" ({run['reason']})" if run.get("reason") else ""))
+    if run.get("parent"):
+        print(f"  parent   {run['parent']}" + (f" ({_truncation_text(truncation)})" if truncation else ""))
     print(f"  created  {_when(run['created'])}   started {_when(run['started'])}   finished {_when(run['finished'])}")
     print(f"  progress step {run.get('step') or 0} of {run.get('total_steps') or '?'}")
     config = run["config"] or {}
