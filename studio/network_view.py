@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,17 @@ import panel as pn
 import param
 from panel.viewable import Viewer
 
-from engine.design.model import Design
+from engine.design.model import Design, parse_json
 from engine.design.conv import make_conv_template
+from engine.files import atomic_write_text
 from engine.design.templates import make_template
-from engine.format import int_list, nbytes, ratio, si
+from engine.format import clip_quotes, first_line, int_list, nbytes, ratio, si
 from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
 
 from .session import session_doc
+from .state import prune_tab_drafts
 from .style import css, styled
 from .upload import Upload, too_large
 from .widgets import FloatField, IntField, Tick, button, hint, section
@@ -57,10 +60,18 @@ from .widgets import FloatField, IntField, Tick, button, hint, section
 log = logging.getLogger(__name__)
 POLL_MS = 1000
 DEFAULT_DATASET = "mnist1d"
+NETWORK_DRAFT = "network_draft.json"  # <home>/network_draft.json: the network last edited in any browser tab
+NETWORK_TAB_DRAFTS = ("drafts", "networks")  # <home>/drafts/networks/<tab id>.json: each browser tab's own network
 TABLE_COLUMNS = ["layer", "kind", "shape", "assignment", "dense params", "params", "compression", "FLOPs", "memory",
                  "params % dense", "params % TN", "FLOPs % dense", "FLOPs % TN"]
 BAR_COLUMNS = ["params share", "FLOPs share"]  # shown: dense (grey) and as assigned (blue) in one cell
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # network files opened in the browser (designs inline); checked there first
+
+
+def network_draft_path(home: str | Path, draft_id: str = "") -> Path:
+    """``<home>/network_draft.json`` (the newest network of any tab), or a tab's own
+    ``<home>/drafts/networks/<id>.json`` (the Design tab's drafts, :func:`studio.state.draft_path`, for networks)."""
+    return Path(home).joinpath(*NETWORK_TAB_DRAFTS, f"{draft_id}.json") if draft_id else Path(home) / NETWORK_DRAFT
 
 
 def bars_html(dense: float, tn: float) -> str:
@@ -240,10 +251,71 @@ class NetworkView(Viewer):
         self.param.watch(lambda e: self._render_layer(), ["selected", "editing", "report"])
         state.param.watch(self.canvas_changed, ["valid_design"])
         self._arch_changed()
+        restored, note = self._read_draft() if spec is None else (None, None)
         if spec is None:
-            spec = new_network("mlp", [1, 40], 10, name="mlp on mnist1d")
+            spec = restored or new_network("mlp", [1, 40], 10, name="mlp on mnist1d")
         self._own: Path | None = None  # the networks/ file this network was opened from or last saved to
         self.spec = spec
+        if restored is not None:
+            self.message = f"restored {spec.name} (autosaved)"
+        if note:
+            self.error = note
+
+    # ------------------------------------------------------------------ the autosaved network
+    def _autosave(self) -> bool:
+        return bool(getattr(self.state, "autosave", False))
+
+    def _save_draft(self) -> None:
+        """Keep the network (designs inline) in this tab's draft and in ``<home>/network_draft.json``, as the
+        Design tab keeps its design: a reload or a crash loses no rule and no layer's design."""
+        if not self._autosave():
+            return
+        text = json.dumps({"saved": time.time(), "network": self.spec.to_dict(inline=True)})
+        path = network_draft_path(self.home)
+        try:
+            draft_id = getattr(self.state, "draft_id", "")
+            if draft_id:
+                mine = network_draft_path(self.home, draft_id)
+                first = not mine.exists()
+                mine.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(mine, text)
+                if first:
+                    prune_tab_drafts(mine.parent)
+            atomic_write_text(path, text)
+        except OSError as e:  # a read-only home or a full disk: keep working, say so
+            log.warning("could not autosave the network to %s: %s", path, e)
+            note = f"not autosaved ({e.strerror or e}): download or save the network to keep it"
+            if note not in self.message:
+                self.message = f"{self.message} · {note}" if self.message else note
+
+    def _read_draft(self) -> tuple[NetworkSpec | None, str | None]:
+        """The autosaved network (this tab's own, else the newest of any tab) and a note: one that cannot be read
+        or no longer resolves is set aside as ``<name>.damaged.json`` (never overwritten by the next autosave) and
+        the note says so; the tab then starts with the default network."""
+        if not self._autosave():
+            return None, None
+        path = network_draft_path(self.home, getattr(self.state, "draft_id", ""))
+        if not path.is_file():
+            path = network_draft_path(self.home)
+        if not path.is_file():
+            return None, None
+        try:
+            data = parse_json(path.read_bytes())  # bounded size and nesting, no NaN, UTF-8
+            if not isinstance(data, dict) or "network" not in data:
+                raise NetworkError("not an autosaved network (no 'network' in it)")
+            spec = NetworkSpec.from_dict(data["network"])
+            self._check(spec)  # resolves against its architecture (an untrusted import path is refused here)
+            return spec, None
+        except Exception as e:  # noqa: BLE001 - a damaged draft of any kind (bad JSON, a network that no longer
+            # resolves, ...) must not keep the tab from opening: keep the file aside, start afresh, say so
+            aside = path.with_name(path.stem + ".damaged.json")
+            try:
+                path.replace(aside)
+            except OSError:
+                aside = path
+            log.warning("the autosaved network %s could not be restored, kept as %s: %s", path, aside, first_line(e))
+            return None, clip_quotes(f"your autosaved network could not be restored ({first_line(e)}); it is kept "
+                                     f"as {aside}")
 
     # ------------------------------------------------------------------ the network
     def _arch_changed(self) -> None:
@@ -514,9 +586,11 @@ class NetworkView(Viewer):
         return f" · warning: {grown}" if grown else ""
 
     def _apply(self, spec: NetworkSpec, message: str) -> None:
+        """Every change of the network comes here: shown, and autosaved (a reload or a crash loses none)."""
         self.error = ""
         self.spec = spec
         self.message = message
+        self._save_draft()
 
     def _refuse(self, message: str) -> bool:
         self.error = message

@@ -385,7 +385,7 @@ class StudioState(param.Parameterized):
                 mine.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(mine, text)
                 if first:
-                    _prune_tab_drafts(mine.parent)
+                    prune_tab_drafts(mine.parent)
             atomic_write_text(path, text)
         except OSError as e:  # a read-only home or a full disk: keep working (the last draft stays whole), say so
             log.warning("could not autosave the draft to %s: %s", path, e)
@@ -627,7 +627,7 @@ def _selection_in(design: Design, tensors: Iterable[str], indices: Iterable[str]
             "indices": [i for i in dict.fromkeys(indices) if i in design.indices]}
 
 
-def _prune_tab_drafts(folder: Path) -> None:
+def prune_tab_drafts(folder: Path) -> None:
     """Keep the newest ``KEEP_TAB_DRAFTS`` tab drafts in ``folder`` (damaged ones set aside are kept)."""
     try:
         drafts = sorted((p for p in folder.glob("*.json") if TAB_DRAFT_ID.fullmatch(p.stem)),

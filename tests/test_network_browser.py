@@ -76,3 +76,28 @@ def test_studio_network_tab_trains_an_mnist1d_network(tmp_path, monkeypatch):
                         "('Network', 'studio.network_view', 'NetworkView', ...)")
         tab.click()
         _train_in_page(page, "studio_network_tab_trained", on_train_tab=True)
+
+
+def test_a_reloaded_page_brings_the_network_back(tmp_path, monkeypatch):
+    """The Network tab lost its network on a reload (rules, overrides, canvas edits); it is autosaved with the
+    browser tab's draft id (the page's URL) and restored, in the whole studio."""
+    from studio.app import create_app
+
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path))
+    page_errors: list[str] = []
+    with serve_app(lambda: create_app(str(tmp_path))) as url, browser_page() as page:
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_url("**draft=*", timeout=60000)  # the tab's draft id, written into its URL
+        page.locator(".bk-tab", has_text="Network").click()
+        page.locator(".tn-net-table .tabulator-row", has_text="fc2").first.wait_for(timeout=90000)
+        page.locator(".tn-net-rule input").fill("linear:ttn:4:gelu:min=20000")
+        page.locator(".tn-net-apply button").click()
+        page.locator(".tn-net-totals[data-params='13978']").wait_for(timeout=60000)
+        page.reload()
+        page.locator(".bk-tab", has_text="Network").click()
+        page.locator(".tn-net-totals[data-params='13978']").wait_for(timeout=90000)
+        page.locator(".tn-net-table .tabulator-row", has_text="fc2 ttn chi=4 gelu").wait_for(timeout=30000)
+        page.locator(".tn-net-status", has_text="restored").wait_for(timeout=30000)
+        screenshot(page, "network_restored")
+    assert page_errors == []

@@ -227,3 +227,109 @@ def test_training_the_whole_network_from_the_tab(view):
     assert "completed: test accuracy" in view.run_status, view.run_status
     path = view.export()
     assert path.with_suffix(".pt").is_file() and "weights of run" in view.message
+
+
+# --------------------------------------------------------------------- the autosaved network
+def _tab(home, draft_id="", autosave=True):
+    state = StudioState(home=str(home), refine_s=0, autosave=autosave, draft_id=draft_id)
+    return state, NetworkView(state, home)
+
+
+def test_a_reload_restores_the_network_with_its_rules_and_canvas_edits(tmp_path):
+    """The Network tab kept nothing: a reload (or a crash) lost the rules and every layer's design. It is
+    autosaved like the Design tab's draft: the tab's own file, and the newest of any tab for a new tab."""
+    from studio.network_view import network_draft_path
+
+    state, v = _tab(tmp_path, "0123456789ab")
+    assert v.apply_rule("linear:ttn:4:gelu:min=20000") and v.select("fc2")
+    bond = next(k for k, i in state.design.indices.items() if i.role == "bond")
+    assert state.set_dim(bond, 5)  # a canvas edit that flowed into fc2
+    edited = v.spec
+    assert network_draft_path(tmp_path, "0123456789ab").is_file() and network_draft_path(tmp_path).is_file()
+    state.close()
+    for draft_id in ("0123456789ab", "ffffffffffff"):  # the same tab reloaded; a new tab (the newest network)
+        state2, again = _tab(tmp_path, draft_id)
+        assert again.spec.fingerprint() == edited.fingerprint() and again.spec.rules == edited.rules
+        assert again.spec.layers["fc2"].design.dim(bond) == 5
+        assert again.message.startswith("restored") and again.error == ""
+        assert again.report.totals.params == network_report(edited, batch=1).totals.params
+        state2.close()
+    state3, off = _tab(tmp_path / "other", autosave=False)  # autosave off: nothing read or written
+    off.apply_rule("linear:mpo:3")
+    assert off.spec.name == "mlp on mnist1d" and not (tmp_path / "other").joinpath("network_draft.json").exists()
+    state3.close()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"{not json", "not valid JSON"),
+    (b"[1, 2]", "no 'network'"),
+    (b'{"network": {"format": "tnstudio-network", "version": 1, "name": "x", "architecture": {"name": "nope"}}}',
+     "nope"),
+    (b'{"network": {"format": "tnstudio-network", "version": 1, "name": "x", '
+     b'"architecture": {"import": "os:system"}, "input_shape": [4]}}', "not trusted"),
+    (b"\xff\xfe", "UTF-8"),
+])
+def test_a_damaged_autosaved_network_is_set_aside_and_the_tab_opens(tmp_path, content, words):
+    (tmp_path / "network_draft.json").write_bytes(content)
+    state, v = _tab(tmp_path)
+    assert v.spec.name == "mlp on mnist1d" and v.report is not None  # the default network
+    assert "could not be restored" in v.error and words in v.error and "\n" not in v.error
+    aside = tmp_path / "network_draft.damaged.json"
+    assert aside.read_bytes() == content and not (tmp_path / "network_draft.json").exists()
+    assert v.apply_rule("linear:mpo:3")  # the next change autosaves afresh; the damaged file is kept
+    assert (tmp_path / "network_draft.json").is_file() and aside.read_bytes() == content
+    state.close()
+
+
+def test_a_failing_autosave_is_said_and_work_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    import studio.network_view as nv
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    state, v = _tab(tmp_path)
+    monkeypatch.setattr(nv, "atomic_write_text", full)
+    assert v.apply_rule("linear:mpo:3") and v.spec.rules == ("linear:mpo:3",)
+    assert "not autosaved (No space left on device)" in v.message
+    state.close()
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats(allow_nan=False) | st.text(max_size=8)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                               max_size=4), max_leaves=12)
+
+
+def test_fuzz_any_autosaved_network_opens_the_tab(tmp_path_factory):
+    """Fuzz: whatever the autosaved file holds (bytes, any JSON, a real network with one field replaced by any
+    JSON value), the tab opens: with that network when it resolves, else with the default and the file set aside."""
+    import json
+
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    base = new_network("mlp", [1, 40], 10, name="saved").with_rules(["linear:mpo:3:min=20000"]).to_dict(inline=True)
+    mutated = st.tuples(st.sampled_from(sorted(base)), _json_values()).map(
+        lambda kv: json.dumps({"network": {**base, kv[0]: kv[1]}}).encode())
+    drafts = st.binary(max_size=64) | _json_values().map(lambda v: json.dumps({"network": v}).encode()) | mutated
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(content=drafts)
+    def check(content):
+        home = tmp_path_factory.mktemp("fuzzdraft")
+        (home / "network_draft.json").write_bytes(content)
+        state, v = _tab(home)
+        try:
+            if v.message.startswith("restored"):
+                assert v.error == "" and v.report is not None
+                assert (home / "network_draft.json").read_bytes() == content
+            else:
+                assert v.spec.name == "mlp on mnist1d" and "could not be restored" in v.error
+                assert (home / "network_draft.damaged.json").read_bytes() == content
+        finally:
+            state.close()
+
+    check()
