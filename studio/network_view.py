@@ -44,15 +44,14 @@ from panel.viewable import Viewer
 
 from engine.design.model import Design, parse_json
 from engine.design.conv import make_conv_template
-from engine.files import atomic_write_text
 from engine.design.templates import make_template
-from engine.format import clip_quotes, first_line, int_list, nbytes, ratio, si
+from engine.format import int_list, nbytes, ratio, si
 from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
 
 from .session import session_doc
-from .state import prune_tab_drafts
+from .drafts import read_draft, write_draft
 from .style import css, styled
 from .upload import Upload, too_large
 from .widgets import FloatField, IntField, Tick, button, hint, section
@@ -271,51 +270,34 @@ class NetworkView(Viewer):
         if not self._autosave():
             return
         text = json.dumps({"saved": time.time(), "network": self.spec.to_dict(inline=True)})
-        path = network_draft_path(self.home)
         try:
-            draft_id = getattr(self.state, "draft_id", "")
-            if draft_id:
-                mine = network_draft_path(self.home, draft_id)
-                first = not mine.exists()
-                mine.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(mine, text)
-                if first:
-                    prune_tab_drafts(mine.parent)
-            atomic_write_text(path, text)
+            write_draft(text, network_draft_path(self.home), self._own_draft())
         except OSError as e:  # a read-only home or a full disk: keep working, say so
-            log.warning("could not autosave the network to %s: %s", path, e)
+            log.warning("could not autosave the network to %s: %s", network_draft_path(self.home), e)
             note = f"not autosaved ({e.strerror or e}): download or save the network to keep it"
             if note not in self.message:
                 self.message = f"{self.message} · {note}" if self.message else note
 
+    def _own_draft(self) -> Path | None:
+        draft_id = getattr(self.state, "draft_id", "")
+        return network_draft_path(self.home, draft_id) if draft_id else None
+
     def _read_draft(self) -> tuple[NetworkSpec | None, str | None]:
         """The autosaved network (this tab's own, else the newest of any tab) and a note: one that cannot be read
-        or no longer resolves is set aside as ``<name>.damaged.json`` (never overwritten by the next autosave) and
-        the note says so; the tab then starts with the default network."""
+        or no longer resolves is set aside as ``<name>.damaged.json`` and the note says so; the tab then starts
+        with the default network."""
         if not self._autosave():
             return None, None
-        path = network_draft_path(self.home, getattr(self.state, "draft_id", ""))
-        if not path.is_file():
-            path = network_draft_path(self.home)
-        if not path.is_file():
-            return None, None
-        try:
-            data = parse_json(path.read_bytes())  # bounded size and nesting, no NaN, UTF-8
+
+        def parse(raw: bytes) -> NetworkSpec:
+            data = parse_json(raw)  # bounded size and nesting, no NaN, UTF-8
             if not isinstance(data, dict) or "network" not in data:
                 raise NetworkError("not an autosaved network (no 'network' in it)")
             spec = NetworkSpec.from_dict(data["network"])
             self._check(spec)  # resolves against its architecture (an untrusted import path is refused here)
-            return spec, None
-        except Exception as e:  # noqa: BLE001 - a damaged draft of any kind (bad JSON, a network that no longer
-            # resolves, ...) must not keep the tab from opening: keep the file aside, start afresh, say so
-            aside = path.with_name(path.stem + ".damaged.json")
-            try:
-                path.replace(aside)
-            except OSError:
-                aside = path
-            log.warning("the autosaved network %s could not be restored, kept as %s: %s", path, aside, first_line(e))
-            return None, clip_quotes(f"your autosaved network could not be restored ({first_line(e)}); it is kept "
-                                     f"as {aside}")
+            return spec
+
+        return read_draft(parse, network_draft_path(self.home), self._own_draft(), "network")
 
     # ------------------------------------------------------------------ the network
     def _arch_changed(self) -> None:

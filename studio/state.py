@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
@@ -60,10 +59,10 @@ from engine.design import edit
 from engine.design.edit import EditError, typical_bond, with_bond
 from engine.design.model import ACTIVATIONS, KINDS, Design, DesignError, is_position, parse_json
 from engine.design.templates import make_template
-from engine.files import atomic_write_text
-from engine.format import clip_quotes, first_line, nbytes, si
+from engine.format import clip_quotes, nbytes, si
 from engine.home import tnstudio_home
 
+from .drafts import TAB_DRAFT_ID, read_draft, write_draft
 from .layout import arrange, overlapping
 from .refine import PathRefiner, RefineJob
 
@@ -79,8 +78,6 @@ CONFIRM_W_ENTRIES = 2 ** 28  # crossing this many entries of W (1 GiB in float32
 SMALL_LAYER = 4096  # layers with fewer core params than this are not asked about being larger than dense
 DRAFT_FILE = "draft.json"
 TAB_DRAFTS = "drafts"  # <home>/drafts/<tab id>.json: each browser tab's own draft (its id is in the tab's URL)
-KEEP_TAB_DRAFTS = 32  # the newest tab drafts kept; older ones are removed when a tab first saves
-TAB_DRAFT_ID = re.compile(r"[0-9a-f]{12}")
 # param compares reports by value: watchers fire only when a number changes
 Comparator.equalities.setdefault(CostReport, operator.eq)
 
@@ -376,19 +373,11 @@ class StudioState(param.Parameterized):
         if not self.autosave:
             return
         text = json.dumps({"saved": time.time(), "design": self.design.to_dict()})
-        path = draft_path(self.home)
         try:
             # every session of a served studio autosaves to the same home: a temporary file of its own each time
-            if self.draft_id:
-                mine = draft_path(self.home, self.draft_id)
-                first = not mine.exists()
-                mine.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(mine, text)
-                if first:
-                    prune_tab_drafts(mine.parent)
-            atomic_write_text(path, text)
+            write_draft(text, draft_path(self.home), draft_path(self.home, self.draft_id) if self.draft_id else None)
         except OSError as e:  # a read-only home or a full disk: keep working (the last draft stays whole), say so
-            log.warning("could not autosave the draft to %s: %s", path, e)
+            log.warning("could not autosave the draft to %s: %s", draft_path(self.home), e)
             note = f"not autosaved ({e.strerror or e}): download or save the design to keep it"
             if note not in self.message:
                 self.message = f"{self.message} · {note}" if self.message else note
@@ -397,26 +386,14 @@ class StudioState(param.Parameterized):
         """The autosaved draft (restored with whatever problems it has) and a note: the tab's own draft when it has
         one, else the newest of any tab; a draft that cannot be read or drawn is set aside as
         ``<name>.damaged.json`` (never overwritten by the next autosave) and the note says so."""
-        path = draft_path(self.home, self.draft_id)
-        if not path.is_file():
-            path = draft_path(self.home)
-        if not path.is_file():
-            return None, None
-        try:
-            data = parse_json(path.read_bytes())  # bounded size and nesting, no NaN, UTF-8
+        def parse(raw: bytes) -> Design:
+            data = parse_json(raw)  # bounded size and nesting, no NaN, UTF-8
             draft = Design.from_dict(data["design"], validate=False)
             draft.copy().layout()  # what starting with it does first
-            return draft, None
-        except Exception as e:  # noqa: BLE001 - a damaged draft of any kind (bad JSON, wrong types, numbers beyond
-            # a float, ...) must not keep the studio from opening: keep the file aside, start afresh, say so
-            aside = path.with_name(path.stem + ".damaged.json")
-            try:
-                path.replace(aside)
-            except OSError:
-                aside = path
-            log.warning("the autosaved draft %s could not be restored, kept as %s: %s", path, aside, first_line(e))
-            return None, clip_quotes(f"your autosaved draft could not be restored ({first_line(e)}); it is kept as "
-                                     f"{aside}")
+            return draft
+
+        return read_draft(parse, draft_path(self.home), draft_path(self.home, self.draft_id) if self.draft_id
+                          else None)
 
     # ------------------------------------------------------------------ whole designs
     def replace(self, design: Design, label: str = "open") -> bool:
@@ -625,17 +602,6 @@ def _selection_in(design: Design, tensors: Iterable[str], indices: Iterable[str]
     known = {t.id for t in design.tensors}
     return {"tensors": [t for t in dict.fromkeys(tensors) if t in known],
             "indices": [i for i in dict.fromkeys(indices) if i in design.indices]}
-
-
-def prune_tab_drafts(folder: Path) -> None:
-    """Keep the newest ``KEEP_TAB_DRAFTS`` tab drafts in ``folder`` (damaged ones set aside are kept)."""
-    try:
-        drafts = sorted((p for p in folder.glob("*.json") if TAB_DRAFT_ID.fullmatch(p.stem)),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in drafts[KEEP_TAB_DRAFTS:]:
-            old.unlink(missing_ok=True)
-    except OSError as e:  # another tab pruned at the same time, or the folder went: nothing is lost
-        log.debug("could not prune the tab drafts in %s: %s", folder, e)
 
 
 __all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES", "SCHEDULE_CHOICES", "SWEEP_CHI", "MAX_UPLOAD_BYTES",

@@ -284,13 +284,13 @@ def test_a_damaged_autosaved_network_is_set_aside_and_the_tab_opens(tmp_path, co
 def test_a_failing_autosave_is_said_and_work_goes_on(tmp_path, monkeypatch):
     import errno
 
-    import studio.network_view as nv
+    import studio.drafts as drafts
 
     def full(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     state, v = _tab(tmp_path)
-    monkeypatch.setattr(nv, "atomic_write_text", full)
+    monkeypatch.setattr(drafts, "atomic_write_text", full)
     assert v.apply_rule("linear:mpo:3") and v.spec.rules == ("linear:mpo:3",)
     assert "not autosaved (No space left on device)" in v.message
     state.close()

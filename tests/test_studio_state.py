@@ -280,7 +280,7 @@ def test_each_browser_tab_keeps_its_own_draft(tmp_path, monkeypatch):
     """Every tab of a served studio autosaved to one draft.json: a tab reloaded after another tab had edited came
     back with the other tab's design, its own last edits lost. A tab's draft is now kept under its id (the tab's
     URL carries it) and restored first; a new tab starts from the newest draft of any tab, as before."""
-    import studio.state as state_mod
+    import studio.drafts as drafts_mod
 
     ttn, cp = make_template("ttn", 256, 256, 3), make_template("cp", 512, 256, 5)
     a = StudioState(home=str(tmp_path), draft_id="a" * 12, refine_s=0)
@@ -298,7 +298,7 @@ def test_each_browser_tab_keeps_its_own_draft(tmp_path, monkeypatch):
     for bad in ("../../etc/passwd", "A" * 12, "a" * 13):
         with pytest.raises(ValueError):
             StudioState(home=str(tmp_path), draft_id=bad)
-    monkeypatch.setattr(state_mod, "KEEP_TAB_DRAFTS", 3)  # a tab's first save keeps only the newest drafts
+    monkeypatch.setattr(drafts_mod, "KEEP_TAB_DRAFTS", 3)  # a tab's first save keeps only the newest drafts
     for k in range(5):
         StudioState(home=str(tmp_path), draft_id=f"{k:012x}", refine_s=0).set_name(f"tab {k}")
     kept = sorted(p.stem for p in (tmp_path / "drafts").glob("*.json") if "damaged" not in p.name)
@@ -309,7 +309,7 @@ def test_a_draft_that_cannot_be_autosaved_says_so_in_the_status_line(tmp_path, m
     """A full disk (or a read-only home) kept the last draft whole but told only the server log."""
     import errno
 
-    import studio.state as state_mod
+    import studio.drafts as drafts_mod
 
     s = StudioState(home=str(tmp_path))
     s.generate("mpo", 64, 32, 3)
@@ -318,7 +318,7 @@ def test_a_draft_that_cannot_be_autosaved_says_so_in_the_status_line(tmp_path, m
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(state_mod, "atomic_write_text", full)
+    monkeypatch.setattr(drafts_mod, "atomic_write_text", full)
     s.add_tensor()
     assert s.message.startswith("add tensor T0 · not autosaved (No space left on device)")
     assert (tmp_path / "draft.json").read_bytes() == saved

@@ -1,0 +1,66 @@
+"""Autosaved drafts: what a browser tab is working on, kept after every change and restored on reload.
+
+Each kind of draft (the Design tab's design, the Network tab's network) has a shared file (the newest of any tab)
+and one file per browser tab (named by the tab's draft id, which is in its URL). :func:`write_draft` writes both,
+atomically; :func:`read_draft` reads the tab's own, else the shared one, and sets a file it cannot use aside as
+``<name>.damaged.json`` (never overwritten by the next autosave) with a note for the user.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from engine.files import atomic_write_text
+from engine.format import clip_quotes, first_line
+
+log = logging.getLogger(__name__)
+TAB_DRAFT_ID = re.compile(r"[0-9a-f]{12}")  # a browser tab's draft id (in its URL: ``?draft=<id>``)
+KEEP_TAB_DRAFTS = 32  # the newest tab drafts kept per kind; older ones are removed when a tab first saves
+T = TypeVar("T")
+
+
+def write_draft(text: str, shared: Path, mine: Path | None = None) -> None:
+    """Write ``text`` to the tab's own draft ``mine`` (when the tab has an id; a tab's first draft prunes the
+    oldest of its folder) and to ``shared``. ``OSError`` when either cannot be written (the caller says so)."""
+    if mine is not None:
+        first = not mine.exists()
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(mine, text)
+        if first:
+            prune_tab_drafts(mine.parent)
+    atomic_write_text(shared, text)
+
+
+def read_draft(parse: Callable[[bytes], T], shared: Path, mine: Path | None = None,
+               what: str = "draft") -> tuple[T | None, str | None]:
+    """``parse(bytes)`` of the tab's own draft when it has one, else of the shared one (None when neither exists),
+    and a note: a file ``parse`` fails on in any way is set aside and the note says where."""
+    path = mine if mine is not None and mine.is_file() else shared
+    if not path.is_file():
+        return None, None
+    try:
+        return parse(path.read_bytes()), None
+    except Exception as e:  # noqa: BLE001 - a damaged draft of any kind (bad JSON, wrong types, numbers beyond a
+        # float, a network that no longer resolves) must not keep the studio from opening: keep the file aside,
+        # start afresh, say so
+        aside = path.with_name(path.stem + ".damaged.json")
+        try:
+            path.replace(aside)
+        except OSError:
+            aside = path
+        log.warning("the autosaved %s %s could not be restored, kept as %s: %s", what, path, aside, first_line(e))
+        return None, clip_quotes(f"your autosaved {what} could not be restored ({first_line(e)}); it is kept as "
+                                 f"{aside}")
+
+
+def prune_tab_drafts(folder: Path) -> None:
+    """Keep the newest ``KEEP_TAB_DRAFTS`` tab drafts in ``folder`` (damaged ones set aside are kept)."""
+    try:
+        drafts = sorted((p for p in folder.glob("*.json") if TAB_DRAFT_ID.fullmatch(p.stem)),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in drafts[KEEP_TAB_DRAFTS:]:
+            old.unlink(missing_ok=True)
+    except OSError as e:  # another tab pruned at the same time, or the folder went: nothing is lost
+        log.debug("could not prune the tab drafts in %s: %s", folder, e)
