@@ -1,11 +1,13 @@
 """The Network tab's text fields as an attacker's input surface: bulk rules, architecture options, input shapes and
 uploaded network files built from valid pieces and junk. Every input is either applied (and the table and totals
 are then the engine's report of the new network) or refused with a one-line reason while the network stays as it
-was; nothing raises."""
+was; nothing raises. The tab reloaded after each sequence shows the last network applied (its autosave)."""
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -55,14 +57,23 @@ def test_random_text_in_the_network_tab_is_applied_or_refused(tmp_path):
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(data=st.data())
     def run(data):
-        state = StudioState(home=str(tmp_path), refine_s=0, autosave=False)
-        view = NetworkView(state, tmp_path)  # a fresh tab per example: a failure replays exactly
+        home = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh tab and home per example: a failure replays exactly
+        state = StudioState(home=str(home), refine_s=0, draft_id="0123456789ab")
+        view = NetworkView(state, home)
         try:
             for _ in range(4):
                 kind, applied = step(view, data)
                 seen[kind, applied] += 1
                 if not applied:
                     refusals[kind][view.error[:160]] += 1
+            # the tab reloaded: the last network applied comes back (autosaved), true to the engine
+            again_state = StudioState(home=str(home), refine_s=0, draft_id="0123456789ab")
+            try:
+                again = NetworkView(again_state, home)
+                assert again.spec.fingerprint() == view.spec.fingerprint() and again.spec.rules == view.spec.rules
+                assert again.error == "" and again.report.totals == view.report.totals
+            finally:
+                again_state.close()
         finally:
             state.close()
 
