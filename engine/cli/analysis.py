@@ -7,6 +7,7 @@ Examples::
     tnstudio truncate --run 3f2a --max-bond 4 -o small.json     # writes small.json and small.pt
     tnstudio truncate layer.json --weights layer.pt --tol 0.05 -o small.json
     tnstudio truncate --run 3f2a --tol 0.3 -o small.json --finetune 3   # then fine-tune as a child run of 3f2a
+    tnstudio truncate --run 9c1d --layer fc2 --tol 0.3 -o small.json --finetune 3   # a network run's TN layer
     tnstudio features --run 3f2a --dataset digits    # per bond: variance, class means, linear probe
 
 The design file may be left out with ``--run`` (the run's own design is used). Weights files are state dicts
