@@ -50,8 +50,8 @@ from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
 
-from .session import session_doc
 from .drafts import read_draft, write_draft
+from .session import session_doc
 from .style import css, styled
 from .upload import Upload, too_large
 from .widgets import FloatField, IntField, Tick, button, hint, section
