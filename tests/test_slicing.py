@@ -482,3 +482,41 @@ def test_budgeted_exports_of_random_designs_run_the_engines_plan(data, share, ba
     for _, _, got, want in _plans(mod, d, budget, batches):
         if got is not None:
             _variant(mod, got, want)
+
+
+def test_a_region_steps_mean_square_is_measured_without_running_the_rest_of_each_slice():
+    """The calibration of a sliced program ran every slice to its end for each activation inside the region (VGG-16
+    fc6's MERA under 2 GiB: 28 s for a 38 kFLOP step). region_mean_square runs each slice only as far as the step:
+    its value is the mean square of that step's result in the unsliced program (float64), and the einsums it runs
+    stop at that step (FlopCounterMode: the region's FLOPs up to it, over every slice)."""
+    from engine.nn.activations import ACTIVATION_FNS
+    from engine.nn.init import init_cores
+    from engine.nn.sliced import region_mean_square, run_shared
+
+    d = make_template("mera", 1024, 1024, 2, "gelu")
+    cores = {k: v.double() for k, v in init_cores(d, seed=5).items()}
+    full = compile_program(d, 1, "materialise")
+    prog = budget_program(d, 1, "materialise", memory_budget=12 << 20, itemsize=8)
+    sl = prog.slicing
+    assert sl is not None and sl.count > 1
+    acts = [n for n in sl.region if prog.steps[n].activation is not None]
+    assert len(acts) >= 2
+    for step in acts:
+        seen: dict[str, torch.Tensor] = {}  # the unsliced program's result of the same step, before its activation
+        out = prog.steps[step].output
+        env = {f"core:{k}": v for k, v in cores.items()}
+        for n, (op, inputs, output, arg, activation, phase, frees) in enumerate(full.plan):
+            if phase != "generate" or op != "einsum":
+                continue
+            val = torch.einsum(arg, *[env[i] for i in inputs]) if arg is not None else env[inputs[0]]
+            if output == out:
+                seen["v"] = val.clone()
+            env[output] = ACTIVATION_FNS[activation](val) if activation else val
+        want = float(seen["v"].pow(2).mean())
+        shared = {f"core:{k}": v for k, v in cores.items()}
+        run_shared(prog, shared, ACTIVATION_FNS)
+        with FlopCounterMode(display=False) as fc:
+            got = region_mean_square(prog, shared, ACTIVATION_FNS, step)
+        assert got == pytest.approx(want, rel=1e-10)
+        upto = sl.region[:sl.region.index(step) + 1]
+        assert fc.get_total_flops() == sum(prog.steps[n].flops for n in upto)

@@ -22,8 +22,10 @@ TensorFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _run_slice(prog: Program, env: Mapping[str, torch.Tensor], part: dict[str, tuple[int, int]],
-               acts: Mapping[str, TensorFn]) -> torch.Tensor:
-    """One slice of the region: the narrowed cores (contiguous copies), then the sub-program's steps."""
+               acts: Mapping[str, TensorFn], until: int | None = None) -> torch.Tensor:
+    """One slice of the region: the narrowed cores (contiguous copies), then the sub-program's steps; with
+    ``until``, only as far as the region's step ``until`` (an index into ``slicing.region``), whose result is
+    returned before its activation."""
     sl = prog.slicing
     sub = sl.sub
     local: dict[str, torch.Tensor] = {}
@@ -32,8 +34,10 @@ def _run_slice(prog: Program, env: Mapping[str, torch.Tensor], part: dict[str, t
         if name in sl.narrowed:
             t = _cut(t, list(prog.cores[name[5:]]), part).clone(memory_format=torch.contiguous_format)
         local[sl.input_name(name)] = t
-    for op, inputs, output, arg, activation, _, frees in sub.plan:
+    for k, (op, inputs, output, arg, activation, _, frees) in enumerate(sub.plan):
         val = local[inputs[0]] if arg is None else torch.einsum(arg, *[local[i] for i in inputs])
+        if k == until:
+            return val
         if activation is not None:
             val = acts[activation](val)
         local[output] = val
@@ -115,14 +119,10 @@ class SlicedGeneration(torch.autograd.Function):
         return (None, None, *out)
 
 
-def run_sliced(program: Program, env: dict[str, torch.Tensor], acts: Mapping[str, TensorFn],
-               until_weight: bool = False) -> torch.Tensor:
-    """Run a sliced materialise program: ``env`` holds the cores (``core:<id>``) and ``x``; returns ``y`` or, with
-    ``until_weight``, W."""
-    sl = program.slicing
-    region = set(sl.region)
-    plan = program.plan
-    for n, (op, inputs, output, arg, activation, phase, frees) in enumerate(plan):
+def run_shared(program: Program, env: dict[str, torch.Tensor], acts: Mapping[str, TensorFn]) -> None:
+    """The generate steps outside the region, once, into ``env`` (which holds the cores as ``core:<id>``)."""
+    region = set(program.slicing.region)
+    for n, (op, inputs, output, arg, activation, phase, frees) in enumerate(program.plan):
         if n in region or phase != "generate" or op != "einsum":
             continue
         val = env[inputs[0]] if arg is None else torch.einsum(arg, *[env[i] for i in inputs])
@@ -132,6 +132,33 @@ def run_sliced(program: Program, env: dict[str, torch.Tensor], acts: Mapping[str
         del val  # env holds it; a local would keep the last shared intermediate alive until y is made
         for i in frees:  # a shared intermediate the region reads is last read in the region: not freed here
             env.pop(i, None)
+
+
+@torch.no_grad()
+def region_mean_square(program: Program, env: Mapping[str, torch.Tensor], acts: Mapping[str, TensorFn],
+                       step: int) -> float:
+    """Mean square of the entries of region step ``step``'s result (a program step number; before its activation)
+    over every slice, each slice run only as far as that step: what the initialisation's calibration
+    (:mod:`engine.nn.init`) measures, without running the rest of every slice. ``env``: after
+    :func:`run_shared`."""
+    sl = program.slicing
+    until = sl.region.index(step)
+    total, count = 0.0, 0
+    for part in sl.slices(program.dims):
+        v = _run_slice(program, env, part, acts, until)
+        total += float((v if v.dtype == torch.float64 else v.float()).pow(2).sum(dtype=torch.float64))
+        count += v.numel()
+        del v
+    return total / max(count, 1)
+
+
+def run_sliced(program: Program, env: dict[str, torch.Tensor], acts: Mapping[str, TensorFn],
+               until_weight: bool = False) -> torch.Tensor:
+    """Run a sliced materialise program: ``env`` holds the cores (``core:<id>``) and ``x``; returns ``y`` or, with
+    ``until_weight``, W."""
+    sl = program.slicing
+    plan = program.plan
+    run_shared(program, env, acts)
     ins = [env[i] for i in sl.inputs]
     wt = SlicedGeneration.apply(program, acts, *ins)
     del ins
