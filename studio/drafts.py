@@ -12,11 +12,13 @@ import re
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from engine.files import atomic_write_text
+from engine.design.model import MAX_FILE_BYTES
+from engine.files import atomic_write_text, read_input_file
 from engine.format import clip_quotes, first_line
 
 log = logging.getLogger(__name__)
 TAB_DRAFT_ID = re.compile(r"[0-9a-f]{12}")  # a browser tab's draft id (in its URL: ``?draft=<id>``)
+MAX_DRAFT_BYTES = MAX_FILE_BYTES  # what parse_json takes (16 MiB; ViT-B/16 with every layer a design: ~1.5 MB)
 KEEP_TAB_DRAFTS = 32  # the newest tab drafts kept per kind; older ones are removed when a tab first saves
 T = TypeVar("T")
 
@@ -41,7 +43,8 @@ def read_draft(parse: Callable[[bytes], T], shared: Path, mine: Path | None = No
     if not path.is_file():
         return None, None
     try:
-        return parse(path.read_bytes()), None
+        # bounded before it is read: a draft replaced by a link to a huge file is refused, not loaded whole
+        return parse(read_input_file(path, MAX_DRAFT_BYTES, ValueError, f"autosaved {what}")), None
     except Exception as e:  # noqa: BLE001 - a damaged draft of any kind (bad JSON, wrong types, numbers beyond a
         # float, a network that no longer resolves) must not keep the studio from opening: keep the file aside,
         # start afresh, say so

@@ -333,3 +333,13 @@ def test_fuzz_any_autosaved_network_opens_the_tab(tmp_path_factory):
             state.close()
 
     check()
+
+
+def test_an_autosaved_network_replaced_by_a_link_to_a_huge_file_is_not_read_whole(tmp_path):
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(64 * 2 ** 20)  # sparse: 64 MiB of zeros
+    (tmp_path / "network_draft.json").symlink_to(big)
+    state, v = _tab(tmp_path)
+    assert v.spec.name == "mlp on mnist1d" and "more than 16 MiB" in v.error and "\n" not in v.error
+    state.close()
