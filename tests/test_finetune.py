@@ -277,3 +277,29 @@ def test_truncate_finetune_with_a_layer_name_that_names_no_tn_layer_writes_nothi
                    str(out), "--finetune", "1"])
     assert rc == 2 and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
     assert not out.exists() and len(RunStore(runs).list_runs()) == before
+
+
+def test_a_network_with_one_tn_layer_needs_no_layer_name(tmp_path, monkeypatch):
+    """The only TN layer of a network run is the one fine-tuned when none is named (API and CLI)."""
+    from engine.network.build import build_network
+    from engine.network.format import new_network
+    from engine.train.networks import network_config
+
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "home"))
+    spec = new_network("mlp", [1, 8, 8], 10, name="one").with_rules(["linear:mpo:4:min=60000"])
+    runs = tmp_path / "runs"
+    store = RunStore(runs)
+    rid = store.create_run(network_config(spec, dataset="digits", epochs=1).to_dict(), None, name="one")
+    torch.manual_seed(0)
+    ckpt = store.run_dir(rid) / "checkpoint.pt"
+    torch.save({"model": build_network(spec).state_dict()}, ckpt)
+    store.set_status(rid, "completed", checkpoint=str(ckpt), results={"test_accuracy": 0.1})
+    layer = load_run_layer(rid, runs)
+    assert layer.module == "fc2"
+    res = truncate(layer.design, layer.state, max_bond=2)
+    rc, out = _cli("truncate", "--run", rid, "--runs-dir", str(runs), "--max-bond", "2", "-o",
+                   str(tmp_path / "s.json"), "--finetune", "1", "--json")
+    assert rc == 0, out
+    child = RunStore(runs).get_run(json.loads(out)["finetune"]["run"])
+    assert child["status"] == "completed" and truncation_record(child["id"], runs)["layer"] == "fc2"
+    assert child["config"]["network"]["layers"]["fc2"]["design"] == res.design.to_dict()
