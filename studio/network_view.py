@@ -65,6 +65,8 @@ TABLE_COLUMNS = ["layer", "kind", "shape", "assignment", "dense params", "params
                  "params % dense", "params % TN", "FLOPs % dense", "FLOPs % TN"]
 BAR_COLUMNS = ["params share", "FLOPs share"]  # shown: dense (grey) and as assigned (blue) in one cell
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # network files opened in the browser (designs inline); checked there first
+FORM_FIELDS = ("arch", "import_path", "dataset", "input_shape", "classes", "options")  # kept with the network
+MAX_FORM_TEXT = 1000  # a form text a draft may restore (the fields take what is typed; a draft is a file)
 
 
 def network_draft_path(home: str | Path, draft_id: str = "") -> Path:
@@ -251,14 +253,18 @@ class NetworkView(Viewer):
         state.param.watch(self.canvas_changed, ["valid_design"])
         self._arch_changed()
         restored, note = self._read_draft() if spec is None else (None, None)
+        if restored is not None:
+            spec, form = restored
         if spec is None:
-            spec = restored or new_network("mlp", [1, 40], 10, name="mlp on mnist1d")
+            spec = new_network("mlp", [1, 40], 10, name="mlp on mnist1d")
         self._own: Path | None = None  # the networks/ file this network was opened from or last saved to
         self.spec = spec
         if restored is not None:
+            self._set_form(form)  # the form as it was: the data set is also what the Train card trains on
             self.message = f"restored {spec.name} (autosaved)"
         if note:
             self.error = note
+        self.dataset.param.watch(lambda e: self._save_draft(), "value")  # kept with the network
 
     # ------------------------------------------------------------------ the autosaved network
     def _autosave(self) -> bool:
@@ -269,7 +275,8 @@ class NetworkView(Viewer):
         Design tab keeps its design: a reload or a crash loses no rule and no layer's design."""
         if not self._autosave():
             return
-        text = json.dumps({"saved": time.time(), "network": self.spec.to_dict(inline=True)})
+        text = json.dumps({"saved": time.time(), "network": self.spec.to_dict(inline=True),
+                           "form": self._form_values()})
         try:
             write_draft(text, network_draft_path(self.home), self._own_draft())
         except OSError as e:  # a read-only home or a full disk: keep working, say so
@@ -282,20 +289,40 @@ class NetworkView(Viewer):
         draft_id = getattr(self.state, "draft_id", "")
         return network_draft_path(self.home, draft_id) if draft_id else None
 
-    def _read_draft(self) -> tuple[NetworkSpec | None, str | None]:
-        """The autosaved network (this tab's own, else the newest of any tab) and a note: one that cannot be read
-        or no longer resolves is set aside as ``<name>.damaged.json`` and the note says so; the tab then starts
-        with the default network."""
+    def _form_values(self) -> dict[str, Any]:
+        """The New-network form and the data set (which the Train card also trains on), as the draft keeps them."""
+        return {name: getattr(self, name).value for name in FORM_FIELDS}
+
+    def _set_form(self, values: Any) -> None:
+        """The form as a draft kept it; a value the widget cannot take (an architecture or data set this studio
+        does not offer, text that is too long) is left as it is: the network itself is what must come back."""
+        if not isinstance(values, dict):
+            return
+        for name in FORM_FIELDS:
+            widget, v = getattr(self, name), values.get(name)
+            if isinstance(widget, pn.widgets.Select):
+                ok = isinstance(v, str) and v in widget.options
+            elif isinstance(widget, pn.widgets.IntInput):
+                ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2 ** 31 - 1)
+            else:
+                ok = isinstance(v, str) and len(v) <= MAX_FORM_TEXT
+            if ok and name in values:
+                widget.value = v
+
+    def _read_draft(self) -> tuple[tuple[NetworkSpec, Any] | None, str | None]:
+        """The autosaved network with its form (this tab's own, else the newest of any tab) and a note: one that
+        cannot be read or no longer resolves is set aside as ``<name>.damaged.json`` and the note says so; the tab
+        then starts with the default network."""
         if not self._autosave():
             return None, None
 
-        def parse(raw: bytes) -> NetworkSpec:
+        def parse(raw: bytes) -> tuple[NetworkSpec, Any]:
             data = parse_json(raw)  # bounded size and nesting, no NaN, UTF-8
             if not isinstance(data, dict) or "network" not in data:
                 raise NetworkError("not an autosaved network (no 'network' in it)")
             spec = NetworkSpec.from_dict(data["network"])
             self._check(spec)  # resolves against its architecture (an untrusted import path is refused here)
-            return spec
+            return spec, data.get("form")
 
         return read_draft(parse, network_draft_path(self.home), self._own_draft(), "network")
 

@@ -245,6 +245,8 @@ def test_a_reload_restores_the_network_with_its_rules_and_canvas_edits(tmp_path)
     bond = next(k for k, i in state.design.indices.items() if i.role == "bond")
     assert state.set_dim(bond, 5)  # a canvas edit that flowed into fc2
     edited = v.spec
+    v.options.value, v.arch.value = "hidden=128", "lenet5"  # the form, kept with the next change ...
+    v.dataset.value = "digits"  # ... which choosing the data set (the Train card's too) is
     assert network_draft_path(tmp_path, "0123456789ab").is_file() and network_draft_path(tmp_path).is_file()
     state.close()
     for draft_id in ("0123456789ab", "ffffffffffff"):  # the same tab reloaded; a new tab (the newest network)
@@ -252,6 +254,7 @@ def test_a_reload_restores_the_network_with_its_rules_and_canvas_edits(tmp_path)
         assert again.spec.fingerprint() == edited.fingerprint() and again.spec.rules == edited.rules
         assert again.spec.layers["fc2"].design.dim(bond) == 5
         assert again.message.startswith("restored") and again.error == ""
+        assert (again.dataset.value, again.arch.value, again.options.value) == ("digits", "lenet5", "hidden=128")
         assert again.report.totals.params == network_report(edited, batch=1).totals.params
         state2.close()
     state3, off = _tab(tmp_path / "other", autosave=False)  # autosave off: nothing read or written
@@ -306,7 +309,8 @@ def _json_values():
 
 def test_fuzz_any_autosaved_network_opens_the_tab(tmp_path_factory):
     """Fuzz: whatever the autosaved file holds (bytes, any JSON, a real network with one field replaced by any
-    JSON value), the tab opens: with that network when it resolves, else with the default and the file set aside."""
+    JSON value, any form), the tab opens: with that network when it resolves (the form's values where the widgets
+    take them), else with the default and the file set aside."""
     import json
 
     from hypothesis import HealthCheck, given, settings, strategies as st
@@ -314,7 +318,11 @@ def test_fuzz_any_autosaved_network_opens_the_tab(tmp_path_factory):
     base = new_network("mlp", [1, 40], 10, name="saved").with_rules(["linear:mpo:3:min=20000"]).to_dict(inline=True)
     mutated = st.tuples(st.sampled_from(sorted(base)), _json_values()).map(
         lambda kv: json.dumps({"network": {**base, kv[0]: kv[1]}}).encode())
-    drafts = st.binary(max_size=64) | _json_values().map(lambda v: json.dumps({"network": v}).encode()) | mutated
+    form = st.one_of(_json_values(), st.dictionaries(st.sampled_from(["arch", "dataset", "classes", "options",
+                                                                      "input_shape", "import_path"]), _json_values()))
+    with_form = form.map(lambda f: json.dumps({"network": base, "form": f}).encode())
+    drafts = (st.binary(max_size=64) | _json_values().map(lambda v: json.dumps({"network": v}).encode()) | mutated
+              | with_form)
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @given(content=drafts)
