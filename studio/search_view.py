@@ -21,9 +21,11 @@ and applies immediately. The periodic callback reads the study only while the ta
 from __future__ import annotations
 
 import html
+import json
 import logging
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,16 @@ from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter, Rang
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from engine.design.model import ACTIVATIONS
+from engine.design.model import ACTIVATIONS, parse_json
 from engine.design.templates import TEMPLATES
-from engine.format import nbytes, si
+from engine.format import first_line, nbytes, si
 from engine.search.budget import Budget
 from engine.search.report import StudyReport, TrialRecord
 from engine.search.space import DEFAULT_ACTIVATIONS, DEFAULT_LEGS, Candidate, LayerSpace
 from engine.search.spec import OBJECTIVES, PRUNERS, SearchSpec
 from engine.train.data import dataset_specs
 
+from .drafts import read_draft, write_draft
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
@@ -49,6 +52,11 @@ from .widgets import IntField, Tick, button, error_html, note_html, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
+SEARCH_DRAFT = "search_draft.json"  # <home>/search_draft.json: the search form last edited in any browser tab
+SEARCH_TAB_DRAFTS = ("drafts", "search")  # <home>/drafts/search/<tab id>.json: each browser tab's own form
+FORM_PARAMS = ("study_name", "dataset", "in_features", "out_features", "kinds", "legs", "activations", "per_bond",
+               "max_params", "max_flops", "max_train_memory_mib", "budget_batch", "objective", "trials", "epochs",
+               "pruner", "workers")  # autosaved; not the storage URL, which may hold a password
 KIND_COLORS = {k: Category10_10[i % 10] for i, k in enumerate(TEMPLATES)}
 SCATTER_COLUMNS = ("x", "accuracy", "test", "number", "label", "kind", "color", "marker", "status", "run",
                    "params", "flops", "front")
@@ -197,6 +205,50 @@ class SearchView(pn.viewable.Viewer):
         else:
             self.request_refresh()
         self._show_detail()
+        self._restore_form()
+        self.param.watch(lambda *_: self._save_form(), list(FORM_PARAMS))
+
+    # ------------------------------------------------------------------ the autosaved form
+    def _form_paths(self) -> tuple[Path, Path | None]:
+        draft_id = getattr(self.state, "draft_id", "")
+        mine = self.home.joinpath(*SEARCH_TAB_DRAFTS, f"{draft_id}.json") if draft_id else None
+        return self.home / SEARCH_DRAFT, mine
+
+    def _save_form(self) -> None:
+        """Keep the search being defined (not its storage URL, which may hold a password) as the Design tab keeps
+        its draft: a reload or a crash before Launch loses none of it."""
+        if not getattr(self.state, "autosave", False):
+            return
+        values = {k: getattr(self, k) for k in FORM_PARAMS}
+        try:
+            write_draft(json.dumps({"saved": time.time(), "search": values}), *self._form_paths())
+        except OSError as e:  # a read-only home or a full disk: keep working, say so
+            log.warning("could not autosave the search form to %s: %s", self._form_paths()[0], e)
+            self.message = f"the search form was not autosaved ({e.strerror or e})"
+
+    def _restore_form(self) -> None:
+        """The autosaved form (this tab's own, else the newest of any tab), value by value: a value the form does
+        not take (a kind this engine lacks, a negative budget) keeps the default; a file that is not a form is set
+        aside and said."""
+        if not getattr(self.state, "autosave", False):
+            return
+
+        def parse(raw: bytes) -> dict[str, Any]:
+            data = parse_json(raw)
+            if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
+                raise ValueError("not an autosaved search form (no 'search' in it)")
+            return data["search"]
+
+        values, note = read_draft(parse, *self._form_paths(), "search form")
+        if note:
+            self.error = note
+        for k, v in (values or {}).items():
+            if k not in FORM_PARAMS:
+                continue
+            try:
+                self.param.update({k: v})
+            except (ValueError, TypeError) as e:  # param's own check of the value: keep the default
+                log.info("autosaved search form: %s=%r not taken: %s", k, v, first_line(e))
 
     # ------------------------------------------------------------------ the spec the form describes
     def url(self, name: str | None = None) -> str:

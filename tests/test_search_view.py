@@ -229,3 +229,61 @@ def test_workers_that_fail_say_why_on_the_page(state, _tnstudio_home):
     assert failed and "worker 0 failed (exit status 2)" in failed and "runs.db" in failed and "repair" in failed
     assert view.error == failed and "worker 0 failed (exit status 2)" in view.feedback.object
     assert view.check_workers() is None  # said once
+
+
+# --------------------------------------------------------------------- the autosaved form
+def test_a_search_being_defined_survives_a_reload_but_not_its_password(tmp_path):
+    """A search defined on the tab but not launched was lost on a reload. The form is autosaved with the tab's draft
+    id (its own file, and the newest of any tab for a new tab), value by value; the storage URL is not (it may hold
+    a password)."""
+    state = StudioState(home=str(tmp_path), refine_s=0, draft_id="0123456789ab")
+    view = SearchView(state)
+    view.param.update(study_name="wide", kinds=["mpo", "ttn"], legs=[2, 3], max_params=5000, epochs=3,
+                      max_train_memory_mib=64.0, storage="postgresql://me:s3cret@db/x")
+    state.close()
+    for draft_id in ("0123456789ab", "fedcba987654"):
+        again_state = StudioState(home=str(tmp_path), refine_s=0, draft_id=draft_id)
+        again = SearchView(again_state)
+        assert (again.study_name, again.kinds, again.legs, again.max_params, again.epochs,
+                again.max_train_memory_mib, again.storage) == ("wide", ["mpo", "ttn"], [2, 3], 5000, 3, 64.0, "")
+        again_state.close()
+    kept = b"".join(p.read_bytes() for p in tmp_path.rglob("*.json"))
+    assert b"s3cret" not in kept and b"wide" in kept
+
+
+def test_an_autosaved_search_form_takes_only_what_the_form_takes(tmp_path):
+    """Fuzz: any JSON as the form's values: each value the form accepts is restored, every other keeps its
+    default; a file that is no form is set aside with the reason; the tab always opens."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from studio.search_view import FORM_PARAMS
+
+    defaults = SearchView(StudioState(home=str(tmp_path / "d"), autosave=False))
+    scalars = st.none() | st.booleans() | st.integers(-10, 10 ** 6) | st.floats(allow_nan=False) | st.text(max_size=6)
+    values = st.one_of(scalars, st.lists(scalars | st.sampled_from(["mpo", "ttn", "gelu", "none"]), max_size=3),
+                       st.sampled_from(["mpo", "digits", "params", "median"]))
+    forms = st.dictionaries(st.sampled_from(list(FORM_PARAMS) + ["storage", "x"]), values, max_size=6)
+
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(form=forms | scalars)
+    def check(form):
+        import json
+        import tempfile
+        from pathlib import Path
+
+        home = Path(tempfile.mkdtemp(dir=tmp_path))
+        (home / "search_draft.json").write_text(json.dumps({"search": form}))
+        state = StudioState(home=str(home), refine_s=0)
+        try:
+            view = SearchView(state)
+            if not isinstance(form, dict):
+                assert "could not be restored" in view.error and (home / "search_draft.damaged.json").exists()
+                return
+            for k in FORM_PARAMS:
+                got = getattr(view, k)
+                assert got == getattr(defaults, k) or (k in form and got == form[k]), (k, got, form.get(k))
+            assert view.storage == ""
+        finally:
+            state.close()
+
+    check()
