@@ -10,7 +10,7 @@ from scipy.special import erf
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.design.model import Design
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from engine.nn.execute import run_program
 from engine.nn.init import init_cores, linear_core_stds, raw_cores, target_std
 from engine.nn.linear import TNLinear, id_to_key, key_to_id
@@ -243,12 +243,31 @@ def test_init_is_deterministic_under_a_seed_and_isometries_start_orthogonal():
     assert float((dis - torch.eye(16)).abs().max()) < 0.5
 
 
+_MEAN_MANY_STDS = {  # drawn by a fresh clone's run: in float32 the mean left after the projection was 5e-4 std
+    "format": "tnstudio-design", "version": 1, "name": "drawn",
+    "target": {"kind": "linear", "in_features": 8, "out_features": 64},
+    "indices": {"b0": {"dim": 4, "role": "bond"}, "b1": {"dim": 2, "role": "bond"}, "b2": {"dim": 3, "role": "bond"},
+                "b3": {"dim": 3, "role": "bond"}, "b4": {"dim": 3, "role": "bond"},
+                "i0": {"dim": 4, "role": "in", "axis": 0}, "i1": {"dim": 2, "role": "in", "axis": 1},
+                "o0": {"dim": 4, "role": "out", "axis": 0}, "o1": {"dim": 4, "role": "out", "axis": 1},
+                "o2": {"dim": 4, "role": "out", "axis": 2}},
+    "tensors": [{"id": "T0", "indices": ["b0"], "activation": "relu"},
+                {"id": "T1", "indices": ["b2", "o0", "b0", "i1", "o1", "b4", "b1"], "activation": "gelu"},
+                {"id": "T2", "indices": ["b1", "b3"], "activation": None},
+                {"id": "T3", "indices": ["b2"], "activation": "relu"},
+                {"id": "T4", "indices": ["b3"], "activation": "gelu"},
+                {"id": "T5", "indices": ["o2", "i0", "b4"], "activation": "relu"}],
+    "order": ["T0", "T4", "T5", "T1", "T3", "T2"]}
+
+
 @settings(max_examples=25, deadline=None)
 @given(data=nonlinear_drawn())
+@example(data=_MEAN_MANY_STDS)
 def test_calibration_in_one_pass_equals_measuring_each_prefix(data):
     """An unsliced program's calibration rescales each activation's input as it arrives, in one pass; measuring each
     activation's input again after rescaling the tensors before it (what a sliced program's calibration does) gives
-    the same cores, and then every activation's input has unit RMS, mean(W) = 0 and std(W) = the target."""
+    the same cores, and then every activation's input has unit RMS, mean(W) = 0 and std(W) = the target.
+    The example above failed in float32 (a fresh clone's run drew it; the test now runs in float64)."""
     from engine.contract.program import compile_program
     from engine.nn.init import PRE_ACTIVATION_RMS, _pre_activation_rms, _recording, _remove_mean, calibrate
 
@@ -258,10 +277,11 @@ def test_calibration_in_one_pass_equals_measuring_each_prefix(data):
     order = d.evaluation_order()
     activated = [t for t in order if d.tensor(t).activation is not None]
     assume(activated and sum(s.activation is not None for s in prog.steps) == len(activated))
-    with one_torch_thread():
-        one = raw_cores(d, std, seed=3)
+    with one_torch_thread():  # in float64: the claim is the two ways' equality, not float32's rounding (a drawn
+        # design whose raw W had a mean many times its std left 5e-4 std of it after float32's cancellation)
+        one = {k: v.double() for k, v in raw_cores(d, std, seed=3).items()}
         calibrate(d, one, std)
-        seq = raw_cores(d, std, seed=3)
+        seq = {k: v.double() for k, v in raw_cores(d, std, seed=3).items()}
         for k, tid in enumerate(activated):
             rms = _pre_activation_rms(prog, seq, k)
             if rms > 0 and math.isfinite(rms):
