@@ -23,6 +23,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import subprocess
 import threading
 import time
@@ -219,7 +220,8 @@ class SearchView(pn.viewable.Viewer):
         its draft: a reload or a crash before Launch loses none of it."""
         if not getattr(self.state, "autosave", False):
             return
-        values = {k: getattr(self, k) for k in FORM_PARAMS}
+        values = {k: getattr(self, k) for k in FORM_PARAMS}  # JSON has no inf or NaN: such a budget is not kept
+        values = {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
         try:
             write_draft(json.dumps({"saved": time.time(), "search": values}), *self._form_paths())
         except OSError as e:  # a read-only home or a full disk: keep working, say so

@@ -287,3 +287,16 @@ def test_an_autosaved_search_form_takes_only_what_the_form_takes(tmp_path):
             state.close()
 
     check()
+
+
+def test_an_infinite_budget_is_not_kept_but_the_rest_is(tmp_path):
+    """JSON has no Infinity: a form whose FLOPs budget was inf would have been written as a file no reload can read
+    (the whole form then set aside); the infinite value is left out instead."""
+    state = StudioState(home=str(tmp_path), refine_s=0)
+    view = SearchView(state)
+    view.param.update(study_name="inf", max_flops=float("inf"))
+    state.close()
+    again_state = StudioState(home=str(tmp_path), refine_s=0)
+    again = SearchView(again_state)
+    assert again.study_name == "inf" and again.max_flops is None and again.error == ""
+    again_state.close()
