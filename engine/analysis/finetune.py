@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.analysis.runs import RunError, get_run, load_run_layer, network_layer
+from engine.analysis.runs import RunError, get_run, load_run_model, network_layer
 
 INIT_FILE = "init.pt"
 LR_SCALE = 1 / 3  # default fine-tuning peak learning rate: this share of the parent's
@@ -39,12 +39,11 @@ def child_state(parent_id: str, result: Any, runs_dir: str | Path | None = None,
     entries (under every name the model registers it) replaced by ``result``'s cores and the parent's bias.
     ``layer``: a network run's TN layer (module name; the only one by default); ``config``: the child's (for a
     network, one whose network has the truncated design at that layer: :func:`network_child_config`)."""
-    from engine.analysis.runs import _checkpoint
     from engine.train.config import RunConfig
     from engine.train.data import load_dataset
     from engine.train.models import build_model
 
-    parent = load_run_layer(parent_id, runs_dir, None, layer)
+    parent, parent_state = load_run_model(parent_id, runs_dir, None, layer)
     if parent.module:
         config = config or network_child_config(RunConfig.from_dict(parent.config), parent.module, result)
     config = config or RunConfig.from_dict(parent.config)
@@ -54,7 +53,6 @@ def child_state(parent_id: str, result: Any, runs_dir: str | Path | None = None,
         model = build_model(config, data, None if parent.module else result.design)
     except (ValueError, FileNotFoundError) as e:
         raise RunError(f"the truncated design cannot replace run {parent.run_id}'s {where}: {e}") from None
-    _, parent_state = _checkpoint(get_run(parent.run_id, runs_dir))
     tn = model.get_submodule(parent.module) if parent.module else model.tn_layer
     names = [n for n, m in model.named_modules(remove_duplicate=False) if m is tn and n]
     own = result.state_dict(bias=parent.state.get("bias"))

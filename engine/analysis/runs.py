@@ -84,6 +84,13 @@ def get_run(run_id: str, runs_dir: str | Path | None = None) -> dict[str, Any]:
 def load_run_layer(run_id: str, runs_dir: str | Path | None = None, design: Design | None = None,
                    prefix: str | None = None) -> RunLayer:
     """The run's design (or ``design``, which must match the trained cores) and its trained layer's state dict."""
+    return load_run_model(run_id, runs_dir, design, prefix)[0]
+
+
+def load_run_model(run_id: str, runs_dir: str | Path | None = None, design: Design | None = None,
+                   prefix: str | None = None) -> tuple[RunLayer, dict[str, Any]]:
+    """:func:`load_run_layer`'s layer and the whole model's state dict from the same read of the checkpoint (for
+    callers that rebuild the model: a network run's checkpoint can be hundreds of MB)."""
     from engine.nn.export import layer_state_dict
 
     run = get_run(run_id, runs_dir)
@@ -107,7 +114,7 @@ def load_run_layer(run_id: str, runs_dir: str | Path | None = None, design: Desi
     except ValueError as e:
         raise RunError(f"run {run['id']}: {e}") from None
     return RunLayer(run["id"], run.get("name") or run["id"], run.get("status", "?"), design, state, path,
-                    dict(run.get("config") or {}), module)
+                    dict(run.get("config") or {}), module), model
 
 
 def network_layer(run_id: str, network: dict[str, Any], layer: str | None) -> tuple[Design, str]:
@@ -163,7 +170,7 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
     bad = [s for s in splits if s not in ("train", "test")]
     if bad:
         raise RunError(f"splits must be train or test, got {', '.join(map(repr, bad))}")
-    layer = load_run_layer(run_id, runs_dir, prefix=layer_name)
+    layer, state = load_run_model(run_id, runs_dir, prefix=layer_name)
     if layer.design.conv is not None:
         raise RunError(f"run {layer.run_id}'s layer is a conv2d design: streaming its inputs (bond features) takes "
                        f"a linear layer's rows, not images (spectra and truncation work on conv designs)")
@@ -175,7 +182,6 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
         model = build_model(config, data, None if layer.module else layer.design)  # a network: from its file
     except (ValueError, FileNotFoundError) as e:  # ConfigError, DataError, ModelError are ValueErrors
         raise RunError(f"run {layer.run_id}: {e}") from None
-    _, state = _checkpoint(get_run(layer.run_id, runs_dir))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
