@@ -35,6 +35,13 @@ def write_draft(text: str, shared: Path, mine: Path | None = None) -> None:
     atomic_write_text(shared, text)
 
 
+def with_unsaved_note(message: str, error: OSError, keep: str) -> str:
+    """``message`` with a note that the last autosave failed (``keep``: what the user can do to keep the work),
+    once: a read-only home or a full disk keeps the last draft whole and the studio working."""
+    note = f"not autosaved ({error.strerror or error}): {keep}"
+    return message if note in message else (f"{message} · {note}" if message else note)
+
+
 def read_draft(parse: Callable[[bytes], T], shared: Path, mine: Path | None = None,
                what: str = "draft") -> tuple[T | None, str | None]:
     """``parse(bytes)`` of the tab's own draft when it has one, else of the shared one (None when neither exists),

@@ -50,7 +50,7 @@ from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
 
-from .drafts import read_draft, write_draft
+from .drafts import read_draft, with_unsaved_note, write_draft
 from .session import session_doc
 from .style import css, styled
 from .upload import Upload, too_large
@@ -281,9 +281,7 @@ class NetworkView(Viewer):
             write_draft(text, network_draft_path(self.home), self._own_draft())
         except OSError as e:  # a read-only home or a full disk: keep working, say so
             log.warning("could not autosave the network to %s: %s", network_draft_path(self.home), e)
-            note = f"not autosaved ({e.strerror or e}): download or save the network to keep it"
-            if note not in self.message:
-                self.message = f"{self.message} · {note}" if self.message else note
+            self.message = with_unsaved_note(self.message, e, "download or save the network to keep it")
 
     def _own_draft(self) -> Path | None:
         draft_id = getattr(self.state, "draft_id", "")

@@ -62,7 +62,7 @@ from engine.design.templates import make_template
 from engine.format import clip_quotes, nbytes, si
 from engine.home import tnstudio_home
 
-from .drafts import TAB_DRAFT_ID, read_draft, write_draft
+from .drafts import TAB_DRAFT_ID, read_draft, with_unsaved_note, write_draft
 from .layout import arrange, overlapping
 from .refine import PathRefiner, RefineJob
 
@@ -378,9 +378,7 @@ class StudioState(param.Parameterized):
             write_draft(text, draft_path(self.home), draft_path(self.home, self.draft_id) if self.draft_id else None)
         except OSError as e:  # a read-only home or a full disk: keep working (the last draft stays whole), say so
             log.warning("could not autosave the draft to %s: %s", draft_path(self.home), e)
-            note = f"not autosaved ({e.strerror or e}): download or save the design to keep it"
-            if note not in self.message:
-                self.message = f"{self.message} · {note}" if self.message else note
+            self.message = with_unsaved_note(self.message, e, "download or save the design to keep it")
 
     def _read_draft(self) -> tuple[Design | None, str | None]:
         """The autosaved draft (restored with whatever problems it has) and a note: the tab's own draft when it has
