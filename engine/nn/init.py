@@ -18,11 +18,13 @@ each bond (``X[a, b, a', b'] ~ delta(a, a') delta(b, b')``: no mixing yet, also 
 see :func:`_pairwise_identity`). Then, in the evaluation order, each
 activated tensor is rescaled so that its pre-activation has unit RMS (W is linear in the tensor being absorbed
 before its activation); finally the last tensor (when it has no activation, as in every template) is projected so
-that ``mean(W) = 0`` and rescaled so that ``std(W)`` hits the target.
+that ``mean(W) = 0`` (unless W is all offset, see :data:`MEAN_REMOVAL_FLOOR`) and rescaled so that ``std(W)`` hits
+the target.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -35,6 +37,11 @@ if TYPE_CHECKING:
 
 PRE_ACTIVATION_RMS = 1.0  # where the calibration puts every activation's input
 DISENTANGLER_NOISE = 0.05
+# Removing the mean is undone when it leaves less of W than this (its std over its RMS before): W was then all offset
+# (a relu that zeroes a bond's other values leaves W = c * M with mean(M) != 0) and what remains is rounding, which
+# rescaling to the target std would blow up (1e15-sized cores). Rounding leaves 1e-16..1e-7 (float64, float32);
+# 1,500 drawn designs that keep a zero-mean W kept at least 5e-4 of it.
+MEAN_REMOVAL_FLOOR = 1e-5
 
 
 def target_std(in_features: int) -> float:
@@ -273,19 +280,26 @@ def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterat
         activated = []  # the k-th activation step is no longer the k-th activated tensor: only rescale W
     last = order[-1]
     linear_last = design.tensor(last).activation is None
+    removed: _MeanRemoval | None = None
     if activated and prog.slicing is None:
-        _rescale_in_one_pass(prog, cores, activated, last if linear_last else None)
+        removed = _rescale_in_one_pass(prog, cores, activated, last if linear_last else None)
     else:
         for k, tid in enumerate(activated):
             rms = _pre_activation_rms(prog, cores, k)
             if rms > 0 and math.isfinite(rms):
                 cores[tid].mul_(PRE_ACTIVATION_RMS / rms)
         if linear_last:
-            _remove_mean(prog, cores, last)
+            removed = _remove_mean(prog, cores, last)
     achieved = float("nan")
-    for _ in range(iterations if not linear_last else 1):
+    runs = iterations if not linear_last else 1
+    while runs > 0:
         w = run_program(prog, cores, until_weight=True)
         achieved = float(w.detach().float().std())
+        if removed is not None and not achieved >= MEAN_REMOVAL_FLOOR * removed.rms_before:
+            cores[last].add_(removed.step)  # W was all offset: keep it (one more run measures it)
+            removed = None
+            continue
+        runs -= 1
         if not (achieved > 0 and math.isfinite(achieved)):
             return {"std": achieved, "target": std}
         cores[last].mul_(std / achieved)
@@ -298,7 +312,7 @@ def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterat
 
 
 def _rescale_in_one_pass(prog: Program, cores: dict[str, torch.Tensor], activated: list[str],
-                         last: str | None) -> None:
+                         last: str | None) -> _MeanRemoval | None:
     """Give every activation of an unsliced program a unit-RMS input, and (``last``: a linear last tensor) project
     that tensor so that ``mean(W) = 0``, in one pass over the generation.
 
@@ -323,27 +337,45 @@ def _rescale_in_one_pass(prog: Program, cores: dict[str, torch.Tensor], activate
         return v * f if shared else v.mul_(f)
 
     acts = _before_each_activation(rescale)
+    removed = None
     if last is None:
         run_program(prog, cores, activations=acts, until_weight=True)
     else:
-        _remove_mean(prog, cores, last, acts)
+        removed = _remove_mean(prog, cores, last, acts)
     for tid, f in zip(activated, factors):
         cores[tid].mul_(f)
+    return removed
+
+
+@dataclass(frozen=True)
+class _MeanRemoval:
+    """What :func:`_remove_mean` subtracted from the last core, and W's RMS before (to undo it, see
+    :data:`MEAN_REMOVAL_FLOOR`)."""
+
+    step: torch.Tensor
+    rms_before: float
 
 
 def _remove_mean(prog: Program, cores: dict[str, torch.Tensor], last: str,
-                 activations: dict[str, Callable] | None = None) -> None:
+                 activations: dict[str, Callable] | None = None) -> _MeanRemoval | None:
     """Project the last core so that ``mean(W) = 0``: W is linear in it, so ``mean(W) = <g, core>`` with ``g`` the
     gradient of ``mean(W)``, and removing the component along ``g`` zeroes it (positive activations such as relu
     and gelu otherwise leave a common offset in every entry, unlike ``nn.Linear``). ``activations`` are
-    :func:`run_program`'s (the one-pass rescale's, which change the other cores' scale during this run)."""
+    :func:`run_program`'s (the one-pass rescale's, which change the other cores' scale during this run). Returns
+    what was subtracted (None: nothing)."""
     with torch.enable_grad():
         leaf = cores[last].detach().clone().requires_grad_(True)
-        mean = run_program(prog, {**cores, last: leaf}, activations=activations, until_weight=True).mean()
+        w = run_program(prog, {**cores, last: leaf}, activations=activations, until_weight=True)
+        rms_before = float(torch.linalg.vector_norm(w.detach())) / math.sqrt(w.numel())  # no copy of W
+        mean = w.mean()
+        del w  # the backward of the mean does not need W: held, it would add W's size to the peak
         (g,) = torch.autograd.grad(mean, leaf)
     gg = float(g.double().pow(2).sum())
-    if gg > 0:
-        cores[last].sub_(g * (float(mean.detach()) / gg))
+    if not gg > 0:
+        return None
+    step = g * (float(mean.detach()) / gg)
+    cores[last].sub_(step)
+    return _MeanRemoval(step, rms_before)
 
 
 def check_init_memory(design: Design, what: str = "initialising this design") -> None:
