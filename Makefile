@@ -8,7 +8,7 @@ PORT   ?= 5006
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-all install browser postgres bench clean
+.PHONY: serve test test-all fuzz install browser postgres bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: $(STAMP) browser postgres
 
 test-all: $(STAMP) browser postgres
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# the property-based tests with fresh random examples: `make test` draws the same ones on every run (a hash of each
+# test, tests/conftest.py) so that what lands stays green; this is the adversarial search, run before a change lands
+FUZZ_FILES := $(shell grep -l "^from hypothesis" tests/test_*.py)
+fuzz: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not long" -p no:cacheprovider --hypothesis-profile=fuzz $(FUZZ_FILES)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cost_latency.py
