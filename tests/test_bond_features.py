@@ -164,9 +164,14 @@ def test_cli_features_of_a_trained_run(tmp_path, monkeypatch):
                      "--out-factors", "4,4,4", "-o", str(design)]) == 0
         assert main(["train", str(design), "--dataset", "digits", "--epochs", "1", "--runs-dir", str(runs)]) == 0
     (run,) = RunStore(runs).list_runs()
+    from engine.analysis import runs as run_analysis
+
+    reads, read = [], run_analysis._checkpoint
+    monkeypatch.setattr(run_analysis, "_checkpoint", lambda r: reads.append(r["id"]) or read(r))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["features", "--run", run["id"], "--runs-dir", str(runs), "--samples", "300", "--json"]) == 0
+    assert reads == [run["id"]]  # the checkpoint is read once (it was twice: the layer, then the model's inputs)
     rep = json.loads(out.getvalue())
     assert rep["dataset"] == "digits" and rep["samples"] == 300 and rep["fit_samples"] == 300
     assert rep["classes"] == list(range(10)) and not rep["not_carried"]

@@ -156,9 +156,11 @@ def _misfit(layer: RunLayer, data_name: str, saved: Mapping[str, Any], built: Ma
 
 def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: str | None = None,
                      splits: tuple[str, ...] = ("test",), limit: int | None = None,
-                     batch: int = 512, layer_name: str | None = None) -> dict[str, LayerInputs]:
+                     batch: int = 512, layer_name: str | None = None,
+                     loaded: tuple[RunLayer, dict[str, Any]] | None = None) -> dict[str, LayerInputs]:
     """What the run's TN layer receives for the samples of each of ``splits`` (``train``, ``test``) of ``dataset``
-    (default: the run's own), at most ``limit`` per split, from the run's model with its checkpoint loaded."""
+    (default: the run's own), at most ``limit`` per split, from the run's model with its checkpoint loaded
+    (``loaded``: :func:`load_run_model`'s answer for this run, when the caller has read the checkpoint already)."""
     import torch
 
     from engine.train.config import RunConfig
@@ -170,7 +172,7 @@ def run_layer_inputs(run_id: str, runs_dir: str | Path | None = None, dataset: s
     bad = [s for s in splits if s not in ("train", "test")]
     if bad:
         raise RunError(f"splits must be train or test, got {', '.join(map(repr, bad))}")
-    layer, state = load_run_model(run_id, runs_dir, prefix=layer_name)
+    layer, state = loaded if loaded is not None else load_run_model(run_id, runs_dir, prefix=layer_name)
     if layer.design.conv is not None:
         raise RunError(f"run {layer.run_id}'s layer is a conv2d design: streaming its inputs (bond features) takes "
                        f"a linear layer's rows, not images (spectra and truncation work on conv designs)")

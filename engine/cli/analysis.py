@@ -209,7 +209,7 @@ def _print_finetune(child: dict[str, Any]) -> None:
 # --------------------------------------------------------------------- features
 def cmd_features(args: argparse.Namespace) -> int:
     from engine.analysis.features import bond_features
-    from engine.analysis.runs import RunError, load_run_layer, run_layer_inputs
+    from engine.analysis.runs import RunError, load_run_model, run_layer_inputs
 
     if not args.run:
         raise UserError("features streams a run's data: give --run ID")
@@ -217,9 +217,10 @@ def cmd_features(args: argparse.Namespace) -> int:
         raise UserError(f"--samples must be a number of samples >= 1, got {args.samples}")
     design = read_design(args.file) if args.file else None
     try:
-        layer = load_run_layer(args.run, args.runs_dir, design, args.layer)
+        loaded = load_run_model(args.run, args.runs_dir, design, args.layer)  # one read of the checkpoint
+        layer = loaded[0]
         inputs = run_layer_inputs(layer.run_id, args.runs_dir, args.dataset, ("test", "train"), args.samples,
-                                  layer_name=layer.module)
+                                  layer_name=layer.module, loaded=loaded)
         ev, fit = inputs["test"], (inputs["train"] if inputs["test"].classification else None)
     except RunError as e:
         raise UserError(str(e)) from None
