@@ -1,9 +1,10 @@
 """Autosaved drafts: what a browser tab is working on, kept after every change and restored on reload.
 
-Each kind of draft (the Design tab's design, the Network tab's network, the Search tab's form) has a shared file (the newest of any tab)
-and one file per browser tab (named by the tab's draft id, which is in its URL). :func:`write_draft` writes both,
-atomically; :func:`read_draft` reads the tab's own, else the shared one, and sets a file it cannot use aside as
-``<name>.damaged.json`` (never overwritten by the next autosave) with a note for the user.
+Each kind of draft (the Design tab's design, the Network tab's network, the Search tab's form; :data:`DRAFT_FILES`)
+has a shared file (the newest of any tab) and one file per browser tab (named by the tab's draft id, which is in its
+URL). :func:`write_draft` writes both, atomically; :func:`read_draft` reads the tab's own, else the shared one, and
+sets a file it cannot use aside as ``<name>.damaged.json`` (never overwritten by the next autosave) with a note for
+the user.
 """
 from __future__ import annotations
 
@@ -21,6 +22,19 @@ TAB_DRAFT_ID = re.compile(r"[0-9a-f]{12}")  # a browser tab's draft id (in its U
 MAX_DRAFT_BYTES = MAX_FILE_BYTES  # what parse_json takes (16 MiB; ViT-B/16 with every layer a design: ~1.5 MB)
 KEEP_TAB_DRAFTS = 32  # the newest tab drafts kept per kind; older ones are removed when a tab first saves
 T = TypeVar("T")
+# each kind of draft: its shared file in the home folder (the newest of any tab) and the folder of the tabs' own
+DRAFT_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "design": ("draft.json", ("drafts",)),  # the Design tab (<home>/drafts/<tab id>.json)
+    "network": ("network_draft.json", ("drafts", "networks")),  # the Network tab
+    "search": ("search_draft.json", ("drafts", "search")),  # the Search tab's form
+}
+
+
+def draft_paths(home: str | Path, kind: str, draft_id: str = "") -> tuple[Path, Path | None]:
+    """The shared draft file of ``kind`` (see :data:`DRAFT_FILES`) and the tab's own (None: the tab has no id)."""
+    shared, folder = DRAFT_FILES[kind]
+    home = Path(home)
+    return home / shared, (home.joinpath(*folder, f"{draft_id}.json") if draft_id else None)
 
 
 def write_draft(text: str, shared: Path, mine: Path | None = None) -> None:

@@ -50,7 +50,7 @@ from engine.network.catalogue import architectures
 from engine.network.format import NetworkError, NetworkSpec, load_network, new_network, save_network
 from engine.network.report import NetworkReport, network_report
 
-from .drafts import read_draft, with_unsaved_note, write_draft
+from .drafts import draft_paths, read_draft, with_unsaved_note, write_draft
 from .session import session_doc
 from .style import css, styled
 from .upload import Upload, too_large
@@ -59,20 +59,12 @@ from .widgets import FloatField, IntField, Tick, button, hint, section
 log = logging.getLogger(__name__)
 POLL_MS = 1000
 DEFAULT_DATASET = "mnist1d"
-NETWORK_DRAFT = "network_draft.json"  # <home>/network_draft.json: the network last edited in any browser tab
-NETWORK_TAB_DRAFTS = ("drafts", "networks")  # <home>/drafts/networks/<tab id>.json: each browser tab's own network
 TABLE_COLUMNS = ["layer", "kind", "shape", "assignment", "dense params", "params", "compression", "FLOPs", "memory",
                  "params % dense", "params % TN", "FLOPs % dense", "FLOPs % TN"]
 BAR_COLUMNS = ["params share", "FLOPs share"]  # shown: dense (grey) and as assigned (blue) in one cell
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # network files opened in the browser (designs inline); checked there first
 FORM_FIELDS = ("arch", "import_path", "dataset", "input_shape", "classes", "options")  # kept with the network
 MAX_FORM_TEXT = 1000  # a form text a draft may restore (the fields take what is typed; a draft is a file)
-
-
-def network_draft_path(home: str | Path, draft_id: str = "") -> Path:
-    """``<home>/network_draft.json`` (the newest network of any tab), or a tab's own
-    ``<home>/drafts/networks/<id>.json`` (the Design tab's drafts, :func:`studio.state.draft_path`, for networks)."""
-    return Path(home).joinpath(*NETWORK_TAB_DRAFTS, f"{draft_id}.json") if draft_id else Path(home) / NETWORK_DRAFT
 
 
 def bars_html(dense: float, tn: float) -> str:
@@ -278,14 +270,13 @@ class NetworkView(Viewer):
         text = json.dumps({"saved": time.time(), "network": self.spec.to_dict(inline=True),
                            "form": self._form_values()})
         try:
-            write_draft(text, network_draft_path(self.home), self._own_draft())
+            write_draft(text, *self._draft_paths())
         except OSError as e:  # a read-only home or a full disk: keep working, say so
-            log.warning("could not autosave the network to %s: %s", network_draft_path(self.home), e)
+            log.warning("could not autosave the network to %s: %s", self._draft_paths()[0], e)
             self.message = with_unsaved_note(self.message, e, "download or save the network to keep it")
 
-    def _own_draft(self) -> Path | None:
-        draft_id = getattr(self.state, "draft_id", "")
-        return network_draft_path(self.home, draft_id) if draft_id else None
+    def _draft_paths(self) -> tuple[Path, Path | None]:
+        return draft_paths(self.home, "network", getattr(self.state, "draft_id", ""))
 
     def _form_values(self) -> dict[str, Any]:
         """The New-network form and the data set (which the Train card also trains on), as the draft keeps them."""
@@ -322,7 +313,7 @@ class NetworkView(Viewer):
             self._check(spec)  # resolves against its architecture (an untrusted import path is refused here)
             return spec, data.get("form")
 
-        return read_draft(parse, network_draft_path(self.home), self._own_draft(), "network")
+        return read_draft(parse, *self._draft_paths(), "network")
 
     # ------------------------------------------------------------------ the network
     def _arch_changed(self) -> None:

@@ -45,7 +45,7 @@ from engine.search.space import DEFAULT_ACTIVATIONS, DEFAULT_LEGS, Candidate, La
 from engine.search.spec import OBJECTIVES, PRUNERS, SearchSpec
 from engine.train.data import dataset_specs
 
-from .drafts import read_draft, write_draft
+from .drafts import draft_paths, read_draft, write_draft
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
@@ -53,8 +53,6 @@ from .widgets import IntField, Tick, button, error_html, note_html, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
-SEARCH_DRAFT = "search_draft.json"  # <home>/search_draft.json: the search form last edited in any browser tab
-SEARCH_TAB_DRAFTS = ("drafts", "search")  # <home>/drafts/search/<tab id>.json: each browser tab's own form
 FORM_PARAMS = ("study_name", "dataset", "in_features", "out_features", "kinds", "legs", "activations", "per_bond",
                "max_params", "max_flops", "max_train_memory_mib", "budget_batch", "objective", "trials", "epochs",
                "pruner", "workers")  # autosaved; not the storage URL, which may hold a password
@@ -211,9 +209,7 @@ class SearchView(pn.viewable.Viewer):
 
     # ------------------------------------------------------------------ the autosaved form
     def _form_paths(self) -> tuple[Path, Path | None]:
-        draft_id = getattr(self.state, "draft_id", "")
-        mine = self.home.joinpath(*SEARCH_TAB_DRAFTS, f"{draft_id}.json") if draft_id else None
-        return self.home / SEARCH_DRAFT, mine
+        return draft_paths(self.home, "search", getattr(self.state, "draft_id", ""))
 
     def _save_form(self) -> None:
         """Keep the search being defined (not its storage URL, which may hold a password) as the Design tab keeps

@@ -62,7 +62,7 @@ from engine.design.templates import make_template
 from engine.format import clip_quotes, nbytes, si
 from engine.home import tnstudio_home
 
-from .drafts import TAB_DRAFT_ID, read_draft, with_unsaved_note, write_draft
+from .drafts import TAB_DRAFT_ID, draft_paths, read_draft, with_unsaved_note, write_draft
 from .layout import arrange, overlapping
 from .refine import PathRefiner, RefineJob
 
@@ -76,8 +76,6 @@ MAX_UPLOAD_BYTES = 2 * 2 ** 20  # design files opened in the browser (the engine
 CONFIRM_PARAMS = 5_000_000  # crossing this many core parameters asks first
 CONFIRM_W_ENTRIES = 2 ** 28  # crossing this many entries of W (1 GiB in float32) asks first
 SMALL_LAYER = 4096  # layers with fewer core params than this are not asked about being larger than dense
-DRAFT_FILE = "draft.json"
-TAB_DRAFTS = "drafts"  # <home>/drafts/<tab id>.json: each browser tab's own draft (its id is in the tab's URL)
 # param compares reports by value: watchers fire only when a number changes
 Comparator.equalities.setdefault(CostReport, operator.eq)
 
@@ -101,11 +99,6 @@ def oversize(before: Design | None, after: Design) -> str | None:
         return (f"W becomes {after.in_features:,} × {after.out_features:,} = {si(dense)} entries "
                 f"({nbytes(4 * dense)} in float32)")
     return None
-
-
-def draft_path(home: str | Path, draft_id: str = "") -> Path:
-    """``<home>/draft.json`` (the newest draft of any tab), or a tab's own ``<home>/drafts/<id>.json``."""
-    return Path(home) / TAB_DRAFTS / f"{draft_id}.json" if draft_id else Path(home) / DRAFT_FILE
 
 
 class StudioState(param.Parameterized):
@@ -375,9 +368,9 @@ class StudioState(param.Parameterized):
         text = json.dumps({"saved": time.time(), "design": self.design.to_dict()})
         try:
             # every session of a served studio autosaves to the same home: a temporary file of its own each time
-            write_draft(text, draft_path(self.home), draft_path(self.home, self.draft_id) if self.draft_id else None)
+            write_draft(text, *draft_paths(self.home, "design", self.draft_id))
         except OSError as e:  # a read-only home or a full disk: keep working (the last draft stays whole), say so
-            log.warning("could not autosave the draft to %s: %s", draft_path(self.home), e)
+            log.warning("could not autosave the draft to %s: %s", draft_paths(self.home, "design")[0], e)
             self.message = with_unsaved_note(self.message, e, "download or save the design to keep it")
 
     def _read_draft(self) -> tuple[Design | None, str | None]:
@@ -390,8 +383,7 @@ class StudioState(param.Parameterized):
             draft.copy().layout()  # what starting with it does first
             return draft
 
-        return read_draft(parse, draft_path(self.home), draft_path(self.home, self.draft_id) if self.draft_id
-                          else None)
+        return read_draft(parse, *draft_paths(self.home, "design", self.draft_id))
 
     # ------------------------------------------------------------------ whole designs
     def replace(self, design: Design, label: str = "open") -> bool:
@@ -603,4 +595,4 @@ def _selection_in(design: Design, tensors: Iterable[str], indices: Iterable[str]
 
 
 __all__ = ["StudioState", "ACTIVATIONS", "KINDS", "DTYPES", "SCHEDULE_CHOICES", "SWEEP_CHI", "MAX_UPLOAD_BYTES",
-           "CONFIRM_PARAMS", "CONFIRM_W_ENTRIES", "oversize", "safe_params", "draft_path"]
+           "CONFIRM_PARAMS", "CONFIRM_W_ENTRIES", "oversize", "safe_params"]

@@ -238,7 +238,7 @@ def _tab(home, draft_id="", autosave=True):
 def test_a_reload_restores_the_network_with_its_rules_and_canvas_edits(tmp_path):
     """The Network tab kept nothing: a reload (or a crash) lost the rules and every layer's design. It is
     autosaved like the Design tab's draft: the tab's own file, and the newest of any tab for a new tab."""
-    from studio.network_view import network_draft_path
+    from studio.drafts import draft_paths
 
     state, v = _tab(tmp_path, "0123456789ab")
     assert v.apply_rule("linear:ttn:4:gelu:min=20000") and v.select("fc2")
@@ -247,7 +247,7 @@ def test_a_reload_restores_the_network_with_its_rules_and_canvas_edits(tmp_path)
     edited = v.spec
     v.options.value, v.arch.value = "hidden=128", "lenet5"  # the form, kept with the next change ...
     v.dataset.value = "digits"  # ... which choosing the data set (the Train card's too) is
-    assert network_draft_path(tmp_path, "0123456789ab").is_file() and network_draft_path(tmp_path).is_file()
+    assert all(p.is_file() for p in draft_paths(tmp_path, "network", "0123456789ab"))
     state.close()
     for draft_id in ("0123456789ab", "ffffffffffff"):  # the same tab reloaded; a new tab (the newest network)
         state2, again = _tab(tmp_path, draft_id)
