@@ -1,6 +1,7 @@
 """Autosaved drafts: what a browser tab is working on, kept after every change and restored on reload.
 
-Each kind of draft (the Design tab's design, the Network tab's network, the Search tab's form; :data:`DRAFT_FILES`)
+Each kind of draft (the Design tab's design, the Network tab's network, the Search and Train tabs' forms;
+:data:`DRAFT_FILES`)
 has a shared file (the newest of any tab) and one file per browser tab (named by the tab's draft id, which is in its
 URL). :func:`write_draft` writes both, atomically; :func:`read_draft` reads the tab's own, else the shared one, and
 sets a file it cannot use aside as ``<name>.damaged.json`` (never overwritten by the next autosave) with a note for
@@ -27,6 +28,7 @@ DRAFT_FILES: dict[str, tuple[str, tuple[str, ...]]] = {
     "design": ("draft.json", ("drafts",)),  # the Design tab (<home>/drafts/<tab id>.json)
     "network": ("network_draft.json", ("drafts", "networks")),  # the Network tab
     "search": ("search_draft.json", ("drafts", "search")),  # the Search tab's form
+    "train": ("train_draft.json", ("drafts", "train")),  # the Train tab's New-run form
 }
 
 

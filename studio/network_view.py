@@ -54,7 +54,7 @@ from .drafts import draft_paths, read_draft, with_unsaved_note, write_draft
 from .session import session_doc
 from .style import css, styled
 from .upload import Upload, too_large
-from .widgets import FloatField, IntField, Tick, button, hint, section
+from .widgets import FloatField, IntField, Tick, button, form_values, hint, restore_form, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
@@ -63,8 +63,8 @@ TABLE_COLUMNS = ["layer", "kind", "shape", "assignment", "dense params", "params
                  "params % dense", "params % TN", "FLOPs % dense", "FLOPs % TN"]
 BAR_COLUMNS = ["params share", "FLOPs share"]  # shown: dense (grey) and as assigned (blue) in one cell
 MAX_UPLOAD_BYTES = 8 * 2 ** 20  # network files opened in the browser (designs inline); checked there first
-FORM_FIELDS = ("arch", "import_path", "dataset", "input_shape", "classes", "options")  # kept with the network
-MAX_FORM_TEXT = 1000  # a form text a draft may restore (the fields take what is typed; a draft is a file)
+FORM_FIELDS = ("arch", "import_path", "dataset", "input_shape", "classes", "options",  # kept with the network
+               "train_epochs", "train_batch", "train_lr", "train_device", "train_baseline")
 
 
 def bars_html(dense: float, tn: float) -> str:
@@ -256,7 +256,8 @@ class NetworkView(Viewer):
             self.message = f"restored {spec.name} (autosaved)"
         if note:
             self.error = note
-        self.dataset.param.watch(lambda e: self._save_draft(), "value")  # kept with the network
+        for name in ("dataset", "train_epochs", "train_batch", "train_lr", "train_device", "train_baseline"):
+            getattr(self, name).param.watch(lambda e: self._save_draft(), "value")  # kept with the network
 
     # ------------------------------------------------------------------ the autosaved network
     def _autosave(self) -> bool:
@@ -278,25 +279,18 @@ class NetworkView(Viewer):
     def _draft_paths(self) -> tuple[Path, Path | None]:
         return draft_paths(self.home, "network", getattr(self.state, "draft_id", ""))
 
+    def _form_fields(self) -> dict[str, Any]:
+        """The New-network form, the data set (which the Train card also trains on) and the Train card's fields, as
+        the draft keeps them (in the order they are restored)."""
+        return {name: getattr(self, name) for name in FORM_FIELDS}
+
     def _form_values(self) -> dict[str, Any]:
-        """The New-network form and the data set (which the Train card also trains on), as the draft keeps them."""
-        return {name: getattr(self, name).value for name in FORM_FIELDS}
+        return form_values(self._form_fields())
 
     def _set_form(self, values: Any) -> None:
         """The form as a draft kept it; a value the widget cannot take (an architecture or data set this studio
         does not offer, text that is too long) is left as it is: the network itself is what must come back."""
-        if not isinstance(values, dict):
-            return
-        for name in FORM_FIELDS:
-            widget, v = getattr(self, name), values.get(name)
-            if isinstance(widget, pn.widgets.Select):
-                ok = isinstance(v, str) and v in widget.options
-            elif isinstance(widget, pn.widgets.IntInput):
-                ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 2 ** 31 - 1)
-            else:
-                ok = isinstance(v, str) and len(v) <= MAX_FORM_TEXT
-            if ok and name in values:
-                widget.value = v
+        restore_form(self._form_fields(), values)
 
     def _read_draft(self) -> tuple[tuple[NetworkSpec, Any] | None, str | None]:
         """The autosaved network with its form (this tab's own, else the newest of any tab) and a note: one that

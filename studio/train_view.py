@@ -15,6 +15,7 @@ Parameter counts are *core params* (the design's tensors, no bias), as everywher
 from __future__ import annotations
 
 import html
+import json
 import logging
 import math
 import sqlite3
@@ -32,7 +33,7 @@ from bokeh.plotting import figure
 from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
-from engine.design.model import Design, DesignError
+from engine.design.model import Design, DesignError, parse_json
 from engine.format import int_list
 from engine.home import runs_dir
 from engine.train.config import ConfigError, RunConfig
@@ -41,14 +42,17 @@ from engine.train.models import CNN_FEATURES, check_fit, mlp_plan, model_kinds
 from engine.train.networks import tn_layer_totals
 from engine.train.store import ACTIVE, RunNotFound, RunStore, StoreError
 
+from .drafts import draft_paths, read_draft, write_draft
 from .fmt import ratio
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
-from .widgets import FloatField, IntField, Tick, button, error_html, section
+from .widgets import FloatField, IntField, Tick, button, error_html, form_values, restore_form, section
 
 log = logging.getLogger(__name__)
 POLL_MS = 1000
+TRAIN_FORM = ("what", "dataset", "model", "hidden", "layer", "epochs", "batch_size", "lr", "device", "baseline",
+              "compiled")  # autosaved (drafts/train/<tab id>.json), restored in this order
 NETWORK_KIND = "network"  # the model kind that trains a whole network file (engine.train.models)
 TABLE_COLUMNS = ["id", "name", "status", "design", "params", "compression", "best", "progress", "elapsed"]
 STATUS_COLORS = {"queued": "#64748b", "running": "#2563eb", "completed": "#16a34a", "failed": "#dc2626",
@@ -312,6 +316,9 @@ class TrainView(Viewer):
             wdg.param.watch(lambda *_: self.update_plan(), "value")
         self.table.param.watch(self._on_selection, "selection")
         self.update_plan()
+        self._restore_form()
+        for wdg in self._form_fields().values():
+            wdg.param.watch(lambda *_: self._save_form(), "value")
         self.poll()
 
     @property
@@ -323,6 +330,43 @@ class TrainView(Viewer):
         return self._store
 
     # ------------------------------------------------------------------ the form
+    def _form_fields(self) -> dict[str, Any]:
+        """The New-run form (and which of design and network it trains), as the autosaved draft keeps it, in the
+        order it is restored (the layer after the hidden sizes that give its options)."""
+        return {name: getattr(self, name) for name in TRAIN_FORM}
+
+    def _save_form(self) -> None:
+        """Keep the form as the Design tab keeps its draft: a reload or a crash loses none of it."""
+        if not getattr(self.state, "autosave", False):
+            return
+        paths = draft_paths(self.state.home, "train", getattr(self.state, "draft_id", ""))
+        try:
+            write_draft(json.dumps({"saved": time.time(), "train": form_values(self._form_fields())}), *paths)
+        except OSError as e:  # a read-only home or a full disk: keep working, say so
+            log.warning("could not autosave the train form to %s: %s", paths[0], e)
+            self.feedback.object = error_html(f"the form was not autosaved ({e.strerror or e})")
+
+    def _restore_form(self) -> None:
+        """The autosaved form (this tab's own, else the newest of any tab), value by value: a value the form does
+        not take (a data set or device this machine lacks, a batch of 0) keeps the default; a file that is not a
+        form is set aside and said."""
+        if not getattr(self.state, "autosave", False):
+            return
+
+        def parse(raw: bytes) -> dict[str, Any]:
+            data = parse_json(raw)  # bounded size and nesting, no NaN, UTF-8
+            if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+                raise ValueError("not an autosaved train form (no 'train' in it)")
+            return data["train"]
+
+        values, note = read_draft(parse, *draft_paths(self.state.home, "train", getattr(self.state, "draft_id", "")),
+                                  "train form")
+        refused = restore_form(self._form_fields(), values or {})
+        if refused:
+            log.info("autosaved train form: not taken: %s", ", ".join(refused))
+        if note:
+            self.feedback.object = error_html(note)
+
     def _situation(self) -> tuple:
         """What Launch acts on: the form and the design (a double click launches once)."""
         return (self.dataset.value, self.model.value, self.hidden.value, self.layer.value, self.epochs.value,

@@ -311,3 +311,55 @@ class FloatField(Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         size = {"width": self.input.width + 20} if self.input.width else {"sizing_mode": "stretch_width"}
         return pn.Column(self.input, self.note, margin=0, **size)
+
+
+# --------------------------------------------------------------------- forms kept in drafts
+MAX_FORM_TEXT = 1000  # the longest text a draft may put back into a text box (the boxes take what is typed; a draft
+# is a file)
+
+
+def form_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """The values of a form's ``fields`` (name -> widget), as a draft keeps them (JSON: str, int, float, bool)."""
+    return {name: widget.value for name, widget in fields.items()}
+
+
+def restore_form(fields: dict[str, Any], values: Any) -> list[str]:
+    """Put a draft's ``values`` back into ``fields``, in their order (a field whose options follow an earlier one
+    comes after it), each only where the widget takes it as it would take what a user picks or types; returns the
+    names of the values refused (an option this studio does not offer, a number out of range, the wrong type)."""
+    if not isinstance(values, dict):
+        return list(fields)
+    refused = []
+    for name, widget in fields.items():
+        if name not in values:
+            continue
+        if _takes(widget, values[name]):
+            widget.value = values[name]
+        else:
+            refused.append(name)
+    return refused
+
+
+def _takes(widget: Any, v: Any) -> bool:
+    if isinstance(widget, (pn.widgets.Select, pn.widgets.RadioButtonGroup)):
+        options = widget.options
+        return isinstance(v, str) and v in (options.values() if isinstance(options, dict) else options)
+    if isinstance(widget, Tick):
+        return isinstance(v, bool)
+    if isinstance(widget, FloatField):
+        try:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and parse_positive_float(v, "") == v
+        except ValueError:
+            return False
+    if isinstance(widget, TextField):  # parsed as if typed (an IntField's range, a BytesField's units)
+        try:
+            return not isinstance(v, bool) and widget.parse(widget.show(v)) == v
+        except (ValueError, TypeError):
+            return False
+    if isinstance(widget, pn.widgets.IntInput):
+        lo, hi = widget.start, widget.end
+        return v is None or (isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+                             and (hi is None or v <= hi) and abs(v) < 2 ** 31)
+    if isinstance(widget, pn.widgets.TextInput):
+        return isinstance(v, str) and len(v) <= MAX_FORM_TEXT
+    return False

@@ -247,6 +247,7 @@ def test_a_reload_restores_the_network_with_its_rules_and_canvas_edits(tmp_path)
     edited = v.spec
     v.options.value, v.arch.value = "hidden=128", "lenet5"  # the form, kept with the next change ...
     v.dataset.value = "digits"  # ... which choosing the data set (the Train card's too) is
+    v.train_epochs.value, v.train_lr.value, v.train_baseline.value = 7, 0.01, True  # the Train card, each kept
     assert all(p.is_file() for p in draft_paths(tmp_path, "network", "0123456789ab"))
     state.close()
     for draft_id in ("0123456789ab", "ffffffffffff"):  # the same tab reloaded; a new tab (the newest network)
@@ -255,6 +256,7 @@ def test_a_reload_restores_the_network_with_its_rules_and_canvas_edits(tmp_path)
         assert again.spec.layers["fc2"].design.dim(bond) == 5
         assert again.message.startswith("restored") and again.error == ""
         assert (again.dataset.value, again.arch.value, again.options.value) == ("digits", "lenet5", "hidden=128")
+        assert (again.train_epochs.value, again.train_lr.value, again.train_baseline.value) == (7, 0.01, True)
         assert again.report.totals.params == network_report(edited, batch=1).totals.params
         state2.close()
     state3, off = _tab(tmp_path / "other", autosave=False)  # autosave off: nothing read or written
