@@ -361,8 +361,36 @@ class NetworkView(Viewer):
             return self._refuse(str(e))
         self.editing = self.selected = ""
         self._own = None  # an opened file sets it again (load_file)
-        self._apply(spec, f"{label} {spec.name}")
+        data = self._show_in_form(spec)
+        self._apply(spec, f"{label} {spec.name}{data}")
         return True
+
+    def _show_in_form(self, spec: NetworkSpec) -> str:
+        """The form shows what an opened network is made of (architecture, options, input shape, classes), so New
+        network remakes it, and a data set that fits it (the one chosen if it does, else the first that does,
+        else none), which the Train card trains on; returns what the status line says about the data set."""
+        from engine.train.data import dataset_spec
+
+        ref = spec.architecture
+        if ref.import_path:
+            self.arch.value, self.import_path.value = "import path", ref.import_path
+        elif ref.name in self.arch.options:
+            self.arch.value = ref.name
+        self.options.value = "; ".join(f"{k}={json.dumps(v)}" for k, v in (ref.options or {}).items())
+        self.input_shape.value = ",".join(map(str, spec.input_shape)) if spec.input_shape else ""
+        self.classes.value = spec.num_classes
+        try:
+            shape, classes = spec.resolved_input_shape, spec.resolved_num_classes
+        except NetworkError:  # checked already by the caller; nothing to match a data set against
+            return ""
+        fits = [n for n in self.dataset.options if n != "(none)" and tuple(dataset_spec(n).input_shape) == shape
+                and classes in (None, dataset_spec(n).num_outputs)]
+        if self.dataset.value in fits:
+            return ""
+        self.dataset.value = fits[0] if fits else "(none)"
+        size = "x".join(map(str, shape)) + (f", {classes} classes" if classes else "")
+        return (f" (data set {fits[0]}: it fits its input {size})" if fits else
+                f" (no data set here fits its input {size}: train it from the command line on your data)")
 
     def load_json(self, data: str | bytes | None, source: str = "file") -> bool:
         """Open a network file's text (from the upload, at most ``MAX_UPLOAD_BYTES``); design paths in it cannot be

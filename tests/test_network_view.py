@@ -153,6 +153,30 @@ def test_new_network_from_the_form_and_files(view, tmp_path):
     assert not view.new_from_form() and "input shape" in view.error
 
 
+def test_an_opened_network_shows_in_the_form_with_a_data_set_that_fits_it(view, tmp_path):
+    """Opening a network file left the form (and the data set the Train card trains on) as it was: a transformer
+    made for 3x16x16 images opened while mnist1d was chosen would have been trained on 1x40 rows. The form now shows
+    what the network is made of (New network remakes it) and a data set that fits it, or none, said."""
+    from engine.network.format import new_network, save_network
+
+    made = new_network("transformer", [3, 16, 16], 10, {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
+                       name="small vit").with_rules(["attention:mpo:4"])
+    save_network(made, tmp_path / "vit.json")
+    assert view.dataset.value == "mnist1d"
+    assert view.load_file(tmp_path / "vit.json"), view.error
+    assert (view.arch.value, view.input_shape.value, view.classes.value) == ("transformer", "3,16,16", 10)
+    assert view.dataset.value == "synthetic_images" and "data set synthetic_images: it fits" in view.message
+    assert "synthetic_images" in view.train_summary.object
+    opened = view.spec
+    assert view.new_from_form() and view.spec.arch_key() == opened.arch_key()  # the form remakes its dense model
+    assert view.load_file(tmp_path / "vit.json") and "data set" not in view.message  # it fits already: kept
+    big = new_network("vgg16", name="vgg")  # 3x224x224, 1000 classes: nothing here fits
+    save_network(big, tmp_path / "vgg.json")
+    assert view.load_file(tmp_path / "vgg.json") and view.dataset.value == "(none)"
+    assert "no data set here fits its input 3x224x224, 1000 classes" in view.message
+    assert view.input_shape.value == "" and view.classes.value is None and view.options.value == ""
+
+
 def test_saving_never_replaces_another_network(view):
     """Save as <name> replaced whatever networks/<name>.json held; now another network there is kept and this one
     goes to <name>-2.json, while the file the network came from is saved over."""
