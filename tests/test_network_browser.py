@@ -1,4 +1,5 @@
-"""The Network tab in a browser: apply a bulk rule, see the totals, train an MNIST-1D network with TN layers.
+"""The Network tab in a browser: apply a bulk rule, see the totals, train an MNIST-1D network with TN layers; the
+Network tab and the Train tab's form come back after a reload.
 
 ``test_studio_network_tab_trains_an_mnist1d_network`` drives the whole studio (``studio.app.create_app``), whose
 optional-tab list (``studio.app.OPTIONAL_TABS``) shows ``studio.network_view.NetworkView`` as the Network tab; it
@@ -100,4 +101,34 @@ def test_a_reloaded_page_brings_the_network_back(tmp_path, monkeypatch):
         page.locator(".tn-net-table .tabulator-row", has_text="fc2 ttn chi=4 gelu").wait_for(timeout=30000)
         page.locator(".tn-net-status", has_text="restored").wait_for(timeout=30000)
         screenshot(page, "network_restored")
+    assert page_errors == []
+
+
+def test_a_reloaded_page_brings_the_train_form_back(tmp_path, monkeypatch):
+    """The Train tab's New-run form was lost on a reload (a tuned learning rate, the data set, epochs): it is
+    autosaved with the browser tab's draft id and restored, in the whole studio."""
+    from studio.app import create_app
+
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path))
+    page_errors: list[str] = []
+    with serve_app(lambda: create_app(str(tmp_path))) as url, browser_page() as page:
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.goto(url)
+        page.wait_for_url("**draft=*", timeout=60000)
+        page.locator(".bk-tab", has_text="Train").click()
+        for field, text in ((".tn-train-epochs input", "7"), (".tn-train-lr input", "0.02")):
+            page.locator(field).fill(text)
+            page.locator(field).press("Enter")
+        page.locator(".tn-train-dataset select").select_option(label="MNIST-1D")
+        page.locator(".tn-train-plan", has_text="40").wait_for(timeout=30000)  # the server took the form
+        page.reload()
+        page.locator(".bk-tab", has_text="Train").click()
+        page.locator(".tn-train-epochs input").wait_for(timeout=90000)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and page.locator(".tn-train-epochs input").input_value() != "7":
+            time.sleep(0.2)
+        assert page.locator(".tn-train-epochs input").input_value() == "7"
+        assert page.locator(".tn-train-lr input").input_value() == "0.02"
+        assert page.locator(".tn-train-dataset select option:checked").inner_text() == "MNIST-1D"
+        screenshot(page, "train_form_restored")
     assert page_errors == []
