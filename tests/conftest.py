@@ -4,13 +4,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 # `make test` (CI) draws the same examples on every run (a hash of each test), so what lands stays green unless the
 # code changes; `make fuzz` runs the same property tests with fresh random examples (the adversarial search: run it
 # before a change lands; a failure prints the example to add as an @example). `--hypothesis-profile` picks one.
-settings.register_profile("ci", derandomize=True, print_blob=True)
-settings.register_profile("fuzz", derandomize=False, print_blob=True)
+# (too_slow: drawing examples on a 2-core machine that runs two test workers is not a test's failure)
+settings.register_profile("ci", derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", derandomize=False, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
 
 
