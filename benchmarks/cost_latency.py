@@ -38,7 +38,7 @@ from engine.contract.cache import clear_cache  # noqa: E402
 from engine.contract.cost import cost_report  # noqa: E402
 from engine.contract.paths import cotengra_path, path_cost  # noqa: E402
 from engine.contract.program import BATCH, compile_program  # noqa: E402
-from engine.design.model import Design  # noqa: E402
+from engine.design.graphs import regular_graph_design as loopy_design  # noqa: E402
 from engine.design.templates import make_template  # noqa: E402
 
 # the reference: cotengra's HyperOptimizer with its default path finders (kahypar's partitioner among them when
@@ -52,24 +52,6 @@ SITES = (4, 8, 16, 32, 64, 128)
 def design(kind: str, sites: int, bond: int):
     n = 2 ** sites
     return make_template(kind, n, n, bond, in_factors=[2] * sites, out_factors=[2] * sites)
-
-
-def loopy_design(n: int, bond: int = 2, seed: int = 0, degree: int = 3, leg: int = 2) -> Design:
-    """A random ``degree``-regular graph of ``n`` tensors (networkx, seeded) as a layer: one bond per edge, tensor
-    ``k`` holding in leg ``k`` (first half) or out leg ``k - n/2`` (second half)."""
-    import networkx as nx
-
-    edges = sorted(tuple(sorted(e)) for e in nx.random_regular_graph(degree, n, seed=seed).edges())
-    half = n // 2
-    idx: dict = {f"b{k}": {"dim": bond, "role": "bond"} for k in range(len(edges))}
-    tensors = []
-    for v in range(n):
-        leg_name = f"i{v}" if v < half else f"o{v - half}"
-        idx[leg_name] = {"dim": leg, "role": "in" if v < half else "out", "axis": v if v < half else v - half}
-        tensors.append({"id": f"T{v}", "indices": [leg_name] + [f"b{k}" for k, e in enumerate(edges) if v in e]})
-    return Design.from_dict({"format": "tnstudio-design", "version": 1, "name": f"loopy n={n} seed={seed}",
-                             "target": {"kind": "linear", "in_features": leg ** half,
-                                        "out_features": leg ** (n - half)}, "indices": idx, "tensors": tensors})
 
 
 def loopy_latency_ms(n: int, seed: int, bond: int, batch: int, changes: int) -> tuple[list[float], list[float]]:

@@ -498,20 +498,27 @@ def test_cotengra_backends_run_on_our_index_names(caplog):
 
 def _loopy(n: int, seed: int = 0):
     """A random 3-regular network of ``n`` tensors with one leg each (as benchmarks/cost_latency.py's)."""
+    from engine.design.graphs import regular_graph_design
+
+    return regular_graph_design(n, seed=seed)
+
+
+def test_a_regular_graph_design_is_that_graph():
+    """``regular_graph_design``: tensor k holds one leg and a bond per edge of networkx's seeded regular graph, so
+    its network (without the legs) is that graph, loopy in the path search's sense."""
     import networkx as nx
 
-    from engine.design.model import Design
+    from engine.contract.paths import is_loopy
+    from engine.design.graphs import regular_graph_design
 
-    edges = sorted(tuple(sorted(e)) for e in nx.random_regular_graph(3, n, seed=seed).edges())
-    idx = {f"b{k}": {"dim": 2, "role": "bond"} for k in range(len(edges))}
-    tensors = []
-    for v in range(n):
-        leg = f"i{v}" if v < n // 2 else f"o{v - n // 2}"
-        idx[leg] = {"dim": 2, "role": "in" if v < n // 2 else "out", "axis": v if v < n // 2 else v - n // 2}
-        tensors.append({"id": f"T{v}", "indices": [leg] + [f"b{k}" for k, e in enumerate(edges) if v in e]})
-    return Design.from_dict({"format": "tnstudio-design", "version": 1, "name": f"loopy {n}",
-                             "target": {"kind": "linear", "in_features": 2 ** (n // 2),
-                                        "out_features": 2 ** (n - n // 2)}, "indices": idx, "tensors": tensors})
+    d = regular_graph_design(40, bond=3, seed=5, degree=4, leg=2)
+    g = nx.random_regular_graph(4, 40, seed=5)
+    bonds = [i for i, x in d.indices.items() if x.role == "bond"]
+    got = {tuple(sorted(int(t.id[1:]) for t in d.tensors if b in t.indices)) for b in bonds}
+    assert got == {tuple(sorted(e)) for e in g.edges()} and len(bonds) == g.number_of_edges()
+    assert all(d.dim(b) == 3 for b in bonds) and (d.in_features, d.out_features) == (2 ** 20, 2 ** 20)
+    assert all(sum(d.indices[i].role != "bond" for i in t.indices) == 1 for t in d.tensors)
+    assert is_loopy([(t.id, tuple(t.indices)) for t in d.tensors])
 
 
 def test_a_loopy_report_searches_its_two_schedules_side_by_side(monkeypatch):
