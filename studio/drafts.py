@@ -1,11 +1,10 @@
 """Autosaved drafts: what a browser tab is working on, kept after every change and restored on reload.
 
-Each kind of draft (the Design tab's design, the Network tab's network, the Search and Train tabs' forms;
-:data:`DRAFT_FILES`)
-has a shared file (the newest of any tab) and one file per browser tab (named by the tab's draft id, which is in its
-URL). :func:`write_draft` writes both, atomically; :func:`read_draft` reads the tab's own, else the shared one, and
-sets a file it cannot use aside as ``<name>.damaged.json`` (never overwritten by the next autosave) with a note for
-the user.
+Each kind of draft (:data:`DRAFT_FILES`: the Design tab's design, the Network tab's network, the Search and Train
+tabs' forms) has a shared file (the newest of any tab) and one file per browser tab (named by the tab's draft id,
+which is in its URL). :func:`write_draft` writes both, atomically; :func:`read_draft` reads the tab's own, else the
+shared one, and sets a file it cannot use aside as ``<name>.damaged.json`` (never overwritten by the next autosave)
+with a note for the user.
 """
 from __future__ import annotations
 
