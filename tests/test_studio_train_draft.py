@@ -89,3 +89,26 @@ def test_an_autosaved_train_form_takes_only_what_the_form_takes(tmp_path):
             state.close()
 
     check()
+
+
+def test_a_failing_autosave_is_said_and_the_form_works_on(tmp_path, monkeypatch):
+    """A full disk (or a read-only home): the form keeps every value typed, says it was not autosaved, and the last
+    file written stays whole."""
+    import errno
+
+    import studio.drafts as drafts
+
+    state, view = _tab(tmp_path)
+    view.epochs.value = 3
+    kept = (tmp_path / "train_draft.json").read_bytes()
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(drafts, "atomic_write_text", full)
+    view.epochs.value, view.lr.value = 9, 0.05
+    assert (view.epochs.value, view.lr.value) == (9, 0.05)
+    assert "not autosaved (No space left on device)" in view.feedback.object
+    assert (tmp_path / "train_draft.json").read_bytes() == kept
+    assert view.config().epochs == 9  # what Launch would train
+    state.close()
