@@ -8,12 +8,14 @@ with a note for the user.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
-from engine.design.model import MAX_FILE_BYTES
+from engine.design.model import MAX_FILE_BYTES, parse_json
 from engine.files import atomic_write_text, read_input_file
 from engine.format import clip_quotes, first_line
 
@@ -89,3 +91,21 @@ def prune_tab_drafts(folder: Path) -> None:
             old.unlink(missing_ok=True)
     except OSError as e:  # another tab pruned at the same time, or the folder went: nothing is lost
         log.debug("could not prune the tab drafts in %s: %s", folder, e)
+
+
+def write_form_draft(home: str | Path, kind: str, draft_id: str, values: dict[str, Any]) -> None:
+    """A form's ``values`` as the ``kind`` draft (``{"saved": time, kind: values}``) of the tab ``draft_id``:
+    :func:`write_draft` (``OSError`` when it cannot be written)."""
+    write_draft(json.dumps({"saved": time.time(), kind: values}), *draft_paths(home, kind, draft_id))
+
+
+def read_form_draft(home: str | Path, kind: str, draft_id: str, what: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The form values :func:`write_form_draft` kept (the tab's own, else the newest of any tab) and
+    :func:`read_draft`'s note; a file without them is set aside like any damaged draft."""
+    def parse(raw: bytes) -> dict[str, Any]:
+        data = parse_json(raw)  # bounded size and nesting, no NaN, UTF-8
+        if not isinstance(data, dict) or not isinstance(data.get(kind), dict):
+            raise ValueError(f"not an autosaved {what} (no {kind!r} in it)")
+        return data[kind]
+
+    return read_draft(parse, *draft_paths(home, kind, draft_id), what)

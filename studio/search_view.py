@@ -21,12 +21,10 @@ and applies immediately. The periodic callback reads the study only while the ta
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from bokeh.models import ColumnDataSource, HoverTool, NumeralTickFormatter, Rang
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from engine.design.model import ACTIVATIONS, parse_json
+from engine.design.model import ACTIVATIONS
 from engine.design.templates import TEMPLATES
 from engine.format import first_line, nbytes, si
 from engine.search.budget import Budget
@@ -45,7 +43,7 @@ from engine.search.space import DEFAULT_ACTIVATIONS, DEFAULT_LEGS, Candidate, La
 from engine.search.spec import OBJECTIVES, PRUNERS, SearchSpec
 from engine.train.data import dataset_specs
 
-from .drafts import draft_paths, read_draft, write_draft
+from .drafts import draft_paths, read_form_draft, write_form_draft
 from .session import SessionDispatcher
 from .state import StudioState
 from .style import css, styled
@@ -208,9 +206,6 @@ class SearchView(pn.viewable.Viewer):
         self.param.watch(lambda *_: self._save_form(), list(FORM_PARAMS))
 
     # ------------------------------------------------------------------ the autosaved form
-    def _form_paths(self) -> tuple[Path, Path | None]:
-        return draft_paths(self.home, "search", getattr(self.state, "draft_id", ""))
-
     def _save_form(self) -> None:
         """Keep the search being defined (not its storage URL, which may hold a password) as the Design tab keeps
         its draft: a reload or a crash before Launch loses none of it."""
@@ -219,9 +214,9 @@ class SearchView(pn.viewable.Viewer):
         values = {k: getattr(self, k) for k in FORM_PARAMS}  # JSON has no inf or NaN: such a budget is not kept
         values = {k: v for k, v in values.items() if not (isinstance(v, float) and not math.isfinite(v))}
         try:
-            write_draft(json.dumps({"saved": time.time(), "search": values}), *self._form_paths())
+            write_form_draft(self.home, "search", getattr(self.state, "draft_id", ""), values)
         except OSError as e:  # a read-only home or a full disk: keep working, say so
-            log.warning("could not autosave the search form to %s: %s", self._form_paths()[0], e)
+            log.warning("could not autosave the search form to %s: %s", draft_paths(self.home, "search")[0], e)
             self.message = f"the search form was not autosaved ({e.strerror or e})"
 
     def _restore_form(self) -> None:
@@ -230,14 +225,7 @@ class SearchView(pn.viewable.Viewer):
         aside and said."""
         if not getattr(self.state, "autosave", False):
             return
-
-        def parse(raw: bytes) -> dict[str, Any]:
-            data = parse_json(raw)
-            if not isinstance(data, dict) or not isinstance(data.get("search"), dict):
-                raise ValueError("not an autosaved search form (no 'search' in it)")
-            return data["search"]
-
-        values, note = read_draft(parse, *self._form_paths(), "search form")
+        values, note = read_form_draft(self.home, "search", getattr(self.state, "draft_id", ""), "search form")
         if note:
             self.error = note
         for k, v in (values or {}).items():

@@ -15,7 +15,6 @@ Parameter counts are *core params* (the design's tensors, no bias), as everywher
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 import sqlite3
@@ -33,7 +32,7 @@ from bokeh.plotting import figure
 from bokeh.models import ColumnDataSource
 from panel.viewable import Viewer
 
-from engine.design.model import Design, DesignError, parse_json
+from engine.design.model import Design, DesignError
 from engine.format import int_list
 from engine.home import runs_dir
 from engine.train.config import ConfigError, RunConfig
@@ -42,7 +41,7 @@ from engine.train.models import CNN_FEATURES, check_fit, mlp_plan, model_kinds
 from engine.train.networks import tn_layer_totals
 from engine.train.store import ACTIVE, RunNotFound, RunStore, StoreError
 
-from .drafts import draft_paths, read_draft, write_draft
+from .drafts import draft_paths, read_form_draft, write_form_draft
 from .fmt import ratio
 from .session import SessionDispatcher
 from .state import StudioState
@@ -339,11 +338,11 @@ class TrainView(Viewer):
         """Keep the form as the Design tab keeps its draft: a reload or a crash loses none of it."""
         if not getattr(self.state, "autosave", False):
             return
-        paths = draft_paths(self.state.home, "train", getattr(self.state, "draft_id", ""))
+        draft_id = getattr(self.state, "draft_id", "")
         try:
-            write_draft(json.dumps({"saved": time.time(), "train": form_values(self._form_fields())}), *paths)
+            write_form_draft(self.state.home, "train", draft_id, form_values(self._form_fields()))
         except OSError as e:  # a read-only home or a full disk: keep working, say so
-            log.warning("could not autosave the train form to %s: %s", paths[0], e)
+            log.warning("could not autosave the train form to %s: %s", draft_paths(self.state.home, "train")[0], e)
             self.feedback.object = error_html(f"the form was not autosaved ({e.strerror or e})")
 
     def _restore_form(self) -> None:
@@ -352,15 +351,7 @@ class TrainView(Viewer):
         form is set aside and said."""
         if not getattr(self.state, "autosave", False):
             return
-
-        def parse(raw: bytes) -> dict[str, Any]:
-            data = parse_json(raw)  # bounded size and nesting, no NaN, UTF-8
-            if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
-                raise ValueError("not an autosaved train form (no 'train' in it)")
-            return data["train"]
-
-        values, note = read_draft(parse, *draft_paths(self.state.home, "train", getattr(self.state, "draft_id", "")),
-                                  "train form")
+        values, note = read_form_draft(self.state.home, "train", getattr(self.state, "draft_id", ""), "train form")
         refused = restore_form(self._form_fields(), values or {})
         if refused:
             log.info("autosaved train form: not taken: %s", ", ".join(refused))
