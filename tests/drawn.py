@@ -70,3 +70,19 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def all_offset_design(i: int, activation: str | None) -> dict:
+    """A design CI's run drew (`test_modules`): T1's relu zeroes one of T3's two bond values, so W = c * M with
+    mean(M) != 0 and removing the mean left rounding (1e-17 of W), which the std rescaling made 1e16-sized cores
+    (before, for both). About 1 in 15 draws of its cores give a W of zeros (the relu's inputs all negative)."""
+    return {"format": "tnstudio-design", "version": 1, "name": f"all offset {i}",
+            "target": {"kind": "linear", "in_features": 2, "out_features": 2},
+            "indices": {"b0": {"dim": 2, "role": "bond"}, "b1": {"dim": 2, "role": "bond"},
+                        "b2": {"dim": 2, "role": "bond"}, "i0": {"dim": 2, "role": "in", "axis": 0},
+                        "o0": {"dim": 2, "role": "out", "axis": 0}},
+            "tensors": [{"id": "T0", "indices": ["b0", "b1", "b2"], "activation": activation},
+                        {"id": "T1", "indices": ["b0"], "activation": "relu"},
+                        {"id": "T2", "indices": ["b1", "i0", "o0"], "activation": None},
+                        {"id": "T3", "indices": ["b2"], "activation": None}],
+            "order": ["T0", "T1", "T2", "T3"]}

@@ -36,6 +36,8 @@ def test_registered_activation_runs_and_saves_what_the_registry_says(name):
     x_kept, y_kept = x.untyped_storage().data_ptr() in ptr, y.untyped_storage().data_ptr() in ptr
     assert x_kept != y_kept, f"{name} saves {'both' if x_kept else 'neither'} of input and output"
     assert act.saves == ("input" if x_kept else "output")
+    negatives = -torch.logspace(-6, 3, 200, dtype=torch.float64)
+    assert act.zero_below == bool((raw(negatives) == 0).all())  # what the export's dead-W check relies on
 
 
 def test_names_and_export_spelling_come_from_the_registry():

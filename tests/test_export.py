@@ -24,9 +24,9 @@ from engine.contract.schedule import can_stream
 from engine.design.templates import make_template
 
 try:
-    from tests.drawn import nonlinear_drawn
+    from tests.drawn import all_offset_design, nonlinear_drawn
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from drawn import nonlinear_drawn
+    from drawn import all_offset_design, nonlinear_drawn
 
 IN, OUT = 64, 12
 FACTORS = {"in_factors": [4, 4, 4], "out_factors": [2, 2, 3]}
@@ -372,3 +372,54 @@ def test_exported_random_nonlinear_designs_run_the_engines_program(data, tmp_pat
             y_ref = ref(x)
         torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
         assert theirs.get_total_flops() == ours.get_total_flops(), batch
+
+
+# Draws each seed's cores in the exported module (fresh interpreter, torch only) and, beside it, the plain Gaussian
+# draw a module without the dead-W check makes; prints JSON {seed: [W all zero, cores equal the plain draw]}.
+DEAD_DRAW_SCRIPT = textwrap.dedent("""\
+    import importlib.util, json, sys
+    for name in ("engine", "studio", "numpy", "opt_einsum", "cotengra"):
+        sys.modules[name] = None
+    import torch
+    spec = importlib.util.spec_from_file_location("m", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = {}
+    for seed in range(int(sys.argv[2])):
+        torch.manual_seed(seed)
+        plain = {k: torch.empty(s).normal_(0.0, mod.Layer.INIT_STD[k]) for k, s in mod.Layer.CORE_SHAPES.items()}
+        torch.manual_seed(seed)
+        layer = mod.Layer()
+        with torch.no_grad():
+            dead = not bool(layer.weight().any())
+        same = all(torch.equal(layer.cores[k].detach(), plain[k]) for k in plain)
+        out[seed] = [dead, same]
+    meta = mod.Layer(device="meta")
+    print(json.dumps({"seeds": out, "meta": str(next(iter(meta.cores.values())).device)}))
+""")
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_an_exported_module_draws_a_dead_w_again(activation, tmp_path):
+    """A design whose relu can zero every entry of W (1 in 15 draws did, in the export as in the engine before):
+    its exported module, run in a fresh torch-only interpreter, never starts with a W of zeros over 200 seeds; a
+    seed whose first draw is live keeps exactly the plain Gaussian draw (so only dead draws change), and a module
+    on the meta device (no values) is built without a check. A design without such an activation draws once."""
+    d = Design.from_dict(all_offset_design(0, activation))
+    path = tmp_path / "m.py"
+    path.write_text(to_torch_source(d))
+    (tmp_path / "run.py").write_text(DEAD_DRAW_SCRIPT)
+    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "run.py"), str(path), "200"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    seeds = res["seeds"]
+    assert not [s for s, (dead, _) in seeds.items() if dead]
+    redrawn = [s for s, (_, same) in seeds.items() if not same]
+    assert 2 <= len(redrawn) <= 40  # the plain draw was dead there (13 and 20 of 200 seeds when measured)
+    assert res["meta"] == "meta"
+    assert "INIT_DRAWS = 16" in path.read_text()
+    gelu_only = Design.from_dict({**all_offset_design(1, activation),
+                                  "tensors": [{**t, "activation": "gelu" if t["activation"] else None}
+                                              for t in all_offset_design(1, activation)["tensors"]]})
+    assert "INIT_DRAWS = 1 " in to_torch_source(gelu_only)

@@ -18,9 +18,9 @@ from engine.nn.linear import TNLinear, id_to_key, key_to_id
 from engine.design.templates import TEMPLATE_KINDS, make_template
 
 try:
-    from tests.drawn import nonlinear_drawn, one_torch_thread
+    from tests.drawn import all_offset_design, nonlinear_drawn, one_torch_thread
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from drawn import nonlinear_drawn, one_torch_thread
+    from drawn import all_offset_design, nonlinear_drawn, one_torch_thread
 
 NP_ACT = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0.0),
           "gelu": lambda v: 0.5 * v * (1.0 + erf(v / math.sqrt(2.0)))}
@@ -261,26 +261,11 @@ _MEAN_MANY_STDS = {  # drawn by a fresh clone's run: in float32 the mean left af
     "order": ["T0", "T4", "T5", "T1", "T3", "T2"]}
 
 
-def _all_offset(i: int, activation: str | None) -> dict:
-    """Drawn by CI's run: T1's relu zeroes one of T3's two bond values, so W = c * M with mean(M) != 0 and removing
-    the mean left rounding (1e-17 of W), which the std rescaling made 1e16-sized cores (before, for both)."""
-    return {"format": "tnstudio-design", "version": 1, "name": f"all offset {i}",
-            "target": {"kind": "linear", "in_features": 2, "out_features": 2},
-            "indices": {"b0": {"dim": 2, "role": "bond"}, "b1": {"dim": 2, "role": "bond"},
-                        "b2": {"dim": 2, "role": "bond"}, "i0": {"dim": 2, "role": "in", "axis": 0},
-                        "o0": {"dim": 2, "role": "out", "axis": 0}},
-            "tensors": [{"id": "T0", "indices": ["b0", "b1", "b2"], "activation": activation},
-                        {"id": "T1", "indices": ["b0"], "activation": "relu"},
-                        {"id": "T2", "indices": ["b1", "i0", "o0"], "activation": None},
-                        {"id": "T3", "indices": ["b2"], "activation": None}],
-            "order": ["T0", "T1", "T2", "T3"]}
-
-
 @settings(max_examples=25, deadline=None)
 @given(data=nonlinear_drawn())
 @example(data=_MEAN_MANY_STDS)
-@example(data=_all_offset(0, None))
-@example(data=_all_offset(1, "gelu"))
+@example(data=all_offset_design(0, None))
+@example(data=all_offset_design(1, "gelu"))
 def test_calibration_in_one_pass_equals_measuring_each_prefix(data):
     """An unsliced program's calibration rescales each activation's input as it arrives, in one pass; measuring each
     activation's input again after rescaling the tensors before it (what a sliced program's calibration does) gives
@@ -338,7 +323,7 @@ def test_a_design_whose_w_is_all_offset_keeps_its_mean_and_moderate_cores(activa
     again from the same generator, and every other seed's cores are the calibration of its first draw."""
     from engine.nn.init import calibrate
 
-    d = Design.from_dict(_all_offset(0, activation))
+    d = Design.from_dict(all_offset_design(0, activation))
     std = target_std(d.in_features)
     prog = compile_program(d, 1, "materialise")
     biggest, redrawn = 0.0, 0

@@ -25,12 +25,13 @@ class Activation:
     source: str  # e.g. "F.gelu" or "torch.sin", as exported code spells it (called on one tensor)
     saves: Saves  # "input": autograd keeps the pre-activation for backward; "output": the activated tensor
     doc: str = ""
+    zero_below: bool = False  # exactly 0 for every negative input: a draw of the cores can give a W of zeros
 
 
 ACTIVATIONS: dict[str, Activation] = {}
 
 
-def register_activation(name: str, source: str, saves: Saves, doc: str = "") -> Activation:
+def register_activation(name: str, source: str, saves: Saves, doc: str = "", zero_below: bool = False) -> Activation:
     """Add an activation to the registry (names are unique); returns it.
 
     Register new activations in this module: :data:`engine.design.model.ACTIVATIONS` (the names designs may use)
@@ -44,7 +45,7 @@ def register_activation(name: str, source: str, saves: Saves, doc: str = "") -> 
         raise ValueError(f"activation source {source!r}: spell it as torch.<name> or F.<name>")
     if saves not in ("input", "output"):
         raise ValueError(f"saves must be 'input' or 'output', got {saves!r}")
-    act = ACTIVATIONS[name] = Activation(name, source, saves, doc)
+    act = ACTIVATIONS[name] = Activation(name, source, saves, doc, zero_below)
     return act
 
 
@@ -56,7 +57,7 @@ def activation(name: str) -> Activation:
         raise KeyError(f"unknown activation {name!r} (known: {', '.join(ACTIVATIONS)})") from None
 
 
-register_activation("relu", "F.relu", "output", "max(x, 0)")
+register_activation("relu", "F.relu", "output", "max(x, 0)", zero_below=True)
 register_activation("gelu", "F.gelu", "input", "Gaussian error linear unit (exact erf form)")
 register_activation("tanh", "torch.tanh", "output", "hyperbolic tangent")
 register_activation("sigmoid", "torch.sigmoid", "output", "logistic sigmoid")

@@ -281,11 +281,24 @@ def __init__(self, bias: bool = True, device=None, dtype=None) -> None:
 
 def reset_parameters(self) -> None:
     with torch.no_grad():
-        for k, core in self.cores.items():
-            core.normal_(0.0, self.INIT_STD[k])
+        for _ in range(self.INIT_DRAWS):  # a draw whose W is all zero (a dead layer) is drawn again
+            for k, core in self.cores.items():
+                core.normal_(0.0, self.INIT_STD[k])
+            if self.INIT_DRAWS == 1 or self.weight_is_live():
+                break
         if self.bias is not None:
             bound = 1.0 / math.sqrt(self.in_features)
-            self.bias.uniform_(-bound, bound)'''
+            self.bias.uniform_(-bound, bound)
+
+def weight_is_live(self) -> bool:
+    """False when W is all zero: every path through an activation is dead and no gradient reaches the cores."""
+    if any(core.is_meta for core in self.cores.values()):
+        return True  # no values to check
+    try:
+        W = self.weight()
+    except ValueError:  # a budgeted module that cannot generate W at this entry size: left unchecked
+        return True
+    return bool(W.any())'''
 
 _SCHEDULE_NOTE = """\
 # Each contraction program's FLOPs at batch B as (a, b), i.e. a + b * B, and its largest intermediate as (c, d),
@@ -376,6 +389,7 @@ class _LayerTables:
     delta_shapes: dict[str, tuple[int, ...]]  # buffer name -> shape
     init_std: dict[str, float]  # parameter key -> init std, in the order of core_shapes
     fingerprint: str  # the design's, checked hexadecimal
+    init_draws: int  # 1, or DEAD_INIT_DRAWS where an activation can zero every entry of W (checked at reset)
 
 
 def _layer_tables(design: Design, init_view: Design, memory_budget: int | None = None) -> _LayerTables:
@@ -393,7 +407,17 @@ def _layer_tables(design: Design, init_view: Design, memory_budget: int | None =
     fingerprint = design.fingerprint()
     if not _HEX.fullmatch(fingerprint):
         raise ValueError(f"cannot export: fingerprint {fingerprint!r} is not hexadecimal")
-    return _LayerTables(tensors, shapes, deltas, {key: stds[key] for key in shapes}, fingerprint)
+    return _LayerTables(tensors, shapes, deltas, {key: stds[key] for key in shapes}, fingerprint, init_draws(design))
+
+
+def init_draws(design: Design) -> int:
+    """How many draws of its cores the exported module may take: :data:`engine.nn.init.DEAD_INIT_DRAWS` when one of
+    its activations is 0 for every negative input (a draw can then give a W of zeros, a dead layer), else 1."""
+    from engine.design.activations import activation
+    from engine.nn.init import DEAD_INIT_DRAWS
+
+    dead_prone = any(t.activation and activation(t.activation).zero_below for t in design.tensors)
+    return DEAD_INIT_DRAWS if dead_prone else 1
 
 
 def _network_kind(design: Design) -> str:
@@ -420,6 +444,7 @@ def _add_layer_tables(src: _Source, tables: _LayerTables, notes: dict[str, str])
             src.add(f"{label} = {_lit(value)}", 4)
         else:
             src.add_dict(label, value, 4)
+    src.add(f"INIT_DRAWS = {_int(tables.init_draws)}  # > 1: reset_parameters() draws again while W is all zero", 4)
 
 
 def _finish_module(src: _Source, cls: str) -> str:
