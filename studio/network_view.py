@@ -250,6 +250,7 @@ class NetworkView(Viewer):
         if spec is None:
             spec = new_network("mlp", [1, 40], 10, name="mlp on mnist1d")
         self._own: Path | None = None  # the networks/ file this network was opened from or last saved to
+        self._draft_held = False  # True while an opened network is put into the form: _apply then saves it once
         self.spec = spec
         if restored is not None:
             self._set_form(form)  # the form as it was: the data set is also what the Train card trains on
@@ -266,7 +267,7 @@ class NetworkView(Viewer):
     def _save_draft(self) -> None:
         """Keep the network (designs inline) in this tab's draft and in ``<home>/network_draft.json``, as the
         Design tab keeps its design: a reload or a crash loses no rule and no layer's design."""
-        if not self._autosave():
+        if not self._autosave() or self._draft_held:
             return
         text = json.dumps({"saved": time.time(), "network": self.spec.to_dict(inline=True),
                            "form": self._form_values()})
@@ -361,7 +362,11 @@ class NetworkView(Viewer):
             return self._refuse(str(e))
         self.editing = self.selected = ""
         self._own = None  # an opened file sets it again (load_file)
-        data = self._show_in_form(spec)
+        self._draft_held = True  # the form's watchers would save the old network with the new network's data set
+        try:
+            data = self._show_in_form(spec)
+        finally:
+            self._draft_held = False
         self._apply(spec, f"{label} {spec.name}{data}")
         return True
 

@@ -377,3 +377,31 @@ def test_an_autosaved_network_replaced_by_a_link_to_a_huge_file_is_not_read_whol
     state, v = _tab(tmp_path)
     assert v.spec.name == "mlp on mnist1d" and "more than 16 MiB" in v.error and "\n" not in v.error
     state.close()
+
+
+def test_opening_a_network_saves_its_draft_once_with_its_data_set(tmp_path, monkeypatch):
+    """Opening a file whose network needs another data set wrote the draft twice: first the old network with the
+    new data set (the data set field's watcher), then the new one. Now once, the opened network with its data set."""
+    import json
+
+    import studio.network_view as network_view
+    from engine.network.format import save_network
+
+    state = StudioState(home=str(tmp_path), refine_s=0, autosave=True)
+    view = NetworkView(state, tmp_path)
+    made = new_network("transformer", [3, 16, 16], 10, {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 64},
+                       name="small vit")
+    save_network(made, tmp_path / "vit.json")
+    written = []
+    real = network_view.write_draft
+    monkeypatch.setattr(network_view, "write_draft", lambda text, *paths: (written.append(json.loads(text)),
+                                                                           real(text, *paths))[1])
+    try:
+        assert view.dataset.value == "mnist1d"
+        assert view.load_file(tmp_path / "vit.json"), view.error
+        assert len(written) == 1
+        assert written[0]["network"]["name"] == "small vit" and written[0]["form"]["dataset"] == "synthetic_images"
+        view.dataset.value = "(none)"  # the watcher saves again once the file is open
+        assert len(written) == 2 and written[1]["form"]["dataset"] == "(none)"
+    finally:
+        state.close()
