@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         unsliced = med.get("TN (auto)")
         for label, layer, text, model, traffic in rows:
             params = sum(q.numel() for q in layer.parameters()) * 4
-            peak = peak_bytes(lambda: layer(x).backward(g), dev) + params + x.numel() * 4
+            peak = peak_bytes(lambda m=layer: m(x).backward(g), dev) + params + x.numel() * 4
             vs_un = f"{med[label] / unsliced:.2f}x" if unsliced and label.startswith("TN, budget") else "-"
             print(f"| {label} | {text} | {med[label]:.1f} | {min(times[label]):.1f} | "
                   f"{med[label] / med['nn.Linear']:.2f}x | {vs_un} | {nbytes(model)} | {nbytes(peak)} | "

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
 import traceback
