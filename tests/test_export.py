@@ -423,3 +423,38 @@ def test_an_exported_module_draws_a_dead_w_again(activation, tmp_path):
                                   "tensors": [{**t, "activation": "gelu" if t["activation"] else None}
                                               for t in all_offset_design(1, activation)["tensors"]]})
     assert "INIT_DRAWS = 1 " in to_torch_source(gelu_only)
+
+
+def _relu_everywhere(data: dict) -> dict:
+    """The drawn design with every activation a relu (the activation that can zero W)."""
+    return {**data, "tensors": [{**t, "activation": "relu" if t.get("activation") else None}
+                                for t in data["tensors"]]}
+
+
+@settings(max_examples=10, deadline=None)
+@given(data=nonlinear_drawn().map(_relu_everywhere))
+def test_exported_relu_designs_start_with_a_live_w(data, tmp_path_factory):
+    """Random hand-drawn designs whose activations are all relus: where the engine's initialisation gives a live W
+    (not all zero) at each of 8 seeds, the exported module does at each of 24 seeds (its own Gaussian draws, drawn
+    again while W is all zero); a design whose relus cannot zero W draws once."""
+    import importlib.util
+
+    from hypothesis import assume
+
+    d = Design.from_dict(data)
+    assume(not d.is_linear)
+    path = tmp_path_factory.mktemp("relu") / "m.py"
+    path.write_text(to_torch_source(d))
+    spec = importlib.util.spec_from_file_location("exported_relu", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.Layer.INIT_DRAWS == 16
+    with torch.no_grad():
+        engine_live = all(bool(TNLinear(d, seed=s).weight().any()) for s in range(8))
+        dead = []
+        for seed in range(24):
+            torch.manual_seed(seed)
+            if not bool(mod.Layer().weight().any()):
+                dead.append(seed)
+    if engine_live:
+        assert not dead
