@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -325,3 +326,19 @@ def _check_hand_drawn_memory(data: dict) -> None:
                 keep = []
                 measured = peak_bytes(lambda: keep.append(run_program(prog, cores, x)))
                 assert replay(prog, training=True).peak * 4 == measured, (sched, batch)
+
+
+def test_measuring_memory_writes_nothing_to_stderr():
+    """torch 2.14's profiler printed 'USDT ... profiler_start' lines (and 'gpuGetDeviceCount failed' without a
+    GPU) on every CPU measurement, inside the benchmarks' tables; a fresh interpreter's measurement prints none."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom engine.nn.measure import peak_bytes\n"
+            "print(peak_bytes(lambda: torch.randn(1000)))\n"
+            "print(peak_bytes(lambda: torch.randn(10, 10) @ torch.randn(10, 3)))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KINETO")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "4000"  # 1,000 float32 entries
+    assert proc.stderr == ""

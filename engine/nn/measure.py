@@ -7,6 +7,7 @@ profiling). CUDA: the caching allocator's peak statistics. Tests, benchmarks and
 from __future__ import annotations
 
 import gc
+import os
 from collections import Counter
 from typing import Callable
 
@@ -31,6 +32,9 @@ def peak_bytes(fn: Callable[[], object], device: str | torch.device = "cpu") -> 
         return torch.cuda.max_memory_allocated() - base
     from torch.profiler import ProfilerActivity, profile
 
+    # torch 2.14's Kineto writes lines to stderr on every CPU profile (USDT profiler_start/stop, and
+    # "gpuGetDeviceCount failed" without a GPU), which land inside benchmark tables: quiet unless the user set a level
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     gc.disable()
     try:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
