@@ -432,3 +432,40 @@ def test_a_hand_edited_run_record_is_skipped_with_a_warning_not_a_traceback(tmp_
     assert b not in ids and ids == set(before) - {b} and "not a 64-bit integer" in caplog.text
     rc, out, err = cli("runs", "--runs-dir", str(tmp_path), "repair")
     assert rc == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("failing", ["design", "config", "index"])
+def test_a_run_that_cannot_be_created_leaves_no_folder(failing, tmp_path, monkeypatch):
+    """A full disk while a run was created left its folder half made (a design file cut short, no row), which every
+    later repair skipped; now the error is raised with nothing left behind, and the next run is created as usual."""
+    import errno
+
+    import engine.train.store as store_mod
+
+    store = RunStore(tmp_path)
+    real_write, real_connect = store_mod.atomic_write_text, RunStore._connect
+
+    def write(path, text):
+        if Path(path).name == {"design": "design.json", "config": "config.json"}.get(failing):
+            Path(path).write_text(text[: len(text) // 2])  # cut short, as a full disk leaves it
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, text)
+
+    @contextlib.contextmanager
+    def connect(self):
+        raise StoreError(f"{self.path}: database or disk is full: free disk space")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(store_mod, "atomic_write_text", write)
+    if failing == "index":
+        monkeypatch.setattr(RunStore, "_connect", connect)
+    with pytest.raises(StoreError if failing == "index" else OSError):
+        store.create_run({"dataset": "digits", "epochs": 1}, make_template("mpo", 64, 64, 2), name="full")
+    monkeypatch.setattr(store_mod, "atomic_write_text", real_write)
+    monkeypatch.setattr(RunStore, "_connect", real_connect)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db"]
+    assert store.list_runs() == []
+    rid = store.create_run({"dataset": "digits", "epochs": 1}, make_template("mpo", 64, 64, 2))
+    assert [r["id"] for r in store.list_runs()] == [rid]
+    rep = repair_store(tmp_path)
+    assert rep["skipped"] == [] and rep["runs"] == 1

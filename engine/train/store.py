@@ -301,22 +301,26 @@ class RunStore:
         run_id = uuid.uuid4().hex[:8]
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=False)
-        if design_dict is not None:
-            (folder / DESIGN).write_text(json.dumps(design_dict, indent=2))
-        _write_json(folder / CONFIG, config)
-        now = time.time()
         if name is None:
             network = config.get("network") if isinstance(config.get("network"), dict) else {}
             what = (design_dict.get("name", "design") if design_dict
                     else str(network.get("name") or "network") if network else "dense")
             name = f"{what} on {config.get('dataset', '?')}" + (" (dense baseline)" if config.get("baseline")
                                                                 else "")
-        with self._connect() as con:
-            con.execute("INSERT INTO runs (id, name, status, created, updated, host, config, design, parent) "
-                        "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                        (run_id, name, now, now, socket.gethostname(), json.dumps(config),
-                         json.dumps(design_dict) if design_dict is not None else None, parent))
-            self._write_record(con, run_id)
+        try:
+            if design_dict is not None:
+                atomic_write_text(folder / DESIGN, json.dumps(design_dict, indent=2))
+            _write_json(folder / CONFIG, config)
+            now = time.time()
+            with self._connect() as con:  # a failure inside rolls the row back
+                con.execute("INSERT INTO runs (id, name, status, created, updated, host, config, design, parent) "
+                            "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                            (run_id, name, now, now, socket.gethostname(), json.dumps(config),
+                             json.dumps(design_dict) if design_dict is not None else None, parent))
+                self._write_record(con, run_id)
+        except BaseException:  # a full disk, a locked index, ^C: no half-made run folder is left behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return run_id
 
     def resolve(self, run_id: str) -> str:
