@@ -244,3 +244,35 @@ def test_a_network_run_is_named_after_its_network_and_shown_in_one_line(tmp_path
     assert config.endswith(f"network=small mlp (2 TN layers, {cores:,} core params)") and "'format'" not in config
     assert main(["runs", "--runs-dir", str(tmp_path / "runs"), "show", rid, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["network"] == network_config(spec, dataset="mnist1d").network
+
+
+def test_a_training_process_that_cannot_start_is_a_failed_run_and_one_line(tmp_path, monkeypatch, capsys):
+    """When the machine cannot start the trainer (no process slot: EAGAIN), the run had stayed queued with no
+    process for ever and the CLI printed a traceback; now it is recorded as failed with the reason, `tnstudio
+    train` says so in one line (exit 2), and a resume that cannot start leaves the run resumable."""
+    import errno
+
+    from engine.cli import main
+
+    def no_process(*args, **kwargs):
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(launcher.subprocess, "Popen", no_process)
+    design = tmp_path / "d.json"
+    save_design(make_template("mpo", 64, 64, 2), design)
+    rc = main(["train", str(design), "--dataset", "digits", "--epochs", "1", "--runs-dir", str(tmp_path / "runs"),
+               "--detach"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "its training process could not be started: Resource temporarily unavailable" in err
+    (run,) = RunStore(tmp_path / "runs").list_runs()
+    assert run["status"] == "failed" and "could not be started" in run["reason"]
+
+    store = RunStore(tmp_path / "runs")  # a failed run with a checkpoint whose resume cannot start
+    rid = store.create_run({"dataset": "digits", "epochs": 1}, make_template("mpo", 64, 64, 2))
+    store.set_status(rid, "failed", "killed")
+    torch.save({"step": 0}, store.run_dir(rid) / "checkpoint.pt")
+    monkeypatch.setattr(launcher, "check_checkpoint", lambda path: None)
+    with pytest.raises(launcher.ProcessStartError, match="resume it once"):
+        launcher.resume(rid, tmp_path / "runs")
+    assert store.get_run(rid)["status"] == "failed"

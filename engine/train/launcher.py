@@ -19,6 +19,7 @@ launching process reaps the child in a daemon thread, so a finished run leaves n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -33,11 +34,16 @@ from engine.home import tnstudio_home
 from engine.train.config import RunConfig
 from engine.train.data import check_dataset, dataset_spec
 from engine.train.models import CNN_FEATURES, check_fit, mlp_plan
-from engine.train.store import ACTIVE, RunStore
+from engine.train.store import ACTIVE, RunStore, StoreError
 
 EVAL_BATCH = 1024  # Trainer.evaluate's batch (forward only)
+log = logging.getLogger(__name__)
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding the engine package
+
+
+class ProcessStartError(ValueError):
+    """A run's training process could not be started (no process slot, no memory, a full disk for its log)."""
 
 
 def _reap(proc: subprocess.Popen) -> None:
@@ -56,12 +62,19 @@ def start_process(run_id: str, store: RunStore, resume: bool = False) -> subproc
     env.setdefault("PYTHONUNBUFFERED", "1")
     if env.get("TNSTUDIO_HOME"):  # the process works in its run folder: a relative home would name another one
         env["TNSTUDIO_HOME"] = str(tnstudio_home())
-    log = open(store.run_dir(run_id) / "log.txt", "ab")
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=str(store.run_dir(run_id)), start_new_session=True)
-    finally:
-        log.close()
+        with open(store.run_dir(run_id) / "log.txt", "ab") as out:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    cwd=str(store.run_dir(run_id)), start_new_session=True)
+    except OSError as e:  # else the run would stay queued with no process, for ever
+        reason = f"its training process could not be started: {e.strerror or e}"
+        try:
+            store.set_status(run_id, "failed", reason)
+        except (StoreError, OSError) as e2:  # the store is what failed: the run shows as queued, stoppable
+            log.warning("run %s: %s; recording that failed too: %s", run_id, reason, e2)
+        again = "resume it" if resume else "start it again"
+        raise ProcessStartError(f"run {run_id}: {reason} (recorded as failed; {again} once the machine has room)"
+                                ) from e
     store.update(run_id, pid=proc.pid, pid_start=process_start_time(proc.pid))
     _reap(proc)
     return proc
