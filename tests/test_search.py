@@ -292,3 +292,35 @@ def test_search_reads_memory_budgets_as_cost_does():
                                       "mpo=2:3", "--bond-range", "ttn=2:4", "--bond-range", "mpo=5:6"])
     with pytest.raises(UserError, match="--bond-range gives 'mpo' twice"):  # the last one had silently won
         build_spec(args)
+
+
+def test_a_worker_that_cannot_start_stops_the_started_ones_and_says_why(monkeypatch, capsys):
+    """The second of two workers could not be started (no process slot): the first kept running unseen and the
+    CLI printed a traceback. Now the started worker is stopped and the error names the worker, the cause and how
+    to continue, in one line."""
+    import errno
+    import subprocess
+    import sys
+
+    import engine.search.study as study_mod
+
+    started = []
+    real = subprocess.Popen
+
+    def popen(cmd, **kwargs):
+        if started:
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        proc = real([sys.executable, "-c", "import signal, sys, time\n"
+                     "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\nprint('up', flush=True)\n"
+                     "time.sleep(120)"], stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"up"  # its SIGTERM handler is in place
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(study_mod.subprocess, "Popen", popen)
+    with pytest.raises(study_mod.WorkerFailed) as info:
+        start_workers("slots", 2)
+    msg = str(info.value)
+    assert "worker 1 could not be started: Resource temporarily unavailable" in msg and "\n" not in msg
+    assert "the 1 started before it were stopped" in msg and "tnstudio search join slots" in msg
+    assert started[0].returncode == 0  # ended by its SIGTERM, waited for

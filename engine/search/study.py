@@ -175,9 +175,18 @@ def start_workers(name: str, n: int, url: str | None = None, runs_dir: str | Non
         cmd = [sys.executable, "-m", "engine.search", "--study", name, "--index", str(i)]
         if runs_dir:
             cmd += ["--runs-dir", str(runs_dir)]
-        with open(worker_log(name, i), "ab") as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+        try:
+            with open(worker_log(name, i), "ab") as out:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=True)
+        except OSError as e:  # no process slot, no memory, no room for the log: stop the ones started, say why
+            for started in procs:
+                started.terminate()  # SIGTERM: a worker queues its trial again and ends
+            for started in procs:
+                started.wait()
+            kept = f" (the {len(procs)} started before it were stopped)" if procs else ""
+            raise WorkerFailed(f"search {name}: worker {i} could not be started: {e.strerror or e}{kept}; run "
+                               f"`tnstudio search join {name}` once the machine has room") from e
         proc.worker_index = i  # type: ignore[attr-defined]  # for wait_workers: which log is whose
         procs.append(proc)
     return procs
