@@ -27,6 +27,44 @@ def _engine_modules() -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages(engine.__path__, "engine.") if not m.name.endswith("__main__"))
 
 
+# imported only inside ``try: ... except ImportError`` with a fallback, so not required
+OPTIONAL_IMPORTS = {"pygments": "studio/export_view.py colours code when it is there, else shows it plain"}
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Top-level module -> the files of engine/ and studio/ that import it (absolute imports, not the stdlib)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "engine").rglob("*.py")) + sorted((ROOT / "studio").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("engine", "studio", "__future__"):
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_package_the_code_imports_is_a_declared_dependency():
+    """pandas, param, tornado, scipy, sqlalchemy and threadpoolctl were imported but not declared: they came with
+    panel, bokeh, scikit-learn or optuna, so a release of one of those that dropped them (or a pandas 4 that drops
+    what bokeh's tables call) would have broken the studio with nothing in pyproject.toml to say so."""
+    import re
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    declared = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    dists = packages_distributions()
+    missing = {}
+    for module, files in _third_party_imports().items():
+        names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
+        if not names & declared and module not in OPTIONAL_IMPORTS:
+            missing[module] = sorted(files)
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
+    assert {"torch", "panel", "pandas", "param"} <= set(_third_party_imports())  # the scan sees the code
+
+
 def test_every_broad_except_logs_its_reason():
     """``except Exception`` (or a bare except) anywhere in engine/ and studio/ logs what it caught, so no failure is
     swallowed without a trace (the rule of CONTRIBUTING.md)."""
