@@ -31,16 +31,19 @@ def _engine_modules() -> list[str]:
 OPTIONAL_IMPORTS = {"pygments": "studio/export_view.py colours code when it is there, else shows it plain"}
 
 
-def _third_party_imports() -> dict[str, set[str]]:
-    """Top-level module -> the files of engine/ and studio/ that import it (absolute imports, not the stdlib)."""
+def _third_party_imports(*folders: str) -> dict[str, set[str]]:
+    """Top-level module -> the files of ``folders`` that import it (absolute imports, not the stdlib, not the
+    project's own modules)."""
+    own = {"engine", "studio", "tests", "benchmarks", "__future__"} | {
+        p.stem for folder in ("tests", "benchmarks") for p in (ROOT / folder).glob("*.py")}
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / "engine").rglob("*.py")) + sorted((ROOT / "studio").rglob("*.py")):
+    for path in sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in ("engine", "studio", "__future__"):
+                if top not in sys.stdlib_module_names and top not in own:
                     found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 
@@ -53,16 +56,22 @@ def test_every_package_the_code_imports_is_a_declared_dependency():
     import tomllib
     from importlib.metadata import packages_distributions
 
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
-    declared = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     dists = packages_distributions()
-    missing = {}
-    for module, files in _third_party_imports().items():
-        names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
-        if not names & declared and module not in OPTIONAL_IMPORTS:
-            missing[module] = sorted(files)
-    assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
-    assert {"torch", "panel", "pandas", "param"} <= set(_third_party_imports())  # the scan sees the code
+
+    def missing(imports: dict[str, set[str]], deps: list[str]) -> dict[str, list[str]]:
+        declared = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+        return {module: sorted(files) for module, files in imports.items()
+                if not {d.lower().replace("_", "-") for d in dists.get(module, [module])} & declared
+                and module not in OPTIONAL_IMPORTS}
+
+    code = _third_party_imports("engine", "studio")
+    assert {"torch", "panel", "pandas", "param"} <= set(code)  # the scan sees the code
+    assert not (gaps := missing(code, project["dependencies"])), f"imported but not in the dependencies: {gaps}"
+    rest = _third_party_imports("tests", "benchmarks", "examples")
+    assert {"pytest", "hypothesis", "playwright"} <= set(rest)
+    gaps = missing(rest, project["dependencies"] + project["optional-dependencies"]["test"])
+    assert not gaps, f"imported by tests, benchmarks or examples, declared nowhere: {gaps}"
 
 
 def test_every_broad_except_logs_its_reason():
