@@ -49,8 +49,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         if mode is not None:
             os.chmod(tmp, mode)  # a private file stays private
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename == str(tmp):  # name the file asked for, not the temporary one
+            e.filename = os.fspath(path)
         raise
     return p
 

@@ -4,6 +4,8 @@ that is not a regular file (a fifo would block the reader, /dev/zero never ends)
 hold, in one line, instead of hanging or a traceback."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import stat
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.design.model import save_design
+from engine.design.templates import make_template
 from engine.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +85,20 @@ def test_input_that_is_no_regular_file_or_too_long_a_name_is_one_line(tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr[-800:])
         assert "Traceback" not in r.stderr
+
+
+def test_a_write_that_cannot_start_names_the_file_asked_for(tmp_path):
+    """Where the temporary file beside the target cannot be made (here /proc, which takes no new files), the error
+    named the temporary file (`cannot write /proc/.x.py.5315dd92d5a7.tmp`); it names the file asked for now."""
+    from engine.cli import main
+
+    with pytest.raises(OSError) as info:
+        atomic_write_text("/proc/tnstudio-x.json", "{}")
+    assert info.value.filename == "/proc/tnstudio-x.json"
+    design = tmp_path / "d.json"
+    save_design(make_template("mpo", 16, 16, 2), design)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["export", str(design), "--to", "torch", "-o", "/proc/tnstudio-x.py"]) == 2
+    line = err.getvalue().strip()  # ENOENT as root, EACCES otherwise
+    assert line.startswith("error: cannot write /proc/tnstudio-x.py: ") and "\n" not in line, line
