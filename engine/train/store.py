@@ -298,15 +298,15 @@ class RunStore:
             # can hold undecodable bytes (lone surrogates)
             raise ValueError("the run's name or config holds characters that are not Unicode text (bytes that were "
                              "not UTF-8)")
-        run_id = uuid.uuid4().hex[:8]
-        folder = self.run_dir(run_id)
-        folder.mkdir(parents=True, exist_ok=False)
         if name is None:
             network = config.get("network") if isinstance(config.get("network"), dict) else {}
             what = (design_dict.get("name", "design") if design_dict
                     else str(network.get("name") or "network") if network else "dense")
             name = f"{what} on {config.get('dataset', '?')}" + (" (dense baseline)" if config.get("baseline")
                                                                 else "")
+        run_id = uuid.uuid4().hex[:8]
+        folder = self.run_dir(run_id)
+        folder.mkdir(parents=True, exist_ok=False)
         try:
             if design_dict is not None:
                 atomic_write_text(folder / DESIGN, json.dumps(design_dict, indent=2))
