@@ -134,7 +134,7 @@ def test_hostile_names_are_refused_or_exported_as_literals(tmp_path):
     @settings(max_examples=60, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(name=TEXT, ids=st.lists(VALID, min_size=3, max_size=4, unique=True),
-           idx=st.lists(VALID, min_size=7, max_size=7, unique=True), act=st.sampled_from([None, "tanh"]),
+           idx=st.lists(VALID, min_size=7, max_size=7, unique=True), act=st.sampled_from([None, "tanh", "relu"]),
            bad=st.one_of(st.none(), st.tuples(st.integers(0, 10), NAMES)))
     def case(name, ids, idx, act, bad):
         n_ids = len(ids)  # a fourth id is a copy (delta) tensor's
