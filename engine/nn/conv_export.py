@@ -156,7 +156,7 @@ def plan(cls, batch: int, height: int, width: int) -> str:
 
 _CONV_TABLE_NOTES = {
     "TENSORS": _TABLE_NOTES["TENSORS"],
-    "INIT_STD": "# per-core init std (engine.nn.init): K gets nn.Conv2d's scale, 1 / sqrt(3 in_channels kh kw)",
+    "INIT_STD": "# per-core init scale (root mean square; engine.nn.init): K gets nn.Conv2d's, 1 / sqrt(3 in_channels kh kw)",
 }
 
 _CONV_FORWARD = '''\
@@ -167,7 +167,7 @@ def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(0)
     y = getattr(self, "forward_" + self.plan(x.shape[0], x.shape[2], x.shape[3]))(x)
     if self.bias is not None:
-        y = y + self.bias.view(1, -1, 1, 1)
+        y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)  # as TNConv2d: autocast keeps y's dtype
     return y.squeeze(0) if unbatched else y
 
 def extra_repr(self) -> str:

@@ -235,8 +235,9 @@ def _compute_init_stds(design: Design, memory_budget: int | None = None) -> dict
     """Per-core std of the exported module's Gaussian initialisation, from :mod:`engine.nn.init`.
 
     Linear designs: the closed form of :func:`engine.nn.init.linear_core_stds`, which gives W ``nn.Linear``'s
-    variance in expectation. Nonlinear designs: the std of each core after the engine's calibrated
-    initialisation (seed 0), so activations see inputs of the calibrated scale; that builds W, so a design whose
+    variance in expectation. Nonlinear designs: the root mean square of each core after the engine's calibrated
+    initialisation (seed 0), so activations see inputs of about the calibrated scale (the module then gives W the
+    exact scale, as the engine does); that builds W, so a design whose
     calibration would not fit in this machine's memory is refused first, with the cost model's number. Under a
     memory budget the calibration generates W as the budget's plan does (sliced), like ``TNLinear``'s.
     """
@@ -247,8 +248,7 @@ def _compute_init_stds(design: Design, memory_budget: int | None = None) -> dict
     if memory_budget is None:
         check_init_memory(design, "exporting this nonlinear design (its initialisation is calibrated on W)")
     cores = init_cores(design, seed=0, memory_budget=memory_budget)
-    return {t.id: float(cores[t.id].std()) if cores[t.id].numel() > 1 else float(cores[t.id].abs().mean())
-            for t in design.tensors if t.kind != "delta"}
+    return {t.id: float(cores[t.id].double().pow(2).mean().sqrt()) for t in design.tensors if t.kind != "delta"}
 
 
 # --------------------------------------------------------------------- the torch module
@@ -283,12 +283,80 @@ def reset_parameters(self) -> None:
     with torch.no_grad():
         for _ in range(self.INIT_DRAWS):  # a draw whose W is all zero (a dead layer) is drawn again
             for k, core in self.cores.items():
-                core.normal_(0.0, self.INIT_STD[k])
-            if self.INIT_DRAWS == 1 or self.weight_is_live():
+                self.draw_core(k, core)
+            if self.INIT_LAST is not None:
+                live = self.calibrate()
+            else:
+                live = self.INIT_DRAWS == 1 or self.weight_is_live()
+            if live:
                 break
         if self.bias is not None:
             bound = 1.0 / math.sqrt(self.in_features)
             self.bias.uniform_(-bound, bound)
+
+def draw_core(self, key: str, core: torch.Tensor) -> None:
+    """One core's first values, as TN Studio's engine draws them (engine.nn.init.raw_cores): a Gaussian, or in a
+    nonlinear design an orthogonal isometry or a near-identity disentangler or lateral tensor; scaled to the root
+    mean square INIT_STD[key]."""
+    kind, rms = self.INIT_KIND[key], self.INIT_STD[key]
+    if kind == "normal" or core.is_meta:
+        core.normal_(0.0, rms)
+        return
+    shape, f64 = tuple(core.shape), torch.float64
+    h = len(shape) // 2
+    if kind == "orthogonal":  # (all legs but the last) x (last leg) with orthonormal columns or rows (Haar)
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        q, r = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), dtype=f64))
+        q = q * torch.sign(torch.diagonal(r))
+        m = q if rows >= cols else q.T
+    elif kind == "pairwise_identity" and 2 * h == len(shape):  # leg n of the first half -> leg n of the second
+        m = torch.ones(1, 1, dtype=f64)
+        for n in range(h):
+            m = torch.kron(m, torch.eye(shape[n], shape[h + n], dtype=f64))
+        m = m + 0.05 * torch.randn(m.shape, dtype=f64) / math.sqrt(m.shape[0])
+    else:  # near identity: half the legs -> the other half
+        rows, cols = math.prod(shape[:h]), math.prod(shape[h:])
+        m = torch.eye(rows, cols, dtype=f64) + 0.05 * torch.randn(rows, cols, dtype=f64) / math.sqrt(rows)
+    core.copy_(m.reshape(shape) * (rms / float(m.pow(2).mean().sqrt())))
+
+def calibrate(self) -> bool:
+    """Give W nn.Linear's scale exactly, as the engine does (engine.nn.init.calibrate): W is linear in the last
+    tensor absorbed (INIT_LAST), which is projected so that mean(W) = 0 (unless W is all offset) and scaled so that
+    std(W) = 1 / sqrt(3 in_features). False when W is all zero. A module on the meta device, or budgeted and unable
+    to build W at this entry size, is left as drawn."""
+    last = self.cores[self.INIT_LAST]
+    if last.is_meta:
+        return True
+    try:
+        with torch.enable_grad():
+            needs_grad = last.requires_grad
+            last.requires_grad_(True)
+            try:
+                W = self.weight()
+                rms = float(W.detach().double().pow(2).mean().sqrt())
+                mean = W.mean()
+                del W  # the mean's backward does not need W
+                (g,) = torch.autograd.grad(mean, last)
+            finally:
+                last.requires_grad_(needs_grad)
+    except ValueError:
+        return True
+    gg = float(g.double().pow(2).sum())
+    step = g * (float(mean.detach()) / gg) if gg > 0 else None
+    if step is not None:
+        last.sub_(step)
+    std = self.weight_std()
+    if step is not None and not std >= 1e-5 * rms:  # W was all offset (its rest is rounding): keep the offset
+        last.add_(step)
+        std = self.weight_std()
+    if not (std > 0 and math.isfinite(std)):
+        return False
+    last.mul_((1.0 / math.sqrt(3.0 * self.in_features)) / std)
+    return True
+
+def weight_std(self) -> float:
+    W = self.weight().detach().double()
+    return float(W.std()) if W.numel() > 1 else float(W.abs().sum())
 
 def weight_is_live(self) -> bool:
     """False when W is all zero: every path through an activation is dead and no gradient reaches the cores."""
@@ -352,7 +420,7 @@ def forward(self, x: torch.Tensor) -> torch.Tensor:
     x = x.reshape(-1, self.in_features)
     PICK
     y = y.reshape(*lead, self.out_features)
-    return y if self.bias is None else y + self.bias
+    return y if self.bias is None else y + self.bias.to(y.dtype)  # as TNLinear: autocast keeps y's dtype
 
 def extra_repr(self) -> str:
     bias = self.bias is not None
@@ -375,7 +443,7 @@ _TABLE_NOTES = {
     "TENSORS": "# tensor id -> (parameter key or buffer name, kind, activation, indices)",
     "CORE_SHAPES": "# parameter key -> shape (cores.<key>)",
     "DELTA_SHAPES": "# copy tensors (1 where all indices are equal): fixed buffers, named as in TNLinear",
-    "INIT_STD": "# per-core init std (engine.nn.init): W gets nn.Linear's scale, 1 / sqrt(3 in_features)",
+    "INIT_STD": "# per-core init scale (root mean square; engine.nn.init): W gets nn.Linear's, 1 / sqrt(3 in_features)",
 }
 
 
@@ -390,6 +458,8 @@ class _LayerTables:
     init_std: dict[str, float]  # parameter key -> init std, in the order of core_shapes
     fingerprint: str  # the design's, checked hexadecimal
     init_draws: int  # 1, or DEAD_INIT_DRAWS where an activation can zero every entry of W (checked at reset)
+    init_kind: dict[str, str]  # parameter key -> how its first values are drawn (normal, orthogonal, ...)
+    init_last: str | None  # nonlinear designs: the parameter key of the last tensor absorbed, when W is linear in it
 
 
 def _layer_tables(design: Design, init_view: Design, memory_budget: int | None = None) -> _LayerTables:
@@ -407,7 +477,21 @@ def _layer_tables(design: Design, init_view: Design, memory_budget: int | None =
     fingerprint = design.fingerprint()
     if not _HEX.fullmatch(fingerprint):
         raise ValueError(f"cannot export: fingerprint {fingerprint!r} is not hexadecimal")
-    return _LayerTables(tensors, shapes, deltas, {key: stds[key] for key in shapes}, fingerprint, init_draws(design))
+    kinds = {keys[k]: v for k, v in init_kinds(init_view).items()}
+    last = init_view.evaluation_order()[-1] if not init_view.is_linear else None
+    init_last = keys[last] if last is not None and init_view.tensor(last).activation is None and last in keys \
+        and keys[last] in shapes else None
+    return _LayerTables(tensors, shapes, deltas, {key: stds[key] for key in shapes}, fingerprint, init_draws(design),
+                        {key: kinds[key] for key in shapes}, init_last)
+
+
+def init_kinds(design: Design) -> dict[str, str]:
+    """How the exported module draws each trainable tensor, as :func:`engine.nn.init.raw_cores` does: Gaussian, and
+    in a nonlinear design isometries orthogonal, disentanglers near the identity, lateral tensors near the identity
+    on each bond."""
+    structured = {"isometry": "orthogonal", "disentangler": "near_identity", "lateral": "pairwise_identity"}
+    return {t.id: structured[t.kind] if not design.is_linear and t.kind in structured and len(t.indices) >= 2
+            else "normal" for t in design.tensors if t.kind != "delta"}
 
 
 def init_draws(design: Design) -> int:
@@ -445,6 +529,12 @@ def _add_layer_tables(src: _Source, tables: _LayerTables, notes: dict[str, str])
         else:
             src.add_dict(label, value, 4)
     src.add(f"INIT_DRAWS = {_int(tables.init_draws)}  # > 1: reset_parameters() draws again while W is all zero", 4)
+    src.add("# how each core's first values are drawn (engine.nn.init.raw_cores), scaled to INIT_STD", 4)
+    src.add_dict("INIT_KIND", tables.init_kind, 4)
+    src.add("# the last tensor absorbed, when W is linear in it (nonlinear designs): reset_parameters() calibrates it "
+            "so that", 4)
+    src.add("# mean(W) = 0 and std(W) = 1 / sqrt(3 in_features) exactly, as the engine does", 4)
+    src.add(f"INIT_LAST = {_lit(tables.init_last)}", 4)
 
 
 def _finish_module(src: _Source, cls: str) -> str:
