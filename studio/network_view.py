@@ -659,12 +659,12 @@ class NetworkView(Viewer):
                          "FLOPs % dense": round(100 * r.dense_flops / tot_f, 2),
                          "FLOPs % TN": round(100 * r.flops / tot_f, 2)})
         if others:
-            n = sum(r.params for r in others)
+            n, f = sum(r.params for r in others), sum(r.flops for r in others)
             rows.append({"layer": f"({len(others)} other modules)", "kind": "other", "shape": "-",
                          "assignment": "dense", "dense params": f"{n:,}", "params": f"{n:,}", "compression": "1x",
-                         "FLOPs": "0", "memory": nbytes(sum(r.param_bytes for r in others)),
+                         "FLOPs": si(f), "memory": nbytes(sum(r.param_bytes for r in others)),
                          "params % dense": round(100 * n / tot_p, 2), "params % TN": round(100 * n / tot_p, 2),
-                         "FLOPs % dense": 0.0, "FLOPs % TN": 0.0})
+                         "FLOPs % dense": round(100 * f / tot_f, 2), "FLOPs % TN": round(100 * f / tot_f, 2)})
         return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
     def totals_html(self) -> str:

@@ -595,3 +595,33 @@ def test_exported_module_names_reach_the_code_only_as_plain_names(name, tmp_path
     assert re.fullmatch(r"[A-Za-z0-9_]+", name) and not keyword.iskeyword(name), name
     net = runpy.run_path(str(tmp / "n.py"))["Network"]()  # the file parses and runs (torch only)
     assert tuple(net(torch.randn(2, 8)).shape) == (2, 8)
+
+
+@pytest.mark.parametrize("arch,shape,rules", [("tests.unregistered:upsampler", [4, 8, 8], []),
+                                              ("tests.unregistered:recurrent", [5, 4], ["linear:mpo:2"])])
+def test_flops_of_modules_outside_the_registry_are_counted(arch, shape, rules, monkeypatch):
+    """The report counted only registry layers: a transposed conv, an LSTM or a matmul in a forward's own code added
+    0 FLOPs (30,720 reported against FlopCounterMode's 43,008; 96 against 7,776), with no sign. Their FLOPs now come
+    from FlopCounterMode's count of the analysis's forward, on `other` rows, and the totals equal its count at any
+    batch."""
+    from engine.network.report import LOOSE_ROW
+
+    monkeypatch.setenv("TNSTUDIO_TRUSTED_MODULES", "tests")
+    monkeypatch.syspath_prepend(str(ROOT))
+    spec = new_network(arch, input_shape=shape).with_rules(rules)
+    for batch in (1, 3, 8):
+        rep = network_report(spec, batch=batch)
+        with torch.device("meta"):
+            model = build_network(spec, init=False)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(torch.empty(batch, *shape, device="meta"))
+        assert rep.totals.forward_flops == counter.get_total_flops() > 0, batch
+        others = {r.name: r.flops for r in rep.rows if r.kind == "other"}
+        unregistered = "up" if "upsampler" in arch else "rnn"
+        assert others[unregistered] > 0
+        assert (LOOSE_ROW in others) == ("recurrent" in arch)
+    from engine.format import si
+
+    line = next(x for x in rep.format().splitlines() if "other modules)" in x)
+    assert line.split()[-3:-1] == [si(sum(others.values()))] * 2  # the summed line's dense FLOPs and FLOPs

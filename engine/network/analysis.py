@@ -53,11 +53,14 @@ class LeafCall:
 
 @dataclass(frozen=True)
 class OtherParams:
-    """Parameters (and buffers) owned by no assignable layer: norms, embeddings, class tokens."""
+    """A module outside the layer registry: parameters (and buffers) owned by no assignable layer (norms,
+    embeddings, class tokens), or FLOPs of a leaf module the registry does not know (a transposed conv, an LSTM),
+    per example as ``FlopCounterMode`` counts them."""
 
     name: str
     module_type: str
     params: int
+    flops: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Analysis:
     dense_params: int  # every parameter of the dense model
     output_shape: tuple[int, ...] = field(default=())
     module_order: tuple[str, ...] = field(default=())  # named_modules() order, for ordering report rows
+    loose_flops: int = 0  # per example: FLOPs of torch operations run outside every module counted above
 
 
 _CACHE: dict[str, Analysis] = {}
@@ -156,6 +160,7 @@ def analyse_model(model: "nn.Module", input_shape: tuple[int, ...]) -> Analysis:
     """Analyse ``model`` (any device; meta is fastest) with one example of ``input_shape`` in eval mode."""
     import torch
     from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
 
     infos = discover(model)
     claimed = claimed_modules(model)
@@ -200,8 +205,9 @@ def analyse_model(model: "nn.Module", input_shape: tuple[int, ...]) -> Analysis:
     model.eval()
     x = torch.empty((1, *input_shape), device=device) if device.type == "meta" else torch.zeros((1, *input_shape),
                                                                                                 device=device)
+    counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             y = model(x)
     finally:
         for h in handles:
@@ -228,10 +234,16 @@ def analyse_model(model: "nn.Module", input_shape: tuple[int, ...]) -> Analysis:
         calls = att.get(name, [])
         lq, lk = calls[0] if calls else (0, 0)
         cores.append(AttentionCore(name, m.embed_dim, m.num_heads, lq, lk, m.embed_dim, len(calls)))
-    others = _others(model, claimed)
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    flops = {name: sum(counts.get(f"{root}.{name}", {}).values()) for name in mods if name}
+    others = _others(model, claimed, flops)
+    counted = {n for n in claimed if n} | attention_names | {o.name for o in others if o.flops}
+    top = [n for n in counted if not any(n.startswith(c + ".") for c in counted)]
+    loose = max(0, counter.get_total_flops() - sum(flops.get(n, 0) for n in top))
     dense = sum(p.numel() for p in model.parameters())
     return Analysis(tuple(out_infos), tuple(cores), tuple(leaves), tuple(others), math.prod(input_shape),
-                    _numel(y), dense, tuple(y.shape[1:]) if hasattr(y, "shape") else (), tuple(mods))
+                    _numel(y), dense, tuple(y.shape[1:]) if hasattr(y, "shape") else (), tuple(mods), loose)
 
 
 def _with(info: LayerInfo, **kw: Any) -> LayerInfo:
@@ -240,13 +252,15 @@ def _with(info: LayerInfo, **kw: Any) -> LayerInfo:
     return replace(info, **kw)
 
 
-def _others(model: "nn.Module", claimed: dict[str, Any]) -> list[OtherParams]:
-    """Parameters outside claimed modules, grouped by the module that owns them directly."""
+def _others(model: "nn.Module", claimed: dict[str, Any], flops: dict[str, int]) -> list[OtherParams]:
+    """Modules outside claimed ones that own parameters directly, or that are leaves with FLOPs (``flops``: per
+    module name, as FlopCounterMode counted them), in module order."""
     out: list[OtherParams] = []
     for name, m in model.named_modules():
         if name in claimed or any(name.startswith(c + ".") for c in claimed if c):
             continue
         n = sum(p.numel() for p in m.parameters(recurse=False))
-        if n:
-            out.append(OtherParams(name or "(model)", type(m).__name__, n))
+        f = flops.get(name, 0) if name and not any(True for _ in m.children()) else 0
+        if n or f:
+            out.append(OtherParams(name or "(model)", type(m).__name__, n, f))
     return out

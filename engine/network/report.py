@@ -9,7 +9,9 @@ same ones the design's own report gives. Nothing is allocated.
 FLOPs (2 x multiply-adds) are what ``torch.utils.flop_counter.FlopCounterMode`` counts on a forward pass: the
 matrix products of dense linear layers (``2 rows in out``), convolutions (``2 positions kernel (in / groups) out``),
 the attention cores (``2 L S (E + E_v)``) and, for TN layers, the contraction program's einsums; elementwise work
-(activations, norms, pooling, biases) is not counted, as FlopCounterMode does not count it.
+(activations, norms, pooling, biases) is not counted, as FlopCounterMode does not count it. Modules outside the
+layer registry (a transposed conv, an LSTM) and torch operations a forward runs outside every module get
+FlopCounterMode's own count from the analysis's forward pass (one example, scaled by the batch), on ``other`` rows.
 
 Memory (estimates from the same numbers, documented in the README):
 
@@ -34,6 +36,9 @@ from engine.contract.memory import ADAM_STATE, dtype_bytes
 from engine.format import nbytes, printable, ratio, si
 from engine.network.analysis import Analysis, analyse
 from engine.network.format import NetworkSpec, resolve
+
+
+LOOSE_ROW = "(outside modules)"  # the row of FLOPs a forward's own code runs outside every module
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,8 @@ class NetworkReport:
                          ratio(r.compression) if r.params else "-", si(r.dense_flops), si(r.flops),
                          nbytes(r.peak_bytes)])
         if others and not all_rows:
-            n = sum(r.params for r in others)
-            body.append([f"({len(others)} other modules)", "other", "-", "dense", f"{n:,}", f"{n:,}", "1x", "0", "0",
+            n, f = sum(r.params for r in others), sum(r.flops for r in others)
+            body.append([f"({len(others)} other modules)", "other", "-", "dense", f"{n:,}", f"{n:,}", "1x", si(f), si(f),
                          "-"])
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
         right = {4, 5, 6, 7, 8, 9}
@@ -235,9 +240,15 @@ def network_report(spec: NetworkSpec, batch: int = 1, dtype: str = "float32", an
     for o in an.others:
         rows.append(((order.get(o.name, -1), -1, 0), LayerRow(
             name=o.name, kind="other", type=o.module_type, shape="-", assignment="dense", source="-", template=None,
-            assignable=False, rows=0, dense_params=o.params, params=o.params, compression=1.0, dense_flops=0,
-            flops=0, param_bytes=o.params * isz, activation_bytes=0, peak_bytes=o.params * isz,
-            train_bytes=(2 + ADAM_STATE) * o.params * isz)))
+            assignable=False, rows=0, dense_params=o.params, params=o.params, compression=1.0,
+            dense_flops=o.flops * batch, flops=o.flops * batch, param_bytes=o.params * isz, activation_bytes=0,
+            peak_bytes=o.params * isz, train_bytes=(2 + ADAM_STATE) * o.params * isz)))
+    if an.loose_flops:  # matmuls and the like in a forward's own code, outside every module above
+        f = an.loose_flops * batch
+        rows.append(((1 << 30, 2, 0), LayerRow(
+            name=LOOSE_ROW, kind="other", type="torch operations", shape="-", assignment="dense", source="-",
+            template=None, assignable=False, rows=0, dense_params=0, params=0, compression=1.0, dense_flops=f,
+            flops=f, param_bytes=0, activation_bytes=0, peak_bytes=0, train_bytes=0)))
     ordered = tuple(r for _, r in sorted(rows, key=lambda kr: kr[0]))
     params = sum(r.params for r in ordered)
     dense_params = sum(r.dense_params for r in ordered)
