@@ -342,3 +342,27 @@ def test_measuring_memory_writes_nothing_to_stderr():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[0] == "4000"  # 1,000 float32 entries
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("kind, act", [("mpo", None), ("ttn", "gelu"), ("tucker", None), ("mera", "tanh")])
+@pytest.mark.parametrize("schedule", ["materialise", "stream"])
+def test_backward_flops_with_and_without_xs_gradient_equal_flop_counter_mode(kind, act, schedule):
+    """The report's backward FLOPs count x's gradient (a hidden layer); a first layer fed raw data skips it:
+    ``backward_flops(prog, input_grad=False)``. Both equal FlopCounterMode on a real backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.contract.schedule import can_stream
+    from engine.nn.linear import TNLinear
+
+    d = make_template(kind, 256, 256, 3, act)
+    if schedule == "stream" and not can_stream(d):
+        pytest.skip("a design whose last tensor is activated only materialises")
+    layer = TNLinear(d, seed=0, schedule=schedule)
+    prog = compile_program(d, 24, schedule)
+    for input_grad in (True, False):
+        x = torch.randn(24, 256, requires_grad=input_grad)
+        y = layer(x)
+        with FlopCounterMode(display=False) as counter:
+            y.sum().backward()
+        assert backward_flops(prog, input_grad) == counter.get_total_flops(), input_grad
+    assert backward_flops(prog, False) < backward_flops(prog, True)
