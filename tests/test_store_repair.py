@@ -469,3 +469,30 @@ def test_a_run_that_cannot_be_created_leaves_no_folder(failing, tmp_path, monkey
     assert [r["id"] for r in store.list_runs()] == [rid]
     rep = repair_store(tmp_path)
     assert rep["skipped"] == [] and rep["runs"] == 1
+
+
+@pytest.mark.parametrize("bad_id", ["../victim", "VICTIM_ABS", "..", "a/b", "a\\b", ""])
+def test_a_run_id_from_the_index_never_reaches_outside_the_runs_folder(bad_id, tmp_path, capsys):
+    """A hand-edited index whose run id was a path (`../victim`, an absolute one): `runs delete` removed that folder
+    anywhere on disk (exit 0), and `runs list` wrote run.json into it. Every id read from the index must now be one
+    folder name inside the runs folder: the commands refuse in one line (exit 2), touch nothing, and `runs repair`
+    rebuilds the index from the run folders."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("keep")
+    root = tmp_path / "runs"
+    store = RunStore(root)
+    rid = store.create_run({"dataset": "digits"}, make_template("mpo", 12, 6, 2).to_dict())
+    bad = str(victim) if bad_id == "VICTIM_ABS" else bad_id
+    with contextlib.closing(sqlite3.connect(root / "runs.db")) as con, con:
+        con.execute("UPDATE runs SET id = ?, status = 'running', pid = 999999999, host = ?", (bad, os.uname()[1]))
+    with pytest.raises(StoreDamaged, match="is not a folder name inside"):
+        store.run_dir(bad)
+    for argv in (["runs", "--runs-dir", str(root), "delete", bad or "x"], ["runs", "--runs-dir", str(root), "list"],
+                 ["runs", "--runs-dir", str(root), "show", bad or "x"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    assert main(["runs", "--runs-dir", str(root), "repair"]) == 0
+    assert [r["id"] for r in RunStore(root).list_runs()] == [rid]

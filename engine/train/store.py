@@ -189,6 +189,11 @@ class RunStore:
             raise _file_error(self.path, e) from None
 
     def run_dir(self, run_id: str) -> Path:
+        """The run's folder, ``<root>/<id>``; an id that is not one folder name (``..``, a path: a hand-edited
+        index) is refused, so nothing outside the runs folder is ever read, written or deleted for a run."""
+        if not is_run_folder_name(run_id):
+            raise StoreDamaged(f"{self.path}: run id {clip_middle(repr(run_id))} is not a folder name inside "
+                               f"{self.root}; {_repair(self.root)}")
         return self.root / run_id
 
     def _write_record(self, con: sqlite3.Connection, run_id: str) -> None:
@@ -667,11 +672,20 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def is_run_folder_name(run_id: Any) -> bool:
+    """Whether ``run_id`` names one folder inside the runs folder: a non-empty name, not ``.`` or ``..``, without
+    ``/``, ``\\`` or NUL (ids are 8 hex digits, or the name of a folder a run was restored from)."""
+    return (isinstance(run_id, str) and 0 < len(run_id) <= 255 and run_id not in (".", "..")
+            and not any(c in run_id for c in "/\\\0"))
+
+
 def row_values(row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
     """A ``runs`` row as a run dict (JSON fields parsed); ``ValueError`` naming the run and the field when a value
     has the wrong type (text where a time belongs, a JSON field that is not JSON)."""
     run = {k: row[k] for k in row.keys()}
     rid = run.get("id")
+    if "id" in run and not is_run_folder_name(rid):
+        raise ValueError(f"run id {clip_middle(repr(rid))} is not a folder name inside the runs folder")
     for k in _JSON_FIELDS:
         if k in run:
             try:
