@@ -63,6 +63,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
+class PathError(ValueError):
+    """A path the user gave that cannot name a file here (``~nosuchuser/...``); the message says which."""
+
+
+def expand_user(path: str | os.PathLike) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; :class:`PathError` (one line) when that user, or this
+    process's home folder, is unknown (``Path.expanduser`` raises RuntimeError there)."""
+    p = Path(path)
+    try:
+        return p.expanduser()
+    except RuntimeError:
+        head = str(p).split(os.sep, 1)[0]
+        raise PathError(f"{str(path)!r}: {head!r} names no home folder on this machine; give the full path") \
+            from None
+
+
 def read_input_file(path: str | os.PathLike, limit: int, error: type[Exception], what: str) -> bytes:
     """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes (``what`` names it in the
     messages, e.g. "design file"). A missing file is ``FileNotFoundError``; a folder, a device, fifo or socket (a

@@ -8,17 +8,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.files import expand_user
+
 
 def tnstudio_home() -> Path:
     """The TN Studio home folder (not created), absolute: a relative ``$TNSTUDIO_HOME`` is taken from the current
     folder (a run's process, which works in its run folder, is given the absolute one)."""
     env = os.environ.get("TNSTUDIO_HOME")
-    return Path(env).expanduser().absolute() if env else Path.home() / ".tnstudio"
+    return expand_user(env).absolute() if env else Path.home() / ".tnstudio"
 
 
 def runs_dir(override: str | os.PathLike | None = None, create: bool = True) -> Path:
     """The runs folder: ``override`` when given, else ``<home>/runs``; created unless ``create`` is False."""
-    path = Path(override).expanduser() if override else tnstudio_home() / "runs"
+    path = expand_user(override) if override else tnstudio_home() / "runs"
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path.resolve()

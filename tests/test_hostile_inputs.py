@@ -569,3 +569,61 @@ def test_every_list_reader_takes_exactly_what_is_written(vals, hole, where):
         assert list(read(text)) == (vals * 2 if name == "image" and len(vals) == 1 else vals), (name, text)
         with pytest.raises(ValueError):
             read(bad)
+
+
+@pytest.mark.parametrize("args", [
+    ["runs", "--runs-dir", "~nosuchuser_tn/r", "list"],
+    ["search", "list", "--storage", "~nosuchuser_tn/s"],
+    ["train", "MODEL", "--data-dir", "~nosuchuser_tn/r", "--dry-run", "--dataset", "mnist"],
+    ["spectra", "--run", "x", "--runs-dir", "~nosuchuser_tn/r"],
+    ["runs", "list", "ENV:TNSTUDIO_HOME"],
+    ["search", "list", "ENV:TNSTUDIO_SEARCH_STORAGE"],
+])
+def test_a_path_under_an_unknown_users_home_is_one_line(args, tmp_path, monkeypatch):
+    """`~nosuchuser/...` (a typo, or another machine's user) made Path.expanduser raise RuntimeError: a traceback,
+    exit 1, from the runs folder, the search storage, the data folder and TNSTUDIO_HOME alike."""
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("TNSTUDIO_SEARCH_STORAGE", raising=False)
+    model = tmp_path / "m.json"
+    model.write_text(json.dumps(BASE))
+    if args[-1].startswith("ENV:"):
+        monkeypatch.setenv(args.pop()[4:], "~nosuchuser_tn/x")
+    rc, _, err = run_cli([str(model) if a == "MODEL" else a for a in args])
+    assert rc == 2
+    assert "'~nosuchuser_tn' names no home folder on this machine" in one_line_error(err)
+
+
+def test_a_search_storage_that_is_a_device_or_fifo_is_refused_not_read(tmp_path, monkeypatch):
+    """A fifo as --storage blocked `search` for ever, /dev/zero also took 12 GB in 20 s (Optuna's journal reader
+    reads to the end): refused in one line, as the design and weights readers refuse such files."""
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "home"))
+    fifo = tmp_path / "ff"
+    os.mkfifo(fifo)
+    for storage in (str(fifo), "/dev/zero"):
+        for args in (["search", "list", "--storage", storage], ["search", "show", "s1", "--storage", storage],
+                     ["search", "--in", "12", "--out", "6", "--trials", "1", "--epochs", "1", "--name", "s1",
+                      "--storage", storage]):
+            rc, _, err = run_cli(args)
+            assert rc == 2, args
+            assert "is not a regular file (a device, fifo or socket)" in one_line_error(err)
+
+
+def test_search_refuses_its_workers_and_device_before_starting_anything(tmp_path, monkeypatch):
+    """`--workers 100000` started workers at 50 a second (236 before a timeout stopped it); `--device cuda` without a
+    GPU made the study and started a worker that failed three trials. Both are refused before anything exists."""
+    import torch
+
+    from engine.cli.search import WORKERS_PER_CORE
+
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "home"))
+    base = ["search", "--in", "12", "--out", "6", "--trials", "1", "--epochs", "1", "--name", "s1"]
+    most = WORKERS_PER_CORE * (os.cpu_count() or 1)
+    for workers in (0, most + 1, 100000):
+        rc, _, err = run_cli(base + ["--workers", str(workers)])
+        assert rc == 2 and f"--workers must be between 1 and {most}" in one_line_error(err)
+    rc, _, err = run_cli(["search", "join", "s1", "--workers", str(most + 1)])
+    assert rc == 2 and "--workers must be between" in one_line_error(err)
+    if not torch.cuda.is_available():
+        rc, _, err = run_cli(base + ["--device", "cuda"])
+        assert rc == 2 and "torch sees no GPU" in one_line_error(err)
+    assert not (tmp_path / "home").exists()

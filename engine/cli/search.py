@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -160,12 +161,28 @@ def _started(name: str, procs: list[Any]) -> str:
         {"pid": p.pid, "log": str(worker_log(name, getattr(p, "worker_index", k)))} for k, p in enumerate(procs)]})
 
 
+WORKERS_PER_CORE = 4  # a search's workers on one machine: each trains in its own process
+
+
+def check_workers(n: int) -> None:
+    """``--workers`` between 1 and WORKERS_PER_CORE per core of this machine (more machines: `search join` on each,
+    with the same --storage URL); refused before the study or any worker exists."""
+    most = WORKERS_PER_CORE * (os.cpu_count() or 1)
+    if not 1 <= n <= most:
+        raise UserError(f"--workers must be between 1 and {most} ({WORKERS_PER_CORE} per core of this machine; "
+                        f"more machines can join with the same --storage), got {n}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from engine.search.study import create_search, start_workers, wait_workers, worker_log
 
+    from engine.train.config import device_problem
+
     spec = build_spec(args)
-    if args.workers < 1:
-        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    check_workers(args.workers)
+    problem = device_problem(spec.device)  # before the study or any worker exists
+    if problem:
+        raise UserError(f"--device: {problem}")
     try:
         _mend(spec.name, args.storage)
         study = create_search(spec, args.storage)
@@ -243,6 +260,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_join(args: argparse.Namespace) -> int:
     from engine.search.study import resume_search, start_workers, wait_workers
 
+    check_workers(args.workers)
     try:
         _mend(args.study, args.storage)
         resume_search(args.study, args.storage, args.trials)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from engine.files import expand_user
 from engine.assets import preset_paths
 from engine.design.model import Design, DesignError, load_design, save_design
 from engine.home import tnstudio_home
@@ -11,7 +12,7 @@ from engine.home import tnstudio_home
 
 def designs_dir(home: str | Path | None = None) -> Path:
     """``<home>/designs`` (``home`` defaults to the TN Studio home folder); not created."""
-    return Path(home or tnstudio_home()).expanduser() / "designs"
+    return expand_user(home or tnstudio_home()) / "designs"
 
 
 def safe_name(name: str) -> str:

@@ -37,6 +37,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.files import expand_user
 from engine.format import first_line
 from engine.home import tnstudio_home
 
@@ -87,7 +88,7 @@ def storage_url(name: str, url: str | None = None) -> str:
     (returned as its file path)."""
     url = url or os.environ.get(ENV_STORAGE) or None
     if url:
-        return url if "://" in url else str(Path(url).expanduser().resolve())
+        return url if "://" in url else str(expand_user(url).resolve())
     return str(search_dir() / f"{check_name(name)}.journal")
 
 
@@ -262,6 +263,9 @@ def open_storage(url: str, heartbeat: bool = True) -> optuna.storages.BaseStorag
     if not is_rdb(url):
         if Path(url).is_dir():
             raise StorageError(f"search storage {url} is a folder: give a journal file's path or a database URL")
+        if Path(url).exists() and not Path(url).is_file():  # a fifo blocks the journal's reader, /dev/zero never ends
+            raise StorageError(f"search storage {url} is not a regular file (a device, fifo or socket): give a "
+                               f"journal file's path or a database URL")
         try:
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url, lock_obj=journal_lock(url)))

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
-from engine.files import atomic_write
+from engine.files import atomic_write, expand_user
 from engine.home import tnstudio_home
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ def default_data_dir() -> Path:
 
 
 def _root(data_dir: str | os.PathLike | None) -> Path:
-    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+    return expand_user(data_dir) if data_dir else default_data_dir()
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from engine.files import expand_user
 from engine.design.model import Design
 from engine.format import torch_load_reason
 from engine.home import tnstudio_home
@@ -153,7 +154,7 @@ def check_memory(config: RunConfig, design: Design | None) -> dict[str, int]:
 def absolute_paths(config: RunConfig) -> RunConfig:
     """``config`` with its folder and file paths (``data_dir``, ``init_from``) absolute: the run's process works in
     its run folder, where a path relative to the launcher's folder (``--data-dir data``) names nothing."""
-    paths = {k: str(Path(v).expanduser().absolute()) for k in ("data_dir", "init_from")
+    paths = {k: str(expand_user(v).absolute()) for k in ("data_dir", "init_from")
              if (v := getattr(config, k)) is not None and not Path(v).is_absolute()}
     return dataclasses.replace(config, **paths) if paths else config
 

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from engine.design.model import Design
-from engine.files import atomic_write
+from engine.files import atomic_write, expand_user
 from engine.train.config import ConfigError, RunConfig, device_problem
 from engine.train.data import Dataset, load_dataset
 from engine.train.models import build_model
@@ -229,7 +229,7 @@ class Trainer:
 
     def init_path(self, path: str) -> Path:
         """``init_from`` as a path: a relative one is resolved against the run's folder."""
-        p = Path(path).expanduser()
+        p = expand_user(path)
         return p if p.is_absolute() else self.dir / p
 
     def _load_init(self, path: str) -> None:

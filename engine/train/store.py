@@ -67,7 +67,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from engine.files import atomic_write_text
+from engine.files import atomic_write_text, expand_user
 from engine.format import clip_middle, is_unicode_text
 from engine.home import runs_dir
 
@@ -533,7 +533,7 @@ def existing_store(root: str | os.PathLike | None = None) -> RunStore:
     """The run store at ``root`` for reading: a ``root`` that names no folder is a :class:`StoreError` (a mistyped
     ``--runs-dir`` made an empty store there and reported "no runs"); the default folder is made as ever."""
     if root is not None:
-        p = Path(root).expanduser()
+        p = expand_user(root)
         try:
             missing = not p.exists()
         except OSError as e:
