@@ -627,3 +627,42 @@ def test_search_refuses_its_workers_and_device_before_starting_anything(tmp_path
         rc, _, err = run_cli(base + ["--device", "cuda"])
         assert rc == 2 and "torch sees no GPU" in one_line_error(err)
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("bad, words", [(5, "is a int, not a tensor"), ("inf", "holds NaN or infinite values"),
+                                        ("nan", "holds NaN or infinite values"), ("complex", "is complex")])
+def test_weights_that_are_not_finite_real_tensors_are_named(bad, words, tmp_path, monkeypatch):
+    """A weights file or run checkpoint whose layer entry was an int gave a traceback (AttributeError, exit 1);
+    infinite weights made `features` print numpy's warnings and scikit-learn's message, `spectra` an SVD's ('Array
+    must not contain infs or NaNs') naming neither run nor weights; NaN weights were called two different layers;
+    complex ones passed with their imaginary part dropped. Each is now one line naming the file and the entry."""
+    import torch
+
+    from engine.nn.linear import TNLinear
+    from engine.train.store import RunStore
+
+    monkeypatch.setenv("TNSTUDIO_HOME", str(tmp_path / "home"))
+    d = Design.from_dict(BASE)
+    state = {f"tn_layer.{k}": v for k, v in TNLinear(d, seed=0).state_dict().items()}
+    key = "tn_layer.cores.G0"
+    state[key] = bad if bad == 5 else (torch.full_like(state[key], float(bad)) if bad in ("inf", "nan")
+                                       else state[key].to(torch.complex64))
+    design, weights = tmp_path / "d.json", tmp_path / "w.pt"
+    design.write_text(json.dumps(BASE))
+    torch.save(state, weights)
+    root = tmp_path / "runs"
+    store = RunStore(root)
+    rid = store.create_run({"dataset": "digits", "epochs": 1}, d)
+    torch.save({"model": state, "step": 1}, root / rid / "checkpoint.pt")
+    store.update(rid, checkpoint=str(root / rid / "checkpoint.pt"))
+    store.set_status(rid, "completed")
+    for args in (["spectra", str(design), "--weights", str(weights)], ["export", str(design), "--weights",
+                                                                       str(weights), "-o", str(tmp_path / "e.py")],
+                 ["spectra", "--run", rid, "--runs-dir", str(root)],
+                 ["truncate", "--run", rid, "--runs-dir", str(root), "--max-bond", "1", "-o", str(tmp_path / "t.json")],
+                 ["features", "--run", rid, "--runs-dir", str(root), "--samples", "8"]):
+        rc, _, err = run_cli(args)
+        assert rc == 2, (args, err)
+        line = one_line_error(err)
+        assert words in line and "G0" in line, line
+    assert not (tmp_path / "e.py").exists()

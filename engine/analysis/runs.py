@@ -68,6 +68,11 @@ def _checkpoint(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     model = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(model, dict):
         raise RunError(f"{path}: the checkpoint holds no model state dict")
+    from engine.nn.state import state_problem
+
+    problem = state_problem(model)
+    if problem:
+        raise RunError(f"run {run['id']}'s checkpoint {path}: {problem}")
     return Path(path), model
 
 

@@ -89,4 +89,9 @@ def load_state_file(path: str) -> dict[str, Any]:
             state = state[key]
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state dict (name -> tensor), found {type(state).__name__}")
+    from engine.nn.state import state_problem
+
+    problem = state_problem(state)
+    if problem:
+        raise UserError(f"{path}: {problem}")
     return state
