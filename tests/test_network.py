@@ -625,3 +625,22 @@ def test_flops_of_modules_outside_the_registry_are_counted(arch, shape, rules, m
 
     line = next(x for x in rep.format().splitlines() if "other modules)" in x)
     assert line.split()[-3:-1] == [si(sum(others.values()))] * 2  # the summed line's dense FLOPs and FLOPs
+
+
+@pytest.mark.parametrize("option", ["depth=100000", "depth=257", "hidden=" + ",".join(["1"] * 257)])
+def test_architecture_options_that_ask_for_too_many_layers_are_refused_up_front(option, tmp_path, capsys):
+    """`--option depth=100000` (transformer) or 200,000 hidden widths (mlp) passed the option checks (only 2^31 - 1
+    bounded them) and `network new` / `network show` then built and analysed the model for minutes, past 2 GB. A
+    depth or a list of widths now stops at MAX_OPTION_LAYERS, refused in one line before anything is built."""
+    from engine.network.catalogue import MAX_OPTION_LAYERS
+
+    arch = "transformer" if option.startswith("depth") else "mlp"
+    assert main(["network", "new", arch, "--option", option, "-o", str(tmp_path / "n.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"1 to {MAX_OPTION_LAYERS}" in err, err
+    assert not (tmp_path / "n.json").exists()
+    spec = json.loads(json.dumps(new_network(arch).to_dict()))
+    spec["architecture"]["options"] = {option.split("=")[0]: 100000 if arch == "transformer" else [1] * 257}
+    (tmp_path / "big.json").write_text(json.dumps(spec))
+    assert main(["network", "show", str(tmp_path / "big.json")]) == 2
+    assert "1 to 256" in capsys.readouterr().err

@@ -40,6 +40,9 @@ IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z
 OPTION_TYPES = ("int", "ints", "bool", "str", "float")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 MAX_OPTION_INT = 2 ** 31 - 1  # widths, depths, channels: what a dim may be (engine.design.model.MAX_DIM)
+# Layers an option may ask for (a depth, the length of a list of widths): building and analysing each costs time
+# and memory before any cost model can refuse the whole (a transformer of depth 100,000 took 2.3 GB and minutes)
+MAX_OPTION_LAYERS = 256
 
 
 class CatalogueError(ValueError):
@@ -58,6 +61,7 @@ class ArchOption:
     minimum: int | None = 1  # for int / ints
     maximum: int = MAX_OPTION_INT  # for int / ints
     below: float | None = None  # for float: values must be less than this (dropout < 1)
+    max_items: int = MAX_OPTION_LAYERS  # for ints: the longest list
 
     def _int_ok(self, v: Any) -> bool:
         return _is_int(v) and (self.minimum is None or v >= self.minimum) and v <= self.maximum
@@ -69,7 +73,8 @@ class ArchOption:
             if not self._int_ok(value):
                 raise bad
         elif self.type == "ints":
-            if not isinstance(value, (list, tuple)) or not value or not all(self._int_ok(v) for v in value):
+            if not isinstance(value, (list, tuple)) or not value or len(value) > self.max_items \
+                    or not all(self._int_ok(v) for v in value):
                 raise bad
             value = [int(v) for v in value]
         elif self.type == "bool":
@@ -93,7 +98,8 @@ class ArchOption:
         top = "2^31 - 1" if self.maximum == MAX_OPTION_INT else str(self.maximum)
         span = f" from {self.minimum} to {top}" if self.minimum is not None else f" <= {top}"
         number = f"a number in [0, {self.below:g})" if self.below is not None else "a number >= 0"
-        return {"int": f"an integer{span}", "ints": f"a non-empty list of integers{span}", "bool": "true or false",
+        return {"int": f"an integer{span}", "ints": f"a list of 1 to {self.max_items} integers{span}",
+                "bool": "true or false",
                 "float": number, "str": "a string"}[self.type]
 
     def schema(self) -> dict[str, Any]:
@@ -108,6 +114,8 @@ class ArchOption:
             if self.minimum is not None:
                 target["minimum"] = self.minimum
             target["maximum"] = self.maximum
+        if self.type == "ints":
+            base["maxItems"] = self.max_items
         if self.type == "float" and self.below is not None:
             base["exclusiveMaximum"] = self.below
         return {**base, "description": self.help}
@@ -390,7 +398,7 @@ def _transformer_check(shape: tuple[int, ...], options: dict[str, Any]) -> None:
                        "encoder blocks (nn.MultiheadAttention + MLP), classifier head; 1-D or 2-D inputs",
                        input_shape=(1, 40), num_classes=10, check_input=_transformer_check,
                        options=(ArchOption("dim", "int", 64, "embedding width"),
-                                ArchOption("depth", "int", 2, "encoder blocks"),
+                                ArchOption("depth", "int", 2, "encoder blocks", maximum=MAX_OPTION_LAYERS),
                                 ArchOption("heads", "int", 4, "attention heads"),
                                 ArchOption("mlp_dim", "int", 128, "hidden width of each block's MLP"),
                                 ArchOption("patch", "int", 4, "patch size (length, or side of a square patch)"),
