@@ -22,7 +22,9 @@ class ResourceError(ValueError):
 def machine_memory_bytes() -> int | None:
     """Physical memory, or the cgroup (container) memory limit when lower; None when neither can be read."""
     env = os.environ.get(MEMORY_ENV, "").strip()
-    if env.isdigit():
+    if env:
+        if not (env.isascii() and env.isdigit()):  # str.isdigit() also admits '²', which int() refuses
+            raise ResourceError(f"{MEMORY_ENV} must be a whole number of bytes, got {env!r}")
         return int(env)
     total = None
     try:

@@ -666,3 +666,28 @@ def test_weights_that_are_not_finite_real_tensors_are_named(bad, words, tmp_path
         line = one_line_error(err)
         assert words in line and "G0" in line, line
     assert not (tmp_path / "e.py").exists()
+
+
+def test_odd_values_of_the_memory_variable_and_network_files_are_named(tmp_path, monkeypatch):
+    """TNSTUDIO_MEMORY_BYTES='²' passed str.isdigit() and failed int() ("invalid literal for int()", naming no
+    variable); a network file with a key given twice was read (design files refuse that); a network layer whose
+    design path was /dev/zero or a fifo was called 'not found'."""
+    from engine.network.format import new_network
+
+    model = tmp_path / "m.json"
+    model.write_text(json.dumps(BASE))
+    for value in ("²", "12a", "-5"):
+        monkeypatch.setenv("TNSTUDIO_MEMORY_BYTES", value)
+        rc, _, err = run_cli(["train", str(model), "--dry-run"])
+        assert rc == 2 and "TNSTUDIO_MEMORY_BYTES must be a whole number of bytes" in one_line_error(err)
+    monkeypatch.delenv("TNSTUDIO_MEMORY_BYTES")
+    net = new_network("mlp").to_dict()
+    (tmp_path / "dup.json").write_text(json.dumps(net)[:-1] + ', "name": "again"}')
+    rc, _, err = run_cli(["network", "show", str(tmp_path / "dup.json")])
+    assert rc == 2 and "the key 'name' appears twice" in one_line_error(err)
+    os.mkfifo(tmp_path / "ff")
+    for target, words in (("/dev/zero", "is not a regular file"), ("ff", "is not a regular file"),
+                          (".", "is a folder"), ("missing.json", "not found")):
+        (tmp_path / "n.json").write_text(json.dumps({**net, "layers": {"fc1": {"design": target}}}))
+        rc, _, err = run_cli(["network", "show", str(tmp_path / "n.json")])
+        assert rc == 2 and words in one_line_error(err), (target, err)

@@ -63,7 +63,7 @@ def test_every_problem_is_named_at_once(tmp_path):
     with pytest.raises(NetworkError) as e:
         NetworkSpec.from_dict(data, base_dir=tmp_path)
     text = "\n".join(e.value.problems)
-    for part in ("unknown key 'extra'", "option 'hidden' must be a non-empty list of integers from 1 to 2^31 - 1",
+    for part in ("unknown key 'extra'", "option 'hidden' must be a list of 1 to 256 integers from 1 to 2^31 - 1",
                  "'input_shape' must be a list", "unknown template 'nope'", "Conv1d layers take no TN designs yet",
                  "unknown activation 'swish'", "design file 'missing.json' not found", "layer 'fc2': an assignment"):
         assert part in text, (part, text)
@@ -479,7 +479,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
              (["network", "new", "mlp", "--option", "depth=3", "-o", net], "has no option 'depth'"),
              # a width beyond a dim wrote a 5.1e12-parameter MLP; dropout 5 reached torch's own check
              (["network", "new", "mlp", "--option", "hidden=99999999999", "-o", net],
-              "option 'hidden' must be a non-empty list of integers from 1 to 2^31 - 1, got '99999999999'"),
+              "option 'hidden' must be a list of 1 to 256 integers from 1 to 2^31 - 1, got '99999999999'"),
              (["network", "new", "transformer", "--option", "dropout=5", "-o", net],
               "option 'dropout' must be a number in [0, 1), got '5'"),
              (["network", "new", "mlp", "--input", "3,x", "-o", net], "--input must be the shape of one example"),

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from engine.design.model import MAX_DIM, MAX_META_DEPTH, Design, DesignError, _depth
+from engine.design.model import MAX_DIM, MAX_FILE_BYTES, MAX_META_DEPTH, Design, DesignError, _depth
 from engine.files import atomic_write_text, read_input_file
 from engine.format import clip_middle, int_text, is_unicode_text
 from engine.network.catalogue import (ArchRef, CatalogueError, architecture, architecture_names, architectures,
@@ -138,9 +138,11 @@ class NetworkSpec:
     @classmethod
     def from_json(cls, text: str, base_dir: str | Path | None = None) -> "NetworkSpec":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as e:
             raise NetworkError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except NetworkError:  # a key given twice: already one line
+            raise
         except RecursionError:
             raise NetworkError(f"not a network: the JSON is nested too deeply (at most {MAX_DEPTH} levels)") from None
         except ValueError as e:  # e.g. an integer of more than 4300 digits
@@ -317,14 +319,16 @@ def _assignment(lname: str, value: Any, base: Path | None) -> tuple[Assignment, 
                 return Assignment(), (f"{where}: design path {d!r} is relative but the network was not read from "
                                       f"a file (give base_dir)")
             path = base / path
-        if not path.is_file():
+        try:  # a regular file of a design's size: a fifo would block, /dev/zero never end
+            data = read_input_file(path, MAX_FILE_BYTES, DesignError, "design file")
+        except FileNotFoundError:
             return Assignment(), f"{where}: design file {d!r} not found ({path})"
+        except DesignError as e:
+            return Assignment(), f"{where}: design file {d!r}: {'; '.join(e.problems)}"
         try:
-            return Assignment(Design.from_json(path.read_text()), d), None
+            return Assignment(Design.from_json(data), d), None
         except DesignError as e:
             return Assignment(), f"{where}: design file {d!r} is invalid: {'; '.join(e.problems)}"
-        except (OSError, UnicodeDecodeError) as e:
-            return Assignment(), f"{where}: cannot read design file {d!r}: {e}"
     try:
         return Assignment(Design.from_dict(d)), None
     except DesignError as e:
@@ -333,6 +337,17 @@ def _assignment(lname: str, value: Any, base: Path | None) -> tuple[Assignment, 
 
 # ----------------------------------------------------------------------------- files
 MAX_NETWORK_PEEK = 64 * 2 ** 20  # bytes: a network file is small (inline designs are at most 16 MiB each)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once (which of two would count is the reader's guess), as design
+    files require."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise NetworkError(f"the key {clip_middle(repr(k))} appears twice in one JSON object: keep one")
+        out[k] = v
+    return out
 
 
 def load_network(path: str | Path) -> NetworkSpec:
