@@ -623,6 +623,8 @@ def test_search_refuses_its_workers_and_device_before_starting_anything(tmp_path
         assert rc == 2 and f"--workers must be between 1 and {most}" in one_line_error(err)
     rc, _, err = run_cli(["search", "join", "s1", "--workers", str(most + 1)])
     assert rc == 2 and "--workers must be between" in one_line_error(err)
+    rc, _, err = run_cli(base + ["--batch", "0"])  # it had meant --batch-size
+    assert rc == 2 and "batch must be an integer >= 1, got 0" in one_line_error(err)
     if not torch.cuda.is_available():
         rc, _, err = run_cli(base + ["--device", "cuda"])
         assert rc == 2 and "torch sees no GPU" in one_line_error(err)

@@ -520,3 +520,31 @@ def test_a_region_steps_mean_square_is_measured_without_running_the_rest_of_each
         assert got == pytest.approx(want, rel=1e-10)
         upto = sl.region[:sl.region.index(step) + 1]
         assert fc.get_total_flops() == sum(prog.steps[n].flops for n in upto)
+
+
+def test_the_slicing_search_is_bounded_on_a_network_of_many_sliceable_bonds(monkeypatch):
+    """`cost --memory-budget` on a valid 1000-tensor chain (1001 sliceable bonds) ran 237 s, on a 30-tensor clique
+    over 120 s: each greedy round replays every candidate split. The search now replays at most MAX_SLICE_WORK
+    program steps in all, then stops with what it found (a budget nothing fits is refused with the least found),
+    while the VGG-16 fc6 MERA's 49 slices need a few hundred."""
+    from engine.contract import slicing
+    from engine.design.model import Design
+
+    n = 400
+    indices = {"i0": {"dim": 12, "role": "in", "axis": 0}, "o0": {"dim": 6, "role": "out", "axis": 0},
+               **{f"b{k}": {"dim": 2, "role": "bond"} for k in range(n - 1)}}
+    tensors = [{"id": f"T{k}", "kind": "core", "activation": None,
+                "indices": ([f"b{k - 1}"] if k else ["i0"]) + ([f"b{k}"] if k < n - 1 else ["o0"])}
+               for k in range(n)]
+    chain = Design.from_dict({"format": "tnstudio-design", "version": 1, "name": "long chain",
+                              "target": {"kind": "linear", "in_features": 12, "out_features": 6},
+                              "indices": indices, "tensors": tensors})
+    replayed = []
+    real = slicing._train_bytes
+    monkeypatch.setattr(slicing, "_train_bytes", lambda p, i, q: replayed.append(len(p.steps)) or real(p, i, q))
+    with pytest.raises(ValueError, match="the least the cost model finds is"):
+        budget_program(chain, 64, memory_budget=1024)
+    assert sum(replayed) <= slicing.MAX_SLICE_WORK + 2 * (n + 1)
+    replayed.clear()
+    budget_program(make_template("mera", 1024, 1024, 2, "gelu"), 1, memory_budget=12 << 20)
+    assert 0 < sum(replayed) < slicing.MAX_SLICE_WORK / 10

@@ -104,7 +104,7 @@ def build_spec(args: argparse.Namespace):
         space = LayerSpace(**space_kw)
         budget = Budget(max_params=args.max_params, max_flops=parse_amount(args.max_flops, "--max-flops"),
                         max_train_memory=_memory(args.max_train_memory),
-                        batch=args.batch or args.batch_size)
+                        batch=args.batch_size if args.batch is None else args.batch)
         return SearchSpec(name=args.name, space=space, budget=budget, dataset=args.dataset,
                           objective=args.objective, trials=args.trials, epochs=args.epochs,
                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,

@@ -46,6 +46,10 @@ from engine.design.model import MAX_DIM, Design
 from engine.types import Indices, ScheduleChoice, Search
 
 MAX_SLICES = 1 << 16  # at most this many slices (the Python loop's overhead grows with the count)
+# The greedy search replays every candidate split of every round: at most this many program steps replayed in all
+# (the VGG-16 fc6 presets need 250-480; a 1000-tensor chain with 1001 sliceable bonds or a 30-tensor clique with 437
+# had taken minutes). A search that would exceed it stops with the slicings found so far: a pure function still.
+MAX_SLICE_WORK = 20_000
 _INPUT = "~"  # prefix of a shared intermediate seen as an input of one slice's program (ids cannot hold "~")
 
 
@@ -285,8 +289,12 @@ def _slicings(prog: Program, itemsize: int, params: int, max_slices: int = MAX_S
         return
     chunks = {i: 1 for i in names}
     best_bytes = _train_bytes(prog, itemsize, params)
+    work = len(prog.steps)
     while True:
         count = math.prod(chunks.values())
+        work += len(names) * len(prog.steps)
+        if work > MAX_SLICE_WORK:  # a network too large for this search: no further split is tried
+            return
         trials = []
         for i in names:
             left = prog.dims[i] // chunks[i]
