@@ -4,6 +4,8 @@ layout and the standard formats."""
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import hashlib
 import pickle
 import struct
@@ -362,3 +364,33 @@ def test_data_module_does_not_import_torch():
             "assert 'torch' not in sys.modules, 'importing the registries imported torch'\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_launch_reads_the_idx_headers_before_it_records_a_run(gz, tmp_path):
+    """`train --dataset mnist --dry-run` said ok over idx files of garbage, and the real launch recorded a run that
+    failed in its trainer (exit 1). check_dataset (every launch, and --dry-run) now reads each idx file's header:
+    a foreign, cut-short or wrongly shaped file is refused, naming it; the standard files pass."""
+    from engine.cli import main
+
+    raw = tmp_path / "MNIST" / "raw"
+    fake_mnist(raw, gz=gz)
+    check_dataset("mnist", tmp_path)
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    good = (raw / name).read_bytes()
+    plain = gzip.decompress(good) if gz else good
+    cases = [(b"\x89PNG\r\n\x1a\n" + bytes(100), "its header is not idx3's"),
+             (plain[:8], "its header is not idx3's"),
+             (bytes([0, 0, 8, 3]) + struct.pack(">3I", 30, 32, 32) + bytes(30 * 32 * 32), "its images are 32x32")]
+    if not gz:
+        cases.append((plain[:-10], "cut short?"))
+    for data, words in cases:
+        (raw / name).write_bytes(gzip.compress(data) if gz else data)
+        with pytest.raises(DataError, match=re.escape(words)):
+            check_dataset("mnist", tmp_path)
+    design = tmp_path / "m.json"
+    design.write_text(json.dumps(__import__("engine.design.templates", fromlist=["x"]).make_template(
+        "mpo", 784, 10, 2).to_dict()))
+    assert main(["train", str(design), "--dataset", "mnist", "--data-dir", str(tmp_path), "--dry-run"]) == 2
+    (raw / name).write_bytes(good)
+    check_dataset("mnist", tmp_path)

@@ -194,10 +194,37 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
 
 
 def check_dataset(name: str, data_dir: str | os.PathLike | None = None) -> None:
-    """Raise :class:`DataError` when a data set's files cannot be found, without reading them (for launchers)."""
+    """Raise :class:`DataError` when a data set's files cannot be found, or (idx files) their headers say they are
+    not the data set's, reading only the headers (for launchers: a launch, or `train --dry-run`, refuses them)."""
     spec = dataset_spec(name)
     if spec.needs_files:
-        find_files(spec, _root(data_dir))
+        for path in find_files(spec, _root(data_dir)).values():
+            if "-idx" in path.name:
+                _check_idx_header(spec, path)
+
+
+IDX_MAGIC = {1: 0x801, 3: 0x803}  # idx files: 0x08 (unsigned bytes) and the number of dimensions, big-endian
+
+
+def _check_idx_header(spec: DatasetSpec, path: Path) -> None:
+    """An idx file's magic number, and for an uncompressed one its size against the dimensions its header gives
+    (MNIST's format: labels ``idx1``, images ``idx3`` of the data set's shape); :class:`DataError` naming the file."""
+    ndim = 3 if "idx3" in path.name else 1
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(4 + 4 * ndim)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{spec.label}: cannot read {path}: {e}") from None
+    bad = f"{spec.label}: {path} is not an idx{ndim} file of {spec.label}"
+    if len(head) < 4 + 4 * ndim or int.from_bytes(head[:4], "big") != IDX_MAGIC[ndim]:
+        raise DataError(f"{bad} (its header is not idx{ndim}'s): copy the original file there")
+    dims = [int.from_bytes(head[4 + 4 * k:8 + 4 * k], "big") for k in range(ndim)]
+    if ndim == 3 and tuple(dims[1:]) != tuple(spec.input_shape[-2:]):
+        raise DataError(f"{bad} (its images are {dims[1]}x{dims[2]}, not {spec.input_shape[-2]}x"
+                        f"{spec.input_shape[-1]})")
+    if path.suffix != ".gz" and path.stat().st_size != len(head) + math.prod(dims):
+        raise DataError(f"{bad} (its header gives {math.prod(dims):,} bytes of data, the file holds "
+                        f"{path.stat().st_size - len(head):,}): cut short? copy the original file there")
 
 
 def find_files(spec: DatasetSpec, root: Path) -> dict[str, Path]:
