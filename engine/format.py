@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 _SI = (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))  # uppercase M: mega, never milli
 _BINARY = (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
@@ -138,3 +138,18 @@ def is_unicode_text(value: Any) -> bool:
     except (TypeError, ValueError, RecursionError):
         return True
     return True
+
+
+def unique_keys(error: Callable[[str], Exception], shown: Callable[[Any], str] = repr
+                ) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A ``json.loads`` ``object_pairs_hook`` that refuses a key given twice in one object (which of the two would
+    count is the reader's guess) with ``error(message)``, the key as ``shown`` prints it."""
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise error(f"the key {shown(k)} appears twice in one JSON object: keep one")
+            out[k] = v
+        return out
+
+    return hook

@@ -59,7 +59,7 @@ from typing import Any
 
 from engine.design.activations import ACTIVATIONS as ACTIVATION_REGISTRY
 from engine.files import atomic_write_text, read_input_file
-from engine.format import dims_text, int_text, is_unicode_text
+from engine.format import dims_text, int_text, is_unicode_text, unique_keys
 
 FORMAT = "tnstudio-design"
 VERSION = 2  # the newest format version; linear designs are written as version 1 (see the module docstring)
@@ -775,15 +775,6 @@ def _no_constant(name: str) -> Any:
     raise DesignError(f"not valid JSON: {name} is not a JSON number")
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise DesignError(f"the key {_shown(k)} appears twice in one JSON object: keep one")
-        out[k] = v
-    return out
-
-
 def parse_json(text: str | bytes) -> Any:
     """Strict JSON for design files: UTF-8, no NaN/Infinity, no duplicate keys, bounded size and nesting."""
     if len(text) > MAX_FILE_BYTES:
@@ -795,7 +786,7 @@ def parse_json(text: str | bytes) -> Any:
             raise DesignError(f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at position {e.start} cannot be "
                               f"decoded (save the file as UTF-8)") from None
     try:
-        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=unique_keys(DesignError, _shown))
     except json.JSONDecodeError as e:
         raise DesignError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:

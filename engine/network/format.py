@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from engine.design.model import MAX_DIM, MAX_FILE_BYTES, MAX_META_DEPTH, Design, DesignError, _depth
 from engine.files import atomic_write_text, read_input_file
-from engine.format import clip_middle, int_text, is_unicode_text
+from engine.format import clip_middle, int_text, is_unicode_text, unique_keys
 from engine.network.catalogue import (ArchRef, CatalogueError, architecture, architecture_names, architectures,
                                       check_import_path)
 from engine.network.rules import DENSE, Resolved, RuleError, apply_rules, parse_rule
@@ -138,7 +138,7 @@ class NetworkSpec:
     @classmethod
     def from_json(cls, text: str, base_dir: str | Path | None = None) -> "NetworkSpec":
         try:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            data = json.loads(text, object_pairs_hook=unique_keys(NetworkError, lambda k: clip_middle(repr(k))))
         except json.JSONDecodeError as e:
             raise NetworkError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
         except NetworkError:  # a key given twice: already one line
@@ -337,17 +337,6 @@ def _assignment(lname: str, value: Any, base: Path | None) -> tuple[Assignment, 
 
 # ----------------------------------------------------------------------------- files
 MAX_NETWORK_PEEK = 64 * 2 ** 20  # bytes: a network file is small (inline designs are at most 16 MiB each)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are each given once (which of two would count is the reader's guess), as design
-    files require."""
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise NetworkError(f"the key {clip_middle(repr(k))} appears twice in one JSON object: keep one")
-        out[k] = v
-    return out
 
 
 def load_network(path: str | Path) -> NetworkSpec:
