@@ -632,7 +632,9 @@ def test_search_refuses_its_workers_and_device_before_starting_anything(tmp_path
 
 
 @pytest.mark.parametrize("bad, words", [(5, "is a int, not a tensor"), ("inf", "holds NaN or infinite values"),
-                                        ("nan", "holds NaN or infinite values"), ("complex", "is complex")])
+                                        ("nan", "holds NaN or infinite values"), ("complex", "is complex"),
+                                        ("fp8", "tensor of float8_e4m3fn"), ("sparse", "sparse_coo tensor"),
+                                        ("qint8", "tensor of qint8"), ("intkey", "its key 3 is a int")])
 def test_weights_that_are_not_finite_real_tensors_are_named(bad, words, tmp_path, monkeypatch):
     """A weights file or run checkpoint whose layer entry was an int gave a traceback (AttributeError, exit 1);
     infinite weights made `features` print numpy's warnings and scikit-learn's message, `spectra` an SVD's ('Array
@@ -647,8 +649,13 @@ def test_weights_that_are_not_finite_real_tensors_are_named(bad, words, tmp_path
     d = Design.from_dict(BASE)
     state = {f"tn_layer.{k}": v for k, v in TNLinear(d, seed=0).state_dict().items()}
     key = "tn_layer.cores.G0"
-    state[key] = bad if bad == 5 else (torch.full_like(state[key], float(bad)) if bad in ("inf", "nan")
-                                       else state[key].to(torch.complex64))
+    changed = {5: lambda v: 5, "inf": lambda v: torch.full_like(v, float("inf")),
+               "nan": lambda v: torch.full_like(v, float("nan")), "complex": lambda v: v.to(torch.complex64),
+               "fp8": lambda v: v.to(torch.float8_e4m3fn), "sparse": lambda v: v.to_sparse(),
+               "qint8": lambda v: torch.quantize_per_tensor(v, 0.1, 0, torch.qint8), "intkey": lambda v: v}[bad]
+    state[key] = changed(state[key])
+    if bad == "intkey":
+        state[3] = torch.ones(2)
     design, weights = tmp_path / "d.json", tmp_path / "w.pt"
     design.write_text(json.dumps(BASE))
     torch.save(state, weights)
@@ -666,7 +673,7 @@ def test_weights_that_are_not_finite_real_tensors_are_named(bad, words, tmp_path
         rc, _, err = run_cli(args)
         assert rc == 2, (args, err)
         line = one_line_error(err)
-        assert words in line and "G0" in line, line
+        assert words in line and ("G0" in line or bad == "intkey"), line
     assert not (tmp_path / "e.py").exists()
 
 

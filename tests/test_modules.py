@@ -418,3 +418,46 @@ def test_device_follows_the_parameters():
     assert all(p.device.type == "meta" for p in m.parameters())
     y = m(torch.randn(4, 32, device="meta"))
     assert y.device.type == "meta" and y.shape == (4, 16)
+
+
+DELTA_LAST = {"format": "tnstudio-design", "version": 1, "name": "copy tensor last",
+              "target": {"kind": "linear", "in_features": 6, "out_features": 4},
+              "indices": {"b0": {"dim": 3, "role": "bond"}, "b1": {"dim": 3, "role": "bond"},
+                          "b2": {"dim": 3, "role": "bond"}, "i0": {"dim": 2, "role": "in", "axis": 0},
+                          "i1": {"dim": 3, "role": "in", "axis": 1}, "o0": {"dim": 4, "role": "out", "axis": 0}},
+              "tensors": [{"id": "A", "indices": ["i0", "b0"], "activation": "relu"}, {"id": "B", "indices": ["o0", "b1"]},
+                          {"id": "C", "indices": ["i1", "b2"], "activation": "gelu"},
+                          {"id": "D", "kind": "delta", "indices": ["b0", "b1", "b2"]}],
+              "order": ["A", "B", "C", "D"]}
+
+
+def test_a_copy_tensor_absorbed_last_leaves_the_scale_to_a_trainable_tensor(tmp_path):
+    """The calibration scaled the last tensor absorbed, even a copy tensor, whose values the layer rebuilds: W's std
+    came out at 0.5-0.7 of nn.Linear's while calibrate reported the target. It now scales the last trainable tensor no
+    activation reaches (W is linear in it): here B; for every template the top. The export calibrates the same one."""
+    import importlib.util
+
+    from engine.nn.export import to_torch_source
+    from engine.nn.init import scale_tensor
+
+    d = Design.from_dict(DELTA_LAST)
+    assert scale_tensor(d) == ("B", True)
+    for kind in ("ttn", "attn", "mera", "mpo"):
+        t = make_template(kind, 256, 256, 2, "gelu")
+        assert scale_tensor(t) == (t.evaluation_order()[-1], True)
+    all_activated = Design.from_dict({**DELTA_LAST, "tensors": [{**t, "activation": t.get("activation") or "tanh"}
+                                                                 if t["id"] != "D" else t
+                                                                 for t in DELTA_LAST["tensors"]]})
+    assert scale_tensor(all_activated) == ("C", False)
+    path = tmp_path / "m.py"
+    path.write_text(to_torch_source(d))
+    spec = importlib.util.spec_from_file_location("delta_last", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.Layer.INIT_LAST == "B"
+    for seed in range(4):
+        w = TNLinear(d, seed=seed).weight().detach()
+        assert abs(float(w.std()) / target_std(6) - 1) < 1e-3, seed
+        torch.manual_seed(seed)
+        w = mod.Layer().weight().detach()
+        assert abs(float(w.std()) / target_std(6) - 1) < 1e-3, seed

@@ -471,7 +471,7 @@ def test_a_run_that_cannot_be_created_leaves_no_folder(failing, tmp_path, monkey
     assert rep["skipped"] == [] and rep["runs"] == 1
 
 
-@pytest.mark.parametrize("bad_id", ["../victim", "VICTIM_ABS", "..", "a/b", "a\\b", ""])
+@pytest.mark.parametrize("bad_id", ["../victim", "VICTIM_ABS", "..", "a/b", "a\\b", "", " ", "a\n", "\x1b[31mred"])
 def test_a_run_id_from_the_index_never_reaches_outside_the_runs_folder(bad_id, tmp_path, capsys):
     """A hand-edited index whose run id was a path (`../victim`, an absolute one): `runs delete` removed that folder
     anywhere on disk (exit 0), and `runs list` wrote run.json into it. Every id read from the index must now be one
@@ -496,3 +496,25 @@ def test_a_run_id_from_the_index_never_reaches_outside_the_runs_folder(bad_id, t
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     assert main(["runs", "--runs-dir", str(root), "repair"]) == 0
     assert [r["id"] for r in RunStore(root).list_runs()] == [rid]
+
+
+@pytest.mark.parametrize("name", [" ", "a\n", "\x1b[31mred", " lead"])
+def test_a_run_folder_no_command_could_name_stays_a_folder(name, tmp_path, capsys):
+    """A run folder renamed to whitespace, or to a name with a newline or a terminal escape, was restored as a run
+    that `runs list` printed raw (one run over two lines, an escape sent to the terminal) and that no command could
+    address (`runs show ' '`: 'give a run id'). Such a folder is now left as a folder, named escaped by `repair`."""
+    root = tmp_path / "runs"
+    store = RunStore(root)
+    odd = store.create_run({"dataset": "digits"}, None, name="odd")
+    kept = store.create_run({"dataset": "digits"}, None, name="kept")
+    os.rename(root / odd, root / name)
+    with contextlib.closing(sqlite3.connect(root / "runs.db")) as con, con:
+        con.execute("DELETE FROM runs WHERE id = ?", (odd,))
+    assert [r["id"] for r in RunStore(root).list_runs()] == [kept]
+    assert main(["runs", "--runs-dir", str(root), "repair"]) == 0
+    out = capsys.readouterr().out
+    assert repr(name) in out and "\x1b" not in out.replace("\\x1b", "") and out.count("\n") == 3, out
+    assert main(["runs", "--runs-dir", str(root), "list"]) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 2 and kept in out
+    assert (root / name).is_dir()

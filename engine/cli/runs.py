@@ -165,7 +165,7 @@ def cmd_runs_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_repair(args: argparse.Namespace) -> int:
-    from engine.train.store import repair_store
+    from engine.train.store import is_run_folder_name, repair_store
 
     rep = repair_store(args.runs_dir)
     if args.json:
@@ -179,7 +179,8 @@ def cmd_runs_repair(args: argparse.Namespace) -> int:
         if rep[key]:
             print(f"  {words}: {', '.join(rep[key])}")
     if rep["skipped"]:
-        print(f"  folders without a run record (left as they are): {', '.join(rep['skipped'])}")
+        print(f"  folders without a run record, or named as no run can be (left as they are): "
+              f"{', '.join(n if is_run_folder_name(n) else repr(n) for n in rep['skipped'])}")
     if not (rep["moved"] or rep["restored"] or rep["resynced"] or rep["recorded"]):
         print("  the index was whole: nothing to do")
     return 0

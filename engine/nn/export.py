@@ -320,8 +320,8 @@ def draw_core(self, key: str, core: torch.Tensor) -> None:
     core.copy_(m.reshape(shape) * (rms / float(m.pow(2).mean().sqrt())))
 
 def calibrate(self) -> bool:
-    """Give W nn.Linear's scale exactly, as the engine does (engine.nn.init.calibrate): W is linear in the last
-    tensor absorbed (INIT_LAST), which is projected so that mean(W) = 0 (unless W is all offset) and scaled so that
+    """Give W nn.Linear's scale exactly, as the engine does (engine.nn.init.calibrate): W is linear in the tensor
+    INIT_LAST (the last one no activation reaches), which is projected so that mean(W) = 0 (unless W is all offset) and scaled so that
     std(W) = 1 / sqrt(3 in_features). False when W is all zero. A module on the meta device, or budgeted and unable
     to build W at this entry size, is left as drawn."""
     last = self.cores[self.INIT_LAST]
@@ -459,7 +459,7 @@ class _LayerTables:
     fingerprint: str  # the design's, checked hexadecimal
     init_draws: int  # 1, or DEAD_INIT_DRAWS where an activation can zero every entry of W (checked at reset)
     init_kind: dict[str, str]  # parameter key -> how its first values are drawn (normal, orthogonal, ...)
-    init_last: str | None  # nonlinear designs: the parameter key of the last tensor absorbed, when W is linear in it
+    init_last: str | None  # nonlinear designs: the key of the tensor calibrated (engine.nn.init.scale_tensor)
 
 
 def _layer_tables(design: Design, init_view: Design, memory_budget: int | None = None) -> _LayerTables:
@@ -478,9 +478,12 @@ def _layer_tables(design: Design, init_view: Design, memory_budget: int | None =
     if not _HEX.fullmatch(fingerprint):
         raise ValueError(f"cannot export: fingerprint {fingerprint!r} is not hexadecimal")
     kinds = {keys[k]: v for k, v in init_kinds(init_view).items()}
-    last = init_view.evaluation_order()[-1] if not init_view.is_linear else None
-    init_last = keys[last] if last is not None and init_view.tensor(last).activation is None and last in keys \
-        and keys[last] in shapes else None
+    init_last = None
+    if not init_view.is_linear:
+        from engine.nn.init import scale_tensor
+
+        last, linear = scale_tensor(init_view)
+        init_last = keys[last] if linear and keys.get(last) in shapes else None
     return _LayerTables(tensors, shapes, deltas, {key: stds[key] for key in shapes}, fingerprint, init_draws(design),
                         {key: kinds[key] for key in shapes}, init_last)
 
@@ -531,8 +534,8 @@ def _add_layer_tables(src: _Source, tables: _LayerTables, notes: dict[str, str])
     src.add(f"INIT_DRAWS = {_int(tables.init_draws)}  # > 1: reset_parameters() draws again while W is all zero", 4)
     src.add("# how each core's first values are drawn (engine.nn.init.raw_cores), scaled to INIT_STD", 4)
     src.add_dict("INIT_KIND", tables.init_kind, 4)
-    src.add("# the last tensor absorbed, when W is linear in it (nonlinear designs): reset_parameters() calibrates it "
-            "so that", 4)
+    src.add("# the last tensor no activation reaches, W linear in it (nonlinear designs): reset_parameters() "
+            "calibrates it so that", 4)
     src.add("# mean(W) = 0 and std(W) = 1 / sqrt(3 in_features) exactly, as the engine does", 4)
     src.add(f"INIT_LAST = {_lit(tables.init_last)}", 4)
 

@@ -258,6 +258,38 @@ def _pre_activation_rms(prog: Program, cores: dict[str, torch.Tensor], k: int) -
 
 
 @torch.no_grad()
+def scale_tensor(design: Design) -> tuple[str, bool]:
+    """The tensor whose scale sets W's in the calibration, and whether W is linear in it.
+
+    The last trainable tensor in the evaluation order that no activation reaches (its own, or one of a later
+    absorption whose fragment holds it): W is linear in it, so projecting it zeroes mean(W) and scaling it sets
+    std(W) exactly. For every template that is the last tensor (the top). When a copy tensor is absorbed last, the
+    tensor before it (a copy tensor has no parameters: scaling it changed nothing the layer keeps). When every
+    trainable tensor is under an activation: the last trainable one, rescaled iteratively."""
+    order = design.evaluation_order()
+    kinds = {t.id: t for t in design.tensors}
+    fragments: list[tuple[set[str], set[str]]] = []  # (tensors, indices) of each fragment contracted so far
+    activated: set[str] = set()
+    for tid in order:
+        t = kinds[tid]
+        members, idx = {tid}, set(t.indices)
+        rest = []
+        for f_members, f_idx in fragments:
+            if f_idx & set(t.indices):
+                members |= f_members
+                idx |= f_idx
+            else:
+                rest.append((f_members, f_idx))
+        fragments = rest + [(members, idx)]
+        if t.activation is not None:
+            activated |= members
+    trainable = [tid for tid in order if kinds[tid].kind != "delta"]
+    linear = [tid for tid in trainable if tid not in activated]
+    if linear:
+        return linear[-1], True
+    return (trainable[-1] if trainable else order[-1]), False
+
+
 def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterations: int = 8,
               memory_budget: int | None = None) -> dict[str, float]:
     """Rescale ``cores`` in place: unit-RMS pre-activations in evaluation order, then ``std(W) = std``.
@@ -283,8 +315,7 @@ def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterat
     activated = [tid for tid in order if design.tensor(tid).activation is not None]
     if sum(s.activation is not None for s in prog.steps) != len(activated):
         activated = []  # the k-th activation step is no longer the k-th activated tensor: only rescale W
-    last = order[-1]
-    linear_last = design.tensor(last).activation is None
+    last, linear_last = scale_tensor(design)
     removed: _MeanRemoval | None = None
     if activated and prog.slicing is None:
         removed = _rescale_in_one_pass(prog, cores, activated, last if linear_last else None)

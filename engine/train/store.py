@@ -227,7 +227,8 @@ class RunStore:
     def _import_missing(self) -> int:
         """Import the runs whose folders hold a record but the index lacks; returns how many."""
         try:
-            folders = [e.name for e in os.scandir(self.root) if e.is_dir() and (Path(e.path) / RECORD).is_file()]
+            folders = [e.name for e in os.scandir(self.root) if e.is_dir() and (Path(e.path) / RECORD).is_file()
+                       and is_run_folder_name(e.name)]  # a name no command could type or print stays a folder
         except OSError:
             return 0
         if not folders:
@@ -240,7 +241,7 @@ class RunStore:
                 try:
                     restored += self._import_run(rid)
                 except (TypeError, ValueError) as e:  # a hand-edited record: leave it for `runs repair` to name
-                    log.warning("could not restore run %s from %s: %s", rid, self.run_dir(rid), e)
+                    log.warning("could not restore run %r from %s: %s", rid, self.root / rid, e)
         return restored
 
     def _import_run(self, run_id: str) -> bool:
@@ -673,10 +674,11 @@ def _is_number(v: Any) -> bool:
 
 
 def is_run_folder_name(run_id: Any) -> bool:
-    """Whether ``run_id`` names one folder inside the runs folder: a non-empty name, not ``.`` or ``..``, without
-    ``/``, ``\\`` or NUL (ids are 8 hex digits, or the name of a folder a run was restored from)."""
+    """Whether ``run_id`` names one folder inside the runs folder and can be typed and printed: a non-empty name
+    without spaces at its ends, not ``.`` or ``..``, of printable characters other than ``/`` and ``\\`` (ids are
+    8 hex digits, or the name of a folder a run was restored from)."""
     return (isinstance(run_id, str) and 0 < len(run_id) <= 255 and run_id not in (".", "..")
-            and not any(c in run_id for c in "/\\\0"))
+            and run_id == run_id.strip() and run_id.isprintable() and not any(c in run_id for c in "/\\"))
 
 
 def row_values(row: sqlite3.Row | Mapping[str, Any]) -> dict[str, Any]:
@@ -785,11 +787,14 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
         folder = Path(entry.path)
         rid = entry.name
         has_record = (folder / RECORD).is_file()
+        if not is_run_folder_name(rid):  # a name no command could type or print: left as a folder
+            skipped.append(rid)
+            continue
         if rid not in known:
             try:
                 ok = has_record and store._import_run(rid)
             except (TypeError, ValueError) as e:
-                log.warning("could not restore run %s from %s: %s", rid, folder, e)
+                log.warning("could not restore run %r from %s: %s", rid, folder, e)
                 ok = False
             if ok:
                 restored.append(rid)
