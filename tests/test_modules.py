@@ -425,7 +425,8 @@ DELTA_LAST = {"format": "tnstudio-design", "version": 1, "name": "copy tensor la
               "indices": {"b0": {"dim": 3, "role": "bond"}, "b1": {"dim": 3, "role": "bond"},
                           "b2": {"dim": 3, "role": "bond"}, "i0": {"dim": 2, "role": "in", "axis": 0},
                           "i1": {"dim": 3, "role": "in", "axis": 1}, "o0": {"dim": 4, "role": "out", "axis": 0}},
-              "tensors": [{"id": "A", "indices": ["i0", "b0"], "activation": "relu"}, {"id": "B", "indices": ["o0", "b1"]},
+              "tensors": [{"id": "A", "indices": ["i0", "b0"], "activation": "relu"},
+                          {"id": "B", "indices": ["o0", "b1"]},
                           {"id": "C", "indices": ["i1", "b2"], "activation": "gelu"},
                           {"id": "D", "kind": "delta", "indices": ["b0", "b1", "b2"]}],
               "order": ["A", "B", "C", "D"]}

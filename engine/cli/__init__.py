@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return rc
-    except (UserError, StoreError, PathError) as e:  # one line, whatever a message quotes (e.g. a library's own error text)
+    except (UserError, StoreError, PathError) as e:  # one line, whatever a message quotes (a library's own words)
         text = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
         print("error: " + clip_quotes(text), file=sys.stderr)
         return 2

@@ -134,8 +134,8 @@ class NetworkReport:
                          nbytes(r.peak_bytes)])
         if others and not all_rows:
             n, f = sum(r.params for r in others), sum(r.flops for r in others)
-            body.append([f"({len(others)} other modules)", "other", "-", "dense", f"{n:,}", f"{n:,}", "1x", si(f), si(f),
-                         "-"])
+            body.append([f"({len(others)} other modules)", "other", "-", "dense", f"{n:,}", f"{n:,}", "1x", si(f),
+                         si(f), "-"])
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
         right = {4, 5, 6, 7, 8, 9}
         fmt = lambda row: "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)  # noqa: E731

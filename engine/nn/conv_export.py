@@ -156,7 +156,7 @@ def plan(cls, batch: int, height: int, width: int) -> str:
 
 _CONV_TABLE_NOTES = {
     "TENSORS": _TABLE_NOTES["TENSORS"],
-    "INIT_STD": "# per-core init scale (root mean square; engine.nn.init): K gets nn.Conv2d's, 1 / sqrt(3 in_channels kh kw)",
+    "INIT_STD": "# per-core init scale, a root mean square (engine.nn.init): K gets nn.Conv2d's, 1 / sqrt(3 fan-in)",
 }
 
 _CONV_FORWARD = '''\

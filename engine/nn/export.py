@@ -321,9 +321,9 @@ def draw_core(self, key: str, core: torch.Tensor) -> None:
 
 def calibrate(self) -> bool:
     """Give W nn.Linear's scale exactly, as the engine does (engine.nn.init.calibrate): W is linear in the tensor
-    INIT_LAST (the last one no activation reaches), which is projected so that mean(W) = 0 (unless W is all offset) and scaled so that
-    std(W) = 1 / sqrt(3 in_features). False when W is all zero. A module on the meta device, or budgeted and unable
-    to build W at this entry size, is left as drawn."""
+    INIT_LAST (the last one no activation reaches), which is projected so that mean(W) = 0 (unless W is all
+    offset) and scaled so that std(W) = 1 / sqrt(3 in_features). False when W is all zero. A module on the meta
+    device, or budgeted and unable to build W at this entry size, is left as drawn."""
     last = self.cores[self.INIT_LAST]
     if last.is_meta:
         return True
@@ -443,7 +443,7 @@ _TABLE_NOTES = {
     "TENSORS": "# tensor id -> (parameter key or buffer name, kind, activation, indices)",
     "CORE_SHAPES": "# parameter key -> shape (cores.<key>)",
     "DELTA_SHAPES": "# copy tensors (1 where all indices are equal): fixed buffers, named as in TNLinear",
-    "INIT_STD": "# per-core init scale (root mean square; engine.nn.init): W gets nn.Linear's, 1 / sqrt(3 in_features)",
+    "INIT_STD": "# per-core init scale, a root mean square (engine.nn.init): W gets nn.Linear's, 1 / sqrt(3 in)",
 }
 
 
