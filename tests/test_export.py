@@ -557,3 +557,7 @@ def test_a_fresh_exported_nonlinear_module_gets_nn_linears_scale_like_the_engine
                 torch.testing.assert_close(g / scale, torch.eye(len(g), dtype=g.dtype), rtol=0, atol=1e-5)
     if not kw:  # (a sliced generation's activations see one slice at a time)
         assert pre and 0.4 < min(pre) and max(pre) < 2.5, (min(pre), max(pre))
+    else:  # construction stays within the budget (float64 copies of W for its RMS and std had taken 20 MiB of 12)
+        from engine.nn.measure import peak_bytes
+
+        assert peak_bytes(lambda: cls()) <= 1.1 * kw["memory_budget"]

@@ -333,7 +333,7 @@ def calibrate(self) -> bool:
             last.requires_grad_(True)
             try:
                 W = self.weight()
-                rms = float(W.detach().double().pow(2).mean().sqrt())
+                rms = float(torch.linalg.vector_norm(W.detach().float())) / math.sqrt(W.numel())  # no copy of W
                 mean = W.mean()
                 del W  # the mean's backward does not need W
                 (g,) = torch.autograd.grad(mean, last)
@@ -355,7 +355,7 @@ def calibrate(self) -> bool:
     return True
 
 def weight_std(self) -> float:
-    W = self.weight().detach().double()
+    W = self.weight().detach().float()  # no copy of a float32 W (a budgeted module's W may be most of its budget)
     return float(W.std()) if W.numel() > 1 else float(W.abs().sum())
 
 def weight_is_live(self) -> bool:
