@@ -535,7 +535,9 @@ def test_a_fresh_exported_nonlinear_module_gets_nn_linears_scale_like_the_engine
     d, kw = make()
     conv = d.conv is not None
     cls = _exported_class(to_conv_torch_source(d) if conv else to_torch_source(d, **kw), tmp_path / "m.py")
-    assert cls.INIT_LAST is not None
+    from engine.nn.init import DISENTANGLER_NOISE
+
+    assert cls.INIT_LAST is not None and cls.INIT_NOISE == DISENTANGLER_NOISE
     kinds = {t.kind for t in d.tensors}
     assert ("orthogonal" in cls.INIT_KIND.values()) == ("isometry" in kinds)
     assert ("near_identity" in cls.INIT_KIND.values()) == ("disentangler" in kinds)

@@ -313,10 +313,11 @@ def draw_core(self, key: str, core: torch.Tensor) -> None:
         m = torch.ones(1, 1, dtype=f64)
         for n in range(h):
             m = torch.kron(m, torch.eye(shape[n], shape[h + n], dtype=f64))
-        m = m + 0.05 * torch.randn(m.shape, dtype=f64) / math.sqrt(m.shape[0])
+        m = m + self.INIT_NOISE * torch.randn(m.shape, dtype=f64) / math.sqrt(m.shape[0])
     else:  # near identity: half the legs -> the other half
         rows, cols = math.prod(shape[:h]), math.prod(shape[h:])
-        m = torch.eye(rows, cols, dtype=f64) + 0.05 * torch.randn(rows, cols, dtype=f64) / math.sqrt(rows)
+        noise = torch.randn(rows, cols, dtype=f64) / math.sqrt(rows)
+        m = torch.eye(rows, cols, dtype=f64) + self.INIT_NOISE * noise
     core.copy_(m.reshape(shape) * (rms / float(m.pow(2).mean().sqrt())))
 
 def calibrate(self) -> bool:
@@ -534,6 +535,10 @@ def _add_layer_tables(src: _Source, tables: _LayerTables, notes: dict[str, str])
     src.add(f"INIT_DRAWS = {_int(tables.init_draws)}  # > 1: reset_parameters() draws again while W is all zero", 4)
     src.add("# how each core's first values are drawn (engine.nn.init.raw_cores), scaled to INIT_STD", 4)
     src.add_dict("INIT_KIND", tables.init_kind, 4)
+    from engine.nn.init import DISENTANGLER_NOISE
+
+    src.add(f"INIT_NOISE = {_lit(DISENTANGLER_NOISE)}  # near-identity draws: identity + this x N(0, 1) / sqrt(rows)",
+            4)
     src.add("# the last tensor no activation reaches, W linear in it (nonlinear designs): reset_parameters() "
             "calibrates it so that", 4)
     src.add("# mean(W) = 0 and std(W) = 1 / sqrt(3 in_features) exactly, as the engine does", 4)
