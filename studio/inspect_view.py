@@ -92,6 +92,13 @@ def initial_weights(design: Design, seed: int = 0) -> dict[str, Any]:
     return TNLinear(design, seed=seed, bias=True).state_dict()
 
 
+def _warm_up() -> None:
+    """Import what the first spectra need (quimb: 1.2-1.5 s) on the view's worker while the user is elsewhere."""
+    from engine.analysis.network import load_quimb
+
+    load_quimb()
+
+
 class InspectView(Viewer):
     """Spectra, truncation and bond features of a run's layer (see the module docstring).
 
@@ -146,6 +153,7 @@ class InspectView(Viewer):
         self.run: dict[str, Any] | None = None
         self._stale = True  # the source must be loaded (again) once the tab is in front
         self._started = False  # nothing loads before the app has said whether the tab is in front
+        self._submit(self._fast, _warm_up)  # quimb's one-off import, before the user's first spectra need it
         self._build_widgets()
         self.refresh_runs()
         runs = [v for v in self.source_select.options.values() if v != CURRENT]

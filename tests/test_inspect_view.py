@@ -327,3 +327,24 @@ def test_a_network_runs_tn_layers_are_sources_of_their_own(tmp_path):
     assert {b: truncated.indices[b].dim for b in plan} == plan
     assert layers["fc2"] == RunStore(runs).get_run(rid)["config"]["network"]["layers"]["fc2"]
     assert wait(v.launched, runs, timeout=300)["status"] == "completed"
+
+
+def test_the_view_imports_quimb_before_the_first_spectra():
+    """Built, the view imports quimb (about a second) on its worker, before a user opens the tab; in a fresh
+    interpreter, since the import is the process's."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from studio.inspect_view import InspectView\n"
+            "from studio.state import StudioState\n"
+            "assert 'quimb.tensor' not in sys.modules\n"
+            "v = InspectView(StudioState(home=sys.argv[1]), sys.argv[1] + '/runs', active=False)\n"
+            "assert v.wait_idle(120)\n"
+            "print('quimb.tensor' in sys.modules)\n")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        out = subprocess.run([sys.executable, "-c", code, home], capture_output=True, text=True, timeout=300,
+                             check=True)
+    assert out.stdout.split()[-1] == "True"

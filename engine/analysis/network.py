@@ -155,10 +155,18 @@ def _from_state_dict(design: Design, state: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def load_quimb():
+    """``quimb.tensor``, imported on first use: the import takes 1.2-1.5 s on this project's machine (scipy.optimize
+    and numba among it), which a report's timing must not count and the studio does ahead of a user's first spectra."""
+    import quimb.tensor as qtn
+
+    return qtn
+
+
 def to_quimb(design: Design, cores: Mapping[str, np.ndarray], rename: Mapping[str, str] | None = None):
     """A quimb ``TensorNetwork`` of the cores: one tensor per design tensor, tagged with its id, indices named as in
     the design (``rename`` maps some of them to other names, e.g. to keep two copies' bonds apart)."""
-    import quimb.tensor as qtn
+    qtn = load_quimb()
 
     rename = rename or {}
     return qtn.TensorNetwork([qtn.Tensor(np.array(cores[t.id], dtype=np.float64),

@@ -32,8 +32,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from engine.analysis.network import (Topology, as_cores, bonds_of, cut_legs, frobenius_norm, small_linalg, subtree,
-                                     to_quimb, topology)
+from engine.analysis.network import (Topology, as_cores, bonds_of, cut_legs, frobenius_norm, load_quimb,
+                                     small_linalg, subtree, to_quimb, topology)
 from engine.design.model import Design
 
 DEFAULT_TOL = 1e-2  # relative tail tolerance of effective_rank / used_fraction
@@ -163,6 +163,8 @@ def bond_spectra(design: Design, weights: Any, *, method: str = "auto", gauge_it
     """
     if method not in ("auto", "canonical", "simple-gauge"):
         raise ValueError(f"method must be auto, canonical or simple-gauge, got {method!r}")
+    if design.is_linear:
+        load_quimb()  # its one-off import (about a second) is not the spectra's time
     t0 = time.perf_counter()
     cores = as_cores(design, weights)
     topo = topology(design)
