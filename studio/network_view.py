@@ -553,7 +553,7 @@ class NetworkView(Viewer):
         if fresh and info.kind == "conv2d":  # a conv layer: a suggested CP-conv of its own target
             try:
                 t = info.conv_target()
-            except ValueError as e:  # a grouped conv, or string padding
+            except ValueError as e:  # a grouped conv, string padding, a padding mode other than zeros
                 return self._refuse(str(e))
             design = make_conv_template("cp", t.in_channels, t.out_channels, t.kernel_size, 8, None, [t.in_channels],
                                         [t.out_channels], stride=t.stride, padding=t.padding, dilation=t.dilation,

@@ -479,3 +479,26 @@ def test_memory_against_the_cpu_allocator(kind, act, one_thread):
             t.numel() * t.element_size() for st in opt.state.values() for t in st.values())
         train = conv_memory(prog, 4, d.params, training=True)[1]
         assert 0.4 <= train / (resident + peak_bytes(step)) <= 1.3, (kind, sched)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular", "replicate"])
+def test_a_conv_that_pads_other_than_with_zeros_is_refused_everywhere(mode):
+    """TNConv2d pads with zeros. A reflect / circular / replicate-padded nn.Conv2d was replaced anyway (from_conv,
+    tensorize, network rules and assignments): with its kernel recovered exactly (relative error 1e-15) the outputs
+    differed by 0.6-1.0. Now from_conv refuses it naming the mode, bulk rules skip it and an explicit assignment
+    is refused with the same reason."""
+    from engine.network.layers import discover
+    from engine.network.rules import apply_rules, parse_rules
+
+    conv = torch.nn.Conv2d(8, 6, 3, padding=1, padding_mode=mode)
+    d = make_conv_template("mpo", 8, 6, 3, 64, padding=1)
+    with pytest.raises(ValueError, match=f"padding_mode='{mode}': TN conv layers pad with zeros only"):
+        TNConv2d.from_conv(conv, d)
+    zeros = torch.nn.Conv2d(8, 6, 3, padding=1)
+    TNConv2d.from_conv(zeros, d)  # the same layer padding with zeros is taken
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), zeros)
+    (info0, info2) = [i for i in discover(model) if i.kind == "conv2d"]
+    assert info0.conv_refusal() is not None and info2.conv_refusal() is None
+    assert set(apply_rules(parse_rules(["conv:mpo:4"]), [info0, info2])) == {"2"}
+    assert f"padding_mode={mode!r}" in (info0.fits(d) or "")
+    assert info2.fits(d) is None

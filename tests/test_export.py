@@ -563,3 +563,29 @@ def test_a_fresh_exported_nonlinear_module_gets_nn_linears_scale_like_the_engine
         from engine.nn.measure import peak_bytes
 
         assert peak_bytes(lambda: cls()) <= 1.1 * kw["memory_budget"]
+
+
+def test_exported_layers_refuse_inputs_of_another_width_like_the_engine(tmp_path):
+    """The exported conv module read x.reshape(-1, C_in, H, W): a 12-channel input to a 6-channel layer came back
+    as twice the batch, silently (nn.Conv2d and TNConv2d refuse it), and a 2-D input raised an IndexError. Both
+    exported modules (and each conv program) now refuse another width with TNLinear's / TNConv2d's message."""
+    from engine.design.conv import make_conv_template
+    from engine.nn.conv import TNConv2d
+    from engine.nn.conv_export import to_conv_torch_source
+
+    dc = make_conv_template("cp", 6, 4, 3, 4, padding=1)
+    exc = _exported_class(to_conv_torch_source(dc), tmp_path / "conv.py")()
+    exc.load_state_dict(TNConv2d(dc, seed=0).state_dict())
+    for bad in (torch.randn(2, 12, 9, 9), torch.randn(12, 9, 9), torch.randn(9, 9), torch.randn(2, 3, 9, 9)):
+        with pytest.raises(ValueError, match=r"expects inputs \(B, 6, H, W\) or \(6, H, W\), got shape"):
+            exc(bad)
+        for key in exc.PROGRAM_FLOPS:
+            with pytest.raises(ValueError, match="expects inputs"):
+                getattr(exc, "forward_" + key)(bad if bad.dim() == 4 else bad.reshape(1, -1, 9, 9)[:, :3])
+    assert exc(torch.randn(2, 6, 9, 9)).shape == (2, 4, 9, 9) and exc(torch.randn(6, 9, 9)).shape == (4, 9, 9)
+    d = make_template("mpo", 16, 12, 2, in_factors=[4, 4], out_factors=[3, 4])
+    ex = _exported_class(to_torch_source(d), tmp_path / "lin.py")()
+    for bad in (torch.randn(4, 8), torch.randn(4, 32), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"expects inputs with last dimension 16, got shape"):
+            ex(bad)
+    assert ex(torch.randn(3, 5, 16)).shape == (3, 5, 12)

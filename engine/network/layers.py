@@ -58,24 +58,36 @@ class LayerInfo:
     calls: int = 0
     dilation: tuple[int, ...] = ()  # conv dilation
     in_shape: tuple[int, ...] = ()  # per-example input shape of the first call (conv: (C, H, W)), once analysed
+    padding_mode: str = "zeros"  # a conv's: TN conv layers pad with zeros only
 
     @property
     def in_channels(self) -> int:
         """A conv layer's input channels (``in_features`` is the im2col matrix's rows)."""
         return self.in_features // max(math.prod(self.kernel), 1) * self.groups if self.kernel else self.in_features
 
+    def conv_refusal(self) -> str | None:
+        """Why this layer takes no conv2d design (None when it takes one): not a Conv2d, groups > 1, string
+        padding, or a padding mode other than zeros (TN conv layers pad with zeros)."""
+        if self.kind != "conv2d":
+            return f"layer {self.name} is a {self.kind} layer, not a Conv2d"
+        if self.groups != 1:
+            return f"layer {self.name} is a grouped conv (groups {self.groups}): conv2d designs have groups 1"
+        if isinstance(self.padding, str):
+            return f"layer {self.name} has padding={self.padding!r}: conv2d designs take integer padding"
+        if self.padding_mode != "zeros":
+            return (f"layer {self.name} pads with padding_mode={self.padding_mode!r}: TN conv layers pad with zeros "
+                    f"only")
+        return None
+
     def conv_target(self) -> Any:
         """The :class:`~engine.design.model.ConvTarget` a conv2d design for this layer must have; ``ValueError``
-        when the layer cannot take one (groups > 1, string padding)."""
+        naming the reason when the layer cannot take one (:meth:`conv_refusal`)."""
         from engine.design.conv import conv_target
 
-        if self.kind != "conv2d":
-            raise ValueError(f"layer {self.name} is a {self.kind} layer, not a Conv2d")
-        if self.groups != 1:
-            raise ValueError(f"layer {self.name} is a grouped conv (groups {self.groups}): conv2d designs have "
-                             f"groups 1")
-        if isinstance(self.padding, str):
-            raise ValueError(f"layer {self.name} has padding={self.padding!r}: conv2d designs take integer padding")
+        refusal = self.conv_refusal()
+        if refusal is not None:
+            raise ValueError(refusal)
+        assert not isinstance(self.padding, str)
         return conv_target(self.in_channels, self.out_features, self.kernel, self.stride, self.padding,
                            self.dilation or (1, 1))
 
@@ -188,7 +200,7 @@ def _describe_conv(kind: str) -> Callable[[str, "nn.Module"], list[LayerInfo]]:
         pad = m.padding if isinstance(m.padding, str) else _tuple(m.padding)
         return [LayerInfo(name, kind, type(m).__name__, m.in_channels // m.groups * math.prod(k), m.out_channels,
                           m.bias is not None, kernel=k, stride=_tuple(m.stride), padding=pad, groups=m.groups,
-                          dilation=_tuple(m.dilation))]
+                          dilation=_tuple(m.dilation), padding_mode=str(getattr(m, "padding_mode", "zeros")))]
     return describe
 
 

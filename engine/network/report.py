@@ -158,15 +158,11 @@ class NetworkReport:
 
 
 def _assignable(info, kind) -> bool:
-    """Whether a design can be assigned to the layer now (a grouped conv, or one with string padding, cannot)."""
+    """Whether a design can be assigned to the layer now (a grouped conv, string padding or a padding mode other
+    than zeros cannot: :meth:`~engine.network.layers.LayerInfo.conv_refusal`)."""
     if kind.tn_target is None:
         return False
-    if info.kind == "conv2d":
-        try:
-            info.conv_target()
-        except ValueError:
-            return False
-    return True
+    return info.kind != "conv2d" or info.conv_refusal() is None
 
 
 def network_report(spec: NetworkSpec, batch: int = 1, dtype: str = "float32", analysis: Analysis | None = None

@@ -77,8 +77,8 @@ class Rule:
     def matches(self, info: LayerInfo) -> bool:
         if info.kind not in self.kinds():
             return False
-        if not self.dense and info.kind == "conv2d" and (info.groups != 1 or isinstance(info.padding, str)):
-            return False  # a grouped conv (or string padding) takes no conv2d design: template rules skip it
+        if not self.dense and info.kind == "conv2d" and info.conv_refusal() is not None:
+            return False  # a grouped conv (string padding, non-zero padding mode) takes no conv2d design: skipped
         m2, m1 = _CONV_2D.match(self.selector), _CONV_1D.match(self.selector)
         if m2 and info.kernel != (int(m2.group(1)), int(m2.group(2))):
             return False

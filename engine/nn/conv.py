@@ -194,12 +194,15 @@ class TNConv2d(TNCores):
 
 def check_fits(conv: nn.Conv2d, design: Design) -> None:
     """``ValueError`` unless ``design``'s conv target is ``conv``'s layer (channels, kernel, stride, padding,
-    dilation; groups 1)."""
+    dilation; groups 1, zero padding mode)."""
     t = design.conv
     assert t is not None
     pad = conv.padding
     if isinstance(pad, str):
         raise ValueError(f"the conv layer has padding={pad!r}: give it as integers to replace it with a TN design")
+    if conv.padding_mode != "zeros":  # TNConv2d's programs pad with zeros: another mode would change the outputs
+        raise ValueError(f"the conv layer pads with padding_mode={conv.padding_mode!r}: TN conv layers pad with zeros "
+                         f"only")
     have = (conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride), tuple(pad),
             tuple(conv.dilation), conv.groups)
     want = (t.in_channels, t.out_channels, t.kernel_size, t.stride, t.padding, t.dilation, t.groups)

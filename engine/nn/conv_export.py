@@ -165,10 +165,18 @@ def forward(self, x: torch.Tensor) -> torch.Tensor:
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
+    self.check_input(x)
     y = getattr(self, "forward_" + self.plan(x.shape[0], x.shape[2], x.shape[3]))(x)
     if self.bias is not None:
         y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)  # as TNConv2d: autocast keeps y's dtype
     return y.squeeze(0) if unbatched else y
+
+def check_input(self, x: torch.Tensor) -> None:
+    """As TNConv2d: x must be (B, in_channels, H, W); the programs' reshapes would read other channel counts as
+    more examples."""
+    if x.dim() != 4 or x.shape[1] != self.in_channels:
+        raise ValueError(f"{type(self).__name__} expects inputs (B, {self.in_channels}, H, W) or "
+                         f"({self.in_channels}, H, W), got shape {tuple(x.shape)}")
 
 def extra_repr(self) -> str:
     return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -245,6 +253,7 @@ def _conv_module(design: Design, batch: int, image: Any, cls: str, source: str) 
         src.add()
         src.add(f"def forward_{_ident(key)}(self, x: torch.Tensor) -> torch.Tensor:", 4)
         src.add(f'"""{PROGRAM_TITLES[key]} (no bias); x: (B, in_channels, H, W)."""', 8)
+        src.add("self.check_input(x)", 8)
         src.add("B, H, W = x.shape[0], x.shape[2], x.shape[3]", 8)
         src.add("Ho, Wo = self.out_size(H, W)", 8)
         if key == "materialise":

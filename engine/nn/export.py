@@ -417,6 +417,9 @@ def schedule(cls, batch: int) -> str:
 _FORWARD = '''\
 def forward(self, x: torch.Tensor) -> torch.Tensor:
     """x: (..., in_features) -> (..., out_features)."""
+    if x.dim() == 0 or x.shape[-1] != self.in_features:  # as TNLinear (a reshape would mix examples or fail)
+        raise ValueError(f"{type(self).__name__} expects inputs with last dimension {self.in_features}, got shape "
+                         f"{tuple(x.shape)}")
     lead = x.shape[:-1]
     x = x.reshape(-1, self.in_features)
     PICK
