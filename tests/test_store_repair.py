@@ -359,6 +359,28 @@ def test_two_resumes_at_once_start_one_trainer(tmp_path):
     assert store.get_run(rid)["status"] == "queued"
 
 
+def test_a_reader_between_a_resumes_claim_and_its_process_lets_no_second_resume_in(tmp_path):
+    """The claim kept the ended process's pid: a reader in between (the studio polls the store) found a queued run
+    with a dead process, recorded it failed ('process died'), and a second resume claimed it again: two trainers
+    and duplicated metric rows (seen with two `runs resume` while the store was listed)."""
+    import socket
+    import subprocess
+    import sys
+
+    from engine.train.store import process_start_time
+
+    store = RunStore(tmp_path)
+    rid = store.create_run({"dataset": "digits"}, None)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    start = process_start_time(ended.pid)
+    ended.wait()
+    store.set_status(rid, "stopped", pid=ended.pid, pid_start=start, host=socket.gethostname())
+    assert store.claim_for_resume(rid)
+    assert [r["status"] for r in RunStore(tmp_path).list_runs() if r["id"] == rid] == ["queued"]  # a reader
+    assert store.get_run(rid)["status"] == "queued" and store.get_run(rid)["pid"] is None
+    assert not RunStore(tmp_path).claim_for_resume(rid)  # the second resume is refused
+
+
 @pytest.mark.parametrize("damage", ["random", "half", "empty", "folder", "gone"])
 def test_resuming_from_a_damaged_checkpoint_is_refused_up_front(damage, tmp_path):
     import torch

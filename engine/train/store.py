@@ -420,11 +420,14 @@ class RunStore:
 
     def claim_for_resume(self, run_id: str) -> bool:
         """Queue a stopped or failed run again, in one check-and-set (two resumes at once: one wins, the other gets
-        False), clearing its stop flag and end time."""
+        False), clearing its stop flag, end time and its ended process (the launcher records the new one). The old
+        pid had stayed: any reader in between (the studio polls the store) found a queued run whose process was dead,
+        recorded it ``failed``, and a second resume could claim it again: two trainers, duplicated metric rows."""
         now = time.time()
         with self._connect() as con:
             cur = con.execute("UPDATE runs SET status='queued', reason=NULL, stop_requested=0, finished=NULL, "
-                              "updated=? WHERE id=? AND status IN ('stopped', 'failed')", (now, run_id))
+                              "pid=NULL, pid_start=NULL, updated=? WHERE id=? AND status IN ('stopped', 'failed')",
+                              (now, run_id))
             if cur.rowcount:
                 self._write_record(con, run_id)
         return bool(cur.rowcount)
