@@ -223,6 +223,17 @@ def test_training_logs_evaluates_checkpoints_and_completes(tmp_path):
     assert acc == pytest.approx(res["test_accuracy"])  # the checkpoint is the model that was evaluated
 
 
+def test_evaluations_come_every_eval_every_steps_whatever_log_every_is(tmp_path):
+    """An evaluation (and its checkpoint) waited for a logging step: with log_every 10, --eval-every 7 evaluated
+    only at the end of the run, 5 at 10, 20, ... A step due for evaluation is now a logging step too."""
+    store, rid = _record(tmp_path, None, epochs=1, log_every=10, eval_every=7, batch_size=128)
+    run = run_training(rid, tmp_path)
+    steps = math.ceil(1438 / 128)  # 12
+    assert run["status"] == "completed"
+    assert [m["step"] for m in store.metrics(rid, split="test")] == [7, steps]
+    assert [m["step"] for m in store.metrics(rid, split="train")] == [7, 10, steps]
+
+
 def test_nonfinite_loss_fails_the_run_with_the_reason(tmp_path):
     store, rid = _record(tmp_path, None, epochs=1, lr=1e30, grad_clip=0.0, log_every=2, max_steps=20)
     run = run_training(rid, tmp_path)

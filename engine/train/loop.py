@@ -341,8 +341,9 @@ class Trainer:
                     acc_correct += (out.detach().argmax(1) == y).sum()
                 acc_count += len(b)
                 end_of_epoch = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
-                if self.step % log_every and not end_of_epoch:
-                    continue
+                eval_due = self.step % eval_every == 0 or self.step == self.total_steps
+                if self.step % log_every and not end_of_epoch and not eval_due:  # (an evaluation step is one too:
+                    continue  # it had waited for a logging step, so --eval-every 7 with log_every 10 never ran)
                 # ---- a logging point: reduce over ranks, check health and the stop flag
                 now = time.perf_counter()
                 self.elapsed += now - last_time
@@ -363,7 +364,7 @@ class Trainer:
                        "throughput": count / max(now - last_time, 1e-9) if self.step > window_start else None,
                        "elapsed": self.elapsed}
                 rows = [row]
-                if self.step % eval_every == 0 or self.step == self.total_steps:
+                if eval_due:
                     test_loss, test_acc = self.evaluate()
                     metric = test_acc if test_acc is not None else -test_loss
                     self.best = metric if self.best is None else max(self.best, metric)
