@@ -290,6 +290,27 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["accuracy"] == pytest.approx(a["accuracy"])
 
 
+@pytest.mark.parametrize("batch", [65, 479])
+def test_two_processes_train_on_the_global_batch_when_it_splits_unevenly(batch, tmp_path):
+    """Each rank differentiated its own examples' mean and DDP averaged the two with equal weights: a batch of 65
+    (33 + 32) weighted its examples unequally, and a last batch of one example (1438 = 3 x 479 + 1) left rank 1
+    nothing, a NaN loss that failed the run ('lower the learning rate'). Now the weights after whole epochs, uneven
+    and one-example batches included, agree with one process's."""
+    config = RunConfig(epochs=1, batch_size=batch, log_every=4, lr=1e-3, seed=3)
+    store, rid1 = _record(tmp_path, None, **config.to_dict())
+    one = run_training(rid1, tmp_path)
+    _, rid2 = _record(tmp_path, None, **replace(config, nproc=2).to_dict())
+    two = run_training(rid2, tmp_path)
+    assert one["status"] == "completed"
+    assert two["status"] == "completed", (two["reason"], (tmp_path / rid2 / "log.txt").read_text()[-2000:])
+    s1 = torch.load(tmp_path / rid1 / "checkpoint.pt", weights_only=True)["model"]
+    s2 = torch.load(tmp_path / rid2 / "checkpoint.pt", weights_only=True)["model"]
+    for k in s1:
+        torch.testing.assert_close(s2[k], s1[k], rtol=1e-4, atol=2e-6)
+    for a, b in zip(store.metrics(rid1), store.metrics(rid2)):
+        assert (b["step"], b["split"]) == (a["step"], a["split"]) and b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
 def test_regression_cnn_and_amp_runs(tmp_path):
     store, rid = _record(tmp_path, make_template("ttn", 64, 64, 4, activation="gelu"), dataset="teacher",
                          epochs=1, max_steps=20, log_every=10)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from engine.design.model import Design
@@ -303,6 +304,19 @@ class Trainer:
         loss_sum, correct, count = self._sum([loss_sum, correct, count])
         return loss_sum / max(count, 1), (correct / max(count, 1) if self.classify else None)
 
+    def _batch_loss(self, out: torch.Tensor, y: torch.Tensor, whole: int) -> torch.Tensor:
+        """The loss to differentiate for this rank's share of a global batch of ``whole`` examples. One process:
+        the batch's mean. Several: DDP averages the ranks' gradients with equal weights, so each rank's loss is its
+        examples' sum over the global batch's denominator, times the number of ranks; the average is then the
+        global batch's mean gradient for any split. The ranks' own means had weighted an uneven split's examples
+        unequally (batch 65 on 2 ranks: weights off by 3e-3 after 2 epochs) and made an empty share (the last
+        batch of an epoch can hold fewer examples than ranks) a NaN loss that failed the run."""
+        if self.world == 1:
+            return self.loss_fn(out, y)
+        total = F.cross_entropy(out, y, reduction="sum") if self.classify else F.mse_loss(out, y, reduction="sum")
+        per_example = math.prod(out.shape[1:]) if not self.classify else 1  # MSE's mean runs over every entry
+        return total * (self.world / (whole * per_example))
+
     # ----------------------------------------------------------------- the loop
     def train(self, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         config, store = self.config, self.store
@@ -321,12 +335,14 @@ class Trainer:
         epoch = self.step // self.steps_per_epoch
         while self.step < self.total_steps:
             batches = epoch_batches(len(self.x_train), config.batch_size, config.seed, epoch, self.rank, self.world)
-            for b in batches[self.step - epoch * self.steps_per_epoch:]:
+            first = self.step - epoch * self.steps_per_epoch
+            for k, b in enumerate(batches[first:], first):
+                whole = min(config.batch_size, len(self.x_train) - k * config.batch_size)  # the global batch
                 b = b.to(self.device)
                 x, y = self.x_train[b], self.y_train[b]
                 with self._autocast():
                     out = self.net(x)
-                    loss = self.loss_fn(out.float(), y)
+                    loss = self._batch_loss(out.float(), y, whole)
                 self.opt.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.opt)
@@ -335,7 +351,8 @@ class Trainer:
                 self.scaler.update()
                 self.sched.step()
                 self.step += 1
-                acc_loss += loss.detach().double() * len(b)
+                acc_loss += (loss.detach().double() * whole / self.world) if self.world > 1 else \
+                    loss.detach().double() * len(b)  # this rank's examples' summed loss
                 acc_norm += norm.detach().double()
                 if self.classify:
                     acc_correct += (out.detach().argmax(1) == y).sum()
