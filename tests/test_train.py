@@ -234,6 +234,24 @@ def test_evaluations_come_every_eval_every_steps_whatever_log_every_is(tmp_path)
     assert [m["step"] for m in store.metrics(rid, split="train")] == [7, 10, steps]
 
 
+def test_a_stop_whose_checkpoint_cannot_be_written_is_recorded_failed_with_that_reason(tmp_path, monkeypatch):
+    """The error of the stop's checkpoint (a read-only run folder, a full disk) escaped the stop's handler: the run
+    stayed 'running' until a reader found its process dead. It is now recorded failed, naming the write's error."""
+    from engine.train.loop import Trainer
+
+    store, rid = _record(tmp_path, None, epochs=1, log_every=2, max_steps=20)
+    store.update(rid, stop_requested=1)  # stops at its first logging step
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(tmp_path / rid / "checkpoint.pt"))
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", refuse)
+    run = run_training(rid, tmp_path)
+    assert run["status"] == "failed" and run["finished"] is not None
+    assert run["reason"].startswith("stopped at step 2 of 20 (stop requested), but its checkpoint could not be "
+                                    "written: PermissionError")
+
+
 def test_nonfinite_loss_fails_the_run_with_the_reason(tmp_path):
     store, rid = _record(tmp_path, None, epochs=1, lr=1e30, grad_clip=0.0, log_every=2, max_steps=20)
     run = run_training(rid, tmp_path)

@@ -460,6 +460,20 @@ def _worker(rank: int, world: int, port: int, run_id: str, root: str, resume: bo
         dist.destroy_process_group()
 
 
+def _record_stop(trainer: Trainer, store: RunStore, run_id: str, what: str, hint: str = "") -> None:
+    """Checkpoint a stopped run and record it ``stopped``; when the checkpoint cannot be written, record it
+    ``failed`` with that reason (the error had escaped the stop's handler, so the run was recorded only later, by
+    a reader, as 'process died'). Its earlier checkpoint, if any, stays resumable."""
+    try:
+        trainer.save_checkpoint()
+    except Exception as e:  # noqa: BLE001 - any failure to write (permissions, a full disk, a folder in the way)
+        log.exception("run %s: the checkpoint of its stop could not be written", run_id)
+        store.set_status(run_id, "failed", f"{what}, but its checkpoint could not be written: "
+                                           f"{type(e).__name__}: {e}", step=trainer.step)
+        return
+    store.set_status(run_id, "stopped", what + hint, step=trainer.step)
+
+
 def run_training(run_id: str, runs_dir: str | None = None, resume: bool = False,
                  progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train a recorded run in this process (rank 0; starts ranks 1..nproc-1); returns the final run dict."""
@@ -485,9 +499,8 @@ def run_training(run_id: str, runs_dir: str | None = None, resume: bool = False,
         results = trainer.train(progress)
         store.set_status(run_id, "completed", None, results=results, step=trainer.step)
     except _Stopped as e:
-        trainer.save_checkpoint()
-        store.set_status(run_id, "stopped", f"stopped at step {trainer.step} of {trainer.total_steps} ({e}); "
-                         f"resume with: tnstudio runs resume {run_id}", step=trainer.step)
+        _record_stop(trainer, store, run_id, f"stopped at step {trainer.step} of {trainer.total_steps} ({e})",
+                     f"; resume with: tnstudio runs resume {run_id}")
     except _NonFinite as e:
         store.set_status(run_id, "failed", str(e))
     except BaseException as e:  # noqa: BLE001 - every ending is recorded: the traceback goes to the run's log.txt
@@ -580,9 +593,7 @@ def torchrun_main(run_id: str | None = None, runs_dir: str | None = None, resume
             store.set_status(run_id, "completed", None, results=results, step=trainer.step)
     except _Stopped as e:
         if rank == 0:
-            trainer.save_checkpoint()
-            store.set_status(run_id, "stopped", f"stopped at step {trainer.step} of {trainer.total_steps} ({e})",
-                             step=trainer.step)
+            _record_stop(trainer, store, run_id, f"stopped at step {trainer.step} of {trainer.total_steps} ({e})")
     except _NonFinite as e:
         if rank == 0:
             store.set_status(run_id, "failed", str(e))
