@@ -191,3 +191,20 @@ def test_cli_features_of_a_trained_run(tmp_path, monkeypatch):
     teacher = load_dataset("teacher")
     assert err.getvalue().count("\n") == 1 and "trained on digits, and its model does not fit teacher" in err.getvalue()
     assert f"is 10x64 in the checkpoint, {teacher.num_outputs}x64 for teacher's" in err.getvalue(), err.getvalue()
+
+
+def test_samples_of_another_width_are_refused():
+    """x of 6 samples x 8 features for a 16-input layer was read as 3 samples of 16 (reshape), silently; a width
+    that does not divide raised reshape's RuntimeError. Now a ValueError naming the shape, for x and the probe's x."""
+    from engine.design import make_template
+
+    d = make_template("mpo", 16, 16, 3, in_factors=[4, 4], out_factors=[4, 4])
+    rng = np.random.default_rng(0)
+    cores = {t.id: rng.standard_normal(d.shape(t.id)) for t in d.tensors}
+    for x in (rng.standard_normal((6, 8)), rng.standard_normal((5, 7)), np.float64(1.0)):
+        with pytest.raises(ValueError, match=r"its last dimension must be the layer's 16 in_features"):
+            bond_features(d, cores, x)
+    good = rng.standard_normal((6, 16))
+    with pytest.raises(ValueError, match=r"the probe's x has shape \(6, 8\)"):
+        bond_features(d, cores, good, np.arange(6) % 2, fit=(rng.standard_normal((6, 8)), np.arange(6) % 2))
+    assert bond_features(d, cores, good.reshape(2, 3, 16)).samples == 6  # leading dimensions flattened

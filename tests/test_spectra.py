@@ -246,3 +246,46 @@ def test_reported_seconds_leave_out_quimbs_first_import():
     wall, seconds, second = (float(v) for v in out.stdout.split())
     assert wall > second  # the first call paid the import
     assert seconds < (wall - second) / 2 + second  # and its report did not count it
+
+
+@pytest.mark.parametrize("kind", ["tensor_ring", "mera", "attn", "mpo", "cp"])
+def test_a_zero_w_has_zero_spectra_and_truncates_exactly(kind):
+    """W = 0 (a zero core, or int weights that round to zero): designs with loops failed ('Array must not contain
+    infs or NaNs', with quimb's warnings) where trees gave zero spectra; now every design does."""
+    import warnings
+
+    from engine.analysis.truncate import truncate
+
+    d = make_template(kind, 16, 16, 2, in_factors=[2] * 4, out_factors=[2] * 4)
+    rng = np.random.default_rng(0)
+    cores = {t.id: rng.standard_normal(d.shape(t.id)) for t in d.tensors}
+    cores[d.tensors[0].id][:] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warnings either
+        rep = bond_spectra(d, cores)
+        res = truncate(d, cores, max_bond=1)
+    assert rep.norm == 0 and all(v == 0 for s in rep.spectra for v in s.values)
+    assert res.relative_error == 0
+    assert all(res.design.dim(b) == 1 for b in res.design.indices if res.design.indices[b].role == "bond")
+
+
+@pytest.mark.parametrize("bad", ["complex", "nan", "inf"])
+def test_complex_or_non_finite_weights_are_refused_by_the_api(bad):
+    """The CLI refused complex and NaN weights files, the API cast complex cores to their real part (||W|| 24.1
+    where it is 52.1) and sent NaN to an SVD ('did not converge'): now a ValueError naming the tensor."""
+    from engine.analysis.truncate import truncate
+
+    d = make_template("mpo", 16, 16, 3, in_factors=[4, 4], out_factors=[4, 4])
+    rng = np.random.default_rng(0)
+    cores = {t.id: rng.standard_normal(d.shape(t.id)) for t in d.tensors}
+    first = d.tensors[0].id
+    if bad == "complex":
+        cores[first] = cores[first] + 1j * rng.standard_normal(d.shape(first))
+    else:
+        cores[first][0] = float(bad)
+    message = "is complex" if bad == "complex" else "holds NaN or infinite values"
+    for weights in (cores, {k: torch.from_numpy(v) for k, v in cores.items()}):
+        with pytest.raises(ValueError, match=f"tensor '{first}' {message}"):
+            bond_spectra(d, weights)
+        with pytest.raises(ValueError, match=message):
+            truncate(d, weights, max_bond=1)

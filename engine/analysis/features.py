@@ -252,6 +252,16 @@ def stream(design: Design, weights: Any, x: Any) -> torch.Tensor:
         return run_stream(design, operands, stream_order(design, operands), torch.as_tensor(x).float())
 
 
+def _samples(x: Any, design: Design, what: str) -> torch.Tensor:
+    """``x`` as ``N x in_features`` (leading dimensions flattened, as TNLinear takes them); ``ValueError`` when its
+    last dimension is not the layer's (a reshape had read 6 samples of 8 features as 3 of 16, silently)."""
+    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+    if x.dim() == 0 or x.shape[-1] != design.in_features:
+        raise ValueError(f"{what} has shape {tuple(x.shape)}: its last dimension must be the layer's "
+                         f"{design.in_features} in_features")
+    return x.float().reshape(-1, design.in_features)
+
+
 def bond_features(design: Design, weights: Any, x: Any, labels: Any = None, *,
                   fit: tuple[Any, Any] | None = None, probe: bool = True, probe_features: int = PROBE_FEATURES,
                   chunk: int = CHUNK, seed: int = 0) -> FeatureReport:
@@ -266,15 +276,14 @@ def bond_features(design: Design, weights: Any, x: Any, labels: Any = None, *,
     with torch.no_grad():
         operands = stream_operands(design, cores)
     order = stream_order(design, operands)
-    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float().reshape(-1, design.in_features)
+    x = _samples(x, design, "x")
     y = None if labels is None else np.asarray(labels).astype(np.int64).ravel()
     notes: list[str] = []
     if y is not None and len(y) != len(x):
         raise ValueError(f"{len(x)} samples but {len(y)} labels")
     x_fit = y_fit = None
     if fit is not None:
-        x_fit = torch.as_tensor(np.asarray(fit[0]) if not torch.is_tensor(fit[0]) else fit[0]).float()
-        x_fit = x_fit.reshape(-1, design.in_features)
+        x_fit = _samples(fit[0], design, "the probe's x")
         y_fit = np.asarray(fit[1]).astype(np.int64).ravel()
     elif probe and y is not None:
         x, y, x_fit, y_fit = _split(x, y, seed)

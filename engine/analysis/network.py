@@ -96,12 +96,23 @@ def cut_legs(design: Design, side: list[str]) -> tuple[tuple[str, ...], tuple[st
     return tuple(i for i in legs if i in mine), tuple(i for i in legs if i not in mine)
 
 
-def _to_numpy(v: Any) -> np.ndarray:
+def _to_numpy(v: Any, tid: str) -> np.ndarray:
+    """One tensor's weights as float64; ``ValueError`` for complex or non-finite values (a cast had kept a complex
+    core's real part, silently; NaN reached an SVD's 'did not converge')."""
     if hasattr(v, "detach"):
         v = v.detach().to("cpu")
+        if v.is_complex():
+            raise ValueError(f"tensor {tid!r} is complex ({v.dtype}): a layer's weights are real")
         v = v.double() if v.is_floating_point() else v
-        return v.numpy().astype(np.float64, copy=False)
-    return np.asarray(v, dtype=np.float64)
+        arr = v.numpy().astype(np.float64, copy=False)
+    else:
+        arr = np.asarray(v)
+        if np.iscomplexobj(arr):
+            raise ValueError(f"tensor {tid!r} is complex ({arr.dtype}): a layer's weights are real")
+        arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"tensor {tid!r} holds NaN or infinite values (did the run diverge?)")
+    return arr
 
 
 def as_cores(design: Design, weights: Any) -> dict[str, np.ndarray]:
@@ -123,7 +134,7 @@ def as_cores(design: Design, weights: Any) -> dict[str, np.ndarray]:
     for t in design.tensors:
         shape = design.shape(t.id)
         if t.id in weights:
-            arr = _to_numpy(weights[t.id])
+            arr = _to_numpy(weights[t.id], t.id)
         elif t.kind == "delta":
             arr = copy_tensor(shape)
         else:

@@ -263,7 +263,11 @@ def _loop_spectra(design: Design, cores: Mapping[str, np.ndarray], topo: Topolog
     out: list[BondSpectrum] = []
     regular = [b for b in topo.bonds if b not in topo.hyperedges]
     note = ""
-    if regular:
+    if regular and norm == 0:  # nothing to gauge (quimb's gauge divides by the zero norms): every value is 0
+        for b in regular:
+            out.append(BondSpectrum(b, design.dim(b), topo.ends[b], (0.0,) * design.dim(b), False, "simple-gauge"))
+        note = "W is zero: every value is 0"
+    elif regular:
         _, gauges, info = simple_gauges(design, cores, iterations, tol)
         for b in regular:
             g = np.asarray(gauges.get(b, np.ones(design.dim(b))), dtype=np.float64)
