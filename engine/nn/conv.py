@@ -14,7 +14,6 @@ are initialised like a linear layer's, so ``K`` has ``nn.Conv2d``'s default vari
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any, Callable, Mapping
 
 import torch
@@ -219,39 +218,14 @@ def _kernel_tensor(design: Design, k: torch.Tensor) -> tuple[torch.Tensor, list[
     return k.detach().double().cpu().reshape([design.dim(i) for i in legs]), legs
 
 
-def _balance(factors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Rescale CP factor columns (leg, R) to equal norms per component (their product unchanged)."""
-    norms = torch.stack([f.norm(dim=0) for f in factors])  # (n_factors, R)
-    if bool((norms > 0).all()):
-        geo = norms.log().mean(0).exp()
-        return [f * (geo / norms[j]) for j, f in enumerate(factors)]
-    return factors
-
-
 def cp_cores(design: Design, k: torch.Tensor, seed: int = 0, n_iter_max: int = 200) -> dict[str, torch.Tensor]:
     """Cores of a CP conv design from tensorly's ``parafac`` of the kernel (rank = the hyperedge's dim)."""
-    import tensorly as tl
-    from tensorly.decomposition import parafac
+    from engine.nn.tensorize import cp_cores as cp_of
 
-    parts = cp_parts(design)
-    if parts is None or any(len([i for i in t.indices if design.indices[i].role != "bond"]) != 1
-                            for t in design.tensors):
+    if cp_parts(design) is None:
         raise ValueError(f"{design.name!r} is not a CP design with one open leg per factor: use method='fit'")
     t, legs = _kernel_tensor(design, k)
-    rank = design.dim(parts.rank)
-    with tl.backend_context("numpy"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Trying to compute SVD")  # a mode smaller than the rank: padded
-        cp = parafac(t.numpy(), rank, n_iter_max=n_iter_max, init="svd", tol=1e-10, random_state=seed)
-    weights = torch.from_numpy(cp.weights.copy())
-    factors = [torch.from_numpy(f.copy()) for f in cp.factors]
-    factors[0] = factors[0] * weights
-    factors = _balance(factors)
-    out = {}
-    for tensor in design.tensors:
-        leg = next(i for i in tensor.indices if design.indices[i].role != "bond")
-        f = factors[legs.index(leg)]  # (leg, R)
-        out[tensor.id] = f if tensor.indices == [leg, parts.rank] else f.T.contiguous()
-    return out
+    return cp_of(design, t, legs, seed, n_iter_max)
 
 
 def tucker2_cores(design: Design, k: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -303,15 +277,14 @@ def approximate_kernel(module: TNConv2d, k: torch.Tensor, method: str = "auto", 
     """Set ``module``'s cores to approximate the kernel ``k`` (``(out, in, kh, kw)``); returns method,
     relative_error, seconds (see :meth:`TNConv2d.from_conv`)."""
     from engine.nn.linear import TNLinear
-    from engine.nn.tensorize import approximate, chain_order, relative_error
+    from engine.nn.tensorize import approximate, chain_order, cp_rank_bond, relative_error
 
     if method not in ("auto", "cp", "tucker", "tt-svd", "fit"):
         raise ValueError(f"method must be auto, cp, tucker, tt-svd or fit, got {method!r}")
     t0 = time.perf_counter()
     design = module.design
     if method == "auto":
-        if cp_parts(design) is not None and all(
-                len([i for i in t.indices if design.indices[i].role != "bond"]) == 1 for t in design.tensors):
+        if cp_parts(design) is not None and cp_rank_bond(design) is not None:  # one open leg per factor
             method = "cp"
         elif (parts := tucker2_parts(design)) is not None and len(parts.kernel) == 1:
             method = "tucker"

@@ -215,8 +215,9 @@ class TNLinear(TNCores):
         """A TNLinear approximating ``linear`` (its weight and bias); the fit is in ``.fit_report``.
 
         ``method``: ``"tt-svd"`` (MPO / tensor-train designs: truncated TT-SVD at the design's bond dims),
-        ``"fit"`` (any design: Adam on the relative Frobenius error for ``steps`` steps) or ``"auto"``
-        (TT-SVD when the design is a chain, else fit). ``fit_report`` holds method, relative_error, steps, seconds.
+        ``"cp"`` (CP designs, one open leg per factor: tensorly's ``parafac``), ``"fit"`` (any design: Adam on the
+        relative Frobenius error for ``steps`` steps, scale-free) or ``"auto"`` (TT-SVD for a chain, cp for a CP
+        design, else fit). ``fit_report`` holds method, relative_error, steps, seconds.
         """
         from engine.nn.tensorize import approximate
 

@@ -45,6 +45,56 @@ def chain_order(design: Design) -> list[str] | None:
     return list(nx.dfs_preorder_nodes(g, start))
 
 
+def cp_rank_bond(design: Design) -> str | None:
+    """The rank of a CP design whose tensors each hold one open leg and that rank (a hyperedge on every tensor, no
+    other bond), else None: such a design is W's (or a kernel's) CP decomposition, factor by factor."""
+    if not design.is_linear:
+        return None
+    for r, ix in design.indices.items():
+        if ix.role != "bond" or not ix.hyperedge:
+            continue
+        if all(len(t.indices) == 2 and r in t.indices and design.indices[next(i for i in t.indices if i != r)].role
+               != "bond" for t in design.tensors):
+            return r
+    return None
+
+
+def _balance(factors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rescale CP factor columns (leg, R) to equal norms per component (their product unchanged)."""
+    norms = torch.stack([f.norm(dim=0) for f in factors])  # (n_factors, R)
+    if bool((norms > 0).all()):
+        geo = norms.log().mean(0).exp()
+        return [f * (geo / norms[j]) for j, f in enumerate(factors)]
+    return factors
+
+
+def cp_cores(design: Design, t: torch.Tensor, legs: list[str], seed: int = 0,
+             n_iter_max: int = 200) -> dict[str, torch.Tensor]:
+    """Cores of a CP design (:func:`cp_rank_bond`) from tensorly's ``parafac`` (ALS from an SVD start) of ``t``,
+    the target as a tensor over the design's open ``legs`` in that order; components balanced across factors."""
+    import warnings
+
+    import tensorly as tl
+    from tensorly.decomposition import parafac
+
+    rank_bond = cp_rank_bond(design)
+    if rank_bond is None:
+        raise ValueError(f"{design.name!r} is not a CP design with one open leg per factor: use method='fit'")
+    with tl.backend_context("numpy"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Trying to compute SVD")  # a mode smaller than the rank: padded
+        cp = parafac(t.detach().double().cpu().numpy(), design.dim(rank_bond), n_iter_max=n_iter_max, init="svd",
+                     tol=1e-10, random_state=seed)
+    factors = [torch.from_numpy(f.copy()) for f in cp.factors]
+    factors[0] = factors[0] * torch.from_numpy(cp.weights.copy())
+    factors = _balance(factors)
+    out = {}
+    for tensor in design.tensors:
+        leg = next(i for i in tensor.indices if i != rank_bond)
+        f = factors[legs.index(leg)]  # (leg, R)
+        out[tensor.id] = f if tensor.indices == [leg, rank_bond] else f.T.contiguous()
+    return out
+
+
 def relative_error(approx: torch.Tensor, target: torch.Tensor) -> float:
     """``||approx - target||_F / ||target||_F`` in float64."""
     t = target.detach().double()
@@ -193,16 +243,19 @@ def _fit_units(module: Any, w: torch.Tensor) -> tuple[str, float] | None:
 def approximate(module: Any, w: torch.Tensor, method: str = "auto", steps: int = 300, lr: float = 0.02,
                 seed: int = 0) -> dict[str, Any]:
     """Set ``module``'s cores to approximate ``w`` (``in x out``); returns method, relative_error, seconds."""
-    if method not in ("auto", "tt-svd", "fit"):
-        raise ValueError(f"method must be auto, tt-svd or fit, got {method!r}")
+    if method not in ("auto", "tt-svd", "cp", "fit"):
+        raise ValueError(f"method must be auto, tt-svd, cp or fit, got {method!r}")
     t0 = time.perf_counter()
+    design = module.design
     if method == "auto":
-        method = "tt-svd" if chain_order(module.design) is not None else "fit"
+        method = "tt-svd" if chain_order(design) is not None else "cp" if cp_rank_bond(design) else "fit"
     report: dict[str, Any] = {"method": method}
-    if method == "tt-svd":
+    if method in ("tt-svd", "cp"):
         from engine.nn.linear import id_to_key
 
-        cores = tt_svd(module.design, w, seed)
+        legs = design.in_legs + design.out_legs
+        cores = tt_svd(design, w, seed) if method == "tt-svd" else \
+            cp_cores(design, w.reshape([design.dim(i) for i in legs]), legs, seed)
         with torch.no_grad():
             for tid, v in cores.items():
                 module.cores[id_to_key(tid)].copy_(v)
