@@ -1,18 +1,23 @@
 """Files written whole or not at all: a temporary file beside the target, renamed over it.
 
-A write that fails part way (a full disk, a file size limit, a killed process) leaves the file that was there
-untouched and no temporary file behind; readers never see half a file. Every file the engine or the studio
+A write that fails part way (a full disk, a file size limit) leaves the file that was there untouched and no
+temporary file behind; readers never see half a file. A process killed mid-write (SIGKILL) leaves its temporary file:
+:func:`remove_orphan_temps` clears them where no writer can be left (a run folder at resume and repair). Every file the engine or the studio
 rewrites (designs, networks, exports, run records and checkpoints, the studio's draft, prepared datasets) goes
 through here.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import stat
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
@@ -55,6 +60,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             e.filename = os.fspath(path)
         raise
     return p
+
+
+# the temporary names atomic_write makes: "." + at most 64 characters of the name + "." + 12 hex digits + ".tmp"
+ATOMIC_TEMP = re.compile(r"\..{1,64}\.[0-9a-f]{12}\.tmp", re.DOTALL)
+
+
+def remove_orphan_temps(folder: str | os.PathLike) -> list[str]:
+    """Remove :func:`atomic_write`'s temporary files from ``folder`` (only call it when no process can be writing
+    there: a writer killed mid-write leaves its file behind, a checkpoint's size each); returns their names."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if ATOMIC_TEMP.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError as e:
+                log.warning("could not remove the stale temporary file %s: %s", entry.path, e)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -540,3 +540,31 @@ def test_a_run_folder_no_command_could_name_stays_a_folder(name, tmp_path, capsy
     out = capsys.readouterr().out
     assert len(out.strip().splitlines()) == 2 and kept in out
     assert (root / name).is_dir()
+
+
+def test_temporary_files_of_a_killed_write_are_removed_at_resume_and_repair(tmp_path):
+    """A trainer killed while it wrote its checkpoint left `.checkpoint.pt.<hex>.tmp` (a checkpoint's size) in the
+    run's folder for good. A resume (the folder's writer is dead once the run is claimed) and `runs repair` (runs
+    that are not active) remove atomic_write's temporary files, and nothing else."""
+    import torch
+
+    from engine.train.launcher import resume, wait
+
+    store = RunStore(tmp_path)
+    a, b = (store.create_run({"dataset": "digits", "epochs": 1}, make_template("mpo", 64, 64, 2)) for _ in "ab")
+    for rid in (a, b):
+        store.log_metrics(rid, {"step": 1, "split": "test", "loss": 1.0, "accuracy": 0.5})
+        store.set_status(rid, "stopped")
+        torch.save({"model": {"w": torch.zeros(3)}, "step": 1}, tmp_path / rid / "checkpoint.pt")
+
+    # what a SIGKILL in atomic_write leaves (an exception there removes the file itself)
+    for rid in (a, b):
+        (tmp_path / rid / ".checkpoint.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")
+        (tmp_path / rid / "notes.tmp").write_text("mine")  # not atomic_write's: kept
+    rep = repair_store(tmp_path)
+    assert sorted(rep["temps"]) == sorted(f"{rid}/.checkpoint.pt.0123456789ab.tmp" for rid in (a, b))
+    (tmp_path / a / ".checkpoint.pt.ba9876543210.tmp").write_bytes(b"half a checkpoint")
+    resume(a, tmp_path)
+    assert not list((tmp_path / a).glob(".checkpoint.pt.*.tmp"))
+    assert (tmp_path / a / "notes.tmp").is_file() and (tmp_path / b / "notes.tmp").is_file()
+    wait(a, tmp_path, timeout=120)  # its trainer ends (this checkpoint holds no model it can load)

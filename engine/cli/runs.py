@@ -175,13 +175,14 @@ def cmd_runs_repair(args: argparse.Namespace) -> int:
         print(f"moved the damaged index aside ({rep['reason']}): {rep['moved']}")
     print(f"{rep['path']}: {rep['runs']} run{'s' if rep['runs'] != 1 else ''} listed")
     for key, words in (("restored", "restored from their folders"), ("resynced", "metric rows restored"),
-                       ("recorded", "folder records written (runs made before them)")):
+                       ("recorded", "folder records written (runs made before them)"),
+                       ("temps", "temporary files of killed writes removed")):
         if rep[key]:
             print(f"  {words}: {', '.join(rep[key])}")
     if rep["skipped"]:
         print(f"  folders without a run record, or named as no run can be (left as they are): "
               f"{', '.join(n if is_run_folder_name(n) else repr(n) for n in rep['skipped'])}")
-    if not (rep["moved"] or rep["restored"] or rep["resynced"] or rep["recorded"]):
+    if not (rep["moved"] or rep["restored"] or rep["resynced"] or rep["recorded"] or rep["temps"]):
         print("  the index was whole: nothing to do")
     return 0
 

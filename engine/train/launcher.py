@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from engine.files import expand_user
+from engine.files import expand_user, remove_orphan_temps
 from engine.design.model import Design
 from engine.format import torch_load_reason
 from engine.home import tnstudio_home
@@ -208,6 +208,7 @@ def resume(run_id: str, runs_dir: str | os.PathLike | None = None) -> str:
     RunConfig.from_dict(run["config"]).check_device()
     if not store.claim_for_resume(run["id"]):  # another resume got there first (one atomic check-and-set)
         raise ValueError(f"run {run['id']} is already being resumed: nothing to do")
+    remove_orphan_temps(folder)  # a trainer killed while it wrote a checkpoint left its temporary file
     start_process(run["id"], store, resume=True)
     return run["id"]
 

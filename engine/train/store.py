@@ -67,7 +67,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
-from engine.files import atomic_write_text, expand_user
+from engine.files import atomic_write_text, expand_user, remove_orphan_temps
 from engine.format import clip_middle, is_unicode_text
 from engine.home import runs_dir
 
@@ -759,7 +759,8 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
     ``metrics.jsonl`` holds more rows than the index gets them back, and runs without folder records (made by an
     older TN Studio) get them written from the index. Keys: ``moved`` (path or None), ``reason``, ``restored``
     (run ids imported), ``resynced`` (run ids whose metrics were restored), ``recorded`` (run ids given folder
-    records), ``skipped`` (folders without a record), ``runs``.
+    records), ``skipped`` (folders without a record), ``temps`` (temporary files of killed writes removed from the
+    folders of runs that are not active), ``runs``.
     """
     root_path = open_runs_dir(root)
     path = root_path / DB_NAME
@@ -783,7 +784,7 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
     store = RunStore(root_path, recover=False)
     with store._connect() as con:
         known = {r[0] for r in con.execute("SELECT id FROM runs").fetchall()}
-    restored, resynced, recorded, skipped = [], [], [], []
+    restored, resynced, recorded, skipped, temps = [], [], [], [], []
     for entry in sorted(os.scandir(root_path), key=lambda e: e.name):
         if not entry.is_dir():
             continue
@@ -821,6 +822,8 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
             if row["status"] in ACTIVE and row["host"] == socket.gethostname() \
                     and pid_alive(row["pid"], row["pid_start"]):
                 continue  # its trainer appends to the file before each commit: a count taken now is no evidence
+            if row["status"] not in ACTIVE:  # no writer left: temporary files of a killed one go
+                temps.extend(f"{rid}/{name}" for name in remove_orphan_temps(folder))
             count = con.execute("SELECT COUNT(*) FROM metrics WHERE run_id = ?", (rid,)).fetchone()[0]
             if len(rows) > count:
                 con.execute("DELETE FROM metrics WHERE run_id = ?", (rid,))
@@ -832,4 +835,4 @@ def repair_store(root: str | os.PathLike | None = None) -> dict[str, Any]:
     with store._connect() as con:
         total = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
     return {"path": str(path), "moved": str(moved) if moved else None, "reason": reason, "restored": restored,
-            "resynced": resynced, "recorded": recorded, "skipped": skipped, "runs": total}
+            "resynced": resynced, "recorded": recorded, "skipped": skipped, "temps": temps, "runs": total}
