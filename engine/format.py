@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 _SI = (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3))  # uppercase M: mega, never milli
 _BINARY = (("PiB", 2 ** 50), ("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
@@ -138,6 +138,17 @@ def is_unicode_text(value: Any) -> bool:
     except (TypeError, ValueError, RecursionError):
         return True
     return True
+
+
+def refuse_unknown_keys(d: Mapping[str, Any], known: Iterable[str], what: str,
+                        error: Callable[[str], Exception] = ValueError) -> None:
+    """``error`` naming the keys of ``d`` that are not ``known`` (a field a reader drops silently is a setting the
+    writer thought it made)."""
+    known = set(known)
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise error(f"{what} has unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                    f"(known: {', '.join(sorted(known))})")
 
 
 def unique_keys(error: Callable[[str], Exception], shown: Callable[[Any], str] = repr

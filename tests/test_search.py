@@ -16,6 +16,7 @@ from engine.search import Budget, Candidate, LayerSpace, SearchSpec, run_search,
 from engine.search.budget import Feasibility
 from engine.search.objective import companion_name, size_bucket, stratified_holdout
 from engine.search.report import build_report
+from engine.search.spec import SpecError
 from engine.search.storage import open_storage, redact, storage_url
 from engine.search.study import create_search, open_search, start_workers, stop_search
 from engine.search.worker import counts, reap_dead_trials, run_worker
@@ -104,9 +105,63 @@ def test_infeasible_candidates_are_pruned_with_the_reason_and_cost_no_training()
     assert rep.counts["total"] == 5 and rep.counts["pruned_budget"] == 5 and rep.counts["trained"] == 0
     assert all(t.status == "pruned" and t.pruned_by == "budget" and "> max 500" in t.reason for t in rep.trials)
     assert rep.front == [] and list(rep.budget_reasons) == ["params > max 500"]
+    assert rep.done and rep.to_dict()["done"]  # out of candidates: the workers have ended (it said not done)
     assert RunStore().list_runs() == []  # nothing trained
     study, _ = open_search("tight")
     assert all(t.constraints["params"] > 0 for t in study.trials)  # the sampler sees them as infeasible
+
+
+def test_repeats_are_found_by_the_network_not_by_the_choices():
+    """Two-leg TTN, aTTN and MERA build one network (a gelu has nowhere to go there), and per-bond dimensions that
+    are all equal build the uniform design: each had been trained again and listed on the front once per choice.
+    Here every candidate is that one network: one training, every other candidate a repeat of it, one front entry,
+    and no gelu offered or shown."""
+    space = LayerSpace(64, 64, kinds=("ttn", "attn", "mera"), factorisations=(((8, 8), (8, 8)),),
+                       bond_ranges=(("ttn", (2, 2)), ("attn", (2, 2)), ("mera", (2, 2))), activations=("none", "gelu"))
+    assert all(space.activation_choices(k, (8, 8), (8, 8)) == ("none",) for k in space.kinds)
+    rep = run_search(_spec("same-net", space=space, budget=Budget(), trials=2, epochs=1, max_candidates=4),
+                     workers=0)  # asks for 2 networks where there is 1: ends out of candidates
+    assert rep.counts["total"] == 4 and rep.counts["trained"] == 1 and rep.counts["duplicates"] == 3
+    assert len(rep.front) == 1 and not any("gelu" in (t.label or "") for t in rep.trials)
+    designs = {Candidate.from_dict(t.candidate).build().fingerprint() for t in rep.trials}
+    assert len(designs) == 1 and rep.done  # independently: one network; the search ended out of candidates
+
+
+def test_the_space_size_counts_what_it_proposes():
+    """size() counted a per-bond mode for a one-bond MPO that suggest() never offers, and a gelu where the two-leg
+    MPO has no place for one (20 here instead of 14):
+    checked against the distinct candidates 400 random draws propose."""
+    space = LayerSpace(64, 64, kinds=("mpo",), legs=(2, 3), bond_ranges=(("mpo", (2, 3)),))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(400):
+        trial = study.ask()
+        seen.add(space.suggest(trial).key)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert len(seen) == space.size() == 2 + (2 + 2 ** 2) * 2  # 8x8: one bond, no activation; 4x4x4: two
+
+
+def test_a_stored_spec_with_unknown_keys_is_refused():
+    """Unknown keys of a stored spec (a limit from a newer version, a typo in a hand edit) were dropped, the search
+    ran without them and the storage was rewritten without them; now refused, naming them."""
+    spec = _spec("keys").to_dict()
+    for where, extra in ((None, "max_energy_j"), ("budget", "max_latency_ms"), ("space", "bond_mode")):
+        d = json.loads(json.dumps(spec))
+        (d if where is None else d[where])[extra] = 1
+        with pytest.raises(SpecError, match=f"unknown key '{extra}'"):
+            SearchSpec.from_dict(d)
+    assert SearchSpec.from_dict(spec) == SearchSpec.from_dict(json.loads(json.dumps(spec)))
+
+
+def test_budget_reasons_are_counted_per_limit_whatever_the_values_unit():
+    """'train memory 1.2 MiB at batch 32 > max 300 KiB' and '... 400 KiB ...' were counted as two limits
+    ('train memory MiB', 'train memory KiB'); one key per limit now."""
+    from engine.search.report import _budget_key
+
+    assert _budget_key("train memory 1.2 MiB at batch 32 > max 300 KiB") == \
+        _budget_key("train memory 400 KiB at batch 32 > max 300 KiB") == ["train memory > max 300 KiB"]
+    assert _budget_key("forward flops 3.1 kFLOP at batch 8 > max 500 FLOP; params 2,464 > max 2,000") == \
+        ["forward flops > max 500 FLOP", "params > max 2,000"]
 
 
 # --------------------------------------------------------------------------- the CLI, two worker processes
@@ -324,3 +379,24 @@ def test_a_worker_that_cannot_start_stops_the_started_ones_and_says_why(monkeypa
     assert "worker 1 could not be started: Resource temporarily unavailable" in msg and "\n" not in msg
     assert "the 1 started before it were stopped" in msg and "tnstudio search join slots" in msg
     assert started[0].returncode == 0  # ended by its SIGTERM, waited for
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--kinds", ""], "--kinds is empty"), (["--activations", " "], "--activations is empty"),
+    (["--lateral", ","], "--lateral is empty"), (["--legs", ""], "--legs is empty"),
+    (["--in-factors", "", "--out-factors", ""], "--in-factors is empty"),
+    (["--max-flops", "1e400", "--batch", "8"], "--max-flops must be at least 1 FLOP and finite"),
+    (["--max-flops", "1e-30", "--batch", "8"], "--max-flops must be at least 1 FLOP and finite"),
+    (["--max-flops", "5kib", "--batch", "8"], "--max-flops must be a number of FLOPs"),
+])
+def test_empty_lists_and_meaningless_flop_budgets_are_refused(argv, message, capsys):
+    """An option given with nothing in it (`--kinds ''`) had meant the defaults, `--max-flops 1e400` was stored as
+    infinity (written as JSON's invalid `Infinity`), `5kib` read as FLOPs: each is one line now, exit 2, before
+    anything is stored."""
+    from engine.cli import main
+
+    code = main(["search", "--in", "64", "--out", "64", "--name", "hostile", "--dataset", "digits", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(Exception):
+        open_search("hostile")

@@ -24,12 +24,12 @@ from typing import Any
 
 from engine.cli.common import UserError, read_factors
 
-_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40, "b": 1}
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}  # FLOP prefixes (memory: parse_bytes)
 
 
 def parse_amount(text: str | None, what: str) -> float | None:
-    """``"2M"`` -> 2e6, ``"64MiB"`` -> 67108864, ``"5e8"`` -> 5e8 (FLOPs and bytes); None stays None."""
+    """A FLOP count: ``"2M"`` -> 2e6, ``"5e8"`` -> 5e8, ``"3GFLOP"`` -> 3e9; None stays None. At least 1 and
+    finite; a byte unit (``64MiB``) is refused (it had been read as a FLOP count)."""
     if text is None:
         return None
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
@@ -37,8 +37,12 @@ def parse_amount(text: str | None, what: str) -> float | None:
     if unit.endswith("flops") or unit.endswith("flop"):
         unit = unit[:-5] if unit.endswith("flops") else unit[:-4]
     if not m or unit not in _UNITS:
-        raise UserError(f"{what} must be a number with an optional unit (e.g. 2e6, 2M, 64MiB), got {text!r}")
-    return float(m.group(1)) * _UNITS[unit]
+        raise UserError(f"{what} must be a number of FLOPs with an optional prefix (e.g. 2e6, 2M, 3GFLOP), got "
+                        f"{text!r}")
+    value = float(m.group(1)) * _UNITS[unit]
+    if not 1 <= value < float("inf"):
+        raise UserError(f"{what} must be at least 1 FLOP and finite, got {text!r}")
+    return value
 
 
 def _memory(text: str | None) -> int | None:
@@ -53,10 +57,15 @@ def _memory(text: str | None) -> int | None:
         raise UserError(f"--max-train-memory: {e}") from None
 
 
-def _list(text: str | None) -> list[str] | None:
+def _list(text: str | None, flag: str) -> list[str] | None:
+    """``"a, b c"`` -> ``["a", "b", "c"]``; None (the option not given) stays None; an option given with no value
+    (``--kinds ''``) is refused (it had meant the defaults)."""
     if text is None:
         return None
-    return [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    items = [t for t in re.split(r"[,\s]+", text.strip()) if t]
+    if not items:
+        raise UserError(f"{flag} is empty: give at least one value, or leave the option out for the defaults")
+    return items
 
 
 def _bond_ranges(items: list[str] | None) -> dict[str, tuple[int, int]]:
@@ -82,9 +91,13 @@ def build_spec(args: argparse.Namespace):
         raise UserError("a search needs --in, --out and --name (or: tnstudio search show|stop|join|list ...)")
     if args.max_flops is not None and args.batch is None:
         raise UserError("--max-flops needs --batch: the batch size the forward FLOPs are counted at")
+    for flag, text in (("--in-factors", args.in_factors), ("--out-factors", args.out_factors)):
+        if text is not None and not text.strip():
+            raise UserError(f"{flag} is empty: give factors such as 4,4,4, or leave the option out")
     in_f, out_f = read_factors(args.in_factors, "--in-factors"), read_factors(args.out_factors, "--out-factors")
+    legs_given = _list(args.legs, "--legs")
     try:
-        legs = tuple(int(v) for v in _list(args.legs)) if args.legs else DEFAULT_LEGS
+        legs = tuple(int(v) for v in legs_given) if legs_given is not None else DEFAULT_LEGS
     except ValueError:
         raise UserError(f"--legs takes numbers of legs such as 3,4,5, got {args.legs!r}") from None
     factorisations = ()
@@ -96,11 +109,12 @@ def build_spec(args: argparse.Namespace):
         space_kw: dict[str, Any] = dict(
             in_features=args.in_features, out_features=args.out_features, legs=legs, factorisations=factorisations,
             bond_ranges=tuple(_bond_ranges(args.bond_range).items()),
-            activations=tuple(_list(args.activations) or DEFAULT_ACTIVATIONS), per_bond=not args.no_per_bond)
-        if args.kinds:
-            space_kw["kinds"] = tuple(_list(args.kinds))
-        if args.lateral:
-            space_kw["options"] = (("lateral", tuple(_list(args.lateral))),)
+            activations=tuple(_list(args.activations, "--activations") or DEFAULT_ACTIVATIONS),
+            per_bond=not args.no_per_bond)
+        if args.kinds is not None:
+            space_kw["kinds"] = tuple(_list(args.kinds, "--kinds"))
+        if args.lateral is not None:
+            space_kw["options"] = (("lateral", tuple(_list(args.lateral, "--lateral"))),)
         space = LayerSpace(**space_kw)
         budget = Budget(max_params=args.max_params, max_flops=parse_amount(args.max_flops, "--max-flops"),
                         max_train_memory=_memory(args.max_train_memory),

@@ -8,12 +8,13 @@ one constraint value per limit (``value / limit - 1``: <= 0 when the limit holds
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from engine.contract.cost import cost_report
 from engine.design.model import Design
-from engine.format import nbytes, si
+from engine.format import nbytes, refuse_unknown_keys, si
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ class Budget:
     def __post_init__(self) -> None:
         for name in ("max_params", "max_flops", "max_train_memory"):
             v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0):
-                raise ValueError(f"{name} must be a number > 0 or None, got {v!r}")
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < math.inf):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {v!r}")
         if not isinstance(self.batch, int) or self.batch < 1:
             raise ValueError(f"batch must be an integer >= 1, got {self.batch!r}")
 
@@ -95,4 +96,6 @@ class Budget:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Budget:
-        return cls(**{k: d[k] for k in ("max_params", "max_flops", "max_train_memory", "batch", "dtype") if k in d})
+        keys = ("max_params", "max_flops", "max_train_memory", "batch", "dtype")
+        refuse_unknown_keys(d, keys, "the search's budget")
+        return cls(**{k: d[k] for k in keys if k in d})

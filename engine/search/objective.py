@@ -143,6 +143,20 @@ def search_trainer_class():
     return _TRAINER
 
 
+def _design_key(trial) -> str | None:
+    """The fingerprint of the design a trial trained (built again from its candidate for trials recorded before
+    the fingerprint was)."""
+    key = trial.user_attrs.get("design_key")
+    if key is None and trial.user_attrs.get("candidate"):
+        from engine.search.space import Candidate
+
+        try:
+            key = Candidate.from_dict(trial.user_attrs["candidate"]).build().fingerprint()
+        except (KeyError, TypeError, ValueError) as e:  # a candidate no template builds: it trained nothing
+            log.debug("trial %d's candidate does not build: %r", trial.number, e)
+    return key
+
+
 class SearchObjective:
     """The objective of one worker (see the module docstring). ``stop_check()`` says whether to stop now (the
     worker's signal flag); the study's stop flag is read too, at most every :data:`STOP_POLL_S` seconds."""
@@ -175,7 +189,6 @@ class SearchObjective:
     def __call__(self, trial) -> tuple[float, float]:
         import optuna
 
-        from engine.search.space import Candidate
         from engine.train.store import process_start_time
 
         pid = os.getpid()
@@ -203,7 +216,9 @@ class SearchObjective:
             self._prune(trial, "budget", feas.reason)
         size = feas.params if self.spec.objective == "params" else feas.forward_flops
 
-        earlier = self._earlier(trial, Candidate.from_dict(cand.to_dict()).key)
+        design_key = design.fingerprint()
+        trial.set_user_attr("design_key", design_key)
+        earlier = self._earlier(trial, design_key)
         if earlier is not None:
             trial.set_user_attr("duplicate_of", earlier.number)
             for key in ("val_accuracy", "test_accuracy", "run_id", "host", "runs_dir"):
@@ -229,16 +244,18 @@ class SearchObjective:
         trial.set_user_attr("reason", reason)
         raise optuna.TrialPruned(reason)
 
-    def _earlier(self, trial, key: str):
-        """An earlier finished trial of the same candidate that trained (or repeats one that did), if any."""
+    def _earlier(self, trial, design_key: str):
+        """An earlier finished trial of the same network that trained (or repeats one that did), if any. Networks
+        are compared by the design's fingerprint, not by the choices that made it: per-bond dimensions that are all
+        equal build the uniform design, and the two-leg TTN, aTTN and MERA build one network; each had been trained
+        again and listed on the front once per choice."""
         import optuna
-        from engine.search.space import Candidate
 
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         for t in self.study.get_trials(deepcopy=False, states=states):
             if t.number == trial.number or t.user_attrs.get("pruned_by") not in (None, "accuracy"):
                 continue
-            if t.user_attrs.get("candidate") and Candidate.from_dict(t.user_attrs["candidate"]).key == key:
+            if _design_key(t) == design_key:
                 return t
         return None
 

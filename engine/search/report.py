@@ -8,6 +8,7 @@ end of each trained trial and never optimised.
 from __future__ import annotations
 
 import logging
+import re
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -70,10 +71,13 @@ class StudyReport:
     front: list[TrialRecord]  # by size, smallest first
     best_per_kind: dict[str, TrialRecord]
     budget_reasons: dict[str, int]  # "params > max" -> how many candidates
+    out_of_candidates: bool = False  # the spec's candidate limit was reached (the workers end there)
 
     @property
     def done(self) -> bool:
-        return self.stopped or self.counts.get("trained", 0) >= self.target
+        """Stopped, trained as many as asked, or out of candidates (as the workers decide:
+        :func:`engine.search.worker.finished_reason`)."""
+        return self.stopped or self.counts.get("trained", 0) >= self.target or self.out_of_candidates
 
     def trial(self, number: int) -> TrialRecord | None:
         return next((t for t in self.trials if t.number == number), None)
@@ -131,13 +135,18 @@ def _ts(dt) -> float | None:
     return dt.timestamp() if dt is not None else None
 
 
+# a budget reason's part: the limit's name, the candidate's value (an amount and its unit), maybe " at batch N"
+_REASON = re.compile(r"(?P<name>[a-z][a-z ]*?) [0-9][^ ]*(?: [A-Za-z]+)??(?: at batch [0-9]+)? > (?P<limit>.+)")
+
+
 def _budget_key(reason: str) -> list[str]:
-    """``"params 2,464 > max 2,000; ..."`` -> ``["params > max 2,000", ...]``."""
+    """``"params 2,464 > max 2,000; train memory 1.2 MiB at batch 32 > max 300 KiB"`` -> ``["params > max 2,000",
+    "train memory > max 300 KiB"]``: one key per limit, whatever the candidate's value and its unit (a word test had
+    kept the units, splitting one limit into ``train memory MiB`` and ``train memory KiB``)."""
     out = []
     for part in (reason or "").split("; "):
-        name, _, limit = part.partition(" > ")
-        words = [w for w in name.split() if not any(ch.isdigit() for ch in w) and w not in ("at", "batch")]
-        out.append(f"{' '.join(words)} > {limit}" if limit else part)
+        m = _REASON.fullmatch(part)
+        out.append(f"{m['name']} > {m['limit']}" if m else part)
     return out
 
 
@@ -206,7 +215,15 @@ def build_report(study, storage: str) -> StudyReport:
     return StudyReport(name=study.study_name, storage=storage, spec=spec.to_dict(), objective=spec.objective,
                        target=spec.trials, stopped=bool(study.user_attrs.get(STOP_ATTR)), counts=counts,
                        trials=recs, front=front, best_per_kind={k: best[k] for k in kinds},
-                       budget_reasons=dict(reasons.most_common()))
+                       budget_reasons=dict(reasons.most_common()),
+                       out_of_candidates=_proposed(study) >= spec.candidate_limit)
+
+
+def _proposed(study) -> int:
+    """Candidates proposed so far, as the workers count them against the spec's candidate limit."""
+    from engine.search.worker import counts
+
+    return counts(study)["proposed"]
 
 
 def study_report(name: str, url: str | None = None) -> StudyReport:

@@ -18,11 +18,13 @@ Parameter names (conditional on the kind, so the sampler models each kind's bond
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from engine.format import refuse_unknown_keys
 from engine.design.factorize import balanced_factors, check_factors, prime_factors
 from engine.design.model import ACTIVATIONS, Design
 from engine.design.templates import TEMPLATES, make_template, template_kind
@@ -122,6 +124,17 @@ def _option_values(name: str, values: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+@functools.lru_cache(maxsize=256)
+def _places_activation(kind: str, in_features: int, out_features: int, in_factors: tuple[int, ...],
+                       out_factors: tuple[int, ...]) -> bool:
+    """Whether the nonlinear template ``kind`` on these legs puts an activation on any tensor."""
+    try:
+        d = make_template(kind, in_features, out_features, 2, "gelu", list(in_factors), list(out_factors))
+    except ValueError:  # the template refuses these legs: the candidates say why when they are built
+        return True
+    return any(t.activation is not None for t in d.tensors)
+
+
 def n_bonds(kind: str, in_factors: Sequence[int], out_factors: Sequence[int]) -> int:
     """How many bonds a per-bond template has (a chain of k sites: k - 1; a ring: k)."""
     k = max(len(in_factors), len(out_factors))
@@ -203,8 +216,17 @@ class LayerSpace:
     def bond_range(self, kind: str) -> tuple[int, int]:
         return dict(self.bond_ranges).get(kind, DEFAULT_BOND_RANGES.get(kind, DEFAULT_BOND_RANGE))
 
-    def activation_choices(self, kind: str) -> tuple[str, ...]:
-        return self.activations if TEMPLATES[kind].nonlinear else ("none",)
+    def activation_choices(self, kind: str, in_factors: Sequence[int] | None = None,
+                           out_factors: Sequence[int] | None = None) -> tuple[str, ...]:
+        """The activations to try for ``kind`` (on these legs: a nonlinear template with nowhere to put one, e.g. a
+        two-leg TTN, is offered ``none`` only; it had been offered gelu and shown as ``ttn chi=2 gelu 8x8``, the
+        same network as without)."""
+        if not TEMPLATES[kind].nonlinear:
+            return ("none",)
+        if in_factors is not None and out_factors is not None and not _places_activation(
+                kind, self.in_features, self.out_features, tuple(in_factors), tuple(out_factors)):
+            return ("none",)
+        return self.activations
 
     def option_choices(self, kind: str) -> dict[str, tuple[str, ...]]:
         names = {o.name for o in TEMPLATES[kind].options}
@@ -220,9 +242,9 @@ class LayerSpace:
             for legs in self.leg_choices():
                 a, b = parse_legs_choice(legs)
                 bonds = n_vals
-                if self.per_bond and TEMPLATES[kind].per_bond:
-                    bonds += n_vals ** max(n_bonds(kind, a, b), 0)
-                total += bonds * len(self.activation_choices(kind)) * per_opt
+                if self.per_bond and TEMPLATES[kind].per_bond and n_bonds(kind, a, b) > 1:  # as suggest() offers
+                    bonds += n_vals ** n_bonds(kind, a, b)
+                total += bonds * len(self.activation_choices(kind, a, b)) * per_opt
         return total
 
     # ------------------------------------------------------------------ sampling (through Optuna)
@@ -242,7 +264,7 @@ class LayerSpace:
         else:
             bond = tuple(trial.suggest_int(f"{p}{kind}.bond{j}", lo, hi, log=log)
                          for j in range(n_bonds(kind, in_f, out_f)))
-        acts = self.activation_choices(kind)
+        acts = self.activation_choices(kind, in_f, out_f)
         act = trial.suggest_categorical(f"{p}{kind}.activation", list(acts)) if len(acts) > 1 else acts[0]
         options = tuple((name, trial.suggest_categorical(f"{p}{kind}.{name}", list(values)) if len(values) > 1
                          else values[0]) for name, values in sorted(self.option_choices(kind).items()))
@@ -260,6 +282,8 @@ class LayerSpace:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LayerSpace:
+        refuse_unknown_keys(d, ("in_features", "out_features", "kinds", "legs", "factorisations", "bond_ranges",
+                                "activations", "per_bond", "options"), "the search's space", SpaceError)
         return cls(in_features=int(d["in_features"]), out_features=int(d["out_features"]),
                    kinds=tuple(d.get("kinds") or TEMPLATES), legs=tuple(d.get("legs") or DEFAULT_LEGS),
                    factorisations=tuple((tuple(a), tuple(b)) for a, b in d.get("factorisations") or ()),

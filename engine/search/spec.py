@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
+from engine.format import refuse_unknown_keys
 from engine.search.budget import Budget
 from engine.search.space import LayerSpace
 from engine.search.storage import check_name
@@ -123,10 +124,12 @@ class SearchSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SearchSpec:
         d = dict(d)
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        d["space"] = LayerSpace.from_dict(d["space"])
-        d["budget"] = Budget.from_dict(d.get("budget") or {})
+        refuse_unknown_keys(d, [f.name for f in fields(cls)], "the search's spec", SpecError)
+        try:
+            d["space"] = LayerSpace.from_dict(d["space"])
+            d["budget"] = Budget.from_dict(d.get("budget") or {})
+        except ValueError as e:  # an unknown or out-of-range field: named, not dropped (it had been dropped and
+            raise SpecError(str(e)) from None  # then erased from the storage when the search ran again)
         return cls(**d)
 
 
