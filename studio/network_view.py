@@ -534,8 +534,13 @@ class NetworkView(Viewer):
             self.editing = ""
             if row is not None and row.kind == "conv1d":
                 self.message = f"{name}: Conv1d layers are counted but take no TN designs (dense only)"
-            elif row is not None and row.kind == "conv2d":
-                self.message = f"{name}: this conv layer takes no conv2d design (grouped): dense only"
+            elif row is not None and row.kind == "conv2d":  # why, in the engine's words (grouped, string padding,
+                # a padding mode other than zeros); it had always said "grouped"
+                from engine.network.analysis import analyse
+
+                info = next((i for i in analyse(self.spec).layers if i.name == name), None)
+                why = info.conv_refusal() if info is not None else None
+                self.message = f"{why or name + ': this conv layer takes no conv2d design'} (dense only)"
             return True
         return self.open_layer(name)
 

@@ -502,3 +502,8 @@ def test_a_conv_that_pads_other_than_with_zeros_is_refused_everywhere(mode):
     assert set(apply_rules(parse_rules(["conv:mpo:4"]), [info0, info2])) == {"2"}
     assert f"padding_mode={mode!r}" in (info0.fits(d) or "")
     assert info2.fits(d) is None
+    unpadded = torch.nn.Conv2d(8, 6, 3, padding=0, padding_mode=mode)  # no padding: the mode changes nothing
+    fitted = TNConv2d.from_conv(unpadded, make_conv_template("mpo", 8, 6, 3, 64))
+    x = torch.randn(2, 8, 7, 7)
+    torch.testing.assert_close(fitted(x), unpadded(x), rtol=1e-4, atol=1e-5)
+    assert [i.conv_refusal() for i in discover(torch.nn.Sequential(unpadded))] == [None]

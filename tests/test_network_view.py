@@ -405,3 +405,23 @@ def test_opening_a_network_saves_its_draft_once_with_its_data_set(tmp_path, monk
         assert len(written) == 2 and written[1]["form"]["dataset"] == "(none)"
     finally:
         state.close()
+
+
+def test_a_conv_layer_that_takes_no_design_says_why(view, tmp_path, monkeypatch):
+    """Clicking a conv layer that takes no conv2d design always said "(grouped)"; a reflect-padded one is not.
+    The engine's reason is shown, and a plain conv opens on the canvas."""
+    import json
+    from pathlib import Path
+
+    monkeypatch.setenv("TNSTUDIO_TRUSTED_MODULES", "unregistered")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent))
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"format": "tnstudio-network", "version": 1, "name": "odd convs",
+                                "architecture": {"import": "unregistered:odd_convs"}, "input_shape": [1, 8, 8],
+                                "num_classes": 10, "rules": [], "layers": {}}))
+    assert view.load_file(path), view.error
+    assert view.select("0") and view.editing == ""
+    assert view.message == "layer 0 pads with padding_mode='reflect': TN conv layers pad with zeros only (dense only)"
+    assert view.select("2") and view.editing == ""
+    assert view.message == "layer 2 is a grouped conv (groups 2): conv2d designs have groups 1 (dense only)"
+    assert view.select("4") and view.editing == "4"

@@ -37,3 +37,16 @@ def upsampler() -> nn.Module:
 
 def recurrent() -> nn.Module:
     return Recurrent()
+
+
+def dropout_mlp(in_features: int = 64, classes: int = 10, hidden: int = 32) -> nn.Module:
+    """An MLP with dropout: its masks come from each process's random state (resume under DDP)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.Dropout(0.5), nn.ReLU(),
+                         nn.Linear(hidden, classes))
+
+
+def odd_convs() -> nn.Module:
+    """A reflect-padded conv and a grouped one (neither takes a conv2d design), then a plain conv that does."""
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.Flatten(), nn.Linear(4 * 64, 10))

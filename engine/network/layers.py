@@ -74,7 +74,7 @@ class LayerInfo:
             return f"layer {self.name} is a grouped conv (groups {self.groups}): conv2d designs have groups 1"
         if isinstance(self.padding, str):
             return f"layer {self.name} has padding={self.padding!r}: conv2d designs take integer padding"
-        if self.padding_mode != "zeros":
+        if self.padding_mode != "zeros" and any(p > 0 for p in self.padding):  # no padding: the mode is moot
             return (f"layer {self.name} pads with padding_mode={self.padding_mode!r}: TN conv layers pad with zeros "
                     f"only")
         return None

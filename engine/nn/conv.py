@@ -199,7 +199,8 @@ def check_fits(conv: nn.Conv2d, design: Design) -> None:
     pad = conv.padding
     if isinstance(pad, str):
         raise ValueError(f"the conv layer has padding={pad!r}: give it as integers to replace it with a TN design")
-    if conv.padding_mode != "zeros":  # TNConv2d's programs pad with zeros: another mode would change the outputs
+    if conv.padding_mode != "zeros" and any(p > 0 for p in pad):  # TNConv2d pads with zeros: another mode would
+        # change the outputs (without padding the mode is moot)
         raise ValueError(f"the conv layer pads with padding_mode={conv.padding_mode!r}: TN conv layers pad with zeros "
                          f"only")
     have = (conv.in_channels, conv.out_channels, tuple(conv.kernel_size), tuple(conv.stride), tuple(pad),

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -221,6 +222,20 @@ def fit_cores(module: Any, w: torch.Tensor, steps: int = 300, lr: float = 0.02, 
     return {"steps": steps, "probes": probes}
 
 
+def _zero_scale_tensor(module: Any) -> bool:
+    """Make W exactly zero by zeroing the design's scale tensor (W is linear in it); False when W is linear in no
+    core (the fit then runs as for any W)."""
+    from engine.nn.init import scale_tensor
+    from engine.nn.linear import id_to_key
+
+    tid, linear = scale_tensor(module.design)
+    if not linear or id_to_key(tid) not in module.cores:
+        return False
+    with torch.no_grad():
+        module.cores[id_to_key(tid)].zero_()
+    return True
+
+
 def _fit_units(module: Any, w: torch.Tensor) -> tuple[str, float] | None:
     """Make the fit independent of W's scale: ``(core key, c)`` with c = RMS(w); the caller fits w / c (RMS 1)
     and multiplies that core by c at the end. The core is the design's scale tensor
@@ -250,7 +265,9 @@ def approximate(module: Any, w: torch.Tensor, method: str = "auto", steps: int =
     if method == "auto":
         method = "tt-svd" if chain_order(design) is not None else "cp" if cp_rank_bond(design) else "fit"
     report: dict[str, Any] = {"method": method}
-    if method in ("tt-svd", "cp"):
+    if not bool(w.detach().ne(0).any()) and _zero_scale_tensor(module):
+        report["note"] = "W is zero: the scale tensor's core set to zero"  # the fits divide by ||W|| (NaN cores)
+    elif method in ("tt-svd", "cp"):
         from engine.nn.linear import id_to_key
 
         legs = design.in_legs + design.out_legs
@@ -259,6 +276,14 @@ def approximate(module: Any, w: torch.Tensor, method: str = "auto", steps: int =
         with torch.no_grad():
             for tid, v in cores.items():
                 module.cores[id_to_key(tid)].copy_(v)
+    elif next(iter(module.cores.values())).dtype in (torch.float16, torch.bfloat16):
+        # Adam on half-precision cores does not fit (its eps of 1e-8 is 0 in float16; a Tucker layer stayed at
+        # relative error 1.0 where float32 reaches 0.016): fit a float32 twin and take its cores, rounded
+        twin = copy.deepcopy(module).float()
+        report.update(fit_cores(twin, w.float(), steps, lr, seed))
+        with torch.no_grad():
+            for k, v in module.cores.items():
+                v.copy_(twin.cores[k])
     else:
         report.update(fit_cores(module, w, steps, lr, seed))
     with torch.no_grad():

@@ -159,6 +159,7 @@ class Trainer:
         self.elapsed: float = 0.0
         self.best: float | None = None
         self.last_eval: tuple[float, float | None] | None = None
+        self._rank_rngs: list[torch.Tensor] | None = None  # every rank's random state at the last logging step
 
     # ----------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -225,6 +226,8 @@ class Trainer:
                  "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
                  "elapsed": self.elapsed, "best": self.best, "total_steps": self.total_steps,
                  "rng": torch.get_rng_state()}
+        if self.world > 1 and self._rank_rngs is not None:  # every rank's, for its dropout masks after a resume
+            state["rng_ranks"] = self._rank_rngs
         atomic_write(self.ckpt_path, lambda f: torch.save(state, f))
         self.store.update(self.run_id, checkpoint=str(self.ckpt_path))
 
@@ -269,11 +272,22 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed, self.best = int(state["step"]), float(state["elapsed"]), state["best"]
-        torch.set_rng_state(state["rng"].cpu())
+        ranks = state.get("rng_ranks")
+        own = ranks[self.rank] if isinstance(ranks, list) and len(ranks) == self.world else state["rng"]
+        torch.set_rng_state(own.cpu())  # each rank its own (all had been given rank 0's: other dropout masks)
         if self.is_main:
             self.store.delete_metrics_after(self.run_id, self.step)
 
     # ----------------------------------------------------------------- distributed helpers
+    def _gather_rngs(self) -> None:
+        """Every rank's CPU random state, gathered at a logging step (a collective: every rank is there), for the
+        checkpoint that may follow at this step, a stop's included."""
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, torch.get_rng_state())
+        self._rank_rngs = [torch.as_tensor(t).cpu() for t in states]
+
     def _sum(self, values: list[float]) -> list[float]:
         """Sum numbers over ranks (identity on one process)."""
         if self.world == 1:
@@ -368,6 +382,8 @@ class Trainer:
                                    or (self.is_main and store.stop_requested(self.run_id)))
                 loss_sum, correct, count, norm_sum, stop_any = self._sum(
                     [acc_loss.item(), acc_correct.item(), float(acc_count), acc_norm.item(), stop_local])
+                if self.world > 1:
+                    self._gather_rngs()
                 # with a float16 grad scaler, inf gradients are expected now and then: the scaler skips the step
                 if not (math.isfinite(loss_sum) and (math.isfinite(norm_sum) or self.scaler.is_enabled())):
                     what = "loss" if not math.isfinite(loss_sum) else "gradient norm"
