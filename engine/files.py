@@ -1,10 +1,10 @@
 """Files written whole or not at all: a temporary file beside the target, renamed over it.
 
 A write that fails part way (a full disk, a file size limit) leaves the file that was there untouched and no
-temporary file behind; readers never see half a file. A process killed mid-write (SIGKILL) leaves its temporary file:
-:func:`remove_orphan_temps` clears them where no writer can be left (a run folder at resume and repair). Every file the engine or the studio
-rewrites (designs, networks, exports, run records and checkpoints, the studio's draft, prepared datasets) goes
-through here.
+temporary file behind; readers never see half a file. A process killed mid-write (SIGKILL) leaves its temporary
+file: :func:`remove_orphan_temps` clears them where no writer can be left (a run folder at resume and repair).
+Every file the engine or the studio rewrites (designs, networks, exports, run records and checkpoints, the studio's
+draft, prepared datasets) goes through here.
 """
 from __future__ import annotations
 
