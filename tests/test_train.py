@@ -358,6 +358,32 @@ def test_a_two_process_run_with_dropout_resumes_exactly(tmp_path, monkeypatch):
     assert rows[0] == rows[1]
 
 
+def test_no_process_gets_a_single_example_that_batchnorm_cannot_train_on(tmp_path, monkeypatch):
+    """The last batch of an epoch was dealt one example per process when it held fewer than two per process:
+    BatchNorm1d refuses one example in training, so a network with it failed on 2 processes (batch 718: the last
+    batch holds 2) where one process finishes. Such a batch now goes in pairs (an odd one to rank 0): every
+    example once, no share of one."""
+    import os
+    from pathlib import Path
+
+    for m in range(2, 12):
+        for world in (2, 3, 4):
+            chunks = [epoch_batches(m, m, seed=0, epoch=0, rank=r, world=world)[0] for r in range(world)]
+            assert sorted(torch.cat(chunks).tolist()) == list(range(m))
+            assert all(len(c) != 1 for c in chunks)
+    tests = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv("TNSTUDIO_TRUSTED_MODULES", "unregistered")
+    monkeypatch.setenv("PYTHONPATH", tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.syspath_prepend(tests)
+    net = {"format": "tnstudio-network", "version": 1, "name": "batchnorm mlp",
+           "architecture": {"import": "unregistered:batchnorm_mlp"}, "input_shape": [1, 8, 8], "rules": [],
+           "layers": {}}
+    _, rid = _record(tmp_path, None, epochs=1, batch_size=718, log_every=2, lr=1e-2, seed=3, nproc=2,
+                     model="network", network=net)
+    run = run_training(rid, tmp_path)
+    assert run["status"] == "completed", run["reason"]
+
+
 def test_regression_cnn_and_amp_runs(tmp_path):
     store, rid = _record(tmp_path, make_template("ttn", 64, 64, 4, activation="gelu"), dataset="teacher",
                          epochs=1, max_steps=20, log_every=10)

@@ -50,3 +50,9 @@ def odd_convs() -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
                          nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
                          nn.Flatten(), nn.Linear(4 * 64, 10))
+
+
+def batchnorm_mlp(in_features: int = 64, classes: int = 10, hidden: int = 32) -> nn.Module:
+    """An MLP with BatchNorm1d: it cannot train on one example (DDP shares of an epoch's last batch)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                         nn.Linear(hidden, classes))

@@ -93,8 +93,22 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
     batches = []
     for start in range(0, n, batch_size):
         chunk = perm[start:start + batch_size]
-        batches.append(chunk[rank::world])
+        batches.append(chunk[rank::world] if len(chunk) >= 2 * world else _small_share(chunk, rank, world))
     return batches
+
+
+def _small_share(chunk: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """One rank's share of a global batch of fewer than two examples per rank (an epoch's last): pairs for the
+    first ranks (an odd one out to rank 0), nothing for the rest, so that no rank trains on a single example, which
+    BatchNorm refuses in training (a last batch of 2 on 2 processes had failed a run that one process finishes).
+    The loss weighs every example by the global batch (:meth:`Trainer._batch_loss`), so any split trains alike."""
+    m, pairs = len(chunk), len(chunk) // 2
+    if pairs == 0:
+        return chunk if rank == 0 else chunk[:0]
+    if rank >= pairs:
+        return chunk[:0]
+    odd = m % 2
+    return chunk[0 if rank == 0 else 2 * rank + odd:2 * rank + 2 + odd]
 
 
 class _StopFlag:
