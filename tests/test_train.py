@@ -329,10 +329,9 @@ def test_two_processes_train_on_the_global_batch_when_it_splits_unevenly(batch, 
         assert (b["step"], b["split"]) == (a["step"], a["split"]) and b["loss"] == pytest.approx(a["loss"], rel=1e-4)
 
 
-def test_a_two_process_run_with_dropout_resumes_exactly(tmp_path, monkeypatch):
-    """The checkpoint kept rank 0's random state and every rank restored it on resume, so rank 1 drew other dropout
-    masks than an uninterrupted run (weights off by 7e-3 after 4 steps). Each rank's state is now kept: stopped at
-    step 2 and resumed, the run ends bitwise equal to the uninterrupted one, with the same metric rows."""
+def _user_network(monkeypatch, factory: str) -> dict:
+    """A network file of ``tests/unregistered.py``'s ``factory`` for digits (8x8), trusted and importable here and
+    in the processes a run spawns."""
     import os
     from pathlib import Path
 
@@ -340,9 +339,15 @@ def test_a_two_process_run_with_dropout_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.setenv("TNSTUDIO_TRUSTED_MODULES", "unregistered")
     monkeypatch.setenv("PYTHONPATH", tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.syspath_prepend(tests)
-    net = {"format": "tnstudio-network", "version": 1, "name": "dropout mlp",
-           "architecture": {"import": "unregistered:dropout_mlp"}, "input_shape": [1, 8, 8], "rules": [],
-           "layers": {}}
+    return {"format": "tnstudio-network", "version": 1, "name": factory.replace("_", " "),
+            "architecture": {"import": f"unregistered:{factory}"}, "input_shape": [1, 8, 8], "rules": [], "layers": {}}
+
+
+def test_a_two_process_run_with_dropout_resumes_exactly(tmp_path, monkeypatch):
+    """The checkpoint kept rank 0's random state and every rank restored it on resume, so rank 1 drew other dropout
+    masks than an uninterrupted run (weights off by 7e-3 after 4 steps). Each rank's state is now kept: stopped at
+    step 2 and resumed, the run ends bitwise equal to the uninterrupted one, with the same metric rows."""
+    net = _user_network(monkeypatch, "dropout_mlp")
     config = dict(epochs=1, batch_size=479, log_every=2, lr=1e-2, seed=3, nproc=2, model="network", network=net)
     store, whole = _record(tmp_path, None, **config)
     assert run_training(whole, tmp_path)["status"] == "completed"
@@ -363,21 +368,12 @@ def test_no_process_gets_a_single_example_that_batchnorm_cannot_train_on(tmp_pat
     BatchNorm1d refuses one example in training, so a network with it failed on 2 processes (batch 718: the last
     batch holds 2) where one process finishes. Such a batch now goes in pairs (an odd one to rank 0): every
     example once, no share of one."""
-    import os
-    from pathlib import Path
-
     for m in range(2, 12):
         for world in (2, 3, 4):
             chunks = [epoch_batches(m, m, seed=0, epoch=0, rank=r, world=world)[0] for r in range(world)]
             assert sorted(torch.cat(chunks).tolist()) == list(range(m))
             assert all(len(c) != 1 for c in chunks)
-    tests = str(Path(__file__).resolve().parent)
-    monkeypatch.setenv("TNSTUDIO_TRUSTED_MODULES", "unregistered")
-    monkeypatch.setenv("PYTHONPATH", tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.syspath_prepend(tests)
-    net = {"format": "tnstudio-network", "version": 1, "name": "batchnorm mlp",
-           "architecture": {"import": "unregistered:batchnorm_mlp"}, "input_shape": [1, 8, 8], "rules": [],
-           "layers": {}}
+    net = _user_network(monkeypatch, "batchnorm_mlp")
     _, rid = _record(tmp_path, None, epochs=1, batch_size=718, log_every=2, lr=1e-2, seed=3, nproc=2,
                      model="network", network=net)
     run = run_training(rid, tmp_path)
