@@ -462,3 +462,16 @@ def test_a_copy_tensor_absorbed_last_leaves_the_scale_to_a_trainable_tensor(tmp_
         torch.manual_seed(seed)
         w = mod.Layer().weight().detach()
         assert abs(float(w.std()) / target_std(6) - 1) < 1e-3, seed
+
+
+def test_calibrate_runs_without_autograd_on_cores_that_require_grad():
+    """calibrate() rescales cores in place without recording a graph: its @torch.no_grad() had slid onto the
+    scale_tensor() inserted above it, so cores that require grad (parameters) raised 'a leaf Variable that requires
+    grad is being used in an in-place operation'."""
+    from engine.nn.init import calibrate
+
+    d = make_template("ttn", 64, 64, 2, "gelu")
+    drawn = raw_cores(d, target_std(64), torch.Generator().manual_seed(0))
+    cores = {k: v.requires_grad_(True) for k, v in drawn.items()}
+    got = calibrate(d, cores, target_std(64))
+    assert got["std"] > 0 and all(v.grad_fn is None and v.requires_grad for v in cores.values())

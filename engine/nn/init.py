@@ -257,7 +257,6 @@ def _pre_activation_rms(prog: Program, cores: dict[str, torch.Tensor], k: int) -
     return math.sqrt(sum(r * r for r in got) / len(got)) if got else float("nan")
 
 
-@torch.no_grad()
 def scale_tensor(design: Design) -> tuple[str, bool]:
     """The tensor whose scale sets W's in the calibration, and whether W is linear in it.
 
@@ -290,6 +289,7 @@ def scale_tensor(design: Design) -> tuple[str, bool]:
     return (trainable[-1] if trainable else order[-1]), False
 
 
+@torch.no_grad()
 def calibrate(design: Design, cores: dict[str, torch.Tensor], std: float, iterations: int = 8,
               memory_budget: int | None = None) -> dict[str, float]:
     """Rescale ``cores`` in place: unit-RMS pre-activations in evaluation order, then ``std(W) = std``.
