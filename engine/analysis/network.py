@@ -101,15 +101,12 @@ def _to_numpy(v: Any, tid: str) -> np.ndarray:
     core's real part, silently; NaN reached an SVD's 'did not converge')."""
     if hasattr(v, "detach"):
         v = v.detach().to("cpu")
-        if v.is_complex():
-            raise ValueError(f"tensor {tid!r} is complex ({v.dtype}): a layer's weights are real")
-        v = v.double() if v.is_floating_point() else v
-        arr = v.numpy().astype(np.float64, copy=False)
-    else:
-        arr = np.asarray(v)
-        if np.iscomplexobj(arr):
-            raise ValueError(f"tensor {tid!r} is complex ({arr.dtype}): a layer's weights are real")
-        arr = arr.astype(np.float64, copy=False)
+        v = v.double() if v.is_floating_point() else v  # (bfloat16 has no numpy dtype; complex stays complex)
+        v = v.numpy()
+    arr = np.asarray(v)
+    if np.iscomplexobj(arr):
+        raise ValueError(f"tensor {tid!r} is complex ({arr.dtype}): a layer's weights are real")
+    arr = arr.astype(np.float64, copy=False)
     if not np.isfinite(arr).all():
         raise ValueError(f"tensor {tid!r} holds NaN or infinite values (did the run diverge?)")
     return arr
