@@ -221,21 +221,29 @@ def _tree_spectra(design: Design, cores: Mapping[str, np.ndarray], topo: Topolog
 
 # --------------------------------------------------------------------- loops: simple-update gauge
 def simple_gauges(design: Design, cores: Mapping[str, np.ndarray], iterations: int = GAUGE_ITERATIONS,
-                  tol: float = GAUGE_TOL):
+                  tol: float = GAUGE_TOL, norm: float | None = None):
     """quimb's simple-update gauge of the network: ``(gauged network, bond -> gauge vector, info)``.
 
     The gauges are kept outside the tensors (``W`` = the gauged network with every gauge multiplied onto its bond);
-    hyperedges get none.
+    hyperedges get none. ``norm`` (||W||, when the caller has it) of 0: every gauge is zero, ungauged (quimb's
+    gauge divides by the zero norms: 'Array must not contain infs or NaNs').
     """
     tn = to_quimb(design, cores)
     gauges: dict[str, Any] = {}
     info: dict[str, Any] = {}
-    tn.gauge_all_simple_(max_iterations=iterations, tol=tol, gauges=gauges, fuse_multibonds=False, info=info)
+    if norm == 0:
+        topo = topology(design)
+        gauges = {b: np.zeros(design.dim(b)) for b in topo.bonds if b not in topo.hyperedges}
+        info["zero"] = True
+    else:
+        tn.gauge_all_simple_(max_iterations=iterations, tol=tol, gauges=gauges, fuse_multibonds=False, info=info)
     return tn, gauges, info
 
 
 def gauge_note(info: Mapping[str, Any], iterations: int) -> str:
     """How the simple-update gauge went, in words."""
+    if info.get("zero"):
+        return "W is zero: every value is 0"
     done = info.get("iterations", "?")
     sdiff = info.get("max_sdiff", -1.0)
     note = f"simple-update gauge (quimb gauge_all_simple): {done} iterations"
@@ -263,12 +271,8 @@ def _loop_spectra(design: Design, cores: Mapping[str, np.ndarray], topo: Topolog
     out: list[BondSpectrum] = []
     regular = [b for b in topo.bonds if b not in topo.hyperedges]
     note = ""
-    if regular and norm == 0:  # nothing to gauge (quimb's gauge divides by the zero norms): every value is 0
-        for b in regular:
-            out.append(BondSpectrum(b, design.dim(b), topo.ends[b], (0.0,) * design.dim(b), False, "simple-gauge"))
-        note = "W is zero: every value is 0"
-    elif regular:
-        _, gauges, info = simple_gauges(design, cores, iterations, tol)
+    if regular:
+        _, gauges, info = simple_gauges(design, cores, iterations, tol, norm)
         for b in regular:
             g = np.asarray(gauges.get(b, np.ones(design.dim(b))), dtype=np.float64)
             total = float(np.sqrt((g * g).sum()))

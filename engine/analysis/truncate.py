@@ -265,11 +265,8 @@ def _truncate_loops(design: Design, cores: Mapping[str, np.ndarray], topo: Topol
     steps: dict[str, BondTruncation] = {}
     regular = [b for b in topo.bonds if b not in topo.hyperedges]
     notes = []
-    if regular and norm == 0:  # nothing to gauge (quimb's gauge divides by the zero norms): every value is 0
-        tn, gauges = to_quimb(design, cores), {b: np.zeros(design.dim(b)) for b in regular}
-        notes.append("W is zero: every value is 0")
-    elif regular:
-        tn, gauges, info = simple_gauges(design, cores)
+    if regular:
+        tn, gauges, info = simple_gauges(design, cores, norm=norm)
         notes.append(gauge_note(info, GAUGE_ITERATIONS))
     else:
         tn, gauges = to_quimb(design, cores), {}
