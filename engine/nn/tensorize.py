@@ -222,34 +222,36 @@ def fit_cores(module: Any, w: torch.Tensor, steps: int = 300, lr: float = 0.02, 
     return {"steps": steps, "probes": probes}
 
 
-def _zero_scale_tensor(module: Any) -> bool:
-    """Make W exactly zero by zeroing the design's scale tensor (W is linear in it); False when W is linear in no
-    core (the fit then runs as for any W)."""
+def _scale_core(module: Any) -> str | None:
+    """The parameter key of the design's scale tensor (:func:`engine.nn.init.scale_tensor`), which W is linear in;
+    None when W is linear in no core."""
     from engine.nn.init import scale_tensor
     from engine.nn.linear import id_to_key
 
     tid, linear = scale_tensor(module.design)
-    if not linear or id_to_key(tid) not in module.cores:
+    return id_to_key(tid) if linear and id_to_key(tid) in module.cores else None
+
+
+def _zero_scale_tensor(module: Any) -> bool:
+    """Make W exactly zero by zeroing the design's scale tensor; False when W is linear in no core (the fit then
+    runs as for any W)."""
+    key = _scale_core(module)
+    if key is None:
         return False
     with torch.no_grad():
-        module.cores[id_to_key(tid)].zero_()
+        module.cores[key].zero_()
     return True
 
 
 def _fit_units(module: Any, w: torch.Tensor) -> tuple[str, float] | None:
     """Make the fit independent of W's scale: ``(core key, c)`` with c = RMS(w); the caller fits w / c (RMS 1)
-    and multiplies that core by c at the end. The core is the design's scale tensor
-    (:func:`engine.nn.init.scale_tensor`), which W is linear in; None (fit w as given) when W is linear in no core
-    or c is 0. Adam's steps are of a fixed size in the cores' units: fitting w as given had left a Tucker fit of an
-    exactly rank-2 W at relative error 1.19 (worse than zero) at a hundredth of nn.Linear's scale, 0.055 at its
-    scale and 0.011 at ten times it; at RMS 1, from the cores' own initialisation, 4e-6 (scaling the core so that
-    the initial W had RMS 1 instead left it at 1.0)."""
-    from engine.nn.init import scale_tensor
-    from engine.nn.linear import id_to_key
-
-    tid, linear = scale_tensor(module.design)
-    key = id_to_key(tid)
-    if not linear or key not in module.cores:
+    and multiplies that core by c at the end. The core is the design's scale tensor (:func:`_scale_core`); None
+    (fit w as given) when W is linear in no core or c is 0. Adam's steps are of a fixed size in the cores' units:
+    fitting w as given had left a Tucker fit of an exactly rank-2 W at relative error 1.19 (worse than zero) at a
+    hundredth of nn.Linear's scale, 0.055 at its scale and 0.011 at ten times it; at RMS 1, from the cores' own
+    initialisation, 4e-6 (scaling the core so that the initial W had RMS 1 instead left it at 1.0)."""
+    key = _scale_core(module)
+    if key is None:
         return None
     c = float(w.double().pow(2).mean().sqrt())
     return (key, c) if c > 0 and math.isfinite(c) else None
