@@ -71,7 +71,8 @@ class StudyReport:
     front: list[TrialRecord]  # by size, smallest first
     best_per_kind: dict[str, TrialRecord]
     budget_reasons: dict[str, int]  # "params > max" -> how many candidates
-    out_of_candidates: bool = False  # the spec's candidate limit was reached (the workers end there)
+    out_of_candidates: bool = False  # the spec's candidate limit was reached (the workers end there): trials that
+    # finished or run, as engine.search.worker.counts() calls them proposed
 
     @property
     def done(self) -> bool:
@@ -216,14 +217,7 @@ def build_report(study, storage: str) -> StudyReport:
                        target=spec.trials, stopped=bool(study.user_attrs.get(STOP_ATTR)), counts=counts,
                        trials=recs, front=front, best_per_kind={k: best[k] for k in kinds},
                        budget_reasons=dict(reasons.most_common()),
-                       out_of_candidates=_proposed(study) >= spec.candidate_limit)
-
-
-def _proposed(study) -> int:
-    """Candidates proposed so far, as the workers count them against the spec's candidate limit."""
-    from engine.search.worker import counts
-
-    return counts(study)["proposed"]
+                       out_of_candidates=counts["total"] - counts["failed"] - counts["waiting"] >= spec.candidate_limit)
 
 
 def study_report(name: str, url: str | None = None) -> StudyReport:
