@@ -216,14 +216,12 @@ class LayerSpace:
     def bond_range(self, kind: str) -> tuple[int, int]:
         return dict(self.bond_ranges).get(kind, DEFAULT_BOND_RANGES.get(kind, DEFAULT_BOND_RANGE))
 
-    def activation_choices(self, kind: str, in_factors: Sequence[int] | None = None,
-                           out_factors: Sequence[int] | None = None) -> tuple[str, ...]:
-        """The activations to try for ``kind`` (on these legs: a nonlinear template with nowhere to put one, e.g. a
+    def activation_choices(self, kind: str, in_factors: Sequence[int], out_factors: Sequence[int]
+                           ) -> tuple[str, ...]:
+        """The activations to try for ``kind`` on these legs (a nonlinear template with nowhere to put one, e.g. a
         two-leg TTN, is offered ``none`` only; it had been offered gelu and shown as ``ttn chi=2 gelu 8x8``, the
         same network as without)."""
-        if not TEMPLATES[kind].nonlinear:
-            return ("none",)
-        if in_factors is not None and out_factors is not None and not _places_activation(
+        if not TEMPLATES[kind].nonlinear or not _places_activation(
                 kind, self.in_features, self.out_features, tuple(in_factors), tuple(out_factors)):
             return ("none",)
         return self.activations
