@@ -538,7 +538,7 @@ class NetworkView(Viewer):
                 # a padding mode other than zeros); it had always said "grouped"
                 from engine.network.analysis import analyse
 
-                info = next((i for i in analyse(self.spec).layers if i.name == name), None)
+                info = analyse(self.spec).layer(name)
                 why = info.conv_refusal() if info is not None else None
                 self.message = f"{why or name + ': this conv layer takes no conv2d design'} (dense only)"
             return True
@@ -550,7 +550,7 @@ class NetworkView(Viewer):
         from engine.network.format import resolve
 
         an = analyse(self.spec)
-        info = next((i for i in an.layers if i.name == name), None)
+        info = an.layer(name)
         if info is None:
             return self._refuse(f"{name} cannot take a design")
         design = resolve(self.spec, an.layers)[name].design
@@ -593,7 +593,8 @@ class NetworkView(Viewer):
             return
         from engine.network.analysis import analyse
 
-        info = next(i for i in analyse(self.spec).layers if i.name == self.editing)
+        info = analyse(self.spec).layer(self.editing)
+        assert info is not None  # the editing layer has a row, so the analysis holds it
         why = info.fits(design)  # shape (linear layers) or conv target (conv layers)
         if why is not None:
             self._refuse(f"the canvas design does not fit: {why}: not applied (the link stays)")

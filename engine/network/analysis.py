@@ -78,6 +78,10 @@ class Analysis:
     module_order: tuple[str, ...] = field(default=())  # named_modules() order, for ordering report rows
     loose_flops: int = 0  # per example: FLOPs of torch operations run outside every module counted above
 
+    def layer(self, name: str) -> LayerInfo | None:
+        """The assignable layer called ``name`` (None when there is none)."""
+        return next((i for i in self.layers if i.name == name), None)
+
 
 _CACHE: dict[str, Analysis] = {}
 _LOCK = threading.Lock()
