@@ -173,7 +173,7 @@ class Trainer:
         self.elapsed: float = 0.0
         self.best: float | None = None
         self.last_eval: tuple[float, float | None] | None = None
-        self._rank_rngs: list[torch.Tensor] | None = None  # every rank's random state at the last logging step
+        self._rank_rngs: list[torch.Tensor] | None = None  # every rank's random state at the last checkpoint step
 
     # ----------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -294,8 +294,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- distributed helpers
     def _gather_rngs(self) -> None:
-        """Every rank's CPU random state, gathered at a logging step (a collective: every rank is there), for the
-        checkpoint that may follow at this step, a stop's included."""
+        """Every rank's CPU random state, gathered at a logging step that a checkpoint follows (an evaluation or a
+        stop; a collective: every rank is there and agrees on both)."""
         import torch.distributed as dist
 
         states: list[Any] = [None] * self.world
@@ -396,7 +396,7 @@ class Trainer:
                                    or (self.is_main and store.stop_requested(self.run_id)))
                 loss_sum, correct, count, norm_sum, stop_any = self._sum(
                     [acc_loss.item(), acc_correct.item(), float(acc_count), acc_norm.item(), stop_local])
-                if self.world > 1:
+                if self.world > 1 and (eval_due or stop_any):  # a checkpoint follows at this step
                     self._gather_rngs()
                 # with a float16 grad scaler, inf gradients are expected now and then: the scaler skips the step
                 if not (math.isfinite(loss_sum) and (math.isfinite(norm_sum) or self.scaler.is_enabled())):
